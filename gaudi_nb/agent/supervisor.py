@@ -1,0 +1,280 @@
+"""The node agent: starts the launcher, samples telemetry, meters cost, enforces the budget, ends the run."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+import psutil
+
+from .. import accel
+from ..cost import catalog, meter
+from ..events import EventWriter, Tailer
+from ..launch import build_launch, pick_launcher
+from ..spec import RunSpec
+from ..worker.callback import STOP_REQUEST
+from ..worker.trainers import pick_trainer
+
+# After a stop request the ranks finish two steps and save a checkpoint; a run that
+# takes longer than this is terminated (a hung rank must not keep spending money).
+STOP_GRACE_S = float(os.environ.get("GAUDI_NB_STOP_GRACE_S", "300"))
+LOG_TAIL_LINES = 20
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def request_stop(run_dir: Path, reason: str) -> bool:
+    """Ask a run to stop after saving a checkpoint; the first request wins. Returns True if this one was recorded."""
+    control = Path(run_dir) / "control"
+    control.mkdir(parents=True, exist_ok=True)
+    path = control / STOP_REQUEST
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"reason": reason, "t": time.time()}, fh)
+    return True
+
+
+def stop_reason(run_dir: Path) -> Optional[str]:
+    path = Path(run_dir) / "control" / STOP_REQUEST
+    try:
+        return json.loads(path.read_text()).get("reason", "stopped")
+    except (OSError, json.JSONDecodeError):
+        return "stopped" if path.exists() else None
+
+
+def tail_lines(path: Path, n: int = LOG_TAIL_LINES) -> List[str]:
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(0, os.SEEK_END)
+            fh.seek(max(0, fh.tell() - 64 * 1024))
+            lines = fh.read().decode(errors="replace").splitlines()
+    except OSError:
+        return []
+    return [line for line in lines if line.strip()][-n:]
+
+
+def failure_reason(lines: List[str], exit_code: int) -> str:
+    """The most telling line of a failed run's log: the last exception, else the exit code."""
+    for line in reversed(lines):
+        text = line.split("]: ", 1)[-1].strip()  # torchrun prefixes rank lines with "[rankN]: "
+        if ("Error" in text or "Exception" in text) and not text.startswith(("File ", "Traceback", "raise ")) and "ChildFailedError" not in text:
+            return text[:300]
+    return f"the launcher exited with code {exit_code}"
+
+
+class Agent:
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.run = json.loads((self.run_dir / "run.json").read_text())
+        self.spec = RunSpec.model_validate_json((self.run_dir / "spec.json").read_text())
+        self.run_id = self.run["run_id"]
+        self.node = self.run.get("node", "local")
+        self.events = EventWriter(self.run_dir / "events.jsonl", self.run_id, node=self.node)
+        self.logs = self.run_dir / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self.price_per_hour, self.price_source = catalog.resolve_price_per_hour(self.spec.price_per_hour, self.spec.instance_type)
+        self.started = time.time()
+        self.process: Optional[subprocess.Popen] = None
+        self.last_step = 0
+        self.stop_requested_at: Optional[float] = None
+        self.exporter: Any = None
+        self._tailer = Tailer(self.run_dir / "events.jsonl")
+
+    # -- lifecycle -------------------------------------------------------
+    def run_to_end(self) -> str:
+        signal.signal(signal.SIGTERM, lambda *_: self._request_stop("stopped"))
+        signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the terminal or kernel that started us may go away
+        (self.run_dir / "agent.pid").write_text(str(os.getpid()))
+        accelerator = accel.detect_name()
+        launcher = pick_launcher(self.spec, accelerator)
+        plan = build_launch(
+            self.spec,
+            ["-m", "gaudi_nb.worker", "--run-dir", str(self.run_dir)],
+            python=sys.executable,
+            master_port=free_port(),
+            accelerator=accelerator,
+            launcher=launcher,
+        )
+        for name, content in plan.files.items():
+            (self.run_dir / name).write_text(content)
+        self._start_exporter()
+        self.events.emit(
+            "run_start",
+            spec=self.spec.to_json_dict(),
+            run_dir=str(self.run_dir),
+            pid=os.getpid(),
+            hostname=socket.gethostname(),
+            accelerator=accelerator,
+            trainer=pick_trainer(self.spec.trainer, accelerator),
+            launcher=plan.launcher,
+            command=plan.describe(),
+            price_per_hour=self.price_per_hour,
+            price_source=self.price_source,
+            metrics_port=getattr(self.exporter, "port", None),
+        )
+        with open(self.logs / "train.log", "ab") as log:
+            self.process = subprocess.Popen(
+                plan.argv,
+                env={**os.environ, **plan.env, "PYTHONUNBUFFERED": "1"},
+                cwd=self.run_dir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,  # its own process group, so a hung run can be killed whole
+            )
+        telemetry = self._start_telemetry()
+        try:
+            exit_code = self._supervise()
+        finally:
+            if telemetry is not None:
+                telemetry.stop()
+        return self._finish(exit_code)
+
+    def _supervise(self) -> int:
+        assert self.process is not None
+        while True:
+            exit_code = self.process.poll()
+            self._observe_events()
+            cost = self._emit_cost()
+            (self.run_dir / "heartbeat").write_text(str(time.time()))
+            if exit_code is not None:
+                return exit_code
+            if self.spec.budget_usd is not None and cost is not None and cost >= self.spec.budget_usd:
+                self._request_stop("budget_exceeded")
+            if self.stop_requested_at is None and stop_reason(self.run_dir):
+                self._note_stop(stop_reason(self.run_dir) or "stopped")
+            if self.stop_requested_at is not None and time.time() - self.stop_requested_at > STOP_GRACE_S:
+                self._terminate()
+            time.sleep(1.0)
+
+    def _finish(self, exit_code: int) -> str:
+        self._observe_events()
+        cost = self._emit_cost()
+        reason_requested = stop_reason(self.run_dir)
+        lines = tail_lines(self.logs / "train.log")
+        fields: Dict[str, Any] = {"exit_code": exit_code, "steps_completed": self.last_step, "usd": cost}
+        if reason_requested in ("budget_exceeded", "stopped"):
+            status = reason_requested
+            fields["reason"] = "budget reached: stopped after a checkpoint" if status == "budget_exceeded" else "stopped on request"
+        elif exit_code == 0:
+            status = "succeeded"
+        else:
+            status = "failed"
+            fields["reason"] = failure_reason(lines, exit_code)
+            fields["last_log_lines"] = lines
+        self.events.emit("run_end", status=status, **fields)
+        self.events.close()
+        if self.exporter is not None:
+            self.exporter.close()
+        return status
+
+    # -- parts -----------------------------------------------------------
+    def _request_stop(self, reason: str) -> None:
+        request_stop(self.run_dir, reason)
+        self._note_stop(stop_reason(self.run_dir) or reason)
+
+    def _note_stop(self, reason: str) -> None:
+        if self.stop_requested_at is None:
+            self.stop_requested_at = time.time()
+            self.events.emit("stop_requested", reason=reason, at_step=self.last_step)
+
+    def _terminate(self) -> None:
+        if self.process is None or self.process.poll() is not None:
+            return
+        self.events.emit("log", level="warning", message=f"ranks did not stop within {STOP_GRACE_S:.0f} s of the request: terminating them")
+        try:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def _emit_cost(self) -> Optional[float]:
+        elapsed = time.time() - self.started
+        usd = meter.cost_so_far(elapsed, self.price_per_hour, self.spec.nodes)
+        self.events.emit("cost", elapsed_s=elapsed, usd=usd, price_per_hour=self.price_per_hour, nodes=self.spec.nodes, budget_usd=self.spec.budget_usd)
+        return usd
+
+    def _observe_events(self) -> None:
+        for event in self._tailer.poll():
+            if event.get("type") == "step":
+                self.last_step = max(self.last_step, int(event["step"]))
+            if self.exporter is not None:
+                self.exporter.observe(event)
+
+    def _rank_pids(self) -> Dict[int, int]:
+        """The worker processes under the launcher, by local rank."""
+        if self.process is None:
+            return {}
+        try:
+            children = psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.Error:
+            return {}
+        pids: Dict[int, int] = {}
+        for child in children:
+            try:
+                if "gaudi_nb.worker" not in " ".join(child.cmdline()):
+                    continue
+                env = child.environ()
+                rank = env.get("LOCAL_RANK") or env.get("OMPI_COMM_WORLD_LOCAL_RANK")
+                if rank is not None:
+                    pids[int(rank)] = child.pid
+            except psutil.Error:
+                continue
+        return pids
+
+    def _start_telemetry(self) -> Any:
+        from ..telemetry.base import pick_source
+        from ..telemetry.loop import TelemetryLoop
+
+        try:
+            source = pick_source(pids={})
+        except Exception as exc:  # telemetry must never stop a run
+            self.events.emit("log", level="warning", message=f"no telemetry: {exc}")
+            return None
+        expected = self.spec.devices
+
+        def on_sample(sample: Any) -> None:
+            self.events.emit("telemetry", **sample.to_dict())
+
+        loop = TelemetryLoop(source, on_sample, interval_s=1.0)
+
+        def refresh_pids() -> None:
+            # Ranks appear a few seconds after the launcher; the host source needs their pids.
+            while self.process is not None and self.process.poll() is None:
+                pids = self._rank_pids()
+                if pids:
+                    loop.set_pids(pids)
+                if len(pids) >= expected:
+                    return
+                time.sleep(0.5)
+
+        threading.Thread(target=refresh_pids, daemon=True).start()
+        loop.start()
+        return loop
+
+    def _start_exporter(self) -> None:
+        port = os.environ.get("GAUDI_NB_METRICS_PORT")
+        if port is None:
+            return
+        try:
+            from ..telemetry.prometheus import MetricsExporter
+
+            self.exporter = MetricsExporter(port=int(port), address=os.environ.get("GAUDI_NB_METRICS_ADDRESS", "127.0.0.1"))
+        except Exception as exc:
+            self.events.emit("log", level="warning", message=f"Prometheus exporter not started: {exc}")

@@ -1,0 +1,26 @@
+"""Where gaudi_nb keeps its store and run folders: everything lives under $GAUDI_NB_HOME."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def home() -> Path:
+    path = Path(os.environ.get("GAUDI_NB_HOME", "~/.gaudi_nb")).expanduser()
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def runs_dir() -> Path:
+    path = home() / "runs"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def run_dir(run_id: str) -> Path:
+    return runs_dir() / run_id
+
+
+def store_url() -> str:
+    """The SQLAlchemy URL of the store: $GAUDI_NB_STORE_URL, else SQLite under the home."""
+    return os.environ.get("GAUDI_NB_STORE_URL") or f"sqlite:///{home() / 'store.db'}"

@@ -1,0 +1,184 @@
+"""RunStore: runs and their events in SQL (SQLite by default, PostgreSQL for teams), through SQLAlchemy."""
+from __future__ import annotations
+
+import math
+import time
+from typing import Any, Dict, Iterable, List, Optional, Sequence
+
+from sqlalchemy import JSON, BigInteger, Float, Integer, String, UniqueConstraint, create_engine, event, func, select, update
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from . import paths
+from .errors import NotFoundError
+from .summary import empty_summary, fold, public
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class RunRow(Base):
+    __tablename__ = "runs"
+    run_id: Mapped[str] = mapped_column(String(128), primary_key=True)
+    name: Mapped[Optional[str]] = mapped_column(String(256))
+    kind: Mapped[str] = mapped_column(String(32), default="train")  # train | batch
+    status: Mapped[str] = mapped_column(String(32), index=True)
+    target: Mapped[str] = mapped_column(String(256))
+    run_dir: Mapped[Optional[str]] = mapped_column(String(1024))
+    created_at: Mapped[float] = mapped_column(Float, index=True)
+    ended_at: Mapped[Optional[float]] = mapped_column(Float)
+    steps_completed: Mapped[int] = mapped_column(Integer, default=0)
+    cost_usd: Mapped[Optional[float]] = mapped_column(Float)
+    events_offset: Mapped[int] = mapped_column(BigInteger, default=0)
+    events_count: Mapped[int] = mapped_column(Integer, default=0)
+    summary: Mapped[Dict[str, Any]] = mapped_column(JSON)
+
+
+class EventRow(Base):
+    __tablename__ = "events"
+    __table_args__ = (UniqueConstraint("run_id", "seq", name="uq_events_run_seq"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    run_id: Mapped[str] = mapped_column(String(128), index=True)
+    seq: Mapped[int] = mapped_column(Integer)
+    type: Mapped[str] = mapped_column(String(32), index=True)
+    t: Mapped[float] = mapped_column(Float)
+    rank: Mapped[Optional[int]] = mapped_column(Integer)
+    step: Mapped[Optional[int]] = mapped_column(Integer)
+    payload: Mapped[Dict[str, Any]] = mapped_column(JSON)
+
+
+_engines: Dict[str, Engine] = {}
+
+
+def _engine(url: str) -> Engine:
+    if url not in _engines:
+        if url.startswith("sqlite"):
+            engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30})
+
+            @event.listens_for(engine, "connect")
+            def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
+                # WAL lets the notebook, the CLI and the dashboard read while one of them ingests.
+                cursor = dbapi_connection.cursor()
+                cursor.execute("PRAGMA journal_mode=WAL")
+                cursor.execute("PRAGMA synchronous=NORMAL")
+                cursor.close()
+
+        else:
+            engine = create_engine(url, pool_pre_ping=True)
+        Base.metadata.create_all(engine)
+        _engines[url] = engine
+    return _engines[url]
+
+
+def _finite(value: Any) -> Any:
+    """JSON columns in PostgreSQL refuse NaN and infinities (a diverged loss): store them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
+class RunStore:
+    def __init__(self, url: Optional[str] = None) -> None:
+        self.url = url or paths.store_url()
+        self.engine = _engine(self.url)
+
+    # -- writing -----------------------------------------------------------
+    def register(self, run_id: str, *, spec: Dict[str, Any], target: str, run_dir: Optional[str], kind: str = "train", name: Optional[str] = None) -> None:
+        summary = empty_summary(run_id)
+        summary.update(spec=spec, target=target, run_dir=run_dir, name=name or spec.get("name"), max_steps=spec.get("max_steps"), kind=kind)
+        with Session(self.engine) as session, session.begin():
+            session.add(RunRow(run_id=run_id, name=summary["name"], kind=kind, status="pending", target=target, run_dir=run_dir, created_at=time.time(), summary=_finite(summary)))
+
+    def offset(self, run_id: str) -> int:
+        with Session(self.engine) as session:
+            value = session.scalar(select(RunRow.events_offset).where(RunRow.run_id == run_id))
+        if value is None:
+            raise NotFoundError(f"no run '{run_id}' in the store: gaudi-nb runs lists them")
+        return int(value)
+
+    def ingest(self, run_id: str, events: Sequence[Dict[str, Any]], start_offset: int, end_offset: int) -> int:
+        """Add events read from [start_offset, end_offset) of the run's stream; returns how many were added.
+
+        Idempotent: the offset moves only if it still equals start_offset, in the same
+        transaction as the inserts, so a second ingest of the same bytes adds nothing
+        (and two readers racing on one run cannot both add them).
+        """
+        if end_offset <= start_offset:
+            return 0
+        with Session(self.engine) as session, session.begin():
+            row = session.get(RunRow, run_id)
+            if row is None:
+                raise NotFoundError(f"no run '{run_id}' in the store: gaudi-nb runs lists them")
+            moved = session.execute(
+                update(RunRow).where(RunRow.run_id == run_id, RunRow.events_offset == start_offset).values(events_offset=end_offset)
+            ).rowcount
+            if moved != 1:
+                return 0
+            seq = row.events_count
+            for i, event in enumerate(events):
+                clean = _finite(event)
+                session.add(EventRow(run_id=run_id, seq=seq + i, type=str(clean.get("type")), t=float(clean.get("t") or 0), rank=clean.get("rank"), step=clean.get("step"), payload=clean))
+            summary = fold(row.summary, events)
+            session.execute(
+                update(RunRow)
+                .where(RunRow.run_id == run_id)
+                .values(
+                    events_count=seq + len(events),
+                    summary=_finite(summary),
+                    status=summary["status"],
+                    ended_at=summary["ended_at"],
+                    steps_completed=summary["steps_completed"],
+                    cost_usd=summary["cost"]["usd"],
+                    name=summary.get("name") or row.name,
+                )
+            )
+            return len(events)
+
+    # -- reading -----------------------------------------------------------
+    def get(self, run_id: str) -> Dict[str, Any]:
+        """The run record (as `gaudi-nb show RUN --json` prints it). A unique prefix of the id is enough."""
+        with Session(self.engine) as session:
+            row = session.get(RunRow, run_id) or self._by_prefix(session, run_id)
+            return public(dict(row.summary, kind=row.kind, created_at=row.created_at))
+
+    def resolve(self, run_id: str) -> str:
+        with Session(self.engine) as session:
+            row = session.get(RunRow, run_id) or self._by_prefix(session, run_id)
+            return row.run_id
+
+    def _by_prefix(self, session: Session, prefix: str) -> RunRow:
+        rows = session.scalars(select(RunRow).where(RunRow.run_id.startswith(prefix, autoescape=True)).limit(2)).all()
+        if len(rows) == 1:
+            return rows[0]
+        if not rows:
+            raise NotFoundError(f"no run '{prefix}' in the store: gaudi-nb runs lists them")
+        raise NotFoundError(f"'{prefix}' matches several runs: give more of the run id")
+
+    def list(self, limit: int = 50, status: Optional[str] = None, kind: Optional[str] = None) -> List[Dict[str, Any]]:
+        query = select(RunRow).order_by(RunRow.created_at.desc()).limit(limit)
+        if status:
+            query = query.where(RunRow.status == status)
+        if kind:
+            query = query.where(RunRow.kind == kind)
+        with Session(self.engine) as session:
+            return [public(dict(row.summary, kind=row.kind, created_at=row.created_at)) for row in session.scalars(query)]
+
+    def events(self, run_id: str, types: Optional[Iterable[str]] = None, after_seq: int = -1) -> List[Dict[str, Any]]:
+        query = select(EventRow.payload).where(EventRow.run_id == run_id, EventRow.seq > after_seq).order_by(EventRow.seq)
+        if types:
+            query = query.where(EventRow.type.in_(list(types)))
+        with Session(self.engine) as session:
+            return list(session.scalars(query))
+
+    def count_events(self, run_id: str) -> int:
+        with Session(self.engine) as session:
+            return int(session.scalar(select(func.count()).select_from(EventRow).where(EventRow.run_id == run_id)) or 0)
+
+    def run_ids(self) -> List[str]:
+        with Session(self.engine) as session:
+            return list(session.scalars(select(RunRow.run_id)))

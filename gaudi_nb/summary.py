@@ -1,0 +1,137 @@
+"""A run's record, folded from its events: the one place where views get status, metrics and cost."""
+from __future__ import annotations
+
+import copy
+from typing import Any, Dict, Iterable, List, Optional
+
+from .cost import meter
+
+
+def empty_summary(run_id: str) -> Dict[str, Any]:
+    return {
+        "run_id": run_id,
+        "name": None,
+        "status": "pending",
+        "spec": None,
+        "target": None,
+        "node": None,
+        "run_dir": None,
+        "started_at": None,
+        "ended_at": None,
+        "last_event_at": None,
+        "accelerator": None,
+        "device_count": None,
+        "trainer": None,
+        "precision": None,
+        "launcher": None,
+        "steps_completed": 0,
+        "max_steps": None,
+        "metrics": {
+            "first_loss": None,
+            "final_loss": None,
+            "eval_loss": None,
+            "tokens_per_second": None,
+            "samples_per_second": None,
+            "step_time_s": None,
+            "tokens_seen": 0,
+        },
+        "cost": {
+            "usd": None,
+            "price_per_hour": None,
+            "price_source": None,
+            "nodes": 1,
+            "usd_per_million_tokens": None,
+            "projected_usd": None,
+            "budget_usd": None,
+            "budget_left_usd": None,
+            "elapsed_s": None,
+        },
+        "telemetry_samples": 0,
+        "checkpoints": [],
+        "exit": None,
+        # running sums for steady-state throughput (warmup steps left out)
+        "_measured_tokens": 0,
+        "_measured_samples": 0,
+        "_measured_seconds": 0.0,
+    }
+
+
+def fold(summary: Dict[str, Any], events: Iterable[Dict[str, Any]]) -> Dict[str, Any]:
+    """Apply events to a summary (returns a new dict; the input is not changed)."""
+    s = copy.deepcopy(summary)
+    for event in events:
+        _apply(s, event)
+    _derive(s)
+    return s
+
+
+def _apply(s: Dict[str, Any], e: Dict[str, Any]) -> None:
+    kind = e.get("type")
+    s["last_event_at"] = e.get("t", s["last_event_at"])
+    if kind == "run_start":
+        spec = e.get("spec") or {}
+        s.update(
+            status="running",
+            spec=spec,
+            name=spec.get("name"),
+            target=spec.get("target"),
+            node=e.get("node"),
+            run_dir=e.get("run_dir"),
+            started_at=e.get("t"),
+            accelerator=e.get("accelerator"),
+            launcher=e.get("launcher"),
+            max_steps=spec.get("max_steps"),
+        )
+        s["trainer"] = e.get("trainer")
+        s["cost"].update(price_per_hour=e.get("price_per_hour"), price_source=e.get("price_source"), nodes=spec.get("nodes", 1), budget_usd=spec.get("budget_usd"))
+    elif kind == "worker_start":
+        if e.get("rank") == 0:
+            s.update(trainer=e.get("trainer"), precision=e.get("precision"), accelerator=e.get("accelerator"), device_count=e.get("world_size"))
+    elif kind == "step":
+        m = s["metrics"]
+        step = int(e["step"])
+        s["steps_completed"] = max(s["steps_completed"], step)
+        if m["first_loss"] is None:
+            m["first_loss"] = e.get("loss")
+        m["final_loss"] = e.get("loss")
+        m["step_time_s"] = e.get("step_time_s")
+        m["tokens_seen"] += int(e.get("tokens") or 0)
+        if not e.get("warmup") and e.get("step_time_s"):
+            s["_measured_tokens"] += int(e.get("tokens") or 0)
+            s["_measured_samples"] += int(e.get("samples") or 0)
+            s["_measured_seconds"] += float(e["step_time_s"])
+    elif kind == "eval":
+        s["metrics"]["eval_loss"] = e.get("eval_loss")
+    elif kind == "checkpoint":
+        s["checkpoints"].append({"step": e.get("step"), "path": e.get("path"), "reason": e.get("reason")})
+    elif kind == "telemetry":
+        s["telemetry_samples"] += 1
+    elif kind == "cost":
+        s["cost"].update(usd=e.get("usd"), elapsed_s=e.get("elapsed_s"), price_per_hour=e.get("price_per_hour"), nodes=e.get("nodes", s["cost"]["nodes"]))
+    elif kind == "stop_requested":
+        if s["status"] == "running":
+            s["status"] = "stopping"
+    elif kind == "run_end":
+        s["status"] = e.get("status", "failed")
+        s["ended_at"] = e.get("t")
+        s["exit"] = {k: e.get(k) for k in ("exit_code", "reason", "last_log_lines")}
+
+
+def _derive(s: Dict[str, Any]) -> None:
+    m, c = s["metrics"], s["cost"]
+    if s["_measured_seconds"] > 0:
+        m["tokens_per_second"] = s["_measured_tokens"] / s["_measured_seconds"]
+        m["samples_per_second"] = s["_measured_samples"] / s["_measured_seconds"]
+    c["usd_per_million_tokens"] = meter.usd_per_million_tokens(c["price_per_hour"], c["nodes"] or 1, m["tokens_per_second"])
+    if c["elapsed_s"] is not None and s["max_steps"]:
+        c["projected_usd"] = meter.projected_total(c["usd"], c["elapsed_s"], s["steps_completed"], s["max_steps"])
+    c["budget_left_usd"] = meter.budget_left(c["budget_usd"], c["usd"])
+
+
+def public(summary: Dict[str, Any]) -> Dict[str, Any]:
+    """The record users see (CLI --json, API): the summary without running sums."""
+    return {k: v for k, v in summary.items() if not k.startswith("_")}
+
+
+def loss_history(events: Iterable[Dict[str, Any]]) -> List[Dict[str, Optional[float]]]:
+    return [{"step": e["step"], "loss": e.get("loss")} for e in events if e.get("type") == "step"]

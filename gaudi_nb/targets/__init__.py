@@ -1,0 +1,29 @@
+"""Where runs execute: a registry of targets (local now; ssh and aws plug in here)."""
+from __future__ import annotations
+
+from ..errors import GaudiNbError
+from ..registry import Registry
+from .base import Target
+from .local import LocalTarget
+
+targets: Registry = Registry("targets")
+targets.register("local", LocalTarget)
+
+# Accepted by the spec so plans and configs can name them; not runnable yet.
+PLANNED = {
+    "ssh": "attaching a node over SSH (ssh://user@host[:port])",
+    "aws": "provisioning a node on AWS (aws:INSTANCE_TYPE)",
+}
+
+
+def target_for(target: str) -> Target:
+    """The Target for a spec's target string."""
+    kind = "local" if target == "local" else target.split(":", 1)[0]
+    if kind in targets:
+        return targets.get(kind)()
+    if kind in PLANNED:
+        raise GaudiNbError(f"target '{target}': {PLANNED[kind]} is not available in this version yet; use --target local")
+    return targets.get(kind)()
+
+
+__all__ = ["LocalTarget", "Target", "target_for", "targets"]

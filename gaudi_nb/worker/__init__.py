@@ -1,0 +1,1 @@
+"""What each rank runs: model presets, data, trainers and the event callback."""

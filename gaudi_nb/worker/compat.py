@@ -1,0 +1,65 @@
+"""The few shims optimum-habana 1.21.2 needs to run off a Gaudi card; each says why it exists.
+
+On a real Gaudi node none of these change behaviour: they only apply when
+habana_frameworks is absent (CPU here, CUDA where a GPU is lent).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import types
+from typing import Any
+
+
+def import_optimum_habana() -> types.ModuleType:
+    """Return optimum.habana.transformers.
+
+    Why: optimum/habana/__init__.py calls check_synapse_version(), which runs
+    `pip list | grep habana-torch-plugin` and indexes the empty output (IndexError
+    in utils/misc.py) when the Gaudi PyTorch plugin is not installed. Registering
+    the package module without running its __init__ lets the submodules import.
+    """
+    if importlib.util.find_spec("habana_frameworks") is not None:
+        import optimum.habana.transformers as oh_transformers
+
+        return oh_transformers
+    if "optimum.habana" not in sys.modules:
+        spec = importlib.util.find_spec("optimum")
+        if spec is None or spec.submodule_search_locations is None:
+            raise ImportError("optimum-habana is not installed: pip install 'gaudi_nb[habana]'")
+        base = os.path.join(list(spec.submodule_search_locations)[0], "habana")
+        if not os.path.isdir(base):
+            raise ImportError("optimum-habana is not installed: pip install 'gaudi_nb[habana]'")
+        package = types.ModuleType("optimum.habana")
+        package.__path__ = [base]
+        package.__file__ = os.path.join(base, "__init__.py")
+        sys.modules["optimum.habana"] = package
+    import optimum.habana.transformers as oh_transformers
+
+    return oh_transformers
+
+
+def optimum_habana_installed() -> bool:
+    spec = importlib.util.find_spec("optimum")
+    if spec is None or spec.submodule_search_locations is None:
+        return False
+    return any(os.path.isdir(os.path.join(p, "habana")) for p in spec.submodule_search_locations)
+
+
+def patch_trainer_off_hpu(trainer: Any) -> None:
+    """Why: GaudiTrainer.log calls the module-level get_hpu_memory_stats(), which imports
+    habana_frameworks on every log; off HPU there are no HPU memory stats to add."""
+    import optimum.habana.transformers.trainer as oh_trainer
+
+    oh_trainer.get_hpu_memory_stats = lambda *args, **kwargs: {}
+
+
+def patch_model_off_hpu(model: Any) -> None:
+    """Why: optimum-habana's Llama forward reads Gaudi-only generation_config flags
+    (bf16 softmax, fused SDPA / flash attention) that default to HPU kernels."""
+    config = getattr(model, "generation_config", None)
+    if config is None:
+        return
+    for flag in ("attn_softmax_bf16", "use_flash_attention", "flash_attention_recompute", "flash_attention_causal_mask"):
+        setattr(config, flag, False)

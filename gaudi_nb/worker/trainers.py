@@ -1,0 +1,121 @@
+"""Two trainers behind one interface: transformers' Trainer and optimum-habana's GaudiTrainer."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Callable, Dict, List, Optional
+
+from ..registry import Registry
+from . import compat
+
+
+@dataclass
+class TrainerInputs:
+    """Everything a trainer needs, already resolved by the worker."""
+
+    model: Any
+    train_dataset: Any
+    eval_dataset: Optional[Any]
+    output_dir: str
+    accelerator: str  # hpu | cuda | cpu
+    precision: str  # bf16 | fp32
+    batch_size: int
+    max_steps: int
+    learning_rate: float
+    seed: int
+    warmup_steps: int
+    lazy_mode: bool
+    eval_steps: Optional[int]
+    save_steps: Optional[int]
+    callbacks: List[Any]
+
+
+def _common_arguments(inputs: TrainerInputs) -> Dict[str, Any]:
+    on_cpu = inputs.accelerator == "cpu"
+    arguments: Dict[str, Any] = dict(
+        output_dir=inputs.output_dir,
+        per_device_train_batch_size=inputs.batch_size,
+        per_device_eval_batch_size=inputs.batch_size,
+        max_steps=inputs.max_steps,
+        learning_rate=inputs.learning_rate,
+        seed=inputs.seed,
+        logging_steps=1,  # one step event per optimizer step
+        save_strategy="steps" if inputs.save_steps else "no",  # the callback asks for the final/stop checkpoint
+        save_steps=inputs.save_steps or 500,
+        eval_strategy="steps" if (inputs.eval_steps and inputs.eval_dataset is not None) else "no",
+        eval_steps=inputs.eval_steps,
+        report_to=[],
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        bf16=inputs.precision == "bf16",
+        use_cpu=on_cpu,
+        ddp_backend="gloo" if on_cpu else None,
+        log_level="warning",
+        ddp_find_unused_parameters=False,
+    )
+    return arguments
+
+
+def transformers_trainer(inputs: TrainerInputs) -> Any:
+    from transformers import Trainer, TrainingArguments
+
+    arguments = _common_arguments(inputs)
+    return Trainer(
+        model=inputs.model,
+        args=TrainingArguments(**arguments),
+        train_dataset=inputs.train_dataset,
+        eval_dataset=inputs.eval_dataset,
+        callbacks=inputs.callbacks,
+    )
+
+
+def optimum_habana_trainer(inputs: TrainerInputs) -> Any:
+    oh = compat.import_optimum_habana()
+    on_hpu = inputs.accelerator == "hpu"
+    # A local GaudiConfig: without one GaudiTrainer downloads Habana/<model> from the hub.
+    gaudi_config = oh.GaudiConfig(
+        use_fused_adam=on_hpu,
+        use_fused_clip_norm=on_hpu,
+        use_torch_autocast=on_hpu and inputs.precision == "bf16",
+    )
+    arguments = _common_arguments(inputs)
+    arguments.update(
+        use_habana=on_hpu,
+        use_lazy_mode=on_hpu and inputs.lazy_mode,
+        throughput_warmup_steps=inputs.warmup_steps,
+    )
+    if on_hpu:
+        # On HPU bf16 comes from GaudiConfig's autocast, not from the Trainer's AMP.
+        arguments["bf16"] = False
+        arguments.pop("ddp_backend")
+    else:
+        compat.patch_model_off_hpu(inputs.model)
+    trainer = oh.GaudiTrainer(
+        model=inputs.model,
+        gaudi_config=gaudi_config,
+        args=oh.GaudiTrainingArguments(**arguments),
+        train_dataset=inputs.train_dataset,
+        eval_dataset=inputs.eval_dataset,
+        callbacks=inputs.callbacks,
+    )
+    if not on_hpu:
+        compat.patch_trainer_off_hpu(trainer)
+    return trainer
+
+
+trainers: Registry = Registry("trainer")
+trainers.register("transformers", transformers_trainer, aliases=("hf",))
+trainers.register("optimum-habana", optimum_habana_trainer, aliases=("optimum_habana", "gaudi"))
+
+
+def pick_trainer(requested: str, accelerator: str) -> str:
+    """auto → optimum-habana on a Gaudi node with optimum-habana installed, transformers otherwise."""
+    if requested != "auto":
+        return requested
+    if accelerator == "hpu" and compat.optimum_habana_installed():
+        return "optimum-habana"
+    return "transformers"
+
+
+def build_trainer(name: str, inputs: TrainerInputs) -> Any:
+    factory: Callable[[TrainerInputs], Any] = trainers.get(name)
+    return factory(inputs)

@@ -1,0 +1,352 @@
+"""gaudi-nb: the command line, a thin layer over the Python API with the same keyword names."""
+from __future__ import annotations
+
+import inspect
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from . import api
+from .errors import GaudiNbError, SpecError
+from .spec import RunSpec
+
+app = typer.Typer(help="Train on Intel Gaudi (or CPU/CUDA) and watch runs, throughput and money.", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+cost_app = typer.Typer(help="Prices and pre-run estimates.", no_args_is_help=True)
+app.add_typer(cost_app, name="cost")
+
+out = Console()
+err = Console(stderr=True)
+
+
+class BadInput(Exception):
+    """Raised inside commands for exit code 2 (bad input)."""
+
+
+# -- train's options come from RunSpec, so the CLI cannot drift from the API --------
+def _spec_parameters() -> List[inspect.Parameter]:
+    params = []
+    for name, field in RunSpec.model_fields.items():
+        annotation = field.annotation
+        origin = getattr(annotation, "__args__", None)
+        py_type: Any = str
+        for candidate in (bool, int, float):
+            if annotation is candidate or (origin and candidate in origin and type(None) in origin):
+                py_type = candidate
+                break
+        option = "--" + name.replace("_", "-")
+        decls = [f"{option}/--no-{name.replace('_', '-')}"] if py_type is bool else [option]
+        default_help = "" if field.default is None else f" (default {field.default})"
+        params.append(
+            inspect.Parameter(
+                name,
+                inspect.Parameter.KEYWORD_ONLY,
+                default=typer.Option(None, *decls, help=(field.description or "") + default_help, show_default=False),
+                annotation=Optional[py_type],
+            )
+        )
+    return params
+
+
+def with_spec_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    signature = inspect.signature(func)
+    own = [p for p in signature.parameters.values() if p.name != "options"]
+    func.__signature__ = signature.replace(parameters=own + _spec_parameters())  # type: ignore[attr-defined]
+    return func
+
+
+def _load_spec_file(path: Path) -> Dict[str, Any]:
+    import yaml
+
+    if not path.exists():
+        raise SpecError(f"spec file not found: {path}")
+    data = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(data, dict):
+        raise SpecError(f"{path}: a spec file holds a mapping of RunSpec fields (model: tiny-llama, devices: 2, ...)")
+    return data
+
+
+@app.command()
+@with_spec_options
+def train(
+    detach: bool = typer.Option(False, "--detach", "-d", help="start the run and return; it goes on without this process"),
+    as_json: bool = typer.Option(False, "--json", help="print the final run record as JSON (progress goes to stderr)"),
+    spec_file: Optional[Path] = typer.Option(None, "--spec-file", help="YAML or JSON file of RunSpec fields; options override it"),
+    **options: Any,
+) -> None:
+    """Start a training run on the target and follow it with a live progress line."""
+    base = _load_spec_file(spec_file) if spec_file else {}
+    run = api.train({**base, **{k: v for k, v in options.items() if v is not None}})
+    console = err if as_json else out
+    if detach:
+        if as_json:
+            out.print_json(json.dumps(run.record()))
+        else:
+            console.print(f"started [bold]{run.run_id}[/] (detached). Follow it: gaudi-nb logs {run.run_id} -f · gaudi-nb show {run.run_id}")
+        return
+    console.print(f"run [bold]{run.run_id}[/] on {run.store.get(run.run_id)['target']}; Ctrl-C leaves it running")
+    try:
+        record = follow_with_progress(run, console)
+    except KeyboardInterrupt:
+        console.print(f"\nleft {run.run_id} running: gaudi-nb show {run.run_id} · gaudi-nb stop {run.run_id}")
+        raise typer.Exit(130)
+    if as_json:
+        out.print_json(json.dumps(record))
+    else:
+        print_record(record, console)
+    if record["status"] == "failed":
+        raise typer.Exit(1)
+
+
+def progress_line(record: Dict[str, Any]) -> Text:
+    """step 12/50 · loss 6.81 · 2,680 tok/s · $0.0031 (budget $1.00) · running"""
+    m, c = record["metrics"], record["cost"]
+    parts = [f"step {record['steps_completed']}/{record.get('max_steps') or '?'}"]
+    if m.get("final_loss") is not None:
+        parts.append(f"loss {m['final_loss']:.4f}")
+    if m.get("tokens_per_second"):
+        parts.append(f"{m['tokens_per_second']:,.0f} tok/s")
+    parts.append(money(c.get("usd")) + (f" of {money(c['budget_usd'])} budget" if c.get("budget_usd") else ""))
+    parts.append(record["status"])
+    return Text(" · ".join(parts))
+
+
+def money(value: Optional[float]) -> str:
+    if value is None:
+        return "$ unknown"
+    return f"${value:,.4f}" if value < 1 else f"${value:,.2f}"
+
+
+def follow_with_progress(run: api.Run, console: Console) -> Dict[str, Any]:
+    """A live line on a terminal; one line per new step otherwise (CI logs, pipes)."""
+    record = run.record()
+    done = ("succeeded", "failed", "stopped", "budget_exceeded")
+    if not console.is_terminal:
+        shown = None
+        while True:
+            key = (record["steps_completed"], record["status"])
+            if key != shown:
+                console.print(progress_line(record).plain, highlight=False, soft_wrap=True)
+                shown = key
+            if record["status"] in done:
+                return record
+            time.sleep(0.5)
+            record = run.record()
+    with Live(progress_line(record), console=console, refresh_per_second=4, transient=False) as live:
+        while record["status"] not in done:
+            time.sleep(0.5)
+            record = run.record()
+            live.update(progress_line(record))
+    return record
+
+
+def print_record(record: Dict[str, Any], console: Console = out) -> None:
+    m, c = record["metrics"], record["cost"]
+    table = Table(show_header=False, box=None)
+    rows = [
+        ("run", record["run_id"]),
+        ("status", record["status"]),
+        ("steps", f"{record['steps_completed']}/{record.get('max_steps')}"),
+        ("accelerator", f"{record.get('accelerator')} × {record.get('device_count')} ({record.get('precision')}, {record.get('trainer')})"),
+        ("loss", f"{_num(m.get('first_loss'))} → {_num(m.get('final_loss'))}"),
+        ("eval loss", _num(m.get("eval_loss"))),
+        ("throughput", f"{m['tokens_per_second']:,.0f} tokens/s (warmup left out)" if m.get("tokens_per_second") else "unknown"),
+        ("cost", f"{money(c.get('usd'))} at {money(c.get('price_per_hour'))}/h ({c.get('price_source')})"),
+        ("$ per 1M tokens", money(c.get("usd_per_million_tokens"))),
+        ("telemetry samples", str(record.get("telemetry_samples"))),
+        ("run folder", str(record.get("run_dir"))),
+    ]
+    exit_info = record.get("exit") or {}
+    if exit_info.get("reason"):
+        rows.append(("reason", exit_info["reason"]))
+    for key, value in rows:
+        table.add_row(Text(key, style="dim"), Text(str(value)))
+    console.print(table)
+    if record["status"] == "failed" and exit_info.get("last_log_lines"):
+        console.print(Text("last log lines:", style="dim"))
+        console.print(Text("\n".join(exit_info["last_log_lines"])))
+
+
+def _num(value: Optional[float]) -> str:
+    return "—" if value is None else f"{value:.4f}"
+
+
+@app.command()
+def runs(
+    limit: int = typer.Option(20, help="how many runs, newest first"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON records"),
+) -> None:
+    """List recent runs."""
+    records = api.runs(limit=limit)
+    if as_json:
+        out.print_json(json.dumps(records))
+        return
+    table = Table("run", "status", "steps", "loss", "tokens/s", "cost", "target")
+    for r in records:
+        m = r["metrics"]
+        table.add_row(r["run_id"], r["status"], f"{r['steps_completed']}/{r.get('max_steps')}", _num(m.get("final_loss")), f"{m['tokens_per_second']:,.0f}" if m.get("tokens_per_second") else "—", money(r["cost"].get("usd")), str(r.get("target")))
+    out.print(table)
+
+
+@app.command()
+def show(run_id: str = typer.Argument(..., help="run id (a unique prefix is enough)"), as_json: bool = typer.Option(False, "--json", help="print the run record as JSON")) -> None:
+    """Show one run: status, metrics, cost."""
+    record = api.get_run(run_id).record()
+    if as_json:
+        out.print_json(json.dumps(record))
+    else:
+        print_record(record)
+
+
+@app.command()
+def logs(run_id: str = typer.Argument(..., help="run id"), follow: bool = typer.Option(False, "--follow", "-f", help="keep printing new lines until the run ends")) -> None:
+    """Print a run's training log."""
+    run = api.get_run(run_id)
+    path = run.logs()
+    position = 0
+    while True:
+        if path.exists():
+            with open(path, "rb") as fh:
+                fh.seek(position)
+                chunk = fh.read()
+                position += len(chunk)
+            sys.stdout.write(chunk.decode(errors="replace"))
+            sys.stdout.flush()
+        if not follow or run.done:
+            return
+        time.sleep(0.5)
+
+
+@app.command()
+def events(
+    run_id: str = typer.Argument(..., help="run id"),
+    type_: Optional[List[str]] = typer.Option(None, "--type", "-t", help="only events of this type (repeatable)"),
+) -> None:
+    """Print a run's events as JSON lines."""
+    for event in api.get_run(run_id).events(types=type_):
+        sys.stdout.write(json.dumps(event) + "\n")
+
+
+@app.command()
+def stop(run_id: str = typer.Argument(..., help="run id")) -> None:
+    """Ask a run to stop cleanly: the ranks finish two steps and save a checkpoint."""
+    run = api.get_run(run_id)
+    if run.done:
+        out.print(f"{run.run_id} already ended: {run.status}")
+        return
+    first = run.stop()
+    out.print(f"stop requested for {run.run_id}" + ("" if first else " (a stop was already requested)") + f"; gaudi-nb show {run.run_id}")
+
+
+@app.command()
+def doctor(as_json: bool = typer.Option(False, "--json", help="print the report as JSON")) -> None:
+    """What this machine can do: accelerator, software versions, telemetry source, what is missing."""
+    from .doctor import report
+
+    result = report()
+    if as_json:
+        out.print_json(json.dumps(result))
+        return
+    table = Table("check", "found", "note", show_lines=False)
+    for row in result["checks"]:
+        style = "green" if row["ok"] else "yellow"
+        table.add_row(row["name"], Text(str(row["found"]), style=style), row.get("hint") or "")
+    out.print(table)
+
+
+@cost_app.command("catalog")
+def cost_catalog(as_json: bool = typer.Option(False, "--json", help="print JSON rows")) -> None:
+    """The price catalog: every row with its source and date (unknown prices shown as unknown)."""
+    from dataclasses import asdict
+
+    from .cost.catalog import load_catalog
+
+    rows = load_catalog()
+    if as_json:
+        out.print_json(json.dumps([asdict(r) for r in rows]))
+        return
+    table = Table("provider", "instance type", "region", "accelerators", "on-demand $/h", "spot $/h", "as of", "source")
+    for r in rows:
+        table.add_row(r.provider, r.instance_type, r.region or "—", f"{r.accelerator_count}× {r.accelerator}", money(r.on_demand_per_hour), money(r.spot_per_hour), r.as_of, r.source)
+    out.print(table)
+
+
+@cost_app.command("estimate")
+def cost_estimate(
+    parameters: Optional[float] = typer.Option(None, "--parameters", help="model size in parameters (7e9); or give --model"),
+    model: Optional[str] = typer.Option(None, "--model", help="a model preset: its size is computed"),
+    tokens: float = typer.Option(..., "--tokens", help="training tokens (1e9)"),
+    mfu: float = typer.Option(0.35, "--mfu", help="model FLOPs utilization: share of peak reached"),
+    as_json: bool = typer.Option(False, "--json", help="print JSON rows"),
+) -> None:
+    """Hours and dollars to train a model of this size on each catalog instance (assumptions printed)."""
+    from dataclasses import asdict
+
+    from .cost.estimate import ASSUMPTIONS, estimate
+
+    if parameters is None and model is None:
+        raise BadInput("give --parameters N or --model PRESET")
+    if parameters is None:
+        parameters = float(preset_parameters(model or ""))
+    if parameters <= 0 or tokens <= 0:
+        raise BadInput("--parameters and --tokens must be positive")
+    try:
+        rows = estimate(parameters, tokens, mfu=mfu)
+    except ValueError as exc:
+        raise BadInput(str(exc)) from None
+    if as_json:
+        out.print_json(json.dumps({"parameters": parameters, "tokens": tokens, "mfu": mfu, "assumptions": ASSUMPTIONS, "estimates": [asdict(r) for r in rows]}))
+        return
+    table = Table("instance type", "accelerators", "hours", "dollars", "$/h", "price as of")
+    for r in rows:
+        table.add_row(r.instance_type, f"{r.accelerator_count}× {r.accelerator}", "unknown" if r.hours is None else f"{r.hours:,.1f}", money(r.usd), money(r.price_per_hour), r.as_of)
+    out.print(f"{parameters:.3g} parameters × {tokens:.3g} tokens, MFU {mfu:.0%}")
+    out.print(table)
+    out.print(Text(ASSUMPTIONS, style="dim"))
+
+
+def preset_parameters(name: str) -> int:
+    from .worker.data import LOCAL_VOCAB_SIZE
+    from .worker.presets import model_presets
+
+    preset = model_presets.get(name)
+    if not preset.local:
+        raise BadInput(f"--model {name} is a hub model: give its size with --parameters")
+    model = preset.build(LOCAL_VOCAB_SIZE, 512)
+    return sum(p.numel() for p in model.parameters())
+
+
+def _mount_optional_commands() -> None:
+    """Sub-commands from other rooms, mounted when their module is present."""
+    try:
+        from .k8s_cli import k8s_app
+    except ImportError:
+        return
+    app.add_typer(k8s_app, name="k8s")
+
+
+_mount_optional_commands()
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    command = typer.main.get_command(app)
+    try:
+        # standalone mode: click reports its own usage errors (exit 2); ours are caught here
+        command.main(args=argv, prog_name="gaudi-nb", standalone_mode=True)
+    except (SpecError, BadInput) as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True, markup=True)
+        sys.exit(2)
+    except GaudiNbError as exc:
+        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True, markup=True)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,5 +1,4 @@
 """gaudi_nb: train on Intel Gaudi from Jupyter; one event stream from the node to every view."""
-from __future__ import annotations
 
 from .api import Run, get_run, runs, train
 from .errors import GaudiNbError, MissingExtraError, NotFoundError, SpecError

@@ -25,13 +25,14 @@ CATALOG_MARKER = "<!-- gaudi-nb:price-catalog -->"
 PROG = "gaudi-nb"
 # Help is rendered at a fixed width with no colour, so the page is the same on
 # every machine; tests/test_docs.py runs `gaudi-nb --help` with the same settings.
-HELP_ENV = {"COLUMNS": "100", "TERMINAL_WIDTH": "100", "NO_COLOR": "1", "TERM": "dumb"}
+HELP_ENV = {"COLUMNS": "80", "TERMINAL_WIDTH": "80", "NO_COLOR": "1", "TERM": "dumb"}
 
 
 # ---------------------------------------------------------------- CLI help --
 
 
-def _root_command() -> Any:
+def _root_command() -> Tuple[Any, Any]:
+    """The Typer app and the click command built from it."""
     try:
         import typer
 
@@ -42,15 +43,14 @@ def _root_command() -> Any:
             f"{type(exc).__name__}: {exc}. Install the package (pip install -e .) and fix the import; "
             "the CLI reference is generated from it."
         ) from exc
-    return typer.main.get_command(app)
+    return app, typer.main.get_command(app)
 
 
 def _walk(command: Any, path: Tuple[str, ...] = ()) -> Iterator[Tuple[Tuple[str, ...], Any]]:
-    import click
-
+    # Duck-typed: recent typer versions carry their own copy of click.
     yield path, command
-    if isinstance(command, click.Group):
-        ctx = click.Context(command, info_name=PROG)
+    if hasattr(command, "list_commands"):
+        ctx = command.context_class(command, info_name=PROG)
         for name in command.list_commands(ctx):
             sub = command.get_command(ctx, name)
             if sub is None or getattr(sub, "hidden", False):
@@ -58,14 +58,14 @@ def _walk(command: Any, path: Tuple[str, ...] = ()) -> Iterator[Tuple[Tuple[str,
             yield from _walk(sub, path + (name,))
 
 
-def help_text(root: Any, path: Tuple[str, ...]) -> str:
+def help_text(app: Any, path: Tuple[str, ...]) -> str:
     """What `gaudi-nb PATH --help` prints, trailing spaces removed."""
-    from click.testing import CliRunner
+    from typer.testing import CliRunner
 
     saved = {key: os.environ.get(key) for key in HELP_ENV}
     os.environ.update(HELP_ENV)
     try:
-        result = CliRunner().invoke(root, [*path, "--help"], prog_name=PROG, env=HELP_ENV)
+        result = CliRunner().invoke(app, [*path, "--help"], prog_name=PROG, env=HELP_ENV)
     finally:
         for key, value in saved.items():
             if value is None:
@@ -78,7 +78,7 @@ def help_text(root: Any, path: Tuple[str, ...]) -> str:
 
 
 def cli_reference() -> str:
-    root = _root_command()
+    app, root = _root_command()
     parts: List[str] = []
     for path, command in _walk(root):
         title = " ".join((PROG,) + path)
@@ -87,7 +87,7 @@ def cli_reference() -> str:
         parts.append(f"{level} `{title}`\n")
         if summary:
             parts.append(f"{summary}\n")
-        parts.append(f"```text\n{help_text(root, path)}\n```\n")
+        parts.append(f"``` {{ .text .cli-help }}\n{help_text(app, path)}\n```\n")
     return "\n".join(parts)
 
 
@@ -122,31 +122,41 @@ def _table(headers: List[str], rows: List[List[str]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _sources(rows: List[Dict[str, str]], key: str) -> str:
+    """Each row's source and notes as a list under its table: the tables stay narrow."""
+    lines = []
+    for r in rows:
+        when = f" (as of {r['as_of']})" if r.get("as_of") else ""
+        notes = f" — {_cell(r['notes'])}" if (r.get("notes") or "").strip() else ""
+        lines.append(f"- **`{r[key]}`**{when}: {_cell(r['source'])}{notes}")
+    return "\n".join(lines) + "\n"
+
+
 def price_catalog() -> str:
     try:
         from gaudi_nb.cost.catalog import onprem_price_per_hour
     except Exception as exc:
         raise PluginError(f"docs/hooks/cli_reference.py: cannot import gaudi_nb.cost.catalog: {exc}") from exc
 
+    cloud_rows = _read_csv("catalog.csv")
     cloud = _table(
-        ["provider", "instance type", "region", "accelerators", "on demand / node-hour", "spot", "as of", "source", "notes"],
+        ["instance type", "provider", "region", "accelerators", "on demand / node-hour", "spot", "as of"],
         [
             [
-                _cell(r["provider"]),
                 f"`{r['instance_type']}`",
+                _cell(r["provider"]),
                 _cell(r["region"]) or "any",
                 f"{r['accelerator_count']}× {_cell(r['accelerator'])}",
                 _money(r["on_demand_per_hour"]),
-                _money(r["spot_per_hour"]) if r.get("spot_per_hour") else "—",
+                _money(r["spot_per_hour"]) if (r.get("spot_per_hour") or "").strip() else "—",
                 _cell(r["as_of"]),
-                _cell(r["source"]),
-                _cell(r.get("notes", "")),
             ]
-            for r in _read_csv("catalog.csv")
+            for r in cloud_rows
         ],
     )
+    onprem_csv = _read_csv("onprem.csv")
     onprem_rows = []
-    for r in _read_csv("onprem.csv"):
+    for r in onprem_csv:
         rate = onprem_price_per_hour(
             purchase_usd=float(r["purchase_usd"]),
             years=float(r["years"]),
@@ -161,35 +171,35 @@ def price_catalog() -> str:
                 f"{r['accelerator_count']}× {_cell(r['accelerator'])}",
                 _money(r["purchase_usd"]),
                 _cell(r["years"]),
-                f"{r['accelerator_power_w']} W × {r['accelerator_count']} + {r['host_power_w']} W",
+                f"{r['accelerator_count']} × {r['accelerator_power_w']} W + {r['host_power_w']} W",
                 f"${float(r['usd_per_kwh']):.2f}",
                 f"**${rate:,.2f}**",
-                _cell(r["as_of"]),
-                _cell(r["source"]),
-                _cell(r.get("notes", "")),
             ]
         )
     onprem = _table(
-        ["instance type", "accelerators", "purchase", "years", "power", "per kWh", "= per node-hour", "as of", "source", "notes"],
-        onprem_rows,
+        ["instance type", "accelerators", "purchase", "years", "power", "per kWh", "= per node-hour"], onprem_rows
     )
+    accelerator_rows = _read_csv("accelerators.csv")
     accelerators = _table(
-        ["accelerator", "peak dense BF16 TFLOP/s", "memory GB", "power W", "source"],
+        ["accelerator", "peak dense BF16 TFLOP/s", "memory GB", "power W"],
         [
             [
                 _cell(r["accelerator"]),
                 _cell(r["peak_bf16_tflops"]) or "unknown",
                 _cell(r["memory_gb"]) or "unknown",
                 _cell(r["power_w"]) or "unknown",
-                _cell(r["source"]),
             ]
-            for r in _read_csv("accelerators.csv")
+            for r in accelerator_rows
         ],
     )
     return (
-        "### Cloud instances (`gaudi_nb/cost/catalog.csv`)\n\n" + cloud
-        + "\n### On-premises nodes (`gaudi_nb/cost/onprem.csv`, rate computed)\n\n" + onprem
-        + "\n### Accelerators (`gaudi_nb/cost/accelerators.csv`)\n\n" + accelerators
+        "### Cloud instances\n\nFrom `gaudi_nb/cost/catalog.csv`.\n\n" + cloud
+        + "\nSources:\n\n" + _sources(cloud_rows, "instance_type")
+        + "\n### On-premises nodes\n\nFrom `gaudi_nb/cost/onprem.csv`; the last column is computed "
+        "with the formula above.\n\n" + onprem
+        + "\nSources:\n\n" + _sources(onprem_csv, "instance_type")
+        + "\n### Accelerators\n\nFrom `gaudi_nb/cost/accelerators.csv`: the peaks the estimates use.\n\n"
+        + accelerators + "\nSources:\n\n" + _sources(accelerator_rows, "accelerator")
     )
 
 

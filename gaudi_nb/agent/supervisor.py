@@ -19,7 +19,7 @@ from ..cost import catalog, meter
 from ..events import EventWriter, Tailer
 from ..launch import build_launch, pick_launcher
 from ..spec import RunSpec
-from ..worker.callback import STOP_REQUEST
+from ..rundir import request_stop, stop_reason
 from ..worker.trainers import pick_trainer
 
 # After a stop request the ranks finish two steps and save a checkpoint; a run that
@@ -32,28 +32,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def request_stop(run_dir: Path, reason: str) -> bool:
-    """Ask a run to stop after saving a checkpoint; the first request wins. Returns True if this one was recorded."""
-    control = Path(run_dir) / "control"
-    control.mkdir(parents=True, exist_ok=True)
-    path = control / STOP_REQUEST
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-    except FileExistsError:
-        return False
-    with os.fdopen(fd, "w") as fh:
-        json.dump({"reason": reason, "t": time.time()}, fh)
-    return True
-
-
-def stop_reason(run_dir: Path) -> Optional[str]:
-    path = Path(run_dir) / "control" / STOP_REQUEST
-    try:
-        return json.loads(path.read_text()).get("reason", "stopped")
-    except (OSError, json.JSONDecodeError):
-        return "stopped" if path.exists() else None
 
 
 def tail_lines(path: Path, n: int = LOG_TAIL_LINES) -> List[str]:
@@ -275,6 +253,6 @@ class Agent:
         try:
             from ..telemetry.prometheus import MetricsExporter
 
-            self.exporter = MetricsExporter(port=int(port), address=os.environ.get("GAUDI_NB_METRICS_ADDRESS", "127.0.0.1"))
+            self.exporter = MetricsExporter(port=int(port), address=os.environ.get("GAUDI_NB_METRICS_HOST", "127.0.0.1"))
         except Exception as exc:
             self.events.emit("log", level="warning", message=f"Prometheus exporter not started: {exc}")

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
-from ..agent.supervisor import request_stop
+from ..rundir import request_stop
 from ..events import read_events
 from ..paths import run_dir
 from ..spec import RunSpec

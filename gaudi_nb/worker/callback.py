@@ -10,9 +10,8 @@ from typing import Any, Callable, Dict, Optional
 from transformers import TrainerCallback
 
 from ..events import BackgroundEventWriter
+from ..rundir import STOP_AT, STOP_REQUEST
 
-STOP_REQUEST = "stop_request.json"  # written by the agent (budget, user stop)
-STOP_AT = "stop_at.json"  # written by rank 0: the step every rank stops after
 
 
 class EventCallback(TrainerCallback):

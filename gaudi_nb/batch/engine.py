@@ -1,0 +1,124 @@
+"""A papermill engine whose cell hooks write `cell` events to the run's events.jsonl as cells run.
+
+Papermill's engine is a template method: `Engine.execute_notebook` owns the lifecycle
+(notebook start, cell start, cell exception, cell complete, notebook end) through a
+NotebookExecutionManager. This engine only swaps in a manager that also emits events.
+Registered with papermill as engine "gaudi_nb".
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Dict, Optional
+
+from papermill.engines import NBClientEngine, NotebookExecutionManager, papermill_engines
+
+from ..events import EventWriter
+
+ENGINE_NAME = "gaudi_nb"
+PREVIEW_CHARS = 80
+
+EventCallback = Callable[[Dict[str, Any]], None]
+
+
+def source_preview(cell: Any) -> str:
+    source = cell.get("source", "")
+    source = "".join(source) if isinstance(source, list) else str(source)
+    for line in source.splitlines():
+        if line.strip():
+            line = line.strip()
+            return line if len(line) <= PREVIEW_CHARS else line[: PREVIEW_CHARS - 1] + "…"
+    return ""
+
+
+def error_text(exception: Any) -> str:
+    """'ZeroDivisionError: division by zero' from nbclient's CellExecutionError (or any exception)."""
+    ename, evalue = getattr(exception, "ename", None), getattr(exception, "evalue", None)
+    if ename:
+        return f"{ename}: {evalue}" if evalue else str(ename)
+    return f"{type(exception).__name__}: {exception}" if exception is not None else "error"
+
+
+class EventingExecutionManager(NotebookExecutionManager):
+    """Papermill's manager plus one event per hook: cell start, end (with duration) and error."""
+
+    def __init__(self, nb: Any, *, writer: EventWriter, on_event: Optional[EventCallback] = None, metadata: Optional[Dict[str, Any]] = None, **kwargs: Any) -> None:
+        self.writer = writer
+        self.on_event = on_event
+        self.extra_metadata = metadata or {}
+        self._started: Dict[int, float] = {}
+        self._failed: set = set()
+        super().__init__(nb, **kwargs)
+
+    def _emit(self, **fields: Any) -> None:
+        event = self.writer.emit("cell", **fields)
+        if self.on_event is not None:
+            self.on_event(event)
+
+    def notebook_start(self, **kwargs: Any) -> None:
+        # the manifest rides in the output notebook from the first save on
+        for key, value in self.extra_metadata.items():
+            self.nb.metadata[key] = value
+        super().notebook_start(**kwargs)
+
+    def cell_start(self, cell: Any, cell_index: Optional[int] = None, **kwargs: Any) -> None:
+        super().cell_start(cell, cell_index, **kwargs)
+        if cell.get("cell_type") == "code" and cell_index is not None:
+            self._started[cell_index] = time.monotonic()
+            self._emit(index=cell_index, phase="start", source_preview=source_preview(cell), tags=list(cell.get("metadata", {}).get("tags") or []))
+
+    def cell_exception(self, cell: Any, cell_index: Optional[int] = None, **kwargs: Any) -> None:
+        super().cell_exception(cell, cell_index, **kwargs)
+        if cell_index is not None:
+            started = self._started.get(cell_index)
+            self._failed.add(cell_index)
+            self._emit(index=cell_index, phase="error", duration_s=None if started is None else time.monotonic() - started, source_preview=source_preview(cell), error=error_text(kwargs.get("exception")))
+
+    def cell_complete(self, cell: Any, cell_index: Optional[int] = None, **kwargs: Any) -> None:
+        super().cell_complete(cell, cell_index, **kwargs)
+        if cell_index in self._started and cell_index not in self._failed:
+            self._emit(index=cell_index, phase="end", duration_s=time.monotonic() - self._started[cell_index])
+
+
+class GaudiNbEngine(NBClientEngine):
+    """NBClientEngine whose execution manager writes `cell` events.
+
+    Extra keyword arguments (passed through papermill.execute_notebook's engine kwargs):
+    event_writer (required), on_event (a callback per event), notebook_metadata (merged into nb.metadata).
+    """
+
+    @classmethod
+    def execute_notebook(
+        cls,
+        nb: Any,
+        kernel_name: str,
+        output_path: Optional[str] = None,
+        progress_bar: bool = True,
+        log_output: bool = False,
+        autosave_cell_every: int = 30,
+        event_writer: Optional[EventWriter] = None,
+        on_event: Optional[EventCallback] = None,
+        notebook_metadata: Optional[Dict[str, Any]] = None,
+        **kwargs: Any,
+    ) -> Any:
+        if event_writer is None:
+            return super().execute_notebook(nb, kernel_name, output_path=output_path, progress_bar=progress_bar, log_output=log_output, autosave_cell_every=autosave_cell_every, **kwargs)
+        nb_man = EventingExecutionManager(
+            nb,
+            writer=event_writer,
+            on_event=on_event,
+            metadata=notebook_metadata,
+            output_path=output_path,
+            progress_bar=progress_bar,
+            log_output=log_output,
+            autosave_cell_every=autosave_cell_every,
+        )
+        nb_man.notebook_start()
+        try:
+            cls.execute_managed_notebook(nb_man, kernel_name, log_output=log_output, **kwargs)
+        finally:
+            nb_man.cleanup_pbar()
+            nb_man.notebook_complete()
+        return nb_man.nb
+
+
+papermill_engines.register(ENGINE_NAME, GaudiNbEngine)

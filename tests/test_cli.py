@@ -1,0 +1,75 @@
+"""The CLI as a user types it: one-line errors with exit code 2, and nothing recorded for bad input."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import BIN
+
+GAUDI_NB = str(BIN / "gaudi-nb")
+
+
+def run_cli(*args, env=None, timeout=120):
+    return subprocess.run([GAUDI_NB, *args], capture_output=True, text=True, timeout=timeout, env=env)
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--model", "tiny-lama"], "model: unknown preset 'tiny-lama'"),
+        (["--devices", "0"], "devices: input should be greater than or equal to 1"),
+        (["--budget-usd", "-1"], "budget_usd: input should be greater than 0"),
+        (["--dataset", "no/such/file.jsonl"], "dataset: file not found: no/such/file.jsonl"),
+        (["--instance-type", "x9.huge"], "instance_type: no price for instance type 'x9.huge'"),
+    ],
+)
+def test_bad_input_is_one_line_exit_2_and_nothing_stored(gaudi_home, args, expected):
+    result = run_cli("train", *args)
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and expected in lines[0] and "Traceback" not in result.stderr
+    assert not (gaudi_home / "runs").exists()
+    runs = run_cli("runs", "--json")
+    assert json.loads(runs.stdout) == []
+
+
+def test_unknown_run_is_one_line(gaudi_home):
+    result = run_cli("show", "no-such-run")
+    assert result.returncode == 1
+    assert result.stderr.strip() == "error: no run 'no-such-run' in the store: gaudi-nb runs lists them"
+
+
+def test_doctor_reports_cpu_honestly(gaudi_home):
+    result = run_cli("doctor", "--json")
+    report = json.loads(result.stdout)
+    assert report["accelerator"] == "cpu"  # no Gaudi card here: never reported as HPU
+    assert "host" in report["telemetry_sources"]
+    names = {c["name"]: c for c in report["checks"]}
+    assert names["habana-torch-plugin"]["ok"] is False and "Intel" in names["habana-torch-plugin"]["hint"]
+
+
+def test_cost_catalog_shows_unknown_prices_as_unknown(gaudi_home):
+    rows = json.loads(run_cli("cost", "catalog", "--json").stdout)
+    by_type = {r["instance_type"]: r for r in rows}
+    assert by_type["dl1.24xlarge"]["on_demand_per_hour"] == 13.11
+    assert by_type["gx3d-160x1792x8gaudi3"]["on_demand_per_hour"] is None
+    text = run_cli("cost", "catalog").stdout
+    assert "unknown" in text
+
+
+def test_cost_estimate_prints_assumptions_and_arithmetic(gaudi_home):
+    result = run_cli("cost", "estimate", "--parameters", "7e9", "--tokens", "1e9", "--json")
+    data = json.loads(result.stdout)
+    assert "6 × parameters × tokens" in data["assumptions"]
+    p5 = next(r for r in data["estimates"] if r["instance_type"] == "p5.48xlarge")
+    hours = 6 * 7e9 * 1e9 / (989e12 * 8 * 0.35) / 3600
+    assert p5["hours"] == pytest.approx(hours, rel=1e-6)
+    assert p5["usd"] == pytest.approx(hours * p5["price_per_hour"], rel=1e-6)
+    text = run_cli("cost", "estimate", "--model", "tiny-llama", "--tokens", "1e6").stdout
+    assert "MFU" in text and "parameters" in text
+
+
+def test_cost_estimate_without_size_is_bad_input(gaudi_home):
+    result = run_cli("cost", "estimate", "--tokens", "1e9")
+    assert result.returncode == 2 and "give --parameters N or --model PRESET" in result.stderr

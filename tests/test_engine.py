@@ -1,0 +1,117 @@
+"""Real runs on this machine: torchrun, 2 CPU ranks, the detached agent, the store."""
+import json
+import os
+import signal
+import subprocess
+import time
+
+import pytest
+
+import gaudi_nb
+from conftest import BIN
+
+pytestmark = pytest.mark.slow
+GAUDI_NB = str(BIN / "gaudi-nb")
+
+
+def step_numbers(run):
+    return [e["step"] for e in run.events(types=["step"])]
+
+
+def test_two_ranks_train_and_the_loss_falls(gaudi_home):
+    run = gaudi_nb.train(model="tiny-llama", devices=2, max_steps=30, trainer="transformers", eval_steps=15).wait(timeout=240)
+    record = run.record()
+    assert record["status"] == "succeeded", record["exit"]
+    assert step_numbers(run) == list(range(1, 31))
+    assert record["metrics"]["final_loss"] < record["metrics"]["first_loss"] - 0.5
+    assert record["metrics"]["eval_loss"] is not None
+    assert record["accelerator"] == "cpu" and record["device_count"] == 2 and record["precision"] == "fp32"
+    assert record["telemetry_samples"] > 0
+    telemetry = run.events(types=["telemetry"])[-3]
+    kinds = {d["kind"] for d in telemetry["devices"]}
+    assert kinds == {"cpu"} and len(telemetry["devices"]) == 2  # the ranks' processes, labelled CPU
+    assert record["checkpoints"][-1]["reason"] == "final"
+    assert os.path.isdir(record["checkpoints"][-1]["path"])
+    assert record["cost"]["usd"] is None  # no price given: unknown, never 0
+
+
+def test_optimum_habana_trainer_runs_on_cpu_with_the_same_events(gaudi_home):
+    result = subprocess.run(
+        [GAUDI_NB, "train", "--model", "tiny-llama", "--devices", "2", "--max-steps", "12", "--trainer", "optimum-habana", "--json"],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    record = json.loads(result.stdout)
+    assert record["status"] == "succeeded" and record["trainer"] == "optimum-habana"
+    assert record["steps_completed"] == 12 and record["metrics"]["tokens_per_second"] > 0
+    for key in ("run_id", "status", "spec", "steps_completed", "metrics", "cost", "telemetry_samples"):
+        assert key in record
+    run = gaudi_nb.get_run(record["run_id"])
+    types = {e["type"] for e in run.events()}
+    assert {"run_start", "worker_start", "step", "telemetry", "cost", "checkpoint", "run_end"} <= types
+    show = json.loads(subprocess.run([GAUDI_NB, "show", record["run_id"], "--json"], capture_output=True, text=True).stdout)
+    assert show == record
+
+
+@pytest.mark.parametrize("detach", [False, True])
+def test_killing_the_client_leaves_the_run_going(gaudi_home, detach):
+    args = [GAUDI_NB, "train", "--devices", "2", "--max-steps", "25"] + (["--detach"] if detach else [])
+    client = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.time() + 120
+    run = None
+    while time.time() < deadline:
+        runs = gaudi_nb.runs()
+        if runs:
+            run = gaudi_nb.get_run(runs[0]["run_id"])
+            if run.record()["steps_completed"] >= 2:
+                break
+        time.sleep(0.5)
+    assert run is not None, "the run never started"
+    client.kill()
+    client.wait()
+    run.wait(timeout=240)
+    assert run.status == "succeeded"
+    assert step_numbers(run) == list(range(1, 26))  # every step once, none lost, none twice
+
+
+def test_budget_stops_the_run_with_a_checkpoint(gaudi_home):
+    result = subprocess.run([GAUDI_NB, "train", "--devices", "2", "--max-steps", "200", "--price-per-hour", "36", "--budget-usd", "0.01", "--json"], capture_output=True, text=True, timeout=300)
+    record = json.loads(result.stdout)
+    assert record["status"] == "budget_exceeded"
+    assert record["steps_completed"] < 200
+    checkpoint = record["checkpoints"][-1]
+    assert checkpoint["reason"] == "budget_exceeded" and checkpoint["step"] == record["steps_completed"]
+    assert os.path.isdir(checkpoint["path"])
+    assert record["cost"]["usd"] >= 0.01 and record["cost"]["price_per_hour"] == 36.0
+
+
+def test_a_failing_run_says_why(gaudi_home, tmp_path):
+    data = tmp_path / "short.txt"
+    data.write_text("too short")
+    run = gaudi_nb.train(dataset=str(data), max_steps=5).wait(timeout=240)
+    record = run.record()
+    assert record["status"] == "failed"
+    assert record["exit"]["exit_code"] != 0
+    assert "fewer than 128 tokens" in record["exit"]["reason"]
+    assert record["exit"]["last_log_lines"]
+
+
+def test_stop_request_ends_cleanly_with_a_checkpoint(gaudi_home):
+    run = gaudi_nb.train(devices=1, max_steps=500)
+    deadline = time.time() + 120
+    while run.record()["steps_completed"] < 3 and time.time() < deadline:
+        time.sleep(0.5)
+    assert run.stop() is True and run.stop() is False  # the first request wins
+    run.wait(timeout=240)
+    record = run.record()
+    assert record["status"] == "stopped" and record["steps_completed"] < 500
+    assert record["checkpoints"][-1]["reason"] == "stopped"
+    assert step_numbers(run) == list(range(1, record["steps_completed"] + 1))
+
+
+def test_jsonl_dataset_through_datasets(gaudi_home, tmp_path):
+    data = tmp_path / "train.jsonl"
+    text = (gaudi_nb.worker.presets.sample_text_path()).read_text().split("\n\n")
+    data.write_text("\n".join(json.dumps({"text": t}) for t in text if t.strip()))
+    run = gaudi_nb.train(dataset=str(data), model="tiny-gpt2", max_steps=5).wait(timeout=240)
+    assert run.status == "succeeded", run.record()["exit"]

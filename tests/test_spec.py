@@ -1,0 +1,49 @@
+import pytest
+
+from gaudi_nb.errors import SpecError
+from gaudi_nb.spec import RunSpec
+
+
+def test_defaults_are_a_small_cpu_friendly_run():
+    spec = RunSpec()
+    assert spec.model == "tiny-llama" and spec.devices == 1 and spec.precision == "auto" and spec.target == "local"
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        ({"devices": 0}, "devices: input should be greater than or equal to 1 (got 0)"),
+        ({"budget_usd": -1}, "budget_usd: input should be greater than 0"),
+        ({"dataset": "missing.jsonl"}, "dataset: file not found: missing.jsonl"),
+        ({"precision": "fp16"}, "precision: must be one of 'auto', 'bf16' or 'fp32' (got 'fp16')"),
+        ({"target": "gcp:a3"}, "target: must be local, ssh://user@host[:port] or aws:INSTANCE_TYPE"),
+        ({"learning_rate": "fast"}, "learning_rate: input should be a valid number"),
+        ({"colour": "red"}, "unknown option 'colour'"),
+    ],
+)
+def test_bad_input_is_one_line_naming_the_field(options, message):
+    with pytest.raises(SpecError) as info:
+        RunSpec.from_options(**options)
+    text = str(info.value)
+    assert message in text
+    assert "\n" not in text
+
+
+def test_targets_of_later_issues_already_parse():
+    assert RunSpec(target="ssh://ubuntu@10.0.0.5:2222").target.startswith("ssh://")
+    assert RunSpec(target="aws:dl1.24xlarge").target == "aws:dl1.24xlarge"
+
+
+def test_spec_round_trips_through_json():
+    spec = RunSpec(model="tiny-gpt2", devices=8, budget_usd=12.5, price_per_hour=13.11)
+    assert RunSpec.model_validate_json(spec.model_dump_json()) == spec
+
+
+def test_existing_dataset_file_is_accepted(tmp_path):
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"text": "hello"}\n')
+    assert RunSpec(dataset=str(data)).dataset == str(data)
+
+
+def test_warmup_never_swallows_every_step():
+    assert RunSpec(max_steps=3, warmup_steps=10).warmup_steps == 2

@@ -18,6 +18,7 @@ COMMON_KEYS = ("v", "type", "t", "run_id", "node", "rank")
 EVENT_TYPES = (
     "run_start",  # agent: spec, run_dir, pid, accelerator, trainer, launcher, argv
     "worker_start",  # rank: accelerator, device, precision, trainer, world_size, parameters
+    "worker_error",  # any rank: error, traceback (the exception that ended it)
     "step",  # rank 0: step, loss, learning_rate, grad_norm, step_time_s, tokens, tokens_per_second, samples_per_second, memory_bytes, warmup
     "eval",  # rank 0: step, eval_loss
     "checkpoint",  # rank 0: step, path, reason

@@ -49,6 +49,7 @@ def empty_summary(run_id: str) -> Dict[str, Any]:
         "telemetry_samples": 0,
         "checkpoints": [],
         "exit": None,
+        "batch": None,  # batch runs (gaudi_nb.batch): notebook, parameters, cells, results
         # running sums for steady-state throughput (warmup steps left out)
         "_measured_tokens": 0,
         "_measured_samples": 0,
@@ -83,6 +84,15 @@ def _apply(s: Dict[str, Any], e: Dict[str, Any]) -> None:
             max_steps=spec.get("max_steps"),
         )
         s["trainer"] = e.get("trainer")
+        if e.get("kind") == "batch":
+            s["batch"] = dict(
+                _empty_batch(),
+                notebook=e.get("notebook") or spec.get("notebook"),
+                parameters=spec.get("parameters") or {},
+                cells_total=len(e.get("cells") or []) or None,
+                output_path=e.get("output_path"),
+                manifest_path=e.get("manifest_path"),
+            )
         s["cost"].update(price_per_hour=e.get("price_per_hour"), price_source=e.get("price_source"), nodes=spec.get("nodes", 1), budget_usd=spec.get("budget_usd"))
     elif kind == "worker_start":
         if e.get("rank") == 0:
@@ -108,6 +118,8 @@ def _apply(s: Dict[str, Any], e: Dict[str, Any]) -> None:
         s["telemetry_samples"] += 1
     elif kind == "cost":
         s["cost"].update(usd=e.get("usd"), elapsed_s=e.get("elapsed_s"), price_per_hour=e.get("price_per_hour"), nodes=e.get("nodes", s["cost"]["nodes"]))
+    elif kind in ("cell", "result"):
+        _apply_batch(s, e)
     elif kind == "stop_requested":
         if s["status"] == "running":
             s["status"] = "stopping"
@@ -115,6 +127,29 @@ def _apply(s: Dict[str, Any], e: Dict[str, Any]) -> None:
         s["status"] = e.get("status", "failed")
         s["ended_at"] = e.get("t")
         s["exit"] = {k: e.get(k) for k in ("exit_code", "reason", "last_log_lines")}
+
+
+def _empty_batch() -> Dict[str, Any]:
+    return {"notebook": None, "parameters": {}, "cells_total": None, "cells_done": 0, "current_cell": None, "failed_cell": None, "error": None, "output_path": None, "manifest_path": None, "results": {}}
+
+
+def _apply_batch(s: Dict[str, Any], e: Dict[str, Any]) -> None:
+    """`cell` events (phase start/end/error) and `result` events (values a notebook recorded)."""
+    b = s.get("batch") or _empty_batch()
+    s["batch"] = b
+    if e.get("type") == "result":
+        b["results"].update(e.get("values") or {})
+        return
+    phase = e.get("phase")
+    if phase == "start":
+        b["current_cell"] = e.get("index")
+    elif phase == "end":
+        b["cells_done"] += 1
+        b["current_cell"] = None
+    elif phase == "error":
+        b["failed_cell"] = e.get("index")
+        b["error"] = e.get("error")
+        b["current_cell"] = None
 
 
 def _derive(s: Dict[str, Any]) -> None:

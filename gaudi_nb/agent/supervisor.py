@@ -68,6 +68,7 @@ class Agent:
         self.started = time.time()
         self.process: Optional[subprocess.Popen] = None
         self.last_step = 0
+        self.worker_error: Optional[str] = None
         self.stop_requested_at: Optional[float] = None
         self.exporter: Any = None
         self._tailer = Tailer(self.run_dir / "events.jsonl")
@@ -152,7 +153,7 @@ class Agent:
             status = "succeeded"
         else:
             status = "failed"
-            fields["reason"] = failure_reason(lines, exit_code)
+            fields["reason"] = self.worker_error or failure_reason(lines, exit_code)
             fields["last_log_lines"] = lines
         self.events.emit("run_end", status=status, **fields)
         self.events.close()
@@ -192,6 +193,8 @@ class Agent:
         for event in self._tailer.poll():
             if event.get("type") == "step":
                 self.last_step = max(self.last_step, int(event["step"]))
+            elif event.get("type") == "worker_error" and self.worker_error is None:
+                self.worker_error = f"rank {event.get('rank')}: {event.get('error')}"
             if self.exporter is not None:
                 self.exporter.observe(event)
 

@@ -7,6 +7,7 @@ Registered with papermill as engine "gaudi_nb".
 """
 from __future__ import annotations
 
+import sys
 import time
 from typing import Any, Callable, Dict, Optional
 
@@ -47,6 +48,7 @@ class EventingExecutionManager(NotebookExecutionManager):
         self.extra_metadata = metadata or {}
         self._started: Dict[int, float] = {}
         self._failed: set = set()
+        self._handled: Optional[BaseException] = None
         super().__init__(nb, **kwargs)
 
     def _emit(self, **fields: Any) -> None:
@@ -64,19 +66,30 @@ class EventingExecutionManager(NotebookExecutionManager):
         super().cell_start(cell, cell_index, **kwargs)
         if cell.get("cell_type") == "code" and cell_index is not None:
             self._started[cell_index] = time.monotonic()
+            self._handled = sys.exc_info()[1]  # an exception the caller is handling is not this cell's
             self._emit(index=cell_index, phase="start", source_preview=source_preview(cell), tags=list(cell.get("metadata", {}).get("tags") or []))
 
     def cell_exception(self, cell: Any, cell_index: Optional[int] = None, **kwargs: Any) -> None:
         super().cell_exception(cell, cell_index, **kwargs)
+        exception = kwargs.get("exception")
+        if getattr(exception, "ename", None) == "SystemExit" and str(getattr(exception, "evalue", "")) in ("", "0"):
+            return  # sys.exit(0) ends a notebook cleanly for papermill too; cell_complete reports "end"
         if cell_index is not None:
             started = self._started.get(cell_index)
             self._failed.add(cell_index)
-            self._emit(index=cell_index, phase="error", duration_s=None if started is None else time.monotonic() - started, source_preview=source_preview(cell), error=error_text(kwargs.get("exception")))
+            self._emit(index=cell_index, phase="error", duration_s=None if started is None else time.monotonic() - started, source_preview=source_preview(cell), error=error_text(exception))
 
     def cell_complete(self, cell: Any, cell_index: Optional[int] = None, **kwargs: Any) -> None:
         super().cell_complete(cell, cell_index, **kwargs)
-        if cell_index in self._started and cell_index not in self._failed:
-            self._emit(index=cell_index, phase="end", duration_s=time.monotonic() - self._started[cell_index])
+        if cell_index not in self._started or cell_index in self._failed:
+            return
+        duration = time.monotonic() - self._started[cell_index]
+        in_flight = sys.exc_info()[1]  # a timeout or a dead kernel: papermill calls us from a finally
+        if in_flight is not None and in_flight is not self._handled:
+            self._failed.add(cell_index)
+            self._emit(index=cell_index, phase="error", duration_s=duration, source_preview=source_preview(cell), error=error_text(in_flight))
+        else:
+            self._emit(index=cell_index, phase="end", duration_s=duration)
 
 
 class GaudiNbEngine(NBClientEngine):

@@ -131,4 +131,23 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m gaudi_nb.worker", description="Run one rank of a gaudi_nb run.")
     parser.add_argument("--run-dir", required=True, type=Path)
     args = parser.parse_args(argv)
-    train(args.run_dir)
+    try:
+        train(args.run_dir)
+    except Exception as exc:
+        report_error(args.run_dir, exc)
+        raise
+
+
+def report_error(run_dir: Path, exc: BaseException) -> None:
+    """Put the rank's exception in the event stream: the launcher's own summary hides it in the log."""
+    import traceback
+
+    from ..events import EventWriter
+
+    try:
+        run = json.loads((run_dir / "run.json").read_text())
+        writer = EventWriter(run_dir / "events.jsonl", run["run_id"], node=run.get("node", "local"), rank=rank_info()[0])
+        writer.emit("worker_error", error=f"{type(exc).__name__}: {exc}"[:500], traceback=traceback.format_exc().splitlines()[-15:])
+        writer.close()
+    except Exception:
+        pass  # the log still has the traceback

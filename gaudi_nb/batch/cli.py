@@ -1,0 +1,98 @@
+"""`gaudi-nb batch`: a thin view over gaudi_nb.batch (the lead mounts it: app.command("batch")(batch_command))."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from ..errors import SpecError
+
+out = Console()
+err = Console(stderr=True)
+
+
+def parse_parameters(pairs: Optional[List[Tuple[str, str]]]) -> Dict[str, Any]:
+    params: Dict[str, Any] = {}
+    for name, value in pairs or []:
+        if name in params:
+            raise SpecError(f"parameter {name} given twice: sweep several values with -p {name} a,b,c")
+        params[name] = value
+    return params
+
+
+class Progress:
+    """One line per cell, written as the cell starts and finished when it ends (works in pipes and CI logs)."""
+
+    def __init__(self, console: Console) -> None:
+        self.console = console
+        self.total = 0
+        self.count = 0
+        self.open_line = False
+
+    def __call__(self, event: Dict[str, Any]) -> None:
+        kind = event.get("type")
+        c = self.console
+        if kind == "run_start":
+            self.total = len(event.get("cells") or [])
+            self.count = 0
+            params = ", ".join(f"{k}={v}" for k, v in (event.get("spec") or {}).get("parameters", {}).items())
+            c.print(f"run [bold]{escape(event['run_id'])}[/]: {escape(Path(event.get('notebook') or '').name)}" + (f" ({escape(params)})" if params else "") + f", {self.total} cells → {escape(str(event.get('output_path')))}", highlight=False, soft_wrap=True)
+        elif kind == "cell":
+            phase = event.get("phase")
+            if phase == "start":
+                self.count += 1
+                c.print(f"  [{self.count}/{self.total or '?'}] cell {event['index']}: {escape(event.get('source_preview') or '')} … ", end="", highlight=False, soft_wrap=True)
+                self.open_line = True
+            elif phase == "end":
+                self._finish(f"[green]ok[/] {event.get('duration_s') or 0:.2f} s")
+            elif phase == "error":
+                self._finish(f"[red]failed[/] {escape(event.get('error') or '')}")
+        elif kind == "run_end":
+            if self.open_line:
+                self._finish("")
+            status = event.get("status")
+            style = "green" if status == "succeeded" else "red"
+            c.print(f"[{style}]{status}[/] in {event.get('duration_s') or 0:.1f} s" + (f": {escape(str(event['reason']))}" if event.get("reason") else ""), highlight=False, soft_wrap=True)
+
+    def _finish(self, text: str) -> None:
+        self.console.print(text, highlight=False, soft_wrap=True)
+        self.open_line = False
+
+
+def batch_command(
+    notebook: Path = typer.Argument(..., help="the notebook (.ipynb) to run; its cell tagged 'parameters' declares the parameters and their types"),
+    parameter: Optional[List[Tuple[str, str]]] = typer.Option(None, "-p", "--parameter", help="NAME VALUE, checked against the parameters cell (repeatable); 'a,b,c' sweeps a number over a grid of runs"),
+    output: Optional[str] = typer.Option(None, "--output", "-o", help="folder (<folder>/<run_id>/output.ipynb), .ipynb path, or s3://bucket/prefix; default the run folder"),
+    target: str = typer.Option("local", "--target", help="where the notebook runs (local)"),
+    kernel_name: Optional[str] = typer.Option(None, "--kernel", help="Jupyter kernel name (default: the notebook's, else python3)"),
+    ci: bool = typer.Option(False, "--ci", help="write JUnit XML (one testcase per cell) and exit non-zero when a notebook fails"),
+    junit: Optional[str] = typer.Option(None, "--junit", help="where the JUnit XML goes (default <output dir>/junit.xml); implies writing it"),
+    compare: bool = typer.Option(False, "--compare", help="print the runs' comparison table (parameters, status, duration, recorded results)"),
+    as_json: bool = typer.Option(False, "--json", help="print the run record(s) as JSON (progress goes to stderr)"),
+) -> None:
+    """Run a notebook as a batch job with papermill: typed parameters, live cell progress, a reproducibility manifest."""
+    from . import execute
+
+    params = parse_parameters(parameter)
+    prepared = execute.prepare(notebook, params, target=target, output=output, kernel_name=kernel_name)  # SpecError: exit 2, nothing ran
+    console = err if as_json else out
+    if len(prepared.grid) > 1:
+        console.print(f"sweep: {len(prepared.grid)} runs", highlight=False)
+    runs = execute.batch_sweep(notebook, prepared=prepared, on_event=Progress(console))
+    if ci or junit:
+        path = execute.write_junit(runs, junit or execute.default_junit_path(runs[0]))
+        console.print(f"JUnit XML: {escape(str(path))}", highlight=False, soft_wrap=True)
+    records = [r.record() for r in runs]
+    if compare:
+        console.print(execute.compare_table(execute.compare(runs)))
+    if as_json:
+        out.print_json(json.dumps(records[0] if len(records) == 1 else records, default=str))
+    failed = [r for r in records if r["status"] != "succeeded"]
+    if failed:
+        lines = [execute.failure_line(r) for r in failed]
+        err.print(f"[red]error:[/] notebook failed: {escape(lines[0])}" + (f" (and {len(lines) - 1} more runs)" if len(lines) > 1 else ""), highlight=False, soft_wrap=True)
+        raise typer.Exit(1)

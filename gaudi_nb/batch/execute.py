@@ -1,0 +1,465 @@
+"""Notebooks as runs: batch() executes a notebook with papermill as one run in the store.
+
+The road: parameters checked against the parameters cell (SpecError before anything is
+written) → run registered (kind "batch") → run_start → one `cell` event per hook, live,
+in $GAUDI_NB_HOME/runs/<run_id>/events.jsonl → run_end. Views read the run like any other.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import posixpath
+import secrets
+import time
+import xml.etree.ElementTree as ET
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+
+from .. import paths
+from ..api import Run
+from ..errors import GaudiNbError, SpecError
+from ..events import EventWriter
+from ..store import RunStore
+from . import parameters as params_mod
+from .manifest import build_manifest
+
+EventCallback = Callable[[Dict[str, Any]], None]
+RUN_ID_ENV = "GAUDI_NB_RUN_ID"
+RUN_DIR_ENV = "GAUDI_NB_RUN_DIR"
+OUTPUT_NAME = "output.ipynb"
+MANIFEST_NAME = "manifest.json"
+
+
+class NotebookFailed(GaudiNbError):
+    """A batch notebook failed (raised by batch(ci=True) after the JUnit file is written)."""
+
+    def __init__(self, message: str, runs: Sequence[Run] = ()) -> None:
+        super().__init__(message)
+        self.runs = list(runs)
+
+
+@dataclass
+class Prepared:
+    """A notebook checked and ready to run: everything that can fail on bad input has been tried."""
+
+    notebook: Path
+    declared: Dict[str, params_mod.Parameter]
+    grid: List[Dict[str, Any]]
+    target: str
+    kernel_name: str
+    output: Optional[str]
+    extra: Dict[str, Any] = field(default_factory=dict)
+
+
+# -- checks (no side effects) ------------------------------------------------------
+def _kernel_for(nb: Mapping[str, Any], kernel_name: Optional[str]) -> str:
+    name = kernel_name or (nb.get("metadata", {}).get("kernelspec") or {}).get("name") or "python3"
+    try:
+        from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+    except ImportError as exc:  # pragma: no cover - papermill depends on jupyter_client
+        raise SpecError("jupyter_client is not installed: pip install 'gaudi_nb[notebook]'") from exc
+    try:
+        KernelSpecManager().get_kernel_spec(name)
+    except NoSuchKernel:
+        raise SpecError(f"kernel '{name}' is not installed here (jupyter kernelspec list shows those that are; python -m ipykernel install --sys-prefix --name python3 adds this Python's)") from None
+    return name
+
+
+def _check_target(target: str) -> str:
+    from ..targets import target_for
+
+    target_for(target)  # unknown targets stop here with the registry's message
+    if target != "local":
+        raise SpecError(f"target '{target}': batch notebooks run on target 'local' for now (run gaudi-nb batch on the node itself)")
+    return target
+
+
+def _check_output(output: Optional[Union[str, Path]], sweep: bool) -> Optional[str]:
+    if output is None:
+        return None
+    text = str(output)
+    if text.endswith(".ipynb") and sweep:
+        raise SpecError(f"output {text}: a sweep writes one notebook per run: give a folder (or s3:// prefix) instead")
+    if "://" in text and not text.startswith("s3://"):
+        from papermill.iorw import papermill_io
+
+        try:
+            papermill_io.get_handler(text)
+        except Exception as exc:
+            raise SpecError(f"output {text}: {exc}") from None
+    return text
+
+
+def prepare(
+    notebook: Union[str, Path],
+    parameters: Optional[Mapping[str, Any]] = None,
+    *,
+    target: str = "local",
+    output: Optional[Union[str, Path]] = None,
+    kernel_name: Optional[str] = None,
+) -> Prepared:
+    """Check everything about a batch job that can be checked without running it; raises SpecError."""
+    _require_papermill()
+    path = Path(notebook).expanduser().resolve()
+    nb = params_mod.load_notebook(path)
+    declared = params_mod.notebook_parameters(nb)
+    grid = params_mod.expand_grid(declared, parameters)
+    return Prepared(
+        notebook=path,
+        declared=declared,
+        grid=grid,
+        target=_check_target(target),
+        kernel_name=_kernel_for(nb, kernel_name),
+        output=_check_output(output, sweep=len(grid) > 1),
+    )
+
+
+def _require_papermill() -> None:
+    from ..errors import require
+
+    require("papermill", "notebook", "batch notebooks")
+
+
+# -- where things go -----------------------------------------------------------------
+def output_paths(output: Optional[str], run_id: str, run_dir: Path) -> Tuple[str, str]:
+    """(output notebook, manifest.json): a folder gets <folder>/<run_id>/output.ipynb; a .ipynb path is used as is."""
+    if output is None:
+        return str(run_dir / OUTPUT_NAME), str(run_dir / MANIFEST_NAME)
+    if "://" in output:
+        if output.endswith(".ipynb"):
+            return output, posixpath.join(posixpath.dirname(output), MANIFEST_NAME)
+        folder = posixpath.join(output.rstrip("/"), run_id)
+        return posixpath.join(folder, OUTPUT_NAME), posixpath.join(folder, MANIFEST_NAME)
+    local = Path(output).expanduser().resolve()  # absolute: papermill runs the notebook from its own folder
+    if local.suffix == ".ipynb":
+        return str(local), str(local.parent / MANIFEST_NAME)
+    return str(local / run_id / OUTPUT_NAME), str(local / run_id / MANIFEST_NAME)
+
+
+def _is_remote(path: str) -> bool:
+    return "://" in path
+
+
+def _write_text(text: str, path: str) -> None:
+    """Local files directly; s3:// and friends through papermill's own I/O handlers."""
+    if _is_remote(path):
+        from papermill.iorw import papermill_io
+
+        papermill_io.write(text, path)
+        return
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(text, encoding="utf-8")
+
+
+def new_run_id(notebook: Path) -> str:
+    stem = "".join(c if c.isalnum() or c in "-." else "-" for c in notebook.stem.lower())[:40].strip("-") or "notebook"
+    return f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+@contextlib.contextmanager
+def _kernel_env(values: Mapping[str, str]) -> Iterator[None]:
+    """Variables the kernel inherits (it is started from this process's environment)."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _plan(notebook: Path, parameters: Mapping[str, Any], kernel_name: str) -> List[Dict[str, Any]]:
+    """The code cells papermill will run (the injected parameters cell included): index and first line."""
+    from papermill.iorw import load_notebook_node
+    from papermill.parameterize import parameterize_notebook
+
+    from .engine import source_preview
+
+    nb = load_notebook_node(str(notebook))
+    if parameters:
+        nb = parameterize_notebook(nb, dict(parameters), kernel_name=kernel_name)
+    return [{"index": i, "source_preview": source_preview(c), "tags": list(c.get("metadata", {}).get("tags") or [])} for i, c in enumerate(nb.cells) if c.get("cell_type") == "code"]
+
+
+# -- running -------------------------------------------------------------------------
+def _execute(prepared: Prepared, parameters: Dict[str, Any], store: RunStore, on_event: Optional[EventCallback], seeds: Optional[Mapping[str, Any]]) -> Run:
+    import papermill as pm
+    from papermill.exceptions import PapermillExecutionError
+
+    from . import engine as _engine  # registers the "gaudi_nb" papermill engine
+
+    notebook = prepared.notebook
+    run_id = new_run_id(notebook)
+    run_dir = paths.run_dir(run_id)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    output_path, manifest_path = output_paths(prepared.output, run_id, run_dir)
+    plan = _plan(notebook, parameters, prepared.kernel_name)
+    manifest = build_manifest(parameters, seeds, notebook=notebook, run_id=run_id)
+    spec = {"notebook": str(notebook), "parameters": parameters, "target": prepared.target, "name": notebook.stem, "kernel_name": prepared.kernel_name, "output": output_path}
+    store.register(run_id, spec=spec, target=prepared.target, run_dir=str(run_dir), kind="batch", name=notebook.stem)
+
+    writer = EventWriter(run_dir / "events.jsonl", run_id, node="local")
+
+    def emit(type: str, **fields: Any) -> None:
+        event = writer.emit(type, **fields)
+        if on_event is not None:
+            on_event(event)
+
+    manifest_text = json.dumps(manifest, indent=2, default=str)
+    status, reason, failed_cell, exit_code = "succeeded", None, None, 0
+    started = time.monotonic()
+    emit("run_start", spec=spec, kind="batch", run_dir=str(run_dir), pid=os.getpid(), accelerator=manifest["accelerator"], launcher="papermill", trainer=None, notebook=str(notebook), output_path=output_path, manifest_path=manifest_path, cells=plan)
+    try:
+        _write_text(manifest_text, manifest_path)
+        if manifest_path != str(run_dir / MANIFEST_NAME):
+            (run_dir / MANIFEST_NAME).write_text(manifest_text, encoding="utf-8")  # the run folder always has one
+        if not _is_remote(output_path):
+            Path(output_path).parent.mkdir(parents=True, exist_ok=True)
+        with _kernel_env({RUN_ID_ENV: run_id, RUN_DIR_ENV: str(run_dir)}):
+            pm.execute_notebook(
+                str(notebook),
+                output_path,
+                parameters=parameters or None,
+                engine_name=_engine.ENGINE_NAME,
+                kernel_name=prepared.kernel_name,
+                progress_bar=False,
+                cwd=str(notebook.parent),
+                event_writer=writer,
+                on_event=on_event,
+                notebook_metadata={"gaudi_nb": {"run_id": run_id, "manifest": manifest}},
+            )
+    except PapermillExecutionError as exc:
+        status, exit_code, failed_cell = "failed", 1, exc.cell_index
+        reason = f"cell {exc.cell_index} failed: {exc.ename}: {exc.evalue}" if exc.evalue else f"cell {exc.cell_index} failed: {exc.ename}"
+    except KeyboardInterrupt:
+        emit("run_end", status="stopped", exit_code=130, reason="interrupted", duration_s=time.monotonic() - started, failed_cell=None)
+        writer.close()
+        raise
+    except Exception as exc:  # kernel died, timeout, output not writable: the run failed, with the reason
+        status, exit_code, reason = "failed", 1, f"{type(exc).__name__}: {exc}".strip()
+    emit("run_end", status=status, exit_code=exit_code, reason=reason, duration_s=time.monotonic() - started, failed_cell=failed_cell, last_log_lines=[reason] if reason else [])
+    writer.close()
+    run = Run(run_id, store)
+    run.sync()
+    return run
+
+
+def batch(
+    notebook: Union[str, Path],
+    parameters: Optional[Dict[str, Any]] = None,
+    target: str = "local",
+    output: Optional[str] = None,
+    kernel_name: Optional[str] = None,
+    ci: bool = False,
+    junit: Optional[str] = None,
+    *,
+    seeds: Optional[Mapping[str, Any]] = None,
+    on_event: Optional[EventCallback] = None,
+    store: Optional[RunStore] = None,
+) -> Run:
+    """Execute a notebook with papermill as one run; returns its Run when the notebook has finished.
+
+    Parameters are checked against the notebook's `parameters` cell first (SpecError, nothing run).
+    `output`: a folder (<folder>/<run_id>/output.ipynb), a .ipynb path, or s3://bucket/prefix;
+    default $GAUDI_NB_HOME/runs/<run_id>/output.ipynb. manifest.json goes beside it.
+    `ci`: write JUnit XML (to `junit`, default beside the output) and raise NotebookFailed on failure.
+    `on_event`: called with every event as it is written (the CLI prints progress with it).
+    """
+    prepared = prepare(notebook, parameters, target=target, output=output, kernel_name=kernel_name)
+    if len(prepared.grid) > 1:
+        raise SpecError(f"parameters sweep over {len(prepared.grid)} combinations: use gaudi_nb.batch.batch_sweep (or gaudi-nb batch, which sweeps)")
+    run = _execute(prepared, prepared.grid[0], store or RunStore(), on_event, seeds)
+    if ci or junit:
+        write_junit([run], junit or default_junit_path(run))
+    if ci and run.status != "succeeded":
+        raise NotebookFailed(failure_line(run.record()), [run])
+    return run
+
+
+def batch_sweep(
+    notebook: Union[str, Path],
+    parameters: Optional[Dict[str, Any]] = None,
+    target: str = "local",
+    output: Optional[str] = None,
+    kernel_name: Optional[str] = None,
+    ci: bool = False,
+    junit: Optional[str] = None,
+    *,
+    seeds: Optional[Mapping[str, Any]] = None,
+    on_event: Optional[EventCallback] = None,
+    store: Optional[RunStore] = None,
+    prepared: Optional[Prepared] = None,
+) -> List[Run]:
+    """One run per combination of swept values ("1e-4,3e-4,1e-3" or a list), one after another.
+
+    Every combination is checked before the first one runs. A failed run does not stop the sweep.
+    """
+    prepared = prepared or prepare(notebook, parameters, target=target, output=output, kernel_name=kernel_name)
+    store = store or RunStore()
+    runs = [_execute(prepared, point, store, on_event, seeds) for point in prepared.grid]
+    if ci or junit:
+        write_junit(runs, junit or default_junit_path(runs[0]))
+    failed = [r for r in runs if r.status != "succeeded"]
+    if ci and failed:
+        raise NotebookFailed(f"{len(failed)} of {len(runs)} runs failed; first: {failure_line(failed[0].record())}", runs)
+    return runs
+
+
+def failure_line(record: Mapping[str, Any]) -> str:
+    reason = (record.get("exit") or {}).get("reason") or record.get("status")
+    return f"{record['run_id']}: {reason}"
+
+
+# -- results, comparison ---------------------------------------------------------------
+def _scalar(value: Any) -> Any:
+    item = getattr(value, "item", None)  # numpy / torch scalars
+    if callable(item) and not isinstance(value, (str, bytes)):
+        try:
+            value = item()
+        except (TypeError, ValueError):
+            pass
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"gaudi_nb.batch.record takes scalars (numbers, strings, booleans), got {type(value).__name__}")
+
+
+def record(**values: Any) -> Optional[Dict[str, Any]]:
+    """Record scalar results of this notebook run (`record(eval_loss=2.31, tokens_per_second=910)`).
+
+    Under gaudi-nb batch this appends a `result` event to the run, and compare() shows the values.
+    Run any other way (Jupyter, plain papermill), it does nothing and returns None.
+    """
+    run_id, run_dir = os.environ.get(RUN_ID_ENV), os.environ.get(RUN_DIR_ENV)
+    if not run_id or not run_dir or not values:
+        return None
+    clean = {name: _scalar(value) for name, value in values.items()}
+    writer = EventWriter(Path(run_dir) / "events.jsonl", run_id, node="local")
+    try:
+        return writer.emit("result", values=clean)
+    finally:
+        writer.close()
+
+
+def compare(runs: Sequence[Union[Run, str]]) -> List[Dict[str, Any]]:
+    """One row per run: run_id, status, duration_s, parameters, results (what the notebook record()ed), failed_cell."""
+    rows = []
+    for run in runs:
+        handle = run if isinstance(run, Run) else Run(run)
+        rec = handle.record()
+        info = rec.get("batch") or {}
+        started, ended = rec.get("started_at"), rec.get("ended_at")
+        rows.append(
+            {
+                "run_id": rec["run_id"],
+                "status": rec["status"],
+                "duration_s": (ended - started) if started is not None and ended is not None else None,
+                "parameters": dict(info.get("parameters") or (rec.get("spec") or {}).get("parameters") or {}),
+                "results": dict(info.get("results") or {}),
+                "failed_cell": info.get("failed_cell"),
+                "output_path": info.get("output_path"),
+            }
+        )
+    return rows
+
+
+def compare_table(rows: Sequence[Mapping[str, Any]]) -> Any:
+    """compare()'s rows as a rich Table: parameters and results as columns."""
+    from rich.table import Table
+
+    param_names = list(dict.fromkeys(k for r in rows for k in r["parameters"]))
+    result_names = list(dict.fromkeys(k for r in rows for k in r["results"]))
+    table = Table("run", "status", "duration", *param_names, *result_names)
+    for r in rows:
+        duration = "—" if r["duration_s"] is None else f"{r['duration_s']:.1f} s"
+        table.add_row(r["run_id"], r["status"], duration, *(_cell(r["parameters"].get(k)) for k in param_names), *(_cell(r["results"].get(k)) for k in result_names))
+    return table
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+# -- JUnit ---------------------------------------------------------------------------
+def default_junit_path(run: Run) -> str:
+    info = run.record().get("batch") or {}
+    out = info.get("output_path")
+    if out and not _is_remote(out):
+        return str(Path(out).parent / "junit.xml")
+    return str(run.run_dir / "junit.xml") if run.run_dir else "junit.xml"
+
+
+def junit_xml(runs: Sequence[Run]) -> str:
+    """JUnit XML: a testsuite per run, a testcase per code cell (failure with the error; cells not reached skipped)."""
+    suites = ET.Element("testsuites")
+    total = {"tests": 0, "failures": 0, "skipped": 0}
+    for run in runs:
+        rec = run.record()
+        info = rec.get("batch") or {}
+        cells = run.events(types=["cell"])
+        start_event = next(iter(run.events(types=["run_start"])), {})
+        plan = start_event.get("cells") or []
+        notebook = Path(info.get("notebook") or rec.get("name") or "notebook").stem
+        label = ", ".join(f"{k}={v}" for k, v in (info.get("parameters") or {}).items())
+        suite = ET.SubElement(suites, "testsuite", name=f"{notebook}[{label}]" if label else notebook)
+        by_index: Dict[int, Dict[str, Any]] = {}
+        for e in cells:
+            slot = by_index.setdefault(int(e["index"]), {"preview": "", "duration": None, "error": None, "done": False})
+            if e.get("phase") == "start":
+                slot["preview"] = e.get("source_preview") or ""
+            else:
+                slot["duration"], slot["done"] = e.get("duration_s"), True
+                if e.get("phase") == "error":
+                    slot["error"] = e.get("error") or "error"
+        for item in plan:
+            by_index.setdefault(int(item["index"]), {"preview": item.get("source_preview") or "", "duration": None, "error": None, "done": False, "not_run": True})
+        counts = {"tests": 0, "failures": 0, "skipped": 0}
+        for index in sorted(by_index):
+            slot = by_index[index]
+            name = f"cell {index}" + (f": {slot['preview']}" if slot["preview"] else "")
+            case = ET.SubElement(suite, "testcase", classname=notebook, name=name, time=f"{slot['duration'] or 0:.3f}")
+            counts["tests"] += 1
+            if slot["error"]:
+                counts["failures"] += 1
+                failure = ET.SubElement(case, "failure", message=slot["error"], type=slot["error"].split(":")[0])
+                failure.text = f"{rec['run_id']}: {slot['error']}"
+            elif not slot["done"]:
+                counts["skipped"] += 1
+                ET.SubElement(case, "skipped", message="not reached: an earlier cell failed" if rec["status"] == "failed" else "not run")
+        if rec["status"] == "failed" and not counts["failures"]:  # failed outside a cell (kernel, output)
+            case = ET.SubElement(suite, "testcase", classname=notebook, name="notebook")
+            ET.SubElement(case, "failure", message=str((rec.get("exit") or {}).get("reason") or "failed"))
+            counts["tests"] += 1
+            counts["failures"] += 1
+        suite.set("tests", str(counts["tests"]))
+        suite.set("failures", str(counts["failures"]))
+        suite.set("skipped", str(counts["skipped"]))
+        suite.set("errors", "0")
+        started, ended = rec.get("started_at"), rec.get("ended_at")
+        suite.set("time", f"{(ended - started) if started and ended else 0:.3f}")
+        for k in total:
+            total[k] += counts[k]
+    for k, v in total.items():
+        suites.set(k, str(v))
+    ET.indent(suites)
+    return '<?xml version="1.0" encoding="utf-8"?>\n' + ET.tostring(suites, encoding="unicode") + "\n"
+
+
+def write_junit(runs: Sequence[Run], path: Union[str, Path]) -> str:
+    _write_text(junit_xml(runs), str(path) if _is_remote(str(path)) else str(Path(path).expanduser().resolve()))
+    return str(path)
+
+
+# gaudi_nb/__init__.py exports the function batch under the package's own name, so that
+# `gaudi_nb.batch.record(...)` still works when `gaudi_nb.batch` is the function:
+batch.record = record  # type: ignore[attr-defined]
+batch.sweep = batch_sweep  # type: ignore[attr-defined]
+batch.compare = compare  # type: ignore[attr-defined]

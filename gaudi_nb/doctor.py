@@ -28,7 +28,7 @@ def report() -> Dict[str, Any]:
     accelerator = detect_name()
     check("accelerator", accelerator, accelerator == "hpu", "no Gaudi card here: runs use CPU (reported as CPU); on a Gaudi node use Intel's PyTorch image")
     check("python", platform.python_version(), True)
-    for dist, extra, hint in (
+    for dist, _extra, hint in (
         ("torch", None, "pip install torch"),
         ("transformers", None, "pip install 'transformers>=4.55,<4.56'"),
         ("optimum-habana", "habana", "pip install 'gaudi_nb[habana]' (GaudiTrainer; optimum-habana 1.21.2)"),

@@ -1,10 +1,8 @@
 """The CLI as a user types it: one-line errors with exit code 2, and nothing recorded for bad input."""
 import json
 import subprocess
-import sys
 
 import pytest
-
 from conftest import BIN
 
 GAUDI_NB = str(BIN / "gaudi-nb")

@@ -1,14 +1,13 @@
 """Real runs on this machine: torchrun, 2 CPU ranks, the detached agent, the store."""
 import json
 import os
-import signal
 import subprocess
 import time
 
 import pytest
+from conftest import BIN
 
 import gaudi_nb
-from conftest import BIN
 
 pytestmark = pytest.mark.slow
 GAUDI_NB = str(BIN / "gaudi-nb")
@@ -18,8 +17,24 @@ def step_numbers(run):
     return [e["step"] for e in run.events(types=["step"])]
 
 
+def scrape_metrics_while_running(run, min_step=5, timeout=180):
+    import urllib.request
+
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        record = run.record()
+        if record["steps_completed"] >= min_step:
+            port = run.events(types=["run_start"])[0]["metrics_port"]
+            return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        time.sleep(0.5)
+    raise AssertionError("the run did not reach step %d" % min_step)
+
+
 def test_two_ranks_train_and_the_loss_falls(gaudi_home):
-    run = gaudi_nb.train(model="tiny-llama", devices=2, max_steps=30, trainer="transformers", eval_steps=15).wait(timeout=240)
+    run = gaudi_nb.train(model="tiny-llama", devices=2, max_steps=30, trainer="transformers", eval_steps=15)
+    metrics = scrape_metrics_while_running(run)
+    assert "gaudi_nb_step{" in metrics and "gaudi_nb_loss{" in metrics
+    run.wait(timeout=240)
     record = run.record()
     assert record["status"] == "succeeded", record["exit"]
     assert step_numbers(run) == list(range(1, 31))

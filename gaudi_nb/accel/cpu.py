@@ -2,7 +2,15 @@
 from __future__ import annotations
 
 import os
+from functools import lru_cache
 from typing import Dict
+
+
+@lru_cache(maxsize=1)
+def _this_process():  # type: ignore[no-untyped-def]
+    import psutil
+
+    return psutil.Process(os.getpid())
 
 
 class CPU:
@@ -25,10 +33,7 @@ class CPU:
         return None
 
     def memory_stats(self) -> Dict[str, int]:
-        import psutil
-
-        info = psutil.Process(os.getpid()).memory_info()
-        return {"in_use_bytes": int(info.rss)}
+        return {"in_use_bytes": int(_this_process().memory_info().rss)}
 
     def count(self) -> int:
         return os.cpu_count() or 1

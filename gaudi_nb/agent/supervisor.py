@@ -18,8 +18,8 @@ from .. import accel
 from ..cost import catalog, meter
 from ..events import EventWriter, Tailer
 from ..launch import build_launch, pick_launcher
-from ..spec import RunSpec
 from ..rundir import request_stop, stop_reason
+from ..spec import RunSpec
 from ..worker.trainers import pick_trainer
 
 # After a stop request the ranks finish two steps and save a checkpoint; a run that
@@ -250,12 +250,13 @@ class Agent:
         return loop
 
     def _start_exporter(self) -> None:
-        port = os.environ.get("GAUDI_NB_METRICS_PORT")
-        if port is None:
+        """Prometheus /metrics on loopback (a free port unless GAUDI_NB_METRICS_PORT says; "off" disables it)."""
+        port = os.environ.get("GAUDI_NB_METRICS_PORT", "0")
+        if port == "off":
             return
         try:
             from ..telemetry.prometheus import MetricsExporter
 
             self.exporter = MetricsExporter(port=int(port), address=os.environ.get("GAUDI_NB_METRICS_HOST", "127.0.0.1"))
-        except Exception as exc:
+        except Exception as exc:  # a taken port must not stop the run
             self.events.emit("log", level="warning", message=f"Prometheus exporter not started: {exc}")

@@ -15,9 +15,38 @@ out = Console()
 err = Console(stderr=True)
 
 
-def parse_parameters(pairs: Optional[List[Tuple[str, str]]]) -> Dict[str, Any]:
+def pair_parameters(names: Optional[List[str]], values: Optional[List[str]]) -> List[Tuple[str, str]]:
+    """`-p NAME VALUE` pairs from what click parsed: -p takes NAME, and VALUE arrives as a positional.
+
+    (This typer refuses List[Tuple[str, str]] options, so the pairs are rebuilt here, in order.)
+    `-p NAME=VALUE` works too.
+    """
+    queue = list(values or [])
+    pairs = []
+    for name in names or []:
+        if "=" in name:
+            key, _, value = name.partition("=")
+            pairs.append((key.strip(), value))
+        elif queue:
+            pairs.append((name, queue.pop(0)))
+        else:
+            raise SpecError(f"-p {name}: give a value: -p {name} VALUE")
+    if queue:
+        raise SpecError(f"unexpected argument {' '.join(queue)!r}: parameters go as -p NAME VALUE")
+    return pairs
+
+
+def split_notebook(positional: List[str]) -> Tuple[str, List[str]]:
+    """The notebook (the first .ipynb, else the first argument) and the -p values around it."""
+    if not positional:
+        raise SpecError("give the notebook to run: gaudi-nb batch NOTEBOOK.ipynb -p NAME VALUE")
+    index = next((i for i, a in enumerate(positional) if a.endswith(".ipynb")), 0)
+    return positional[index], positional[:index] + positional[index + 1 :]
+
+
+def parse_parameters(pairs: List[Tuple[str, str]]) -> Dict[str, Any]:
     params: Dict[str, Any] = {}
-    for name, value in pairs or []:
+    for name, value in pairs:
         if name in params:
             raise SpecError(f"parameter {name} given twice: sweep several values with -p {name} a,b,c")
         params[name] = value
@@ -64,8 +93,8 @@ class Progress:
 
 
 def batch_command(
-    notebook: Path = typer.Argument(..., help="the notebook (.ipynb) to run; its cell tagged 'parameters' declares the parameters and their types"),
-    parameter: Optional[List[Tuple[str, str]]] = typer.Option(None, "-p", "--parameter", help="NAME VALUE, checked against the parameters cell (repeatable); 'a,b,c' sweeps a number over a grid of runs"),
+    arguments: List[str] = typer.Argument(..., metavar="NOTEBOOK", help="the notebook (.ipynb) to run; its cell tagged 'parameters' declares the parameters and their types"),
+    parameter: Optional[List[str]] = typer.Option(None, "-p", "--parameter", metavar="NAME VALUE", help="a parameter, checked against the parameters cell before anything runs (repeatable); 'a,b,c' sweeps a number over a grid of runs"),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="folder (<folder>/<run_id>/output.ipynb), .ipynb path, or s3://bucket/prefix; default the run folder"),
     target: str = typer.Option("local", "--target", help="where the notebook runs (local)"),
     kernel_name: Optional[str] = typer.Option(None, "--kernel", help="Jupyter kernel name (default: the notebook's, else python3)"),
@@ -77,7 +106,8 @@ def batch_command(
     """Run a notebook as a batch job with papermill: typed parameters, live cell progress, a reproducibility manifest."""
     from . import execute
 
-    params = parse_parameters(parameter)
+    notebook, values = split_notebook(arguments)
+    params = parse_parameters(pair_parameters(parameter, values))
     prepared = execute.prepare(notebook, params, target=target, output=output, kernel_name=kernel_name)  # SpecError: exit 2, nothing ran
     console = err if as_json else out
     if len(prepared.grid) > 1:
@@ -88,7 +118,8 @@ def batch_command(
         console.print(f"JUnit XML: {escape(str(path))}", highlight=False, soft_wrap=True)
     records = [r.record() for r in runs]
     if compare:
-        console.print(execute.compare_table(execute.compare(runs)))
+        wide = console if console.is_terminal else Console(file=console.file, width=240)  # CI logs: no squeezed columns
+        wide.print(execute.compare_table(execute.compare(runs)))
     if as_json:
         out.print_json(json.dumps(records[0] if len(records) == 1 else records, default=str))
     failed = [r for r in records if r["status"] != "succeeded"]

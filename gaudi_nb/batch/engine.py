@@ -24,11 +24,12 @@ EventCallback = Callable[[Dict[str, Any]], None]
 def source_preview(cell: Any) -> str:
     source = cell.get("source", "")
     source = "".join(source) if isinstance(source, list) else str(source)
-    for line in source.splitlines():
-        if line.strip():
-            line = line.strip()
-            return line if len(line) <= PREVIEW_CHARS else line[: PREVIEW_CHARS - 1] + "…"
-    return ""
+    lines = [line.strip() for line in source.splitlines() if line.strip()]
+    code = [line for line in lines if not line.startswith("#")]
+    line = (code or lines or [""])[0]
+    if "injected-parameters" in (cell.get("metadata", {}).get("tags") or []):
+        line = "(injected parameters) " + line
+    return line if len(line) <= PREVIEW_CHARS else line[: PREVIEW_CHARS - 1] + "…"
 
 
 def error_text(exception: Any) -> str:

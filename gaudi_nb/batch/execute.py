@@ -23,7 +23,7 @@ from ..errors import GaudiNbError, SpecError
 from ..events import EventWriter
 from ..store import RunStore
 from . import parameters as params_mod
-from .manifest import build_manifest
+from .manifest import build_manifest, mask
 
 EventCallback = Callable[[Dict[str, Any]], None]
 RUN_ID_ENV = "GAUDI_NB_RUN_ID"
@@ -199,7 +199,8 @@ def _execute(prepared: Prepared, parameters: Dict[str, Any], store: RunStore, on
     run_dir.mkdir(parents=True, exist_ok=True)
     output_path, manifest_path = output_paths(prepared.output, run_id, run_dir)
     plan = _plan(notebook, parameters, prepared.kernel_name)
-    manifest = build_manifest(parameters, seeds, notebook=notebook, run_id=run_id)
+    manifest = build_manifest(params_mod.effective(prepared.declared, parameters), seeds, notebook=notebook, run_id=run_id)
+    manifest["parameters_given"] = mask(parameters)
     spec = {"notebook": str(notebook), "parameters": parameters, "target": prepared.target, "name": notebook.stem, "kernel_name": prepared.kernel_name, "output": output_path}
     store.register(run_id, spec=spec, target=prepared.target, run_dir=str(run_dir), kind="batch", name=notebook.stem)
 
@@ -373,7 +374,10 @@ def compare_table(rows: Sequence[Mapping[str, Any]]) -> Any:
 
     param_names = list(dict.fromkeys(k for r in rows for k in r["parameters"]))
     result_names = list(dict.fromkeys(k for r in rows for k in r["results"]))
-    table = Table("run", "status", "duration", *param_names, *result_names)
+    table = Table()
+    table.add_column("run", no_wrap=True)
+    for header in ("status", "duration", *param_names, *(f"{k} (result)" if k in param_names else k for k in result_names)):
+        table.add_column(header)
     for r in rows:
         duration = "—" if r["duration_s"] is None else f"{r['duration_s']:.1f} s"
         table.add_row(r["run_id"], r["status"], duration, *(_cell(r["parameters"].get(k)) for k in param_names), *(_cell(r["results"].get(k)) for k in result_names))

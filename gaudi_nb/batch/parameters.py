@@ -27,6 +27,12 @@ class Parameter:
     default: Any
     type_name: Optional[str]  # int | float | str | bool | list | dict | tuple | None (unknown: anything goes)
     source: str  # the right-hand side as written
+    literal: bool = True  # False: an expression, evaluated only when the cell runs
+
+    @property
+    def value(self) -> Any:
+        """The default as a value where it is a literal, else its source text."""
+        return self.default if self.literal else self.source
 
     def describe(self) -> str:
         return f"{self.type_name or 'any'} (default {self.source})"
@@ -76,16 +82,17 @@ def notebook_parameters(nb: Mapping[str, Any]) -> Dict[str, Parameter]:
         else:
             continue
         text = ast.get_source_segment(source, value) or ast.unparse(value)
+        literal = True
         try:
             default = ast.literal_eval(value)
             type_name: Optional[str] = None if default is None else type(default).__name__
         except (ValueError, SyntaxError, TypeError):
-            default, type_name = None, None  # an expression: its type is not known before it runs
+            default, type_name, literal = None, None, False  # an expression: its type is not known before it runs
         if isinstance(annotation, ast.Name) and annotation.id in _TYPES:
             type_name = annotation.id
         if type_name not in _TYPES:
             type_name = None
-        found[name] = Parameter(name, default, type_name, text)
+        found[name] = Parameter(name, default, type_name, text, literal)
     return found
 
 
@@ -197,6 +204,11 @@ def expand_grid(declared: Mapping[str, Parameter], given: Optional[Mapping[str, 
             axes.append([coerce(param, value)])
     names = list(given)
     return [dict(zip(names, combo)) for combo in itertools.product(*axes)] if names else [{}]
+
+
+def effective(declared: Mapping[str, Parameter], given: Mapping[str, Any]) -> Dict[str, Any]:
+    """Every parameter's value for a run: the defaults, overridden by the given ones."""
+    return {**{name: p.value for name, p in declared.items()}, **dict(given)}
 
 
 def is_sweep(declared: Mapping[str, Parameter], given: Optional[Mapping[str, Any]]) -> bool:

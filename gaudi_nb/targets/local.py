@@ -9,9 +9,9 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
-from ..rundir import request_stop
 from ..events import read_events
 from ..paths import run_dir
+from ..rundir import request_stop
 from ..spec import RunSpec
 
 

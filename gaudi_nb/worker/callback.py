@@ -13,7 +13,6 @@ from ..events import BackgroundEventWriter
 from ..rundir import STOP_AT, STOP_REQUEST
 
 
-
 class EventCallback(TrainerCallback):
     """Writes step, eval and checkpoint events (rank 0) and stops all ranks at the same step.
 

@@ -1,5 +1,6 @@
 """gaudi_nb: train on Intel Gaudi from Jupyter; one event stream from the node to every view."""
 
+from . import batch
 from .api import Run, get_run, runs, train
 from .errors import GaudiNbError, MissingExtraError, NotFoundError, SpecError
 from .spec import NodeSpec, RunSpec
@@ -15,6 +16,7 @@ __all__ = [
     "RunSpec",
     "SpecError",
     "__version__",
+    "batch",
     "get_run",
     "load_ipython_extension",
     "runs",

@@ -323,16 +323,16 @@ def preset_parameters(name: str) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _mount_optional_commands() -> None:
-    """Sub-commands from other rooms, mounted when their module is present."""
-    try:
-        from .k8s_cli import k8s_app
-    except ImportError:
-        return
+def _mount_room_commands() -> None:
+    """Commands whose code lives with their room (batch notebooks, Kubernetes manifests)."""
+    from .batch.cli import batch_command
+    from .k8s_cli import k8s_app
+
+    app.command("batch")(batch_command)
     app.add_typer(k8s_app, name="k8s")
 
 
-_mount_optional_commands()
+_mount_room_commands()
 
 
 def main(argv: Optional[List[str]] = None) -> None:

@@ -26,6 +26,7 @@ EVENT_TYPES = (
     "cost",  # agent: elapsed_s, usd, price_per_hour, nodes, budget_usd
     "stop_requested",  # agent: reason, stop_at_step
     "cell",  # batch: index, phase (start/end/error), duration_s, error
+    "result",  # batch: values {name: scalar} a notebook recorded with gaudi_nb.batch.record()
     "log",  # agent: level, message
     "run_end",  # agent: status, exit_code, reason, last_log_lines, steps_completed
 )

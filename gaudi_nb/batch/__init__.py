@@ -7,6 +7,9 @@
 
 Inside a notebook, `gaudi_nb.batch.record(eval_loss=...)` records a result for compare().
 """
+import sys
+import types
+
 from .execute import NotebookFailed, batch, batch_sweep, compare, compare_table, junit_xml, prepare, record, write_junit
 from .manifest import build_manifest
 from .parameters import Parameter, expand_grid, notebook_parameters, validate
@@ -27,3 +30,14 @@ __all__ = [
     "validate",
     "write_junit",
 ]
+
+
+class _CallableModule(types.ModuleType):
+    """`gaudi_nb.batch(notebook, ...)` runs a notebook, while `gaudi_nb.batch.record` and
+    friends stay importable: the public API names a function and DESIGN names a room."""
+
+    def __call__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        return batch(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -11,7 +11,7 @@ import sys
 import time
 from typing import Any, Callable, Dict, Optional
 
-from papermill.engines import NBClientEngine, NotebookExecutionManager, papermill_engines
+from papermill.engines import NBClientEngine, NotebookExecutionManager, papermill_engines  # type: ignore[import-untyped]
 
 from ..events import EventWriter
 

@@ -83,7 +83,7 @@ def _check_output(output: Optional[Union[str, Path]], sweep: bool) -> Optional[s
     if text.endswith(".ipynb") and sweep:
         raise SpecError(f"output {text}: a sweep writes one notebook per run: give a folder (or s3:// prefix) instead")
     if "://" in text and not text.startswith("s3://"):
-        from papermill.iorw import papermill_io
+        from papermill.iorw import papermill_io  # type: ignore[import-untyped]
 
         try:
             papermill_io.get_handler(text)
@@ -145,7 +145,7 @@ def _is_remote(path: str) -> bool:
 def _write_text(text: str, path: str) -> None:
     """Local files directly; s3:// and friends through papermill's own I/O handlers."""
     if _is_remote(path):
-        from papermill.iorw import papermill_io
+        from papermill.iorw import papermill_io  # type: ignore[import-untyped]
 
         papermill_io.write(text, path)
         return
@@ -175,8 +175,8 @@ def _kernel_env(values: Mapping[str, str]) -> Iterator[None]:
 
 def _plan(notebook: Path, parameters: Mapping[str, Any], kernel_name: str) -> List[Dict[str, Any]]:
     """The code cells papermill will run (the injected parameters cell included): index and first line."""
-    from papermill.iorw import load_notebook_node
-    from papermill.parameterize import parameterize_notebook
+    from papermill.iorw import load_notebook_node  # type: ignore[import-untyped]
+    from papermill.parameterize import parameterize_notebook  # type: ignore[import-untyped]
 
     from .engine import source_preview
 
@@ -188,8 +188,8 @@ def _plan(notebook: Path, parameters: Mapping[str, Any], kernel_name: str) -> Li
 
 # -- running -------------------------------------------------------------------------
 def _execute(prepared: Prepared, parameters: Dict[str, Any], store: RunStore, on_event: Optional[EventCallback], seeds: Optional[Mapping[str, Any]]) -> Run:
-    import papermill as pm
-    from papermill.exceptions import PapermillExecutionError
+    import papermill as pm  # type: ignore[import-untyped]
+    from papermill.exceptions import PapermillExecutionError  # type: ignore[import-untyped]
 
     from . import engine as _engine  # registers the "gaudi_nb" papermill engine
 
@@ -462,8 +462,3 @@ def write_junit(runs: Sequence[Run], path: Union[str, Path]) -> str:
     return str(path)
 
 
-# gaudi_nb/__init__.py exports the function batch under the package's own name, so that
-# `gaudi_nb.batch.record(...)` still works when `gaudi_nb.batch` is the function:
-batch.record = record  # type: ignore[attr-defined]
-batch.sweep = batch_sweep  # type: ignore[attr-defined]
-batch.compare = compare  # type: ignore[attr-defined]

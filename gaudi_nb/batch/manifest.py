@@ -70,7 +70,7 @@ def installed_packages() -> List[str]:
 
     seen = {}
     for dist in metadata.distributions():
-        name = dist.metadata.get("Name")
+        name = dist.name
         if name and name.lower() not in seen:
             seen[name.lower()] = f"{name}=={dist.version}"
     return [seen[k] for k in sorted(seen)]

@@ -203,7 +203,7 @@ def expand_grid(declared: Mapping[str, Parameter], given: Optional[Mapping[str, 
         else:
             axes.append([coerce(param, value)])
     names = list(given)
-    return [dict(zip(names, combo)) for combo in itertools.product(*axes)] if names else [{}]
+    return [dict(zip(names, combo, strict=True)) for combo in itertools.product(*axes)] if names else [{}]
 
 
 def effective(declared: Mapping[str, Parameter], given: Mapping[str, Any]) -> Dict[str, Any]:

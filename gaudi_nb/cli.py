@@ -188,11 +188,20 @@ def runs(
     if as_json:
         out.print_json(json.dumps(records))
         return
-    table = Table("run", "status", "steps", "loss", "tokens/s", "cost", "target")
+    table = Table("status", "progress", "loss", "tokens/s", "cost", "target")
+    table.add_column("run", no_wrap=True)
     for r in records:
         m = r["metrics"]
-        table.add_row(r["run_id"], r["status"], f"{r['steps_completed']}/{r.get('max_steps')}", _num(m.get("final_loss")), f"{m['tokens_per_second']:,.0f}" if m.get("tokens_per_second") else "—", money(r["cost"].get("usd")), str(r.get("target")))
+        table.add_row(r["status"], progress(r), _num(m.get("final_loss")), f"{m['tokens_per_second']:,.0f}" if m.get("tokens_per_second") else "—", money(r["cost"].get("usd")), str(r.get("target")), r["run_id"])
     out.print(table)
+
+
+def progress(record: Dict[str, Any]) -> str:
+    """steps for a training run, cells for a batch notebook"""
+    batch = record.get("batch")
+    if record.get("kind") == "batch" and batch:
+        return f"cells {batch.get('cells_done', 0)}/{batch.get('cells_total') or '?'}"
+    return f"step {record['steps_completed']}/{record.get('max_steps') or '?'}"
 
 
 @app.command()

@@ -9,6 +9,8 @@ SDK except :func:`validate`, which imports it lazily.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import hashlib
 import json
 import re
@@ -93,10 +95,11 @@ def render(
     }
     # Inside the pod the run executes where it is: target local.
     pod_spec_json = spec.model_copy(update={"target": "local"}).to_json_dict()
-    config_map = {
+    config_map_name = f"{name}-spec"
+    config_map: Dict[str, Any] = {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": {"name": f"{name}-spec", "namespace": namespace, "labels": dict(labels)},
+        "metadata": {"name": config_map_name, "namespace": namespace, "labels": dict(labels)},
         "data": {"spec.json": json.dumps(pod_spec_json, indent=2, sort_keys=True) + "\n"},
     }
     settings = _PodSettings(
@@ -109,7 +112,7 @@ def render(
         hugepages_2mi=hugepages_2mi,
         shm_size=shm_size,
         service_account=service_account,
-        config_map=config_map["metadata"]["name"],
+        config_map=config_map_name,
     )
     kind = workload_kind(spec)
     if kind == "Job":
@@ -162,9 +165,20 @@ def validate(manifests: List[Dict[str, Any]]) -> None:
 # ------------------------------------------------------------------ internals --
 
 
+@dataclass(frozen=True)
 class _PodSettings:
-    def __init__(self, **values: Any) -> None:
-        self.__dict__.update(values)
+    """What every pod template of one rendering shares."""
+
+    name: str
+    image: str
+    spec: RunSpec
+    labels: Dict[str, str]
+    metrics_port: int
+    memory: Optional[str]
+    hugepages_2mi: Optional[str]
+    shm_size: str
+    service_account: Optional[str]
+    config_map: str
 
 
 def _env(s: _PodSettings, extra: Optional[Dict[str, str]] = None) -> List[Dict[str, str]]:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from importlib.metadata import entry_points
-from typing import Callable, Dict, Generic, Iterator, List, Optional, TypeVar
+from typing import Any, Dict, Generic, Iterator, List, Optional, TypeVar
 
 from .errors import NotFoundError
 
@@ -19,7 +19,8 @@ class Registry(Generic[T]):
         self._aliases: Dict[str, str] = {}
         self._loaded_entry_points = False
 
-    def register(self, name: str, obj: Optional[T] = None, *, aliases: tuple = ()) -> Callable:
+    def register(self, name: str, obj: Optional[T] = None, *, aliases: tuple = ()) -> Any:
+        """register(name, obj) adds obj; register(name) is a decorator."""
         def add(value: T) -> T:
             key = name.lower()
             self._items[key] = value

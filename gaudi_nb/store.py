@@ -114,7 +114,7 @@ class RunStore:
             row = session.get(RunRow, run_id)
             if row is None:
                 raise NotFoundError(f"no run '{run_id}' in the store: gaudi-nb runs lists them")
-            moved = session.execute(
+            moved = session.execute(  # type: ignore[attr-defined]  # an UPDATE's result is a CursorResult
                 update(RunRow).where(RunRow.run_id == run_id, RunRow.events_offset == start_offset).values(events_offset=end_offset)
             ).rowcount
             if moved != 1:

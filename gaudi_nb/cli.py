@@ -158,7 +158,7 @@ def print_record(record: Dict[str, Any], console: Console = out) -> None:
         ("loss", f"{_num(m.get('first_loss'))} → {_num(m.get('final_loss'))}"),
         ("eval loss", _num(m.get("eval_loss"))),
         ("throughput", f"{m['tokens_per_second']:,.0f} tokens/s (warmup left out)" if m.get("tokens_per_second") else "unknown"),
-        ("cost", f"{money(c.get('usd'))} at {money(c.get('price_per_hour'))}/h ({c.get('price_source')})"),
+        ("cost", cost_line(c)),
         ("$ per 1M tokens", money(c.get("usd_per_million_tokens"))),
         ("telemetry samples", str(record.get("telemetry_samples"))),
         ("run folder", str(record.get("run_dir"))),
@@ -172,6 +172,12 @@ def print_record(record: Dict[str, Any], console: Console = out) -> None:
     if record["status"] == "failed" and exit_info.get("last_log_lines"):
         console.print(Text("last log lines:", style="dim"))
         console.print(Text("\n".join(exit_info["last_log_lines"])))
+
+
+def cost_line(cost: Dict[str, Any]) -> str:
+    if cost.get("price_per_hour") is None:
+        return "unknown: no price for this node (give --price-per-hour or --instance-type)"
+    return f"{money(cost.get('usd'))} at {money(cost['price_per_hour'])}/h × {cost.get('nodes') or 1} node(s) ({cost.get('price_source')})"
 
 
 def _num(value: Optional[float]) -> str:

@@ -1,0 +1,478 @@
+"""IPython magics (%load_ext gaudi_nb): %gaudi_attach, %gaudi_train / %%gaudi_train, %gaudi_runs, %gaudi_watch, %gaudi_stop, %gaudi_cost."""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import html
+import re
+import typing
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+from IPython.core.error import UsageError
+from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
+from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
+from traitlets import Enum, Float, Int, Unicode
+
+from .. import api
+from ..errors import GaudiNbError
+from ..spec import RunSpec
+
+_SSH = re.compile(r"^ssh://(?P<user>[^@/\s:]+)@(?P<host>[^:/\s@]+)(?::(?P<port>\d+))?$")
+_AWS = re.compile(r"^aws:(?P<instance_type>[\w.\-]+)$")
+# Keys of [tool.gaudi_nb] that are not RunSpec fields but settings of the magics.
+MAGIC_SETTINGS = ("panel", "update_interval_s")
+
+
+# -- targets -------------------------------------------------------------------------
+def parse_target(text: str) -> Dict[str, Any]:
+    """local | ssh://user@host[:port] | aws:INSTANCE_TYPE as a dict; a UsageError names the forms."""
+    text = text.strip()
+    if text == "local":
+        return {"kind": "local", "target": "local"}
+    match = _SSH.match(text)
+    if match:
+        port = int(match["port"] or 22)
+        if not 0 < port < 65536:
+            raise UsageError(f"{text}: port must be between 1 and 65535")
+        return {"kind": "ssh", "target": text, "user": match["user"], "host": match["host"], "port": port}
+    match = _AWS.match(text)
+    if match:
+        return {"kind": "aws", "target": text, "instance_type": match["instance_type"]}
+    raise UsageError(f"unknown target '{text}': use local, ssh://user@host[:port] or aws:INSTANCE_TYPE (aws:dl1.24xlarge)")
+
+
+def describe_target(parsed: Dict[str, Any]) -> str:
+    if parsed["kind"] == "ssh":
+        return f"{parsed['user']}@{parsed['host']} port {parsed['port']} over SSH"
+    if parsed["kind"] == "aws":
+        from ..cost import catalog
+
+        try:
+            price = catalog.lookup(parsed["instance_type"])
+            rate = "price unknown" if price.on_demand_per_hour is None else f"${price.on_demand_per_hour:,.2f}/h on demand, as of {price.as_of}"
+            return f"an AWS {price.instance_type} ({price.accelerator_count}× {price.accelerator}, {rate})"
+        except GaudiNbError:
+            return f"an AWS {parsed['instance_type']} (not in the price catalog)"
+    return "this machine"
+
+
+# -- options: the CLI's, taken from RunSpec ---------------------------------------------
+def _field_type(annotation: Any) -> Tuple[Any, Optional[List[str]]]:
+    """(python type, choices) for a RunSpec field annotation."""
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is typing.Literal:
+        return str, [str(a) for a in args]
+    if args:  # Optional[X]
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return _field_type(inner[0])
+    for candidate in (bool, int, float):
+        if annotation is candidate:
+            return candidate, None
+    return str, None
+
+
+def spec_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """Add every RunSpec field as --option (the CLI's names) to a @magic_arguments magic."""
+    for name, field in reversed(list(RunSpec.model_fields.items())):
+        py_type, choices = _field_type(field.annotation)
+        default_help = "" if field.default is None else f" (default {field.default})"
+        kwargs: Dict[str, Any] = {"dest": name, "default": None, "help": (field.description or name) + default_help}
+        if py_type is bool:
+            kwargs["action"] = argparse.BooleanOptionalAction
+        else:
+            kwargs["type"] = py_type
+            kwargs["metavar"] = name.upper()
+            if choices:
+                kwargs["choices"] = choices
+                del kwargs["metavar"]
+        func = argument("--" + name.replace("_", "-"), **kwargs)(func)
+    return func
+
+
+def find_pyproject(start: Optional[Path] = None) -> Optional[Path]:
+    here = (start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        candidate = folder / "pyproject.toml"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def pyproject_defaults(start: Optional[Path] = None) -> Dict[str, Any]:
+    """[tool.gaudi_nb] of the nearest pyproject.toml (walking up from the working directory)."""
+    path = find_pyproject(start)
+    if path is None:
+        return {}
+    try:
+        import tomllib  # type: ignore[import-not-found,unused-ignore]
+    except ImportError:  # Python 3.10
+        try:
+            import tomli as tomllib  # type: ignore[no-redef,import-not-found,unused-ignore]
+        except ImportError:
+            return {}
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UsageError(f"{path}: cannot read [tool.gaudi_nb] ({exc})") from None
+    table = data.get("tool", {}).get("gaudi_nb", {}) or {}
+    values = {str(k).replace("-", "_"): v for k, v in table.items()}
+    unknown = sorted(set(values) - set(RunSpec.model_fields) - set(MAGIC_SETTINGS))
+    if unknown:
+        raise UsageError(f"{path}: [tool.gaudi_nb] has unknown keys {', '.join(unknown)}: use RunSpec fields (devices, budget_usd, price_per_hour, target, ...)")
+    return values
+
+
+def _one_line(exc: BaseException) -> UsageError:
+    return UsageError(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
+
+
+# -- the magics ---------------------------------------------------------------------------
+@magics_class
+class GaudiMagics(Magics):
+    """Train on Intel Gaudi (or CPU/CUDA) from a notebook cell.
+
+    Defaults for every run come from, lowest first: RunSpec's defaults, [tool.gaudi_nb] in the
+    nearest pyproject.toml, these traits (%config GaudiMagics.budget_usd = 50), %gaudi_attach,
+    the cell's YAML body, then the magic's options.
+    """
+
+    target = Unicode(None, allow_none=True, help="where runs start: local, ssh://user@host[:port] or aws:INSTANCE_TYPE (%gaudi_attach sets it)").tag(config=True)
+    model = Unicode(None, allow_none=True, help="default model preset, local folder or hub id").tag(config=True)
+    dataset = Unicode(None, allow_none=True, help="default dataset").tag(config=True)
+    devices = Int(None, allow_none=True, help="default devices (ranks) per node").tag(config=True)
+    precision = Unicode(None, allow_none=True, help="default precision: auto, bf16 or fp32").tag(config=True)
+    budget_usd = Float(None, allow_none=True, help="default budget: a run stops cleanly when its spend reaches it").tag(config=True)
+    price_per_hour = Float(None, allow_none=True, help="default USD per node-hour (overrides the instance type's catalog price)").tag(config=True)
+    instance_type = Unicode(None, allow_none=True, help="default instance type from the price catalog").tag(config=True)
+    panel = Enum(["auto", "live", "static"], "auto", help="live widgets, static image + text (headless), or auto-detect").tag(config=True)
+    update_interval_s = Float(0.5, help="seconds between panel updates").tag(config=True)
+
+    SPEC_TRAITS = ("target", "model", "dataset", "devices", "precision", "budget_usd", "price_per_hour", "instance_type")
+
+    def __init__(self, shell: Any = None, **kwargs: Any) -> None:
+        super().__init__(shell=shell, **kwargs)
+        self.started: List[api.Run] = []
+        self.panels: Dict[str, Any] = {}
+        self.last_panel: Any = None
+
+    # -- settings ----------------------------------------------------------
+    def defaults(self) -> Dict[str, Any]:
+        """The options every run starts from (see the class docstring for the order)."""
+        values = pyproject_defaults()
+        for name in self.SPEC_TRAITS:
+            value = getattr(self, name)
+            if value is not None:
+                values[name] = value
+        return {k: v for k, v in values.items() if k in RunSpec.model_fields}
+
+    def _panel_settings(self) -> Tuple[str, float]:
+        """The traits, unless still at their defaults and [tool.gaudi_nb] sets them."""
+        project = pyproject_defaults()
+        mode = str(project.get("panel", "auto")) if self.panel == "auto" else self.panel
+        interval = float(project.get("update_interval_s", 0.5)) if self.update_interval_s == 0.5 else self.update_interval_s
+        return mode, interval
+
+    def _show(self, run: api.Run, quiet: bool = False) -> None:
+        if quiet:
+            return
+        from .panel import show
+
+        mode, interval = self._panel_settings()
+        panel = show(run, mode=None if mode == "auto" else mode, interval_s=interval)
+        if panel is not None:
+            old = self.panels.get(run.run_id)
+            if old is not None:
+                old.close()
+            self.panels[run.run_id] = panel
+            self.last_panel = panel
+
+    def _run(self, run_id: Optional[str]) -> api.Run:
+        try:
+            if run_id:
+                return api.get_run(run_id)
+            if self.started:
+                return self.started[-1]
+            recent = api.runs(limit=1)
+        except GaudiNbError as exc:
+            raise _one_line(exc) from None
+        if not recent:
+            raise UsageError("no runs yet: start one with %gaudi_train")
+        return api.get_run(recent[0]["run_id"])
+
+    # -- %gaudi_attach -------------------------------------------------------
+    @line_magic
+    @magic_arguments()
+    @argument("target", help="local, ssh://user@host[:port] or aws:INSTANCE_TYPE")
+    def gaudi_attach(self, line: str) -> None:
+        """Choose where %gaudi_train starts runs."""
+        args = parse_argstring(self.gaudi_attach, line)
+        parsed = parse_target(args.target)
+        from ..targets import PLANNED, target_for
+
+        if parsed["kind"] in PLANNED:
+            raise UsageError(f"{args.target}: understood as {describe_target(parsed)}, but {PLANNED[parsed['kind']]} is not available yet in this version; %gaudi_attach local trains on this machine")
+        try:
+            target_for(parsed["target"])
+        except GaudiNbError as exc:
+            raise _one_line(exc) from None
+        self.target = parsed["target"]
+        print(f"attached: {parsed['target']} ({describe_target(parsed)}); %gaudi_train starts runs there")
+
+    # -- %gaudi_train / %%gaudi_train ------------------------------------------
+    @line_cell_magic
+    @magic_arguments()
+    @argument("--script", action="store_true", help="(cell form) the cell body is a Python training script every rank runs in a fresh process; it uses gaudi_nb.worker.script: device(), precision(), report(step=..., loss=...)")
+    @argument("--spec-file", dest="spec_file", default=None, help="YAML or JSON file of RunSpec fields; options override it")
+    @argument("--quiet", action="store_true", help="start the run without showing its panel")
+    @spec_options
+    def gaudi_train(self, line: str, cell: Optional[str] = None) -> api.Run:
+        """Start a training run and show its live panel; returns the Run (run = _).
+
+        Line form: %gaudi_train --model tiny-llama --devices 2 --max-steps 30
+        Cell form: the body is YAML of the same options (model: tiny-llama, devices: 2, ...).
+        %%gaudi_train --script: the body is a Python training script.
+        """
+        args = parse_argstring(self.gaudi_train, line)
+        options = self.defaults()
+        if args.spec_file:
+            spec_file = Path(args.spec_file).expanduser()
+            options.update(_load_mapping(spec_file.read_text() if spec_file.is_file() else None, f"spec file {spec_file}"))
+        if args.script:
+            if cell is None or not cell.strip():
+                raise UsageError("--script takes the training script from the cell body: use %%gaudi_train --script")
+            options.update(script=self._save_script(cell))
+            options.setdefault("name", "script")
+        elif cell is not None and cell.strip():
+            # {name} and $name in the body expand from the notebook's variables, as in a line magic
+            options.update(_load_mapping(self._expand(cell), "the cell body"))
+        options.update({name: getattr(args, name) for name in RunSpec.model_fields if getattr(args, name, None) is not None})
+        try:
+            run = api.train(options)
+        except GaudiNbError as exc:
+            raise _one_line(exc) from None
+        self.started.append(run)
+        self._show(run, quiet=args.quiet)
+        return run
+
+    def _expand(self, text: str) -> str:
+        """{name} and $name from the user's namespace (IPython's rules; text that does not expand stays)."""
+        if self.shell is None:
+            return text
+        from IPython.utils.text import DollarFormatter
+
+        try:
+            return DollarFormatter().vformat(text, args=[], kwargs=dict(self.shell.user_ns))
+        except Exception:
+            return text
+
+    def _save_script(self, body: str) -> str:
+        if "script" not in RunSpec.model_fields:
+            raise UsageError("%%gaudi_train --script needs RunSpec.script, which this version of gaudi_nb does not have yet")
+        from ..paths import home
+
+        folder = home() / "scripts"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"script-{hashlib.sha256(body.encode()).hexdigest()[:12]}.py"
+        path.write_text(body)
+        return str(path)
+
+    # -- %gaudi_runs ------------------------------------------------------------
+    @line_magic
+    @magic_arguments()
+    @argument("--limit", type=int, default=20, help="how many runs, newest first")
+    def gaudi_runs(self, line: str) -> "RunList":
+        """Recent runs with status, progress, loss, throughput and cost."""
+        args = parse_argstring(self.gaudi_runs, line)
+        try:
+            return RunList(api.runs(limit=args.limit))
+        except GaudiNbError as exc:
+            raise _one_line(exc) from None
+
+    # -- %gaudi_watch -------------------------------------------------------------
+    @line_magic
+    @magic_arguments()
+    @argument("run_id", nargs="?", default=None, help="run id or a unique prefix (default: the latest run)")
+    def gaudi_watch(self, line: str) -> api.Run:
+        """Show a run's panel: its whole history, then live updates (after a kernel restart too)."""
+        args = parse_argstring(self.gaudi_watch, line)
+        run = self._run(args.run_id)
+        self._show(run)
+        return run
+
+    # -- %gaudi_stop ----------------------------------------------------------------
+    @line_magic
+    @magic_arguments()
+    @argument("run_id", nargs="?", default=None, help="run id or a unique prefix (default: the last run started here)")
+    def gaudi_stop(self, line: str) -> None:
+        """Ask a run to stop cleanly: the ranks finish two steps and save a checkpoint."""
+        args = parse_argstring(self.gaudi_stop, line)
+        run = self._run(args.run_id)
+        try:
+            if run.done:
+                print(f"{run.run_id} already ended: {run.status}")
+                return
+            first = run.stop()
+        except GaudiNbError as exc:
+            raise _one_line(exc) from None
+        print(f"stop requested for {run.run_id}" + ("" if first else " (a stop was already requested)") + "; its panel shows when it has stopped")
+
+    # -- %gaudi_cost ----------------------------------------------------------------------
+    @line_magic
+    @magic_arguments()
+    @argument("run_id", nargs="?", default=None, help="a run: its spend, price, $ per 1M tokens and projection")
+    @argument("--tokens", type=float, default=None, help="training tokens: estimate hours and dollars on every catalog instance")
+    @argument("--parameters", type=float, default=None, help="model size for the estimate (7e9)")
+    @argument("--model", default=None, help="a local model preset for the estimate: its size is computed")
+    @argument("--mfu", type=float, default=0.35, help="model FLOPs utilization for the estimate (share of peak)")
+    def gaudi_cost(self, line: str) -> None:
+        """The price catalog and this session's price and budget; a run's cost; or pre-run estimates (--tokens)."""
+        from IPython.display import HTML, display
+
+        args = parse_argstring(self.gaudi_cost, line)
+        if args.tokens is not None:
+            display(HTML(estimate_html(args.parameters, args.model, args.tokens, args.mfu)))
+            return
+        if args.run_id:
+            run = self._run(args.run_id)
+            try:
+                record = run.record()
+            except GaudiNbError as exc:
+                raise _one_line(exc) from None
+            display(HTML(run_cost_html(record)))
+            return
+        display(HTML(catalog_html(self.defaults())))
+
+
+def _load_mapping(text: Optional[str], where: str) -> Dict[str, Any]:
+    import yaml
+
+    if text is None:
+        raise UsageError(f"{where}: not found")
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise UsageError(f"{where} is not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{where} must be a mapping of run options (model: tiny-llama, devices: 2, ...)")
+    # null, and "None" (what {var} of a Python None expands to), leave an option unset
+    return {str(k).replace("-", "_"): v for k, v in data.items() if v is not None and v != "None"}
+
+
+# -- HTML for %gaudi_runs and %gaudi_cost ---------------------------------------------------
+def _money(value: Optional[float]) -> str:
+    from .panel import fmt_money
+
+    return fmt_money(value)
+
+
+def _html_table(head: List[str], rows: List[List[str]], css_class: str) -> str:
+    th = "".join(f'<th style="text-align:left">{html.escape(h)}</th>' for h in head)
+    body = "".join("<tr>" + "".join(f'<td style="text-align:left">{html.escape(c)}</td>' for c in row) + "</tr>" for row in rows)
+    return f'<table class="{css_class}"><thead><tr>{th}</tr></thead><tbody>{body}</tbody></table>'
+
+
+class RunList(list):  # type: ignore[type-arg]
+    """Run records that show as a table (HTML in a notebook, text elsewhere)."""
+
+    HEAD = ["run", "status", "progress", "loss", "tokens/s", "cost", "target"]
+
+    def rows(self) -> List[List[str]]:
+        out = []
+        for r in self:
+            m = r.get("metrics") or {}
+            progress = f"cells {(r.get('batch') or {}).get('cells_done', 0)}" if r.get("kind") == "batch" else f"step {r.get('steps_completed')}/{r.get('max_steps') or '?'}"
+            out.append([
+                r["run_id"], r["status"], progress,
+                "—" if m.get("final_loss") is None else f"{m['final_loss']:.4f}",
+                f"{m['tokens_per_second']:,.0f}" if m.get("tokens_per_second") else "—",
+                _money((r.get("cost") or {}).get("usd")), str(r.get("target") or "local"),
+            ])
+        return out
+
+    def _repr_html_(self) -> str:
+        if not self:
+            return "<i>no runs yet: start one with %gaudi_train</i>"
+        return _html_table(self.HEAD, self.rows(), "gaudi-nb-runs")
+
+    def __repr__(self) -> str:
+        if not self:
+            return "no runs yet: start one with %gaudi_train"
+        rows = [self.HEAD] + self.rows()
+        widths = [max(len(row[i]) for row in rows) for i in range(len(self.HEAD))]
+        return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
+
+
+def catalog_html(defaults: Dict[str, Any]) -> str:
+    from ..cost import catalog
+
+    rows = [[p.provider, p.instance_type, p.region or "—", f"{p.accelerator_count}× {p.accelerator}", _money(p.on_demand_per_hour), p.as_of, p.source] for p in catalog.load_catalog()]
+    price, source = catalog.resolve_price_per_hour(defaults.get("price_per_hour"), defaults.get("instance_type"))
+    session = (
+        f"<p>this session: price {_money(price)}{'/h' if price is not None else ''} ({html.escape(source)}); "
+        f"budget {_money(defaults.get('budget_usd')) if defaults.get('budget_usd') is not None else 'none'}. "
+        "Set them with <code>%config GaudiMagics.price_per_hour = 13.11</code> or <code>--price-per-hour</code>.</p>"
+    )
+    return session + _html_table(["provider", "instance type", "region", "accelerators", "on-demand $/h", "as of", "source"], rows, "gaudi-nb-catalog")
+
+
+def run_cost_html(record: Dict[str, Any]) -> str:
+    c = record["cost"]
+    rows = [
+        ["spent", _money(c.get("usd"))],
+        ["price", f"{_money(c.get('price_per_hour'))}/h ({c.get('price_source') or 'unknown'})"],
+        ["$ per 1M tokens", _money(c.get("usd_per_million_tokens"))],
+        ["projected", _money(c.get("projected_usd"))],
+        ["budget", _money(c.get("budget_usd")) if c.get("budget_usd") is not None else "none"],
+        ["budget left", _money(c.get("budget_left_usd")) if c.get("budget_usd") is not None else "—"],
+    ]
+    return f"<b>{html.escape(record['run_id'])}</b> ({html.escape(record['status'])})" + _html_table(["", ""], rows, "gaudi-nb-run-cost")
+
+
+def estimate_html(parameters: Optional[float], model: Optional[str], tokens: float, mfu: float) -> str:
+    from ..cost.estimate import ASSUMPTIONS, estimate
+
+    if parameters is None and model is None:
+        raise UsageError("give --parameters N or --model PRESET with --tokens")
+    if parameters is None:
+        parameters = float(preset_parameters(model or ""))
+    if parameters <= 0 or tokens <= 0:
+        raise UsageError("--parameters and --tokens must be positive")
+    try:
+        rows = estimate(parameters, tokens, mfu=mfu)
+    except ValueError as exc:
+        raise _one_line(exc) from None
+    table = _html_table(
+        ["instance type", "accelerators", "hours", "dollars", "$/h", "price as of"],
+        [[r.instance_type, f"{r.accelerator_count}× {r.accelerator}", "unknown" if r.hours is None else f"{r.hours:,.1f}", _money(r.usd), _money(r.price_per_hour), r.as_of] for r in rows],
+        "gaudi-nb-estimate",
+    )
+    return f"<p>{parameters:.3g} parameters × {tokens:.3g} tokens, MFU {mfu:.0%}</p>{table}<pre>{html.escape(ASSUMPTIONS)}</pre>"
+
+
+def preset_parameters(name: str) -> int:
+    from ..worker.data import LOCAL_VOCAB_SIZE
+    from ..worker.presets import model_presets
+
+    try:
+        preset = model_presets.get(name)
+    except GaudiNbError as exc:
+        raise _one_line(exc) from None
+    if not preset.local:
+        raise UsageError(f"--model {name} is a hub model: give its size with --parameters")
+    model = preset.build(LOCAL_VOCAB_SIZE, 512)
+    return sum(p.numel() for p in model.parameters())
+
+
+def load_ipython_extension(ipython: Any) -> None:
+    """%load_ext gaudi_nb: register the magics and make them %config-urable."""
+    magics = GaudiMagics(shell=ipython, parent=ipython)
+    ipython.register_magics(magics)
+    if magics not in ipython.configurables:
+        ipython.configurables.append(magics)
+
+
+__all__ = ["GaudiMagics", "RunList", "load_ipython_extension", "parse_target", "pyproject_defaults"]

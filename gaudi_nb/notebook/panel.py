@@ -1,0 +1,487 @@
+"""The live run panel: PanelState (events folded into what the panel shows) and RunPanel (the ipywidgets view)."""
+from __future__ import annotations
+
+import html
+import os
+import threading
+import time
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from ..cost import meter
+from ..events import TERMINAL_STATUSES
+from ..summary import empty_summary, fold
+
+# Points drawn in the loss and throughput plots; the state keeps every step.
+PLOT_POINTS = 400
+UPDATE_INTERVAL_S = 0.5
+STATUS_COLOURS = {
+    "pending": "#888",
+    "running": "#1976d2",
+    "stopping": "#f39c12",
+    "succeeded": "#2e7d32",
+    "stopped": "#6d4c41",
+    "budget_exceeded": "#c62828",
+    "failed": "#c62828",
+}
+
+
+class PanelState:
+    """Everything the panel shows, folded from a run's events; pure (no widgets, no I/O), so it
+    can be fed synthetic events by tests and benchmarks."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+        self.summary: Dict[str, Any] = empty_summary(run_id)
+        self.loss: List[Tuple[int, float]] = []
+        self.eval_loss: List[Tuple[int, float]] = []
+        self.throughput: List[Tuple[int, float]] = []  # measured (non-warmup) steps only
+        self.devices: List[Dict[str, Any]] = []
+        self.device_source: Optional[str] = None
+        self.host: Optional[Dict[str, Any]] = None
+        self.worker_errors: List[str] = []
+        self.last_memory_bytes: Optional[int] = None
+        self.events_seen = 0
+        self._first_step: Optional[Tuple[int, float]] = None  # (step, t) of the first measured step
+        self._last_step: Optional[Tuple[int, float]] = None
+        self.last_event_t: Optional[float] = None
+
+    @classmethod
+    def from_events(cls, run_id: str, events: Sequence[Dict[str, Any]]) -> "PanelState":
+        state = cls(run_id)
+        state.apply(events)
+        return state
+
+    def apply(self, events: Sequence[Dict[str, Any]]) -> bool:
+        """Fold new events in; True if any arrived."""
+        if not events:
+            return False
+        for e in events:
+            kind = e.get("type")
+            t = e.get("t")
+            if t is not None:
+                self.last_event_t = float(t)
+            if kind == "step":
+                step = int(e["step"])
+                if e.get("loss") is not None:
+                    self.loss.append((step, float(e["loss"])))
+                if not e.get("warmup") and e.get("tokens_per_second"):
+                    self.throughput.append((step, float(e["tokens_per_second"])))
+                    if self._first_step is None and t is not None:
+                        self._first_step = (step, float(t))
+                if t is not None:
+                    self._last_step = (step, float(t))
+                memory = e.get("memory") or {}
+                if isinstance(memory, dict) and memory.get("in_use_bytes") is not None:
+                    self.last_memory_bytes = int(memory["in_use_bytes"])
+            elif kind == "eval" and e.get("eval_loss") is not None:
+                self.eval_loss.append((int(e.get("step") or 0), float(e["eval_loss"])))
+            elif kind == "telemetry":
+                # ranks vanish from a host sample when they exit: keep the last sample that had devices
+                if e.get("devices") or not self.devices:
+                    self.devices = list(e.get("devices") or [])
+                    self.device_source = e.get("source")
+                self.host = e.get("host")
+            elif kind == "worker_error":
+                self.worker_errors.append(f"rank {e.get('rank')}: {e.get('error')}")
+        self.summary = fold(self.summary, events)
+        self.events_seen += len(events)
+        return True
+
+    # -- derived values ----------------------------------------------------
+    @property
+    def status(self) -> str:
+        return str(self.summary["status"])
+
+    @property
+    def done(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+    @property
+    def step(self) -> int:
+        return int(self.summary["steps_completed"])
+
+    @property
+    def max_steps(self) -> Optional[int]:
+        value = self.summary.get("max_steps")
+        return int(value) if value else None
+
+    def eta_seconds(self) -> Optional[float]:
+        """Seconds left at the pace of the measured steps so far (startup and warmup left out)."""
+        if self.done or not self.max_steps:
+            return None if not self.done else 0.0
+        if self._first_step and self._last_step and self._last_step[0] > self._first_step[0]:
+            steps = self._last_step[0] - self._first_step[0]
+            return meter.eta_seconds(self._last_step[1] - self._first_step[1], steps, self.max_steps - self._first_step[0])
+        return None
+
+    def tokens_per_second_now(self) -> Optional[float]:
+        return self.throughput[-1][1] if self.throughput else None
+
+    def failure(self) -> Optional[Dict[str, Any]]:
+        """Reason and last log lines of a run that ended badly (or a rank's error while it runs)."""
+        exit_info = self.summary.get("exit") or {}
+        if self.status == "failed" or (self.worker_errors and not self.done):
+            return {"reason": exit_info.get("reason") or (self.worker_errors[0] if self.worker_errors else "failed"), "last_log_lines": exit_info.get("last_log_lines") or []}
+        return None
+
+
+# -- pure HTML rendering (the view sets these strings on widgets) -------------------
+def fmt_money(value: Optional[float]) -> str:
+    if value is None:
+        return "unknown"
+    return f"${value:,.4f}" if abs(value) < 1 else f"${value:,.2f}"
+
+
+def fmt_duration(seconds: Optional[float]) -> str:
+    if seconds is None:
+        return "unknown"
+    seconds = int(round(seconds))
+    h, rest = divmod(seconds, 3600)
+    m, s = divmod(rest, 60)
+    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
+
+
+def fmt_num(value: Optional[float], digits: int = 4) -> str:
+    return "—" if value is None else f"{value:.{digits}f}"
+
+
+def _decimate(points: Sequence[Tuple[int, float]], limit: int = PLOT_POINTS) -> List[Tuple[int, float]]:
+    if len(points) <= limit:
+        return list(points)
+    stride = len(points) / (limit - 1)
+    picked = [points[int(i * stride)] for i in range(limit - 1)]
+    return picked + [points[-1]]
+
+
+def svg_line_chart(
+    series: Sequence[Tuple[str, Sequence[Tuple[int, float]], str, bool]],
+    *,
+    width: int = 460,
+    height: int = 170,
+    x_max: Optional[int] = None,
+    title: str = "",
+    y_format: str = "{:.3g}",
+    empty: str = "waiting for the first step…",
+) -> str:
+    """A small self-contained SVG chart: series are (name, [(x, y)], colour, markers)."""
+    pad_l, pad_r, pad_t, pad_b = 46, 10, 18, 22
+    plot_w, plot_h = width - pad_l - pad_r, height - pad_t - pad_b
+    points = [p for _, pts, _, _ in series for p in pts]
+    head = f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" viewBox="0 0 {width} {height}" class="gaudi-nb-chart" role="img" aria-label="{html.escape(title)}">'
+    parts = [head, f'<text x="{pad_l}" y="12" font-size="11" font-weight="600" fill="currentColor">{html.escape(title)}</text>']
+    if not points:
+        parts.append(f'<text x="{pad_l + 8}" y="{pad_t + plot_h / 2}" font-size="11" fill="#888">{html.escape(empty)}</text></svg>')
+        return "".join(parts)
+    xs = [p[0] for p in points]
+    ys = [p[1] for p in points]
+    x_lo, x_hi = min(xs), max(max(xs), x_max or 0)
+    y_lo, y_hi = min(ys), max(ys)
+    if x_hi == x_lo:
+        x_hi = x_lo + 1
+    if y_hi == y_lo:
+        y_lo, y_hi = y_lo - 0.5 * (abs(y_lo) or 1), y_hi + 0.5 * (abs(y_hi) or 1)
+    margin = (y_hi - y_lo) * 0.06
+    y_lo, y_hi = y_lo - margin, y_hi + margin
+
+    def sx(x: float) -> float:
+        return pad_l + (x - x_lo) / (x_hi - x_lo) * plot_w
+
+    def sy(y: float) -> float:
+        return pad_t + (1 - (y - y_lo) / (y_hi - y_lo)) * plot_h
+
+    # frame, grid and tick labels
+    parts.append(f'<rect x="{pad_l}" y="{pad_t}" width="{plot_w}" height="{plot_h}" fill="none" stroke="#ccc" stroke-width="1"/>')
+    for frac in (0.0, 0.5, 1.0):
+        y = y_lo + frac * (y_hi - y_lo)
+        py = sy(y)
+        parts.append(f'<line x1="{pad_l}" x2="{pad_l + plot_w}" y1="{py:.1f}" y2="{py:.1f}" stroke="#eee"/>')
+        parts.append(f'<text x="{pad_l - 4}" y="{py + 3:.1f}" font-size="10" text-anchor="end" fill="#666">{html.escape(y_format.format(y))}</text>')
+    for x in (x_lo, (x_lo + x_hi) / 2, x_hi):
+        parts.append(f'<text x="{sx(x):.1f}" y="{height - 6}" font-size="10" text-anchor="middle" fill="#666">{int(round(x))}</text>')
+    legend_x = width - pad_r - 4
+    for name, pts, colour, markers in reversed(series):
+        if not pts:
+            continue
+        shown = _decimate(pts)
+        coords = " ".join(f"{sx(x):.1f},{sy(y):.1f}" for x, y in shown)
+        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.6" points="{coords}" class="gaudi-nb-series" data-name="{html.escape(name)}" data-points="{len(pts)}"/>')
+        if markers:
+            parts.extend(f'<circle cx="{sx(x):.1f}" cy="{sy(y):.1f}" r="2.6" fill="{colour}"/>' for x, y in shown[-60:])
+        label = f"{name} {y_format.format(pts[-1][1])}"
+        parts.append(f'<text x="{legend_x}" y="12" font-size="10" text-anchor="end" fill="{colour}">{html.escape(label)}</text>')
+        legend_x -= 7 * len(label) + 12
+    parts.append("</svg>")
+    return "".join(parts)
+
+
+def header_html(state: PanelState) -> str:
+    s = state.summary
+    status = state.status
+    colour = STATUS_COLOURS.get(status, "#888")
+    max_steps = state.max_steps
+    acc = s.get("accelerator")
+    device = f"{acc} × {s.get('device_count') or '?'}" if acc else "starting…"
+    extras = ", ".join(str(v) for v in (s.get("precision"), s.get("trainer")) if v)
+    eta = state.eta_seconds()
+    pct = min(100.0, 100.0 * state.step / max_steps) if max_steps else 0.0
+    return (
+        '<div class="gaudi-nb-header" style="display:flex;flex-wrap:wrap;gap:14px;align-items:baseline;font-size:13px">'
+        f'<span class="gaudi-nb-status" data-status="{status}" style="background:{colour};color:#fff;border-radius:3px;padding:1px 7px;font-weight:600">{html.escape(status)}</span>'
+        f'<span class="gaudi-nb-run-id" style="font-family:monospace">{html.escape(state.run_id)}</span>'
+        f'<span class="gaudi-nb-step" data-step="{state.step}" data-max-steps="{max_steps or ""}" style="font-variant-numeric:tabular-nums"><b>step {state.step}</b> / {max_steps or "?"}</span>'
+        f'<span class="gaudi-nb-eta">ETA {"done" if state.done else fmt_duration(eta)}</span>'
+        f'<span class="gaudi-nb-device" style="color:#555">{html.escape(device)}{" (" + html.escape(extras) + ")" if extras else ""}</span>'
+        "</div>"
+        f'<div style="height:4px;background:#e8e8e8;border-radius:2px;margin:4px 0 2px"><div style="height:4px;width:{pct:.1f}%;background:{colour};border-radius:2px"></div></div>'
+    )
+
+
+def metrics_html(state: PanelState) -> str:
+    m = state.summary["metrics"]
+    now = state.tokens_per_second_now()
+    steady = m.get("tokens_per_second")
+    rows = [
+        ("loss", f"{fmt_num(m.get('first_loss'))} → {fmt_num(m.get('final_loss'))}"),
+        ("eval loss", fmt_num(m.get("eval_loss"))),
+        ("tokens/s", f"{now:,.0f} now · {steady:,.0f} mean" if now and steady else "measuring…" if not state.done else "unknown"),
+        ("step time", f"{m['step_time_s']:.3f} s" if m.get("step_time_s") else "—"),
+        ("tokens seen", f"{m.get('tokens_seen') or 0:,}"),
+    ]
+    if state.last_memory_bytes is not None:
+        rows.append(("rank 0 memory", f"{state.last_memory_bytes / 1024**3:,.2f} GB"))
+    return _table(rows, "gaudi-nb-metrics")
+
+
+def cost_html(state: PanelState) -> str:
+    c = state.summary["cost"]
+    price = c.get("price_per_hour")
+    rows = [
+        ("spent", f'<span class="gaudi-nb-usd">{fmt_money(c.get("usd"))}</span>'),
+        ("$ per 1M tokens", fmt_money(c.get("usd_per_million_tokens"))),
+        ("projected", fmt_money(c.get("projected_usd")) if not state.done else fmt_money(c.get("usd")) + " (final)"),
+        ("price", f"{fmt_money(price)}/h" + (f" × {c.get('nodes')} nodes" if (c.get("nodes") or 1) > 1 else "") if price is not None else "unknown: set price_per_hour or instance_type"),
+    ]
+    source = c.get("price_source")
+    if source and price is not None:
+        rows.append(("source", f'<span style="color:#666">{html.escape(str(source))}</span>'))
+    budget = c.get("budget_usd")
+    fraction = meter.budget_fraction(budget, c.get("usd"))
+    if budget is None:
+        bar = '<div style="color:#666">no budget set</div>'
+    elif fraction is None:
+        bar = f'<div style="color:#666">budget {fmt_money(budget)} · spend unknown (no price)</div>'
+    else:
+        colour = "#2e7d32" if fraction < 0.75 else "#f39c12" if fraction < 1 else "#c62828"
+        bar = (
+            f'<div class="gaudi-nb-budget" data-fraction="{fraction:.4f}">budget {fmt_money(budget)} · {fmt_money(c.get("budget_left_usd"))} left ({100 * fraction:.0f}% spent)'
+            f'<div style="height:8px;background:#e8e8e8;border-radius:3px;margin-top:2px;width:220px"><div style="height:8px;width:{min(100.0, 100 * fraction):.1f}%;background:{colour};border-radius:3px"></div></div></div>'
+        )
+    return '<div class="gaudi-nb-cost"><div style="font-weight:600;font-size:12px">cost</div>' + _table(rows, "", raw=True) + bar + "</div>"
+
+
+def failure_html(state: PanelState) -> str:
+    failure = state.failure()
+    if failure is None:
+        exit_info = state.summary.get("exit") or {}
+        if state.done and exit_info.get("reason"):
+            return f'<div class="gaudi-nb-reason" style="color:#6d4c41">{html.escape(str(exit_info["reason"]))}</div>'
+        return ""
+    lines = "\n".join(failure["last_log_lines"][-20:])
+    log = f'<pre style="max-height:220px;overflow:auto;background:#fbeaea;padding:6px;font-size:11px;white-space:pre-wrap">{html.escape(lines)}</pre>' if lines else ""
+    return f'<div class="gaudi-nb-failure" style="color:#c62828"><b>failed:</b> {html.escape(str(failure["reason"]))}</div>{log}'
+
+
+def _table(rows: Sequence[Tuple[str, str]], css_class: str, raw: bool = False) -> str:
+    body = "".join(
+        f'<tr><td style="color:#666;padding:1px 10px 1px 0;text-align:left">{html.escape(k)}</td><td style="text-align:left;font-variant-numeric:tabular-nums">{v if raw else html.escape(v)}</td></tr>'
+        for k, v in rows
+    )
+    return f'<table class="{css_class}" style="font-size:12px;border-collapse:collapse">{body}</table>'
+
+
+def loss_chart(state: PanelState) -> str:
+    return svg_line_chart(
+        [("loss", state.loss, "#1976d2", False), ("eval loss", state.eval_loss, "#e65100", True)],
+        x_max=state.max_steps,
+        title="loss",
+    )
+
+
+def throughput_chart(state: PanelState) -> str:
+    return svg_line_chart([("tokens/s", state.throughput, "#00897b", False)], width=300, height=120, x_max=state.max_steps, title="tokens/s", y_format="{:,.0f}", empty="measuring after warmup…")
+
+
+class RunFeed:
+    """New events of one run from the store, synced from the node on each poll (what views read)."""
+
+    def __init__(self, run: Any) -> None:
+        self.run = run
+        self.seq = -1
+
+    def poll(self) -> List[Dict[str, Any]]:
+        self.run.sync()
+        fresh = self.run.store.events(self.run.run_id, after_seq=self.seq)
+        self.seq += len(fresh)
+        return fresh
+
+
+class RunPanel:
+    """The live panel for one run: header, loss and throughput charts, cost meter, device grid,
+    Stop button, failure details. A daemon thread polls the run's events and updates the widgets,
+    so the kernel stays free for other cells."""
+
+    def __init__(self, run: Any, interval_s: float = UPDATE_INTERVAL_S) -> None:
+        import ipywidgets as w
+
+        from .device_grid import DeviceGrid
+
+        self.run = run
+        self.interval_s = interval_s
+        self.state = PanelState(run.run_id)
+        self.feed = RunFeed(run)
+        self.updates = 0
+        self.last_error: Optional[str] = None
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+        self._lock = threading.Lock()
+        self._callbacks: List[Callable[["RunPanel"], None]] = []
+
+        self.header = w.HTML()
+        self.loss_plot = w.HTML()
+        self.throughput_plot = w.HTML()
+        self.metrics = w.HTML()
+        self.cost = w.HTML()
+        self.grid = DeviceGrid()
+        self.failure = w.HTML()
+        self.note = w.HTML()
+        self.stop_button = w.Button(description="Stop", icon="stop", button_style="danger", tooltip="stop after a checkpoint (the ranks finish two steps)", layout=w.Layout(width="90px"))
+        self.stop_button.on_click(self._on_stop)
+        right = w.VBox([self.metrics, self.cost], layout=w.Layout(min_width="300px", padding="0 0 0 12px"))
+        charts = w.VBox([self.loss_plot, self.throughput_plot])
+        self.widget = w.VBox(
+            [w.HBox([self.header, self.stop_button], layout=w.Layout(justify_content="space-between", align_items="center")), w.HBox([charts, right], layout=w.Layout(flex_flow="row wrap")), self.grid, self.failure, self.note],
+            layout=w.Layout(border="1px solid #ddd", padding="6px 10px", width="100%"),
+        )
+        self.widget.add_class("gaudi-nb-panel")
+        self.render()
+
+    # -- lifecycle -----------------------------------------------------------
+    def _ipython_display_(self) -> None:
+        from IPython.display import display
+
+        display(self.widget)
+
+    def start(self) -> "RunPanel":
+        """Replay the run's history, then keep updating in the background until it ends."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name=f"gaudi-nb-panel-{self.run.run_id}", daemon=True)
+            self._thread.start()
+        return self
+
+    def close(self) -> None:
+        """Stop updating (the run goes on)."""
+        self._stop.set()
+
+    @property
+    def live(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def on_update(self, callback: Callable[["RunPanel"], None], remove: bool = False) -> None:
+        if remove:
+            self._callbacks.remove(callback)
+        else:
+            self._callbacks.append(callback)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                self.refresh()
+                self.last_error = None
+            except Exception as exc:  # a locked store or a vanished run folder must not kill the panel
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                self.note.value = f'<span style="color:#c62828">panel update failed, retrying: {html.escape(self.last_error)}</span>'
+            if self.state.done:
+                return
+            self._stop.wait(max(0.05, self.interval_s - (time.monotonic() - started)))
+
+    def refresh(self) -> bool:
+        """Read new events and update the view; True if any arrived."""
+        with self._lock:
+            fresh = self.feed.poll()
+            changed = self.state.apply(fresh)
+            if changed:
+                self.render()
+            for callback in list(self._callbacks):
+                callback(self)
+            return changed
+
+    # -- view ---------------------------------------------------------------
+    def render(self) -> None:
+        state = self.state
+        self.updates += 1
+        self.header.value = header_html(state)
+        self.loss_plot.value = loss_chart(state)
+        self.throughput_plot.value = throughput_chart(state)
+        self.metrics.value = metrics_html(state)
+        self.cost.value = cost_html(state)
+        self.grid.show(state.devices, state.device_source)
+        if state.done and not state.devices:
+            self.grid.placeholder = "no telemetry was recorded"
+        self.failure.value = failure_html(state)
+        if state.done or state.status == "stopping":
+            self.stop_button.disabled = True
+            self.stop_button.description = "stopping…" if state.status == "stopping" else "ended"
+
+    def _on_stop(self, _button: Any = None) -> None:
+        self.stop_button.disabled = True
+        self.stop_button.description = "stopping…"
+        try:
+            self.run.stop()
+        except Exception as exc:
+            self.note.value = f'<span style="color:#c62828">stop failed: {html.escape(str(exc))}</span>'
+            self.stop_button.disabled = False
+            self.stop_button.description = "Stop"
+
+
+# -- where the panel shows: a live frontend, or static output in a headless run ------------
+def display_mode(requested: Optional[str] = None) -> str:
+    """'live' in a frontend that renders widgets, 'static' under papermill/nbconvert/nbval.
+
+    $GAUDI_NB_PANEL (live|static) wins. Otherwise a kernel whose current request does not
+    allow stdin is driven by a headless client (nbclient, which papermill and nbconvert use,
+    and nbval both send allow_stdin=False; JupyterLab and VS Code send True).
+    """
+    mode = (requested or os.environ.get("GAUDI_NB_PANEL") or "auto").lower()
+    if mode in ("live", "static"):
+        return mode
+    try:
+        from IPython import get_ipython
+
+        ip = get_ipython()
+    except ImportError:
+        return "static"
+    kernel = getattr(ip, "kernel", None)
+    if kernel is None:
+        return "static"  # terminal IPython or a plain script: no widget frontend
+    return "live" if getattr(kernel, "_allow_stdin", True) else "static"
+
+
+def show(run: Any, mode: Optional[str] = None, interval_s: float = UPDATE_INTERVAL_S, timeout: Optional[float] = None) -> Optional[RunPanel]:
+    """Show a run: a live panel (returned) in a frontend; in a headless run, wait for the
+    run to end and leave its final state as an image and a text summary."""
+    from IPython.display import display
+
+    if display_mode(mode) == "static":
+        from .static import show_static
+
+        run.wait(timeout=timeout, poll_s=1.0)
+        show_static(PanelState.from_events(run.run_id, run.events()))
+        return None
+    panel = RunPanel(run, interval_s=interval_s)
+    display(panel)
+    panel.start()
+    return panel
+
+
+__all__ = ["PanelState", "RunFeed", "RunPanel", "display_mode", "show", "svg_line_chart"]

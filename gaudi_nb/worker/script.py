@@ -1,0 +1,245 @@
+"""Helpers for a user's training script (%%gaudi_train --script) and its runner: python -m gaudi_nb.worker.script --run-dir DIR.
+
+Every rank runs the script in a fresh process started by the launcher (torchrun), never a fork
+of the kernel. Inside the script:
+
+    from gaudi_nb.worker.script import device, precision, report, should_stop
+    model.to(device())
+    for step in range(1, spec().max_steps + 1):
+        ...
+        report(step=step, loss=loss.item(), tokens=tokens_in_this_step)
+        if should_stop():
+            break
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import runpy
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from ..events import BackgroundEventWriter, EventWriter
+from ..rundir import CONTROL, STOP_REQUEST
+from ..spec import RunSpec
+
+RUN_DIR_ENV = "GAUDI_NB_RUN_DIR"
+SCRIPT_NAME = "script.py"
+
+
+class _Context:
+    """What the helpers know about this rank, read once from the run folder and the launcher's variables."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.run_dir = Path(run_dir)
+        self.run = json.loads((self.run_dir / "run.json").read_text())
+        self.spec = RunSpec.model_validate_json((self.run_dir / "spec.json").read_text())
+        env = os.environ
+        if "RANK" not in env and "OMPI_COMM_WORLD_RANK" in env:  # mpirun: mirror what torch.distributed reads
+            env["RANK"], env["WORLD_SIZE"] = env["OMPI_COMM_WORLD_RANK"], env["OMPI_COMM_WORLD_SIZE"]
+            env["LOCAL_RANK"] = env.get("OMPI_COMM_WORLD_LOCAL_RANK", "0")
+        self.rank = int(env.get("RANK", 0))
+        self.local_rank = int(env.get("LOCAL_RANK", 0))
+        self.world_size = int(env.get("WORLD_SIZE", 1))
+        from .. import accel
+
+        self.accelerator = accel.detect()
+        self.writer: Optional[EventWriter] = None
+        if self.rank == 0:
+            self.writer = BackgroundEventWriter(self.run_dir / "events.jsonl", self.run["run_id"], node=self.run.get("node", "local"), rank=0)
+        self.last_report: Optional[float] = None
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+
+
+_context: Optional[_Context] = None
+
+
+def _ctx() -> _Context:
+    global _context
+    if _context is None:
+        folder = os.environ.get(RUN_DIR_ENV)
+        if not folder:
+            raise RuntimeError(f"gaudi_nb.worker.script helpers run inside a gaudi_nb run (python -m gaudi_nb.worker.script --run-dir DIR sets ${RUN_DIR_ENV})")
+        _context = _Context(Path(folder))
+    return _context
+
+
+# -- the helpers a script calls --------------------------------------------------
+def spec() -> RunSpec:
+    """The run's spec: max_steps, batch_size, learning_rate, seed, ... as the user gave them."""
+    return _ctx().spec
+
+
+def rank() -> int:
+    return _ctx().rank
+
+
+def local_rank() -> int:
+    return _ctx().local_rank
+
+
+def world_size() -> int:
+    return _ctx().world_size
+
+
+def run_dir() -> Path:
+    return _ctx().run_dir
+
+
+def device() -> Any:
+    """This rank's torch device: hpu, cuda:N or cpu."""
+    import torch
+
+    ctx = _ctx()
+    return torch.device(ctx.accelerator.device_string(ctx.local_rank))
+
+
+def precision() -> str:
+    """bf16 or fp32: the spec's choice, or the accelerator's default for "auto"."""
+    ctx = _ctx()
+    return ctx.accelerator.default_precision() if ctx.spec.precision == "auto" else ctx.spec.precision
+
+
+def dtype() -> Any:
+    import torch
+
+    return torch.bfloat16 if precision() == "bf16" else torch.float32
+
+
+def init_distributed() -> bool:
+    """Join the process group (gloo on CPU, nccl on CUDA, hccl on Gaudi) when there are several ranks."""
+    ctx = _ctx()
+    if ctx.world_size <= 1:
+        return False
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        if ctx.accelerator.name == "hpu":
+            import habana_frameworks.torch.distributed.hccl  # noqa: F401  # registers the hccl backend
+        dist.init_process_group(backend=ctx.accelerator.distributed_backend())
+    return True
+
+
+def mark_step() -> None:
+    """End of a step for Gaudi's lazy mode (no-op elsewhere)."""
+    _ctx().accelerator.mark_step()
+
+
+def report(step: int, loss: Optional[float] = None, *, tokens: Optional[int] = None, samples: Optional[int] = None, **metrics: Any) -> None:
+    """Write a step event (rank 0; a no-op on other ranks), as the built-in trainer's callback does.
+
+    step_time_s is the time since the previous report unless given; tokens (this step, all
+    ranks) gives tokens_per_second. Steps up to spec().warmup_steps are marked warmup.
+    """
+    ctx = _ctx()
+    now = time.perf_counter()
+    step_time = metrics.pop("step_time_s", None)
+    if step_time is None and ctx.last_report is not None:
+        step_time = now - ctx.last_report
+    ctx.last_report = now
+    if ctx.writer is None:
+        return
+    fields: Dict[str, Any] = {
+        "step": int(step),
+        "loss": None if loss is None else float(loss),
+        "step_time_s": step_time,
+        "tokens": tokens,
+        "samples": samples,
+        "tokens_per_second": tokens / step_time if tokens and step_time else None,
+        "samples_per_second": samples / step_time if samples and step_time else None,
+        "warmup": int(step) <= ctx.spec.warmup_steps,
+        "memory": ctx.accelerator.memory_stats(),
+    }
+    fields.update({k: _plain(v) for k, v in metrics.items()})
+    ctx.writer.emit("step", **fields)
+
+
+def report_eval(step: int, eval_loss: float) -> None:
+    ctx = _ctx()
+    if ctx.writer is not None:
+        ctx.writer.emit("eval", step=int(step), eval_loss=float(eval_loss))
+
+
+def should_stop() -> bool:
+    """True once a stop was asked for (%gaudi_stop, the Stop button, the budget). Ranks may see
+    it one step apart: call it where every rank can leave the loop without a pending collective,
+    or agree with an all-reduce."""
+    return (_ctx().run_dir / CONTROL / STOP_REQUEST).exists()
+
+
+def _plain(value: Any) -> Any:
+    try:
+        return value.item()  # a tensor or numpy scalar
+    except AttributeError:
+        return value
+
+
+# -- the runner --------------------------------------------------------------------
+def script_path(folder: Path, spec_: RunSpec) -> Path:
+    """The run folder's copy of the script, else the path the spec names."""
+    copy = folder / SCRIPT_NAME
+    if copy.exists():
+        return copy
+    named = getattr(spec_, "script", None)
+    if named:
+        return Path(named).expanduser()
+    raise FileNotFoundError(f"no training script: neither {copy} nor a spec 'script' field")
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m gaudi_nb.worker.script", description="Run one rank of a gaudi_nb run whose training is a user script.")
+    parser.add_argument("--run-dir", required=True, type=Path)
+    args = parser.parse_args(argv)
+    folder = args.run_dir.resolve()
+    os.environ[RUN_DIR_ENV] = str(folder)
+    # Import the helpers as the script will (python -m runs this file as __main__, a second copy).
+    from gaudi_nb.worker import script as helpers
+
+    ctx = helpers._ctx()
+    try:
+        path = script_path(folder, ctx.spec)
+        import torch
+
+        if ctx.writer is not None:
+            ctx.writer.emit(
+                "worker_start",
+                pid=os.getpid(),
+                local_rank=ctx.local_rank,
+                world_size=ctx.world_size,
+                accelerator=ctx.accelerator.name,
+                device=ctx.accelerator.device_string(ctx.local_rank),
+                precision=helpers.precision(),
+                precision_chosen_by="spec" if ctx.spec.precision != "auto" else f"default for {ctx.accelerator.name}",
+                trainer="script",
+                script=str(path),
+                torch_version=torch.__version__,
+            )
+        sys.argv = [str(path)]
+        runpy.run_path(str(path), run_name="__main__")
+    except BaseException as exc:
+        if not isinstance(exc, SystemExit) or exc.code not in (0, None):
+            _report_error(ctx, exc)
+        raise
+    finally:
+        ctx.close()
+
+
+def _report_error(ctx: _Context, exc: BaseException) -> None:
+    try:
+        writer = EventWriter(ctx.run_dir / "events.jsonl", ctx.run["run_id"], node=ctx.run.get("node", "local"), rank=ctx.rank)
+        writer.emit("worker_error", error=f"{type(exc).__name__}: {exc}"[:500], traceback=traceback.format_exc().splitlines()[-15:])
+        writer.close()
+    except Exception:
+        pass  # the log still has the traceback
+
+
+if __name__ == "__main__":
+    main()

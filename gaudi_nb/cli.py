@@ -114,8 +114,18 @@ def progress_line(record: Dict[str, Any]) -> Text:
     if m.get("tokens_per_second"):
         parts.append(f"{m['tokens_per_second']:,.0f} tok/s")
     parts.append(money(c.get("usd")) + (f" of {money(c['budget_usd'])} budget" if c.get("budget_usd") else ""))
-    parts.append(record["status"])
+    parts.append(phase(record))
     return Text(" · ".join(parts))
+
+
+def phase(record: Dict[str, Any]) -> str:
+    """The status, with what a running run is doing between its events."""
+    status = record["status"]
+    if status == "running" and record["steps_completed"] == 0:
+        return "starting ranks"
+    if status == "running" and record["steps_completed"] >= (record.get("max_steps") or 1 << 62):
+        return "saving the final checkpoint"
+    return str(status)
 
 
 def money(value: Optional[float]) -> str:

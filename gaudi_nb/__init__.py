@@ -3,6 +3,7 @@
 from . import batch
 from .api import Run, get_run, runs, train
 from .errors import GaudiNbError, MissingExtraError, NotFoundError, SpecError
+from .notebook import launcher
 from .spec import NodeSpec, RunSpec
 
 __version__ = "0.1.0"
@@ -18,6 +19,7 @@ __all__ = [
     "__version__",
     "batch",
     "get_run",
+    "launcher",
     "load_ipython_extension",
     "runs",
     "train",

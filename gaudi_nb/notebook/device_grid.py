@@ -53,7 +53,9 @@ def grid_summary(devices: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     parts = [f"{n} × {'/'.join(kinds)}"]
     if util:
         out.update(mean=sum(util) / len(util), min=min(util), max=max(util), idle=sum(1 for u in util if u < 5.0))
-        parts.append(f"util mean {out['mean']:.0f}% (min {out['min']:.0f}, max {out['max']:.0f})")
+        # a host sample's "device" is a rank process: its CPU percent counts cores (200% = two busy cores)
+        what = "process CPU" if kinds == ["cpu"] else "util"
+        parts.append(f"{what} mean {out['mean']:.0f}% (min {out['min']:.0f}, max {out['max']:.0f})")
         if out["idle"]:
             parts.append(f"{out['idle']} idle")
     else:

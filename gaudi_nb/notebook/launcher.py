@@ -31,10 +31,10 @@ def dataset_choices() -> List[str]:
     return dataset_presets.names()
 
 
-def instance_choices() -> List[Tuple[str, Optional[str]]]:
+def instance_choices() -> List[Tuple[str, str]]:
     from ..cost import catalog
 
-    rows: List[Tuple[str, Optional[str]]] = [("none (price unknown unless set below)", None)]
+    rows: List[Tuple[str, str]] = [("none: price unknown unless set below", "")]
     for p in catalog.load_catalog():
         rate = "price unknown" if p.on_demand_per_hour is None else f"${p.on_demand_per_hour:,.2f}/h"
         rows.append((f"{p.instance_type} · {p.accelerator_count}× {p.accelerator} · {rate}", p.instance_type))
@@ -71,7 +71,7 @@ class Launcher:
         self.devices = w.BoundedIntText(value=spec_defaults["devices"], min=1, max=1024, description="devices", style=style, layout=w.Layout(width="220px"))
         self.precision = w.Dropdown(options=precision_choices(), value=spec_defaults["precision"], description="precision", style=style, layout=w.Layout(width="220px"))
         self.max_steps = w.BoundedIntText(value=spec_defaults["max_steps"], min=1, max=10_000_000, description="max steps", style=style, layout=w.Layout(width="220px"))
-        self.instance_type = w.Dropdown(options=instance_choices(), value=spec_defaults.get("instance_type"), description="instance type", style=style, layout=wide)
+        self.instance_type = w.Dropdown(options=instance_choices(), value=spec_defaults.get("instance_type") or "", description="instance type", style=style, layout=wide)
         self.price_per_hour = w.Text(value="" if spec_defaults.get("price_per_hour") is None else str(spec_defaults["price_per_hour"]), placeholder="empty: the instance type's price", description="$ per hour", style=style, layout=w.Layout(width="300px"))
         self.budget_usd = w.Text(value="" if spec_defaults.get("budget_usd") is None else str(spec_defaults["budget_usd"]), placeholder="empty: no budget", description="budget $", style=style, layout=w.Layout(width="300px"))
         self.button = w.Button(description="Launch", icon="play", button_style="success", layout=w.Layout(width="120px"))
@@ -120,7 +120,7 @@ class Launcher:
             "devices": self.devices.value,
             "precision": self.precision.value,
             "max_steps": self.max_steps.value,
-            "instance_type": self.instance_type.value,
+            "instance_type": self.instance_type.value or None,
             "price_per_hour": _optional_float(self.price_per_hour.value, "$ per hour"),
             "budget_usd": _optional_float(self.budget_usd.value, "budget"),
         }

@@ -403,7 +403,7 @@ class RunList(list):  # type: ignore[type-arg]
             return "no runs yet: start one with %gaudi_train"
         rows = [self.HEAD] + self.rows()
         widths = [max(len(row[i]) for row in rows) for i in range(len(self.HEAD))]
-        return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows)
+        return "\n".join("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows)
 
 
 def catalog_html(defaults: Dict[str, Any]) -> str:

@@ -432,6 +432,9 @@ class RunPanel:
         if state.done or state.status == "stopping":
             self.stop_button.disabled = True
             self.stop_button.description = "stopping…" if state.status == "stopping" else "ended"
+            if state.done:
+                self.stop_button.button_style = ""
+                self.stop_button.icon = "check" if state.status == "succeeded" else "stop"
 
     def _on_stop(self, _button: Any = None) -> None:
         self.stop_button.disabled = True

@@ -78,8 +78,11 @@ def _devices(ax, state: PanelState) -> None:  # type: ignore[no-untyped-def]
         ax.set_yticks([])
         return
     if len(util) <= 32:
-        ax.bar(range(len(util)), [0 if math.isnan(u) else u for u in util], color="#26a69a")
-        ax.set(ylim=(0, 100), ylabel="utilization %", xlabel="device")
+        known = [0.0 if math.isnan(u) else u for u in util]
+        ax.bar(range(len(util)), known, color="#26a69a")
+        labels = [str(d.get("label") or d.get("index", i)) for i, d in enumerate(state.devices)]
+        ax.set_xticks(range(len(util)), labels if len(util) <= 8 else [str(i) for i in range(len(util))], fontsize=8)
+        ax.set(ylim=(0, max(100.0, *known) * 1.05), ylabel="utilization %")
         return
     cols = math.ceil(math.sqrt(len(util)))
     rows = math.ceil(len(util) / cols)

@@ -57,6 +57,14 @@ class RunSpec(BaseModel):
     instance_type: Optional[str] = Field(None, description="an instance type from the price catalog")
     idle_minutes: Optional[float] = Field(None, gt=0, description="stop an idle node after this many minutes (remote targets)")
     target: str = Field("local", description="local, ssh://user@host[:port] or aws:INSTANCE_TYPE")
+    script: Optional[str] = Field(None, description="a Python training script every rank runs instead of the built-in trainer")
+
+    @field_validator("script")
+    @classmethod
+    def _script_exists(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None and not Path(value).expanduser().is_file():
+            raise ValueError(f"file not found: {value}")
+        return value
 
     @field_validator("model", "dataset")
     @classmethod

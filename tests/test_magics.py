@@ -134,12 +134,6 @@ def test_script_form_needs_a_cell_body(ip):
         ip.run_line_magic("gaudi_train", "--script")
 
 
-@pytest.mark.skipif("script" in RunSpec.model_fields, reason="RunSpec.script exists: test_script_cell_trains covers it")
-def test_script_form_says_it_needs_the_spec_hook(ip):
-    with pytest.raises(UsageError, match="needs RunSpec.script"):
-        ip.run_cell_magic("gaudi_train", "--script --quiet", "print('hi')")
-
-
 SCRIPT = textwrap.dedent(
     """
     import torch
@@ -198,7 +192,6 @@ def test_script_runner_reports_the_scripts_exception(gaudi_home, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.skipif("script" not in RunSpec.model_fields, reason="needs the RunSpec.script hook in the spec and agent")
 def test_script_cell_trains(ip):
     with capture_output():
         run = ip.run_cell_magic("gaudi_train", "--script --devices 2 --max-steps 4", SCRIPT)

@@ -57,7 +57,7 @@ def test_notebook_runs_under_papermill(name, gaudi_home, tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_nbval_passes_on_the_tagged_cells(gaudi_home):
     result = subprocess.run(
-        [sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "-q", "--rootdir", str(NOTEBOOKS), *[str(NOTEBOOKS / f"{n}.ipynb") for n in CASES]],
+        [sys.executable, "-m", "pytest", "--nbval-lax", "-p", "no:cacheprovider", "-q", "--rootdir", str(NOTEBOOKS), *[str(NOTEBOOKS / f"{n}.ipynb") for n in [*CASES, "04_batch_sweep"]]],
         capture_output=True, text=True, timeout=900, cwd=str(NOTEBOOKS), env={**os.environ, "GAUDI_NB_HOME": str(gaudi_home)},
     )
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]

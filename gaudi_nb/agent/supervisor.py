@@ -82,7 +82,8 @@ class Agent:
         launcher = pick_launcher(self.spec, accelerator)
         plan = build_launch(
             self.spec,
-            ["-m", "gaudi_nb.worker", "--run-dir", str(self.run_dir)],
+            # a user script (%%gaudi_train --script) runs through its own runner; fresh processes either way
+            ["-m", "gaudi_nb.worker.script" if self.spec.script else "gaudi_nb.worker", "--run-dir", str(self.run_dir)],
             python=sys.executable,
             master_port=free_port(),
             accelerator=accelerator,

@@ -221,7 +221,7 @@ def _execute(prepared: Prepared, parameters: Dict[str, Any], store: RunStore, on
             (run_dir / MANIFEST_NAME).write_text(manifest_text, encoding="utf-8")  # the run folder always has one
         if not _is_remote(output_path):
             Path(output_path).parent.mkdir(parents=True, exist_ok=True)
-        with _kernel_env({RUN_ID_ENV: run_id, RUN_DIR_ENV: str(run_dir)}):
+        with _kernel_env({RUN_ID_ENV: run_id, RUN_DIR_ENV: str(run_dir), "GAUDI_NB_PANEL": "static"}):  # a batch notebook keeps its panels as static output
             pm.execute_notebook(
                 str(notebook),
                 output_path,

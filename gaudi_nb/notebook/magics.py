@@ -76,6 +76,8 @@ def _field_type(annotation: Any) -> Tuple[Any, Optional[List[str]]]:
 def spec_options(func: Callable[..., Any]) -> Callable[..., Any]:
     """Add every RunSpec field as --option (the CLI's names) to a @magic_arguments magic."""
     for name, field in reversed(list(RunSpec.model_fields.items())):
+        if name == "script":
+            continue  # the magic's own --script flag: the cell body is the script
         py_type, choices = _field_type(field.annotation)
         default_help = "" if field.default is None else f" (default {field.default})"
         kwargs: Dict[str, Any] = {"dest": name, "default": None, "help": (field.description or name) + default_help}
@@ -247,7 +249,7 @@ class GaudiMagics(Magics):
         elif cell is not None and cell.strip():
             # {name} and $name in the body expand from the notebook's variables, as in a line magic
             options.update(_load_mapping(self._expand(cell), "the cell body"))
-        options.update({name: getattr(args, name) for name in RunSpec.model_fields if getattr(args, name, None) is not None})
+        options.update({name: getattr(args, name) for name in RunSpec.model_fields if name != "script" and getattr(args, name, None) is not None})
         try:
             run = api.train(options)
         except GaudiNbError as exc:
@@ -268,8 +270,6 @@ class GaudiMagics(Magics):
             return text
 
     def _save_script(self, body: str) -> str:
-        if "script" not in RunSpec.model_fields:
-            raise UsageError("%%gaudi_train --script needs RunSpec.script, which this version of gaudi_nb does not have yet")
         from ..paths import home
 
         folder = home() / "scripts"

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import socket
 import subprocess
 import sys
@@ -23,6 +24,9 @@ class LocalTarget:
         (folder / "logs").mkdir(parents=True, exist_ok=False)
         (folder / "control").mkdir()
         (folder / "spec.json").write_text(spec.model_dump_json(indent=2))
+        if spec.script:
+            # the run keeps its own copy: editing the file later cannot change a running or finished run
+            shutil.copyfile(Path(spec.script).expanduser(), folder / "script.py")
         (folder / "run.json").write_text(json.dumps({"run_id": run_id, "node": "local", "hostname": socket.gethostname(), "target": "local", "created_at": time.time()}))
         with open(folder / "logs" / "agent.log", "ab") as log:
             subprocess.Popen(

@@ -96,7 +96,7 @@ def train(
         record = follow_with_progress(run, console)
     except KeyboardInterrupt:
         console.print(f"\nleft {run.run_id} running: gaudi-nb show {run.run_id} · gaudi-nb stop {run.run_id}")
-        raise typer.Exit(130)
+        raise typer.Exit(130) from None
     if as_json:
         out.print_json(json.dumps(record))
     else:

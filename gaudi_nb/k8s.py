@@ -9,11 +9,10 @@ SDK except :func:`validate`, which imports it lazily.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import hashlib
 import json
 import re
+from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 from .errors import SpecError, require
@@ -402,7 +401,7 @@ def _diff(given: Any, known: Any, path: str = "") -> str:
                 return found
         return ""
     if isinstance(given, list) and isinstance(known, list):
-        for i, (a, b) in enumerate(zip(given, known)):
+        for i, (a, b) in enumerate(zip(given, known, strict=False)):
             found = _diff(a, b, f"{path}[{i}]")
             if found:
                 return found

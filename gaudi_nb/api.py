@@ -4,7 +4,7 @@ from __future__ import annotations
 import secrets
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Union
+from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from .errors import GaudiNbError, SpecError
 from .spec import RunSpec, looks_like_path
@@ -138,6 +138,30 @@ def train(spec: Union[RunSpec, Dict[str, Any], None] = None, *, store: Optional[
     folder = target.launch(spec, run_id)
     store.register(run_id, spec=spec.to_json_dict(), target=spec.target, run_dir=str(folder))
     return Run(run_id, store)
+
+
+def estimate_cost(tokens: float, parameters: Optional[float] = None, model: Optional[str] = None, mfu: float = 0.35) -> Tuple[float, List[Any]]:
+    """Hours and dollars per catalog instance for a model (its size, or a local preset's) and a token count."""
+    from .cost.estimate import estimate
+    from .worker.data import LOCAL_VOCAB_SIZE
+    from .worker.presets import model_presets
+
+    if parameters is None and model is None:
+        raise SpecError("give --parameters N or --model PRESET")
+    if parameters is None:
+        try:
+            preset = model_presets.get(model or "")
+        except GaudiNbError as exc:
+            raise SpecError(str(exc)) from None
+        if not preset.local:
+            raise SpecError(f"--model {model} is a hub model: give its size with --parameters")
+        parameters = float(sum(p.numel() for p in preset.build(LOCAL_VOCAB_SIZE, 512).parameters()))
+    if parameters <= 0 or tokens <= 0:
+        raise SpecError("--parameters and --tokens must be positive")
+    try:
+        return parameters, estimate(parameters, tokens, mfu=mfu)
+    except ValueError as exc:
+        raise SpecError(str(exc)) from None
 
 
 def runs(limit: int = 50, store: Optional[RunStore] = None) -> List[Dict[str, Any]]:

@@ -26,10 +26,6 @@ out = Console()
 err = Console(stderr=True)
 
 
-class BadInput(Exception):
-    """Raised inside commands for exit code 2 (bad input)."""
-
-
 # -- train's options come from RunSpec, so the CLI cannot drift from the API --------
 def _spec_parameters() -> List[inspect.Parameter]:
     params = []
@@ -314,18 +310,9 @@ def cost_estimate(
     """Hours and dollars to train a model of this size on each catalog instance (assumptions printed)."""
     from dataclasses import asdict
 
-    from .cost.estimate import ASSUMPTIONS, estimate
+    from .cost.estimate import ASSUMPTIONS
 
-    if parameters is None and model is None:
-        raise BadInput("give --parameters N or --model PRESET")
-    if parameters is None:
-        parameters = float(preset_parameters(model or ""))
-    if parameters <= 0 or tokens <= 0:
-        raise BadInput("--parameters and --tokens must be positive")
-    try:
-        rows = estimate(parameters, tokens, mfu=mfu)
-    except ValueError as exc:
-        raise BadInput(str(exc)) from None
+    parameters, rows = api.estimate_cost(tokens, parameters=parameters, model=model, mfu=mfu)
     if as_json:
         out.print_json(json.dumps({"parameters": parameters, "tokens": tokens, "mfu": mfu, "assumptions": ASSUMPTIONS, "estimates": [asdict(r) for r in rows]}))
         return
@@ -335,17 +322,6 @@ def cost_estimate(
     out.print(f"{parameters:.3g} parameters × {tokens:.3g} tokens, MFU {mfu:.0%}")
     out.print(table)
     out.print(Text(ASSUMPTIONS, style="dim"))
-
-
-def preset_parameters(name: str) -> int:
-    from .worker.data import LOCAL_VOCAB_SIZE
-    from .worker.presets import model_presets
-
-    preset = model_presets.get(name)
-    if not preset.local:
-        raise BadInput(f"--model {name} is a hub model: give its size with --parameters")
-    model = preset.build(LOCAL_VOCAB_SIZE, 512)
-    return sum(p.numel() for p in model.parameters())
 
 
 def _mount_room_commands() -> None:
@@ -365,7 +341,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     try:
         # standalone mode: click reports its own usage errors (exit 2); ours are caught here
         command.main(args=argv, prog_name="gaudi-nb", standalone_mode=True)
-    except (SpecError, BadInput) as exc:
+    except SpecError as exc:
         err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True, markup=True)
         sys.exit(2)
     except GaudiNbError as exc:

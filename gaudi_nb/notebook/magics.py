@@ -433,17 +433,11 @@ def run_cost_html(record: Dict[str, Any]) -> str:
 
 
 def estimate_html(parameters: Optional[float], model: Optional[str], tokens: float, mfu: float) -> str:
-    from ..cost.estimate import ASSUMPTIONS, estimate
+    from ..cost.estimate import ASSUMPTIONS
 
-    if parameters is None and model is None:
-        raise UsageError("give --parameters N or --model PRESET with --tokens")
-    if parameters is None:
-        parameters = float(preset_parameters(model or ""))
-    if parameters <= 0 or tokens <= 0:
-        raise UsageError("--parameters and --tokens must be positive")
     try:
-        rows = estimate(parameters, tokens, mfu=mfu)
-    except ValueError as exc:
+        parameters, rows = api.estimate_cost(tokens, parameters=parameters, model=model, mfu=mfu)
+    except GaudiNbError as exc:
         raise _one_line(exc) from None
     table = _html_table(
         ["instance type", "accelerators", "hours", "dollars", "$/h", "price as of"],
@@ -451,20 +445,6 @@ def estimate_html(parameters: Optional[float], model: Optional[str], tokens: flo
         "gaudi-nb-estimate",
     )
     return f"<p>{parameters:.3g} parameters × {tokens:.3g} tokens, MFU {mfu:.0%}</p>{table}<pre>{html.escape(ASSUMPTIONS)}</pre>"
-
-
-def preset_parameters(name: str) -> int:
-    from ..worker.data import LOCAL_VOCAB_SIZE
-    from ..worker.presets import model_presets
-
-    try:
-        preset = model_presets.get(name)
-    except GaudiNbError as exc:
-        raise _one_line(exc) from None
-    if not preset.local:
-        raise UsageError(f"--model {name} is a hub model: give its size with --parameters")
-    model = preset.build(LOCAL_VOCAB_SIZE, 512)
-    return sum(p.numel() for p in model.parameters())
 
 
 def load_ipython_extension(ipython: Any) -> None:

@@ -24,17 +24,19 @@ function fmtGb(v) {
   return v === null || v === undefined || v < 0 ? "?" : `${v.toFixed(1)} GB`;
 }
 
+/** A new element with its class: the grid builds many of them. */
+function element(tag, className) {
+  const node = document.createElement(tag);
+  node.className = className;
+  return node;
+}
+
 function render({ model, el }) {
-  const root = document.createElement("div");
-  root.className = "gnb-grid-root";
-  const head = document.createElement("div");
-  head.className = "gnb-grid-head";
-  const title = document.createElement("span");
-  title.className = "gnb-grid-title";
-  const stats = document.createElement("span");
-  stats.className = "gnb-grid-stats";
-  const toggle = document.createElement("span");
-  toggle.className = "gnb-grid-toggle";
+  const root = element("div", "gnb-grid-root");
+  const head = element("div", "gnb-grid-head");
+  const title = element("span", "gnb-grid-title");
+  const stats = element("span", "gnb-grid-stats");
+  const toggle = element("span", "gnb-grid-toggle");
   const modes = { utilization: "utilization", memory: "memory" };
   let mode = "utilization";
   const buttons = {};
@@ -51,15 +53,12 @@ function render({ model, el }) {
   }
   head.append(title, stats, toggle);
 
-  const grid = document.createElement("div");
-  grid.className = "gnb-grid";
-  const legend = document.createElement("div");
-  legend.className = "gnb-grid-legend";
+  const grid = element("div", "gnb-grid");
+  const legend = element("div", "gnb-grid-legend");
   legend.innerHTML =
     '<span>0%</span><span class="gnb-grid-ramp"></span><span>100%</span>' +
     '<span class="gnb-cell gnb-unknown gnb-legend-unknown"></span><span>unknown</span>';
-  const empty = document.createElement("div");
-  empty.className = "gnb-grid-empty";
+  const empty = element("div", "gnb-grid-empty");
   root.append(head, grid, legend, empty);
   el.appendChild(root);
 
@@ -81,14 +80,10 @@ function render({ model, el }) {
     const size = cellSize(n);
     grid.className = `gnb-grid gnb-${size}`;
     while (cells.length < n) {
-      const c = document.createElement("div");
-      c.className = "gnb-cell";
-      const label = document.createElement("span");
-      label.className = "gnb-cell-label";
-      const value = document.createElement("span");
-      value.className = "gnb-cell-value";
-      const bar = document.createElement("span");
-      bar.className = "gnb-cell-mem";
+      const c = element("div", "gnb-cell");
+      const label = element("span", "gnb-cell-label");
+      const value = element("span", "gnb-cell-value");
+      const bar = element("span", "gnb-cell-mem");
       c.append(label, value, bar);
       grid.appendChild(c);
       cells.push(c);

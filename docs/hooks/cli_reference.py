@@ -134,7 +134,7 @@ def _sources(rows: List[Dict[str, str]], key: str) -> str:
 
 def price_catalog() -> str:
     try:
-        from gaudi_nb.cost.catalog import onprem_price_per_hour
+        from gaudi_nb.cost.catalog import read_onprem
     except Exception as exc:
         raise PluginError(f"docs/hooks/cli_reference.py: cannot import gaudi_nb.cost.catalog: {exc}") from exc
 
@@ -155,16 +155,11 @@ def price_catalog() -> str:
         ],
     )
     onprem_csv = _read_csv("onprem.csv")
+    # the rate comes from the catalog itself, so the page shows what runs are charged
+    rates = {p.instance_type: p.on_demand_per_hour for p in read_onprem()}
     onprem_rows = []
     for r in onprem_csv:
-        rate = onprem_price_per_hour(
-            purchase_usd=float(r["purchase_usd"]),
-            years=float(r["years"]),
-            accelerator_count=int(r["accelerator_count"]),
-            accelerator_power_w=float(r["accelerator_power_w"]),
-            host_power_w=float(r["host_power_w"]),
-            usd_per_kwh=float(r["usd_per_kwh"]),
-        )
+        rate = rates[r["instance_type"]]
         onprem_rows.append(
             [
                 f"`{r['instance_type']}`",

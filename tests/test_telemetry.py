@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
+import shutil
 import subprocess
 import sys
 import threading
@@ -80,6 +82,49 @@ def test_nounits_follows_the_query_order_and_unknowns_stay_none() -> None:
         parse_hlsmi_csv("1, 2\n", fields=["index", "utilization.aip", "power.draw"])
 
 
+# One query without `index`, as each `-f csv…` form prints it; card 2 reports no power.
+NO_INDEX_FIELDS = ["module_id", "utilization.aip", "memory.used", "memory.total", "power.draw", "temperature.aip"]
+NO_INDEX_FORMS = {
+    "csv": (
+        "module_id, utilization.aip [%], memory.used [MiB], memory.total [MiB], power.draw [W], temperature.aip [C]\n"
+        "3, 35 %, 512 MiB, 131072 MiB, 98 W, 31 C\n"
+        "1, 0 %, 0 MiB, 131072 MiB, 75 W, 29 C\n"
+        "0, 100 %, 98304 MiB, 131072 MiB, N/A, 55 C\n"
+    ),
+    "csv,nounits": (
+        "module_id, utilization.aip [%], memory.used [MiB], memory.total [MiB], power.draw [W], temperature.aip [C]\n"
+        "3, 35, 512, 131072, 98, 31\n"
+        "1, 0, 0, 131072, 75, 29\n"
+        "0, 100, 98304, 131072, N/A, 55\n"
+    ),
+    "csv,noheader": (
+        "3, 35 %, 512 MiB, 131072 MiB, 98 W, 31 C\n"
+        "1, 0 %, 0 MiB, 131072 MiB, 75 W, 29 C\n"
+        "0, 100 %, 98304 MiB, 131072 MiB, N/A, 55 C\n"
+    ),
+    "csv,noheader,nounits": "3, 35, 512, 131072, 98, 31\n1, 0, 0, 131072, 75, 29\n0, 100, 98304, 131072, N/A, 55\n",
+}
+
+
+@pytest.mark.parametrize("form", sorted(NO_INDEX_FORMS))
+def test_hlsmi_without_an_index_column_numbers_cards_by_row(form: str) -> None:
+    # A header is known by its field names, so the header forms need no `fields`.
+    fields = NO_INDEX_FIELDS if "noheader" in form else None
+    devices = parse_hlsmi_csv(NO_INDEX_FORMS[form], fields=fields)
+    assert [(d.index, d.label) for d in devices] == [(0, "hpu 0"), (1, "hpu 1"), (2, "hpu 2")]
+    assert [d.utilization_pct for d in devices] == [35.0, 0.0, 100.0]
+    assert [d.memory_used_bytes for d in devices] == [512 * MIB, 0, 98304 * MIB]
+    assert {d.memory_total_bytes for d in devices} == {131072 * MIB}
+    assert [d.power_w for d in devices] == [98.0, 75.0, None]  # N/A stays unknown, not 0
+    assert [d.temperature_c for d in devices] == [31.0, 29.0, 55.0]
+
+
+def test_hlsmi_header_sets_the_columns_whatever_fields_say() -> None:
+    text = "temperature.aip [C], index, memory.used [MiB]\n40 C, 5, 1 GiB\n41 C, 6, N/A\n"
+    devices = parse_hlsmi_csv(text, fields=["index", "memory.used", "temperature.aip"])
+    assert [(d.index, d.temperature_c, d.memory_used_bytes) for d in devices] == [(5, 40.0, 1024 * MIB), (6, 41.0, None)]
+
+
 def test_hlsmi_source_runs_the_tool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A stand-in hl-smi on PATH: the source's real subprocess path runs end to end.
     tool = tmp_path / "hl-smi"
@@ -100,8 +145,18 @@ def test_hlml_is_unavailable_without_the_driver(capsys: pytest.CaptureFixture[st
     assert capsys.readouterr().out == ""  # pyhlml's "Failed to load" print is kept out
 
 
-def test_nvml_available_never_raises() -> None:
-    assert NvmlSource.available() in (True, False)
+NVIDIA_DRIVER = os.path.exists("/proc/driver/nvidia") or shutil.which("nvidia-smi") is not None
+GAUDI_DRIVER = os.path.exists(LIBHLML) or shutil.which("hl-smi") is not None
+
+
+@pytest.mark.skipif(NVIDIA_DRIVER or GAUDI_DRIVER, reason="an accelerator driver is installed, so a device source is picked")
+def test_without_a_driver_telemetry_falls_back_to_the_host_and_watches_the_ranks() -> None:
+    assert NvmlSource.available() is False  # pynvml may be installed; the driver is not
+    source = pick_source({0: os.getpid()})
+    assert isinstance(source, HostSource)
+    assert [(d.label, d.pid) for d in source.sample().devices] == [("cpu rank 0", os.getpid())]
+    with pytest.raises(GaudiNbError, match="no NVIDIA driver here"):
+        pick_source(prefer="nvml")
 
 
 class FakeLibrary:
@@ -155,7 +210,7 @@ def test_pick_source_order_and_prefer(monkeypatch: pytest.MonkeyPatch) -> None:
     assert isinstance(pick_source(), HostSource)
 
     monkeypatch.setattr(NvmlSource, "available", classmethod(lambda cls: True))
-    monkeypatch.setattr(NvmlSource, "__init__", lambda self, pids=None: None)
+    monkeypatch.setattr(NvmlSource, "__init__", lambda self: None)  # device sources take no pids
     assert isinstance(pick_source(), NvmlSource)
 
     monkeypatch.setattr(HlSmiSource, "available", classmethod(lambda cls: True))
@@ -226,44 +281,82 @@ def test_host_source_without_pids_still_fills_the_host() -> None:
 # --- the loop --------------------------------------------------------------------------
 
 
-class FlakySource:
-    name = "flaky"
+class ScriptedSource:
+    """Fails with each message in ``script`` (None: a good sample), then succeeds."""
 
-    def __init__(self) -> None:
+    name = "scripted"
+
+    @classmethod
+    def available(cls) -> bool:
+        return True
+
+    def __init__(self, script: list) -> None:
+        self.script = list(script)
         self.calls = 0
-        self.pids: dict = {}
-
-    def set_pids(self, pids: dict) -> None:
-        self.pids = pids
+        self.done = threading.Event()
 
     def sample(self) -> Sample:
         self.calls += 1
-        if self.calls % 2 == 0:
-            raise RuntimeError("driver hiccup")
+        if not self.script:
+            self.done.set()
+            return Sample(t=time.time(), source=self.name)
+        message = self.script.pop(0)
+        if message is not None:
+            raise RuntimeError(message)
         return Sample(t=time.time(), source=self.name)
 
 
-def test_loop_survives_errors_and_stops() -> None:
-    source = FlakySource()
-    got: list = []
-    errors: list = []
-    enough = threading.Event()
+class BrokenSource(ScriptedSource):
+    def sample(self) -> Sample:
+        self.calls += 1
+        if self.calls >= 10:
+            self.done.set()
+        raise RuntimeError("hlmlDeviceGetCount failed")
 
-    def on_sample(sample: Sample) -> None:
-        got.append(sample)
-        if len(got) >= 3:
-            enough.set()
 
-    loop = TelemetryLoop(source, on_sample, interval_s=0.01, on_error=errors.append).start()
+def test_a_source_failing_every_tick_is_reported_once_and_sampling_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    source = BrokenSource([])
+    reported: list = []
+    with caplog.at_level(logging.WARNING, logger="gaudi_nb.telemetry"):
+        with TelemetryLoop(source, lambda sample: None, interval_s=0.005, on_error=reported.append) as loop:
+            assert source.done.wait(5)  # the loop kept asking after the failures
+    assert loop.errors >= 10 and loop.samples == 0
+    assert reported == ["telemetry from scripted failed: hlmlDeviceGetCount failed"]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "hlmlDeviceGetCount failed" in warnings[0]
+
+
+def test_a_failure_is_reported_again_only_after_a_recovery() -> None:
+    source = ScriptedSource(["A", "A", "B", "A", None, "A", "A", None, None])
+    reported: list = []
+    with TelemetryLoop(source, lambda sample: None, interval_s=0.001, on_error=reported.append):
+        assert source.done.wait(5)
+    assert [message.rsplit(" ", 1)[-1] for message in reported] == ["A", "B", "A"]
+
+
+def test_loop_survives_a_broken_handler_passes_pids_and_stops() -> None:
+    class WatchingSource(ScriptedSource):
+        pids: dict = {}
+
+        def set_pids(self, pids: dict) -> None:
+            self.pids = pids
+
+    def on_error(message: str) -> None:
+        raise ValueError("handler bug")
+
+    source = WatchingSource(["hiccup", None, "hiccup", None])
+    loop = TelemetryLoop(source, lambda sample: None, interval_s=0.001, on_error=on_error).start()
     loop.set_pids({0: 123})
-    assert enough.wait(5)
+    assert source.done.wait(5)
     loop.stop()
-    assert loop.errors >= 2 and len(errors) == loop.errors
-    assert all(isinstance(e, RuntimeError) for e in errors)
+    assert loop.errors == 2 and loop.samples >= 3
     assert source.pids == {0: 123}
     calls = source.calls
     time.sleep(0.05)
     assert source.calls == calls  # stopped for good
+
+    # The agent hands pids to whatever source was picked; a device source has no use for them.
+    TelemetryLoop(ScriptedSource([]), lambda sample: None).set_pids({0: 123})
 
 
 # --- Prometheus -----------------------------------------------------------------------------

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Dict, List, Optional, Protocol, Type
+from typing import Any, Dict, List, Optional, Protocol, Type, runtime_checkable
 
 from ..errors import GaudiNbError
 from ..registry import Registry
@@ -54,16 +54,19 @@ class Sample:
 
 
 class TelemetrySource(Protocol):
-    """What every entry of ``telemetry_sources`` provides."""
+    """What every entry of ``telemetry_sources`` provides; it is made with no arguments."""
 
     name: str
 
     @classmethod
     def available(cls) -> bool: ...
 
-    def __init__(self, pids: Optional[Dict[int, int]] = None) -> None: ...
-
     def sample(self) -> Sample: ...
+
+
+@runtime_checkable
+class WatchesProcesses(Protocol):
+    """A source that reports the rank processes (host); the device sources read cards, not pids."""
 
     def set_pids(self, pids: Optional[Dict[int, int]]) -> None: ...
 
@@ -80,8 +83,16 @@ def _register_builtins() -> None:
     from . import hlml, hlsmi, host, nvml  # noqa: F401
 
 
+def _made(cls: Type[TelemetrySource], pids: Optional[Dict[int, int]]) -> TelemetrySource:
+    source = cls()
+    if pids is not None and isinstance(source, WatchesProcesses):
+        source.set_pids(pids)
+    return source
+
+
 def pick_source(pids: Optional[Dict[int, int]] = None, prefer: Optional[str] = None) -> TelemetrySource:
-    """An instance of the preferred source, else the first available in SOURCE_ORDER."""
+    """An instance of the preferred source, else the first available in SOURCE_ORDER;
+    ``pids`` (rank → pid) go to a source that watches processes and are ignored by the others."""
     _register_builtins()
     if prefer:
         cls = telemetry_sources.get(prefer)
@@ -91,10 +102,10 @@ def pick_source(pids: Optional[Dict[int, int]] = None, prefer: Optional[str] = N
                 f"{getattr(cls, 'unavailable_reason', 'its library or tool was not found')}; "
                 f"leave the source unset to pick the first of {', '.join(SOURCE_ORDER)} that works"
             )
-        return cls(pids)
+        return _made(cls, pids)
     for name in SOURCE_ORDER:
         cls = telemetry_sources.get(name)
         if cls.available():
-            return cls(pids)
+            return _made(cls, pids)
     # host is always available; reaching here means someone replaced it.
     raise GaudiNbError("no telemetry source is available: install psutil (pip install psutil)")

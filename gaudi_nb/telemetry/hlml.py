@@ -6,7 +6,7 @@ import io
 import os
 import threading
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, List
 
 from ..errors import require
 from .base import DeviceSample, Sample, telemetry_sources
@@ -55,14 +55,10 @@ class HlmlSource:
         except Exception:
             return False
 
-    def __init__(self, pids: Optional[Dict[int, int]] = None) -> None:
+    def __init__(self) -> None:
         self._hlml = _init()
-        self.pids = dict(pids or {})
         count = self._hlml.hlmlDeviceGetCount()
         self._handles = [self._hlml.hlmlDeviceGetHandleByIndex(i) for i in range(count)]
-
-    def set_pids(self, pids: Optional[Dict[int, int]]) -> None:
-        self.pids = dict(pids or {})
 
     def sample(self) -> Sample:
         hlml = self._hlml

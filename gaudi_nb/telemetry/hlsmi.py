@@ -1,4 +1,4 @@
-"""The hl-smi source: runs `hl-smi -Q … -f csv` once per sample and parses either CSV form."""
+"""The hl-smi source: runs `hl-smi -Q … -f csv` once per sample and parses every CSV form it prints."""
 from __future__ import annotations
 
 import csv
@@ -23,6 +23,11 @@ QUERY_FIELDS = [
     "power.draw",
     "temperature.aip",
 ]
+
+# Names `hl-smi -Q` takes (GAUDI.md). A data cell is a number, N/A, a date or a board
+# name, never one of these, so one known name in the first row marks it a header.
+KNOWN_FIELDS = frozenset(QUERY_FIELDS + ["name", "bus_id", "driver_version", "memory.free", "serial", "uuid"])
+_KNOWN_PREFIXES = ("ecc.", "stats.violation.")
 
 # hl-smi reports memory in MiB whether or not the unit is printed.
 _MEMORY_UNITS = {"b": 1, "kib": 1024, "mib": 1024**2, "gib": 1024**3, "kb": 1000, "mb": 1000**2, "gb": 1000**3}
@@ -51,22 +56,32 @@ def _split_header(cell: str) -> Tuple[str, str]:
     return match.group(1), (match.group(2) or "").strip()
 
 
+def _is_header(cells: List[str], fields: Optional[List[str]]) -> bool:
+    """True when the row names fields (known to hl-smi or asked for) instead of holding values."""
+    asked = {name.lower() for name in fields or []}
+    names = {_split_header(cell)[0] for cell in cells}
+    return any(name in KNOWN_FIELDS or name in asked or name.startswith(_KNOWN_PREFIXES) for name in names)
+
+
 def parse_hlsmi_csv(text: str, fields: Optional[List[str]] = None) -> List[DeviceSample]:
-    """Parse `hl-smi -Q … -f csv` output, with a header (units in names and values) or
-    `noheader,nounits` (plain numbers, field order from ``fields``, memory in MiB)."""
+    """Parse any `hl-smi -Q … -f csv[,noheader][,nounits]` output into one sample per card.
+
+    A header row, when printed, names the columns (and may carry units); without one the
+    columns follow ``fields`` (default QUERY_FIELDS). Without an `index` column a card's
+    index is its row: hl-smi prints cards in index order. Memory is MiB unless a unit says otherwise.
+    """
     rows = [[cell.strip() for cell in row] for row in csv.reader(io.StringIO(text)) if any(c.strip() for c in row)]
     if not rows:
         return []
-    header = [_split_header(cell) for cell in rows[0]]
     header_units: Dict[str, str] = {}
-    if any(name == "index" for name, _ in header):  # a header row, not numbers
+    if _is_header(rows[0], fields):
+        header = [_split_header(cell) for cell in rows.pop(0)]
         names = [name for name, _ in header]
         header_units = {name: unit for name, unit in header}
-        rows = rows[1:]
     else:
-        names = list(fields or QUERY_FIELDS)
+        names = [name.lower() for name in fields or QUERY_FIELDS]
     devices: List[DeviceSample] = []
-    for row in rows:
+    for position, row in enumerate(rows):
         if len(row) != len(names):
             raise GaudiNbError(f"hl-smi printed {len(row)} columns where {len(names)} were asked for: {row!r}")
         cells = dict(zip(names, row, strict=True))
@@ -76,9 +91,9 @@ def parse_hlsmi_csv(text: str, fields: Optional[List[str]] = None) -> List[Devic
             unit = header_units.get(name) or ("mib" if name.startswith("memory.") else "")
             return _number(cells[name], unit) if name in cells else None
 
-        index = int(field("index") or 0)
+        reported = field("index")
+        index = position if reported is None else int(reported)
         used, total = field("memory.used"), field("memory.total")
-        temperature = field("temperature.aip")
         devices.append(
             DeviceSample(
                 index=index,
@@ -88,7 +103,7 @@ def parse_hlsmi_csv(text: str, fields: Optional[List[str]] = None) -> List[Devic
                 memory_used_bytes=None if used is None else int(used),
                 memory_total_bytes=None if total is None else int(total),
                 power_w=field("power.draw"),
-                temperature_c=temperature,
+                temperature_c=field("temperature.aip"),
             )
         )
     return devices
@@ -104,12 +119,6 @@ class HlSmiSource:
     @classmethod
     def available(cls) -> bool:
         return shutil.which("hl-smi") is not None
-
-    def __init__(self, pids: Optional[Dict[int, int]] = None) -> None:
-        self.pids = dict(pids or {})
-
-    def set_pids(self, pids: Optional[Dict[int, int]]) -> None:
-        self.pids = dict(pids or {})
 
     def sample(self) -> Sample:
         try:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, List
 
 from ..errors import require
 from .base import DeviceSample, Sample, telemetry_sources
@@ -42,13 +42,9 @@ class NvmlSource:
         except Exception:
             return False
 
-    def __init__(self, pids: Optional[Dict[int, int]] = None) -> None:
+    def __init__(self) -> None:
         self._nvml = _init()
-        self.pids = dict(pids or {})
         self._handles = [self._nvml.nvmlDeviceGetHandleByIndex(i) for i in range(self._nvml.nvmlDeviceGetCount())]
-
-    def set_pids(self, pids: Optional[Dict[int, int]]) -> None:
-        self.pids = dict(pids or {})
 
     def sample(self) -> Sample:
         nvml = self._nvml

@@ -1,15 +1,18 @@
 """RunStore: runs and their events in SQL (SQLite by default, PostgreSQL for teams), through SQLAlchemy."""
 from __future__ import annotations
 
+import getpass
 import math
 import time
+import zlib
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
-from sqlalchemy import JSON, BigInteger, Float, Integer, String, UniqueConstraint, create_engine, event, func, select, update
-from sqlalchemy.engine import Engine
+from sqlalchemy import JSON, BigInteger, Float, Integer, String, UniqueConstraint, create_engine, event, func, select, text, update
+from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
-from . import paths
+from . import migrations, paths
 from .errors import NotFoundError
 from .summary import empty_summary, fold, public
 
@@ -33,6 +36,7 @@ class RunRow(Base):
     events_offset: Mapped[int] = mapped_column(BigInteger, default=0)
     events_count: Mapped[int] = mapped_column(Integer, default=0)
     summary: Mapped[Dict[str, Any]] = mapped_column(JSON)
+    owner: Mapped[Optional[str]] = mapped_column(String(128))  # who started the run; null for runs older than the column
 
 
 class EventRow(Base):
@@ -66,9 +70,55 @@ def _engine(url: str) -> Engine:
 
         else:
             engine = create_engine(url, pool_pre_ping=True)
-        Base.metadata.create_all(engine)
+        try:
+            _upgrade_schema(engine)
+        except BaseException:
+            engine.dispose()  # not cached, so nobody else would close its connections
+            raise
         _engines[url] = engine
     return _engines[url]
+
+
+# pg_advisory_xact_lock's key: one per database, held only while a migration runs
+_MIGRATION_LOCK_KEY = zlib.crc32(b"gaudi_nb.store.migrate")
+
+
+def _schema_version(engine: Engine) -> Optional[str]:
+    """The revision recorded in the database, in one query; None when it has no version table yet."""
+    try:
+        with engine.connect() as connection:
+            return connection.execute(text("SELECT version_num FROM alembic_version")).scalar()
+    except DBAPIError:
+        return None
+
+
+def _upgrade_schema(engine: Engine) -> None:
+    """Migrate the database to this code's schema; the common case (already there) costs one query and no Alembic import."""
+    if _schema_version(engine) == migrations.HEAD:
+        return
+    with engine.connect() as connection:
+        # Two processes may open a fresh store at once (the CLI and an agent): the first takes the
+        # lock and migrates; the second waits, then finds the schema current and changes nothing.
+        _lock_for_migration(connection)
+        migrations.upgrade(connection)
+        connection.commit()
+
+
+def _lock_for_migration(connection: Connection) -> None:
+    """Begin the migration's transaction holding a lock that other openers of the same database wait on."""
+    if connection.dialect.name == "sqlite":
+        # the write lock up front (busy timeout: 30 s); SQLite's DDL is transactional, so a failed migration leaves nothing
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    elif connection.dialect.name == "postgresql":
+        # released at commit or rollback, so a crashed opener cannot leave it held
+        connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
+
+
+def _current_user() -> Optional[str]:
+    try:
+        return getpass.getuser()
+    except Exception:  # no login name in the environment and no passwd entry (a container's random uid)
+        return None
 
 
 def _finite(value: Any) -> Any:
@@ -88,11 +138,12 @@ class RunStore:
         self.engine = _engine(self.url)
 
     # -- writing -----------------------------------------------------------
-    def register(self, run_id: str, *, spec: Dict[str, Any], target: str, run_dir: Optional[str], kind: str = "train", name: Optional[str] = None) -> None:
+    def register(self, run_id: str, *, spec: Dict[str, Any], target: str, run_dir: Optional[str], kind: str = "train", name: Optional[str] = None, owner: Optional[str] = None) -> None:
+        """Add a pending run; `owner` (who started it) defaults to the current user."""
         summary = empty_summary(run_id)
         summary.update(spec=spec, target=target, run_dir=run_dir, name=name or spec.get("name"), max_steps=spec.get("max_steps"), kind=kind)
         with Session(self.engine) as session, session.begin():
-            session.add(RunRow(run_id=run_id, name=summary["name"], kind=kind, status="pending", target=target, run_dir=run_dir, created_at=time.time(), summary=_finite(summary)))
+            session.add(RunRow(run_id=run_id, name=summary["name"], kind=kind, status="pending", target=target, run_dir=run_dir, created_at=time.time(), summary=_finite(summary), owner=owner or _current_user()))
 
     def offset(self, run_id: str) -> int:
         with Session(self.engine) as session:
@@ -144,7 +195,7 @@ class RunStore:
         """The run record (as `gaudi-nb show RUN --json` prints it). A unique prefix of the id is enough."""
         with Session(self.engine) as session:
             row = session.get(RunRow, run_id) or self._by_prefix(session, run_id)
-            return public(dict(row.summary, kind=row.kind, created_at=row.created_at))
+            return public(dict(row.summary, kind=row.kind, created_at=row.created_at, owner=row.owner))
 
     def resolve(self, run_id: str) -> str:
         with Session(self.engine) as session:
@@ -166,7 +217,7 @@ class RunStore:
         if kind:
             query = query.where(RunRow.kind == kind)
         with Session(self.engine) as session:
-            return [public(dict(row.summary, kind=row.kind, created_at=row.created_at)) for row in session.scalars(query)]
+            return [public(dict(row.summary, kind=row.kind, created_at=row.created_at, owner=row.owner)) for row in session.scalars(query)]
 
     def events(self, run_id: str, types: Optional[Iterable[str]] = None, after_seq: int = -1) -> List[Dict[str, Any]]:
         query = select(EventRow.payload).where(EventRow.run_id == run_id, EventRow.seq > after_seq).order_by(EventRow.seq)

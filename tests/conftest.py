@@ -36,22 +36,36 @@ def postgres_url() -> str | None:
         return None
 
 
+def reset_postgres(url: str) -> None:
+    """Empty the test database: every table (alembic_version too), sequence and type a test left, and the cached engine."""
+    import sqlalchemy
+
+    import gaudi_nb.store as store_module
+
+    cached = store_module._engines.pop(url, None)
+    if cached is not None:
+        cached.dispose()  # its pooled connections would otherwise outlive the schema they saw
+    engine = sqlalchemy.create_engine(url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("DROP SCHEMA public CASCADE")
+        connection.exec_driver_sql("CREATE SCHEMA public")
+    engine.dispose()
+
+
 @pytest.fixture(params=["sqlite", "postgresql"])
 def store_url(request, tmp_path):
     if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'store.db'}"
+        url = f"sqlite:///{tmp_path / 'store.db'}"
+        yield url
+        import gaudi_nb.store as store_module
+
+        cached = store_module._engines.pop(url, None)
+        if cached is not None:
+            cached.dispose()
+        return
     url = postgres_url()
     if url is None:
         pytest.skip("no PostgreSQL server on 127.0.0.1:5432 (./scripts/setup-and-test starts one)")
-    import sqlalchemy
-
-    # a clean schema per test: drop what an earlier test left
-    from gaudi_nb.store import Base
-
-    engine = sqlalchemy.create_engine(url)
-    Base.metadata.drop_all(engine)
-    engine.dispose()
-    import gaudi_nb.store as store_module
-
-    store_module._engines.pop(url, None)
-    return url
+    reset_postgres(url)  # whatever an earlier run left, even one that was killed
+    yield url
+    reset_postgres(url)

@@ -1,8 +1,21 @@
-"""The same store tests on SQLite and on a real PostgreSQL server."""
+"""The same store tests on SQLite and on a real PostgreSQL server, schema migrations included."""
+import getpass
 import math
+import subprocess
+import sys
+import time
 
+import pytest
+import sqlalchemy
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+
+from gaudi_nb import migrations
+from gaudi_nb.errors import GaudiNbError
 from gaudi_nb.events import make_event
-from gaudi_nb.store import RunStore
+from gaudi_nb.store import Base, RunStore, _engines, _finite
+from gaudi_nb.summary import empty_summary, fold, public
 
 
 def _events(run_id):
@@ -61,3 +74,152 @@ def test_list_and_prefix_lookup(store_url):
     assert {r["run_id"] for r in store.list()} == {"alpha-1", "beta-1"}
     assert [r["run_id"] for r in store.list(kind="batch")] == ["beta-1"]
     assert store.resolve("alp") == "alpha-1"
+
+
+# -- schema migrations ---------------------------------------------------------
+
+# The tables exactly as gaudi_nb's create_all made them before it had migrations (revision 0001).
+_OLD = sqlalchemy.MetaData()
+_OLD_RUNS = sqlalchemy.Table(
+    "runs",
+    _OLD,
+    sqlalchemy.Column("run_id", sqlalchemy.String(128), primary_key=True),
+    sqlalchemy.Column("name", sqlalchemy.String(256)),
+    sqlalchemy.Column("kind", sqlalchemy.String(32), nullable=False),
+    sqlalchemy.Column("status", sqlalchemy.String(32), nullable=False, index=True),
+    sqlalchemy.Column("target", sqlalchemy.String(256), nullable=False),
+    sqlalchemy.Column("run_dir", sqlalchemy.String(1024)),
+    sqlalchemy.Column("created_at", sqlalchemy.Float, nullable=False, index=True),
+    sqlalchemy.Column("ended_at", sqlalchemy.Float),
+    sqlalchemy.Column("steps_completed", sqlalchemy.Integer, nullable=False),
+    sqlalchemy.Column("cost_usd", sqlalchemy.Float),
+    sqlalchemy.Column("events_offset", sqlalchemy.BigInteger, nullable=False),
+    sqlalchemy.Column("events_count", sqlalchemy.Integer, nullable=False),
+    sqlalchemy.Column("summary", sqlalchemy.JSON, nullable=False),
+)
+_OLD_EVENTS = sqlalchemy.Table(
+    "events",
+    _OLD,
+    sqlalchemy.Column("id", sqlalchemy.Integer, primary_key=True, autoincrement=True),
+    sqlalchemy.Column("run_id", sqlalchemy.String(128), nullable=False, index=True),
+    sqlalchemy.Column("seq", sqlalchemy.Integer, nullable=False),
+    sqlalchemy.Column("type", sqlalchemy.String(32), nullable=False, index=True),
+    sqlalchemy.Column("t", sqlalchemy.Float, nullable=False),
+    sqlalchemy.Column("rank", sqlalchemy.Integer),
+    sqlalchemy.Column("step", sqlalchemy.Integer),
+    sqlalchemy.Column("payload", sqlalchemy.JSON, nullable=False),
+    sqlalchemy.UniqueConstraint("run_id", "seq", name="uq_events_run_seq"),
+)
+
+
+def _old_store_with_a_run(url, run_id):
+    """A store as the previous gaudi_nb left it: its create_all, one finished run and its events; returns the run's record."""
+    events = [_finite(e) for e in _events(run_id)]
+    summary = fold(dict(empty_summary(run_id), spec={"max_steps": 3}, target="local", run_dir="/tmp/old", kind="train"), events)
+    engine = sqlalchemy.create_engine(url)
+    _OLD.create_all(engine)
+    with engine.begin() as connection:
+        connection.execute(
+            _OLD_RUNS.insert().values(
+                run_id=run_id, name=None, kind="train", status=summary["status"], target="local", run_dir="/tmp/old", created_at=1700000000.0,
+                ended_at=summary["ended_at"], steps_completed=summary["steps_completed"], cost_usd=summary["cost"]["usd"],
+                events_offset=800, events_count=len(events), summary=_finite(summary),
+            )
+        )
+        connection.execute(
+            _OLD_EVENTS.insert(),
+            [dict(run_id=run_id, seq=i, type=e["type"], t=e["t"], rank=e.get("rank"), step=e.get("step"), payload=e) for i, e in enumerate(events)],
+        )
+    engine.dispose()
+    return public(dict(_finite(summary), kind="train", created_at=1700000000.0))
+
+
+def _version(url):
+    engine = sqlalchemy.create_engine(url)
+    with engine.connect() as connection:
+        versions = list(connection.execute(sqlalchemy.text("SELECT version_num FROM alembic_version")).scalars())
+    engine.dispose()
+    return versions
+
+
+def test_a_store_made_before_migrations_keeps_its_runs_and_gains_owner(store_url):
+    before = _old_store_with_a_run(store_url, "old-1")
+    store = RunStore(store_url)
+    record = store.get("old-1")
+    assert record.pop("owner") is None  # nobody recorded who started it
+    assert record == before  # status, metrics, cost: all as they were
+    assert record["status"] == "succeeded" and record["metrics"]["first_loss"] == 7.0
+    assert [e["type"] for e in store.events("old-1")] == [e["type"] for e in _events("old-1")]
+    assert store.offset("old-1") == 800
+    # the old run still takes new events after its offset, and new runs get an owner
+    assert store.ingest("old-1", [make_event("telemetry", "old-1", source="host", devices=[])], 800, 900) == 1
+    assert store.count_events("old-1") == len(_events("old-1")) + 1
+    store.register("new-1", spec={}, target="local", run_dir=None)
+    assert {r["run_id"]: r["owner"] for r in store.list()} == {"old-1": None, "new-1": getpass.getuser()}
+    assert _version(store_url) == [migrations.HEAD]
+
+
+def test_register_records_who_started_the_run(store_url):
+    store = RunStore(store_url)
+    store.register("mine", spec={}, target="local", run_dir=None)
+    store.register("theirs", spec={}, target="local", run_dir=None, owner="alice")
+    assert store.get("mine")["owner"] == getpass.getuser()
+    assert store.get("theirs")["owner"] == "alice"
+    assert {r["run_id"]: r["owner"] for r in store.list()} == {"mine": getpass.getuser(), "theirs": "alice"}
+
+
+def test_the_migrations_build_exactly_the_schema_the_models_describe(store_url):
+    RunStore(store_url)
+    engine = sqlalchemy.create_engine(store_url)
+    with engine.connect() as connection:
+        # a model column without a revision (or the reverse) shows up here as a difference
+        differences = compare_metadata(MigrationContext.configure(connection), Base.metadata)
+    engine.dispose()
+    assert differences == []
+    assert ScriptDirectory.from_config(migrations.config()).get_current_head() == migrations.HEAD
+    assert _version(store_url) == [migrations.HEAD]
+
+
+def test_a_store_from_a_newer_gaudi_nb_is_refused_with_a_clear_message(store_url):
+    RunStore(store_url).register("r", spec={}, target="local", run_dir=None)
+    engine = sqlalchemy.create_engine(store_url)
+    with engine.begin() as connection:
+        connection.execute(sqlalchemy.text("UPDATE alembic_version SET version_num = '0999'"))
+    engine.dispose()
+    _engines.pop(store_url).dispose()  # as a new process would open it
+    with pytest.raises(GaudiNbError, match="upgrade gaudi_nb"):
+        RunStore(store_url)
+
+
+_OPEN_AT_ONCE = """
+import sys, time
+from pathlib import Path
+from gaudi_nb.store import RunStore
+url, folder, name = sys.argv[1:]
+Path(folder, name + ".ready").touch()
+while not Path(folder, "go").exists():  # start together: the imports are done, only the open races
+    time.sleep(0.001)
+RunStore(url).register(name, spec={}, target="local", run_dir=None)
+"""
+
+
+def test_processes_opening_a_fresh_store_at_once_all_succeed(store_url, tmp_path):
+    names = [f"p{i}" for i in range(4)]
+    procs = [subprocess.Popen([sys.executable, "-c", _OPEN_AT_ONCE, store_url, str(tmp_path), name], stderr=subprocess.PIPE, text=True) for name in names]
+    deadline = time.time() + 120
+    while not all((tmp_path / f"{name}.ready").exists() for name in names):
+        assert time.time() < deadline and all(p.poll() is None for p in procs), [p.communicate()[1] for p in procs if p.poll() is not None]
+        time.sleep(0.01)
+    (tmp_path / "go").touch()
+    errors = [p.communicate(timeout=120)[1] for p in procs]
+    assert [p.returncode for p in procs] == [0] * len(procs), errors
+    assert sorted(RunStore(store_url).run_ids()) == names
+    assert _version(store_url) == [migrations.HEAD]
+
+
+def test_opening_an_up_to_date_store_does_not_load_alembic(tmp_path):
+    url = f"sqlite:///{tmp_path / 'store.db'}"
+    RunStore(url)
+    # each CLI call opens the store: an up-to-date one must cost a query, not Alembic's import and script scan
+    code = "import sys; from gaudi_nb.store import RunStore; RunStore(sys.argv[1]); print('alembic' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code, url], capture_output=True, text=True, check=True).stdout.strip() == "False"

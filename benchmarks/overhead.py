@@ -27,12 +27,13 @@ def build_callbacks(workdir: Path, block: int, max_steps: int, parts: str) -> Tu
 
     from gaudi_nb.accel import CPU
     from gaudi_nb.events import BackgroundEventWriter
+    from gaudi_nb.rundir import RunFolder
     from gaudi_nb.telemetry.base import pick_source
     from gaudi_nb.telemetry.loop import TelemetryLoop
     from gaudi_nb.worker.callback import EventCallback
 
     writer = BackgroundEventWriter(workdir / "events.jsonl", "bench", rank=0)
-    events = EventCallback(writer, workdir / "control", tokens_per_step=512, samples_per_step=4, warmup_steps=2, max_steps=max_steps, memory_stats=CPU().memory_stats, is_main=True)
+    events = EventCallback(writer, RunFolder(workdir), tokens_per_step=512, samples_per_step=4, warmup_steps=2, max_steps=max_steps, memory_stats=CPU().memory_stats, is_main=True)
     arms = ("off", "on", "null")  # null: switched off like "off", to show the method's own noise
     state: Dict[str, Any] = {"arm": 0, "on": False, "last": None}
     timings: List[Tuple[str, float]] = []
@@ -78,13 +79,14 @@ def one_run(steps: int, block: int, workdir: Path, parts: str) -> List[Tuple[str
     import torch
     from transformers import PrinterCallback, Trainer, TrainingArguments
 
+    from gaudi_nb.presets import model_presets
     from gaudi_nb.worker.data import BlockDataset, local_tokenizer, pack, read_texts
-    from gaudi_nb.worker.presets import model_presets
+    from gaudi_nb.worker.models import build_local_model
 
     texts = read_texts("sample-text")
     tokenizer = local_tokenizer(texts, workdir / "cache")
     torch.manual_seed(0)
-    model = model_presets.get("tiny-llama").build(len(tokenizer), 128)
+    model = build_local_model(model_presets.get("tiny-llama"), len(tokenizer), 128)
     data = BlockDataset(pack(texts, tokenizer, 128))
     gate, loop, writer, timings = build_callbacks(workdir, block, steps, parts)
     args = TrainingArguments(
@@ -138,12 +140,13 @@ def component_costs() -> Dict[str, float]:
 
     from gaudi_nb.accel import CPU
     from gaudi_nb.events import BackgroundEventWriter
+    from gaudi_nb.rundir import RunFolder
     from gaudi_nb.telemetry.base import pick_source
     from gaudi_nb.worker.callback import EventCallback
 
     with tempfile.TemporaryDirectory() as tmp:
         writer = BackgroundEventWriter(Path(tmp) / "events.jsonl", "bench", rank=0)
-        callback = EventCallback(writer, Path(tmp) / "control", tokens_per_step=512, samples_per_step=4, warmup_steps=2, max_steps=10**9, memory_stats=CPU().memory_stats, is_main=True)
+        callback = EventCallback(writer, RunFolder(Path(tmp)), tokens_per_step=512, samples_per_step=4, warmup_steps=2, max_steps=10**9, memory_stats=CPU().memory_stats, is_main=True)
         state, control = SimpleNamespace(global_step=0), SimpleNamespace(should_save=False, should_training_stop=False)
         callback.on_train_begin(None, state, control)
         n = 2000

@@ -1,12 +1,31 @@
-"""gaudi_nb: train on Intel Gaudi from Jupyter; one event stream from the node to every view."""
+"""gaudi_nb: train on Intel Gaudi from Jupyter; one event stream from the node to every view.
 
-from . import batch
-from .api import Run, get_run, runs, train
-from .errors import GaudiNbError, MissingExtraError, NotFoundError, SpecError
-from .notebook import launcher
-from .spec import NodeSpec, RunSpec
+The public face is lazy (PEP 562): the agent and every rank import gaudi_nb's engine
+modules without paying for the API, the store (SQLAlchemy) or the batch engine.
+"""
+from __future__ import annotations
+
+import importlib
+from types import ModuleType
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+# public name -> (module, attribute); attribute None means the module itself
+_EXPORTS = {
+    "GaudiNbError": (".errors", "GaudiNbError"),
+    "MissingExtraError": (".errors", "MissingExtraError"),
+    "NotFoundError": (".errors", "NotFoundError"),
+    "SpecError": (".errors", "SpecError"),
+    "NodeSpec": (".spec", "NodeSpec"),
+    "RunSpec": (".spec", "RunSpec"),
+    "Run": (".api", "Run"),
+    "get_run": (".api", "get_run"),
+    "runs": (".api", "runs"),
+    "train": (".api", "train"),
+    "batch": (".batch", None),
+    "launcher": (".notebook", "launcher"),
+}
 
 __all__ = [
     "GaudiNbError",
@@ -24,6 +43,30 @@ __all__ = [
     "runs",
     "train",
 ]
+
+if TYPE_CHECKING:  # what IDEs and mypy see
+    from . import batch
+    from .api import Run, get_run, runs, train
+    from .errors import GaudiNbError, MissingExtraError, NotFoundError, SpecError
+    from .notebook import launcher
+    from .spec import NodeSpec, RunSpec
+
+
+def __getattr__(name: str) -> Any:
+    try:
+        module_name, attribute = _EXPORTS[name]
+    except KeyError:
+        raise AttributeError(f"module 'gaudi_nb' has no attribute {name!r}") from None
+    module = importlib.import_module(module_name, __name__)
+    value = module if attribute is None else getattr(module, attribute)
+    globals()[name] = value  # later look-ups skip this function
+    return value
+
+
+def __dir__() -> list:
+    """The public names, and the rooms (submodules) already imported."""
+    rooms = {name for name, value in globals().items() if isinstance(value, ModuleType) and not name.startswith("_")}
+    return sorted(set(__all__) | rooms)
 
 
 def load_ipython_extension(ipython):  # type: ignore[no-untyped-def]

@@ -7,30 +7,81 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from .errors import GaudiNbError, SpecError
-from .spec import RunSpec, looks_like_path
+from .events import ACTIVE_STATUSES, TERMINAL_STATUSES
+from .spec import PATH_FIELDS, RunSpec, looks_like_path, parse_mapping
 from .store import RunStore
-from .targets import target_for
+from .targets import Target, target_for
+
+
+def resolve_paths(options: Dict[str, Any], base: Optional[Path] = None) -> Dict[str, Any]:
+    """Make the file options (model folder, dataset files, script) absolute against base (the working directory).
+
+    The client does this because the ranks run in the run folder: a relative path given
+    there would name nothing. Names that are not paths (presets, hub ids) are left alone.
+    """
+    base = Path.cwd() if base is None else base
+    out = dict(options)
+
+    def absolute(value: str) -> str:
+        return str((base / Path(value).expanduser()).resolve())
+
+    for name in PATH_FIELDS:
+        value = out.get(name)
+        if not isinstance(value, str) or not value.strip():
+            continue
+        if name == "dataset":
+            out[name] = ",".join(absolute(p.strip()) if looks_like_path(p.strip()) else p.strip() for p in value.split(","))
+        elif name == "script" or looks_like_path(value) or (base / value).is_dir():
+            out[name] = absolute(value)
+    return out
+
+
+def load_spec_file(path: Union[str, Path], *, local_paths: bool = True) -> Dict[str, Any]:
+    """RunSpec fields from a YAML or JSON file; paths in it are relative to the file's folder
+    (local_paths=False keeps them as written: they name files in a container, say)."""
+    path = Path(path).expanduser()
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise SpecError(f"spec file {path}: {exc.strerror or exc}: give an existing YAML or JSON file") from None
+    options = parse_mapping(text, f"spec file {path}")
+    return resolve_paths(options, path.resolve().parent) if local_paths else options
+
+
+def build_spec(spec: Union[RunSpec, Dict[str, Any], None] = None, **options: Any) -> RunSpec:
+    """A validated RunSpec from a spec or a mapping plus keyword options (None means "not given"); relative paths made absolute."""
+    base = spec.model_dump(exclude_unset=True) if isinstance(spec, RunSpec) else dict(spec or {})
+    merged = {**base, **{k.replace("-", "_"): v for k, v in options.items() if v is not None}}
+    return RunSpec.from_options(**resolve_paths(merged))
 
 
 def check(spec: RunSpec) -> None:
-    """Checks that need the registries and the catalog; raises SpecError before anything is written."""
+    """Checks that need the filesystem, the registries and the catalog; raises SpecError before anything is written."""
     from .cost import catalog
-    from .worker.presets import dataset_presets, model_presets
+    from .presets import dataset_presets, model_presets
 
     if spec.model not in model_presets and not Path(spec.model).expanduser().exists():
         if looks_like_path(spec.model):
             raise SpecError(f"model: no such folder {spec.model}")
         if "/" not in spec.model:
             raise SpecError(f"model: unknown preset '{spec.model}': use one of {', '.join(model_presets.names())}, a local folder, or a hub id like org/name")
-    first = spec.dataset.split(",")[0].strip()
+    parts = [p.strip() for p in spec.dataset.split(",")]
+    for part in parts:
+        if looks_like_path(part) and not Path(part).expanduser().exists():
+            raise SpecError(f"dataset: file not found: {part}: give an existing .txt/.jsonl/.parquet file (a relative path is read from the working directory)")
+    first = parts[0]
     if first not in dataset_presets and not looks_like_path(first) and "/" not in first and not Path(first).exists():
         raise SpecError(f"dataset: unknown preset '{first}': use one of {', '.join(dataset_presets.names())}, local .txt/.jsonl/.parquet files, or a hub id like org/name")
+    if spec.script is not None and not Path(spec.script).expanduser().is_file():
+        raise SpecError(f"script: file not found: {spec.script}")
     if spec.instance_type is not None:
         try:
             catalog.lookup(spec.instance_type)
         except GaudiNbError as exc:
             raise SpecError(f"instance_type: {exc}") from None
-    target_for(spec.target)  # unknown or not-yet-available targets stop here
+    target = target_for(spec.target)  # unknown or not-yet-available targets stop here
+    if spec.nodes > target.max_nodes:
+        raise SpecError(f"nodes: the {target.name} target runs on {target.max_nodes} node; --nodes {spec.nodes} needs a target with several nodes (ssh:// nodes, coming next): use --nodes 1")
 
 
 def new_run_id(spec: RunSpec) -> str:
@@ -50,10 +101,25 @@ class Run:
         return f"<Run {self.run_id} {self.status}>"
 
     # the record ---------------------------------------------------------
+    def _target(self, record: Optional[Dict[str, Any]] = None) -> Target:
+        record = record or self.store.get(self.run_id)
+        return target_for(record.get("target") or "local")
+
     def sync(self) -> int:
-        """Pull new events from the run's node into the store; returns how many arrived."""
+        """Pull new events from the run's node into the store; returns how many arrived.
+
+        A run still active whose agent is gone is ended as `lost` here (on its node, as an
+        event), so no view waits forever on a run that nobody meters.
+        """
         record = self.store.get(self.run_id)
-        target = target_for(record.get("target") or "local")
+        target = self._target(record)
+        arrived = self._pull(target)
+        if record["status"] in ACTIVE_STATUSES and self.store.get(self.run_id)["status"] in ACTIVE_STATUSES:
+            if target.check_lost(self.run_id):
+                arrived += self._pull(target)
+        return arrived
+
+    def _pull(self, target: Target) -> int:
         start = self.store.offset(self.run_id)
         events, end = target.read_events(self.run_id, start)
         return self.store.ingest(self.run_id, events, start, end)
@@ -68,7 +134,7 @@ class Run:
 
     @property
     def done(self) -> bool:
-        return self.status in ("succeeded", "failed", "stopped", "budget_exceeded")
+        return self.status in TERMINAL_STATUSES
 
     @property
     def metrics(self) -> Dict[str, Any]:
@@ -105,6 +171,7 @@ class Run:
 
     # control --------------------------------------------------------------
     def wait(self, timeout: Optional[float] = None, poll_s: float = 1.0) -> "Run":
+        """Until the run ends; a run whose agent dies ends as `lost` within the heartbeat timeout, so this returns."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self.done:
             if deadline is not None and time.monotonic() > deadline:
@@ -113,38 +180,45 @@ class Run:
         return self
 
     def stop(self, reason: str = "stopped") -> bool:
-        """Ask the run to stop after a checkpoint; True if this request was the first."""
-        record = self.store.get(self.run_id)
-        return target_for(record.get("target") or "local").stop(self.run_id, reason)
+        """Ask the run to stop after a checkpoint; True if this request was the first.
+
+        A run whose agent is gone (lost) is ended at once as stopped, and any rank it left is killed.
+        """
+        first = self._target().stop(self.run_id, reason)
+        self.sync()
+        return first
 
     def logs(self) -> Path:
-        record = self.store.get(self.run_id)
-        return target_for(record.get("target") or "local").log_path(self.run_id)
+        return self._target().log_path(self.run_id)
 
 
 def train(spec: Union[RunSpec, Dict[str, Any], None] = None, *, store: Optional[RunStore] = None, **options: Any) -> Run:
     """Start a training run (detached: it survives this process) and return its Run.
 
     Options are RunSpec's fields: gaudi_nb.train(model="tiny-llama", devices=2, max_steps=50).
+    Relative paths are read from the working directory.
     """
-    if isinstance(spec, RunSpec):
-        spec = RunSpec.from_options(**{**spec.model_dump(exclude_unset=True), **options}) if options else spec
-    else:
-        spec = RunSpec.from_options(**{**(spec or {}), **options})
+    spec = build_spec(spec, **options)
     check(spec)
     store = store or RunStore()
     run_id = new_run_id(spec)
     target = target_for(spec.target)
-    folder = target.launch(spec, run_id)
-    store.register(run_id, spec=spec.to_json_dict(), target=spec.target, run_dir=str(folder))
+    # Registered before anything starts: a store that cannot be written stops here, and a run
+    # that costs money is always visible to every view.
+    store.register(run_id, spec=spec.to_json_dict(), target=spec.target, run_dir=str(target.run_dir(run_id)))
+    try:
+        target.launch(spec, run_id)
+    except Exception as exc:
+        target.fail_launch(run_id, f"the run could not start: {type(exc).__name__}: {exc}")
+        Run(run_id, store).sync()
+        raise GaudiNbError(f"run {run_id} could not start: {exc}") from exc
     return Run(run_id, store)
 
 
 def estimate_cost(tokens: float, parameters: Optional[float] = None, model: Optional[str] = None, mfu: float = 0.35) -> Tuple[float, List[Any]]:
     """Hours and dollars per catalog instance for a model (its size, or a local preset's) and a token count."""
     from .cost.estimate import estimate
-    from .worker.data import LOCAL_VOCAB_SIZE
-    from .worker.presets import model_presets
+    from .presets import LOCAL_VOCAB_SIZE, model_presets
 
     if parameters is None and model is None:
         raise SpecError("give --parameters N or --model PRESET")
@@ -155,7 +229,7 @@ def estimate_cost(tokens: float, parameters: Optional[float] = None, model: Opti
             raise SpecError(str(exc)) from None
         if not preset.local:
             raise SpecError(f"--model {model} is a hub model: give its size with --parameters")
-        parameters = float(sum(p.numel() for p in preset.build(LOCAL_VOCAB_SIZE, 512).parameters()))
+        parameters = float(preset.parameter_count(LOCAL_VOCAB_SIZE, 512))
     if parameters <= 0 or tokens <= 0:
         raise SpecError("--parameters and --tokens must be positive")
     try:
@@ -168,7 +242,7 @@ def runs(limit: int = 50, store: Optional[RunStore] = None) -> List[Dict[str, An
     """Recent runs, newest first (unfinished ones synced from their nodes first)."""
     store = store or RunStore()
     for record in store.list(limit=limit):
-        if record["status"] in ("pending", "running", "stopping"):
+        if record["status"] in ACTIVE_STATUSES:
             try:
                 Run(record["run_id"], store).sync()
             except GaudiNbError:

@@ -1,12 +1,11 @@
 """gaudi-nb: the command line, a thin layer over the Python API with the same keyword names."""
 from __future__ import annotations
 
-import inspect
 import json
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Dict, List, Optional
 
 import typer
 from rich.console import Console
@@ -15,8 +14,9 @@ from rich.table import Table
 from rich.text import Text
 
 from . import api
+from .cli_options import with_spec_options
 from .errors import GaudiNbError, SpecError
-from .spec import RunSpec
+from .events import TERMINAL_STATUSES
 
 app = typer.Typer(help="Train on Intel Gaudi (or CPU/CUDA) and watch runs, throughput and money.", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 cost_app = typer.Typer(help="Prices and pre-run estimates.", no_args_is_help=True)
@@ -24,49 +24,6 @@ app.add_typer(cost_app, name="cost")
 
 out = Console()
 err = Console(stderr=True)
-
-
-# -- train's options come from RunSpec, so the CLI cannot drift from the API --------
-def _spec_parameters() -> List[inspect.Parameter]:
-    params = []
-    for name, field in RunSpec.model_fields.items():
-        annotation = field.annotation
-        origin = getattr(annotation, "__args__", None)
-        py_type: Any = str
-        for candidate in (bool, int, float):
-            if annotation is candidate or (origin and candidate in origin and type(None) in origin):
-                py_type = candidate
-                break
-        option = "--" + name.replace("_", "-")
-        decls = [f"{option}/--no-{name.replace('_', '-')}"] if py_type is bool else [option]
-        default_help = "" if field.default is None else f" (default {field.default})"
-        params.append(
-            inspect.Parameter(
-                name,
-                inspect.Parameter.KEYWORD_ONLY,
-                default=typer.Option(None, *decls, help=(field.description or "") + default_help, show_default=False),
-                annotation=Optional[py_type],
-            )
-        )
-    return params
-
-
-def with_spec_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    signature = inspect.signature(func)
-    own = [p for p in signature.parameters.values() if p.name != "options"]
-    func.__signature__ = signature.replace(parameters=own + _spec_parameters())  # type: ignore[attr-defined]
-    return func
-
-
-def _load_spec_file(path: Path) -> Dict[str, Any]:
-    import yaml
-
-    if not path.exists():
-        raise SpecError(f"spec file not found: {path}")
-    data = yaml.safe_load(path.read_text()) or {}
-    if not isinstance(data, dict):
-        raise SpecError(f"{path}: a spec file holds a mapping of RunSpec fields (model: tiny-llama, devices: 2, ...)")
-    return data
 
 
 @app.command()
@@ -78,8 +35,8 @@ def train(
     **options: Any,
 ) -> None:
     """Start a training run on the target and follow it with a live progress line."""
-    base = _load_spec_file(spec_file) if spec_file else {}
-    run = api.train({**base, **{k: v for k, v in options.items() if v is not None}})
+    base = api.load_spec_file(spec_file) if spec_file else {}
+    run = api.train(base, **options)
     console = err if as_json else out
     if detach:
         if as_json:
@@ -133,7 +90,7 @@ def money(value: Optional[float]) -> str:
 def follow_with_progress(run: api.Run, console: Console) -> Dict[str, Any]:
     """A live line on a terminal; one line per new step otherwise (CI logs, pipes)."""
     record = run.record()
-    done = ("succeeded", "failed", "stopped", "budget_exceeded")
+    done = TERMINAL_STATUSES
     if not console.is_terminal:
         shown = None
         while True:
@@ -259,10 +216,14 @@ def events(
 def stop(run_id: str = typer.Argument(..., help="run id")) -> None:
     """Ask a run to stop cleanly: the ranks finish two steps and save a checkpoint."""
     run = api.get_run(run_id)
-    if run.done:
+    if run.done and run.status != "lost":  # a lost run is ended here: its leftover ranks are killed
         out.print(f"{run.run_id} already ended: {run.status}")
         return
     first = run.stop()
+    if run.done:  # its agent was gone: the run was ended here
+        reason = (run.record().get("exit") or {}).get("reason") or ""
+        out.print(f"{run.run_id} ended: {run.status} ({reason})", highlight=False, markup=False)
+        return
     out.print(f"stop requested for {run.run_id}" + ("" if first else " (a stop was already requested)") + f"; gaudi-nb show {run.run_id}")
 
 
@@ -341,12 +302,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     try:
         # standalone mode: click reports its own usage errors (exit 2); ours are caught here
         command.main(args=argv, prog_name="gaudi-nb", standalone_mode=True)
-    except SpecError as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True, markup=True)
-        sys.exit(2)
     except GaudiNbError as exc:
-        err.print(f"[red]error:[/] {exc}", highlight=False, soft_wrap=True, markup=True)
-        sys.exit(1)
+        # the message is text, not markup: "pip install 'gaudi_nb[batch]'" must print whole
+        err.print(Text("error: ", style="red") + Text(str(exc)), highlight=False, soft_wrap=True)
+        sys.exit(2 if isinstance(exc, SpecError) else 1)
 
 
 if __name__ == "__main__":

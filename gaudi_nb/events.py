@@ -28,10 +28,13 @@ EVENT_TYPES = (
     "cell",  # batch: index, phase (start/end/error), duration_s, error
     "result",  # batch: values {name: scalar} a notebook recorded with gaudi_nb.batch.record()
     "log",  # agent: level, message
-    "run_end",  # agent: status, exit_code, reason, last_log_lines, steps_completed
+    "run_end",  # agent (or a client, for a lost agent: ended_by=client): status, exit_code, reason, last_log_lines, steps_completed
 )
 
-TERMINAL_STATUSES = ("succeeded", "failed", "stopped", "budget_exceeded")
+# The run states (docs/architecture.md): a run is active until one of the terminal ones.
+# `lost`: the agent stopped beating and its process is gone (see agent/liveness.py).
+ACTIVE_STATUSES = ("pending", "starting", "running", "stopping")
+TERMINAL_STATUSES = ("succeeded", "failed", "stopped", "budget_exceeded", "lost")
 
 
 def make_event(type: str, run_id: str, *, node: str = "local", rank: Optional[int] = None, t: Optional[float] = None, **fields: Any) -> Dict[str, Any]:
@@ -117,18 +120,6 @@ def read_events(path: Path, offset: int = 0) -> Tuple[List[Dict[str, Any]], int]
             except json.JSONDecodeError:
                 continue  # a torn line from a crashed writer: skip it, keep the rest
     return events, offset + end + 1
-
-
-def parse_lines(data: bytes) -> List[Dict[str, Any]]:
-    """Events from already-complete JSONL bytes (what a remote tail sends)."""
-    out = []
-    for line in data.splitlines():
-        if line.strip():
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
-    return out
 
 
 @dataclass

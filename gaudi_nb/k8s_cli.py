@@ -3,12 +3,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Optional
 
 import typer
 
+from . import api
+from .cli_options import with_spec_options
 from .errors import GaudiNbError, SpecError
 from .spec import RunSpec
+
+# RunSpec fields that mean nothing inside a cluster: the target is the cluster, and a script is a file on this machine.
+NOT_IN_A_POD = ("target", "script")
 
 k8s_app = typer.Typer(
     help="Kubernetes: turn a run spec into manifests for kubectl apply (a Job, or a Kubeflow MPIJob / PyTorchJob).",
@@ -21,41 +26,10 @@ def _k8s() -> None:
     """Kubernetes: turn a run spec into manifests for kubectl apply."""
 
 
-def _load_spec_file(path: Path) -> Dict[str, Any]:
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise SpecError(f"--spec-file: cannot read {path}: {exc.strerror}") from None
-    if path.suffix.lower() in (".yaml", ".yml"):
-        import yaml
-
-        data = yaml.safe_load(text) or {}
-    else:
-        data = json.loads(text)
-    if not isinstance(data, dict):
-        raise SpecError(f"--spec-file: {path} must hold a mapping of run options")
-    return data
-
-
 @k8s_app.command("render")
+@with_spec_options(skip=NOT_IN_A_POD)
 def render_command(
     image: str = typer.Option(..., "--image", help="container image with gaudi_nb installed (see infra/docker)"),
-    model: Optional[str] = typer.Option(None, "--model", help="preset name, local path or hub id (org/name)"),
-    dataset: Optional[str] = typer.Option(None, "--dataset", help="preset, local file(s) or hub id"),
-    devices: Optional[int] = typer.Option(None, "--devices", help="Gaudi devices per node (habana.ai/gaudi)"),
-    nodes: Optional[int] = typer.Option(None, "--nodes", help="number of nodes; more than 1 needs Kubeflow's training operator"),
-    precision: Optional[str] = typer.Option(None, "--precision", help="bf16, fp32 or auto"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="sequences per device per step"),
-    sequence_length: Optional[int] = typer.Option(None, "--sequence-length", help="tokens per sequence"),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="optimizer steps to run"),
-    learning_rate: Optional[float] = typer.Option(None, "--learning-rate", help="peak learning rate"),
-    launcher: Optional[str] = typer.Option(
-        None, "--launcher", help="auto, torchrun, mpirun or deepspeed (several nodes: torchrun gives a PyTorchJob, else an MPIJob)"
-    ),
-    budget_usd: Optional[float] = typer.Option(None, "--budget-usd", help="stop cleanly when spend reaches this"),
-    price_per_hour: Optional[float] = typer.Option(None, "--price-per-hour", help="USD per node-hour"),
-    instance_type: Optional[str] = typer.Option(None, "--instance-type", help="an instance type from the price catalog"),
-    name: Optional[str] = typer.Option(None, "--name", help="a label for the run; names the Kubernetes objects"),
     spec_file: Optional[Path] = typer.Option(
         None, "--spec-file", help="a run spec (JSON or YAML); options given on the command line override it"
     ),
@@ -65,35 +39,15 @@ def render_command(
     memory: str = typer.Option("400Gi", "--memory", help="memory limit per Gaudi pod"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="write the YAML here instead of standard output"),
     check: bool = typer.Option(False, "--check", help="validate the manifests with the kubernetes client's models (needs the k8s extra)"),
+    **options: Any,
 ) -> None:
     """Render a run as Kubernetes manifests: a ConfigMap with the spec, and a Job (one node) or an MPIJob / PyTorchJob (several)."""
     from . import k8s
 
     try:
-        options = _load_spec_file(spec_file) if spec_file else {}
-        options.update(
-            {
-                key: value
-                for key, value in dict(
-                    model=model,
-                    dataset=dataset,
-                    devices=devices,
-                    nodes=nodes,
-                    precision=precision,
-                    batch_size=batch_size,
-                    sequence_length=sequence_length,
-                    max_steps=max_steps,
-                    learning_rate=learning_rate,
-                    launcher=launcher,
-                    budget_usd=budget_usd,
-                    price_per_hour=price_per_hour,
-                    instance_type=instance_type,
-                    name=name,
-                ).items()
-                if value is not None
-            }
-        )
-        spec = RunSpec.from_options(**options)
+        # paths are the container's, not this machine's: taken as written
+        base = api.load_spec_file(spec_file, local_paths=False) if spec_file else {}
+        spec = RunSpec.from_options(**{**base, **{k: v for k, v in options.items() if v is not None}})
         manifests = k8s.render(
             spec,
             image=image,

@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import re
-from pathlib import Path
-from typing import Any, Dict, Literal, Optional
+import typing
+from dataclasses import dataclass
+from typing import Any, Dict, List, Literal, Optional, Tuple
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -13,13 +14,44 @@ Precision = Literal["auto", "bf16", "fp32"]
 TrainerName = Literal["auto", "optimum-habana", "transformers"]
 LauncherName = Literal["auto", "torchrun", "mpirun", "deepspeed"]
 
-_TARGET = re.compile(r"^(local|ssh://[^@/\s]+@[^:/\s]+(:\d+)?|aws:[\w.\-]+)$")
+_SSH = re.compile(r"^ssh://(?P<user>[^@/\s:]+)@(?P<host>[^:/\s@]+)(?::(?P<port>\d+))?$")
+_AWS = re.compile(r"^aws:(?P<instance_type>[\w.\-]+)$")
+TARGET_FORMS = "local, ssh://user@host[:port] or aws:INSTANCE_TYPE"
 _DATA_SUFFIXES = (".txt", ".text", ".json", ".jsonl", ".parquet", ".csv")
 
 
 def looks_like_path(value: str) -> bool:
     """A model or dataset name the user meant as a file: has a path separator prefix or a data suffix."""
     return value.startswith(("/", "./", "../", "~")) or value.lower().endswith(_DATA_SUFFIXES)
+
+
+@dataclass(frozen=True)
+class TargetAddress:
+    """A parsed target string: where a run executes."""
+
+    kind: str  # local | ssh | aws
+    text: str
+    user: Optional[str] = None
+    host: Optional[str] = None
+    port: Optional[int] = None
+    instance_type: Optional[str] = None
+
+
+def parse_target(text: str) -> TargetAddress:
+    """local | ssh://user@host[:port] | aws:INSTANCE_TYPE; a ValueError names the forms."""
+    text = text.strip()
+    if text == "local":
+        return TargetAddress("local", text)
+    match = _SSH.match(text)
+    if match:
+        port = int(match["port"] or 22)
+        if not 0 < port < 65536:
+            raise ValueError(f"{text}: port must be between 1 and 65535")
+        return TargetAddress("ssh", text, user=match["user"], host=match["host"], port=port)
+    match = _AWS.match(text)
+    if match:
+        return TargetAddress("aws", text, instance_type=match["instance_type"])
+    raise ValueError(f"unknown target '{text}': use {TARGET_FORMS} (aws:dl1.24xlarge)")
 
 
 class NodeSpec(BaseModel):
@@ -56,15 +88,8 @@ class RunSpec(BaseModel):
     price_per_hour: Optional[float] = Field(None, ge=0, description="USD per node-hour; overrides the instance type's price")
     instance_type: Optional[str] = Field(None, description="an instance type from the price catalog")
     idle_minutes: Optional[float] = Field(None, gt=0, description="stop an idle node after this many minutes (remote targets)")
-    target: str = Field("local", description="local, ssh://user@host[:port] or aws:INSTANCE_TYPE")
+    target: str = Field("local", description=TARGET_FORMS)
     script: Optional[str] = Field(None, description="a Python training script every rank runs instead of the built-in trainer")
-
-    @field_validator("script")
-    @classmethod
-    def _script_exists(cls, value: Optional[str]) -> Optional[str]:
-        if value is not None and not Path(value).expanduser().is_file():
-            raise ValueError(f"file not found: {value}")
-        return value
 
     @field_validator("model", "dataset")
     @classmethod
@@ -77,18 +102,8 @@ class RunSpec(BaseModel):
     @field_validator("target")
     @classmethod
     def _target_form(cls, value: str) -> str:
-        if not _TARGET.match(value):
-            raise ValueError("must be local, ssh://user@host[:port] or aws:INSTANCE_TYPE")
-        return value
-
-    @field_validator("dataset")
-    @classmethod
-    def _dataset_files_exist(cls, value: str) -> str:
-        for part in value.split(","):
-            part = part.strip()
-            if looks_like_path(part) and not Path(part).expanduser().exists():
-                raise ValueError(f"file not found: {part}")
-        return value
+        parse_target(value)
+        return value.strip()
 
     @model_validator(mode="after")
     def _consistent(self) -> "RunSpec":
@@ -108,6 +123,60 @@ class RunSpec(BaseModel):
 
     def to_json_dict(self) -> Dict[str, Any]:
         return self.model_dump(mode="json")
+
+
+# Fields that name files on the client: made absolute there (api.resolve_paths), since ranks run in the run folder.
+PATH_FIELDS = ("model", "dataset", "script")
+
+
+@dataclass(frozen=True)
+class OptionField:
+    """One RunSpec field as a command-line option: the CLI, the magics and `gaudi-nb k8s render` build theirs from these."""
+
+    name: str
+    flag: str  # --max-steps
+    type: Any  # bool | int | float | str
+    choices: Optional[Tuple[str, ...]]
+    help: str
+
+
+def option_fields() -> List[OptionField]:
+    fields = []
+    for name, field in RunSpec.model_fields.items():
+        py_type, choices = _option_type(field.annotation)
+        default_help = "" if field.default is None else f" (default {field.default})"
+        fields.append(OptionField(name, "--" + name.replace("_", "-"), py_type, choices, (field.description or name) + default_help))
+    return fields
+
+
+def _option_type(annotation: Any) -> Tuple[Any, Optional[Tuple[str, ...]]]:
+    args = typing.get_args(annotation)
+    if typing.get_origin(annotation) is typing.Literal:
+        return str, tuple(str(a) for a in args)
+    if args:  # Optional[X]
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) == 1:
+            return _option_type(inner[0])
+    for candidate in (bool, int, float):
+        if annotation is candidate:
+            return candidate, None
+    return str, None
+
+
+def parse_mapping(text: str, where: str) -> Dict[str, Any]:
+    """RunSpec fields from YAML or JSON text (a spec file, a %%gaudi_train cell); one-line SpecErrors."""
+    import yaml
+
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        raise SpecError(f"{where} is not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
+    if not isinstance(data, dict):
+        raise SpecError(f"{where} must hold a mapping of run options (model: tiny-llama, devices: 2, ...)")
+    # null, and "None" (what {var} of a Python None expands to), leave an option unset
+    return {str(k).replace("-", "_"): v for k, v in data.items() if v is not None and v != "None"}
 
 
 def describe_validation_error(exc: ValidationError) -> str:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable
 
 from .cost import meter
 
@@ -167,6 +167,3 @@ def public(summary: Dict[str, Any]) -> Dict[str, Any]:
     """The record users see (CLI --json, API): the summary without running sums."""
     return {k: v for k, v in summary.items() if not k.startswith("_")}
 
-
-def loss_history(events: Iterable[Dict[str, Any]]) -> List[Dict[str, Optional[float]]]:
-    return [{"step": e["step"], "loss": e.get("loss")} for e in events if e.get("type") == "step"]

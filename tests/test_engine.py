@@ -126,7 +126,7 @@ def test_stop_request_ends_cleanly_with_a_checkpoint(gaudi_home):
 
 def test_jsonl_dataset_through_datasets(gaudi_home, tmp_path):
     data = tmp_path / "train.jsonl"
-    text = (gaudi_nb.worker.presets.sample_text_path()).read_text().split("\n\n")
+    text = (gaudi_nb.presets.sample_text_path()).read_text().split("\n\n")
     data.write_text("\n".join(json.dumps({"text": t}) for t in text if t.strip()))
     run = gaudi_nb.train(dataset=str(data), model="tiny-gpt2", max_steps=5).wait(timeout=240)
     assert run.status == "succeeded", run.record()["exit"]

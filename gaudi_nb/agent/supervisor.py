@@ -1,7 +1,6 @@
 """The node agent: starts the launcher, samples telemetry, meters cost, enforces the budget, ends the run."""
 from __future__ import annotations
 
-import json
 import os
 import signal
 import socket
@@ -9,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -18,9 +18,10 @@ from .. import accel
 from ..cost import catalog, meter
 from ..events import EventWriter, Tailer
 from ..launch import build_launch, pick_launcher
-from ..rundir import request_stop, stop_reason
+from ..rundir import RunFolder
 from ..spec import RunSpec
 from ..worker.trainers import pick_trainer
+from ..worker.watchdog import agent_environment
 
 # After a stop request the ranks finish two steps and save a checkpoint; a run that
 # takes longer than this is terminated (a hung rank must not keep spending money).
@@ -56,28 +57,46 @@ def failure_reason(lines: List[str], exit_code: int) -> str:
 
 class Agent:
     def __init__(self, run_dir: Path) -> None:
-        self.run_dir = Path(run_dir)
-        self.run = json.loads((self.run_dir / "run.json").read_text())
-        self.spec = RunSpec.model_validate_json((self.run_dir / "spec.json").read_text())
+        self.folder = RunFolder(Path(run_dir).resolve())
+        self.run_dir = self.folder.path
+        self.run = self.folder.read_run()
         self.run_id = self.run["run_id"]
         self.node = self.run.get("node", "local")
-        self.events = EventWriter(self.run_dir / "events.jsonl", self.run_id, node=self.node)
-        self.logs = self.run_dir / "logs"
-        self.logs.mkdir(parents=True, exist_ok=True)
+        self.spec = RunSpec.model_validate_json(self.folder.spec.read_text())
         self.price_per_hour, self.price_source = catalog.resolve_price_per_hour(self.spec.price_per_hour, self.spec.instance_type)
+        self.events = EventWriter(self.folder.events, self.run_id, node=self.node)
+        self.logs = self.folder.logs
+        self.logs.mkdir(parents=True, exist_ok=True)
         self.started = time.time()
         self.process: Optional[subprocess.Popen] = None
         self.last_step = 0
+        self.last_cost: Optional[float] = None
         self.worker_error: Optional[str] = None
         self.stop_requested_at: Optional[float] = None
+        self.killed_with: Optional[str] = None  # the signal that ended ranks which ignored a stop request
         self.exporter: Any = None
-        self._tailer = Tailer(self.run_dir / "events.jsonl")
+        self.telemetry: Any = None
+        self._tailer = Tailer(self.folder.events)
 
     # -- lifecycle -------------------------------------------------------
     def run_to_end(self) -> str:
+        """Supervise the run until it ends; whatever goes wrong, the run gets a run_end and its ranks are killed."""
         signal.signal(signal.SIGTERM, lambda *_: self._request_stop("stopped"))
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the terminal or kernel that started us may go away
-        (self.run_dir / "agent.pid").write_text(str(os.getpid()))
+        self.folder.agent_pid.write_text(str(os.getpid()))
+        self.folder.beat()
+        try:
+            exit_code = self._launch_and_supervise()
+        except BaseException as exc:  # a bug, a missing launcher, a store that cannot be written
+            traceback.print_exc()  # into logs/agent.log
+            self._kill_ranks()
+            return self._finish(None, error=f"the agent failed: {type(exc).__name__}: {exc}")
+        finally:
+            if self.telemetry is not None:
+                self.telemetry.stop()
+        return self._finish(exit_code)
+
+    def _launch_and_supervise(self) -> int:
         accelerator = accel.detect_name()
         launcher = pick_launcher(self.spec, accelerator)
         plan = build_launch(
@@ -106,23 +125,20 @@ class Agent:
             price_source=self.price_source,
             metrics_port=getattr(self.exporter, "port", None),
         )
-        with open(self.logs / "train.log", "ab") as log:
+        with open(self.folder.train_log, "ab") as log:
             self.process = subprocess.Popen(
                 plan.argv,
-                env={**os.environ, **plan.env, "PYTHONUNBUFFERED": "1"},
+                # the ranks watch this pid and stop when the agent is gone (see worker/watchdog.py)
+                env={**os.environ, **plan.env, "PYTHONUNBUFFERED": "1", **agent_environment()},
                 cwd=self.run_dir,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # its own process group, so a hung run can be killed whole
             )
-        telemetry = self._start_telemetry()
-        try:
-            exit_code = self._supervise()
-        finally:
-            if telemetry is not None:
-                telemetry.stop()
-        return self._finish(exit_code)
+        (self.run_dir / "launcher.pid").write_text(str(self.process.pid))
+        self.telemetry = self._start_telemetry()
+        return self._supervise()
 
     def _supervise(self) -> int:
         assert self.process is not None
@@ -130,31 +146,38 @@ class Agent:
             exit_code = self.process.poll()
             self._observe_events()
             cost = self._emit_cost()
-            (self.run_dir / "heartbeat").write_text(str(time.time()))
+            self.folder.beat()
             if exit_code is not None:
                 return exit_code
             if self.spec.budget_usd is not None and cost is not None and cost >= self.spec.budget_usd:
                 self._request_stop("budget_exceeded")
-            if self.stop_requested_at is None and stop_reason(self.run_dir):
-                self._note_stop(stop_reason(self.run_dir) or "stopped")
+            if self.stop_requested_at is None and self.folder.stop_reason():
+                self._note_stop(self.folder.stop_reason() or "stopped")
             if self.stop_requested_at is not None and time.time() - self.stop_requested_at > STOP_GRACE_S:
                 self._terminate()
             time.sleep(1.0)
 
-    def _finish(self, exit_code: int) -> str:
-        self._observe_events()
-        cost = self._emit_cost()
-        reason_requested = stop_reason(self.run_dir)
-        lines = tail_lines(self.logs / "train.log")
+    def _finish(self, exit_code: Optional[int], error: Optional[str] = None) -> str:
+        try:
+            self._observe_events()
+            cost = self._emit_cost()
+        except Exception:  # the run_end below matters more than a last cost event
+            cost = self.last_cost
+        requested = self.folder.stop_reason()
+        lines = tail_lines(self.folder.train_log)
         fields: Dict[str, Any] = {"exit_code": exit_code, "steps_completed": self.last_step, "usd": cost}
-        if reason_requested in ("budget_exceeded", "stopped"):
-            status = reason_requested
-            fields["reason"] = "budget reached: stopped after a checkpoint" if status == "budget_exceeded" else "stopped on request"
+        if error is not None:
+            status = "failed"
+            fields["reason"] = error
+            fields["last_log_lines"] = lines
+        elif requested in ("budget_exceeded", "stopped"):
+            status = requested
+            fields["reason"] = self._stop_description(requested)
         elif exit_code == 0:
             status = "succeeded"
         else:
             status = "failed"
-            fields["reason"] = self.worker_error or failure_reason(lines, exit_code)
+            fields["reason"] = self.worker_error or failure_reason(lines, exit_code or 0)
             fields["last_log_lines"] = lines
         self.events.emit("run_end", status=status, **fields)
         self.events.close()
@@ -162,10 +185,16 @@ class Agent:
             self.exporter.close()
         return status
 
+    def _stop_description(self, requested: str) -> str:
+        what = "budget reached" if requested == "budget_exceeded" else "stopped on request"
+        if self.killed_with is not None:
+            return f"{what}, but the ranks did not stop within {STOP_GRACE_S:.0f} s: killed with {self.killed_with}, no checkpoint at the stop"
+        return f"{what}: stopped after a checkpoint"
+
     # -- parts -----------------------------------------------------------
     def _request_stop(self, reason: str) -> None:
-        request_stop(self.run_dir, reason)
-        self._note_stop(stop_reason(self.run_dir) or reason)
+        self.folder.request_stop(reason)
+        self._note_stop(self.folder.stop_reason() or reason)
 
     def _note_stop(self, reason: str) -> None:
         if self.stop_requested_at is None:
@@ -176,17 +205,27 @@ class Agent:
         if self.process is None or self.process.poll() is not None:
             return
         self.events.emit("log", level="warning", message=f"ranks did not stop within {STOP_GRACE_S:.0f} s of the request: terminating them")
+        self.killed_with = self._kill_ranks()
+
+    def _kill_ranks(self) -> Optional[str]:
+        """SIGTERM the launcher's process group, SIGKILL it if it lingers; returns the signal that ended it."""
+        if self.process is None or self.process.poll() is not None:
+            return None
         try:
             os.killpg(self.process.pid, signal.SIGTERM)
             self.process.wait(timeout=30)
+            return "SIGTERM"
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
+            self.process.wait(timeout=30)
+            return "SIGKILL"
         except ProcessLookupError:
-            pass
+            return None
 
     def _emit_cost(self) -> Optional[float]:
         elapsed = time.time() - self.started
         usd = meter.cost_so_far(elapsed, self.price_per_hour, self.spec.nodes)
+        self.last_cost = usd
         self.events.emit("cost", elapsed_s=elapsed, usd=usd, price_per_hour=self.price_per_hour, nodes=self.spec.nodes, budget_usd=self.spec.budget_usd)
         return usd
 
@@ -234,7 +273,11 @@ class Agent:
         def on_sample(sample: Any) -> None:
             self.events.emit("telemetry", **sample.to_dict())
 
-        loop = TelemetryLoop(source, on_sample, interval_s=1.0)
+        def on_error(message: str) -> None:
+            # once per distinct failure (the loop dedupes), not every second
+            self.events.emit("log", level="warning", message=message)
+
+        loop = TelemetryLoop(source, on_sample, interval_s=1.0, on_error=on_error)
 
         def refresh_pids() -> None:
             # Ranks appear a few seconds after the launcher; the host source needs their pids.

@@ -20,13 +20,13 @@ def target_choices() -> List[Tuple[str, str]]:
 
 
 def model_choices() -> List[str]:
-    from ..worker.presets import model_presets
+    from ..presets import model_presets
 
     return model_presets.names()
 
 
 def dataset_choices() -> List[str]:
-    from ..worker.presets import dataset_presets
+    from ..presets import dataset_presets
 
     return dataset_presets.names()
 

@@ -4,8 +4,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import html
-import re
-import typing
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -16,80 +14,51 @@ from traitlets import Enum, Float, Int, Unicode
 
 from .. import api
 from ..errors import GaudiNbError
-from ..spec import RunSpec
+from ..spec import RunSpec, TargetAddress, option_fields, parse_mapping
+from ..spec import parse_target as spec_parse_target
 
-_SSH = re.compile(r"^ssh://(?P<user>[^@/\s:]+)@(?P<host>[^:/\s@]+)(?::(?P<port>\d+))?$")
-_AWS = re.compile(r"^aws:(?P<instance_type>[\w.\-]+)$")
 # Keys of [tool.gaudi_nb] that are not RunSpec fields but settings of the magics.
 MAGIC_SETTINGS = ("panel", "update_interval_s")
 
 
 # -- targets -------------------------------------------------------------------------
-def parse_target(text: str) -> Dict[str, Any]:
-    """local | ssh://user@host[:port] | aws:INSTANCE_TYPE as a dict; a UsageError names the forms."""
-    text = text.strip()
-    if text == "local":
-        return {"kind": "local", "target": "local"}
-    match = _SSH.match(text)
-    if match:
-        port = int(match["port"] or 22)
-        if not 0 < port < 65536:
-            raise UsageError(f"{text}: port must be between 1 and 65535")
-        return {"kind": "ssh", "target": text, "user": match["user"], "host": match["host"], "port": port}
-    match = _AWS.match(text)
-    if match:
-        return {"kind": "aws", "target": text, "instance_type": match["instance_type"]}
-    raise UsageError(f"unknown target '{text}': use local, ssh://user@host[:port] or aws:INSTANCE_TYPE (aws:dl1.24xlarge)")
+def parse_target(text: str) -> TargetAddress:
+    """The spec's parser, with a UsageError for the magics."""
+    try:
+        return spec_parse_target(text)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
 
 
-def describe_target(parsed: Dict[str, Any]) -> str:
-    if parsed["kind"] == "ssh":
-        return f"{parsed['user']}@{parsed['host']} port {parsed['port']} over SSH"
-    if parsed["kind"] == "aws":
+def describe_target(parsed: TargetAddress) -> str:
+    if parsed.kind == "ssh":
+        return f"{parsed.user}@{parsed.host} port {parsed.port} over SSH"
+    if parsed.kind == "aws":
         from ..cost import catalog
 
         try:
-            price = catalog.lookup(parsed["instance_type"])
+            price = catalog.lookup(parsed.instance_type or "")
             rate = "price unknown" if price.on_demand_per_hour is None else f"${price.on_demand_per_hour:,.2f}/h on demand, as of {price.as_of}"
             return f"an AWS {price.instance_type} ({price.accelerator_count}× {price.accelerator}, {rate})"
         except GaudiNbError:
-            return f"an AWS {parsed['instance_type']} (not in the price catalog)"
+            return f"an AWS {parsed.instance_type} (not in the price catalog)"
     return "this machine"
 
 
 # -- options: the CLI's, taken from RunSpec ---------------------------------------------
-def _field_type(annotation: Any) -> Tuple[Any, Optional[List[str]]]:
-    """(python type, choices) for a RunSpec field annotation."""
-    args = typing.get_args(annotation)
-    if typing.get_origin(annotation) is typing.Literal:
-        return str, [str(a) for a in args]
-    if args:  # Optional[X]
-        inner = [a for a in args if a is not type(None)]
-        if len(inner) == 1:
-            return _field_type(inner[0])
-    for candidate in (bool, int, float):
-        if annotation is candidate:
-            return candidate, None
-    return str, None
-
-
 def spec_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Add every RunSpec field as --option (the CLI's names) to a @magic_arguments magic."""
-    for name, field in reversed(list(RunSpec.model_fields.items())):
-        if name == "script":
+    """Add every RunSpec field as --option (the CLI's names, from spec.option_fields) to a @magic_arguments magic."""
+    for field in reversed(option_fields()):
+        if field.name == "script":
             continue  # the magic's own --script flag: the cell body is the script
-        py_type, choices = _field_type(field.annotation)
-        default_help = "" if field.default is None else f" (default {field.default})"
-        kwargs: Dict[str, Any] = {"dest": name, "default": None, "help": (field.description or name) + default_help}
-        if py_type is bool:
+        kwargs: Dict[str, Any] = {"dest": field.name, "default": None, "help": field.help}
+        if field.type is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
+        elif field.choices:
+            kwargs.update(type=field.type, choices=list(field.choices))
         else:
-            kwargs["type"] = py_type
-            kwargs["metavar"] = name.upper()
-            if choices:
-                kwargs["choices"] = choices
-                del kwargs["metavar"]
-        func = argument("--" + name.replace("_", "-"), **kwargs)(func)
+            kwargs.update(type=field.type, metavar=field.name.upper())
+        func = argument(field.flag, **kwargs)(func)
     return func
 
 
@@ -213,14 +182,14 @@ class GaudiMagics(Magics):
         parsed = parse_target(args.target)
         from ..targets import PLANNED, target_for
 
-        if parsed["kind"] in PLANNED:
-            raise UsageError(f"{args.target}: understood as {describe_target(parsed)}, but {PLANNED[parsed['kind']]} is not available yet in this version; %gaudi_attach local trains on this machine")
+        if parsed.kind in PLANNED:
+            raise UsageError(f"{args.target}: understood as {describe_target(parsed)}, but {PLANNED[parsed.kind]} is not available yet in this version; %gaudi_attach local trains on this machine")
         try:
-            target_for(parsed["target"])
+            target_for(parsed.text)
         except GaudiNbError as exc:
             raise _one_line(exc) from None
-        self.target = parsed["target"]
-        print(f"attached: {parsed['target']} ({describe_target(parsed)}); %gaudi_train starts runs there")
+        self.target = parsed.text
+        print(f"attached: {parsed.text} ({describe_target(parsed)}); %gaudi_train starts runs there")
 
     # -- %gaudi_train / %%gaudi_train ------------------------------------------
     @line_cell_magic
@@ -237,10 +206,15 @@ class GaudiMagics(Magics):
         %%gaudi_train --script: the body is a Python training script.
         """
         args = parse_argstring(self.gaudi_train, line)
+        try:
+            return self._train(args, cell)
+        except GaudiNbError as exc:
+            raise _one_line(exc) from None
+
+    def _train(self, args: argparse.Namespace, cell: Optional[str]) -> api.Run:
         options = self.defaults()
         if args.spec_file:
-            spec_file = Path(args.spec_file).expanduser()
-            options.update(_load_mapping(spec_file.read_text() if spec_file.is_file() else None, f"spec file {spec_file}"))
+            options.update(api.load_spec_file(args.spec_file))
         if args.script:
             if cell is None or not cell.strip():
                 raise UsageError("--script takes the training script from the cell body: use %%gaudi_train --script")
@@ -248,12 +222,9 @@ class GaudiMagics(Magics):
             options.setdefault("name", "script")
         elif cell is not None and cell.strip():
             # {name} and $name in the body expand from the notebook's variables, as in a line magic
-            options.update(_load_mapping(self._expand(cell), "the cell body"))
+            options.update(parse_mapping(self._expand(cell), "the cell body"))
         options.update({name: getattr(args, name) for name in RunSpec.model_fields if name != "script" and getattr(args, name, None) is not None})
-        try:
-            run = api.train(options)
-        except GaudiNbError as exc:
-            raise _one_line(exc) from None
+        run = api.train(options)
         self.started.append(run)
         self._show(run, quiet=args.quiet)
         return run
@@ -310,10 +281,13 @@ class GaudiMagics(Magics):
         args = parse_argstring(self.gaudi_stop, line)
         run = self._run(args.run_id)
         try:
-            if run.done:
+            if run.done and run.status != "lost":  # a lost run is ended here: its leftover ranks are killed
                 print(f"{run.run_id} already ended: {run.status}")
                 return
             first = run.stop()
+            if run.done:
+                print(f"{run.run_id} ended: {run.status} ({(run.record().get('exit') or {}).get('reason')})")
+                return
         except GaudiNbError as exc:
             raise _one_line(exc) from None
         print(f"stop requested for {run.run_id}" + ("" if first else " (a stop was already requested)") + "; its panel shows when it has stopped")
@@ -343,23 +317,6 @@ class GaudiMagics(Magics):
             display(HTML(run_cost_html(record)))
             return
         display(HTML(catalog_html(self.defaults())))
-
-
-def _load_mapping(text: Optional[str], where: str) -> Dict[str, Any]:
-    import yaml
-
-    if text is None:
-        raise UsageError(f"{where}: not found")
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark is not None else ""
-        raise UsageError(f"{where} is not valid YAML{at}: {getattr(exc, 'problem', exc)}") from None
-    if not isinstance(data, dict):
-        raise UsageError(f"{where} must be a mapping of run options (model: tiny-llama, devices: 2, ...)")
-    # null, and "None" (what {var} of a Python None expands to), leave an option unset
-    return {str(k).replace("-", "_"): v for k, v in data.items() if v is not None and v != "None"}
 
 
 # -- HTML for %gaudi_runs and %gaudi_cost ---------------------------------------------------

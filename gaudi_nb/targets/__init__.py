@@ -1,8 +1,9 @@
 """Where runs execute: a registry of targets (local now; ssh and aws plug in here)."""
 from __future__ import annotations
 
-from ..errors import GaudiNbError
+from ..errors import GaudiNbError, SpecError
 from ..registry import Registry
+from ..spec import parse_target
 from .base import Target
 from .local import LocalTarget
 
@@ -18,7 +19,10 @@ PLANNED = {
 
 def target_for(target: str) -> Target:
     """The Target for a spec's target string."""
-    kind = "local" if target == "local" else target.split(":", 1)[0]
+    try:
+        kind = parse_target(target).kind
+    except ValueError as exc:
+        raise SpecError(f"target: {exc}") from None
     if kind in targets:
         return targets.get(kind)()
     if kind in PLANNED:

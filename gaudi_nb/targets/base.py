@@ -9,14 +9,24 @@ from ..spec import RunSpec
 
 class Target(Protocol):
     name: str
+    max_nodes: int  # how many nodes one run may use here
+
+    def run_dir(self, run_id: str) -> Path:
+        """The local folder that holds (or mirrors) the run."""
 
     def launch(self, spec: RunSpec, run_id: str) -> Path:
         """Create the run folder, start the agent detached; return the local folder that mirrors the run."""
 
+    def fail_launch(self, run_id: str, reason: str) -> None:
+        """Record that launch() raised: the run ends failed with this reason, and nothing is left running."""
+
     def read_events(self, run_id: str, offset: int) -> Tuple[List[Dict[str, Any]], int]:
         """Complete events from a byte offset, and the offset to resume from."""
 
+    def check_lost(self, run_id: str) -> bool:
+        """If the run's agent is gone, end the run as lost (an event); True if this call did."""
+
     def stop(self, run_id: str, reason: str = "stopped") -> bool:
-        """Ask the run to stop after a checkpoint."""
+        """Ask the run to stop after a checkpoint; a run whose agent is gone ends as stopped at once."""
 
     def log_path(self, run_id: str) -> Path: ...

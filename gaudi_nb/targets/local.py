@@ -10,40 +10,62 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
+from ..agent import liveness
 from ..events import read_events
 from ..paths import run_dir
-from ..rundir import request_stop
+from ..rundir import RunFolder
 from ..spec import RunSpec
 
 
 class LocalTarget:
     name = "local"
+    max_nodes = 1
+
+    def run_dir(self, run_id: str) -> Path:
+        return run_dir(run_id)
+
+    def folder(self, run_id: str) -> RunFolder:
+        return RunFolder(run_dir(run_id))
 
     def launch(self, spec: RunSpec, run_id: str) -> Path:
-        folder = run_dir(run_id)
-        (folder / "logs").mkdir(parents=True, exist_ok=False)
-        (folder / "control").mkdir()
-        (folder / "spec.json").write_text(spec.model_dump_json(indent=2))
+        folder = self.folder(run_id).create()
+        folder.spec.write_text(spec.model_dump_json(indent=2))
         if spec.script:
             # the run keeps its own copy: editing the file later cannot change a running or finished run
-            shutil.copyfile(Path(spec.script).expanduser(), folder / "script.py")
-        (folder / "run.json").write_text(json.dumps({"run_id": run_id, "node": "local", "hostname": socket.gethostname(), "target": "local", "created_at": time.time()}))
-        with open(folder / "logs" / "agent.log", "ab") as log:
-            subprocess.Popen(
-                [sys.executable, "-m", "gaudi_nb.agent", "--run-dir", str(folder)],
+            shutil.copyfile(Path(spec.script).expanduser(), folder.script)
+        folder.run.write_text(json.dumps({"run_id": run_id, "node": "local", "hostname": socket.gethostname(), "target": "local", "created_at": time.time()}))
+        with open(folder.agent_log, "ab") as log:
+            agent = subprocess.Popen(
+                [sys.executable, "-m", "gaudi_nb.agent", "--run-dir", str(folder.path)],
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # survives the notebook kernel or the CLI that started it
                 close_fds=True,
             )
-        return folder
+        # known from the first moment, so an agent that dies before its first beat is still seen as lost
+        folder.agent_pid.write_text(str(agent.pid))
+        return folder.path
+
+    def fail_launch(self, run_id: str, reason: str) -> None:
+        folder = self.folder(run_id)
+        folder.control.mkdir(parents=True, exist_ok=True)
+        if not folder.run.exists():
+            folder.run.write_text(json.dumps({"run_id": run_id, "node": "local", "target": "local", "created_at": time.time()}))
+        liveness.end_run(folder, "failed", reason)
 
     def read_events(self, run_id: str, offset: int) -> Tuple[List[Dict[str, Any]], int]:
-        return read_events(run_dir(run_id) / "events.jsonl", offset)
+        return read_events(self.folder(run_id).events, offset)
+
+    def check_lost(self, run_id: str) -> bool:
+        return liveness.mark_if_lost(self.folder(run_id))
 
     def stop(self, run_id: str, reason: str = "stopped") -> bool:
-        return request_stop(run_dir(run_id), reason)
+        folder = self.folder(run_id)
+        first = folder.request_stop(reason)
+        if folder.agent_process_id() is not None and not liveness.agent_alive(folder):
+            return liveness.end_lost(folder) or first
+        return first
 
     def log_path(self, run_id: str) -> Path:
-        return run_dir(run_id) / "logs" / "train.log"
+        return self.folder(run_id).train_log

@@ -4,13 +4,12 @@ from __future__ import annotations
 import json
 import os
 import time
-from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
 from transformers import TrainerCallback
 
 from ..events import BackgroundEventWriter
-from ..rundir import STOP_AT, STOP_REQUEST
+from ..rundir import RunFolder
 
 
 class EventCallback(TrainerCallback):
@@ -26,7 +25,7 @@ class EventCallback(TrainerCallback):
     def __init__(
         self,
         writer: Optional[BackgroundEventWriter],
-        control_dir: Path,
+        folder: RunFolder,
         *,
         tokens_per_step: int,
         samples_per_step: int,
@@ -36,7 +35,7 @@ class EventCallback(TrainerCallback):
         is_main: bool,
     ) -> None:
         self.writer = writer
-        self.control_dir = Path(control_dir)
+        self.folder = folder
         self.tokens_per_step = tokens_per_step
         self.samples_per_step = samples_per_step
         self.warmup_steps = warmup_steps
@@ -47,7 +46,7 @@ class EventCallback(TrainerCallback):
         self.stop_reason: Optional[str] = None
         self._last_step_end: Optional[float] = None
         self._step_time_s: Optional[float] = None
-        self._stop_at_path = self.control_dir / STOP_AT
+        self._stop_at_path = folder.stop_at
 
     def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         self._last_step_end = time.perf_counter()
@@ -59,7 +58,7 @@ class EventCallback(TrainerCallback):
         self._last_step_end = now
         step = state.global_step
         if self.stop_at is None:
-            if self.is_main and (self.control_dir / STOP_REQUEST).exists():
+            if self.is_main and self.folder.stop_request.exists():
                 self._decide_stop(step)
             elif self._stop_at_path.exists():
                 self._read_stop_at()
@@ -71,7 +70,7 @@ class EventCallback(TrainerCallback):
 
     def _decide_stop(self, step: int) -> None:
         try:
-            request = json.loads((self.control_dir / STOP_REQUEST).read_text())
+            request = json.loads(self.folder.stop_request.read_text())
         except (OSError, json.JSONDecodeError):
             request = {}
         self.stop_at = min(step + 2, self.max_steps)

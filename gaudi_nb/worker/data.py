@@ -6,10 +6,8 @@ import os
 from pathlib import Path
 from typing import Any, Iterable, List, Sequence, Tuple
 
+from ..presets import LOCAL_VOCAB_SIZE, dataset_presets
 from ..spec import looks_like_path
-from .presets import dataset_presets
-
-LOCAL_VOCAB_SIZE = 2048
 
 
 def read_texts(dataset: str) -> List[str]:

@@ -2,60 +2,33 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
-from typing import Any, List, Optional, Tuple
+from typing import Any, List, Optional
 
 from .. import accel as accel_room
 from ..events import BackgroundEventWriter
-from ..paths import home
+from ..rundir import RunFolder
 from ..spec import RunSpec
+from . import watchdog
 from .callback import EventCallback
-from .data import BlockDataset, local_tokenizer, pack, read_texts, split_blocks
-from .presets import model_presets
+from .data import BlockDataset, pack, read_texts, split_blocks
+from .models import build_model_and_tokenizer
+from .rank import rank_info, report_error
 from .trainers import TrainerInputs, build_trainer, pick_trainer
-
-
-def rank_info() -> Tuple[int, int, int]:
-    """(rank, local rank, world size) from torchrun's variables, or Open MPI's under mpirun."""
-    env = os.environ
-    if "RANK" not in env and "OMPI_COMM_WORLD_RANK" in env:
-        # torch.distributed's env:// rendezvous reads RANK/WORLD_SIZE, so mirror them.
-        env["RANK"] = env["OMPI_COMM_WORLD_RANK"]
-        env["WORLD_SIZE"] = env["OMPI_COMM_WORLD_SIZE"]
-        env["LOCAL_RANK"] = env.get("OMPI_COMM_WORLD_LOCAL_RANK", "0")
-    return int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0)), int(env.get("WORLD_SIZE", 1))
 
 
 def resolve_precision(requested: str, accelerator: Any) -> str:
     return accelerator.default_precision() if requested == "auto" else requested
 
 
-def build_model_and_tokenizer(spec: RunSpec, texts: List[str]) -> Tuple[Any, Any]:
-    import torch
-
-    if spec.model in model_presets and model_presets.get(spec.model).local:
-        tokenizer = local_tokenizer(texts, home() / "cache")
-        torch.manual_seed(spec.seed)  # same initial weights on every rank
-        model = model_presets.get(spec.model).build(len(tokenizer), spec.sequence_length)
-        return model, tokenizer
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    source = model_presets.get(spec.model).hub_id if spec.model in model_presets else spec.model
-    tokenizer = AutoTokenizer.from_pretrained(source)
-    if tokenizer.eos_token_id is None:
-        raise ValueError(f"the tokenizer of {source} has no end-of-text token to separate documents")
-    model = AutoModelForCausalLM.from_pretrained(source)
-    return model, tokenizer
-
-
 def train(run_dir: Path, *, writer: Optional[BackgroundEventWriter] = None, extra_callbacks: Optional[list] = None) -> int:
     """Train the spec in run_dir on this rank; returns the last global step."""
     import torch
 
-    run = json.loads((run_dir / "run.json").read_text())
-    spec = RunSpec.model_validate_json((run_dir / "spec.json").read_text())
+    folder = RunFolder(run_dir)
+    run = folder.read_run()
+    spec = RunSpec.model_validate_json(folder.spec.read_text())
     rank, local_rank, world_size = rank_info()
     accelerator = accel_room.detect()
     precision = resolve_precision(spec.precision, accelerator)
@@ -66,7 +39,7 @@ def train(run_dir: Path, *, writer: Optional[BackgroundEventWriter] = None, extr
 
     own_writer = writer is None
     if writer is None:
-        writer = BackgroundEventWriter(run_dir / "events.jsonl", run["run_id"], node=run.get("node", "local"), rank=rank)
+        writer = BackgroundEventWriter(folder.events, run["run_id"], node=run.get("node", "local"), rank=rank)
 
     texts = read_texts(spec.dataset)
     model, tokenizer = build_model_and_tokenizer(spec, texts)
@@ -93,7 +66,7 @@ def train(run_dir: Path, *, writer: Optional[BackgroundEventWriter] = None, extr
 
     callback = EventCallback(
         writer if is_main else None,
-        run_dir / "control",
+        folder,
         tokens_per_step=spec.batch_size * spec.sequence_length * world_size,
         samples_per_step=spec.batch_size * world_size,
         warmup_steps=spec.warmup_steps,
@@ -105,7 +78,7 @@ def train(run_dir: Path, *, writer: Optional[BackgroundEventWriter] = None, extr
         model=model,
         train_dataset=BlockDataset(train_blocks),
         eval_dataset=BlockDataset(eval_blocks) if eval_blocks else None,
-        output_dir=str(run_dir / "checkpoints"),
+        output_dir=str(folder.checkpoints),
         accelerator=accelerator.name,
         precision=precision,
         batch_size=spec.batch_size,
@@ -131,23 +104,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m gaudi_nb.worker", description="Run one rank of a gaudi_nb run.")
     parser.add_argument("--run-dir", required=True, type=Path)
     args = parser.parse_args(argv)
+    watchdog.start()
+    folder = RunFolder(args.run_dir.resolve())
     try:
-        train(args.run_dir)
+        train(folder.path)
     except Exception as exc:
-        report_error(args.run_dir, exc)
+        report_error(folder, exc)
         raise
-
-
-def report_error(run_dir: Path, exc: BaseException) -> None:
-    """Put the rank's exception in the event stream: the launcher's own summary hides it in the log."""
-    import traceback
-
-    from ..events import EventWriter
-
-    try:
-        run = json.loads((run_dir / "run.json").read_text())
-        writer = EventWriter(run_dir / "events.jsonl", run["run_id"], node=run.get("node", "local"), rank=rank_info()[0])
-        writer.emit("worker_error", error=f"{type(exc).__name__}: {exc}"[:500], traceback=traceback.format_exc().splitlines()[-15:])
-        writer.close()
-    except Exception:
-        pass  # the log still has the traceback

@@ -14,43 +14,37 @@ of the kernel. Inside the script:
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import runpy
 import sys
 import time
-import traceback
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..events import BackgroundEventWriter, EventWriter
-from ..rundir import CONTROL, STOP_REQUEST
+from ..rundir import RunFolder
 from ..spec import RunSpec
+from . import watchdog
+from .rank import rank_info, report_error, writer_for
 
 RUN_DIR_ENV = "GAUDI_NB_RUN_DIR"
-SCRIPT_NAME = "script.py"
 
 
 class _Context:
     """What the helpers know about this rank, read once from the run folder and the launcher's variables."""
 
     def __init__(self, run_dir: Path) -> None:
-        self.run_dir = Path(run_dir)
-        self.run = json.loads((self.run_dir / "run.json").read_text())
-        self.spec = RunSpec.model_validate_json((self.run_dir / "spec.json").read_text())
-        env = os.environ
-        if "RANK" not in env and "OMPI_COMM_WORLD_RANK" in env:  # mpirun: mirror what torch.distributed reads
-            env["RANK"], env["WORLD_SIZE"] = env["OMPI_COMM_WORLD_RANK"], env["OMPI_COMM_WORLD_SIZE"]
-            env["LOCAL_RANK"] = env.get("OMPI_COMM_WORLD_LOCAL_RANK", "0")
-        self.rank = int(env.get("RANK", 0))
-        self.local_rank = int(env.get("LOCAL_RANK", 0))
-        self.world_size = int(env.get("WORLD_SIZE", 1))
+        self.folder = RunFolder(run_dir)
+        self.run_dir = self.folder.path
+        self.run = self.folder.read_run()
+        self.spec = RunSpec.model_validate_json(self.folder.spec.read_text())
+        self.rank, self.local_rank, self.world_size = rank_info()
         from .. import accel
 
         self.accelerator = accel.detect()
         self.writer: Optional[EventWriter] = None
         if self.rank == 0:
-            self.writer = BackgroundEventWriter(self.run_dir / "events.jsonl", self.run["run_id"], node=self.run.get("node", "local"), rank=0)
+            self.writer = BackgroundEventWriter(self.folder.events, self.run["run_id"], node=self.run.get("node", "local"), rank=0)
         self.last_report: Optional[float] = None
 
     def close(self) -> None:
@@ -172,7 +166,7 @@ def should_stop() -> bool:
     """True once a stop was asked for (%gaudi_stop, the Stop button, the budget). Ranks may see
     it one step apart: call it where every rank can leave the loop without a pending collective,
     or agree with an all-reduce."""
-    return (_ctx().run_dir / CONTROL / STOP_REQUEST).exists()
+    return _ctx().folder.stop_request.exists()
 
 
 def _plain(value: Any) -> Any:
@@ -185,7 +179,7 @@ def _plain(value: Any) -> Any:
 # -- the runner --------------------------------------------------------------------
 def script_path(folder: Path, spec_: RunSpec) -> Path:
     """The run folder's copy of the script, else the path the spec names."""
-    copy = folder / SCRIPT_NAME
+    copy = RunFolder(folder).script
     if copy.exists():
         return copy
     named = getattr(spec_, "script", None)
@@ -200,6 +194,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = parser.parse_args(argv)
     folder = args.run_dir.resolve()
     os.environ[RUN_DIR_ENV] = str(folder)
+    watchdog.start()
     # Import the helpers as the script will (python -m runs this file as __main__, a second copy).
     from gaudi_nb.worker import script as helpers
 
@@ -208,8 +203,9 @@ def main(argv: Optional[List[str]] = None) -> None:
         path = script_path(folder, ctx.spec)
         import torch
 
-        if ctx.writer is not None:
-            ctx.writer.emit(
+        # every rank says it started (its pid lets a client kill ranks that outlive a lost agent)
+        start_writer = ctx.writer or writer_for(ctx.folder, ctx.rank)
+        start_writer.emit(
                 "worker_start",
                 pid=os.getpid(),
                 local_rank=ctx.local_rank,
@@ -222,23 +218,16 @@ def main(argv: Optional[List[str]] = None) -> None:
                 script=str(path),
                 torch_version=torch.__version__,
             )
+        if start_writer is not ctx.writer:
+            start_writer.close()
         sys.argv = [str(path)]
         runpy.run_path(str(path), run_name="__main__")
     except BaseException as exc:
         if not isinstance(exc, SystemExit) or exc.code not in (0, None):
-            _report_error(ctx, exc)
+            report_error(ctx.folder, exc)
         raise
     finally:
         ctx.close()
-
-
-def _report_error(ctx: _Context, exc: BaseException) -> None:
-    try:
-        writer = EventWriter(ctx.run_dir / "events.jsonl", ctx.run["run_id"], node=ctx.run.get("node", "local"), rank=ctx.rank)
-        writer.emit("worker_error", error=f"{type(exc).__name__}: {exc}"[:500], traceback=traceback.format_exc().splitlines()[-15:])
-        writer.close()
-    except Exception:
-        pass  # the log still has the traceback
 
 
 if __name__ == "__main__":

@@ -1,0 +1,35 @@
+"""What every rank does first and last, whether it runs the built-in trainer or a user script."""
+from __future__ import annotations
+
+import os
+import traceback
+from typing import Tuple
+
+from ..events import EventWriter
+from ..rundir import RunFolder
+
+
+def rank_info() -> Tuple[int, int, int]:
+    """(rank, local rank, world size) from torchrun's variables, or Open MPI's under mpirun."""
+    env = os.environ
+    if "RANK" not in env and "OMPI_COMM_WORLD_RANK" in env:
+        # torch.distributed's env:// rendezvous reads RANK/WORLD_SIZE, so mirror them.
+        env["RANK"] = env["OMPI_COMM_WORLD_RANK"]
+        env["WORLD_SIZE"] = env["OMPI_COMM_WORLD_SIZE"]
+        env["LOCAL_RANK"] = env.get("OMPI_COMM_WORLD_LOCAL_RANK", "0")
+    return int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0)), int(env.get("WORLD_SIZE", 1))
+
+
+def writer_for(folder: RunFolder, rank: int) -> EventWriter:
+    run = folder.read_run()
+    return EventWriter(folder.events, run["run_id"], node=run.get("node", "local"), rank=rank)
+
+
+def report_error(folder: RunFolder, exc: BaseException) -> None:
+    """Put the rank's exception in the event stream: the launcher's own summary hides it in the log."""
+    try:
+        writer = writer_for(folder, rank_info()[0])
+        writer.emit("worker_error", error=f"{type(exc).__name__}: {exc}"[:500], traceback=traceback.format_exc().splitlines()[-15:])
+        writer.close()
+    except Exception:
+        pass  # the log still has the traceback

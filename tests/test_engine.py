@@ -126,7 +126,97 @@ def test_stop_request_ends_cleanly_with_a_checkpoint(gaudi_home):
 
 def test_jsonl_dataset_through_datasets(gaudi_home, tmp_path):
     data = tmp_path / "train.jsonl"
-    text = (gaudi_nb.presets.sample_text_path()).read_text().split("\n\n")
+    from gaudi_nb.presets import sample_text_path
+
+    text = sample_text_path().read_text().split("\n\n")
     data.write_text("\n".join(json.dumps({"text": t}) for t in text if t.strip()))
     run = gaudi_nb.train(dataset=str(data), model="tiny-gpt2", max_steps=5).wait(timeout=240)
     assert run.status == "succeeded", run.record()["exit"]
+
+
+def alive(pid):
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def test_killing_the_agent_leaves_no_rank_and_the_run_ends_lost(gaudi_home, monkeypatch):
+    monkeypatch.setenv("GAUDI_NB_HEARTBEAT_TIMEOUT_S", "5")  # the default is 15 s; the test need not wait that long
+    run = gaudi_nb.train(devices=2, max_steps=2000)
+    deadline = time.time() + 180
+    while run.record()["steps_completed"] < 2 and time.time() < deadline:
+        time.sleep(0.5)
+    agent = run.events(types=["run_start"])[0]["pid"]
+    ranks = [e["pid"] for e in run.events(types=["worker_start"])]
+    assert len(ranks) == 2 and all(alive(p) for p in ranks)
+    os.kill(agent, 9)  # what the OOM killer does
+    killed_at = time.time()
+    while any(alive(p) for p in ranks) and time.time() - killed_at < 30:
+        time.sleep(0.5)
+    assert not any(alive(p) for p in ranks), "ranks outlived their agent by 30 s: training unmetered"
+    run.wait(timeout=30)  # returns: a lost run is an ended run
+    shown = json.loads(subprocess.run([GAUDI_NB, "show", run.run_id, "--json"], capture_output=True, text=True, timeout=60).stdout)
+    assert shown["status"] == "lost" and f"agent (pid {agent})" in shown["exit"]["reason"]
+    stopped = subprocess.run([GAUDI_NB, "stop", run.run_id], capture_output=True, text=True, timeout=60)
+    assert stopped.returncode == 0 and "ended: stopped" in stopped.stdout, stopped.stdout + stopped.stderr
+    assert run.status == "stopped"
+    steps = step_numbers(run)
+    assert steps == list(range(1, len(steps) + 1))  # what was recorded stays recorded
+
+
+def test_stop_right_after_the_agent_died_ends_the_run_at_once(gaudi_home):
+    run = gaudi_nb.train(devices=1, max_steps=2000)
+    deadline = time.time() + 180
+    while not run.events(types=["worker_start"]) and time.time() < deadline:
+        time.sleep(0.5)
+    rank = run.events(types=["worker_start"])[0]["pid"]
+    os.kill(run.events(types=["run_start"])[0]["pid"], 9)
+    run.stop()  # within the heartbeat timeout: the agent is known dead by its pid
+    assert run.status == "stopped" and not alive(rank)
+
+
+def test_an_agent_error_after_run_start_ends_the_run_failed_with_the_reason(gaudi_home):
+    # no Open MPI on this machine: the launcher cannot start, and the agent says so
+    run = gaudi_nb.train(devices=1, max_steps=5, launcher="mpirun").wait(timeout=120)
+    record = run.record()
+    assert record["status"] == "failed", record
+    assert "mpirun" in record["exit"]["reason"] and "agent failed" in record["exit"]["reason"]
+
+
+STUBBORN = """
+import time
+from gaudi_nb.worker.script import report
+for step in range(1, 10000):
+    time.sleep(0.2)
+    report(step=step, loss=1.0, tokens=1)  # never asks should_stop()
+"""
+
+
+def test_a_stop_that_needed_a_kill_says_so(gaudi_home, tmp_path, monkeypatch):
+    monkeypatch.setenv("GAUDI_NB_STOP_GRACE_S", "2")
+    script = tmp_path / "stubborn.py"
+    script.write_text(STUBBORN)
+    run = gaudi_nb.train(script=str(script), devices=1, max_steps=10000)
+    deadline = time.time() + 120
+    while run.record()["steps_completed"] < 2 and time.time() < deadline:
+        time.sleep(0.5)
+    run.stop()
+    run.wait(timeout=120)
+    reason = run.record()["exit"]["reason"]
+    assert run.status == "stopped" and "killed with SIGTERM" in reason and "no checkpoint" in reason, reason
+
+
+def test_a_relative_dataset_path_from_its_folder_trains(gaudi_home, tmp_path):
+    from gaudi_nb.presets import sample_text_path
+
+    (tmp_path / "data.txt").write_text(sample_text_path().read_text())
+    result = subprocess.run([GAUDI_NB, "train", "--dataset", "./data.txt", "--max-steps", "3", "--json"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    record = json.loads(result.stdout)
+    assert record["status"] == "succeeded" and record["spec"]["dataset"] == str(tmp_path / "data.txt")
+    missing = subprocess.run([GAUDI_NB, "train", "--dataset", "./nothing.txt"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1 and "nothing.txt" in missing.stderr
+    assert len(gaudi_nb.runs()) == 1  # the refused one wrote nothing

@@ -48,7 +48,7 @@ if TYPE_CHECKING:  # what IDEs and mypy see
     from . import batch
     from .api import Run, get_run, runs, train
     from .errors import GaudiNbError, MissingExtraError, NotFoundError, SpecError
-    from .notebook import launcher
+    from .notebook import launcher  # type: ignore[no-redef]  # the function; mypy also sees the module of that name
     from .spec import NodeSpec, RunSpec
 
 

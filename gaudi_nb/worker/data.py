@@ -16,7 +16,7 @@ def read_texts(dataset: str) -> List[str]:
         preset = dataset_presets.get(dataset)
         if preset.path is not None:
             return [preset.path.read_text(encoding="utf-8")]
-        return _hub_texts(preset.hub_id)
+        return _hub_texts(preset.hub_id or dataset)
     parts = [p.strip() for p in dataset.split(",")]
     if all(looks_like_path(p) or Path(p).exists() for p in parts):
         return _file_texts([str(Path(p).expanduser()) for p in parts])

@@ -28,7 +28,7 @@ def build_model_and_tokenizer(spec: RunSpec, texts: List[str]) -> Tuple[Any, Any
         return model, tokenizer
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    source = model_presets.get(spec.model).hub_id if spec.model in model_presets else spec.model
+    source = (model_presets.get(spec.model).hub_id if spec.model in model_presets else None) or spec.model
     tokenizer = AutoTokenizer.from_pretrained(source)
     if tokenizer.eos_token_id is None:
         raise ValueError(f"the tokenizer of {source} has no end-of-text token to separate documents")

@@ -157,11 +157,10 @@ def runs(
     if as_json:
         out.print_json(json.dumps(records))
         return
-    table = Table("status", "progress", "loss", "tokens/s", "cost", "target")
-    table.add_column("run", no_wrap=True)
+    table = compact_table("run", "status", "progress", "loss", "tokens/s", "cost", "target")
     for r in records:
         m = r["metrics"]
-        table.add_row(r["status"], progress(r), _num(m.get("final_loss")), f"{m['tokens_per_second']:,.0f}" if m.get("tokens_per_second") else "—", money(r["cost"].get("usd")), str(r.get("target")), r["run_id"])
+        table.add_row(r["run_id"], r["status"], progress(r), _num(m.get("final_loss")), f"{m['tokens_per_second']:,.0f}" if m.get("tokens_per_second") else "—", money(r["cost"].get("usd")), str(r.get("target")))
     out.print(table)
 
 
@@ -236,7 +235,10 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="print the report 
     if as_json:
         out.print_json(json.dumps(result))
         return
-    table = Table("check", "found", "note", show_lines=False)
+    table = Table(box=None, pad_edge=False, header_style="bold")
+    table.add_column("check", no_wrap=True)
+    table.add_column("found", overflow="fold")  # a path or a URL is shown whole, folded if it must be
+    table.add_column("note")
     for row in result["checks"]:
         style = "green" if row["ok"] else "yellow"
         table.add_row(row["name"], Text(str(row["found"]), style=style), row.get("hint") or "")
@@ -244,7 +246,10 @@ def doctor(as_json: bool = typer.Option(False, "--json", help="print the report 
 
 
 @cost_app.command("catalog")
-def cost_catalog(as_json: bool = typer.Option(False, "--json", help="print JSON rows")) -> None:
+def cost_catalog(
+    as_json: bool = typer.Option(False, "--json", help="print JSON rows"),
+    wide: bool = typer.Option(False, "--wide", help="also regions, spot prices and each source in full in the table"),
+) -> None:
     """The price catalog: every row with its source and date (unknown prices shown as unknown)."""
     from dataclasses import asdict
 
@@ -254,10 +259,31 @@ def cost_catalog(as_json: bool = typer.Option(False, "--json", help="print JSON 
     if as_json:
         out.print_json(json.dumps([asdict(r) for r in rows]))
         return
-    table = Table("provider", "instance type", "region", "accelerators", "on-demand $/h", "spot $/h", "as of", "source")
+    if wide:
+        table = compact_table("provider", "instance type", "region", "accelerators", "on-demand $/h", "spot $/h", "as of", "source")
+        for r in rows:
+            table.add_row(r.provider, r.instance_type, r.region or "—", f"{r.accelerator_count}× {r.accelerator}", money(r.on_demand_per_hour), money(r.spot_per_hour), r.as_of, r.source)
+        Console(width=1000).print(table)  # wide means wide: for a pager (less -S) or a file
+        return
+    # What fits 80 columns; each source is a footnote printed whole below the table.
+    sources: List[str] = []
+    table = compact_table("provider", "instance type", "accelerators", "$/h", "as of", "src")
     for r in rows:
-        table.add_row(r.provider, r.instance_type, r.region or "—", f"{r.accelerator_count}× {r.accelerator}", money(r.on_demand_per_hour), money(r.spot_per_hour), r.as_of, r.source)
+        if r.source not in sources:
+            sources.append(r.source)
+        table.add_row(r.provider, r.instance_type, f"{r.accelerator_count}× {r.accelerator}", money(r.on_demand_per_hour), r.as_of, f"[{sources.index(r.source) + 1}]")
     out.print(table)
+    for number, source in enumerate(sources, 1):
+        out.print(Text(f"[{number}] {source}", style="dim"), soft_wrap=True)
+    out.print(Text("$/h: on demand, per node; --wide adds regions and spot prices; --json has every field", style="dim"))
+
+
+def compact_table(*columns: str) -> Table:
+    """A borderless table whose columns never wrap: a narrow terminal cuts the widest cell, not every word."""
+    table = Table(box=None, pad_edge=False, collapse_padding=True, header_style="bold")
+    for name in columns:
+        table.add_column(name, no_wrap=True, overflow="ellipsis")
+    return table
 
 
 @cost_app.command("estimate")
@@ -277,12 +303,12 @@ def cost_estimate(
     if as_json:
         out.print_json(json.dumps({"parameters": parameters, "tokens": tokens, "mfu": mfu, "assumptions": ASSUMPTIONS, "estimates": [asdict(r) for r in rows]}))
         return
-    table = Table("instance type", "accelerators", "hours", "dollars", "$/h", "price as of")
+    table = compact_table("instance type", "accelerators", "hours", "dollars", "$/h", "as of")
     for r in rows:
         table.add_row(r.instance_type, f"{r.accelerator_count}× {r.accelerator}", "unknown" if r.hours is None else f"{r.hours:,.1f}", money(r.usd), money(r.price_per_hour), r.as_of)
     out.print(f"{parameters:.3g} parameters × {tokens:.3g} tokens, MFU {mfu:.0%}")
     out.print(table)
-    out.print(Text(ASSUMPTIONS, style="dim"))
+    out.print(Text(ASSUMPTIONS.replace("\n  ", " "), style="dim"))  # reflowed: the terminal's width decides the lines
 
 
 def _mount_room_commands() -> None:

@@ -46,5 +46,15 @@ def report() -> Dict[str, Any]:
     available = [name for name in SOURCE_ORDER if telemetry_sources.get(name).available()]
     check("telemetry source", available[0] if available else "none", bool(available), "psutil missing")
     check("GAUDI_NB_HOME", str(paths.home()), True)
-    check("store", paths.store_url(), True)
+    check("store", shown_url(paths.store_url()), True)
     return {"accelerator": accelerator, "telemetry_sources": available, "checks": checks}
+
+
+def shown_url(url: str) -> str:
+    """A store URL fit to print: a PostgreSQL password never reaches a terminal or a shared log."""
+    from sqlalchemy.engine import make_url
+
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "(a store URL that does not parse: check GAUDI_NB_STORE_URL)"

@@ -71,3 +71,32 @@ def test_cost_estimate_prints_assumptions_and_arithmetic(gaudi_home):
 def test_cost_estimate_without_size_is_bad_input(gaudi_home):
     result = run_cli("cost", "estimate", "--tokens", "1e9")
     assert result.returncode == 2 and "give --parameters N or --model PRESET" in result.stderr
+
+
+def test_tables_fit_an_80_column_terminal_and_keep_every_name_whole(gaudi_home):
+    import os
+
+    env = {**os.environ, "COLUMNS": "80"}
+    for args in (("cost", "catalog"), ("cost", "estimate", "--parameters", "8e9", "--tokens", "2e10")):
+        text = run_cli(*args, env=env).stdout
+        table = text.split("\n[1]")[0].split("How these")[0]
+        assert all(len(line) <= 80 for line in table.splitlines()), table
+        assert "gx3d-160x1792x8gaudi3" in table and "8× Gaudi HL-205" in table and "…" not in table, table
+    catalog = run_cli("cost", "catalog", env=env).stdout
+    assert "[1] https://aws.amazon.com/ec2/pricing/on-demand/" in catalog  # sources are footnotes, printed whole
+    assert "us-west-2" in run_cli("cost", "catalog", "--wide", env=env).stdout
+
+
+def test_error_text_is_printed_as_written_not_as_markup(gaudi_home):
+    result = run_cli("train", "--instance-type", "[bold]x9[/bold]")
+    assert result.returncode == 2 and "'[bold]x9[/bold]'" in result.stderr, result.stderr
+
+
+def test_doctor_never_prints_the_store_password(gaudi_home):
+    import os
+
+    env = {**os.environ, "GAUDI_NB_HOME": str(gaudi_home), "GAUDI_NB_STORE_URL": "postgresql+psycopg://team:s3cret-pw@db.example:5432/runs"}
+    for args in (("doctor",), ("doctor", "--json")):
+        result = run_cli(*args, env=env)
+        assert "s3cret-pw" not in result.stdout + result.stderr and "team:**" in result.stdout
+    assert "postgresql+psycopg://team:***@db.example:5432/runs" in run_cli("doctor", "--json", env=env).stdout

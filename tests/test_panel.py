@@ -69,6 +69,15 @@ def test_a_failed_run_shows_its_reason_and_last_log_lines():
     assert "failed" in summary and "last log lines:" in summary
 
 
+def test_a_lost_run_ends_the_panel_and_says_why():
+    reason = "its agent (pid 4242) stopped beating at 10:00:00 and its process is gone; nobody metered the run after that"
+    events = [run_start(price=36.0), step(1, 101.0), make_event("run_end", RUN, t=130.0, status="lost", exit_code=None, reason=reason, ended_by="client")]
+    state = PanelState.from_events(RUN, events)
+    assert state.done  # the live loop stops polling
+    assert "agent (pid 4242)" in panel_module.failure_html(state)
+    assert 'data-status="lost"' in header_html(state)
+
+
 def test_telemetry_without_devices_keeps_the_last_sample_that_had_them():
     state = PanelState.from_events(RUN, [run_start(), make_event("telemetry", RUN, t=1.0, source="host", devices=devices(2)), make_event("telemetry", RUN, t=2.0, source="host", devices=[])])
     assert len(state.devices) == 2

@@ -22,6 +22,7 @@ STATUS_COLOURS = {
     "stopped": "#6d4c41",
     "budget_exceeded": "#c62828",
     "failed": "#c62828",
+    "lost": "#6a1b9a",  # the agent died: nobody metered the run after its last heartbeat
 }
 
 
@@ -120,7 +121,7 @@ class PanelState:
     def failure(self) -> Optional[Dict[str, Any]]:
         """Reason and last log lines of a run that ended badly (or a rank's error while it runs)."""
         exit_info = self.summary.get("exit") or {}
-        if self.status == "failed" or (self.worker_errors and not self.done):
+        if self.status in ("failed", "lost") or (self.worker_errors and not self.done):
             return {"reason": exit_info.get("reason") or (self.worker_errors[0] if self.worker_errors else "failed"), "last_log_lines": exit_info.get("last_log_lines") or []}
         return None
 

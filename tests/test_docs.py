@@ -1,4 +1,5 @@
-"""docs/: the site builds in strict mode, and its generated pages match the CLI and the price catalog."""
+"""docs/: the site builds in strict mode, its generated pages match the CLI and the price catalog,
+the architecture page matches the code, and nothing a user reads links outside the repository."""
 from __future__ import annotations
 
 import csv
@@ -14,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOK = ROOT / "docs" / "hooks" / "cli_reference.py"
-PAGES = ["index", "quickstart", "concepts", "reference/magics", "reference/cli", "cost", "tuning", "deployment", "troubleshooting"]
+PAGES = ["index", "quickstart", "concepts", "architecture", "reference/magics", "reference/cli", "cost", "tuning", "deployment", "troubleshooting"]
 
 
 def _hook_module():
@@ -152,3 +153,61 @@ def test_hook_stops_the_build_with_a_clear_error_when_the_cli_does_not_import(mo
     monkeypatch.setitem(sys.modules, "gaudi_nb.cli", None)  # importing it now raises ImportError
     with pytest.raises(PluginError, match=r"cannot import the CLI \(gaudi_nb.cli.app\)"):
         hook.on_page_markdown("# CLI\n\n<!-- gaudi-nb:cli-reference -->\n", page=None, config=None, files=None)
+
+
+# -- what a reader of the repository can follow ---------------------------------------------------
+def _reader_files() -> List[Path]:
+    """README.md and every text file under docs/ (pages, hooks, styles)."""
+    docs = [p for p in sorted((ROOT / "docs").rglob("*")) if p.is_file() and "__pycache__" not in p.parts]
+    return [ROOT / "README.md", *docs]
+
+
+OUTSIDE = re.compile(r"\.\./shared|/work/shared|\bshared/(DESIGN|TESTING)\.md")
+
+
+def test_readme_and_docs_never_send_the_reader_into_shared():
+    """../shared/ is the team's workspace, not part of the project: a user who clones the repo does not have it."""
+    offenders = []
+    for path in _reader_files():
+        for number, line in enumerate(path.read_text(errors="replace").splitlines(), 1):
+            if OUTSIDE.search(line):
+                offenders.append(f"{path.relative_to(ROOT)}:{number}: {line.strip()}")
+    assert not offenders, "links into ../shared, which users do not have:\n" + "\n".join(offenders)
+
+
+def test_readme_links_lead_to_files_in_the_repository():
+    text = (ROOT / "README.md").read_text()
+    links = re.findall(r"\]\(([^)\s]+)\)", text)
+    assert "docs/architecture.md" in links, "README's 'How it works' links the architecture page"
+    for link in links:
+        if re.match(r"[a-z]+://|#|mailto:", link):
+            continue
+        target = (ROOT / link.split("#")[0]).resolve()
+        assert target.is_relative_to(ROOT), f"README links outside the repository: {link}"
+        assert target.exists(), f"README links a missing file: {link}"
+
+
+def _architecture() -> str:
+    return (ROOT / "docs" / "architecture.md").read_text()
+
+
+def test_architecture_page_names_every_event_type_and_run_state():
+    from gaudi_nb import events
+
+    page = _architecture()
+    missing = [t for t in events.EVENT_TYPES if f"`{t}`" not in page]
+    assert not missing, f"event types in gaudi_nb/events.py that docs/architecture.md does not describe: {missing}"
+    states = {"pending", "starting", "running", "stopping", *getattr(events, "ACTIVE_STATUSES", ()), *events.TERMINAL_STATUSES, "lost"}
+    line = "pending → starting → running → succeeded | failed | stopped | budget_exceeded | lost"
+    assert line in page
+    for state in sorted(states):
+        assert f"| `{state}` |" in page, f"run state {state} has no row in the states table"
+
+
+def test_architecture_page_has_a_room_for_every_part_of_the_package():
+    page = _architecture()
+    rooms = page[page.index("## Rooms"):page.index("## Fixed points")]
+    parts = sorted(p.name + ("/" if p.is_dir() else "") for p in (ROOT / "gaudi_nb").iterdir() if p.name != "__pycache__" and (p.suffix == ".py" or p.is_dir()))
+    assert "api.py" in parts and "notebook/" in parts
+    missing = [p for p in parts if f"`gaudi_nb/{p}`" not in rooms and f"`{p}`" not in rooms]
+    assert not missing, f"parts of gaudi_nb/ without a row in docs/architecture.md's rooms table: {missing}"

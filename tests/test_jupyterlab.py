@@ -1,8 +1,13 @@
-"""Issue 3's browser acceptance: real JupyterLab, Debian Chromium driven by Playwright, the quickstart's live panel and the launcher."""
+"""Browser acceptance: real JupyterLab, Debian Chromium driven by Playwright.
+
+Issue 3: the quickstart's live panel and the launcher. Issue 7: the quickstart as shipped, under
+Run → Run All Cells, ends with the finished run's numbers and words, never None.
+"""
 from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import shutil
 import socket
@@ -54,6 +59,8 @@ def lab(tmp_path_factory):
     shutil.copy(REPO / "notebooks" / "01_quickstart.ipynb", root)
     # long enough to still be training while the test looks; a price and budget so the meter has numbers
     set_parameters(root / "01_quickstart.ipynb", max_steps=160, price_per_hour=13.11, budget_usd=2.0)
+    # the quickstart exactly as it ships (2 CPU ranks, 30 steps, no price): what a newcomer runs
+    shutil.copy(REPO / "notebooks" / "01_quickstart.ipynb", root / "quickstart_as_shipped.ipynb")
     add_notebook(root / "launcher.ipynb", "import gaudi_nb\ngaudi_nb.launcher(devices=1, max_steps=12, price_per_hour=13.11, budget_usd=1.0)")
     port, token = free_port(), secrets.token_hex(8)
     env = {**os.environ, "GAUDI_NB_HOME": str(home), "JUPYTER_CONFIG_DIR": str(root / ".jupyter_config")}
@@ -96,8 +103,8 @@ def browser():
         b.close()
 
 
-def open_notebook(browser, lab, name):
-    page = browser.new_page(viewport={"width": 1400, "height": 1500})
+def open_notebook(browser, lab, name, height=1500):
+    page = browser.new_page(viewport={"width": 1400, "height": height})
     failed = []
     page.on("requestfailed", lambda r: failed.append((r.resource_type, r.url, r.failure)))
     # a workspace per notebook, so tabs another test left open are not restored beside it
@@ -145,8 +152,8 @@ def pages(browser, lab, request):
     """Pages opened by a test; one the test did not close (it failed before its end) leaves a screenshot."""
     opened = []
 
-    def open_(name):
-        page, failed = open_notebook(browser, lab, name)
+    def open_(name, height=1500):
+        page, failed = open_notebook(browser, lab, name, height)
         opened.append(page)
         return page, failed
 
@@ -171,7 +178,13 @@ def test_quickstart_panel_is_live_and_the_kernel_stays_free(pages, lab):
     assert second > first, f"the step counter did not advance: {first} then {second}"
     assert int(step.get_attribute("data-max-steps")) == 160
 
-    # every cell of Run All has finished while the run goes on: the kernel is free
+    # Run All has reached the cell that waits for the run: the panel goes on updating beside it
+    page.locator(".jp-OutputArea-output", has_text="to end (the panel above stays live)").wait_for(timeout=60_000)
+    waiting = step_of(step)
+    time.sleep(3)
+    assert step_of(step) > waiting, "the panel stopped updating while a cell waited for the run"
+    # as the notebook says: interrupting the kernel ends the wait, the run goes on, the kernel is free
+    menu(page, "Kernel", "Interrupt Kernel")
     page.wait_for_selector(".jp-Notebook-ExecutionIndicator[data-status='idle']", timeout=60_000)
     last = page.locator(".jp-Notebook .jp-CodeCell").last
     last.click()
@@ -185,7 +198,7 @@ def test_quickstart_panel_is_live_and_the_kernel_stays_free(pages, lab):
     elapsed = time.monotonic() - started
     assert elapsed < 5, f"a trivial cell took {elapsed:.1f} s while the panel was live"
     still = step_of(step)
-    assert still < 160, "the run had already finished: the cell did not run beside a live panel"
+    assert still < 160, "the run had already finished: the interrupt did not leave it running beside a free kernel"
     time.sleep(2)
     assert step_of(step) > still, "the panel stopped updating after another cell ran"
 
@@ -204,6 +217,53 @@ def test_quickstart_panel_is_live_and_the_kernel_stays_free(pages, lab):
     page.wait_for_selector(".gaudi-nb-panel .gaudi-nb-status[data-status='stopped']", timeout=120_000)
     page.screenshot(path=str(SCREENSHOTS / "jupyterlab_quickstart_stopped.png"))
     scripts = [f for f in failed if f[0] == "script" or f[1].split("?")[0].endswith((".js", ".mjs"))]
+    assert not scripts, f"scripts failed to load: {scripts}"
+    page.close()
+
+
+# what a newcomer must never read where a number or a word belongs
+NONE_SHOWN = re.compile(r"\bNone\b")
+
+
+def all_cells_ran(page, timeout=240_000):
+    """Run All has finished: every code cell has an execution count, and the kernel is idle."""
+    page.wait_for_function(
+        """() => {
+            const prompts = [...document.querySelectorAll('.jp-Notebook .jp-CodeCell .jp-InputPrompt')];
+            const indicator = document.querySelector('.jp-Notebook-ExecutionIndicator');
+            return prompts.length > 0 && prompts.every(p => /\\[\\d+\\]/.test(p.textContent))
+                && indicator && indicator.dataset.status === 'idle';
+        }""",
+        timeout=timeout,
+    )
+
+
+def test_quickstart_run_all_shows_the_finished_run_in_numbers_and_words(pages, lab, tmp_path):
+    """Issue 7: a newcomer presses Run All on the quickstart as shipped and reads the finished run, not None."""
+    page, failed = pages("quickstart_as_shipped.ipynb", height=3400)  # tall enough to show every cell at once
+    run_all(page)
+    all_cells_ran(page)
+    page.wait_for_selector(".gaudi-nb-panel .gaudi-nb-status[data-status='succeeded']", timeout=30_000)
+    time.sleep(1)  # the last widget updates and stream flushes settle
+    page.locator(".jp-Notebook .jp-Cell").first.scroll_into_view_if_needed()
+    shot = tmp_path / "quickstart_run_all.png"
+    page.screenshot(path=str(shot))
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    shutil.copy(shot, SCREENSHOTS / "jupyterlab_quickstart_run_all.png")
+
+    outputs = [o.text_content() for o in page.locator(".jp-Notebook .jp-CodeCell .jp-OutputArea-output").all()]
+    text = "\n".join(outputs)
+    assert "Traceback" not in text and "Error" not in text, text[-3000:]
+    shown = [line for line in text.splitlines() if NONE_SHOWN.search(line)]
+    assert not shown, f"outputs show None where a number or a word belongs: {shown}"
+    # the metrics cell read the run after it ended: final numbers, and words for what is not known
+    assert re.search(r": succeeded, step 30/30\b", text), text[-3000:]
+    assert re.search(r"\bcpu × 2 \(\w+", text), text[-3000:]
+    assert re.search(r"loss \d+\.\d{3} → \d+\.\d{3}", text), text[-3000:]
+    assert re.search(r"throughput [\d,]+ tokens/s", text), text[-3000:]
+    assert "cost unknown: no price per hour was given" in text  # no price in the notebook as shipped: unknown, not None or $0
+    assert "{'status': 'succeeded', 'all steps done': True, 'loss went down': True}" in text
+    scripts = [f for f in failed if f[0] == "script"]
     assert not scripts, f"scripts failed to load: {scripts}"
     page.close()
 

@@ -117,7 +117,7 @@ def print_record(record: Dict[str, Any], console: Console = out) -> None:
         ("run", record["run_id"]),
         ("status", record["status"]),
         ("steps", f"{record['steps_completed']}/{record.get('max_steps')}"),
-        ("accelerator", f"{record.get('accelerator')} × {record.get('device_count')} ({record.get('precision')}, {record.get('trainer')})"),
+        ("accelerator", accelerator_line(record)),
         ("loss", f"{_num(m.get('first_loss'))} → {_num(m.get('final_loss'))}"),
         ("eval loss", _num(m.get("eval_loss"))),
         ("throughput", f"{m['tokens_per_second']:,.0f} tokens/s (warmup left out)" if m.get("tokens_per_second") else "unknown"),
@@ -135,6 +135,15 @@ def print_record(record: Dict[str, Any], console: Console = out) -> None:
     if record["status"] == "failed" and exit_info.get("last_log_lines"):
         console.print(Text("last log lines:", style="dim"))
         console.print(Text("\n".join(exit_info["last_log_lines"])))
+
+
+def accelerator_line(record: Dict[str, Any]) -> str:
+    """cpu × 2 (fp32, transformers, eager), or what is known before the ranks start."""
+    if record.get("device_count") is None:
+        where = record.get("accelerator")
+        return f"{where}: ranks not started yet" if where else "not started yet"
+    details = ", ".join(str(v) for v in (record.get("precision"), record.get("trainer"), record.get("execution_mode")) if v)
+    return f"{record.get('accelerator')} × {record.get('device_count')} ({details})"
 
 
 def cost_line(cost: Dict[str, Any]) -> str:

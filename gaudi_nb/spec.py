@@ -80,7 +80,7 @@ class RunSpec(BaseModel):
     seed: int = Field(42, ge=0)
     trainer: TrainerName = Field("auto", description="auto picks optimum-habana where Gaudi software is present")
     launcher: LauncherName = Field("auto", description="auto picks torchrun (one node) or deepspeed (several Gaudi nodes)")
-    lazy_mode: bool = Field(True, description="HPU lazy mode (PT_HPU_LAZY_MODE=1); eager otherwise")
+    lazy_mode: bool = Field(False, description="HPU lazy mode (PT_HPU_LAZY_MODE=1, the legacy path); by default eager mode with torch.compile, Intel's default since Gaudi software 1.21")
     warmup_steps: int = Field(3, ge=0, description="first steps left out of throughput and cost per token")
     eval_steps: Optional[int] = Field(None, ge=1, description="evaluate every N steps on held-out data")
     save_steps: Optional[int] = Field(None, ge=1, description="checkpoint every N steps (a final checkpoint is always saved)")

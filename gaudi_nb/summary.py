@@ -23,6 +23,7 @@ def empty_summary(run_id: str) -> Dict[str, Any]:
         "device_count": None,
         "trainer": None,
         "precision": None,
+        "execution_mode": None,  # eager | eager+compile | lazy (HPU)
         "launcher": None,
         "steps_completed": 0,
         "max_steps": None,
@@ -96,7 +97,7 @@ def _apply(s: Dict[str, Any], e: Dict[str, Any]) -> None:
         s["cost"].update(price_per_hour=e.get("price_per_hour"), price_source=e.get("price_source"), nodes=spec.get("nodes", 1), budget_usd=spec.get("budget_usd"))
     elif kind == "worker_start":
         if e.get("rank") == 0:
-            s.update(trainer=e.get("trainer"), precision=e.get("precision"), accelerator=e.get("accelerator"), device_count=e.get("world_size"))
+            s.update(trainer=e.get("trainer"), precision=e.get("precision"), accelerator=e.get("accelerator"), device_count=e.get("world_size"), execution_mode=e.get("execution_mode"))
     elif kind == "step":
         m = s["metrics"]
         step = int(e["step"])

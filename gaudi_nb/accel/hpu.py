@@ -30,7 +30,8 @@ class HPU:
 
     def mark_step(self) -> None:
         # In lazy mode the graph runs only at a mark_step; eager mode needs none.
-        if os.environ.get("PT_HPU_LAZY_MODE", "1") == "1":
+        # Unset means eager: Intel's default since Gaudi software 1.21.
+        if os.environ.get("PT_HPU_LAZY_MODE", "0") == "1":
             import habana_frameworks.torch.core as htcore
 
             htcore.mark_step()

@@ -222,7 +222,7 @@ def header_html(state: PanelState) -> str:
     max_steps = state.max_steps
     acc = s.get("accelerator")
     device = f"{acc} × {s.get('device_count') or '?'}" if acc else "starting…"
-    extras = ", ".join(str(v) for v in (s.get("precision"), s.get("trainer")) if v)
+    extras = ", ".join(str(v) for v in (s.get("precision"), s.get("trainer"), s.get("execution_mode")) if v)
     eta = state.eta_seconds()
     pct = min(100.0, 100.0 * state.step / max_steps) if max_steps else 0.0
     return (

@@ -55,9 +55,21 @@ def patch_trainer_off_hpu(trainer: Any) -> None:
     oh_trainer.get_hpu_memory_stats = lambda *args, **kwargs: {}
 
 
+def adapt_transformers_to_gaudi() -> None:
+    """optimum-habana's own adaptation of transformers, run before any model is built (HPU only:
+    its imports need habana_frameworks, so it cannot run elsewhere)."""
+    import_optimum_habana()
+    from optimum.habana.transformers.modeling_utils import adapt_transformers_to_gaudi as adapt
+
+    adapt()
+
+
 def patch_model_off_hpu(model: Any) -> None:
-    """Why: optimum-habana's Llama forward reads Gaudi-only generation_config flags
-    (bf16 softmax, fused SDPA / flash attention) that default to HPU kernels."""
+    """Why: GaudiTrainer reads Gaudi-only flags from model.generation_config (attn_softmax_bf16 for
+    Llama, Qwen2 and Gemma; the fused-SDPA and flash-attention flags in their forward). On HPU they
+    exist because adapt_transformers_to_gaudi() ran before the model was built and swapped in
+    GaudiGenerationConfig (see trainers.prepare_transformers); off HPU that function cannot be
+    imported, so the stock config gets the flags here, set off (they select HPU kernels)."""
     config = getattr(model, "generation_config", None)
     if config is None:
         return

@@ -15,7 +15,7 @@ from .callback import EventCallback
 from .data import BlockDataset, pack, read_texts, split_blocks
 from .models import build_model_and_tokenizer
 from .rank import rank_info, report_error
-from .trainers import TrainerInputs, build_trainer, pick_trainer
+from .trainers import TrainerInputs, build_trainer, execution_mode, pick_trainer, prepare_transformers
 
 
 def resolve_precision(requested: str, accelerator: Any) -> str:
@@ -42,6 +42,7 @@ def train(run_dir: Path, *, writer: Optional[BackgroundEventWriter] = None, extr
         writer = BackgroundEventWriter(folder.events, run["run_id"], node=run.get("node", "local"), rank=rank)
 
     texts = read_texts(spec.dataset)
+    prepare_transformers(trainer_name, accelerator.name)  # before any model exists (see its docstring)
     model, tokenizer = build_model_and_tokenizer(spec, texts)
     blocks = pack(texts, tokenizer, spec.sequence_length)
     if not blocks:
@@ -58,6 +59,7 @@ def train(run_dir: Path, *, writer: Optional[BackgroundEventWriter] = None, extr
         precision=precision,
         precision_chosen_by="spec" if spec.precision != "auto" else f"default for {accelerator.name}",
         trainer=trainer_name,
+        execution_mode=execution_mode(accelerator.name, spec.lazy_mode),
         parameters=parameters,
         train_sequences=len(train_blocks),
         eval_sequences=len(eval_blocks),

@@ -58,7 +58,7 @@ def _common_arguments(inputs: TrainerInputs) -> Dict[str, Any]:
 def transformers_trainer(inputs: TrainerInputs) -> Any:
     from transformers import Trainer, TrainingArguments
 
-    arguments = _common_arguments(inputs)
+    arguments = {**_common_arguments(inputs), **_hpu_mode_arguments(inputs)}
     return Trainer(
         model=inputs.model,
         args=TrainingArguments(**arguments),
@@ -66,6 +66,37 @@ def transformers_trainer(inputs: TrainerInputs) -> Any:
         eval_dataset=inputs.eval_dataset,
         callbacks=inputs.callbacks,
     )
+
+
+def execution_mode(accelerator: str, lazy_mode: bool) -> str:
+    """How the graph runs: Intel's default since Gaudi software 1.21 is eager mode with torch.compile;
+    lazy mode (PT_HPU_LAZY_MODE=1) is the legacy option. Off HPU there is only eager."""
+    if accelerator != "hpu":
+        return "eager"
+    return "lazy" if lazy_mode else "eager+compile"
+
+
+def _hpu_mode_arguments(inputs: TrainerInputs) -> Dict[str, Any]:
+    """TrainingArguments for the HPU execution mode (both trainers read torch_compile the same way)."""
+    if execution_mode(inputs.accelerator, inputs.lazy_mode) != "eager+compile":
+        return {}
+    return {"torch_compile": True, "torch_compile_backend": "hpu_backend"}
+
+
+def optimum_habana_arguments(inputs: TrainerInputs) -> Dict[str, Any]:
+    """GaudiTrainingArguments' keywords: on HPU, bf16 comes from GaudiConfig's autocast, not the Trainer's AMP."""
+    on_hpu = inputs.accelerator == "hpu"
+    arguments = _common_arguments(inputs)
+    arguments.update(
+        use_habana=on_hpu,
+        use_lazy_mode=on_hpu and inputs.lazy_mode,
+        throughput_warmup_steps=inputs.warmup_steps,
+        **_hpu_mode_arguments(inputs),
+    )
+    if on_hpu:
+        arguments["bf16"] = False
+        arguments.pop("ddp_backend")
+    return arguments
 
 
 def optimum_habana_trainer(inputs: TrainerInputs) -> Any:
@@ -77,22 +108,12 @@ def optimum_habana_trainer(inputs: TrainerInputs) -> Any:
         use_fused_clip_norm=on_hpu,
         use_torch_autocast=on_hpu and inputs.precision == "bf16",
     )
-    arguments = _common_arguments(inputs)
-    arguments.update(
-        use_habana=on_hpu,
-        use_lazy_mode=on_hpu and inputs.lazy_mode,
-        throughput_warmup_steps=inputs.warmup_steps,
-    )
-    if on_hpu:
-        # On HPU bf16 comes from GaudiConfig's autocast, not from the Trainer's AMP.
-        arguments["bf16"] = False
-        arguments.pop("ddp_backend")
-    else:
+    if not on_hpu:
         compat.patch_model_off_hpu(inputs.model)
     trainer = oh.GaudiTrainer(
         model=inputs.model,
         gaudi_config=gaudi_config,
-        args=oh.GaudiTrainingArguments(**arguments),
+        args=oh.GaudiTrainingArguments(**optimum_habana_arguments(inputs)),
         train_dataset=inputs.train_dataset,
         eval_dataset=inputs.eval_dataset,
         callbacks=inputs.callbacks,
@@ -100,6 +121,18 @@ def optimum_habana_trainer(inputs: TrainerInputs) -> Any:
     if not on_hpu:
         compat.patch_trainer_off_hpu(trainer)
     return trainer
+
+
+def prepare_transformers(trainer: str, accelerator: str) -> None:
+    """What must happen before any model is built.
+
+    GaudiTrainer on HPU needs adapt_transformers_to_gaudi() first: it swaps transformers'
+    GenerationConfig for GaudiGenerationConfig (whose flags GaudiTrainer reads for Llama,
+    Qwen2 and Gemma models) and patches classes such as GPT-2's attention. A model built
+    before it keeps the stock config and GaudiTrainer fails at its first step.
+    """
+    if trainer == "optimum-habana" and accelerator == "hpu":
+        compat.adapt_transformers_to_gaudi()
 
 
 trainers: Registry = Registry("trainer")

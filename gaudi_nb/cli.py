@@ -74,7 +74,7 @@ def progress_line(record: Dict[str, Any]) -> Text:
 def phase(record: Dict[str, Any]) -> str:
     """The status, with what a running run is doing between its events."""
     status = record["status"]
-    if status == "running" and record["steps_completed"] == 0:
+    if status == "starting" or (status == "running" and record["steps_completed"] == 0):
         return "starting ranks"
     if status == "running" and record["steps_completed"] >= (record.get("max_steps") or 1 << 62):
         return "saving the final checkpoint"

@@ -73,7 +73,8 @@ def _apply(s: Dict[str, Any], e: Dict[str, Any]) -> None:
     if kind == "run_start":
         spec = e.get("spec") or {}
         s.update(
-            status="running",
+            # the agent is up; the run is running once a rank has started (a batch notebook runs at once)
+            status="running" if e.get("kind") == "batch" else "starting",
             spec=spec,
             name=spec.get("name"),
             target=spec.get("target"),
@@ -96,9 +97,13 @@ def _apply(s: Dict[str, Any], e: Dict[str, Any]) -> None:
             )
         s["cost"].update(price_per_hour=e.get("price_per_hour"), price_source=e.get("price_source"), nodes=spec.get("nodes", 1), budget_usd=spec.get("budget_usd"))
     elif kind == "worker_start":
+        if s["status"] == "starting":
+            s["status"] = "running"
         if e.get("rank") == 0:
             s.update(trainer=e.get("trainer"), precision=e.get("precision"), accelerator=e.get("accelerator"), device_count=e.get("world_size"), execution_mode=e.get("execution_mode"))
     elif kind == "step":
+        if s["status"] == "starting":  # a script run whose rank 0 started silently
+            s["status"] = "running"
         m = s["metrics"]
         step = int(e["step"])
         s["steps_completed"] = max(s["steps_completed"], step)
@@ -122,7 +127,7 @@ def _apply(s: Dict[str, Any], e: Dict[str, Any]) -> None:
     elif kind in ("cell", "result"):
         _apply_batch(s, e)
     elif kind == "stop_requested":
-        if s["status"] == "running":
+        if s["status"] in ("starting", "running"):
             s["status"] = "stopping"
     elif kind == "run_end":
         s["status"] = e.get("status", "failed")

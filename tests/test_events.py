@@ -45,3 +45,21 @@ def test_tailer_stops_at_run_end(tmp_path):
     writer.emit("log", message="after the end")
     seen = [e["type"] for e in Tailer(path, poll_s=0.01).follow(timeout=5)]
     assert seen == ["step", "run_end"]
+
+
+def test_run_states_follow_the_design_pending_starting_running_stopping_end():
+    from gaudi_nb.events import make_event
+    from gaudi_nb.summary import empty_summary, fold
+
+    s = empty_summary("r")
+    assert s["status"] == "pending"
+    s = fold(s, [make_event("run_start", "r", spec={"max_steps": 5})])
+    assert s["status"] == "starting"  # the agent is up, no rank yet
+    s = fold(s, [make_event("worker_start", "r", rank=1, pid=7)])
+    assert s["status"] == "running"
+    s = fold(s, [make_event("stop_requested", "r", reason="stopped")])
+    assert s["status"] == "stopping"
+    s = fold(s, [make_event("run_end", "r", status="lost", reason="agent gone")])
+    assert s["status"] == "lost" and s["exit"]["reason"] == "agent gone"
+    s = fold(s, [make_event("run_end", "r", status="stopped", reason="stopped on request after its agent was lost")])
+    assert s["status"] == "stopped"  # a stop after lost is recorded after it

@@ -16,6 +16,7 @@ PLOT_POINTS = 400
 UPDATE_INTERVAL_S = 0.5
 STATUS_COLOURS = {
     "pending": "#888",
+    "starting": "#64b5f6",
     "running": "#1976d2",
     "stopping": "#f39c12",
     "succeeded": "#2e7d32",

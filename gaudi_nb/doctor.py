@@ -1,13 +1,30 @@
-"""What this machine can run: accelerator, software versions, telemetry sources, and how to get what is missing."""
+"""What this machine can run: accelerator, software versions, telemetry sources, and how to get what is missing.
+
+On a Gaudi node it also reports what decides whether a run will work there: the driver and
+firmware, the Gaudi PyTorch plugin against the release optimum-habana was validated with,
+lazy or eager mode, which modules are free, Intel's DeepSpeed fork, and hugepages.
+"""
 from __future__ import annotations
 
+import ast
 import importlib.metadata
+import importlib.util
+import os
 import platform
+import re
 import shutil
-from typing import Any, Dict, List, Optional
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from . import paths
 from .accel import detect_name
+
+# Intel's Kubernetes jobs for Gaudi request 2 MiB hugepages in every pod (hugepages-2Mi: 95000Mi in
+# docs.habana.ai's "Running Kubernetes Workloads with Gaudi"; no minimum is stated), so a pod
+# without any is flagged; outside Kubernetes the amount is only reported.
+K8S_HUGEPAGES_MIB = 95000
+
+Check = Callable[..., None]
 
 
 def _version(dist: str) -> Optional[str]:
@@ -17,7 +34,111 @@ def _version(dist: str) -> Optional[str]:
         return None
 
 
+def validated_synapse_version() -> Optional[str]:
+    """optimum-habana's CURRENTLY_VALIDATED_SYNAPSE_VERSION ("1.24.0" in 1.21.2), read from the
+    source of optimum/habana/utils/misc.py without importing it: importing optimum.habana runs its
+    __init__, which fails without the Gaudi plugin (see worker/compat.py)."""
+    spec = importlib.util.find_spec("optimum")
+    if spec is None or spec.submodule_search_locations is None:
+        return None
+    for base in spec.submodule_search_locations:
+        path = Path(base) / "habana" / "utils" / "misc.py"
+        if path.is_file():
+            return parse_validated_version(path.read_text())
+    return None
+
+
+def parse_validated_version(source: str) -> Optional[str]:
+    for node in ast.walk(ast.parse(source)):
+        if not isinstance(node, ast.Assign) or not any(
+            isinstance(t, ast.Name) and t.id == "CURRENTLY_VALIDATED_SYNAPSE_VERSION" for t in node.targets
+        ):
+            continue
+        value = node.value
+        if isinstance(value, ast.Call) and value.args:  # version.parse("1.24.0")
+            value = value.args[0]
+        if isinstance(value, ast.Constant) and isinstance(value.value, str):
+            return value.value
+    return None
+
+
+def same_release(found: Optional[str], validated: Optional[str]) -> bool:
+    """optimum-habana's own rule (check_synapse_version): major and minor must match."""
+    def major_minor(text: Optional[str]) -> Optional[tuple]:
+        match = re.match(r"\s*v?(\d+)\.(\d+)", text or "")
+        return (int(match.group(1)), int(match.group(2))) if match else None
+
+    return major_minor(found) is not None and major_minor(found) == major_minor(validated)
+
+
+def execution_mode(environ: Mapping[str, str]) -> str:
+    """PT_HPU_LAZY_MODE as the Gaudi plugin reads it: unset means 0 (eager) since Gaudi software 1.21."""
+    value = environ.get("PT_HPU_LAZY_MODE")
+    if value is None or value.strip() == "":
+        return "eager with torch.compile (PT_HPU_LAZY_MODE unset, which means 0 since Gaudi software 1.21)"
+    if value.strip() == "1":
+        return "lazy (PT_HPU_LAZY_MODE=1, the legacy mode)"
+    return f"eager with torch.compile (PT_HPU_LAZY_MODE={value.strip()})"
+
+
+def hugepages_mib(meminfo: str) -> Optional[float]:
+    """HugePages_Total × Hugepagesize from /proc/meminfo, in MiB."""
+    total = re.search(r"^HugePages_Total:\s*(\d+)", meminfo, re.M)
+    size = re.search(r"^Hugepagesize:\s*(\d+)\s*kB", meminfo, re.M)
+    if not total or not size:
+        return None
+    return int(total.group(1)) * int(size.group(1)) / 1024
+
+
+def gaudi_checks(check: Check, on_gaudi: bool, state: Any, validated: Optional[str], environ: Mapping[str, str], meminfo: str) -> None:
+    """The rows that decide whether a Gaudi run will work; off Gaudi they say there is no card."""
+    from .launch.deepspeed_fork import FORK_PIP, deepspeed_install
+
+    no_card = "no Gaudi card here"
+    against = f"optimum-habana was validated with Intel Gaudi software {validated}" if validated else "optimum-habana is not installed"
+    if state is not None:
+        driver = state.driver_version
+        check("Gaudi driver", driver or "not in hl-smi's output", driver is not None and (validated is None or same_release(driver, validated)),
+              f"{against}, this driver is {driver}: install the driver and software of one release (Intel's support matrix)")
+        check("Gaudi firmware", state.firmware_version or "not in hl-smi's output", state.firmware_version is not None,
+              "hl-smi --fw-versions shows each component; update it with the driver (Intel's firmware update guide)")
+        busy = ", ".join(f"{m} (pid {','.join(str(p) for p in pids)})" for m, pids in sorted(state.busy.items()))
+        free = ",".join(str(m) for m in state.free) or "none"
+        check("free Gaudi modules", f"{free} of {','.join(str(m) for m in state.present)}" + (f"; busy: {busy}" if busy else ""),
+              bool(state.free), "every card is held by another process: wait for it to end (hl-smi lists them)")
+    elif on_gaudi:
+        for name in ("Gaudi driver", "Gaudi firmware", "free Gaudi modules"):
+            check(name, "hl-smi did not answer", False, "hl-smi comes with the Gaudi driver: run it in a terminal to see why")
+    else:
+        for name in ("Gaudi driver", "Gaudi firmware", "free Gaudi modules"):
+            check(name, no_card, True)
+    check("HPU execution mode", execution_mode(environ) if on_gaudi else f"{no_card} (runs set PT_HPU_LAZY_MODE from lazy_mode)", True)
+
+    deepspeed = deepspeed_install()
+    if on_gaudi:
+        fork_ok = deepspeed.fork and (validated is None or deepspeed.synapse is None or same_release(deepspeed.synapse, validated))
+        why = ("needed for runs on several Gaudi nodes (launcher deepspeed)" if deepspeed.version is None else
+               "Intel does not support public DeepSpeed on Gaudi" if not deepspeed.fork else
+               f"this fork is for Gaudi software {deepspeed.synapse}, {against}")
+        check("DeepSpeed", deepspeed.describe(), fork_ok, f"{why}: {FORK_PIP}")
+    else:
+        check("DeepSpeed", deepspeed.describe() + " (Intel's fork is needed only on Gaudi)", True)
+
+    mib = hugepages_mib(meminfo)
+    found = "unknown (no /proc/meminfo)" if mib is None else f"{mib:,.0f} MiB"
+    in_k8s = bool(environ.get("KUBERNETES_SERVICE_HOST"))
+    if on_gaudi and in_k8s:
+        check("hugepages", found, mib is not None and mib > 0,
+              f"Intel's Kubernetes jobs for Gaudi request 2 MiB hugepages (hugepages-2Mi: {K8S_HUGEPAGES_MIB}Mi in its guide): "
+              "add them to the pod's resources.limits")
+    elif on_gaudi:
+        check("hugepages", f"{found} (Intel's Kubernetes jobs ask for them; elsewhere shown for information)", True)
+    else:
+        check("hugepages", f"{found} ({no_card}: not needed)", True)
+
+
 def report() -> Dict[str, Any]:
+    from .launch.modules import read_module_state
     from .telemetry.base import SOURCE_ORDER, telemetry_sources
 
     checks: List[Dict[str, Any]] = []
@@ -28,6 +149,7 @@ def report() -> Dict[str, Any]:
     accelerator = detect_name()
     check("accelerator", accelerator, accelerator == "hpu", "no Gaudi card here: runs use CPU (reported as CPU); on a Gaudi node use Intel's PyTorch image")
     check("python", platform.python_version(), True)
+    validated = validated_synapse_version()
     for dist, _extra, hint in (
         ("torch", None, "pip install torch"),
         ("transformers", None, "pip install 'transformers>=4.55,<4.56'"),
@@ -41,8 +163,17 @@ def report() -> Dict[str, Any]:
         ("papermill", "notebook", "pip install 'gaudi_nb[notebook]' (batch notebooks)"),
     ):
         found = _version(dist)
-        check(dist, found or "missing", found is not None, hint)
+        ok = found is not None
+        if dist == "habana-torch-plugin" and found is not None and validated is not None and not same_release(found, validated):
+            ok, hint = False, f"optimum-habana was validated with Intel Gaudi software {validated}: use Intel's {validated} image or installer"
+        check(dist, found or "missing", ok, hint)
     check("hl-smi", shutil.which("hl-smi") or "missing", shutil.which("hl-smi") is not None, "installed with the Habana driver on Gaudi nodes")
+    state = read_module_state()
+    try:
+        meminfo = Path("/proc/meminfo").read_text()
+    except OSError:
+        meminfo = ""
+    gaudi_checks(check, accelerator == "hpu" or state is not None, state, validated, os.environ, meminfo)
     available = [name for name in SOURCE_ORDER if telemetry_sources.get(name).available()]
     check("telemetry source", available[0] if available else "none", bool(available), "psutil missing")
     check("GAUDI_NB_HOME", str(paths.home()), True)

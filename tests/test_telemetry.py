@@ -35,6 +35,7 @@ from gaudi_nb.telemetry import (
     telemetry_sources,
 )
 from gaudi_nb.telemetry.hlml import LIBHLML
+from gaudi_nb.telemetry.hlsmi import QUERY_FIELDS, hlsmi_command
 from gaudi_nb.telemetry.prometheus import MetricsExporter
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -61,22 +62,35 @@ def test_sample_round_trips_through_json() -> None:
 
 
 def test_both_hlsmi_forms_parse_to_the_same_samples() -> None:
+    # the fixtures were recorded with the old query, which asked for `timestamp` first
     with_units = parse_hlsmi_csv((FIXTURES / "hlsmi_units.csv").read_text())
-    no_units = parse_hlsmi_csv((FIXTURES / "hlsmi_nounits.csv").read_text())
+    no_units = parse_hlsmi_csv((FIXTURES / "hlsmi_nounits.csv").read_text(), fields=["timestamp", *QUERY_FIELDS])
     assert len(with_units) == 8
     assert with_units == no_units
     third = with_units[2]
-    assert (third.index, third.kind, third.label) == (2, "hpu", "hpu 2")
+    # device index 2 is module 0: labelled as HABANA_VISIBLE_MODULES numbers it
+    assert (third.index, third.module_id, third.kind, third.label) == (2, 0, "hpu", "hpu 0")
     assert third.utilization_pct == 100.0
     assert third.memory_used_bytes == 98304 * MIB
     assert third.memory_total_bytes == 131072 * MIB
     assert third.power_w == 512.0
     assert third.temperature_c == 55.0
+    assert sorted(d.label for d in with_units) == [f"hpu {m}" for m in range(8)]
+
+
+def test_the_query_no_longer_asks_for_the_timestamp() -> None:
+    # its format is undocumented: a comma in it ("Tue, Jan 14") would shift every column after it
+    assert "timestamp" not in QUERY_FIELDS and "timestamp" not in hlsmi_command()[2]
+    assert hlsmi_command()[2].split(",")[:2] == ["index", "module_id"]
+    shifted = "Tue, Jan 14 10:00:00 2025, 0, 3, 35, 512, 131072, 98, 31\n"
+    with pytest.raises(GaudiNbError, match="columns"):
+        parse_hlsmi_csv(shifted, fields=["timestamp", *QUERY_FIELDS])
 
 
 def test_nounits_follows_the_query_order_and_unknowns_stay_none() -> None:
     devices = parse_hlsmi_csv("3, 87, N/A\n", fields=["index", "utilization.aip", "power.draw"])
-    assert devices == [DeviceSample(3, "hpu", "hpu 3", 87.0, None, None, power_w=None)]
+    # no module_id column: the label names the index, marked as such
+    assert devices == [DeviceSample(3, "hpu", "hpu #3", 87.0, None, None, power_w=None)]
     assert parse_hlsmi_csv("") == []
     with pytest.raises(GaudiNbError, match="columns"):
         parse_hlsmi_csv("1, 2\n", fields=["index", "utilization.aip", "power.draw"])
@@ -111,7 +125,7 @@ def test_hlsmi_without_an_index_column_numbers_cards_by_row(form: str) -> None:
     # A header is known by its field names, so the header forms need no `fields`.
     fields = NO_INDEX_FIELDS if "noheader" in form else None
     devices = parse_hlsmi_csv(NO_INDEX_FORMS[form], fields=fields)
-    assert [(d.index, d.label) for d in devices] == [(0, "hpu 0"), (1, "hpu 1"), (2, "hpu 2")]
+    assert [(d.index, d.module_id, d.label) for d in devices] == [(0, 3, "hpu 3"), (1, 1, "hpu 1"), (2, 0, "hpu 0")]
     assert [d.utilization_pct for d in devices] == [35.0, 0.0, 100.0]
     assert [d.memory_used_bytes for d in devices] == [512 * MIB, 0, 98304 * MIB]
     assert {d.memory_total_bytes for d in devices} == {131072 * MIB}
@@ -125,15 +139,33 @@ def test_hlsmi_header_sets_the_columns_whatever_fields_say() -> None:
     assert [(d.index, d.temperature_c, d.memory_used_bytes) for d in devices] == [(5, 40.0, 1024 * MIB), (6, 41.0, None)]
 
 
+def _query_rows(fixture: str) -> str:
+    """The fixture's rows as today's query prints them (its first column was the timestamp)."""
+    return "".join(line.split(", ", 1)[1] + "\n" for line in (FIXTURES / fixture).read_text().splitlines() if line.strip())
+
+
 def test_hlsmi_source_runs_the_tool(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     # A stand-in hl-smi on PATH: the source's real subprocess path runs end to end.
-    tool = tmp_path / "hl-smi"
-    tool.write_text(f"#!/bin/sh\ncat '{FIXTURES / 'hlsmi_nounits.csv'}'\n")
-    tool.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
+    from test_launch import install_fake_hlsmi
+
+    install_fake_hlsmi(tmp_path, monkeypatch, query_csv=_query_rows("hlsmi_nounits.csv"))
     assert HlSmiSource.available()
     sample = HlSmiSource().sample()
     assert sample.source == "hl-smi" and len(sample.devices) == 8 and sample.host is not None
+    assert {d.module_id for d in sample.devices} == set(range(8))
+
+
+def test_a_two_card_run_shows_its_own_cards_by_module(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # HABANA_VISIBLE_MODULES=0,1 runs on the cards at index 2 and 1 of this node (modules 0 and 1):
+    # before, the panel called them by index and showed the six cards of other tenants too
+    from test_launch import install_fake_hlsmi
+
+    install_fake_hlsmi(tmp_path, monkeypatch, query_csv=_query_rows("hlsmi_nounits.csv"))
+    source = pick_source(prefer="hl-smi", modules="0,1")
+    devices = source.sample().devices
+    assert [(d.index, d.module_id, d.label) for d in devices] == [(1, 1, "hpu 1"), (2, 0, "hpu 0")]
+    source.set_modules(None)  # a run on the whole node: every card
+    assert len(source.sample().devices) == 8
 
 
 # --- library sources ------------------------------------------------------------------------
@@ -185,23 +217,53 @@ class FakeLibrary:
     def temperature(self, handle: int, sensor: int) -> int:
         return 50 + handle
 
+    def module_id(self, handle: int) -> int:
+        return {0: 5, 1: 4}[handle]  # index 0 is module 5, index 1 module 4
+
     hlmlDeviceGetCount = nvmlDeviceGetCount = count
     hlmlDeviceGetHandleByIndex = nvmlDeviceGetHandleByIndex = handle
     hlmlDeviceGetUtilizationRates = nvmlDeviceGetUtilizationRates = utilization
     hlmlDeviceGetMemoryInfo = nvmlDeviceGetMemoryInfo = memory
     hlmlDeviceGetPowerUsage = nvmlDeviceGetPowerUsage = power
     hlmlDeviceGetTemperature = nvmlDeviceGetTemperature = temperature
+    hlmlDeviceGetModuleID = module_id
 
 
 @pytest.mark.parametrize("module, source, kind", [(hlml, HlmlSource, "hpu"), (nvml, NvmlSource, "cuda")])
 def test_library_sources_convert_units(monkeypatch: pytest.MonkeyPatch, module: Any, source: Any, kind: str) -> None:
     monkeypatch.setattr(module, "_init", lambda: FakeLibrary())
     first, second = source().sample().devices
-    assert (first.kind, first.label, second.label) == (kind, f"{kind} 0", f"{kind} 1")
+    labels = ("hpu 5", "hpu 4") if kind == "hpu" else ("cuda 0", "cuda 1")  # Gaudi cards by module id
+    assert (first.kind, first.label, second.label) == (kind, *labels)
+    assert (first.index, second.index) == (0, 1)
     assert (first.utilization_pct, first.memory_used_bytes, first.memory_total_bytes) == (40.0, 1024, 4096)
     assert first.power_w == 412.5  # mW → W
     assert first.temperature_c == 50.0
     assert second.power_w is None and second.utilization_pct == 41.0  # one failed query hides nothing else
+
+
+def test_hlml_reports_only_the_runs_modules(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(hlml, "_init", lambda: FakeLibrary())
+    source = HlmlSource()
+    assert [d.module_id for d in source.sample().devices] == [5, 4]
+    source.set_modules([4])
+    assert [(d.index, d.module_id, d.label) for d in source.sample().devices] == [(1, 4, "hpu 4")]
+
+    class NoModuleIds(FakeLibrary):
+        def hlmlDeviceGetModuleID(self, handle: int) -> int:
+            raise RuntimeError("not supported")
+
+    monkeypatch.setattr(hlml, "_init", lambda: NoModuleIds())
+    source = HlmlSource()
+    source.set_modules([4])  # unknown modules are kept: better an extra card than a missing one
+    assert [(d.module_id, d.label) for d in source.sample().devices] == [(None, "hpu #0"), (None, "hpu #1")]
+
+
+def test_old_telemetry_events_without_module_ids_still_load() -> None:
+    old = {"t": 1.0, "source": "hl-smi", "host": None,
+           "devices": [{"index": 2, "kind": "hpu", "label": "hpu 2", "utilization_pct": 1.0,
+                        "memory_used_bytes": None, "memory_total_bytes": None}]}
+    assert Sample.from_dict(old).devices[0].module_id is None
 
 
 def test_pick_source_order_and_prefer(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -5,6 +5,8 @@ from typing import Dict, List, Mapping
 
 from ..errors import SpecError
 from ..spec import RunSpec
+from .cpus import check_cores_for_ranks, cpu_topology, mpirun_cores_per_process, mpirun_map_by
+from .deepspeed_fork import require_deepspeed_fork
 from .plan import LOOPBACK, LaunchContext, LaunchPlan, launch_env, launchers
 
 HOSTFILE = "hostfile"
@@ -21,25 +23,25 @@ def _one_node(spec: RunSpec, launcher: str) -> None:
 
 @launchers.register("torch.distributed.run")
 def build_torch_distributed_run(spec: RunSpec, worker: List[str], ctx: LaunchContext) -> LaunchPlan:
-    """``python -um torch.distributed.run --nproc_per_node=N <worker>``, DistributedRunner's single-node form."""
+    """``python -um torch.distributed.run --nproc_per_node=N --master_addr=A --master_port=P <worker>``:
+    DistributedRunner's single-node form, with the address and port it leaves out (without them
+    every such run on a node rendezvouses on 29500 and the second one fails)."""
     _one_node(spec, "torch.distributed.run")
-    argv = [ctx.python, "-um", "torch.distributed.run", f"--nproc_per_node={spec.devices}"] + worker
+    argv = [ctx.python, "-um", "torch.distributed.run", f"--nproc_per_node={spec.devices}",
+            f"--master_addr={ctx.master_addr}", f"--master_port={ctx.master_port}"] + worker
     return LaunchPlan(argv=argv, env=launch_env(spec, ctx), launcher="torch.distributed.run")
-
-
-def mpirun_cores_per_process(cpus: int, world_size: int) -> int:
-    """Cores bound to each rank: DistributedRunner's ``cores // world_size``, but never 0
-    (it yields 0 when a host has fewer cores than ranks, and mpirun rejects ``PE=0``)."""
-    return max(1, cpus // max(1, world_size))
 
 
 @launchers.register("mpirun")
 def build_mpirun(spec: RunSpec, worker: List[str], ctx: LaunchContext) -> LaunchPlan:
-    """``mpirun -n N --bind-to core --map-by socket:PE=<cores/N> --rank-by slot --report-bindings
-    --allow-run-as-root python <worker>``; like DistributedRunner, MASTER_ADDR/PORT go in the environment."""
+    """``mpirun -n N --bind-to core --map-by socket:PE=<cores> --rank-by slot --report-bindings
+    --allow-run-as-root python <worker>``, PE counted in physical cores (see cpus.py); like
+    DistributedRunner, MASTER_ADDR/PORT go in the environment."""
     _one_node(spec, "mpirun")
-    pe = mpirun_cores_per_process(ctx.cpus, spec.devices)
-    argv = ["mpirun", "-n", str(spec.devices), "--bind-to", "core", "--map-by", f"socket:PE={pe}",
+    topology = ctx.topology or cpu_topology()
+    check_cores_for_ranks(topology, spec.devices)
+    pe = mpirun_cores_per_process(topology, spec.devices)
+    argv = ["mpirun", "-n", str(spec.devices), "--bind-to", "core", "--map-by", f"{mpirun_map_by(topology)}:PE={pe}",
             "--rank-by", "slot", "--report-bindings", "--allow-run-as-root", ctx.python] + worker
     env = {"MASTER_ADDR": ctx.master_addr, "MASTER_PORT": str(ctx.master_port)}
     env.update(launch_env(spec, ctx))
@@ -69,7 +71,11 @@ def _deepspeed_worker(worker: List[str]) -> List[str]:
 def build_deepspeed(spec: RunSpec, worker: List[str], ctx: LaunchContext) -> LaunchPlan:
     """One node: ``deepspeed --num_nodes 1 --num_gpus N --no_local_rank --master_port P <worker>``.
     Several: ``deepspeed --hostfile hostfile --master_addr A --no_local_rank --master_port P <worker>``
-    with the hostfile and ``.deepspeed_env`` returned as files; node 0 starts every node over ssh (pdsh)."""
+    with the hostfile and ``.deepspeed_env`` returned as files; node 0 starts every node over ssh (pdsh).
+    On Gaudi, Intel's DeepSpeed fork must be installed (checked here, on node 0; a GaudiNbError
+    with the pip line otherwise)."""
+    if ctx.accelerator == "hpu":
+        require_deepspeed_fork()
     env = launch_env(spec, ctx)
     files: Dict[str, str] = {}
     if spec.nodes == 1:

@@ -5,16 +5,15 @@ import os
 import shlex
 import sys
 from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Mapping, Optional, Sequence
+from typing import Callable, Dict, List, Mapping, Optional, Sequence, Tuple
 
 from ..errors import SpecError
 from ..registry import Registry
 from ..spec import RunSpec
+from .cpus import CpuTopology
+from .modules import choose_modules, read_module_state, visible_from_environ
 
 ACCELERATORS = ("hpu", "cuda", "cpu")
-
-# A Gaudi server carries 8 modules; fewer devices means choosing which ones.
-MODULES_PER_HPU_NODE = 8
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1", "[::1]")
 
@@ -50,6 +49,8 @@ class LaunchContext:
     accelerator: str
     ifname: Optional[str]
     environ: Mapping[str, str]
+    topology: Optional[CpuTopology] = None  # None: read from lscpu where a builder needs it
+    free_modules: Optional[Tuple[int, ...]] = None  # Gaudi modules no other process holds; None: unknown
 
 
 Builder = Callable[[RunSpec, List[str], LaunchContext], LaunchPlan]
@@ -72,24 +73,26 @@ def launch_env(spec: RunSpec, ctx: LaunchContext) -> Dict[str, str]:
     env: Dict[str, str] = {}
     if ctx.accelerator == "hpu":
         env["PT_HPU_LAZY_MODE"] = "1" if spec.lazy_mode else "0"
-        visible = ctx.environ.get("HABANA_VISIBLE_MODULES")
-        if visible:
-            modules = [m for m in visible.split(",") if m.strip()]
-            if len(modules) < spec.devices:
-                raise SpecError(
-                    f"HABANA_VISIBLE_MODULES={visible} names {len(modules)} module(s) but devices={spec.devices}: "
-                    "unset it or lower devices"
-                )
-            # carried explicitly so that .deepspeed_env repeats it on the other nodes
-            env["HABANA_VISIBLE_MODULES"] = visible
-        elif spec.devices < MODULES_PER_HPU_NODE:
-            env["HABANA_VISIBLE_MODULES"] = ",".join(str(i) for i in range(spec.devices))
+        visible, mounted = visible_from_environ(ctx.environ)
+        modules = choose_modules(spec.devices, free=ctx.free_modules, visible=visible, mounted=mounted)
+        if modules is not None:
+            # carried explicitly (even when the container set it) so that .deepspeed_env repeats it on the other nodes
+            env["HABANA_VISIBLE_MODULES"] = ",".join(str(m) for m in modules)
     elif ctx.accelerator == "cpu":
         # torchrun would set 1 thread per rank; an even share of the cores is faster and never oversubscribes
         env["OMP_NUM_THREADS"] = ctx.environ.get("OMP_NUM_THREADS") or str(max(1, ctx.cpus // spec.devices))
         if spec.nodes > 1 and ctx.ifname:
             env["GLOO_SOCKET_IFNAME"] = ctx.ifname
     return env
+
+
+def _free_modules(accelerator: str, given: Optional[Sequence[int]]) -> Optional[Tuple[int, ...]]:
+    if given is not None:
+        return tuple(given)
+    if accelerator != "hpu":
+        return None
+    state = read_module_state()
+    return None if state is None else tuple(state.free)
 
 
 def build_launch(
@@ -108,6 +111,8 @@ def build_launch(
     ifname: Optional[str] = None,
     environ: Optional[Mapping[str, str]] = None,
     launcher: Optional[str] = None,
+    topology: Optional[CpuTopology] = None,
+    free_modules: Optional[Sequence[int]] = None,
 ) -> LaunchPlan:
     """Build the command that starts ``worker_argv`` (a script path or ``-m module``, with its
     arguments) on every rank of this node.
@@ -116,8 +121,10 @@ def build_launch(
     node 0 first (deepspeed's hostfile); ``rdzv_host`` switches torchrun to c10d rendezvous with
     this node hosting the store (True) or not (False); ``environ`` is the environment the
     launcher will inherit (default ``os.environ``, read only for user overrides);
-    ``launcher`` overrides ``spec.launcher`` with any registered name.
-    Pure: nothing is started or written.
+    ``launcher`` overrides ``spec.launcher`` with any registered name; ``topology`` is the node's
+    CPU layout (mpirun's cores per rank; default: lscpu); ``free_modules`` the Gaudi module ids no
+    other process holds (default on HPU: hl-smi, unknown where it cannot say).
+    Nothing is written or started; on HPU the node is read (hl-smi) unless ``free_modules`` is given.
     """
     worker = list(worker_argv)
     if not worker:
@@ -141,6 +148,8 @@ def build_launch(
         accelerator=accelerator,
         ifname=ifname,
         environ=os.environ if environ is None else environ,
+        topology=topology,
+        free_modules=_free_modules(accelerator, free_modules),
     )
     name = launcher or pick_launcher(spec, accelerator)
     return launchers.get(name)(spec, worker, ctx)

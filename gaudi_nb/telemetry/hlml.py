@@ -6,10 +6,10 @@ import io
 import os
 import threading
 import time
-from typing import Any, List
+from typing import Any, Iterable, List, Optional, Set
 
 from ..errors import require
-from .base import DeviceSample, Sample, telemetry_sources
+from .base import DeviceSample, Sample, hpu_label, telemetry_sources
 from .host import host_sample
 
 LIBHLML = "/usr/lib/habanalabs/libhlml.so"
@@ -59,12 +59,22 @@ class HlmlSource:
         self._hlml = _init()
         count = self._hlml.hlmlDeviceGetCount()
         self._handles = [self._hlml.hlmlDeviceGetHandleByIndex(i) for i in range(count)]
+        # a card's module id is fixed: read it once (hlmlDeviceGetModuleID, habana-pyhlml 1.24)
+        self._module_ids: List[Optional[int]] = [_or_none(self._hlml.hlmlDeviceGetModuleID, h) for h in self._handles]
+        self._modules: Optional[Set[int]] = None
+
+    def set_modules(self, modules: Optional[Iterable[int]]) -> None:
+        """Report only the run's cards (by module id); None: every card."""
+        self._modules = None if modules is None else {int(m) for m in modules}
 
     def sample(self) -> Sample:
         hlml = self._hlml
         aip_sensor = hlml.hlml_t.HLML_TEMP_SENS.HLML_TEMPERATURE_ON_AIP
         devices: List[DeviceSample] = []
         for index, handle in enumerate(self._handles):
+            module_id = self._module_ids[index]
+            if self._modules is not None and module_id is not None and module_id not in self._modules:
+                continue  # not one of the run's cards
             utilization = _or_none(hlml.hlmlDeviceGetUtilizationRates, handle)
             memory = _or_none(hlml.hlmlDeviceGetMemoryInfo, handle)
             power_mw = _or_none(hlml.hlmlDeviceGetPowerUsage, handle)
@@ -73,7 +83,7 @@ class HlmlSource:
                 DeviceSample(
                     index=index,
                     kind="hpu",
-                    label=f"hpu {index}",
+                    label=hpu_label(index, module_id),
                     utilization_pct=None if utilization is None else float(utilization.aip),
                     # Gaudi pre-allocates its memory: from outside it looks full; the
                     # worker's torch.hpu.memory_stats() is the number to trust.
@@ -81,6 +91,7 @@ class HlmlSource:
                     memory_total_bytes=None if memory is None else int(memory.total),
                     power_w=None if power_mw is None else power_mw / 1000.0,
                     temperature_c=None if temperature is None else float(temperature),
+                    module_id=module_id,
                 )
             )
         return Sample(t=time.time(), source=self.name, devices=devices, host=host_sample())

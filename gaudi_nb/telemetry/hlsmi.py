@@ -7,14 +7,15 @@ import re
 import shutil
 import subprocess
 import time
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Iterable, List, Optional, Set, Tuple
 
 from ..errors import GaudiNbError
-from .base import DeviceSample, Sample, telemetry_sources
+from .base import DeviceSample, Sample, hpu_label, telemetry_sources
 from .host import host_sample
 
+# No `timestamp`: the sample carries its own time, and hl-smi's timestamp format is not
+# documented (a comma in it would shift every column after it).
 QUERY_FIELDS = [
-    "timestamp",
     "index",
     "module_id",
     "utilization.aip",
@@ -26,7 +27,7 @@ QUERY_FIELDS = [
 
 # Names `hl-smi -Q` takes (GAUDI.md). A data cell is a number, N/A, a date or a board
 # name, never one of these, so one known name in the first row marks it a header.
-KNOWN_FIELDS = frozenset(QUERY_FIELDS + ["name", "bus_id", "driver_version", "memory.free", "serial", "uuid"])
+KNOWN_FIELDS = frozenset(QUERY_FIELDS + ["timestamp", "name", "bus_id", "driver_version", "memory.free", "serial", "uuid"])
 _KNOWN_PREFIXES = ("ecc.", "stats.violation.")
 
 # hl-smi reports memory in MiB whether or not the unit is printed.
@@ -68,7 +69,9 @@ def parse_hlsmi_csv(text: str, fields: Optional[List[str]] = None) -> List[Devic
 
     A header row, when printed, names the columns (and may carry units); without one the
     columns follow ``fields`` (default QUERY_FIELDS). Without an `index` column a card's
-    index is its row: hl-smi prints cards in index order. Memory is MiB unless a unit says otherwise.
+    index is its row: hl-smi prints cards in index order. A card is labelled by its `module_id`
+    where that column is there (the number HABANA_VISIBLE_MODULES uses), else by its index
+    (``hpu #3``). Memory is MiB unless a unit says otherwise.
     """
     rows = [[cell.strip() for cell in row] for row in csv.reader(io.StringIO(text)) if any(c.strip() for c in row)]
     if not rows:
@@ -93,17 +96,20 @@ def parse_hlsmi_csv(text: str, fields: Optional[List[str]] = None) -> List[Devic
 
         reported = field("index")
         index = position if reported is None else int(reported)
+        module = field("module_id")
+        module_id = None if module is None else int(module)
         used, total = field("memory.used"), field("memory.total")
         devices.append(
             DeviceSample(
                 index=index,
                 kind="hpu",
-                label=f"hpu {index}",
+                label=hpu_label(index, module_id),
                 utilization_pct=field("utilization.aip"),
                 memory_used_bytes=None if used is None else int(used),
                 memory_total_bytes=None if total is None else int(total),
                 power_w=field("power.draw"),
                 temperature_c=field("temperature.aip"),
+                module_id=module_id,
             )
         )
     return devices
@@ -120,12 +126,22 @@ class HlSmiSource:
     def available(cls) -> bool:
         return shutil.which("hl-smi") is not None
 
+    def __init__(self) -> None:
+        self._modules: Optional[Set[int]] = None
+
+    def set_modules(self, modules: Optional[Iterable[int]]) -> None:
+        """Report only the run's cards (by module id); None: every card."""
+        self._modules = None if modules is None else {int(m) for m in modules}
+
     def sample(self) -> Sample:
         try:
             done = subprocess.run(hlsmi_command(), capture_output=True, text=True, timeout=5, check=True)
         except (OSError, subprocess.SubprocessError) as exc:
             raise GaudiNbError(f"hl-smi failed ({exc}); check the driver with `hl-smi` in a terminal") from exc
-        return Sample(t=time.time(), source=self.name, devices=parse_hlsmi_csv(done.stdout), host=host_sample())
+        devices = parse_hlsmi_csv(done.stdout)
+        if self._modules is not None:
+            devices = [d for d in devices if d.module_id is None or d.module_id in self._modules]
+        return Sample(t=time.time(), source=self.name, devices=devices, host=host_sample())
 
 
 telemetry_sources.register("hl-smi", HlSmiSource, aliases=("hlsmi",))

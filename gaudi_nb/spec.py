@@ -12,7 +12,8 @@ from .errors import SpecError
 
 Precision = Literal["auto", "bf16", "fp32"]
 TrainerName = Literal["auto", "optimum-habana", "transformers"]
-LauncherName = Literal["auto", "torchrun", "mpirun", "deepspeed"]
+# torch.distributed.run: optimum-habana's own single-node form (gaudi_spawn without --use_mpi/--use_deepspeed)
+LauncherName = Literal["auto", "torchrun", "torch.distributed.run", "mpirun", "deepspeed"]
 
 _SSH = re.compile(r"^ssh://(?P<user>[^@/\s:]+)@(?P<host>[^:/\s@]+)(?::(?P<port>\d+))?$")
 _AWS = re.compile(r"^aws:(?P<instance_type>[\w.\-]+)$")
@@ -79,7 +80,7 @@ class RunSpec(BaseModel):
     learning_rate: float = Field(3e-4, gt=0, lt=1, description="peak learning rate")
     seed: int = Field(42, ge=0)
     trainer: TrainerName = Field("auto", description="auto picks optimum-habana where Gaudi software is present")
-    launcher: LauncherName = Field("auto", description="auto picks torchrun (one node) or deepspeed (several Gaudi nodes)")
+    launcher: LauncherName = Field("auto", description="auto picks torchrun (one node) or deepspeed (several Gaudi nodes); torch.distributed.run is optimum-habana's single-node form")
     lazy_mode: bool = Field(False, description="HPU lazy mode (PT_HPU_LAZY_MODE=1, the legacy path); by default eager mode with torch.compile, Intel's default since Gaudi software 1.21")
     warmup_steps: int = Field(3, ge=0, description="first steps left out of throughput and cost per token")
     eval_steps: Optional[int] = Field(None, ge=1, description="evaluate every N steps on held-out data")

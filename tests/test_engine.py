@@ -178,8 +178,9 @@ def test_stop_right_after_the_agent_died_ends_the_run_at_once(gaudi_home):
     assert run.status == "stopped" and not alive(rank)
 
 
-def test_an_agent_error_after_run_start_ends_the_run_failed_with_the_reason(gaudi_home):
-    # no Open MPI on this machine: the launcher cannot start, and the agent says so
+def test_an_agent_error_after_run_start_ends_the_run_failed_with_the_reason(gaudi_home, monkeypatch):
+    # a node without Open MPI (only the venv on PATH): the launcher cannot start, and the agent says so
+    monkeypatch.setenv("PATH", str(BIN))
     run = gaudi_nb.train(devices=1, max_steps=5, launcher="mpirun").wait(timeout=120)
     record = run.record()
     assert record["status"] == "failed", record

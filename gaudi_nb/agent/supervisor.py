@@ -76,6 +76,7 @@ class Agent:
         self.killed_with: Optional[str] = None  # the signal that ended ranks which ignored a stop request
         self.exporter: Any = None
         self.telemetry: Any = None
+        self.run_modules: Optional[str] = None  # HABANA_VISIBLE_MODULES of a partial-node Gaudi run
         self._tailer = Tailer(self.folder.events)
 
     # -- lifecycle -------------------------------------------------------
@@ -108,6 +109,7 @@ class Agent:
             accelerator=accelerator,
             launcher=launcher,
         )
+        self.run_modules = plan.env.get("HABANA_VISIBLE_MODULES")
         for name, content in plan.files.items():
             (self.run_dir / name).write_text(content)
         self._start_exporter()
@@ -264,7 +266,8 @@ class Agent:
         from ..telemetry.loop import TelemetryLoop
 
         try:
-            source = pick_source(pids={})
+            # a run on part of a Gaudi node watches its own cards only, labelled by module id
+            source = pick_source(pids={}, modules=self.run_modules)
         except Exception as exc:  # telemetry must never stop a run
             self.events.emit("log", level="warning", message=f"no telemetry: {exc}")
             return None

@@ -4,13 +4,11 @@ from __future__ import annotations
 import json
 import shutil
 import socket
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
-from ..agent import liveness
+from ..agent import liveness, node
 from ..events import read_events
 from ..paths import run_dir
 from ..rundir import RunFolder
@@ -34,17 +32,7 @@ class LocalTarget:
             # the run keeps its own copy: editing the file later cannot change a running or finished run
             shutil.copyfile(Path(spec.script).expanduser(), folder.script)
         folder.run.write_text(json.dumps({"run_id": run_id, "node": "local", "hostname": socket.gethostname(), "target": "local", "created_at": time.time()}))
-        with open(folder.agent_log, "ab") as log:
-            agent = subprocess.Popen(
-                [sys.executable, "-m", "gaudi_nb.agent", "--run-dir", str(folder.path)],
-                stdin=subprocess.DEVNULL,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # survives the notebook kernel or the CLI that started it
-                close_fds=True,
-            )
-        # known from the first moment, so an agent that dies before its first beat is still seen as lost
-        folder.agent_pid.write_text(str(agent.pid))
+        node.start_agent(folder)  # detached: survives the notebook kernel or the CLI that started it
         return folder.path
 
     def fail_launch(self, run_id: str, reason: str) -> None:
@@ -61,11 +49,7 @@ class LocalTarget:
         return liveness.mark_if_lost(self.folder(run_id))
 
     def stop(self, run_id: str, reason: str = "stopped") -> bool:
-        folder = self.folder(run_id)
-        first = folder.request_stop(reason)
-        if folder.agent_process_id() is not None and not liveness.agent_alive(folder):
-            return liveness.end_lost(folder) or first
-        return first
+        return node.stop_run(self.folder(run_id), reason)
 
     def log_path(self, run_id: str) -> Path:
         return self.folder(run_id).train_log

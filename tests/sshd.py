@@ -1,0 +1,179 @@
+"""A real OpenSSH server on loopback for tests: its own host key, one authorized client key, stoppable and restartable.
+
+The node it serves is this machine, logged into as the current user (root here). Its sessions
+get GAUDI_NB_HOME pointed at a folder of the test session (sshd_config SetEnv), so nothing a
+test attaches, installs or runs on the "node" touches the real ~/.gaudi_nb; and PATH starts
+with this venv's bin, so the node's `python3` is one that has torch (as a Gaudi node's Intel
+Python has), which the bootstrap layers its env on instead of downloading torch.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import List, Optional
+
+SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
+SSH_KEYGEN = shutil.which("ssh-keygen") or "/usr/bin/ssh-keygen"
+
+
+def available() -> Optional[str]:
+    """None when an sshd can run here, else why not."""
+    if not Path(SSHD).exists():
+        return "no OpenSSH server (apt-get install -y openssh-server)"
+    if not Path(SSH_KEYGEN).exists():
+        return "no ssh-keygen (apt-get install -y openssh-client)"
+    return None
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def keygen(path: Path) -> Path:
+    subprocess.run([SSH_KEYGEN, "-q", "-t", "ed25519", "-N", "", "-C", "gaudi_nb-test", "-f", str(path)], check=True)
+    return path
+
+
+class Sshd:
+    """One sshd process; `start()`, `stop()`, `restart()`, and `kill_sessions()` to drop the live connections."""
+
+    def __init__(self, folder: Path, *, port: Optional[int] = None, address: str = "127.0.0.1", node_home: Optional[Path] = None, path_prefix: Optional[str] = None) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.address = address
+        self.port = port or free_port()
+        self.user = os.environ.get("USER") or "root"
+        self.node_home = Path(node_home or self.folder / "node_home")
+        self.path_prefix = path_prefix if path_prefix is not None else str(Path(sys.executable).parent)
+        self.host_key = self.folder / "host_key"
+        self.client_key = self.folder / "client_key"
+        self.authorized_keys = self.folder / "authorized_keys"
+        self.config = self.folder / "sshd_config"
+        self.log = self.folder / "sshd.log"
+        self.process: Optional[subprocess.Popen] = None
+        if not self.host_key.exists():
+            keygen(self.host_key)
+        if not self.client_key.exists():
+            keygen(self.client_key)
+        self.authorized_keys.write_text(self.client_key.with_suffix(".pub").read_text())
+        self._write_config()
+
+    # -- what a client needs ------------------------------------------------------------------
+    @property
+    def url(self) -> str:
+        return f"ssh://{self.user}@{self.address}:{self.port}"
+
+    def host_key_line(self) -> str:
+        """This server's known_hosts line, as OpenSSH writes it for a port other than 22."""
+        key = self.host_key.with_suffix(".pub").read_text().split()
+        return f"[{self.address}]:{self.port} {key[0]} {key[1]}\n"
+
+    def client_home(self, home: Path, *, trusted: bool = True, config: str = "") -> Path:
+        """Make `home` a client's home: ~/.ssh/id_ed25519 (the authorized key), known_hosts (this
+        server's key when `trusted`) and an optional ~/.ssh/config. Point HOME at it to use it."""
+        ssh = Path(home) / ".ssh"
+        ssh.mkdir(parents=True, exist_ok=True, mode=0o700)
+        shutil.copyfile(self.client_key, ssh / "id_ed25519")
+        os.chmod(ssh / "id_ed25519", 0o600)
+        shutil.copyfile(self.client_key.with_suffix(".pub"), ssh / "id_ed25519.pub")
+        (ssh / "known_hosts").write_text(self.host_key_line() if trusted else "")
+        (ssh / "config").write_text(config)
+        return Path(home)
+
+    # -- the server ----------------------------------------------------------------------------
+    def _write_config(self) -> None:
+        node_path = ":".join(p for p in (self.path_prefix, "/usr/local/bin", "/usr/bin", "/bin", "/usr/sbin", "/sbin") if p)
+        self.config.write_text(
+            "\n".join(
+                [
+                    f"Port {self.port}",
+                    f"ListenAddress {self.address}",
+                    f"HostKey {self.host_key}",
+                    f"PidFile {self.folder / 'sshd.pid'}",
+                    f"AuthorizedKeysFile {self.authorized_keys}",
+                    "PasswordAuthentication no",
+                    "KbdInteractiveAuthentication no",
+                    "PermitRootLogin prohibit-password",
+                    "UsePAM no",
+                    "StrictModes no",
+                    "Subsystem sftp internal-sftp",
+                    "AllowTcpForwarding yes",
+                    "MaxStartups 100:30:200",
+                    "MaxSessions 100",
+                    "LogLevel ERROR",
+                    f"SetEnv GAUDI_NB_HOME={self.node_home} PATH={node_path}",
+                    "",
+                ]
+            )
+        )
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def start(self, timeout: float = 10.0) -> "Sshd":
+        if self.running:
+            return self
+        Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # sshd's privilege-separation directory
+        log = open(self.log, "ab")
+        self.process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(self.config)], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"sshd exited with {self.process.returncode}: {self.log.read_text()[-2000:]}")
+            try:
+                with socket.create_connection((self.address, self.port), timeout=0.5):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        self.stop()
+        raise RuntimeError(f"sshd did not listen on {self.address}:{self.port} in {timeout} s")
+
+    def stop(self) -> None:
+        """Stop the listener and every session it serves (the sessions are its children)."""
+        if self.process is None:
+            return
+        self.kill_sessions()
+        if self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(10)
+        self.process = None
+
+    def restart(self) -> "Sshd":
+        self.stop()
+        return self.start()
+
+    def session_pids(self) -> List[int]:
+        """The sshd children serving live connections (one per connection)."""
+        if not self.running:
+            return []
+        import psutil
+
+        assert self.process is not None
+        try:
+            return [child.pid for child in psutil.Process(self.process.pid).children()]
+        except psutil.NoSuchProcess:
+            return []
+
+    def kill_sessions(self) -> List[int]:
+        """Kill the processes serving live connections: the clients see their links drop, the listener stays."""
+        pids = self.session_pids()
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+        return pids

@@ -125,8 +125,16 @@ class Run:
         return self.store.ingest(self.run_id, events, start, end)
 
     def record(self) -> Dict[str, Any]:
+        """The run's record; an active run on a node that cannot be reached now shows `unreachable`
+        (the link's state: the run goes on there, and shows `running` again when the link returns)."""
         self.sync()
-        return self.store.get(self.run_id)
+        record = self.store.get(self.run_id)
+        link_state = getattr(self._target(record), "link_state", None)
+        if link_state is not None and record["status"] in ACTIVE_STATUSES:
+            record["link"] = link_state(self.run_id)
+            if record["link"] == "unreachable":
+                record["status"] = "unreachable"
+        return record
 
     @property
     def status(self) -> str:

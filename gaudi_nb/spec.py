@@ -17,7 +17,8 @@ LauncherName = Literal["auto", "torchrun", "torch.distributed.run", "mpirun", "d
 
 _SSH = re.compile(r"^ssh://(?P<user>[^@/\s:]+)@(?P<host>[^:/\s@]+)(?::(?P<port>\d+))?$")
 _AWS = re.compile(r"^aws:(?P<instance_type>[\w.\-]+)$")
-TARGET_FORMS = "local, ssh://user@host[:port] or aws:INSTANCE_TYPE"
+_NODE = re.compile(r"^[A-Za-z][\w.\-]*$")
+TARGET_FORMS = "local, an attached node's name, ssh://user@host[:port] or aws:INSTANCE_TYPE"
 _DATA_SUFFIXES = (".txt", ".text", ".json", ".jsonl", ".parquet", ".csv")
 
 
@@ -30,7 +31,7 @@ def looks_like_path(value: str) -> bool:
 class TargetAddress:
     """A parsed target string: where a run executes."""
 
-    kind: str  # local | ssh | aws
+    kind: str  # local | node (attached, by name) | ssh | aws
     text: str
     user: Optional[str] = None
     host: Optional[str] = None
@@ -39,7 +40,7 @@ class TargetAddress:
 
 
 def parse_target(text: str) -> TargetAddress:
-    """local | ssh://user@host[:port] | aws:INSTANCE_TYPE; a ValueError names the forms."""
+    """local | NODE (a name from `gaudi-nb nodes list`) | ssh://user@host[:port] | aws:INSTANCE_TYPE; a ValueError names the forms."""
     text = text.strip()
     if text == "local":
         return TargetAddress("local", text)
@@ -52,6 +53,8 @@ def parse_target(text: str) -> TargetAddress:
     match = _AWS.match(text)
     if match:
         return TargetAddress("aws", text, instance_type=match["instance_type"])
+    if _NODE.match(text):
+        return TargetAddress("node", text, host=text)
     raise ValueError(f"unknown target '{text}': use {TARGET_FORMS} (aws:dl1.24xlarge)")
 
 

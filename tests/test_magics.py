@@ -67,7 +67,7 @@ def test_help_lists_every_option_of_the_cli():
         ("--max-steps 0", "max_steps: input should be greater than or equal to 1"),
         ("--model no-such-preset", "model: unknown preset 'no-such-preset'"),
         ("--instance-type nope.large", "instance_type: no price for instance type 'nope.large'"),
-        ("--target ssh://root@example.org", "is not available in this version yet"),
+        ("--target ssh://root@example.org", "attach the node first: gaudi-nb nodes attach ssh://root@example.org --name NAME"),
     ],
 )
 def test_bad_arguments_raise_a_one_line_usage_error(ip, line, message):
@@ -260,7 +260,7 @@ def test_launcher_choices_come_from_the_registries_and_catalog(gaudi_home):
     assert [v for _, v in launcher.instance_type.options][1:] == [p.instance_type for p in load_catalog()]
     assert "local" in [v for _, v in launcher.target.options]
     assert launcher.options()["devices"] == 2 and launcher.options()["max_steps"] == 9 and launcher.options()["instance_type"] is None
-    launcher.target.value = "ssh"
+    launcher.target.value = "aws"
     assert launcher.launch() is None and "not available yet" in launcher.message.value
     launcher.target.value = "local"
     launcher.budget_usd.value = "lots"

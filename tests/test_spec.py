@@ -15,7 +15,7 @@ def test_defaults_are_a_small_cpu_friendly_run():
         ({"devices": 0}, "devices: input should be greater than or equal to 1 (got 0)"),
         ({"budget_usd": -1}, "budget_usd: input should be greater than 0"),
         ({"precision": "fp16"}, "precision: must be one of 'auto', 'bf16' or 'fp32' (got 'fp16')"),
-        ({"target": "gcp:a3"}, "target: unknown target 'gcp:a3': use local, ssh://user@host[:port] or aws:INSTANCE_TYPE"),
+        ({"target": "gcp:a3"}, "target: unknown target 'gcp:a3': use local, an attached node's name, ssh://user@host[:port] or aws:INSTANCE_TYPE"),
         ({"learning_rate": "fast"}, "learning_rate: input should be a valid number"),
         ({"colour": "red"}, "unknown option 'colour'"),
     ],

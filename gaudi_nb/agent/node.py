@@ -42,14 +42,14 @@ def stop_run(folder: RunFolder, reason: str) -> bool:
     return first
 
 
-def tail(path: Path, offset: int, *, follow: bool, poll_s: float = 0.2, out: Any = None) -> None:
+def tail(path: Path, offset: int, *, follow: bool, folder: Optional[RunFolder] = None, poll_s: float = 0.2, out: Any = None) -> None:
     """Write the file's bytes from offset to stdout; with follow, keep writing until the run has ended and all is sent.
 
     The client counts the bytes it has written to its mirror and, after a dropped link,
     asks again from there: nothing is lost and nothing is sent twice.
     """
     out = out or sys.stdout.buffer
-    folder = RunFolder(path.parent)
+    folder = folder or RunFolder(path.parent)
     position = offset
     while True:
         try:
@@ -103,11 +103,12 @@ def main(argv: Optional[list] = None) -> None:
     follow = commands.add_parser("tail", help="stream a run file's bytes from an offset")
     follow.add_argument("--path", required=True, type=Path)
     follow.add_argument("--offset", type=int, default=0)
-    follow.add_argument("--follow", action="store_true")
+    follow.add_argument("--follow", action="store_true", help="until the run has ended")
+    follow.add_argument("--run-dir", type=Path, default=None, help="the run whose end stops --follow (default: the file's folder)")
     args = parser.parse_args(argv)
 
     if args.command == "tail":
-        tail(args.path, args.offset, follow=args.follow)
+        tail(args.path, args.offset, follow=args.follow, folder=RunFolder(args.run_dir) if args.run_dir else None)
         return
     folder = RunFolder(args.run_dir.expanduser().resolve())
     answer: Dict[str, Any]

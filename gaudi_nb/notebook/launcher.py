@@ -11,10 +11,15 @@ from ..spec import RunSpec
 
 
 def target_choices() -> List[Tuple[str, str]]:
-    """(label, value) for every registered target, then the planned ones marked as such."""
+    """(label, value): this machine, every attached node (gaudi-nb nodes attach), then the planned targets marked as such."""
+    from ..store import RunStore
     from ..targets import PLANNED, targets
 
     choices = [(name if name != "local" else "local (this machine)", name) for name in targets.names()]
+    list_nodes = getattr(RunStore(), "list_nodes", None)
+    for node in list_nodes() if list_nodes is not None else []:
+        detail = f"{node.get('accelerator') or '?'} × {node.get('device_count') or '?'}"
+        choices.append((f"{node['name']} ({node.get('user')}@{node.get('host')}, {detail})", node["name"]))
     choices += [(f"{kind} — not available yet", kind) for kind in PLANNED if kind not in targets]
     return choices
 

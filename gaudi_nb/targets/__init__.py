@@ -12,7 +12,6 @@ targets.register("local", LocalTarget)
 
 # Accepted by the spec so plans and configs can name them; not runnable yet.
 PLANNED = {
-    "ssh": "attaching a node over SSH (ssh://user@host[:port])",
     "aws": "provisioning a node on AWS (aws:INSTANCE_TYPE)",
 }
 
@@ -23,6 +22,12 @@ def target_for(target: str) -> Target:
         kind = parse_target(target).kind
     except ValueError as exc:
         raise SpecError(f"target: {exc}") from None
+    if kind == "node":
+        from .ssh import SshTarget
+
+        return SshTarget(target.strip())
+    if kind == "ssh":
+        raise SpecError(f"target: attach the node first: gaudi-nb nodes attach {target.strip()} --name NAME (or %gaudi_attach), then --target NAME")
     if kind in targets:
         return targets.get(kind)()
     if kind in PLANNED:

@@ -9,11 +9,11 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence
 
 from sqlalchemy import JSON, BigInteger, Float, Integer, String, UniqueConstraint, create_engine, event, func, select, text, update
 from sqlalchemy.engine import Connection, Engine
-from sqlalchemy.exc import DBAPIError
+from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from . import migrations, paths
-from .errors import NotFoundError
+from .errors import NotFoundError, SpecError
 from .summary import empty_summary, fold, public
 
 
@@ -50,6 +50,31 @@ class EventRow(Base):
     rank: Mapped[Optional[int]] = mapped_column(Integer)
     step: Mapped[Optional[int]] = mapped_column(Integer)
     payload: Mapped[Dict[str, Any]] = mapped_column(JSON)
+
+
+class NodeRow(Base):
+    """A node attached over SSH (revision 0003): its address, the Python and home gaudi_nb uses there, what it has."""
+
+    __tablename__ = "nodes"
+    name: Mapped[str] = mapped_column(String(128), primary_key=True)
+    url: Mapped[str] = mapped_column(String(512))  # ssh://user@host:port
+    user: Mapped[str] = mapped_column(String(128))
+    host: Mapped[str] = mapped_column(String(256))
+    port: Mapped[int] = mapped_column(Integer)
+    identity_file: Mapped[Optional[str]] = mapped_column(String(1024))
+    jump: Mapped[Optional[str]] = mapped_column(String(512))
+    python: Mapped[Optional[str]] = mapped_column(String(1024))  # the interpreter on the node that has gaudi_nb
+    home: Mapped[Optional[str]] = mapped_column(String(1024))  # the node's GAUDI_NB_HOME, absolute
+    accelerator: Mapped[Optional[str]] = mapped_column(String(32))
+    device_count: Mapped[Optional[int]] = mapped_column(Integer)
+    driver_version: Mapped[Optional[str]] = mapped_column(String(128))
+    firmware_version: Mapped[Optional[str]] = mapped_column(String(256))
+    gaudi_nb_version: Mapped[Optional[str]] = mapped_column(String(64))
+    owner: Mapped[Optional[str]] = mapped_column(String(128))
+    attached_at: Mapped[float] = mapped_column(Float)
+
+
+NODE_FIELDS = tuple(column.name for column in NodeRow.__table__.columns)
 
 
 _engines: Dict[str, Engine] = {}
@@ -233,3 +258,62 @@ class RunStore:
     def run_ids(self) -> List[str]:
         with Session(self.engine) as session:
             return list(session.scalars(select(RunRow.run_id)))
+
+    # -- nodes -------------------------------------------------------------
+    def add_node(self, record: Dict[str, Any]) -> Dict[str, Any]:
+        """Record an attached node; `owner` defaults to the current user, `attached_at` to now."""
+        values = _node_values(record)
+        values.setdefault("owner", _current_user())
+        values.setdefault("attached_at", time.time())
+        missing = [name for name in ("name", "url", "user", "host", "port") if values.get(name) in (None, "")]
+        if missing:
+            raise SpecError(f"a node record needs {', '.join(missing)}")
+        try:
+            with Session(self.engine) as session, session.begin():
+                session.add(NodeRow(**values))
+        except IntegrityError:
+            raise SpecError(f"a node named '{values['name']}' is attached already: pick another --name, or gaudi-nb nodes detach {values['name']}") from None
+        return self.get_node(values["name"])
+
+    def get_node(self, name: str) -> Dict[str, Any]:
+        with Session(self.engine) as session:
+            row = session.get(NodeRow, name)
+            if row is None:
+                raise NotFoundError(f"no node '{name}' is attached: gaudi-nb nodes list shows them")
+            return _node_record(row)
+
+    def list_nodes(self) -> List[Dict[str, Any]]:
+        with Session(self.engine) as session:
+            return [_node_record(row) for row in session.scalars(select(NodeRow).order_by(NodeRow.name))]
+
+    def update_node(self, name: str, **fields: Any) -> Dict[str, Any]:
+        values = _node_values(fields)
+        values.pop("name", None)
+        with Session(self.engine) as session, session.begin():
+            row = session.get(NodeRow, name)
+            if row is None:
+                raise NotFoundError(f"no node '{name}' is attached: gaudi-nb nodes list shows them")
+            for key, value in values.items():
+                setattr(row, key, value)
+        return self.get_node(name)
+
+    def remove_node(self, name: str) -> Dict[str, Any]:
+        """Forget a node; returns the record it had."""
+        with Session(self.engine) as session, session.begin():
+            row = session.get(NodeRow, name)
+            if row is None:
+                raise NotFoundError(f"no node '{name}' is attached: gaudi-nb nodes list shows them")
+            record = _node_record(row)
+            session.delete(row)
+        return record
+
+
+def _node_values(record: Dict[str, Any]) -> Dict[str, Any]:
+    unknown = sorted(set(record) - set(NODE_FIELDS))
+    if unknown:
+        raise SpecError(f"unknown node field(s) {', '.join(unknown)}: a node has {', '.join(NODE_FIELDS)}")
+    return dict(record)
+
+
+def _node_record(row: NodeRow) -> Dict[str, Any]:
+    return {name: getattr(row, name) for name in NODE_FIELDS}

@@ -23,6 +23,7 @@ _EXPORTS = {
     "get_run": (".api", "get_run"),
     "runs": (".api", "runs"),
     "train": (".api", "train"),
+    "attach": (".nodes.attach", "attach"),
     "batch": (".batch", None),
     "launcher": (".notebook", "launcher"),
 }
@@ -36,6 +37,7 @@ __all__ = [
     "RunSpec",
     "SpecError",
     "__version__",
+    "attach",
     "batch",
     "get_run",
     "launcher",
@@ -48,6 +50,7 @@ if TYPE_CHECKING:  # what IDEs and mypy see
     from . import batch
     from .api import Run, get_run, runs, train
     from .errors import GaudiNbError, MissingExtraError, NotFoundError, SpecError
+    from .nodes.attach import attach
     from .notebook import launcher  # type: ignore[no-redef]  # the function; mypy also sees the module of that name
     from .spec import NodeSpec, RunSpec
 

@@ -69,3 +69,72 @@ def store_url(request, tmp_path):
     reset_postgres(url)  # whatever an earlier run left, even one that was killed
     yield url
     reset_postgres(url)
+
+
+# -- a real OpenSSH server on loopback (tests/sshd.py): one per test session ----------------
+# The node it serves is this machine; its sessions get GAUDI_NB_HOME set to a folder of the
+# test session, so the node's env (<node home>/env) and its runs never touch ~/.gaudi_nb.
+
+
+@pytest.fixture(scope="session")
+def sshd_server(tmp_path_factory):
+    import sshd as sshd_module
+
+    why = sshd_module.available()
+    if why:
+        if os.environ.get("CI"):
+            raise RuntimeError(f"sshd cannot run in CI: {why}; scripts/setup-and-test installs openssh-server")
+        pytest.skip(why)
+    server = sshd_module.Sshd(tmp_path_factory.mktemp("sshd")).start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def sshd(sshd_server):
+    """The session's sshd, listening (restarted if an earlier test stopped it)."""
+    return sshd_server.start()
+
+
+@pytest.fixture
+def ssh_home(sshd, tmp_path, monkeypatch):
+    """A client's HOME: ~/.ssh holds the sshd's authorized key (id_ed25519) and known_hosts trusting it.
+
+    HOME is what asyncssh reads ~/.ssh/config, known_hosts and the default keys from; the SSH
+    agent is hidden so only these keys are offered.
+    """
+    home = sshd.client_home(tmp_path / "client_home")
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    return home
+
+
+@pytest.fixture(scope="session")
+def node_install(sshd_server, tmp_path_factory):
+    """The session's one install of this client's build into the node's <GAUDI_NB_HOME>/env, through a
+    real attach without --python: {seconds, messages, record}. Tests that need the node's env use it."""
+    import shutil
+    import time
+
+    from gaudi_nb.nodes.attach import attach
+    from gaudi_nb.store import RunStore
+
+    sshd_server.start()
+    shutil.rmtree(sshd_server.node_home / "env", ignore_errors=True)  # measured from nothing, whoever came first
+    home = sshd_server.client_home(tmp_path_factory.mktemp("install_client"))
+    store_url = f"sqlite:///{tmp_path_factory.mktemp('install_store') / 'store.db'}"
+    messages: list = []
+    saved = {name: os.environ.get(name) for name in ("HOME", "SSH_AUTH_SOCK")}
+    os.environ["HOME"] = str(home)
+    os.environ.pop("SSH_AUTH_SOCK", None)
+    try:
+        started = time.monotonic()
+        record = attach(sshd_server.url, name="installed", store=RunStore(store_url), progress=messages.append)
+        seconds = time.monotonic() - started
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    return {"seconds": seconds, "messages": messages, "record": record, "client_home": home}

@@ -99,6 +99,32 @@ def _one_line(exc: BaseException) -> UsageError:
     return UsageError(str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__)
 
 
+def _attach_node(args: argparse.Namespace) -> Dict[str, Any]:
+    """gaudi_nb.attach with the magic's options; its progress printed, its errors one UsageError line."""
+    from ..nodes.attach import attach
+
+    try:
+        return attach(args.target, name=args.name, identity_file=args.identity_file, jump=args.jump, python=args.python,
+                      trust_new_host=args.trust_new_host, progress=print)
+    except GaudiNbError as exc:
+        raise _one_line(exc) from None
+
+
+def _known_node(name: str) -> Dict[str, Any]:
+    from ..store import RunStore
+
+    try:
+        return RunStore().get_node(name)
+    except GaudiNbError as exc:
+        raise _one_line(exc) from None
+
+
+def _node_summary(record: Dict[str, Any]) -> str:
+    count = record.get("device_count")
+    accelerator = record.get("accelerator") or "unknown accelerator"
+    return f"{count}× {accelerator}" if count else accelerator
+
+
 # -- the magics ---------------------------------------------------------------------------
 @magics_class
 class GaudiMagics(Magics):
@@ -175,15 +201,33 @@ class GaudiMagics(Magics):
     # -- %gaudi_attach -------------------------------------------------------
     @line_magic
     @magic_arguments()
-    @argument("target", help="local, ssh://user@host[:port] or aws:INSTANCE_TYPE")
+    @argument("target", help="local, ssh://user@host[:port] (attaches that node), an attached node's name, or aws:INSTANCE_TYPE")
+    @argument("--name", default=None, help="(ssh://) what runs call the node; default: its host name")
+    @argument("--identity-file", dest="identity_file", default=None, help="(ssh://) private key to log in with (default: ~/.ssh keys and the SSH agent)")
+    @argument("--jump", default=None, help="(ssh://) bastion to go through: ssh://user@bastion[:port]")
+    @argument("--python", default=None, help="(ssh://) an interpreter on the node that has this gaudi_nb version; default: install it into ~/.gaudi_nb/env there")
+    @argument("--trust-new-host", dest="trust_new_host", action="store_true", help="(ssh://) record the host key of a node not yet in ~/.ssh/known_hosts")
     def gaudi_attach(self, line: str) -> None:
-        """Choose where %gaudi_train starts runs."""
+        """Choose where %gaudi_train starts runs: this machine, or a node attached over SSH (ssh://user@host[:port])."""
         args = parse_argstring(self.gaudi_attach, line)
         parsed = parse_target(args.target)
+        ssh_options = [f"--{key.replace('_', '-')}" for key in ("name", "identity_file", "jump", "python", "trust_new_host") if getattr(args, key)]
+        if parsed.kind != "ssh" and ssh_options:
+            raise UsageError(f"{', '.join(ssh_options)}: only with an ssh://user@host[:port] address")
+        if parsed.kind == "ssh":
+            record = _attach_node(args)
+            self.target = record["name"]
+            print(f"attached: {record['name']} ({record['url']}: {_node_summary(record)}); %gaudi_train starts runs there")
+            return
         from ..targets import PLANNED, target_for
 
         if parsed.kind in PLANNED:
             raise UsageError(f"{args.target}: understood as {describe_target(parsed)}, but {PLANNED[parsed.kind]} is not available yet in this version; %gaudi_attach local trains on this machine")
+        if parsed.kind == "node":
+            record = _known_node(parsed.text)
+            self.target = record["name"]
+            print(f"attached: {record['name']} ({record['url']}: {_node_summary(record)}); %gaudi_train starts runs there")
+            return
         try:
             target_for(parsed.text)
         except GaudiNbError as exc:

@@ -1,0 +1,148 @@
+"""Attach a node over SSH: connect, make sure this client's gaudi_nb is there, see what it has, record it in the store."""
+from __future__ import annotations
+
+import re
+import time
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
+
+from .. import __version__
+from ..errors import NotFoundError, SpecError
+from .bootstrap import Probe, ensure_env, probe
+from .ssh import SshAddress, open_connection, parse_ssh_url, run_sync
+
+if TYPE_CHECKING:
+    from ..store import RunStore
+
+# a node's name is a --target value: the same form spec.parse_target reads as a node
+NAME = re.compile(r"^[A-Za-z][\w.\-]{0,127}$")
+RESERVED = {"local"}
+
+
+def address_of(record: Dict[str, Any]) -> SshAddress:
+    """The SSH address of a node record, as open_connection takes it."""
+    return SshAddress(user=record["user"], host=record["host"], port=int(record.get("port") or 22), identity_file=record.get("identity_file"), jump=record.get("jump"))
+
+
+def default_name(address: SshAddress) -> str:
+    name = address.host if NAME.match(address.host) else "node-" + re.sub(r"[^\w.\-]", "-", address.host)
+    return name if address.port == 22 else f"{name}-{address.port}"
+
+
+def check_name(name: str) -> str:
+    if name in RESERVED or not NAME.match(name):
+        raise SpecError(f"'{name}' cannot name a node: use a letter, then letters, digits, '.', '_' or '-' (not 'local'), as in --name gaudi1")
+    return name
+
+
+def attach(
+    url: str,
+    *,
+    name: Optional[str] = None,
+    identity_file: Optional[str] = None,
+    jump: Optional[str] = None,
+    python: Optional[str] = None,
+    trust_new_host: bool = False,
+    store: "Optional[RunStore]" = None,
+    progress: Optional[Callable[[str], None]] = None,
+) -> Dict[str, Any]:
+    """Attach the node at `url` (ssh://user@host[:port]) as `name` and return its record.
+
+    `python`: an interpreter on the node that has this client's gaudi_nb version (checked);
+    without it, this client's own build is installed into `<node GAUDI_NB_HOME>/env`
+    (`~/.gaudi_nb/env`) once, and reused by later attaches. Attaching a name again with the
+    same address refreshes its record. Nothing is recorded when any step fails.
+    """
+    from ..store import RunStore
+
+    address = parse_ssh_url(url, identity_file=identity_file, jump=jump)
+    name = check_name(name or default_name(address))
+    store = store or RunStore()
+    try:
+        existing: Optional[Dict[str, Any]] = store.get_node(name)
+    except NotFoundError:
+        existing = None
+    if existing is not None and existing["url"] != address.url():
+        raise SpecError(f"a node named '{name}' is attached already at {existing['url']}: pick another --name, or gaudi-nb nodes detach {name} first")
+
+    found = run_sync(lambda: _inspect(address, python=python, trust_new_host=trust_new_host, progress=progress))
+    record = node_record(name, address, found)
+    if existing is not None:
+        record.pop("owner", None)  # the teammate who attached it first keeps it
+        return store.update_node(name, **{k: v for k, v in record.items() if k != "name"})
+    return store.add_node(record)
+
+
+async def _inspect(address: SshAddress, *, python: Optional[str], trust_new_host: bool, progress: Optional[Callable[[str], None]]) -> Probe:
+    connection = await open_connection(address, trust_new_host=trust_new_host)
+    try:
+        if python:
+            return _checked_python(python, await probe(connection, python, "doctor", "modules"))
+        return await ensure_env(connection, progress=progress)
+    finally:
+        connection.close()
+        await connection.wait_closed()
+
+
+def _checked_python(python: str, found: Optional[Probe]) -> Probe:
+    install = "or leave out --python to have attach install this client's build into ~/.gaudi_nb/env on the node"
+    if found is None:
+        raise SpecError(f"--python {python} does not run on the node: give the path of a Python 3.10+ there, {install}")
+    if found.version is None:
+        raise SpecError(f"--python {python} has no gaudi_nb ({found.get('gaudi_nb_error') or 'not importable'}): pip install gaudi_nb=={__version__} with it, {install}")
+    if found.version != __version__:
+        raise SpecError(f"--python {python} has gaudi_nb {found.version} and this client is {__version__}: pip install gaudi_nb=={__version__} with it, {install}")
+    return found
+
+
+def node_record(name: str, address: SshAddress, found: Probe) -> Dict[str, Any]:
+    """The store's record of a node from what its gaudi_nb reported (doctor and hl-smi)."""
+    doctor = found.get("doctor") or {}
+    modules = found.get("modules") or {}
+    accelerator = doctor.get("accelerator") or "unknown"
+    return {
+        "name": name,
+        "url": address.url(),
+        "user": address.user,
+        "host": address.host,
+        "port": address.port,
+        "identity_file": address.identity_file,
+        "jump": address.jump,
+        "python": found.executable,
+        "home": found.home,
+        "accelerator": accelerator,
+        "device_count": _device_count(accelerator, modules),
+        "driver_version": modules.get("driver_version") or _doctor_found(doctor, "Gaudi driver"),
+        "firmware_version": modules.get("firmware_version") or _doctor_found(doctor, "Gaudi firmware"),
+        "gaudi_nb_version": found.version,
+        "attached_at": time.time(),
+    }
+
+
+def _device_count(accelerator: str, modules: Dict[str, Any]) -> Optional[int]:
+    if modules.get("present") is not None:
+        return len(modules["present"])
+    if accelerator == "cpu":
+        return 0  # no accelerator card; runs use the CPU
+    return None  # unknown (a CUDA node: the doctor does not count GPUs)
+
+
+def _doctor_found(doctor: Dict[str, Any], row: str) -> Optional[str]:
+    """A version from the doctor's row; None where the row says there is no card."""
+    for check in doctor.get("checks") or []:
+        if check.get("name") == row:
+            text = str(check.get("found") or "")
+            return text if re.match(r"^\s*v?\d", text) else None
+    return None
+
+
+def detach(name: str, *, store: "Optional[RunStore]" = None) -> Dict[str, Any]:
+    """Forget a node (nothing on the node is touched); returns the record it had."""
+    from ..store import RunStore
+
+    return (store or RunStore()).remove_node(name)
+
+
+def nodes(*, store: "Optional[RunStore]" = None) -> List[Dict[str, Any]]:
+    from ..store import RunStore
+
+    return (store or RunStore()).list_nodes()

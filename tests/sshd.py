@@ -2,9 +2,11 @@
 
 The node it serves is this machine, logged into as the current user (root here). Its sessions
 get GAUDI_NB_HOME pointed at a folder of the test session (sshd_config SetEnv), so nothing a
-test attaches, installs or runs on the "node" touches the real ~/.gaudi_nb; and PATH starts
-with this venv's bin, so the node's `python3` is one that has torch (as a Gaudi node's Intel
-Python has), which the bootstrap layers its env on instead of downloading torch.
+test attaches, installs or runs on the "node" touches the real ~/.gaudi_nb; and this venv's bin
+is on their PATH (behind whatever the user's shell start-up files put first), so the node has a
+`python3` with torch, as a Gaudi node has Intel's, which the bootstrap layers its env on
+instead of downloading torch. `netns` runs the server inside a network namespace (a second
+"host" on this machine), as ../shared/TESTING.md describes.
 """
 from __future__ import annotations
 
@@ -45,8 +47,10 @@ def keygen(path: Path) -> Path:
 class Sshd:
     """One sshd process; `start()`, `stop()`, `restart()`, and `kill_sessions()` to drop the live connections."""
 
-    def __init__(self, folder: Path, *, port: Optional[int] = None, address: str = "127.0.0.1", node_home: Optional[Path] = None, path_prefix: Optional[str] = None) -> None:
+    def __init__(self, folder: Path, *, port: Optional[int] = None, address: str = "127.0.0.1", node_home: Optional[Path] = None,
+                 path_prefix: Optional[str] = None, netns: Optional[str] = None) -> None:
         self.folder = Path(folder)
+        self.netns = netns
         self.folder.mkdir(parents=True, exist_ok=True)
         self.address = address
         self.port = port or free_port()
@@ -124,19 +128,31 @@ class Sshd:
             return self
         Path("/run/sshd").mkdir(parents=True, exist_ok=True)  # sshd's privilege-separation directory
         log = open(self.log, "ab")
-        self.process = subprocess.Popen([SSHD, "-D", "-e", "-f", str(self.config)], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        # `ip netns exec` execs sshd, so the process (and its session children) are sshd's own
+        self.process = subprocess.Popen([*self._in_netns(), SSHD, "-D", "-e", "-f", str(self.config)], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"sshd exited with {self.process.returncode}: {self.log.read_text()[-2000:]}")
-            try:
-                with socket.create_connection((self.address, self.port), timeout=0.5):
-                    return self
-            except OSError:
-                time.sleep(0.05)
+            if self._listening():
+                return self
+            time.sleep(0.05)
         self.stop()
         raise RuntimeError(f"sshd did not listen on {self.address}:{self.port} in {timeout} s")
+
+    def _in_netns(self) -> List[str]:
+        return ["ip", "netns", "exec", self.netns] if self.netns else []
+
+    def _listening(self) -> bool:
+        if not self.netns:
+            try:
+                with socket.create_connection((self.address, self.port), timeout=0.5):
+                    return True
+            except OSError:
+                return False
+        probe = f"import socket; socket.create_connection(({self.address!r}, {self.port}), 0.5).close()"
+        return subprocess.run([*self._in_netns(), sys.executable, "-c", probe], capture_output=True).returncode == 0
 
     def stop(self) -> None:
         """Stop the listener and every session it serves (the sessions are its children)."""

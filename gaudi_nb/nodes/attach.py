@@ -65,7 +65,7 @@ def attach(
         raise SpecError(f"a node named '{name}' is attached already at {existing['url']}: pick another --name, or gaudi-nb nodes detach {name} first")
 
     found = run_sync(lambda: _inspect(address, python=python, trust_new_host=trust_new_host, progress=progress))
-    record = node_record(name, address, found)
+    record = node_record(name, address, found, python=python)
     if existing is not None:
         record.pop("owner", None)  # the teammate who attached it first keeps it
         return store.update_node(name, **{k: v for k, v in record.items() if k != "name"})
@@ -94,8 +94,12 @@ def _checked_python(python: str, found: Optional[Probe]) -> Probe:
     return found
 
 
-def node_record(name: str, address: SshAddress, found: Probe) -> Dict[str, Any]:
-    """The store's record of a node from what its gaudi_nb reported (doctor and hl-smi)."""
+def node_record(name: str, address: SshAddress, found: Probe, *, python: Optional[str] = None) -> Dict[str, Any]:
+    """The store's record of a node from what its gaudi_nb reported (doctor and hl-smi).
+
+    `python`: the path the user gave, kept as given (a wrapper script or a conda shim may set up
+    more than the interpreter it ends in); otherwise the env's interpreter.
+    """
     doctor = found.get("doctor") or {}
     modules = found.get("modules") or {}
     accelerator = doctor.get("accelerator") or "unknown"
@@ -107,7 +111,7 @@ def node_record(name: str, address: SshAddress, found: Probe) -> Dict[str, Any]:
         "port": address.port,
         "identity_file": address.identity_file,
         "jump": address.jump,
-        "python": found.executable,
+        "python": python or found.executable,
         "home": found.home,
         "accelerator": accelerator,
         "device_count": _device_count(accelerator, modules),

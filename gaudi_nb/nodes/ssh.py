@@ -250,6 +250,9 @@ async def open_connection(address: SshAddress, *, trust_new_host: bool = False, 
     except (OSError, asyncio.TimeoutError, asyncssh.ConnectionLost, asyncssh.DisconnectError) as exc:
         _close_quietly(tunnel)
         raise UnreachableError(f"cannot reach {address.url()}{' via ' + address.jump if address.jump else ''} ({_why(exc, connect_timeout)}): {_unreachable_hint(exc)}") from None
+    except asyncssh.Error as exc:  # key exchange, protocol: the two ends found nothing in common
+        _close_quietly(tunnel)
+        raise SshError(f"SSH to {address.url()} failed ({_why(exc, connect_timeout)}): check that it is an OpenSSH server and ssh -v {address.user}@{address.host} -p {address.port} works") from None
     if tunnel is not None:
         connection.set_tunnel(tunnel)  # closed with this connection
     return connection

@@ -11,6 +11,9 @@ class Target(Protocol):
     name: str
     max_nodes: int  # how many nodes one run may use here
 
+    def check(self, spec: RunSpec) -> None:
+        """What only the target can check before anything is written (a remote node's preflight); SpecError if not ready."""
+
     def run_dir(self, run_id: str) -> Path:
         """The local folder that holds (or mirrors) the run."""
 

@@ -19,6 +19,9 @@ class LocalTarget:
     name = "local"
     max_nodes = 1
 
+    def check(self, spec: RunSpec) -> None:
+        """Nothing to ask of this machine beyond api.check()."""
+
     def run_dir(self, run_id: str) -> Path:
         return run_dir(run_id)
 

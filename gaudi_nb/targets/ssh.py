@@ -74,10 +74,13 @@ class SshTarget:
     def folder(self, run_id: str) -> RunFolder:
         return RunFolder(run_dir(run_id))
 
-    def launch(self, spec: RunSpec, run_id: str) -> Path:
+    def check(self, spec: RunSpec) -> None:
+        """The node is attached and ready for this run (the preflight, one line if not); nothing is written yet."""
         from ..nodes.preflight import preflight
 
         preflight(self.node, spec)
+
+    def launch(self, spec: RunSpec, run_id: str) -> Path:
         links = self._links()
         remote = self.remote_dir(run_id)
         uploads, remote_spec = self._inputs(spec, remote)

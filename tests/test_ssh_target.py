@@ -1,0 +1,97 @@
+"""Runs on an attached node over a real sshd: the agent there, the events mirrored here, links that drop and return."""
+import json
+import subprocess
+import sys
+import time
+
+import pytest
+from conftest import BIN
+
+import gaudi_nb
+
+pytestmark = pytest.mark.slow
+VENV_PYTHON = sys.executable
+GAUDI_NB = str(BIN / "gaudi-nb")
+
+
+@pytest.fixture
+def node(gaudi_home, ssh_home, sshd):
+    gaudi_nb.attach(sshd.url, name="loop", python=VENV_PYTHON)
+    yield "loop"
+    from gaudi_nb.nodes import link
+
+    link._links = None  # the next test starts with fresh links (its HOME differs)
+
+
+def steps_of(run):
+    return [e["step"] for e in run.events(types=["step"])]
+
+
+def test_a_run_on_an_attached_node_is_complete_here(node, sshd, tmp_path):
+    data = tmp_path / "corpus.txt"
+    from gaudi_nb.presets import sample_text_path
+
+    data.write_text(sample_text_path().read_text())
+    started = time.monotonic()
+    run = gaudi_nb.train(target=node, devices=2, max_steps=12, dataset=str(data), price_per_hour=13.11)
+    first_step = None
+    deadline = time.monotonic() + 240
+    while not run.done and time.monotonic() < deadline:
+        if first_step is None and run.record()["steps_completed"] >= 1:
+            first_step = time.monotonic() - started
+        time.sleep(0.5)
+    record = run.record()
+    assert record["status"] == "succeeded", record["exit"]
+    assert steps_of(run) == list(range(1, 13))  # every step once
+    assert record["telemetry_samples"] > 0 and record["cost"]["usd"] > 0
+    starts = run.events(types=["run_start"])
+    assert starts[0]["node"] == "loop" and starts[0]["run_dir"].startswith(str(sshd.node_home))  # it ran there
+    assert record["spec"]["dataset"].endswith("/inputs/0-corpus.txt")  # the node trained on its own copy of the file
+    print(f"\nremote run: first step after {first_step:.1f} s")
+    shown = json.loads(subprocess.run([GAUDI_NB, "show", run.run_id, "--json"], capture_output=True, text=True, timeout=60).stdout)
+    assert shown["status"] == "succeeded" and shown["steps_completed"] == 12
+    log = subprocess.run([GAUDI_NB, "logs", run.run_id], capture_output=True, text=True, timeout=60)
+    assert log.returncode == 0
+
+
+def test_a_dropped_link_is_unreachable_then_resumes_with_every_event_once(node, sshd):
+    run = gaudi_nb.train(target=node, devices=1, max_steps=60)
+    deadline = time.monotonic() + 180
+    while run.record()["steps_completed"] < 3 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    killed = sshd.kill_sessions()  # the children serving this client's connection: the link drops
+    assert killed
+    time.sleep(1.0)
+    sshd.stop()  # and the node stays unreachable for a while
+    seen = set()
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and "unreachable" not in seen:
+        seen.add(run.record()["status"])
+        time.sleep(0.5)
+    assert "unreachable" in seen  # the link's state, shown while the node cannot be reached
+    down_for = time.monotonic()
+    sshd.start()
+    while run.record()["status"] == "unreachable" and time.monotonic() - down_for < 60:
+        time.sleep(0.2)
+    print(f"\nreconnect: {time.monotonic() - down_for:.1f} s after sshd came back")
+    run.wait(timeout=300)
+    assert run.status == "succeeded", run.record()["exit"]
+    assert steps_of(run) == list(range(1, 61))  # nothing lost, nothing doubled
+
+
+def test_stop_reaches_the_node(node):
+    run = gaudi_nb.train(target=node, devices=1, max_steps=2000)
+    deadline = time.monotonic() + 180
+    while run.record()["steps_completed"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    result = subprocess.run([GAUDI_NB, "stop", run.run_id], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    run.wait(timeout=180)
+    record = run.record()
+    assert record["status"] == "stopped" and record["checkpoints"][-1]["reason"] == "stopped"
+
+
+def test_an_unknown_node_is_one_line_and_nothing_starts(gaudi_home):
+    result = subprocess.run([GAUDI_NB, "train", "--target", "nowhere"], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "no attached node 'nowhere'" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert gaudi_nb.runs() == []

@@ -280,3 +280,28 @@ def test_validate_without_the_sdk_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "kubernetes", None)  # import now raises ImportError
     with pytest.raises(MissingExtraError, match=r"gaudi_nb\[k8s\]"):
         k8s.validate(k8s.render(RunSpec(), image=IMAGE))
+
+
+def test_a_rendered_multi_node_job_gives_each_node_what_it_needs_to_start():
+    from gaudi_nb.launch import build_launch
+    from gaudi_nb.launch.cluster import cluster_launch_options, parse_hostfile
+
+    # MPIJob: the launcher reads the hostfile the MPI operator mounts (render sets GAUDI_NB_HOSTFILE)
+    hostfile = "job-worker-0.job.ml.svc slots=8\njob-worker-1.job.ml.svc slots=8\n"
+    assert parse_hostfile("# workers\n" + hostfile + "\n") == ["job-worker-0.job.ml.svc", "job-worker-1.job.ml.svc"]
+    options = cluster_launch_options({"GAUDI_NB_HOSTFILE": "/etc/mpi/hostfile"}, nodes=2, read=lambda path: hostfile)
+    assert options == {"hosts": ["job-worker-0.job.ml.svc", "job-worker-1.job.ml.svc"], "master_addr": "job-worker-0.job.ml.svc"}
+    spec = RunSpec(devices=8, nodes=2, launcher="deepspeed")
+    plan = build_launch(spec, ["-m", "gaudi_nb.worker"], accelerator="cpu", **options)
+    assert plan.files["hostfile"].splitlines() == ["job-worker-0.job.ml.svc slots=8", "job-worker-1.job.ml.svc slots=8"]
+    with pytest.raises(SpecError, match="lists 2 host"):
+        cluster_launch_options({"GAUDI_NB_HOSTFILE": "/etc/mpi/hostfile"}, nodes=3, read=lambda path: hostfile)
+
+    # PyTorchJob: the training operator sets each pod's node rank and the master
+    pod = {"RANK": "1", "MASTER_ADDR": "job-master-0", "MASTER_PORT": "23456", "WORLD_SIZE": "2"}
+    options = cluster_launch_options(pod, nodes=2)
+    assert options == {"node_rank": 1, "master_addr": "job-master-0", "master_port": 23456}
+    plan = build_launch(RunSpec(devices=2, nodes=2, launcher="torchrun"), ["-m", "gaudi_nb.worker"], accelerator="cpu", **options)
+    assert "--node-rank" in plan.argv and plan.argv[plan.argv.index("--node-rank") + 1] == "1"
+    assert any("job-master-0" in a for a in plan.argv) and any("23456" in a for a in plan.argv)
+    assert cluster_launch_options({"RANK": "0"}, nodes=1) == {}  # a one-node run is not a cluster job

@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOK = ROOT / "docs" / "hooks" / "cli_reference.py"
-PAGES = ["index", "quickstart", "concepts", "architecture", "reference/magics", "reference/cli", "cost", "tuning", "deployment", "troubleshooting"]
+PAGES = ["index", "quickstart", "concepts", "nodes", "architecture", "reference/magics", "reference/cli", "cost", "tuning", "deployment", "troubleshooting"]
 
 
 def _hook_module():
@@ -138,6 +138,14 @@ def test_magics_reference_names_every_magic(site):
     for magic in ("%load_ext gaudi_nb", "%gaudi_attach", "%gaudi_train", "%%gaudi_train", "--script", "%gaudi_runs",
                   "%gaudi_watch", "%gaudi_stop", "%gaudi_cost", "GaudiMagics.budget_usd"):
         assert magic in page, magic
+
+
+def test_nodes_page_covers_attaching_and_training_there(site):
+    page = _text(site / "nodes" / "index.html")
+    for text in ("gaudi-nb nodes attach", "gaudi-nb nodes list", "gaudi-nb nodes check", "gaudi-nb nodes detach", "--target gaudi1",
+                 "%gaudi_attach ssh://", "--trust-new-host", "--python", "unreachable", "lost", "How long attaching takes", "notebooks/05_remote_node.ipynb"):
+        assert text in page, text
+    assert 'href="nodes/"' in (site / "index.html").read_text()  # linked from the home page
 
 
 def test_troubleshooting_covers_the_known_pains(site):

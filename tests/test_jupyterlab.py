@@ -1,7 +1,8 @@
 """Browser acceptance: real JupyterLab, Debian Chromium driven by Playwright.
 
 Issue 3: the quickstart's live panel and the launcher. Issue 7: the quickstart as shipped, under
-Run → Run All Cells, ends with the finished run's numbers and words, never None.
+Run → Run All Cells, ends with the finished run's numbers and words, never None. Issue 9: the
+remote-node notebook attaches the test sshd and shows the same live panel for a run there.
 """
 from __future__ import annotations
 
@@ -43,6 +44,14 @@ def set_parameters(notebook: Path, **values: object) -> None:
     for name, value in values.items():
         lines = [f"{name} = {value!r}" if line.startswith(f"{name} =") else line for line in lines]
     cell["source"] = "\n".join(lines)
+    notebook.write_text(json.dumps(nb))
+
+
+def inject_parameters(notebook: Path, source: str) -> None:
+    """Add a cell tagged injected-parameters after the parameters cell, as papermill does: the test's settings, the notebook untouched."""
+    nb = json.loads(notebook.read_text())
+    at = next(i for i, c in enumerate(nb["cells"]) if "parameters" in c.get("metadata", {}).get("tags", []))
+    nb["cells"].insert(at + 1, {"cell_type": "code", "id": "injected-parameters", "metadata": {"tags": ["injected-parameters"]}, "source": source, "outputs": [], "execution_count": None})
     notebook.write_text(json.dumps(nb))
 
 
@@ -283,6 +292,72 @@ def test_launcher_widget_launches_a_run_with_its_panel(pages, lab):
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     launcher.screenshot(path=str(SCREENSHOTS / "jupyterlab_launcher.png"))
     assert "started" in launcher.inner_text()
+    scripts = [f for f in failed if f[0] == "script"]
+    assert not scripts, f"scripts failed to load: {scripts}"
+    page.close()
+
+
+def test_remote_node_notebook_trains_on_the_attached_node_with_the_live_panel(pages, lab, sshd, node_install, tmp_path):
+    """Issue 9: notebooks/05_remote_node.ipynb under Run All attaches the test sshd and trains there; the panel is live and ends succeeded."""
+    # the kernel is a child of the lab's server: its ssh client reads ~/.ssh from HOME, so the
+    # injected parameters point HOME at a client home whose known_hosts trusts this sshd (the
+    # notebook itself stays as a user gets it). The node's env is the session's one install.
+    client_home = sshd.client_home(tmp_path / "client_home")
+    name = "remote_node.ipynb"
+    shutil.copy(REPO / "notebooks" / "05_remote_node.ipynb", lab["root"] / name)
+    inject_parameters(lab["root"] / name, "\n".join([
+        "# Parameters injected by the test: the node is the test's sshd on loopback",
+        f"node_url = {sshd.url!r}",
+        "node_name = 'loopback'",
+        f"identity_file = {str(sshd.client_key)!r}",
+        "import os",
+        f"os.environ['HOME'] = {str(client_home)!r}  # its ~/.ssh/known_hosts trusts the test sshd's host key",
+        "os.environ.pop('SSH_AUTH_SOCK', None)",
+    ]))
+    page, failed = pages(name, height=3200)  # tall enough to show every cell at once
+    # every step the panel shows on its way, sampled in the page (the run may be quick)
+    page.evaluate("""() => { window.__gnbSteps = []; setInterval(() => {
+        const e = document.querySelector('.gaudi-nb-panel .gaudi-nb-step');
+        if (e && !window.__gnbSteps.includes(+e.dataset.step)) window.__gnbSteps.push(+e.dataset.step); }, 100); }""")
+    started = time.monotonic()
+    run_all(page)
+    page.locator(".gaudi-nb-panel .gaudi-nb-status[data-status='running']").first.wait_for(timeout=120_000)
+    all_cells_ran(page, timeout=240_000)
+    page.wait_for_selector(".gaudi-nb-panel .gaudi-nb-status[data-status='succeeded']", timeout=30_000)
+    took = time.monotonic() - started
+    time.sleep(1)  # the last widget updates and stream flushes settle
+    panel = page.locator(".gaudi-nb-panel").first
+    step = panel.locator(".gaudi-nb-step")
+    assert (step_of(step), step.get_attribute("data-max-steps")) == (20, "20")
+    seen = page.evaluate("() => window.__gnbSteps")
+    assert len([s for s in seen if 0 < s < 20]) >= 2, f"the panel did not count steps as they came: {seen}"
+    page.locator(".jp-Notebook .jp-Cell").first.scroll_into_view_if_needed()
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(tmp_path / "remote_node.png"))  # the whole notebook after Run All
+    shutil.copy(tmp_path / "remote_node.png", SCREENSHOTS / "jupyterlab_remote_node.png")
+    panel.screenshot(path=str(tmp_path / "remote_node_panel.png"))
+    shutil.copy(tmp_path / "remote_node_panel.png", "/tmp/remote_node_panel.png")
+    shutil.copy(tmp_path / "remote_node_panel.png", SCREENSHOTS / "jupyterlab_remote_node_panel.png")
+
+    outputs = [o.text_content() for o in page.locator(".jp-Notebook .jp-CodeCell .jp-OutputArea-output").all()]
+    text = "\n".join(outputs)
+    assert "Traceback" not in text and "Error" not in text, text[-3000:]
+    shown = [line for line in text.splitlines() if NONE_SHOWN.search(line)]
+    assert not shown, f"outputs show None where a number or a word belongs: {shown}"
+    assert f"attached: loopback ({sshd.url}" in text, text[:3000]
+    run_id = panel.locator(".gaudi-nb-run-id").inner_text().strip()
+    assert re.search(rf"{re.escape(run_id)}: succeeded on loopback, step 20/20\b", text), text[-3000:]
+    assert re.search(r"loss \d+\.\d{3} → \d+\.\d{3}", text) and re.search(r"throughput [\d,]+ tokens/s", text), text[-3000:]
+    assert "cost unknown: no price per hour was given" in text
+    runs_row = page.locator(".gaudi-nb-runs tr", has_text=run_id)
+    assert "loopback" in runs_row.inner_text() and "succeeded" in runs_row.inner_text()
+
+    # it ran on the node, and its events came here once each: the local mirror of the node's stream
+    events = [json.loads(line) for line in (lab["home"] / "runs" / run_id / "events.jsonl").read_text().splitlines()]
+    start = next(e for e in events if e["type"] == "run_start")
+    assert start["node"] == "loopback" and start["run_dir"].startswith(str(sshd.node_home))
+    assert [e["step"] for e in events if e["type"] == "step"] == list(range(1, 21))
+    print(f"\nremote notebook: Run All to succeeded in {took:.1f} s")
     scripts = [f for f in failed if f[0] == "script"]
     assert not scripts, f"scripts failed to load: {scripts}"
     page.close()

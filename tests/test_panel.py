@@ -223,3 +223,13 @@ def test_watch_after_a_kernel_restart_shows_the_whole_history_and_keeps_updating
             gaudi_nb.get_run(run_id).stop()
         kc.stop_channels()
         km.shutdown_kernel(now=True)
+
+
+def test_a_rank_exiting_at_the_end_keeps_its_tile_and_a_remote_run_says_where():
+    host = [{"index": i, "kind": "cpu", "label": f"cpu rank {i}", "utilization_pct": 50.0} for i in range(2)]
+    start = make_event("run_start", RUN, t=100.0, spec={"max_steps": 2, "nodes": 1, "target": "gaudi-a"}, accelerator="cpu")
+    events = [start, make_event("worker_start", RUN, rank=0, t=101.0, world_size=2, accelerator="cpu"), make_event("telemetry", RUN, t=102.0, source="host", devices=host)]
+    events.append(make_event("telemetry", RUN, t=103.0, source="host", devices=host[:1]))  # rank 1 already gone
+    state = PanelState.from_events(RUN, events)
+    assert [d["label"] for d in state.devices] == ["cpu rank 0", "cpu rank 1"]
+    assert "cpu × 2 on gaudi-a" in header_html(state)

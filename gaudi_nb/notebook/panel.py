@@ -78,8 +78,10 @@ class PanelState:
             elif kind == "eval" and e.get("eval_loss") is not None:
                 self.eval_loss.append((int(e.get("step") or 0), float(e["eval_loss"])))
             elif kind == "telemetry":
-                # ranks vanish from a host sample when they exit: keep the last sample that had devices
-                if e.get("devices") or not self.devices:
+                # ranks vanish from a host sample one by one as they exit at the end: keep the last
+                # sample that had all of them (a rank's tile must not disappear from a finished run)
+                fewer_ranks = e.get("source") == "host" and len(e.get("devices") or []) < len(self.devices)
+                if (e.get("devices") and not fewer_ranks) or not self.devices:
                     self.devices = list(e.get("devices") or [])
                     self.device_source = e.get("source")
                 self.host = e.get("host")
@@ -223,6 +225,9 @@ def header_html(state: PanelState) -> str:
     max_steps = state.max_steps
     acc = s.get("accelerator")
     device = f"{acc} × {s.get('device_count') or '?'}" if acc else "starting…"
+    target = s.get("target")
+    if target and target != "local":
+        device += f" on {target}"  # a remote run says where it runs
     extras = ", ".join(str(v) for v in (s.get("precision"), s.get("trainer"), s.get("execution_mode")) if v)
     eta = state.eta_seconds()
     pct = min(100.0, 100.0 * state.step / max_steps) if max_steps else 0.0

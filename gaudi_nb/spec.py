@@ -18,6 +18,7 @@ LauncherName = Literal["auto", "torchrun", "torch.distributed.run", "mpirun", "d
 _SSH = re.compile(r"^ssh://(?P<user>[^@/\s:]+)@(?P<host>[^:/\s@]+)(?::(?P<port>\d+))?$")
 _AWS = re.compile(r"^aws:(?P<instance_type>[\w.\-]+)$")
 _NODE = re.compile(r"^[A-Za-z][\w.\-]*$")
+_NODES = re.compile(r"^[A-Za-z][\w.\-]*(?:\s*,\s*[A-Za-z][\w.\-]*)+$")  # NAME1,NAME2: one run across attached nodes
 TARGET_FORMS = "local, an attached node's name, ssh://user@host[:port] or aws:INSTANCE_TYPE"
 _DATA_SUFFIXES = (".txt", ".text", ".json", ".jsonl", ".parquet", ".csv")
 
@@ -31,7 +32,7 @@ def looks_like_path(value: str) -> bool:
 class TargetAddress:
     """A parsed target string: where a run executes."""
 
-    kind: str  # local | node (attached, by name) | ssh | aws
+    kind: str  # local | node (attached, by name) | nodes (NAME1,NAME2: several attached nodes, node 0 first) | ssh | aws
     text: str
     user: Optional[str] = None
     host: Optional[str] = None
@@ -40,7 +41,8 @@ class TargetAddress:
 
 
 def parse_target(text: str) -> TargetAddress:
-    """local | NODE (a name from `gaudi-nb nodes list`) | ssh://user@host[:port] | aws:INSTANCE_TYPE; a ValueError names the forms."""
+    """local | NODE (a name from `gaudi-nb nodes list`) | NODE1,NODE2 (several; node 0 first) | ssh://user@host[:port] |
+    aws:INSTANCE_TYPE; a ValueError names the forms."""
     text = text.strip()
     if text == "local":
         return TargetAddress("local", text)
@@ -55,6 +57,14 @@ def parse_target(text: str) -> TargetAddress:
         return TargetAddress("aws", text, instance_type=match["instance_type"])
     if _NODE.match(text):
         return TargetAddress("node", text, host=text)
+    if _NODES.match(text):
+        names = [name.strip() for name in text.split(",")]
+        if "local" in names:
+            raise ValueError(f"{text}: 'local' cannot be one of several nodes: name attached nodes only (gaudi-nb nodes list)")
+        twice = sorted({name for name in names if names.count(name) > 1})
+        if twice:
+            raise ValueError(f"{text}: {', '.join(twice)} is named twice: name each node once")
+        return TargetAddress("nodes", ",".join(names), host=",".join(names))
     raise ValueError(f"unknown target '{text}': use {TARGET_FORMS} (aws:dl1.24xlarge)")
 
 

@@ -123,7 +123,7 @@ def _apply(s: Dict[str, Any], e: Dict[str, Any]) -> None:
     elif kind == "telemetry":
         s["telemetry_samples"] += 1
     elif kind == "cost":
-        s["cost"].update(usd=e.get("usd"), elapsed_s=e.get("elapsed_s"), price_per_hour=e.get("price_per_hour"), nodes=e.get("nodes", s["cost"]["nodes"]))
+        _apply_cost(s, e)
     elif kind in ("cell", "result"):
         _apply_batch(s, e)
     elif kind == "stop_requested":
@@ -133,6 +133,22 @@ def _apply(s: Dict[str, Any], e: Dict[str, Any]) -> None:
         s["status"] = e.get("status", "failed")
         s["ended_at"] = e.get("t")
         s["exit"] = {k: e.get(k) for k in ("exit_code", "reason", "last_log_lines")}
+
+
+def _apply_cost(s: Dict[str, Any], e: Dict[str, Any]) -> None:
+    """Each node's agent meters its own node: the run's spend is the sum of every node's latest
+    cost event (unknown if any node's is), its elapsed time the longest."""
+    per_node = s.setdefault("_node_costs", {})
+    per_node[str(e.get("node"))] = {"usd": e.get("usd"), "elapsed_s": e.get("elapsed_s"), "nodes": e.get("nodes") or 1}
+    spent = [c["usd"] for c in per_node.values()]
+    elapsed = [c["elapsed_s"] for c in per_node.values() if c["elapsed_s"] is not None]
+    metered = sum(int(c["nodes"]) for c in per_node.values())
+    s["cost"].update(
+        usd=None if any(u is None for u in spent) else sum(float(u) for u in spent),
+        elapsed_s=max(elapsed) if elapsed else None,
+        price_per_hour=e.get("price_per_hour"),
+        nodes=max(metered, int((s.get("spec") or {}).get("nodes") or 1)),
+    )
 
 
 def _empty_batch() -> Dict[str, Any]:

@@ -138,3 +138,59 @@ def node_install(sshd_server, tmp_path_factory):
             else:
                 os.environ[name] = value
     return {"seconds": seconds, "messages": messages, "record": record, "client_home": home}
+
+
+# -- two hosts on this machine (tests/netns.py), an sshd in each: a run across two nodes ----------------
+
+
+@pytest.fixture(scope="session")
+def two_hosts():
+    """Two network namespaces on a bridge (tests/netns.py); skipped where `ip netns` cannot be used, but never in CI."""
+    import netns
+    import sshd as sshd_module
+
+    why = netns.available() or sshd_module.available()
+    if why:
+        if os.environ.get("CI"):
+            raise RuntimeError(f"two hosts cannot be made in CI: {why}; scripts/setup-and-test runs as root with iproute2 and openssh-server")
+        pytest.skip(why)
+    hosts = netns.TwoHosts().create()
+    yield hosts
+    hosts.close()
+
+
+@pytest.fixture(scope="session")
+def netns_sshds(two_hosts, tmp_path_factory):
+    """One sshd in each namespace, listening on its address there; both accept the first one's client key."""
+    import sshd as sshd_module
+
+    servers = [
+        sshd_module.Sshd(tmp_path_factory.mktemp(f"sshd-host{i}"), address=address, netns=namespace)
+        for i, (address, namespace) in enumerate(zip(two_hosts.addresses, two_hosts.namespaces, strict=True))
+    ]
+    servers[1].authorized_keys.write_text(servers[0].client_key.with_suffix(".pub").read_text())
+    try:
+        for server in servers:
+            server.start()
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+@pytest.fixture
+def two_nodes(gaudi_home, netns_sshds, tmp_path, monkeypatch):
+    """Both hosts attached (with this venv's Python, as the one-node tests do) as nodes `na` and `nb`; the client's HOME trusts both."""
+    import gaudi_nb
+    from gaudi_nb.nodes import link
+
+    first, second = netns_sshds
+    home = first.client_home(tmp_path / "client_home")
+    (home / ".ssh" / "known_hosts").write_text(first.host_key_line() + second.host_key_line())
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    link._links = None
+    gaudi_nb.attach(first.url, name="na", python=sys.executable)
+    gaudi_nb.attach(second.url, name="nb", python=sys.executable)
+    yield ["na", "nb"]
+    link._links = None  # the next test starts with fresh links (its HOME differs)

@@ -1,6 +1,14 @@
-"""The node agent: starts the launcher, samples telemetry, meters cost, enforces the budget, ends the run."""
+"""The node agent: starts the launcher, samples telemetry, meters cost, enforces the budget, ends the run.
+
+A run across several nodes has one agent per node (run.json's `cluster` says which node this is).
+Each meters and samples its own node. Node 0's agent leads: the others keep one TCP connection to
+it (`Peers`), report their spend over it, and receive from it the step every rank stops after;
+so a stop or a budget stop ends every node at the same step, without the client.
+"""
 from __future__ import annotations
 
+import json
+import math
 import os
 import signal
 import socket
@@ -10,14 +18,14 @@ import threading
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 import psutil
 
 from .. import accel
 from ..cost import catalog, meter
 from ..events import EventWriter, Tailer
-from ..launch import build_launch, pick_launcher
+from ..launch import LaunchPlan, build_launch, pick_launcher
 from ..rundir import RunFolder
 from ..spec import RunSpec
 from ..worker.trainers import pick_trainer
@@ -27,6 +35,10 @@ from ..worker.watchdog import agent_environment
 # takes longer than this is terminated (a hung rank must not keep spending money).
 STOP_GRACE_S = float(os.environ.get("GAUDI_NB_STOP_GRACE_S", "300"))
 LOG_TAIL_LINES = 20
+# Several nodes: node 0 picks a stop step this many seconds of steps ahead of rank 0, so that the
+# step reaches every node's ranks before they get there (see stop_step).
+STOP_MARGIN_S = float(os.environ.get("GAUDI_NB_STOP_MARGIN_S", "1"))
+ENDED_WELL = ("succeeded", "stopped", "budget_exceeded")
 
 
 def free_port() -> int:
@@ -55,6 +67,197 @@ def failure_reason(lines: List[str], exit_code: int) -> str:
     return f"the launcher exited with code {exit_code}"
 
 
+# -- several nodes ------------------------------------------------------------------------------
+# run.json of a run across nodes has "cluster": {"nodes": [names, node 0 first], "node_rank": k,
+# "master_addr": node 0's address as the others reach it, "master_port", "control_port",
+# "token" (shared by the nodes of this run only), "hosts": [each node's address]} (targets/ssh.py).
+
+
+def route_to(address: str) -> Tuple[Optional[str], Optional[str]]:
+    """(this node's own address on the way to `address`, the interface that holds it); Nones where unknown.
+
+    A UDP connect sends nothing; it only asks the kernel which source address it would use,
+    so on node 0 (whose own address is the master's) it names node 0's interface, not loopback.
+    """
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+            probe.connect((address, 9))
+            local = str(probe.getsockname()[0])
+    except OSError:
+        return None, None
+    for name, addresses in psutil.net_if_addrs().items():
+        if any(a.family == socket.AF_INET and a.address == local for a in addresses):
+            return local, name
+    return local, None
+
+
+def cluster_plan(spec: RunSpec, cluster: Dict[str, Any], worker: List[str], *, python: str, accelerator: str, launcher: str, master_port: Optional[int] = None,
+                 local_addr: Optional[str] = None, ifname: Optional[str] = None, environ: Optional[Mapping[str, str]] = None, **more: Any) -> Optional[LaunchPlan]:
+    """This node's launch plan in a run across nodes; None where node 0's launcher starts this node's ranks
+    (DeepSpeed, the multi-node form on Gaudi: node 0 reads the hostfile and starts every node over ssh).
+
+    torchrun: static rendezvous at node 0's address (--node-rank, --master-addr), and on CPU
+    GLOO_SOCKET_IFNAME set to the interface that reaches it (a host name that maps to 127.0.0.1
+    would otherwise send gloo to loopback); NCCL_SOCKET_IFNAME as well on CUDA.
+    """
+    rank = int(cluster["node_rank"])
+    if launcher == "deepspeed" and rank > 0:
+        return None
+    plan = build_launch(spec, worker, python=python, node_rank=rank, master_addr=str(cluster["master_addr"]), master_port=int(master_port or cluster["master_port"]),
+                        hosts=list(cluster.get("hosts") or []) or None, local_addr=local_addr, ifname=ifname, accelerator=accelerator, launcher=launcher,
+                        environ=environ, **more)
+    inherited = os.environ if environ is None else environ
+    if ifname and accelerator == "cuda":
+        for name in ("NCCL_SOCKET_IFNAME", "GLOO_SOCKET_IFNAME"):
+            if name not in inherited:  # a user's own choice stands
+                plan.env[name] = ifname
+    return plan
+
+
+def stop_step(last_step: int, fastest_step_s: Optional[float], max_steps: int, margin_s: float = STOP_MARGIN_S) -> int:
+    """The step every rank of a run across nodes stops after, chosen by node 0's agent.
+
+    One node alone lets rank 0 decide `step + 2` (worker/callback.py): its other ranks read the
+    decision from the same folder within a step. Across nodes node 0's agent decides from rank
+    0's last step event (rank 0 may be a step further) and sends the step to the other agents
+    (milliseconds over their open connection; a reconnect takes half a second), so it is put
+    three steps and `margin_s` worth of the fastest recent step ahead; five steps before any step is seen.
+    """
+    ahead = 3 + math.ceil(margin_s / fastest_step_s) if fastest_step_s else 5
+    return max(1, min(max_steps, last_step + ahead))
+
+
+_sending = threading.Lock()  # one line at a time on any connection: the loop and the peers' threads both send
+
+
+def _send(sock: socket.socket, message: Dict[str, Any]) -> bool:
+    try:
+        with _sending:
+            sock.sendall((json.dumps(message) + "\n").encode())
+        return True
+    except OSError:
+        return False
+
+
+class Peers:
+    """The agents of one run across nodes: node 0's listens at (master_addr, control_port), each other
+    node's keeps one connection to it and reconnects. JSON lines; the first line of a connection
+    is {"node", "token"}, and a wrong token is hung up on. Node 0 repeats its stop decision and its
+    end to a node that (re)connects, so a short drop loses neither."""
+
+    def __init__(self, node: str, cluster: Dict[str, Any], on_message: Callable[[str, Dict[str, Any]], None]) -> None:
+        self.node = node
+        self.leader_name = str(cluster["nodes"][0])
+        self.is_leader = int(cluster["node_rank"]) == 0
+        self.token = str(cluster["token"])
+        self.address = (str(cluster["master_addr"]), int(cluster["control_port"]))
+        self.on_message = on_message
+        self._lock = threading.Lock()
+        self._connections: Dict[str, socket.socket] = {}  # node 0: the others, by name; elsewhere: node 0
+        self._sticky: List[Dict[str, Any]] = []  # node 0: what every (re)connecting node gets first
+        self._server: Optional[socket.socket] = None
+        self._closed = False
+
+    def start(self) -> Optional[str]:
+        """Listen (node 0) or start connecting; returns a warning when node 0 had to listen on every address."""
+        warning = None
+        if self.is_leader:
+            try:
+                self._server = socket.create_server(self.address)
+            except OSError as exc:  # the address others reach node 0 by is not its own (NAT): listen on all
+                self._server = socket.create_server(("", self.address[1]))
+                warning = f"node 0 listens for the other nodes on port {self.address[1]} of every address ({self.address[0]}: {exc})"
+            threading.Thread(target=self._accept, name="gaudi-nb-peers", daemon=True).start()
+        else:
+            threading.Thread(target=self._connect, name="gaudi-nb-peers", daemon=True).start()
+        return warning
+
+    def connected(self) -> List[str]:
+        with self._lock:
+            return sorted(self._connections)
+
+    def send(self, message: Dict[str, Any], *, sticky: bool = False) -> None:
+        """Node 0: to every other node (sticky: and to any that connects later); elsewhere: to node 0."""
+        with self._lock:
+            if sticky:
+                self._sticky.append(message)
+            connections = list(self._connections.values())
+        for sock in connections:
+            _send(sock, message)
+
+    def close(self) -> None:
+        self._closed = True
+        with self._lock:
+            connections = list(self._connections.values())
+            self._connections.clear()
+        for sock in connections + ([self._server] if self._server is not None else []):
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    # -- node 0 -------------------------------------------------------------------------
+    def _accept(self) -> None:
+        assert self._server is not None
+        while not self._closed:
+            try:
+                sock, _ = self._server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
+
+    def _serve(self, sock: socket.socket) -> None:
+        name = None
+        try:
+            sock.settimeout(10)  # a connection that does not say who it is within 10 s is hung up on
+            lines = sock.makefile("r", encoding="utf-8")
+            hello = json.loads(lines.readline() or "{}")
+            if not isinstance(hello, dict) or hello.get("token") != self.token or not hello.get("node"):
+                return
+            sock.settimeout(None)
+            name = str(hello["node"])
+            with self._lock:
+                self._connections[name] = sock
+                for message in self._sticky:
+                    _send(sock, message)
+            self._read(name, lines)
+        except (OSError, ValueError):
+            pass
+        finally:
+            with self._lock:
+                if name is not None and self._connections.get(name) is sock:
+                    del self._connections[name]
+            sock.close()
+
+    # -- the other nodes ---------------------------------------------------------------------
+    def _connect(self) -> None:
+        while not self._closed:
+            sock = None
+            try:
+                sock = socket.create_connection(self.address, timeout=5)
+                sock.settimeout(None)
+                if _send(sock, {"node": self.node, "token": self.token}):
+                    with self._lock:
+                        self._connections[self.leader_name] = sock
+                    self._read(self.leader_name, sock.makefile("r", encoding="utf-8"))
+            except (OSError, ValueError):
+                pass
+            with self._lock:
+                self._connections.pop(self.leader_name, None)
+            if sock is not None:
+                sock.close()
+            time.sleep(0.5)
+
+    def _read(self, name: str, lines: Any) -> None:
+        for line in lines:
+            try:
+                message = json.loads(line)
+            except ValueError:
+                continue
+            if isinstance(message, dict):
+                self.on_message(name, message)
+
+
 class Agent:
     def __init__(self, run_dir: Path) -> None:
         self.folder = RunFolder(Path(run_dir).resolve())
@@ -78,6 +281,18 @@ class Agent:
         self.telemetry: Any = None
         self.run_modules: Optional[str] = None  # HABANA_VISIBLE_MODULES of a partial-node Gaudi run
         self._tailer = Tailer(self.folder.events)
+        # several nodes (run.json's "cluster"; None for one node)
+        self.cluster: Optional[Dict[str, Any]] = self.run.get("cluster")
+        self.peers: Optional[Peers] = None
+        self.cluster_stop: Optional[str] = None  # the reason of the stop every node agreed on
+        self.fastest_step_s: Optional[float] = None  # of the last ten steps
+        self._step_times: List[float] = []
+        self._wanted_stop: Optional[str] = None  # asked of this agent (signal, another node): node 0 decides in its loop
+        self._stop_forwarded = False
+        self._peer_stop: Optional[Tuple[int, str]] = None  # (step, reason) from node 0, not yet written as an event
+        self.peer_usd: Dict[str, Optional[float]] = {}
+        self.peer_ends: Dict[str, Tuple[str, str]] = {}
+        self.peer_failure: Optional[str] = None
 
     # -- lifecycle -------------------------------------------------------
     def run_to_end(self) -> str:
@@ -100,18 +315,21 @@ class Agent:
     def _launch_and_supervise(self) -> int:
         accelerator = accel.detect_name()
         launcher = pick_launcher(self.spec, accelerator)
-        plan = build_launch(
-            self.spec,
-            # a user script (%%gaudi_train --script) runs through its own runner; fresh processes either way
-            ["-m", "gaudi_nb.worker.script" if self.spec.script else "gaudi_nb.worker", "--run-dir", str(self.run_dir)],
-            python=sys.executable,
-            master_port=free_port(),
-            accelerator=accelerator,
-            launcher=launcher,
-        )
-        self.run_modules = plan.env.get("HABANA_VISIBLE_MODULES")
-        for name, content in plan.files.items():
-            (self.run_dir / name).write_text(content)
+        # a user script (%%gaudi_train --script) runs through its own runner; fresh processes either way
+        worker = ["-m", "gaudi_nb.worker.script" if self.spec.script else "gaudi_nb.worker", "--run-dir", str(self.run_dir)]
+        placement: Dict[str, Any] = {}
+        plan: Optional[LaunchPlan]
+        if self.cluster is not None:
+            self._start_peers()
+            local_addr, ifname = route_to(str(self.cluster["master_addr"]))
+            plan = cluster_plan(self.spec, self.cluster, worker, python=sys.executable, accelerator=accelerator, launcher=launcher, local_addr=local_addr, ifname=ifname)
+            placement = {"node_rank": self.cluster["node_rank"], "nodes": self.cluster["nodes"], "master_addr": self.cluster["master_addr"], "local_addr": local_addr, "ifname": ifname}
+        else:
+            plan = build_launch(self.spec, worker, python=sys.executable, master_port=free_port(), accelerator=accelerator, launcher=launcher)
+        if plan is not None:
+            self.run_modules = plan.env.get("HABANA_VISIBLE_MODULES")
+            for name, content in plan.files.items():
+                (self.run_dir / name).write_text(content)
         self._start_exporter()
         self.events.emit(
             "run_start",
@@ -121,12 +339,16 @@ class Agent:
             hostname=socket.gethostname(),
             accelerator=accelerator,
             trainer=pick_trainer(self.spec.trainer, accelerator),
-            launcher=plan.launcher,
-            command=plan.describe(),
+            launcher=plan.launcher if plan is not None else launcher,
+            command=plan.describe() if plan is not None else f"(this node's ranks are started by node 0's {launcher})",
             price_per_hour=self.price_per_hour,
             price_source=self.price_source,
             metrics_port=getattr(self.exporter, "port", None),
+            **placement,
         )
+        if plan is None:
+            self.telemetry = self._start_telemetry()
+            return self._supervise()
         with open(self.folder.train_log, "ab") as log:
             self.process = subprocess.Popen(
                 plan.argv,
@@ -143,15 +365,16 @@ class Agent:
         return self._supervise()
 
     def _supervise(self) -> int:
-        assert self.process is not None
         while True:
-            exit_code = self.process.poll()
+            exit_code = self._poll()
             self._observe_events()
             cost = self._emit_cost()
             self.folder.beat()
             if exit_code is not None:
                 return exit_code
-            if self.spec.budget_usd is not None and cost is not None and cost >= self.spec.budget_usd:
+            if self.cluster is not None:
+                self._cluster_tick(cost)  # the budget counts every node's spend; node 0 decides
+            elif self.spec.budget_usd is not None and cost is not None and cost >= self.spec.budget_usd:
                 self._request_stop("budget_exceeded")
             if self.stop_requested_at is None and self.folder.stop_reason():
                 self._note_stop(self.folder.stop_reason() or "stopped")
@@ -165,7 +388,7 @@ class Agent:
             cost = self._emit_cost()
         except Exception:  # the run_end below matters more than a last cost event
             cost = self.last_cost
-        requested = self.folder.stop_reason()
+        requested = self.folder.stop_reason() or self.cluster_stop
         lines = tail_lines(self.folder.train_log)
         fields: Dict[str, Any] = {"exit_code": exit_code, "steps_completed": self.last_step, "usd": cost}
         if error is not None:
@@ -179,10 +402,15 @@ class Agent:
             status = "succeeded"
         else:
             status = "failed"
-            fields["reason"] = self.worker_error or failure_reason(lines, exit_code or 0)
+            fields["reason"] = self.peer_failure or self.worker_error or failure_reason(lines, exit_code or 0)
             fields["last_log_lines"] = lines
         self.events.emit("run_end", status=status, **fields)
         self.events.close()
+        if self.peers is not None:
+            # node 0 tells every node (one that reconnects later too); the others tell node 0
+            self.peers.send({"end": status, "reason": fields.get("reason")}, sticky=True)
+            time.sleep(0.2)
+            self.peers.close()
         if self.exporter is not None:
             self.exporter.close()
         return status
@@ -195,13 +423,17 @@ class Agent:
 
     # -- parts -----------------------------------------------------------
     def _request_stop(self, reason: str) -> None:
+        if self.cluster is not None:
+            # across nodes node 0 picks the step, in its loop (a signal handler must not block on a socket)
+            self._wanted_stop = self._wanted_stop or reason
+            return
         self.folder.request_stop(reason)
         self._note_stop(self.folder.stop_reason() or reason)
 
-    def _note_stop(self, reason: str) -> None:
+    def _note_stop(self, reason: str, stop_at: Optional[int] = None) -> None:
         if self.stop_requested_at is None:
             self.stop_requested_at = time.time()
-            self.events.emit("stop_requested", reason=reason, at_step=self.last_step)
+            self.events.emit("stop_requested", reason=reason, at_step=self.last_step, **({"stop_at": stop_at} if stop_at is not None else {}))
 
     def _terminate(self) -> None:
         if self.process is None or self.process.poll() is not None:
@@ -226,19 +458,120 @@ class Agent:
 
     def _emit_cost(self) -> Optional[float]:
         elapsed = time.time() - self.started
-        usd = meter.cost_so_far(elapsed, self.price_per_hour, self.spec.nodes)
+        nodes = 1 if self.cluster is not None else self.spec.nodes  # across nodes each agent meters its own node
+        usd = meter.cost_so_far(elapsed, self.price_per_hour, nodes)
         self.last_cost = usd
-        self.events.emit("cost", elapsed_s=elapsed, usd=usd, price_per_hour=self.price_per_hour, nodes=self.spec.nodes, budget_usd=self.spec.budget_usd)
+        self.events.emit("cost", elapsed_s=elapsed, usd=usd, price_per_hour=self.price_per_hour, nodes=nodes, budget_usd=self.spec.budget_usd)
         return usd
 
     def _observe_events(self) -> None:
         for event in self._tailer.poll():
             if event.get("type") == "step":
                 self.last_step = max(self.last_step, int(event["step"]))
+                if event.get("step_time_s"):
+                    self._step_times = (self._step_times + [float(event["step_time_s"])])[-10:]
+                    self.fastest_step_s = min(self._step_times)
             elif event.get("type") == "worker_error" and self.worker_error is None:
                 self.worker_error = f"rank {event.get('rank')}: {event.get('error')}"
             if self.exporter is not None:
                 self.exporter.observe(event)
+
+    def _poll(self) -> Optional[int]:
+        """The launcher's exit code once it has ended; on a node whose ranks node 0's launcher
+        started (DeepSpeed), node 0's end stands for it."""
+        if self.process is not None:
+            return self.process.poll()
+        if self.cluster is not None and self.peers is not None:
+            end = self.peer_ends.get(self.peers.leader_name)
+            if end is not None:
+                return 0 if end[0] == "succeeded" else 1
+            return None
+        return 1
+
+    # -- several nodes -----------------------------------------------------------------------
+    def _start_peers(self) -> None:
+        assert self.cluster is not None
+        self.peers = Peers(self.node, self.cluster, self._on_peer_message)
+        warning = self.peers.start()
+        if warning:
+            self.events.emit("log", level="warning", message=warning)
+
+    def _on_peer_message(self, name: str, message: Dict[str, Any]) -> None:
+        """On the peers' threads: keep what arrived; the main loop acts on it (one exception below)."""
+        if "usd" in message:
+            self.peer_usd[name] = message["usd"]
+        if "stop" in message:
+            self._wanted_stop = self._wanted_stop or str(message["stop"])
+        if "stop_at" in message and self._peer_stop is None:
+            step, reason = int(message["stop_at"]), str(message.get("reason") or "stopped")
+            # written here, not in the loop: the ranks of this node must read it before they reach the step
+            self._write_stop_at(step, reason)
+            self.cluster_stop = reason
+            self._peer_stop = (step, reason)
+        if "end" in message:
+            self.peer_ends[name] = (str(message["end"]), str(message.get("reason") or ""))
+
+    def _write_stop_at(self, step: int, reason: str) -> None:
+        self.folder.control.mkdir(parents=True, exist_ok=True)
+        tmp = self.folder.stop_at.with_suffix(".agent.tmp")
+        tmp.write_text(json.dumps({"step": step, "reason": reason}))
+        os.replace(tmp, self.folder.stop_at)
+
+    def _cluster_tick(self, cost: Optional[float]) -> None:
+        assert self.cluster is not None and self.peers is not None
+        if self.peers.is_leader:
+            asked = self._wanted_stop or _stop_asked(self.folder)
+            total = self._run_usd(cost)
+            if asked is None and self.spec.budget_usd is not None and total is not None and total >= self.spec.budget_usd:
+                asked = "budget_exceeded"
+            if asked is not None and self.cluster_stop is None:
+                self._stop_every_node(asked)
+        else:
+            self.peers.send({"usd": cost})
+            wanted = self._wanted_stop or self.folder.stop_reason()  # node 0 decides for every node
+            if wanted is not None and not self._stop_forwarded and self.peers.connected():
+                self.peers.send({"stop": wanted})
+                self._stop_forwarded = True
+            if self._peer_stop is not None:
+                self._note_stop(self._peer_stop[1], stop_at=self._peer_stop[0])
+        if self.peer_failure is None:
+            for name, (status, reason) in list(self.peer_ends.items()):
+                if status not in ENDED_WELL:
+                    # its ranks are gone: ours would wait for them in the next collective
+                    self.peer_failure = f"node {name} ended {status}: {reason}"
+                    self.events.emit("log", level="error", message=f"{self.peer_failure}; ending the ranks on this node")
+                    self._kill_ranks()
+                    break
+
+    def _run_usd(self, cost: Optional[float]) -> Optional[float]:
+        """The run's spend so far: this node's and each other node's latest (one not heard from yet counts at this node's)."""
+        if cost is None or self.cluster is None:
+            return cost
+        total = cost
+        for name in self.cluster["nodes"][1:]:
+            usd = self.peer_usd.get(name, cost)
+            if usd is None:
+                return None
+            total += float(usd)
+        return total
+
+    def _stop_every_node(self, reason: str) -> None:
+        """Node 0: pick the step every rank stops after, write it here and send it to every node."""
+        assert self.peers is not None
+        self._observe_events()
+        if self.folder.stop_request.exists():
+            # a stop asked in this folder (gaudi-nb of another version, a hand-written file): rank 0
+            # decides step + 2 itself at its next step end, and that decision is the one to send
+            try:
+                step = int(json.loads(self.folder.stop_at.read_text())["step"])
+            except (OSError, ValueError, KeyError):
+                return  # not decided yet: the next tick sends it
+        else:
+            step = stop_step(self.last_step, self.fastest_step_s, self.spec.max_steps)
+            self._write_stop_at(step, reason)
+        self.cluster_stop = reason
+        self.peers.send({"stop_at": step, "reason": reason}, sticky=True)
+        self._note_stop(reason, stop_at=step)
 
     def _rank_pids(self) -> Dict[int, int]:
         """The worker processes under the launcher, by local rank."""
@@ -307,3 +640,15 @@ class Agent:
             self.exporter = MetricsExporter(port=int(port), address=os.environ.get("GAUDI_NB_METRICS_HOST", "127.0.0.1"))
         except Exception as exc:  # a taken port must not stop the run
             self.events.emit("log", level="warning", message=f"Prometheus exporter not started: {exc}")
+
+
+STOP_NODES = "stop_nodes.json"  # in control/ of node 0: a client asks every node of the run to stop (targets/ssh.py)
+
+
+def _stop_asked(folder: RunFolder) -> Optional[str]:
+    """Node 0 of a run across nodes: the reason of a stop a client or this folder asked for, if any."""
+    try:
+        return str(json.loads((folder.control / STOP_NODES).read_text()).get("reason") or "stopped")
+    except (OSError, ValueError):
+        pass
+    return folder.stop_reason()

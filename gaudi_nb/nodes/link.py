@@ -2,16 +2,23 @@
 
 The link's state (up or unreachable) is not the run's: a run on a node that cannot be
 reached goes on there, and its mirror resumes from its byte offset when the link returns.
+A run across several nodes has one mirror per node; `MergedStream` merges them into the
+run's one stream.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
+import heapq
+import json
+import os
 import shlex
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Dict, Optional, Tuple, TypeVar
+from typing import Any, Awaitable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 from ..errors import GaudiNbError
 
@@ -147,10 +154,24 @@ class Links:
             await sftp.put(str(local_path), remote_path)
 
     async def _mirror(self, node: Dict[str, Any], remote_path: str, local_path: Path, remote_run_dir: Optional[str]) -> None:
-        """Stream the node's file from the mirror's own size; after a drop, reconnect with backoff and go on from there."""
-        failures = 0
+        """Stream the node's file from the mirror's own size; after a drop, reconnect with backoff and go on from there.
+
+        One process at a time mirrors a file (a lock on it): a CLI call and a notebook kernel
+        following the same run would otherwise both append the same bytes. The other waits, and
+        takes over if the first process goes away.
+        """
         local_path.parent.mkdir(parents=True, exist_ok=True)
-        local_path.touch()
+        with open(local_path, "ab") as held:
+            while True:
+                try:
+                    fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except OSError:
+                    await asyncio.sleep(1.0)
+            await self._mirror_locked(node, remote_path, local_path, remote_run_dir)
+
+    async def _mirror_locked(self, node: Dict[str, Any], remote_path: str, local_path: Path, remote_run_dir: Optional[str]) -> None:
+        failures = 0
         while True:
             offset = local_path.stat().st_size
             ended_by = ("--run-dir", remote_run_dir) if remote_run_dir else ()
@@ -191,3 +212,223 @@ def links() -> Links:
         if _links is None:
             _links = Links()
         return _links
+
+
+# -- several nodes: one stream from one mirror per node ----------------------------------------------
+# The client keeps each node's events.jsonl mirrored byte for byte in runs/<id>/nodes/<name>/ and
+# appends their complete lines to runs/<id>/events.jsonl (the stream every view and the store
+# read) in the order they arrived. A node's own run_end, and the run_start of every node but
+# node 0, go into that stream as `log` events (`node_end`, `node_start`): the run has one
+# run_start, node 0's, and one run_end, written here once every node has ended (combine_ends).
+
+# which node's end speaks for the run: the first status in this list that any node ended with
+_END_ORDER = ("lost", "failed", "budget_exceeded", "stopped", "succeeded")
+_ENDED_WELL = ("succeeded", "stopped", "budget_exceeded")
+
+
+def combine_ends(ends: Dict[str, Dict[str, Any]], order: Sequence[str]) -> Dict[str, Any]:
+    """The run's run_end fields from each node's run_end (`order`: node names, node 0 first).
+
+    A node that was lost or failed speaks for the run (a lost agent first: the others' ranks
+    fail because of it; among equals the one that ended first, the cause rather than the
+    echo); otherwise the nodes agree (budget_exceeded, stopped or succeeded). The spend is
+    the sum of the nodes' (unknown if any node's is).
+    """
+    def rank(name: str) -> Tuple[int, float, int]:
+        status = str(ends[name].get("status"))
+        where = _END_ORDER.index(status) if status in _END_ORDER else _END_ORDER.index("failed")
+        return where, float(ends[name].get("t") or 0.0), list(order).index(name) if name in order else len(order)
+
+    speaker = min(ends, key=rank)
+    end = ends[speaker]
+    status = str(end.get("status") or "failed")
+    reason = end.get("reason")
+    if status not in _ENDED_WELL:
+        reason = f"node {speaker}: {reason or status}"
+    spent: List[Any] = [e.get("usd") for e in ends.values()]
+    total = None if any(u is None for u in spent) else float(sum(float(u) for u in spent))
+    return {
+        "status": status,
+        "exit_code": end.get("exit_code"),
+        "reason": reason,
+        "last_log_lines": end.get("last_log_lines") if status not in _ENDED_WELL else None,
+        "steps_completed": max(int(e.get("steps_completed") or 0) for e in ends.values()),
+        "usd": total,
+        "nodes": {name: {k: ends[name].get(k) for k in ("status", "reason", "exit_code", "usd")} for name in order if name in ends},
+        "ended_by": "client",
+    }
+
+
+def _dump(event: Dict[str, Any]) -> bytes:
+    return (json.dumps(event, separators=(",", ":"), default=str) + "\n").encode()
+
+
+def _for_the_run(line: bytes, leader: str) -> Tuple[bytes, Optional[Dict[str, Any]]]:
+    """A node's line as the run's stream carries it, and the node's run_end if it is one. Pure, so
+    a merge interrupted by a crash can tell which node lines are in the stream already."""
+    try:
+        event = json.loads(line)
+    except ValueError:
+        return line, None
+    if not isinstance(event, dict):
+        return line, None
+    kind, node = event.get("type"), event.get("node")
+    head = {k: event.get(k) for k in ("v", "t", "run_id", "node", "rank")}
+    if kind == "run_end":
+        status, reason = event.get("status"), event.get("reason")
+        message = f"node {node} ended {status}" + (f": {reason}" if reason else "")
+        details = {k: v for k, v in event.items() if k not in head and k != "type"}
+        return _dump({**head, "type": "log", "level": "info" if status in _ENDED_WELL else "error", "message": message, "node_end": details}), event
+    if kind == "run_start" and node != leader:
+        details = {k: v for k, v in event.items() if k not in head and k not in ("type", "spec")}
+        message = f"node {node}: agent started ({event.get('command')})"
+        return _dump({**head, "type": "log", "level": "info", "message": message, "node_start": details}), None
+    return line, None
+
+
+class MergedStream:
+    """The run's events.jsonl merged from its nodes' mirrors, safely across crashes and processes.
+
+    Each pass runs under a lock (one process merges at a time) and ends by committing, in
+    nodes/merge.json, the stream's size and each node mirror's offset. A pass that died after
+    appending and before committing left lines past the committed size: the next pass matches
+    them to the nodes' next lines (they are the same bytes) and moves those offsets on, and
+    drops a torn last line (nothing reads a line before its newline). So no line is lost or
+    doubled, and the stream only grows.
+    """
+
+    def __init__(self, run_dir: Path, names: Sequence[str], run_id: str) -> None:
+        self.run_dir = Path(run_dir)
+        self.names = list(names)
+        self.run_id = run_id
+        self.nodes_dir = self.run_dir / "nodes"
+        self.events = self.run_dir / "events.jsonl"
+        self.state_path = self.nodes_dir / "merge.json"
+
+    def node_events(self, name: str) -> Path:
+        return self.nodes_dir / name / "events.jsonl"
+
+    def node_dir(self, name: str) -> Path:
+        return self.nodes_dir / name
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        self.nodes_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.nodes_dir / "merge.lock", "a") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                yield
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+    def state(self) -> Dict[str, Any]:
+        try:
+            state: Dict[str, Any] = json.loads(self.state_path.read_text())
+        except (OSError, ValueError):
+            state = {}
+        state.setdefault("size", 0)
+        state.setdefault("final", False)
+        state.setdefault("ends", {})
+        offsets = state.setdefault("offsets", {})
+        for name in self.names:
+            offsets.setdefault(name, 0)
+        return state
+
+    def _commit(self, state: Dict[str, Any]) -> None:
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(state))
+        os.replace(tmp, self.state_path)
+
+    def _pending(self, name: str, offset: int) -> List[Tuple[bytes, int]]:
+        """The node mirror's complete lines from offset, each with the offset after it."""
+        try:
+            with open(self.node_events(name), "rb") as fh:
+                fh.seek(offset)
+                data = fh.read()
+        except OSError:
+            return []
+        lines, position = [], offset
+        for line in data.splitlines(keepends=True):
+            if not line.endswith(b"\n"):
+                break  # still being written
+            position += len(line)
+            lines.append((line, position))
+        return lines
+
+    def merge(self) -> Dict[str, Any]:
+        """One pass: append what arrived from every node; the run's run_end once all have ended. Returns the state."""
+        leader = self.names[0]
+        with self.locked():
+            state = self.state()
+            pending = {name: self._pending(name, state["offsets"][name]) for name in self.names}
+            taken = {name: 0 for name in self.names}
+            fd = os.open(self.events, os.O_RDWR | os.O_CREAT | os.O_APPEND, 0o644)
+            try:
+                size = os.fstat(fd).st_size
+                if size > state["size"]:
+                    size = self._reconcile(fd, size, state, pending, taken, leader)
+                fresh = []
+                for order, name in enumerate(self.names):
+                    for line, end in pending[name][taken[name]:]:
+                        try:
+                            t = float(json.loads(line).get("t") or 0.0)
+                        except (ValueError, AttributeError):
+                            t = 0.0
+                        fresh.append((t, order, name, line, end))
+                # by arrival: each node's lines stay in their order; between nodes, by time
+                merged = list(heapq.merge(*[[f for f in fresh if f[2] == name] for name in self.names], key=lambda f: (f[0], f[1])))
+                out = []
+                for _, _, name, line, end in merged:
+                    text, node_end = _for_the_run(line, leader)
+                    out.append(text)
+                    state["offsets"][name] = end
+                    if node_end is not None:
+                        state["ends"].setdefault(name, node_end)
+                if not state["final"] and all(name in state["ends"] for name in self.names):
+                    final = combine_ends(state["ends"], self.names)
+                    t = max(float(e.get("t") or 0.0) for e in state["ends"].values())
+                    out.append(_dump({"v": 1, "type": "run_end", "t": t, "run_id": self.run_id, "node": ",".join(self.names), "rank": None, **final}))
+                    state["final"] = True
+                if out:
+                    data = b"".join(out)
+                    os.write(fd, data)
+                    os.fsync(fd)
+                    size += len(data)
+                if out or size != state["size"]:
+                    state["size"] = size
+                    self._commit(state)
+            finally:
+                os.close(fd)
+            return state
+
+    def _reconcile(self, fd: int, size: int, state: Dict[str, Any], pending: Dict[str, List[Tuple[bytes, int]]], taken: Dict[str, int], leader: str) -> int:
+        """Account for lines past the committed size (a pass that died before its commit, or a
+        run_end the client wrote itself); returns the stream's size after dropping a torn line."""
+        committed = int(state["size"])
+        os.lseek(fd, committed, os.SEEK_SET)
+        tail = b""
+        while len(tail) < size - committed:
+            chunk = os.read(fd, size - committed - len(tail))
+            if not chunk:
+                break
+            tail += chunk
+        whole = tail.rfind(b"\n") + 1
+        if whole < len(tail):
+            os.ftruncate(fd, committed + whole)
+        expected = {name: [_for_the_run(line, leader) for line, _ in pending[name]] for name in self.names}
+        for line in tail[:whole].splitlines(keepends=True):
+            for name in self.names:
+                i = taken[name]
+                if i < len(expected[name]) and expected[name][i][0] == line:
+                    taken[name] = i + 1
+                    state["offsets"][name] = pending[name][i][1]
+                    if expected[name][i][1] is not None:
+                        state["ends"].setdefault(name, expected[name][i][1])
+                    break
+            else:
+                try:
+                    if json.loads(line).get("type") == "run_end":
+                        state["final"] = True  # the run's own end (this merge's, or a launch that failed)
+                except (ValueError, AttributeError):
+                    pass
+        return committed + whole

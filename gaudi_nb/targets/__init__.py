@@ -22,7 +22,7 @@ def target_for(target: str) -> Target:
         kind = parse_target(target).kind
     except ValueError as exc:
         raise SpecError(f"target: {exc}") from None
-    if kind == "node":
+    if kind in ("node", "nodes"):  # NAME, or NAME1,NAME2: one run across attached nodes, node 0 first
         from .ssh import SshTarget
 
         return SshTarget(target.strip())

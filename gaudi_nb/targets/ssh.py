@@ -1,13 +1,22 @@
-"""An attached node over SSH: the agent runs there, detached; the run's events are mirrored here from an offset.
+"""Attached nodes over SSH: the agent runs there, detached; the run's events are mirrored here from an offset.
 
 Every view reads the local mirror (runs/<run_id>/events.jsonl here) exactly as for a local
 run; the node's own file stays the source of truth.
+
+Several nodes (`--target NAME1,NAME2 --nodes 2`): one training across them, node 0 (the first
+name) hosting the rendezvous. An agent runs on every node, each metering and sampling its own;
+each node's events.jsonl is mirrored into runs/<run_id>/nodes/<name>/ here and merged into the
+run's one stream by arrival (nodes/link.py's MergedStream), which ends with one run_end
+written here once every node has ended. Stops go to node 0's agent, which picks the step every
+rank stops after and sends it to the other agents (agent/supervisor.py).
 """
 from __future__ import annotations
 
 import json
 import os
 import posixpath
+import secrets
+import shlex
 import socket
 import time
 from pathlib import Path
@@ -22,48 +31,92 @@ from ..spec import RunSpec, looks_like_path
 # Files a run needs are copied to the node; a bigger one is refused unless the limit is raised.
 SYNC_LIMIT_MB = float(os.environ.get("GAUDI_NB_SYNC_LIMIT_MB", "512"))
 LOST_CHECK_EVERY_S = 5.0
+STOP_NODES = "stop_nodes.json"  # agent/supervisor.py reads it in node 0's control/ folder
+
+# Run with the node's Python: a free TCP port for the rendezvous and one for the agents' own channel.
+_FREE_PORTS = "import json,socket\nss=[socket.socket() for _ in range(2)]\nfor s in ss: s.bind(('',0))\nprint(json.dumps({'ports': [s.getsockname()[1] for s in ss]}))"
+# Run with node 0's Python: ask its agent to stop every node (first request wins); say if the agent is gone.
+_STOP_ALL = """import json,os,sys,time
+from gaudi_nb.rundir import RunFolder
+from gaudi_nb.agent import liveness
+folder = RunFolder(sys.argv[1])
+alive, first = liveness.agent_alive(folder), False
+if alive:
+    folder.control.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(folder.control / sys.argv[3], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        os.write(fd, json.dumps({"reason": sys.argv[2], "t": time.time()}).encode())
+        os.close(fd)
+        first = True
+    except FileExistsError:
+        pass
+print(json.dumps({"first": first, "alive": alive}))"""
 
 
 class SshTarget:
-    """A run on one attached node (`--target NAME`, a name from `gaudi-nb nodes list`)."""
+    """A run on attached nodes: `--target NAME` (a name from `gaudi-nb nodes list`), or `NAME1,NAME2` for one
+    run across several (node 0 first)."""
 
-    max_nodes = 1
-
-    def __init__(self, node_name: str) -> None:
-        self.name = node_name
-        self._node: Optional[Dict[str, Any]] = None
-        self._last_lost_check: Dict[str, float] = {}
+    def __init__(self, target: str) -> None:
+        self.names = [name.strip() for name in target.split(",") if name.strip()]
+        self.name = ",".join(self.names)
+        self.max_nodes = len(self.names)
+        self._records: Dict[str, Dict[str, Any]] = {}
+        self._last_lost_check: Dict[Tuple[str, str], float] = {}
         self._complete: set = set()  # runs whose mirror holds their run_end
 
-    # -- the node ------------------------------------------------------------------
     @property
-    def node(self) -> Dict[str, Any]:
-        if self._node is None:
+    def several(self) -> bool:
+        return len(self.names) > 1
+
+    # -- the nodes -------------------------------------------------------------------------
+    def record(self, name: str) -> Dict[str, Any]:
+        if name not in self._records:
             from ..store import RunStore
 
             try:
-                self._node = RunStore().get_node(self.name)
+                self._records[name] = RunStore().get_node(name)
             except NotFoundError:
                 raise SpecError(
-                    f"target: no attached node '{self.name}': gaudi-nb nodes list shows them; attach one with gaudi-nb nodes attach ssh://USER@HOST --name {self.name}"
+                    f"target: no attached node '{name}': gaudi-nb nodes list shows them; attach one with gaudi-nb nodes attach ssh://USER@HOST --name {name}"
                 ) from None
-        return self._node
+        return self._records[name]
 
-    def remote_dir(self, run_id: str) -> str:
-        return posixpath.join(self.node["home"], "runs", run_id)
+    @property
+    def node(self) -> Dict[str, Any]:
+        """Node 0 (the only node of a one-node run)."""
+        return self.record(self.names[0])
+
+    @property
+    def nodes(self) -> List[Dict[str, Any]]:
+        return [self.record(name) for name in self.names]
+
+    def remote_dir(self, run_id: str, node: Optional[Dict[str, Any]] = None) -> str:
+        return posixpath.join((node or self.node)["home"], "runs", run_id)
 
     def _links(self) -> Any:
         from ..nodes.link import links
 
         return links()
 
-    def _node_call(self, *args: str, timeout: float = 120.0) -> Dict[str, Any]:
+    def _node_call(self, *args: str, timeout: float = 120.0, node: Optional[Dict[str, Any]] = None) -> Dict[str, Any]:
         from ..nodes.link import node_command
 
-        status, out, err = self._links().run(self.node, node_command(self.node, *args), timeout=timeout)
+        node = node or self.node
+        status, out, err = self._links().run(node, node_command(node, *args), timeout=timeout)
+        return self._answer(node, args[0] if args else "", status, out, err)
+
+    def _node_python(self, node: Dict[str, Any], code: str, *args: str, timeout: float = 60.0) -> Dict[str, Any]:
+        """Run a few lines with the node's own Python (which has this gaudi_nb); one JSON line back."""
+        command = " ".join([shlex.quote(node.get("python") or "python3"), "-c", shlex.quote(code), *map(shlex.quote, args)])
+        status, out, err = self._links().run(node, command, timeout=timeout)
+        return self._answer(node, "python", status, out, err)
+
+    @staticmethod
+    def _answer(node: Dict[str, Any], what: str, status: int, out: str, err: str) -> Dict[str, Any]:
         if status != 0:
             last = (err.strip().splitlines() or [f"exit status {status}"])[-1]
-            raise GaudiNbError(f"node {self.name}: {' '.join(args[:1])} failed: {last}")
+            raise GaudiNbError(f"node {node['name']}: {what} failed: {last}")
         answer: Dict[str, Any] = json.loads(out.strip().splitlines()[-1])
         return answer
 
@@ -74,21 +127,32 @@ class SshTarget:
     def folder(self, run_id: str) -> RunFolder:
         return RunFolder(run_dir(run_id))
 
+    def stream(self, run_id: str) -> Any:
+        """The merged stream of a run across nodes (nodes/link.py)."""
+        from ..nodes.link import MergedStream
+
+        return MergedStream(self.run_dir(run_id), self.names, run_id)
+
     def check(self, spec: RunSpec) -> None:
-        """The node is attached and ready for this run (the preflight, one line if not); nothing is written yet."""
+        """The nodes are attached and ready for this run (each node's preflight, one line if not); nothing is written yet."""
         from ..nodes.preflight import preflight
 
-        preflight(self.node, spec)
+        if self.several and spec.nodes != len(self.names):
+            raise SpecError(f"nodes: --target {self.name} names {len(self.names)} nodes: give --nodes {len(self.names)} (one node per name)")
+        kinds = {record.get("accelerator") for record in self.nodes}
+        if len(kinds) > 1:
+            found = ", ".join(f"{record['name']}: {record.get('accelerator')}" for record in self.nodes)
+            raise SpecError(f"target: the nodes of one run need the same accelerator ({found}): pick nodes of one kind")
+        for record in self.nodes:
+            preflight(record, spec)
 
     def launch(self, spec: RunSpec, run_id: str) -> Path:
+        if self.several:
+            return self._launch_across(spec, run_id)
         links = self._links()
         remote = self.remote_dir(run_id)
         uploads, remote_spec = self._inputs(spec, remote)
-        status, _, err = links.run(self.node, f"mkdir -p {remote}/logs {remote}/control {remote}/inputs")
-        if status != 0:
-            raise GaudiNbError(f"node {self.name}: cannot create the run folder {remote}: {err.strip()}")
-        for local, there in uploads:
-            links.put_file(self.node, local, there)
+        self._prepare(self.node, remote, uploads)
         run = {"run_id": run_id, "node": self.name, "hostname": self.node.get("host"), "target": self.name, "created_at": time.time(), "client": socket.gethostname()}
         links.put_text(self.node, f"{remote}/spec.json", remote_spec.model_dump_json(indent=2))
         links.put_text(self.node, f"{remote}/run.json", json.dumps(run))
@@ -98,6 +162,54 @@ class SshTarget:
         folder.run.write_text(json.dumps({**run, "remote_dir": remote}))
         self._node_call("start", "--run-dir", remote)
         links.mirror(self.node, f"{remote}/events.jsonl", folder.events)
+        return folder.path
+
+    def _prepare(self, node: Dict[str, Any], remote: str, uploads: List[Tuple[Path, str]]) -> None:
+        links = self._links()
+        status, _, err = links.run(node, f"mkdir -p {remote}/logs {remote}/control {remote}/inputs")
+        if status != 0:
+            raise GaudiNbError(f"node {node['name']}: cannot create the run folder {remote}: {err.strip()}")
+        for local, there in uploads:
+            links.put_file(node, local, there)
+
+    def _launch_across(self, spec: RunSpec, run_id: str) -> Path:
+        """Every node's folder and inputs first, then the agents (node 0 first), then one mirror per node."""
+        links = self._links()
+        nodes = self.nodes
+        remotes = {record["name"]: self.remote_dir(run_id, record) for record in nodes}
+        specs = {}
+        for record in nodes:
+            uploads, specs[record["name"]] = self._inputs(spec, remotes[record["name"]])
+            self._prepare(record, remotes[record["name"]], uploads)
+        ports = [int(port) for port in self._node_python(nodes[0], _FREE_PORTS)["ports"]]
+        cluster = {
+            "nodes": self.names,
+            # node 0's address as the other nodes reach it: the address it was attached by, unless set
+            "master_addr": os.environ.get("GAUDI_NB_MASTER_ADDR") or nodes[0]["host"],
+            "master_port": ports[0],
+            "control_port": ports[1],
+            "token": secrets.token_hex(16),  # only this run's agents talk to each other
+            "hosts": [record["host"] for record in nodes],  # DeepSpeed's hostfile, node 0 first
+        }
+        created = time.time()
+        for rank, record in enumerate(nodes):
+            name = record["name"]
+            run = {"run_id": run_id, "node": name, "hostname": record.get("host"), "target": self.name, "created_at": created, "client": socket.gethostname(),
+                   "cluster": {**cluster, "node_rank": rank}}
+            links.put_text(record, f"{remotes[name]}/spec.json", specs[name].model_dump_json(indent=2))
+            links.put_text(record, f"{remotes[name]}/run.json", json.dumps(run))
+        folder = self.folder(run_id).create()
+        folder.spec.write_text(spec.model_dump_json(indent=2))
+        public_cluster = {k: v for k, v in cluster.items() if k != "token"}
+        folder.run.write_text(json.dumps({"run_id": run_id, "node": self.name, "target": self.name, "created_at": created, "client": socket.gethostname(),
+                                          "cluster": public_cluster, "remote_dirs": remotes}))
+        stream = self.stream(run_id)
+        for name in self.names:
+            stream.node_dir(name).mkdir(parents=True, exist_ok=True)
+        for record in nodes:
+            self._node_call("start", "--run-dir", remotes[record["name"]], node=record)
+        for record in nodes:
+            links.mirror(record, f"{remotes[record['name']]}/events.jsonl", stream.node_events(record["name"]))
         return folder.path
 
     def _inputs(self, spec: RunSpec, remote: str) -> Tuple[List[Tuple[Path, str]], RunSpec]:
@@ -130,10 +242,23 @@ class SshTarget:
         folder.control.mkdir(parents=True, exist_ok=True)
         if not folder.run.exists():
             folder.run.write_text(json.dumps({"run_id": run_id, "node": self.name, "target": self.name, "created_at": time.time()}))
-        liveness.end_run(folder, "failed", reason)
+        if not self.several:
+            liveness.end_run(folder, "failed", reason)
+            return
+        for record in self.nodes:  # an agent that did start must not train alone: end it and its ranks
+            try:
+                self._node_python(record, _END_STARTED, self.remote_dir(run_id, record), reason)
+            except Exception:  # the node cannot be reached: its agent's ranks wait for the others in vain and its launcher gives up
+                pass
+        with self.stream(run_id).locked():
+            liveness.end_run(folder, "failed", reason)
+        self._complete.add(run_id)
 
     def read_events(self, run_id: str, offset: int) -> Tuple[List[Dict[str, Any]], int]:
         folder = self.folder(run_id)
+        if self.several:
+            self._merge(run_id)
+            return read_events(folder.events, offset)
         events, end = read_events(folder.events, offset)
         if any(e.get("type") == "run_end" for e in events):
             self._complete.add(run_id)
@@ -142,31 +267,94 @@ class SshTarget:
             self._links().mirror(self.node, f"{self.remote_dir(run_id)}/events.jsonl", folder.events)
         return events, end
 
+    def _merge(self, run_id: str) -> Dict[str, Any]:
+        """Append what every node's mirror brought to the run's stream; (re)start the mirror of a node that has not ended."""
+        if run_id in self._complete:
+            return {"final": True, "ends": {}}
+        stream = self.stream(run_id)
+        state: Dict[str, Any] = stream.merge()
+        if state["final"]:
+            self._complete.add(run_id)
+            return state
+        links = self._links()
+        for record in self.nodes:
+            name = record["name"]
+            if name not in state["ends"] and not links.mirroring(stream.node_events(name)):
+                links.mirror(record, f"{self.remote_dir(run_id, record)}/events.jsonl", stream.node_events(name))
+        return state
+
     def link_state(self, run_id: str) -> str:
-        """up | unreachable: the link's state, not the run's."""
-        return "up" if self._links().state(self.name).up else "unreachable"
+        """up | unreachable: the link's state, not the run's (unreachable while any node of the run is)."""
+        links = self._links()
+        return "up" if all(links.state(name).up for name in self.names) else "unreachable"
 
     def check_lost(self, run_id: str) -> bool:
-        """Ask the node (only the node can tell that its agent is gone); an unreachable node is not a lost run."""
-        now = time.monotonic()
-        if now - self._last_lost_check.get(run_id, 0.0) < LOST_CHECK_EVERY_S:
-            return False
-        self._last_lost_check[run_id] = now
-        last = self.folder(run_id).events.stat().st_mtime if self.folder(run_id).events.exists() else 0.0
-        if time.time() - last < heartbeat_timeout_s():
-            return False  # the mirror moved recently: the agent beats (cost events every second)
+        """Ask each node (only a node can tell that its agent is gone); an unreachable node is not a lost run.
+
+        Across nodes, a node whose agent is gone ends as lost there; the run ends when every
+        node has (the others' ranks fail without it), as lost.
+        """
         from ..nodes.link import UnreachableError
 
-        try:
-            return bool(self._node_call("check-lost", "--run-dir", self.remote_dir(run_id), timeout=30).get("lost"))
-        except UnreachableError:
-            return False
+        ended = self._merge(run_id)["ends"] if self.several else {}
+        lost = False
+        for record in self.nodes:
+            name = record["name"]
+            if name in ended:
+                continue
+            now = time.monotonic()
+            if now - self._last_lost_check.get((run_id, name), 0.0) < LOST_CHECK_EVERY_S:
+                continue
+            self._last_lost_check[(run_id, name)] = now
+            mirror = self.stream(run_id).node_events(name) if self.several else self.folder(run_id).events
+            last = mirror.stat().st_mtime if mirror.exists() else 0.0
+            if time.time() - last < heartbeat_timeout_s():
+                continue  # the mirror moved recently: the agent beats (cost events every second)
+            try:
+                lost = bool(self._node_call("check-lost", "--run-dir", self.remote_dir(run_id, record), timeout=30, node=record).get("lost")) or lost
+            except UnreachableError:
+                continue
+        return lost
 
     def stop(self, run_id: str, reason: str = "stopped") -> bool:
-        return bool(self._node_call("stop", "--run-dir", self.remote_dir(run_id), "--reason", reason).get("first"))
+        if not self.several:
+            return bool(self._node_call("stop", "--run-dir", self.remote_dir(run_id), "--reason", reason).get("first"))
+        # node 0's agent picks the step every rank stops after and sends it to the other nodes
+        answer = self._node_python(self.node, _STOP_ALL, self.remote_dir(run_id), reason, STOP_NODES)
+        if answer.get("alive"):
+            return bool(answer.get("first"))
+        # node 0's agent is gone: each node ends its own part (a lost one as stopped, its ranks killed)
+        first = False
+        for record in self.nodes:
+            try:
+                first = bool(self._node_call("stop", "--run-dir", self.remote_dir(run_id, record), "--reason", reason, node=record).get("first")) or first
+            except GaudiNbError:
+                continue
+        return first
 
     def log_path(self, run_id: str) -> Path:
+        """The training log of node 0 (rank 0's); across nodes, the others' go to nodes/<name>/train.log."""
         folder = self.folder(run_id)
-        self._links().mirror(self.node, f"{self.remote_dir(run_id)}/logs/train.log", folder.train_log, remote_run_dir=self.remote_dir(run_id))
+        links = self._links()
+        links.mirror(self.node, f"{self.remote_dir(run_id)}/logs/train.log", folder.train_log, remote_run_dir=self.remote_dir(run_id))
+        if self.several:
+            stream = self.stream(run_id)
+            for record in self.nodes[1:]:
+                remote = self.remote_dir(run_id, record)
+                links.mirror(record, f"{remote}/logs/train.log", stream.node_dir(record["name"]) / "train.log", remote_run_dir=remote)
         return folder.train_log
 
+
+# Run with a node's Python when a launch across nodes failed: kill the run's agent there if it
+# started (its ranks follow it: worker/watchdog.py), and end the node's part as failed.
+_END_STARTED = """import os,signal,sys
+from gaudi_nb.rundir import RunFolder
+from gaudi_nb.agent import liveness
+folder = RunFolder(sys.argv[1])
+if folder.path.exists():
+    pid = folder.agent_process_id()
+    if liveness.agent_alive(folder) and pid:
+        os.kill(pid, signal.SIGKILL)
+    if folder.run.exists():
+        liveness.end_run(folder, "failed", sys.argv[2])
+print("{}")"""

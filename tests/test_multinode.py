@@ -1,0 +1,271 @@
+"""One run across two nodes: two network namespaces with an sshd each, attached as two nodes, a real
+torchrun across them (static rendezvous, gloo); and the pure parts (the merge, the stop step, the
+launch plans, the combined end and cost) without them."""
+import json
+import subprocess
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from conftest import BIN
+
+import gaudi_nb
+from gaudi_nb.agent.supervisor import cluster_plan, stop_step
+from gaudi_nb.errors import SpecError
+from gaudi_nb.nodes.link import MergedStream, combine_ends
+from gaudi_nb.paths import run_dir as local_run_dir
+from gaudi_nb.spec import RunSpec, parse_target
+from gaudi_nb.summary import empty_summary, fold
+
+GAUDI_NB = str(BIN / "gaudi-nb")
+WORKER = ["-m", "gaudi_nb.worker", "--run-dir", "/runs/r1"]
+
+
+# -- the target form -----------------------------------------------------------------------------------
+
+
+def test_several_node_names_are_one_target():
+    assert parse_target("na,nb").kind == "nodes"
+    assert parse_target("na, nb").text == "na,nb"
+    assert RunSpec(target="na,nb", nodes=2).target == "na,nb"
+    with pytest.raises(ValueError, match="named twice"):
+        parse_target("na,na")
+    with pytest.raises(ValueError, match="'local' cannot be one of several"):
+        parse_target("local,na")
+
+
+def test_the_node_count_must_match_the_names(gaudi_home):
+    with pytest.raises(SpecError, match="give --nodes 2"):
+        gaudi_nb.train(target="na,nb", nodes=1)
+
+
+# -- the launch plans (pure) --------------------------------------------------------------------------
+
+CLUSTER = {"nodes": ["na", "nb"], "master_addr": "10.200.0.1", "master_port": 29600, "control_port": 29601, "token": "t", "hosts": ["10.200.0.1", "10.200.0.2"]}
+
+
+def test_torchrun_across_nodes_is_a_static_rendezvous_at_node_0():
+    spec = RunSpec(nodes=2, devices=1)
+    for rank in (0, 1):
+        plan = cluster_plan(spec, {**CLUSTER, "node_rank": rank}, WORKER, python="py", accelerator="cpu", launcher="torchrun",
+                            local_addr=f"10.200.0.{rank + 1}", ifname=f"veth{rank}", environ={}, cpus=2)
+        assert plan is not None
+        assert plan.argv == ["py", "-u", "-m", "torch.distributed.run", "--nnodes", "2", "--node-rank", str(rank), "--nproc-per-node", "1",
+                             "--master-addr", "10.200.0.1", "--master-port", "29600", "--local-addr", f"10.200.0.{rank + 1}", *WORKER]
+        assert plan.env["GLOO_SOCKET_IFNAME"] == f"veth{rank}"  # the host name maps to 127.0.0.1: gloo is told the interface
+    cuda = cluster_plan(spec, {**CLUSTER, "node_rank": 1}, WORKER, python="py", accelerator="cuda", launcher="torchrun", ifname="eth1", environ={})
+    assert cuda is not None and cuda.env["NCCL_SOCKET_IFNAME"] == "eth1"
+
+
+def test_gaudi_across_nodes_is_deepspeed_from_node_0_with_a_hostfile(tmp_path, monkeypatch):
+    # Intel's DeepSpeed fork, as its metadata reads (no Gaudi card here: the plan is built, not run)
+    info = tmp_path / "deepspeed-0.16.1+hpu.synapse.v1.24.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: deepspeed\nVersion: 0.16.1+hpu.synapse.v1.24.0\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    spec = RunSpec(nodes=2, devices=8, launcher="auto")
+    plan = cluster_plan(spec, {**CLUSTER, "node_rank": 0}, WORKER, python="py", accelerator="hpu", launcher="deepspeed", environ={}, free_modules=list(range(8)))
+    assert plan is not None
+    assert plan.argv == ["deepspeed", "--hostfile", "hostfile", "--master_addr", "10.200.0.1", "--no_local_rank", "--master_port", "29600",
+                         "--module", "gaudi_nb.worker", "--run-dir", "/runs/r1"]
+    assert plan.files["hostfile"] == "10.200.0.1 slots=8\n10.200.0.2 slots=8\n"
+    assert plan.files[".deepspeed_env"].startswith("PT_HPU_LAZY_MODE=0\n")  # the environment every node's ranks get
+    # node 1's ranks are started by node 0's deepspeed over ssh: its agent launches nothing, it meters and samples
+    assert cluster_plan(spec, {**CLUSTER, "node_rank": 1}, WORKER, python="py", accelerator="hpu", launcher="deepspeed", environ={}) is None
+
+
+def test_the_stop_step_is_ahead_by_the_margin():
+    assert stop_step(10, 0.5, 1000, margin_s=1) == 10 + 3 + 2
+    assert stop_step(10, 3.0, 1000, margin_s=1) == 10 + 3 + 1
+    assert stop_step(10, None, 1000) == 15  # no step time yet
+    assert stop_step(10, 0.01, 50, margin_s=1) == 50  # never past the last step
+
+
+# -- the merged stream, the combined end, the cost ---------------------------------------------------
+
+
+def _line(node, kind, t, **fields):
+    return json.dumps({"v": 1, "type": kind, "t": t, "run_id": "r", "node": node, "rank": None, **fields}, separators=(",", ":")) + "\n"
+
+
+def _append(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as fh:
+        fh.write(text)
+
+
+def test_the_merge_survives_a_crash_between_append_and_commit_and_a_torn_line(tmp_path):
+    stream = MergedStream(tmp_path, ["na", "nb"], "r")
+    _append(stream.node_events("na"), _line("na", "run_start", 1.0, command="x") + _line("na", "cost", 2.0, usd=1.0))
+    _append(stream.node_events("nb"), _line("nb", "run_start", 1.5, command="y") + _line("nb", "cost", 2.5, usd=2.0) + '{"v":1,"ty')
+    stream.merge()
+    first = stream.events.read_bytes()
+    kinds = [(e["node"], e["type"]) for e in map(json.loads, first.splitlines())]
+    assert kinds == [("na", "run_start"), ("nb", "log"), ("na", "cost"), ("nb", "cost")]  # by time; nb's run_start is a log
+    committed = stream.state_path.read_text()
+
+    # a pass appends and dies before its commit, the last line torn
+    _append(stream.node_events("na"), _line("na", "cost", 3.0, usd=1.5))
+    stream.merge()
+    stream.state_path.write_text(committed)
+    with open(stream.events, "ab") as fh:
+        fh.write(b'{"v":1,"type":"cost","t":9')
+    _append(stream.node_events("nb"), 'pe":"cost","t":3.5,"run_id":"r","node":"nb","rank":null,"usd":2.5}\n')
+    stream.merge()
+    events = [json.loads(line) for line in stream.events.read_bytes().splitlines()]
+    assert [(e["node"], e["type"], e["t"]) for e in events[4:]] == [("na", "cost", 3.0), ("nb", "cost", 3.5)]  # once each, nothing torn
+
+    # each node's run_end is a log line; the run's one run_end comes once both have ended
+    _append(stream.node_events("na"), _line("na", "run_end", 4.0, status="stopped", reason="stopped on request", usd=2.0, steps_completed=7, exit_code=0))
+    assert not stream.merge()["final"]
+    _append(stream.node_events("nb"), _line("nb", "run_end", 4.2, status="stopped", reason="stopped on request", usd=3.0, steps_completed=0, exit_code=0))
+    assert stream.merge()["final"]
+    stream.merge()
+    events = [json.loads(line) for line in stream.events.read_bytes().splitlines()]
+    ends = [e for e in events if e["type"] == "run_end"]
+    assert len(ends) == 1 and ends[0] is events[-1]
+    assert ends[0]["status"] == "stopped" and ends[0]["usd"] == 5.0 and ends[0]["steps_completed"] == 7
+    assert [e["node_end"]["status"] for e in events if "node_end" in e] == ["stopped", "stopped"]
+
+
+def test_the_run_ends_as_its_worst_node_and_the_cause_speaks():
+    ends = {
+        "na": {"status": "failed", "reason": "RuntimeError: connection reset by peer", "t": 12.0, "usd": 1.0},
+        "nb": {"status": "lost", "reason": "its agent (pid 7) stopped beating", "t": 11.0, "usd": None},
+    }
+    end = combine_ends(ends, ["na", "nb"])
+    assert end["status"] == "lost" and end["reason"].startswith("node nb: its agent") and end["usd"] is None
+    both_failed = combine_ends({"na": {"status": "failed", "reason": "echo", "t": 5.0}, "nb": {"status": "failed", "reason": "cause", "t": 4.0}}, ["na", "nb"])
+    assert both_failed["reason"] == "node nb: cause"  # the first to fail
+    well = combine_ends({"na": {"status": "succeeded", "t": 1, "usd": 1.0, "steps_completed": 5}, "nb": {"status": "succeeded", "t": 2, "usd": 1.5}}, ["na", "nb"])
+    assert well["status"] == "succeeded" and well["reason"] is None and well["usd"] == 2.5 and well["steps_completed"] == 5
+
+
+def test_the_cost_is_the_sum_of_each_nodes_latest():
+    s = empty_summary("r")
+    s = fold(s, [{"type": "run_start", "t": 0, "node": "na", "spec": {"nodes": 2, "max_steps": 10}, "price_per_hour": 36.0}])
+    s = fold(s, [{"type": "cost", "t": 1, "node": "na", "usd": 0.01, "elapsed_s": 1, "nodes": 1, "price_per_hour": 36.0},
+                 {"type": "cost", "t": 1, "node": "nb", "usd": 0.005, "elapsed_s": 0.5, "nodes": 1, "price_per_hour": 36.0},
+                 {"type": "cost", "t": 2, "node": "na", "usd": 0.02, "elapsed_s": 2, "nodes": 1, "price_per_hour": 36.0}])
+    assert s["cost"]["usd"] == pytest.approx(0.025) and s["cost"]["elapsed_s"] == 2 and s["cost"]["nodes"] == 2
+
+
+# -- two real nodes ----------------------------------------------------------------------------------
+
+def _alive(pid):
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.Error:
+        return False
+
+
+def _mirror_lines(run, name):
+    return (local_run_dir(run.run_id) / "nodes" / name / "events.jsonl").read_bytes().splitlines()
+
+
+@pytest.mark.slow
+def test_a_run_across_two_nodes_has_both_in_one_stream(two_nodes, netns_sshds, two_hosts):
+    started = time.monotonic()
+    run = gaudi_nb.train(target="na,nb", nodes=2, devices=1, max_steps=5, price_per_hour=36.0)
+    first_step = None
+    deadline = time.monotonic() + 300
+    while not run.done and time.monotonic() < deadline:
+        if first_step is None and run.record()["steps_completed"] >= 1:
+            first_step = time.monotonic() - started
+        time.sleep(0.5)
+    took = time.monotonic() - started
+    record = run.record()
+    assert record["status"] == "succeeded", record["exit"]
+    events = run.events()
+    assert [e["step"] for e in events if e["type"] == "step"] == [1, 2, 3, 4, 5]  # rank 0's, each once
+    assert record["device_count"] == 2  # the world: one rank on each node
+    starts = [e for e in events if e["type"] == "worker_start"]
+    assert sorted((e["node"], e["rank"], e["world_size"]) for e in starts) == [("na", 0, 2), ("nb", 1, 2)]
+    assert {e["node"] for e in events if e["type"] == "telemetry"} == {"na", "nb"}
+    # one run_start (node 0's), node 1's agent start as a log line; both placed on their own network
+    (run_start,) = [e for e in events if e["type"] == "run_start"]
+    assert run_start["node"] == "na" and run_start["master_addr"] == two_hosts.addresses[0] and run_start["ifname"] == two_hosts.interfaces[0]
+    (other,) = [e["node_start"] for e in events if "node_start" in e]
+    assert other["node_rank"] == 1 and other["local_addr"] == two_hosts.addresses[1] and other["ifname"] == two_hosts.interfaces[1]
+    assert run_start["run_dir"].startswith(str(netns_sshds[0].node_home)) and other["run_dir"].startswith(str(netns_sshds[1].node_home))
+    # the cost: every node metered its own; the record's is the sum of each node's latest
+    latest = {}
+    for e in events:
+        if e["type"] == "cost":
+            latest[e["node"]] = e["usd"]
+    assert set(latest) == {"na", "nb"} and record["cost"]["usd"] == pytest.approx(sum(latest.values()))
+    # one run_end, last, from the client, with each node's; and nothing lost or doubled on the way
+    ends = [e for e in events if e["type"] == "run_end"]
+    assert len(ends) == 1 and events[-1]["type"] == "run_end" and ends[0]["ended_by"] == "client"
+    assert {name: node["status"] for name, node in ends[0]["nodes"].items()} == {"na": "succeeded", "nb": "succeeded"}
+    assert len(events) == len(_mirror_lines(run, "na")) + len(_mirror_lines(run, "nb")) + 1
+    print(f"\ntwo-node run (5 steps): {took:.1f} s, first step after {first_step:.1f} s")
+    shown = json.loads(subprocess.run([GAUDI_NB, "show", run.run_id, "--json"], capture_output=True, text=True, timeout=60).stdout)
+    assert shown["status"] == "succeeded" and shown["steps_completed"] == 5
+    log = subprocess.run([GAUDI_NB, "logs", run.run_id], capture_output=True, text=True, timeout=60)
+    assert log.returncode == 0 and "node-rank" not in log.stderr
+
+
+@pytest.mark.slow
+def test_a_stop_ends_both_nodes_at_the_same_step(two_nodes, netns_sshds):
+    started = time.monotonic()
+    run = gaudi_nb.train(target="na,nb", nodes=2, devices=1, max_steps=5000)
+    deadline = time.monotonic() + 300
+    while run.record()["steps_completed"] < 2 and time.monotonic() < deadline and not run.done:
+        time.sleep(0.5)
+    asked = time.monotonic()
+    result = subprocess.run([GAUDI_NB, "stop", run.run_id], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    run.wait(timeout=240)
+    stopped_in = time.monotonic() - asked
+    record = run.record()
+    events = run.events()
+    assert record["status"] == "stopped", record["exit"]
+    ends = [e for e in events if e["type"] == "run_end"]
+    assert len(ends) == 1 and {name: (n["status"], n["exit_code"]) for name, n in ends[0]["nodes"].items()} == {"na": ("stopped", 0), "nb": ("stopped", 0)}
+    # node 0's agent picked the step and both nodes' agents had it; every rank stopped there
+    asked_events = [e for e in events if e["type"] == "stop_requested"]
+    assert {e["node"] for e in asked_events} == {"na", "nb"}
+    (stop_at,) = {e["stop_at"] for e in asked_events}
+    assert record["steps_completed"] == stop_at and record["checkpoints"][-1] == {"step": stop_at, "path": record["checkpoints"][-1]["path"], "reason": "stopped"}
+    other_dir = Path([e["node_start"]["run_dir"] for e in events if "node_start" in e][0])
+    assert (other_dir / "checkpoints" / f"checkpoint-{stop_at}" / "rng_state_1.pth").exists()  # rank 1 (node nb) saved at the same step
+    # nothing of the run is left on either node: ranks, launchers, agents
+    pids = [e["pid"] for e in events if e["type"] == "worker_start"] + [e["pid"] for e in events if e["type"] == "run_start"]
+    pids += [e["node_start"]["pid"] for e in events if "node_start" in e]
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not [pid for pid in pids if _alive(pid)]
+    print(f"\ntwo-node stop: stop_at={stop_at}, ended {stopped_in:.1f} s after gaudi-nb stop; whole run {time.monotonic() - started:.1f} s")
+
+
+
+@pytest.mark.slow
+def test_the_budget_counts_both_nodes_and_its_stop_reaches_both(two_nodes):
+    """From the CLI: $1 per second per node, so the budget is reached by both nodes' spend together."""
+    started = time.monotonic()
+    result = subprocess.run([GAUDI_NB, "train", "--target", "na,nb", "--nodes", "2", "--devices", "1", "--max-steps", "500",
+                             "--price-per-hour", "3600", "--budget-usd", "48", "--json"], capture_output=True, text=True, timeout=400)
+    record = json.loads(result.stdout)
+    assert record["status"] == "budget_exceeded", (record["exit"], result.stderr[-2000:])
+    events = gaudi_nb.get_run(record["run_id"]).events()
+    asked = [e for e in events if e["type"] == "stop_requested"]
+    assert {(e["node"], e["reason"]) for e in asked} == {("na", "budget_exceeded"), ("nb", "budget_exceeded")}
+    (stop_at,) = {e["stop_at"] for e in asked}
+    assert record["steps_completed"] == stop_at and record["checkpoints"][-1]["reason"] == "budget_exceeded"
+    (end,) = [e for e in events if e["type"] == "run_end"]
+    assert {name: node["status"] for name, node in end["nodes"].items()} == {"na": "budget_exceeded", "nb": "budget_exceeded"}
+    latest = {}
+    for e in events:
+        if e["type"] == "cost":
+            latest[e["node"]] = e["usd"]
+    # neither node alone reached $48 when node 0 stopped the run: their sum did
+    spent_when_asked = {}
+    for e in events:
+        if e["type"] == "cost" and e["t"] <= asked[0]["t"]:
+            spent_when_asked[e["node"]] = e["usd"]
+    assert max(spent_when_asked.values()) < 48 <= sum(spent_when_asked.values()) + 2.5  # within a tick of the meters
+    assert record["cost"]["usd"] == pytest.approx(sum(latest.values())) and record["cost"]["usd"] >= 48
+    print(f"\ntwo-node budget stop: stop_at={stop_at}, ${record['cost']['usd']:.0f} spent, {time.monotonic() - started:.1f} s from the CLI")

@@ -87,6 +87,9 @@ def money(value: Optional[float]) -> str:
     return f"${value:,.4f}" if value < 1 else f"${value:,.2f}"
 
 
+FOLLOW_POLL_S = 0.25  # a poll reads a file from an offset and one row: cheap, and the run's end shows at once
+
+
 def follow_with_progress(run: api.Run, console: Console) -> Dict[str, Any]:
     """A live line on a terminal; one line per new step otherwise (CI logs, pipes)."""
     record = run.record()
@@ -100,11 +103,11 @@ def follow_with_progress(run: api.Run, console: Console) -> Dict[str, Any]:
                 shown = key
             if record["status"] in done:
                 return record
-            time.sleep(0.5)
+            time.sleep(FOLLOW_POLL_S)
             record = run.record()
     with Live(progress_line(record), console=console, refresh_per_second=4, transient=False) as live:
         while record["status"] not in done:
-            time.sleep(0.5)
+            time.sleep(FOLLOW_POLL_S)
             record = run.record()
             live.update(progress_line(record))
     return record

@@ -38,7 +38,9 @@ def detect_name() -> str:
         return accelerators.get(forced)().name
     if importlib.util.find_spec("habana_frameworks") is not None and (glob.glob("/dev/accel/accel*") or glob.glob("/dev/hl[0-9]*")):
         return "hpu"
-    if CUDA().available():
+    # NVIDIA's device nodes, not torch.cuda: importing torch here costs the agent a second or more
+    # at every start, and the agent never computes (the ranks detect() for real)
+    if importlib.util.find_spec("torch") is not None and glob.glob("/dev/nvidia[0-9]*"):
         return "cuda"
     return "cpu"
 

@@ -380,7 +380,17 @@ class Agent:
                 self._note_stop(self.folder.stop_reason() or "stopped")
             if self.stop_requested_at is not None and time.time() - self.stop_requested_at > STOP_GRACE_S:
                 self._terminate()
-            time.sleep(1.0)
+            self._wait_tick(1.0)
+
+    def _wait_tick(self, seconds: float) -> None:
+        """One second between ticks, cut short when the launcher exits: the run ends the moment its ranks do."""
+        if self.process is None:
+            time.sleep(seconds)
+            return
+        try:
+            self.process.wait(timeout=seconds)
+        except subprocess.TimeoutExpired:
+            pass
 
     def _finish(self, exit_code: Optional[int], error: Optional[str] = None) -> str:
         try:

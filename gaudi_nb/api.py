@@ -81,7 +81,7 @@ def check(spec: RunSpec) -> None:
             raise SpecError(f"instance_type: {exc}") from None
     target = target_for(spec.target)  # unknown or not-yet-available targets stop here
     if spec.nodes > target.max_nodes:
-        raise SpecError(f"nodes: the {target.name} target runs on {target.max_nodes} node; --nodes {spec.nodes} needs a target with several nodes (not in this version yet): use --nodes 1")
+        raise SpecError(f"nodes: the target {spec.target} has {target.max_nodes} node(s); --nodes {spec.nodes} needs as many attached nodes: --target NAME1,NAME2,... (gaudi-nb nodes list), or --nodes {target.max_nodes}")
     target.check(spec)
 
 

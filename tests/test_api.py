@@ -50,7 +50,7 @@ def test_spec_file_paths_are_relative_to_the_file(tmp_path, monkeypatch):
 def test_several_nodes_on_the_local_target_is_refused_before_anything_starts(gaudi_home):
     with pytest.raises(SpecError) as info:
         api.train(nodes=2, devices=1)
-    assert "nodes: the local target runs on 1 node" in str(info.value)
+    assert "nodes: the target local has 1 node(s); --nodes 2 needs as many attached nodes: --target NAME1,NAME2" in str(info.value)
     assert not (gaudi_home / "runs").exists() or not any((gaudi_home / "runs").iterdir())
 
 

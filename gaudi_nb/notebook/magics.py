@@ -42,6 +42,10 @@ def describe_target(parsed: TargetAddress) -> str:
             return f"an AWS {price.instance_type} ({price.accelerator_count}× {price.accelerator}, {rate})"
         except GaudiNbError:
             return f"an AWS {parsed.instance_type} (not in the price catalog)"
+    if parsed.kind == "node":
+        return f"the attached node {parsed.text}"
+    if parsed.kind == "nodes":
+        return f"the attached nodes {parsed.text.replace(',', ', ')} (one run across them: --nodes {len(parsed.text.split(','))})"
     return "this machine"
 
 

@@ -26,6 +26,7 @@ from .. import accel
 from ..cost import catalog, meter
 from ..events import EventWriter, Tailer
 from ..launch import LaunchPlan, build_launch, pick_launcher
+from ..launch.cluster import cluster_launch_options
 from ..rundir import RunFolder
 from ..spec import RunSpec
 from ..worker.trainers import pick_trainer
@@ -325,7 +326,9 @@ class Agent:
             plan = cluster_plan(self.spec, self.cluster, worker, python=sys.executable, accelerator=accelerator, launcher=launcher, local_addr=local_addr, ifname=ifname)
             placement = {"node_rank": self.cluster["node_rank"], "nodes": self.cluster["nodes"], "master_addr": self.cluster["master_addr"], "local_addr": local_addr, "ifname": ifname}
         else:
-            plan = build_launch(self.spec, worker, python=sys.executable, master_port=free_port(), accelerator=accelerator, launcher=launcher)
+            # in a cluster-started job (Kubernetes operators) the pod's environment says where this node stands
+            where = {"master_port": free_port(), **cluster_launch_options(os.environ, self.spec.nodes)}
+            plan = build_launch(self.spec, worker, python=sys.executable, accelerator=accelerator, launcher=launcher, **where)
         if plan is not None:
             self.run_modules = plan.env.get("HABANA_VISIBLE_MODULES")
             for name, content in plan.files.items():

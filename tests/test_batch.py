@@ -1,8 +1,14 @@
 """Batch notebooks: real papermill execution of tiny notebooks on the python3 kernel."""
 from __future__ import annotations
 
+import glob
+import hashlib
+import importlib.util
 import json
+import os
+import sqlite3
 import subprocess
+import sys
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -83,20 +89,75 @@ def test_manifest_masks_secrets_and_keeps_hpu_variables(tmp_path):
     assert m["versions"]["python"] and any(p.startswith("papermill==") for p in m["packages"])
 
 
-def test_git_state_hashes_the_uncommitted_diff(tmp_path):
+def test_git_state_hashes_the_uncommitted_diff(tmp_path, monkeypatch):
+    repo, outside = tmp_path / "repo", tmp_path / "outside"
+    repo.mkdir()
+    outside.mkdir()
+    monkeypatch.setenv("GIT_CEILING_DIRECTORIES", str(tmp_path))  # git may not look above tmp_path for a repository
+
     def git(*args):
-        subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True)
+        subprocess.run(["git", *args], cwd=repo, check=True, capture_output=True)
 
     git("init", "-q")
-    (tmp_path / "nb.ipynb").write_text("{}")
+    (repo / "nb.ipynb").write_text("{}")
+    assert manifest_mod.git_state(repo / "nb.ipynb") == {"root": str(repo.resolve()), "commit": None, "branch": None, "dirty": False, "diff_sha256": None}  # no commit yet
     git("add", ".")
     git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "x")
-    clean = manifest_mod.git_state(tmp_path / "nb.ipynb")
-    assert len(clean["commit"]) == 40 and clean["dirty"] is False and clean["diff_sha256"] is None
-    (tmp_path / "nb.ipynb").write_text('{"changed": 1}')
-    dirty = manifest_mod.git_state(tmp_path / "nb.ipynb")
-    assert dirty["dirty"] is True and len(dirty["diff_sha256"]) == 64
-    assert manifest_mod.git_state(tmp_path.parent / "elsewhere") is None or True  # outside a repo: None (tmp may sit in one)
+    clean = manifest_mod.git_state(repo / "nb.ipynb")
+    assert len(clean["commit"]) == 40 and clean["branch"] and clean["dirty"] is False and clean["diff_sha256"] is None
+    (repo / "nb.ipynb").write_text('{"changed": 1}')
+    dirty = manifest_mod.git_state(repo / "nb.ipynb")
+    assert dirty["dirty"] is True and len(dirty["diff_sha256"]) == 64 and dirty["commit"] == clean["commit"]
+    assert manifest_mod.git_state(outside) is None
+    assert manifest_mod.git_state(outside / "nb.ipynb") is None
+
+
+def test_installed_packages_match_the_metadata_api():
+    from importlib import metadata
+
+    seen = {}
+    for dist in metadata.distributions():  # the slow way: every metadata file parsed whole
+        if dist.name and dist.name.lower() not in seen:
+            seen[dist.name.lower()] = f"{dist.name}=={dist.version}"
+    assert manifest_mod.installed_packages() == [seen[k] for k in sorted(seen)]
+
+
+def test_accelerator_is_named_without_importing_torch_where_no_gpu_can_be():
+    from gaudi_nb.accel import detect_name
+
+    assert manifest_mod.accelerator_name() == detect_name()
+    code = "import sys; from gaudi_nb.batch.manifest import accelerator_name; print(accelerator_name(), 'torch' in sys.modules)"
+    env = {k: v for k, v in os.environ.items() if k != "GAUDI_NB_ACCELERATOR"}
+    printed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True, cwd=Path(manifest_mod.__file__).parents[2]).stdout.split()
+    if not any(glob.glob(p) for p in manifest_mod.GPU_DEVICE_FILES) and importlib.util.find_spec("habana_frameworks") is None:
+        assert printed == ["cpu", "False"]
+
+
+def test_the_room_imports_cheaply():
+    """gaudi_nb/__init__.py binds `batch` eagerly from here: the room alone loads neither papermill, the store nor torch."""
+    code = (
+        "import sys, types; pkg = types.ModuleType('gaudi_nb'); pkg.__path__ = [sys.argv[1]]; sys.modules['gaudi_nb'] = pkg; "
+        "import gaudi_nb.batch; from gaudi_nb.batch.execute import batch; "
+        "print(sorted(m for m in ('papermill', 'sqlalchemy', 'torch', 'pydantic', 'nbformat', 'gaudi_nb.store', 'gaudi_nb.api') if m in sys.modules))"
+    )
+    printed = subprocess.run([sys.executable, "-c", code, str(Path(manifest_mod.__file__).parents[1])], capture_output=True, text=True, check=True).stdout
+    assert printed.strip() == "[]"
+
+
+def test_gaudi_nb_batch_is_callable_whatever_was_imported_first():
+    """`gaudi_nb.batch(...)` at the top level, even after the room itself was imported (which sets the
+    package attribute `batch` to the subpackage: a lazy PEP 562 name would be shadowed)."""
+    code = (
+        "import gaudi_nb.batch.cli, gaudi_nb; from gaudi_nb.batch import record, batch_sweep; "
+        "assert callable(gaudi_nb.batch), gaudi_nb.batch; print('ok')"
+    )
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(manifest_mod.__file__).parents[2]).stdout.strip() == "ok"
+
+
+def test_secret_looking_values_are_masked_in_source():
+    source = '# Parameters\nlearning_rate = 0.001\napi_token = "tok-1=2"\nHF_TOKEN: str = \'x\'\nkeys_seen = 3\n'
+    assert manifest_mod.mask_source(source) == '# Parameters\nlearning_rate = 0.001\napi_token = "***"\nHF_TOKEN: str = "***"\nkeys_seen = "***"\n'
+    assert manifest_mod.mask_source("api_key == x\n") == "api_key == x\n"  # a comparison, not an assignment
 
 
 def test_hlsmi_query_parsing():
@@ -227,3 +288,58 @@ def test_output_goes_through_papermills_io_handlers(gaudi_home):
     assert json.loads(handler.files[out])["metadata"]["gaudi_nb"]["manifest"]["parameters"]["epochs"] == 1
     assert json.loads(handler.files[rec["batch"]["manifest_path"]])["run_id"] == run.run_id
     assert (gaudi_home / "runs" / run.run_id / "manifest.json").exists()  # the run folder keeps a copy
+
+
+def secret_notebook(folder: Path) -> Path:
+    """A notebook whose parameter looks secret; it records the sha256 of the value it received."""
+    def code(source, tags=()):
+        return {"cell_type": "code", "execution_count": None, "metadata": {"tags": list(tags)}, "outputs": [], "source": source}
+
+    nb = {
+        "cells": [
+            code('api_token = ""\nsteps = 1\n', tags=["parameters"]),
+            code("import hashlib\nfrom gaudi_nb.batch import record\nrecord(token_sha256=hashlib.sha256(api_token.encode()).hexdigest(), steps=steps)\n"),
+        ],
+        "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}, "language_info": {"name": "python"}},
+        "nbformat": 4,
+        "nbformat_minor": 4,
+    }
+    path = folder / "secret.ipynb"
+    path.write_text(json.dumps(nb))
+    return path
+
+
+def test_secret_parameters_reach_the_notebook_and_nothing_else(gaudi_home, tmp_path, capsys):
+    secret = "s3cr3t-" + "Zq81xVw"  # built, so that this file's bytes never matter
+    notebook = secret_notebook(tmp_path)
+    assert cli(["batch", str(notebook), "-p", "api_token", secret, "-p", "steps", "2", "--compare", "--json"]) == 0
+    printed = capsys.readouterr()
+    [rec] = RunStore().list(kind="batch")
+    assert rec["status"] == "succeeded"
+    assert rec["batch"]["results"] == {"token_sha256": hashlib.sha256(secret.encode()).hexdigest(), "steps": 2}  # the kernel got the real value
+    assert rec["batch"]["parameters"] == {"api_token": "***", "steps": 2}
+    assert secret not in printed.out and secret not in printed.err  # progress, compare table, JSON record
+    assert "api_token=***" in printed.err and "(injected parameters) api_token = \"***\"" in printed.err
+
+    folder = gaudi_home / "runs" / rec["run_id"]
+    events_text = (folder / "events.jsonl").read_text()
+    assert secret not in events_text and '"api_token":"***"' in events_text
+    for path in folder.rglob("*"):  # events, manifest, output notebook, logs
+        if path.is_file():
+            assert secret.encode() not in path.read_bytes(), path
+    output = json.loads((folder / "output.ipynb").read_text())
+    assert output["metadata"]["papermill"]["parameters"] == {"api_token": "***", "steps": 2}
+
+    store_files = list(gaudi_home.glob("store.db*"))  # the database and its write-ahead log
+    assert store_files and all(secret.encode() not in p.read_bytes() for p in store_files)
+    with sqlite3.connect(gaudi_home / "store.db") as db:
+        tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        rows = [repr(row) for table in tables for row in db.execute(f"SELECT * FROM {table}")]
+    assert rows and not any(secret in row for row in rows)
+
+
+def test_a_bad_secret_value_is_not_printed(tmp_path):
+    declared = notebook_parameters(json.loads(secret_notebook(tmp_path).read_text()))
+    with pytest.raises(SpecError) as refused:
+        P.validate(declared, {"api_token": 12345})
+    assert str(refused.value) == "api_token: expected str (default \"\"), got ***"

@@ -1,11 +1,20 @@
 """Notebooks as runs: papermill execution with typed parameters, live cell events and a reproducibility manifest.
 
-    from gaudi_nb.batch import batch, batch_sweep, compare
-    run = batch("notebooks/04_batch_sweep.ipynb", parameters={"learning_rate": 1e-3})
+    import gaudi_nb
+    run = gaudi_nb.batch("notebooks/04_batch_sweep.ipynb", parameters={"learning_rate": 1e-3})
+
+    from gaudi_nb.batch import batch, batch_sweep, compare, record
     runs = batch_sweep("notebooks/04_batch_sweep.ipynb", parameters={"learning_rate": "1e-4,3e-4,1e-3"})
     compare(runs)
 
-Inside a notebook, `gaudi_nb.batch.record(eval_loss=...)` records a result for compare().
+Inside a notebook, `from gaudi_nb.batch import record` then `record(eval_loss=...)` records a
+result for compare().
+
+`gaudi_nb.batch` at the package's top level is meant to be the function `batch`: gaudi_nb/__init__.py
+binds `from .batch.execute import batch as batch` eagerly (importing this room is cheap: no
+papermill, store or torch until a notebook runs). Eagerly, because importing any `gaudi_nb.batch.*`
+sets the package attribute `gaudi_nb.batch` to this module, so a lazy PEP 562 name would be
+shadowed whenever the room was imported first. The room's other names are imported from here.
 """
 import sys
 import types
@@ -33,8 +42,8 @@ __all__ = [
 
 
 class _CallableModule(types.ModuleType):
-    """`gaudi_nb.batch(notebook, ...)` runs a notebook, while `gaudi_nb.batch.record` and
-    friends stay importable: the public API names a function and DESIGN names a room."""
+    """Transitional: while gaudi_nb/__init__.py still exports this module as `batch`, calling it runs a
+    notebook. Dead (and to be deleted) once the top level binds the function `batch` itself."""
 
     def __call__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
         return batch(*args, **kwargs)

@@ -7,29 +7,85 @@ Registered with papermill as engine "gaudi_nb".
 """
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, Iterator, Optional
 
 from papermill.engines import NBClientEngine, NotebookExecutionManager, papermill_engines  # type: ignore[import-untyped]
 
 from ..events import EventWriter
+from .manifest import looks_secret, mask, mask_source
 
 ENGINE_NAME = "gaudi_nb"
 PREVIEW_CHARS = 80
+INJECTED_TAG = "injected-parameters"
 
 EventCallback = Callable[[Dict[str, Any]], None]
 
 
+def _injected(cell: Any) -> bool:
+    return INJECTED_TAG in (cell.get("metadata", {}).get("tags") or [])
+
+
 def source_preview(cell: Any) -> str:
+    """The cell's first line of code; in the injected parameters cell, secret-looking values masked."""
     source = cell.get("source", "")
     source = "".join(source) if isinstance(source, list) else str(source)
+    if _injected(cell):
+        source = mask_source(source)
     lines = [line.strip() for line in source.splitlines() if line.strip()]
     code = [line for line in lines if not line.startswith("#")]
     line = (code or lines or [""])[0]
-    if "injected-parameters" in (cell.get("metadata", {}).get("tags") or []):
+    if _injected(cell):
         line = "(injected parameters) " + line
     return line if len(line) <= PREVIEW_CHARS else line[: PREVIEW_CHARS - 1] + "…"
+
+
+def _with_secrets(nb: Any) -> Optional[Dict[str, Any]]:
+    """nb.metadata.papermill when the injected parameters include a secret-looking name, else None."""
+    papermill_meta = nb.get("metadata", {}).get("papermill") or {}
+    parameters = papermill_meta.get("parameters")
+    return papermill_meta if isinstance(parameters, dict) and any(looks_secret(str(k)) for k in parameters) else None
+
+
+def _masked_source(cell: Any) -> str:
+    source = cell["source"]
+    return mask_source("".join(source) if isinstance(source, list) else source)
+
+
+@contextlib.contextmanager
+def secrets_masked(nb: Any) -> Iterator[None]:
+    """While it lasts, the notebook shows secret-looking parameters masked: in the injected cell's
+    source and in metadata.papermill.parameters. The kernel runs the real source: papermill saves
+    the notebook from its hooks, before nbclient reads a cell, and this restores it right after."""
+    papermill_meta = _with_secrets(nb)
+    if papermill_meta is None:
+        yield
+        return
+    parameters = papermill_meta["parameters"]
+    cells = [c for c in nb.get("cells", []) if _injected(c)]
+    sources = [c["source"] for c in cells]
+    try:
+        papermill_meta["parameters"] = mask(parameters)
+        for cell in cells:
+            cell["source"] = _masked_source(cell)
+        yield
+    finally:
+        papermill_meta["parameters"] = parameters
+        for cell, source in zip(cells, sources, strict=True):
+            cell["source"] = source
+
+
+def mask_secrets(nb: Any) -> Any:
+    """The notebook with secret-looking parameters masked for good (once execution is over)."""
+    papermill_meta = _with_secrets(nb)
+    if papermill_meta is not None:
+        papermill_meta["parameters"] = mask(papermill_meta["parameters"])
+        for cell in nb.get("cells", []):
+            if _injected(cell):
+                cell["source"] = _masked_source(cell)
+    return nb
 
 
 def error_text(exception: Any) -> str:
@@ -51,6 +107,10 @@ class EventingExecutionManager(NotebookExecutionManager):
         self._failed: set = set()
         self._handled: Optional[BaseException] = None
         super().__init__(nb, **kwargs)
+
+    def save(self, **kwargs: Any) -> None:
+        with secrets_masked(self.nb):  # what is written is masked; the kernel gets the real values
+            super().save(**kwargs)
 
     def _emit(self, **fields: Any) -> None:
         event = self.writer.emit("cell", **fields)
@@ -132,6 +192,7 @@ class GaudiNbEngine(NBClientEngine):
         finally:
             nb_man.cleanup_pbar()
             nb_man.notebook_complete()
+            mask_secrets(nb_man.nb)  # papermill writes the returned notebook again: masked from here on
         return nb_man.nb
 
 

@@ -3,6 +3,13 @@
 The road: parameters checked against the parameters cell (SpecError before anything is
 written) → run registered (kind "batch") → run_start → one `cell` event per hook, live,
 in $GAUDI_NB_HOME/runs/<run_id>/events.jsonl → run_end. Views read the run like any other.
+
+Secret-looking parameters (manifest.looks_secret) reach the kernel as given and are masked in
+everything recorded or shown: the store, the events, the manifest, the output notebook, the CLI.
+
+Importing this module is cheap (the standard library and gaudi_nb's events): papermill, the
+store and the API load when a notebook runs, so `from gaudi_nb.batch import record` costs a
+notebook kernel nothing and gaudi_nb's top level can bind `batch` eagerly.
 """
 from __future__ import annotations
 
@@ -10,20 +17,20 @@ import contextlib
 import json
 import os
 import posixpath
-import secrets
 import time
-import xml.etree.ElementTree as ET
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, Union
 
 from .. import paths
-from ..api import Run
 from ..errors import GaudiNbError, SpecError
 from ..events import EventWriter
-from ..store import RunStore
 from . import parameters as params_mod
 from .manifest import build_manifest, mask
+
+if TYPE_CHECKING:
+    from ..api import Run
+    from ..store import RunStore
 
 EventCallback = Callable[[Dict[str, Any]], None]
 RUN_ID_ENV = "GAUDI_NB_RUN_ID"
@@ -155,7 +162,7 @@ def _write_text(text: str, path: str) -> None:
 
 def new_run_id(notebook: Path) -> str:
     stem = "".join(c if c.isalnum() or c in "-." else "-" for c in notebook.stem.lower())[:40].strip("-") or "notebook"
-    return f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+    return f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"
 
 
 @contextlib.contextmanager
@@ -187,10 +194,17 @@ def _plan(notebook: Path, parameters: Mapping[str, Any], kernel_name: str) -> Li
 
 
 # -- running -------------------------------------------------------------------------
+def _default_store() -> RunStore:
+    from ..store import RunStore
+
+    return RunStore()
+
+
 def _execute(prepared: Prepared, parameters: Dict[str, Any], store: RunStore, on_event: Optional[EventCallback], seeds: Optional[Mapping[str, Any]]) -> Run:
     import papermill as pm  # type: ignore[import-untyped]
     from papermill.exceptions import PapermillExecutionError  # type: ignore[import-untyped]
 
+    from ..api import Run
     from . import engine as _engine  # registers the "gaudi_nb" papermill engine
 
     notebook = prepared.notebook
@@ -201,7 +215,8 @@ def _execute(prepared: Prepared, parameters: Dict[str, Any], store: RunStore, on
     plan = _plan(notebook, parameters, prepared.kernel_name)
     manifest = build_manifest(params_mod.effective(prepared.declared, parameters), seeds, notebook=notebook, run_id=run_id)
     manifest["parameters_given"] = mask(parameters)
-    spec = {"notebook": str(notebook), "parameters": parameters, "target": prepared.target, "name": notebook.stem, "kernel_name": prepared.kernel_name, "output": output_path}
+    # what is recorded (store, run_start, hence every view) shows secret-looking values masked; papermill gets the real ones
+    spec = {"notebook": str(notebook), "parameters": mask(parameters), "target": prepared.target, "name": notebook.stem, "kernel_name": prepared.kernel_name, "output": output_path}
     store.register(run_id, spec=spec, target=prepared.target, run_dir=str(run_dir), kind="batch", name=notebook.stem)
 
     writer = EventWriter(run_dir / "events.jsonl", run_id, node="local")
@@ -273,8 +288,8 @@ def batch(
     """
     prepared = prepare(notebook, parameters, target=target, output=output, kernel_name=kernel_name)
     if len(prepared.grid) > 1:
-        raise SpecError(f"parameters sweep over {len(prepared.grid)} combinations: use gaudi_nb.batch.batch_sweep (or gaudi-nb batch, which sweeps)")
-    run = _execute(prepared, prepared.grid[0], store or RunStore(), on_event, seeds)
+        raise SpecError(f"parameters sweep over {len(prepared.grid)} combinations: use batch_sweep (from gaudi_nb.batch import batch_sweep), or gaudi-nb batch, which sweeps")
+    run = _execute(prepared, prepared.grid[0], store or _default_store(), on_event, seeds)
     if ci or junit:
         write_junit([run], junit or default_junit_path(run))
     if ci and run.status != "succeeded":
@@ -301,7 +316,7 @@ def batch_sweep(
     Every combination is checked before the first one runs. A failed run does not stop the sweep.
     """
     prepared = prepared or prepare(notebook, parameters, target=target, output=output, kernel_name=kernel_name)
-    store = store or RunStore()
+    store = store or _default_store()
     runs = [_execute(prepared, point, store, on_event, seeds) for point in prepared.grid]
     if ci or junit:
         write_junit(runs, junit or default_junit_path(runs[0]))
@@ -326,7 +341,7 @@ def _scalar(value: Any) -> Any:
             pass
     if value is None or isinstance(value, (bool, int, float, str)):
         return value
-    raise TypeError(f"gaudi_nb.batch.record takes scalars (numbers, strings, booleans), got {type(value).__name__}")
+    raise TypeError(f"record() (from gaudi_nb.batch import record) takes scalars (numbers, strings, booleans), got {type(value).__name__}")
 
 
 def record(**values: Any) -> Optional[Dict[str, Any]]:
@@ -348,6 +363,8 @@ def record(**values: Any) -> Optional[Dict[str, Any]]:
 
 def compare(runs: Sequence[Union[Run, str]]) -> List[Dict[str, Any]]:
     """One row per run: run_id, status, duration_s, parameters, results (what the notebook record()ed), failed_cell."""
+    from ..api import Run
+
     rows = []
     for run in runs:
         handle = run if isinstance(run, Run) else Run(run)
@@ -403,6 +420,8 @@ def default_junit_path(run: Run) -> str:
 
 def junit_xml(runs: Sequence[Run]) -> str:
     """JUnit XML: a testsuite per run, a testcase per code cell (failure with the error; cells not reached skipped)."""
+    import xml.etree.ElementTree as ET
+
     suites = ET.Element("testsuites")
     total = {"tests": 0, "failures": 0, "skipped": 0}
     for run in runs:

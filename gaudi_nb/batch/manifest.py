@@ -1,10 +1,17 @@
 """The reproducibility manifest of a batch run: code, software, hardware, seeds, parameters, environment.
 
-No secrets: any value whose name looks like a key, token, password, secret or credential is masked.
+No secrets: any value whose name looks like a key, token, password, secret or credential is masked,
+here and everywhere the batch room records or shows parameters (events, store, output notebook, CLI).
+
+Cheap to build (a few hundredths of a second): package versions come from the metadata files' headers (no pip
+subprocess, no full metadata parse), git answers in two calls, and the accelerator is named
+without importing torch where no GPU device exists.
 """
 from __future__ import annotations
 
+import glob
 import hashlib
+import importlib.util
 import os
 import platform
 import re
@@ -13,7 +20,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 MASK = "***"
 MANIFEST_VERSION = 1
@@ -28,6 +35,22 @@ def looks_secret(name: str) -> bool:
 
 def mask(mapping: Mapping[str, Any]) -> Dict[str, Any]:
     return {k: (MASK if looks_secret(k) else v) for k, v in mapping.items()}
+
+
+_ASSIGNMENT = re.compile(r"^(\s*)([A-Za-z_]\w*)(\s*(?::[^=]*)?=(?!=)).*$")
+
+
+def mask_source(source: str) -> str:
+    """Python source (papermill's injected parameters cell: one `name = value` per line) with the
+    values of secret-looking names replaced by "***"."""
+    lines = []
+    for line in source.splitlines(keepends=True):
+        found = _ASSIGNMENT.match(line.rstrip("\r\n"))
+        if found and looks_secret(found.group(2)):
+            end = line[len(line.rstrip("\r\n")) :]
+            line = f'{found.group(1)}{found.group(2)}{found.group(3)} "{MASK}"{end}'
+        lines.append(line)
+    return "".join(lines)
 
 
 def environment(environ: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
@@ -50,29 +73,51 @@ def git_state(where: Path) -> Optional[Dict[str, Any]]:
     folder = where if where.is_dir() else where.parent
     if shutil.which("git") is None or not folder.exists():
         return None
-    top = _git(["rev-parse", "--show-toplevel"], folder)
-    if top is None:
-        return None
-    commit = _git(["rev-parse", "HEAD"], folder)
-    diff = _git(["diff", "HEAD", "--no-color", "--no-ext-diff"], folder) or b""
-    branch = _git(["rev-parse", "--abbrev-ref", "HEAD"], folder)
+    # one call for the top folder, the commit and the branch; a repository without commits fails it
+    answer = _git(["rev-parse", "--show-toplevel", "HEAD", "--abbrev-ref", "HEAD"], folder)
+    if answer is not None and len(answer.splitlines()) == 3:
+        top, commit, branch = (line.decode().strip() for line in answer.splitlines())
+        diff = _git(["diff", "HEAD", "--no-color", "--no-ext-diff"], folder) or b""
+    else:
+        only_top = _git(["rev-parse", "--show-toplevel"], folder)
+        if only_top is None:
+            return None
+        top, commit, branch, diff = only_top.decode().strip(), None, None, b""  # commit None: a repository without commits
     return {
-        "root": top.decode().strip(),
-        "commit": commit.decode().strip() if commit else None,  # None: a repository without commits
-        "branch": branch.decode().strip() if branch else None,
+        "root": top,
+        "commit": commit,
+        "branch": branch,
         "dirty": bool(diff.strip()),
         "diff_sha256": hashlib.sha256(diff).hexdigest() if diff.strip() else None,
     }
 
 
+def _name_version(dist: Any) -> Tuple[Optional[str], Optional[str]]:
+    """Name and Version from the metadata file's header lines: the same values as dist.name and
+    dist.version without parsing the whole file (long descriptions make that 10x slower)."""
+    text = dist.read_text("METADATA") or dist.read_text("PKG-INFO") or ""
+    name = version = None
+    for line in text.splitlines():
+        if not line.strip():
+            break  # the headers end at the first blank line
+        if line.startswith("Name:"):
+            name = line[5:].strip()
+        elif line.startswith("Version:"):
+            version = line[8:].strip()
+        if name and version:
+            return name, version
+    return dist.name, dist.version
+
+
 def installed_packages() -> List[str]:
+    """NAME==VERSION of every installed distribution (what `pip freeze` lists), first on sys.path wins."""
     from importlib import metadata
 
     seen = {}
     for dist in metadata.distributions():
-        name = dist.name
+        name, version = _name_version(dist)
         if name and name.lower() not in seen:
-            seen[name.lower()] = f"{name}=={dist.version}"
+            seen[name.lower()] = f"{name}=={version}"
     return [seen[k] for k in sorted(seen)]
 
 
@@ -117,6 +162,23 @@ def gaudi_versions(run: Callable[[List[str]], Optional[str]] | None = None) -> D
     return parse_hlsmi_query(text) if text else {"driver": None, "firmware": None}
 
 
+# Device files without which torch cannot see a GPU: NVIDIA, WSL's GPU paravirtualization, ROCm.
+GPU_DEVICE_FILES = ("/dev/nvidia[0-9]*", "/dev/dxg", "/dev/kfd")
+
+
+def accelerator_name() -> str:
+    """gaudi_nb.accel.detect_name(), without its `import torch` (about a second) where it cannot matter.
+
+    detect_name() answers cpu unless a name is forced, Gaudi software is installed, or torch sees a
+    GPU, which needs one of GPU_DEVICE_FILES; with none of these, the answer is cpu without asking.
+    """
+    if os.environ.get("GAUDI_NB_ACCELERATOR") or importlib.util.find_spec("habana_frameworks") is not None or any(glob.glob(p) for p in GPU_DEVICE_FILES):
+        from ..accel import detect_name
+
+        return detect_name()
+    return "cpu"
+
+
 def seeds_from(parameters: Mapping[str, Any]) -> Dict[str, Any]:
     return {k: v for k, v in parameters.items() if "seed" in k.lower()}
 
@@ -132,9 +194,7 @@ def build_manifest(
 ) -> Dict[str, Any]:
     """Everything needed to run this notebook again the same way. Seeds default to parameters named *seed*."""
     if accelerator is None:
-        from ..accel import detect_name
-
-        accelerator = detect_name()
+        accelerator = accelerator_name()
     where = Path(notebook).resolve() if notebook else Path.cwd()
     return {
         "manifest_version": MANIFEST_VERSION,

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from ..errors import SpecError
+from .manifest import MASK, looks_secret
 
 PARAMETERS_TAG = "parameters"
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict, "tuple": tuple}
@@ -97,7 +98,12 @@ def notebook_parameters(nb: Mapping[str, Any]) -> Dict[str, Parameter]:
 
 
 def _bad(param: Parameter, value: Any) -> SpecError:
-    return SpecError(f"{param.name}: expected {param.describe()}, got {value!r}")
+    return SpecError(f"{param.name}: expected {param.describe()}, got {_shown(param.name, value)}")
+
+
+def _shown(name: str, value: Any) -> str:
+    """repr(value) for a message; a secret-looking parameter's value is not printed."""
+    return MASK if looks_secret(name) else repr(value)
 
 
 def coerce(param: Parameter, value: Any) -> Any:
@@ -198,7 +204,7 @@ def expand_grid(declared: Mapping[str, Parameter], given: Optional[Mapping[str, 
         if _is_sweep(param, value):
             values = [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else list(value)
             if not values:
-                raise SpecError(f"{name}: a sweep needs at least one value, got {value!r}")
+                raise SpecError(f"{name}: a sweep needs at least one value, got {_shown(name, value)}")
             axes.append([coerce(param, v) for v in values])
         else:
             axes.append([coerce(param, value)])
@@ -210,6 +216,3 @@ def effective(declared: Mapping[str, Parameter], given: Mapping[str, Any]) -> Di
     """Every parameter's value for a run: the defaults, overridden by the given ones."""
     return {**{name: p.value for name, p in declared.items()}, **dict(given)}
 
-
-def is_sweep(declared: Mapping[str, Parameter], given: Optional[Mapping[str, Any]]) -> bool:
-    return any(_is_sweep(declared.get(k), v) for k, v in (given or {}).items())

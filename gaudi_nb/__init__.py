@@ -9,6 +9,10 @@ import importlib
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+# Eager, not lazy: importing any gaudi_nb.batch.* module sets the package attribute `batch` to the
+# subpackage, which would hide a lazy name; the function's module costs ~25 ms of standard library.
+from .batch.execute import batch
+
 __version__ = "0.1.0"
 
 # public name -> (module, attribute); attribute None means the module itself
@@ -24,7 +28,6 @@ _EXPORTS = {
     "runs": (".api", "runs"),
     "train": (".api", "train"),
     "attach": (".nodes.attach", "attach"),
-    "batch": (".batch", None),
     "launcher": (".notebook", "launcher"),
 }
 
@@ -47,7 +50,6 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:  # what IDEs and mypy see
-    from . import batch
     from .api import Run, get_run, runs, train
     from .errors import GaudiNbError, MissingExtraError, NotFoundError, SpecError
     from .nodes.attach import attach

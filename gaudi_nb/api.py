@@ -179,7 +179,7 @@ class Run:
             time.sleep(poll_s)
 
     # control --------------------------------------------------------------
-    def wait(self, timeout: Optional[float] = None, poll_s: float = 1.0) -> "Run":
+    def wait(self, timeout: Optional[float] = None, poll_s: float = 0.25) -> "Run":
         """Until the run ends; a run whose agent dies ends as `lost` within the heartbeat timeout, so this returns."""
         deadline = None if timeout is None else time.monotonic() + timeout
         while not self.done:

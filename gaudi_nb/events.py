@@ -26,7 +26,7 @@ EVENT_TYPES = (
     "cost",  # agent: elapsed_s, usd, price_per_hour, nodes, budget_usd
     "stop_requested",  # agent: reason, stop_at_step
     "cell",  # batch: index, phase (start/end/error), duration_s, error
-    "result",  # batch: values {name: scalar} a notebook recorded with gaudi_nb.batch.record()
+    "result",  # batch: values {name: scalar} a notebook recorded with record() from gaudi_nb.batch
     "log",  # agent: level, message
     "run_end",  # agent (or a client, for a lost agent: ended_by=client): status, exit_code, reason, last_log_lines, steps_completed
 )

@@ -122,15 +122,14 @@ def test_installed_packages_match_the_metadata_api():
     assert manifest_mod.installed_packages() == [seen[k] for k in sorted(seen)]
 
 
-def test_accelerator_is_named_without_importing_torch_where_no_gpu_can_be():
-    from gaudi_nb.accel import detect_name
-
-    assert manifest_mod.accelerator_name() == detect_name()
-    code = "import sys; from gaudi_nb.batch.manifest import accelerator_name; print(accelerator_name(), 'torch' in sys.modules)"
+def test_the_accelerator_is_named_without_importing_torch():
+    # the manifest (and the agent) name it from the Gaudi software and device files: importing torch costs a second or more
+    code = "import sys; from gaudi_nb.accel import detect_name; print(detect_name(), 'torch' in sys.modules)"
     env = {k: v for k, v in os.environ.items() if k != "GAUDI_NB_ACCELERATOR"}
     printed = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True, cwd=Path(manifest_mod.__file__).parents[2]).stdout.split()
-    if not any(glob.glob(p) for p in manifest_mod.GPU_DEVICE_FILES) and importlib.util.find_spec("habana_frameworks") is None:
-        assert printed == ["cpu", "False"]
+    assert printed[1] == "False"
+    if not glob.glob("/dev/nvidia[0-9]*") and importlib.util.find_spec("habana_frameworks") is None:
+        assert printed[0] == "cpu"
 
 
 def test_the_room_imports_cheaply():

@@ -28,6 +28,9 @@ def start_agent(folder: RunFolder, python: Optional[str] = None) -> int:
             stderr=subprocess.STDOUT,
             start_new_session=True,
             close_fds=True,
+            # python -m puts the working folder first on the import path: a folder holding a
+            # `gaudi_nb` directory (a checkout) must not replace the installed package in the agent
+            cwd=str(folder.path),
         )
     # known from the first moment, so an agent that dies before its first beat is still seen as lost
     folder.agent_pid.write_text(str(agent.pid))

@@ -11,14 +11,11 @@ Inside a notebook, `from gaudi_nb.batch import record` then `record(eval_loss=..
 result for compare().
 
 `gaudi_nb.batch` at the package's top level is meant to be the function `batch`: gaudi_nb/__init__.py
-binds `from .batch.execute import batch as batch` eagerly (importing this room is cheap: no
+binds `from .batch.execute import batch` eagerly (importing this room is cheap: no
 papermill, store or torch until a notebook runs). Eagerly, because importing any `gaudi_nb.batch.*`
 sets the package attribute `gaudi_nb.batch` to this module, so a lazy PEP 562 name would be
 shadowed whenever the room was imported first. The room's other names are imported from here.
 """
-import sys
-import types
-
 from .execute import NotebookFailed, batch, batch_sweep, compare, compare_table, junit_xml, prepare, record, write_junit
 from .manifest import build_manifest
 from .parameters import Parameter, expand_grid, notebook_parameters, validate
@@ -40,13 +37,3 @@ __all__ = [
     "write_junit",
 ]
 
-
-class _CallableModule(types.ModuleType):
-    """Transitional: while gaudi_nb/__init__.py still exports this module as `batch`, calling it runs a
-    notebook. Dead (and to be deleted) once the top level binds the function `batch` itself."""
-
-    def __call__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-        return batch(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule

@@ -9,9 +9,7 @@ without importing torch where no GPU device exists.
 """
 from __future__ import annotations
 
-import glob
 import hashlib
-import importlib.util
 import os
 import platform
 import re
@@ -163,22 +161,6 @@ def gaudi_versions(run: Callable[[List[str]], Optional[str]] | None = None) -> D
 
 
 # Device files without which torch cannot see a GPU: NVIDIA, WSL's GPU paravirtualization, ROCm.
-GPU_DEVICE_FILES = ("/dev/nvidia[0-9]*", "/dev/dxg", "/dev/kfd")
-
-
-def accelerator_name() -> str:
-    """gaudi_nb.accel.detect_name(), without its `import torch` (about a second) where it cannot matter.
-
-    detect_name() answers cpu unless a name is forced, Gaudi software is installed, or torch sees a
-    GPU, which needs one of GPU_DEVICE_FILES; with none of these, the answer is cpu without asking.
-    """
-    if os.environ.get("GAUDI_NB_ACCELERATOR") or importlib.util.find_spec("habana_frameworks") is not None or any(glob.glob(p) for p in GPU_DEVICE_FILES):
-        from ..accel import detect_name
-
-        return detect_name()
-    return "cpu"
-
-
 def seeds_from(parameters: Mapping[str, Any]) -> Dict[str, Any]:
     return {k: v for k, v in parameters.items() if "seed" in k.lower()}
 
@@ -194,7 +176,9 @@ def build_manifest(
 ) -> Dict[str, Any]:
     """Everything needed to run this notebook again the same way. Seeds default to parameters named *seed*."""
     if accelerator is None:
-        accelerator = accelerator_name()
+        from ..accel import detect_name
+
+        accelerator = detect_name()
     where = Path(notebook).resolve() if notebook else Path.cwd()
     return {
         "manifest_version": MANIFEST_VERSION,

@@ -173,7 +173,10 @@ def test_stop_right_after_the_agent_died_ends_the_run_at_once(gaudi_home):
     while not run.events(types=["worker_start"]) and time.time() < deadline:
         time.sleep(0.5)
     rank = run.events(types=["worker_start"])[0]["pid"]
-    os.kill(run.events(types=["run_start"])[0]["pid"], 9)
+    agent = run.events(types=["run_start"])[0]["pid"]
+    os.kill(agent, 9)
+    while alive(agent):  # the kernel takes a moment to end it
+        time.sleep(0.05)
     run.stop()  # within the heartbeat timeout: the agent is known dead by its pid
     assert run.status == "stopped" and not alive(rank)
 

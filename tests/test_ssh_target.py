@@ -95,3 +95,17 @@ def test_an_unknown_node_is_one_line_and_nothing_starts(gaudi_home):
     result = subprocess.run([GAUDI_NB, "train", "--target", "nowhere"], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "no attached node 'nowhere'" in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert gaudi_nb.runs() == []
+
+
+def test_a_remote_agent_that_dies_is_lost_only_because_the_node_says_so(node, monkeypatch):
+    import os
+
+    monkeypatch.setenv("GAUDI_NB_HEARTBEAT_TIMEOUT_S", "5")  # the client's side of the check; the node's own is the default
+    run = gaudi_nb.train(target=node, devices=1, max_steps=2000)
+    deadline = time.monotonic() + 180
+    while run.record()["steps_completed"] < 2 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    os.kill(run.events(types=["run_start"])[0]["pid"], 9)  # the agent on the node (this machine, in the test)
+    run.wait(timeout=90)
+    record = run.record()
+    assert record["status"] == "lost" and "stopped beating" in record["exit"]["reason"]

@@ -1,6 +1,7 @@
 """Whether a run's agent is alive, and what to do with a run whose agent is gone (node-side: targets call it)."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -91,6 +92,12 @@ def end_run(folder: RunFolder, status: str, reason: str) -> bool:
         os.close(fd)
     except FileExistsError:
         return False
+    _write_end(folder, events, status, reason)
+    return True
+
+
+def _write_end(folder: RunFolder, events: List[Dict[str, Any]], status: str, reason: str) -> None:
+    """Kill what the run left, then append a client's run_end with the steps and spend its events hold."""
     killed = kill_leftovers(folder, events)
     if killed:
         reason += f"; {killed} rank process(es) still alive were killed"
@@ -99,7 +106,14 @@ def end_run(folder: RunFolder, status: str, reason: str) -> bool:
     steps = max((int(e["step"]) for e in events if e.get("type") == "step"), default=0)
     writer.emit("run_end", status=status, exit_code=None, reason=reason, steps_completed=steps, usd=_last(events, "cost").get("usd"), ended_by="client")
     writer.close()
-    return True
+
+
+def fail_unstarted(folder: RunFolder, run: Dict[str, Any], reason: str) -> None:
+    """A run whose launch raised ends failed in its local folder (given a run.json if launch died before writing one)."""
+    folder.control.mkdir(parents=True, exist_ok=True)
+    if not folder.run.exists():
+        folder.run.write_text(json.dumps({**run, "created_at": time.time()}))
+    end_run(folder, "failed", reason)
 
 
 def mark_if_lost(folder: RunFolder) -> bool:
@@ -119,11 +133,6 @@ def end_lost(folder: RunFolder) -> bool:
     if final and final.get("status") != "lost":
         return False
     if final:  # already recorded as lost: record the stop after it (followers stopped at the first run_end)
-        killed = kill_leftovers(folder, events)
-        run = folder.read_run()
-        writer = EventWriter(folder.events, run["run_id"], node=run.get("node", "local"))
-        reason = "stopped on request after its agent was lost" + (f"; {killed} rank process(es) still alive were killed" if killed else "")
-        writer.emit("run_end", status="stopped", exit_code=None, reason=reason, steps_completed=final.get("steps_completed"), usd=final.get("usd"), ended_by="client")
-        writer.close()
+        _write_end(folder, events, "stopped", "stopped on request after its agent was lost")
         return True
     return end_run(folder, "stopped", "stopped on request after its agent was lost")

@@ -39,11 +39,7 @@ class LocalTarget:
         return folder.path
 
     def fail_launch(self, run_id: str, reason: str) -> None:
-        folder = self.folder(run_id)
-        folder.control.mkdir(parents=True, exist_ok=True)
-        if not folder.run.exists():
-            folder.run.write_text(json.dumps({"run_id": run_id, "node": "local", "target": "local", "created_at": time.time()}))
-        liveness.end_run(folder, "failed", reason)
+        liveness.fail_unstarted(self.folder(run_id), {"run_id": run_id, "node": "local", "target": "local"}, reason)
 
     def read_events(self, run_id: str, offset: int) -> Tuple[List[Dict[str, Any]], int]:
         return read_events(self.folder(run_id).events, offset)

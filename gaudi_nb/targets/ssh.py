@@ -238,12 +238,10 @@ class SshTarget:
     def fail_launch(self, run_id: str, reason: str) -> None:
         from ..agent import liveness
 
+        run = {"run_id": run_id, "node": self.name, "target": self.name}
         folder = self.folder(run_id)
-        folder.control.mkdir(parents=True, exist_ok=True)
-        if not folder.run.exists():
-            folder.run.write_text(json.dumps({"run_id": run_id, "node": self.name, "target": self.name, "created_at": time.time()}))
         if not self.several:
-            liveness.end_run(folder, "failed", reason)
+            liveness.fail_unstarted(folder, run, reason)
             return
         for record in self.nodes:  # an agent that did start must not train alone: end it and its ranks
             try:
@@ -251,7 +249,7 @@ class SshTarget:
             except Exception:  # the node cannot be reached: its agent's ranks wait for the others in vain and its launcher gives up
                 pass
         with self.stream(run_id).locked():
-            liveness.end_run(folder, "failed", reason)
+            liveness.fail_unstarted(folder, run, reason)
         self._complete.add(run_id)
 
     def read_events(self, run_id: str, offset: int) -> Tuple[List[Dict[str, Any]], int]:

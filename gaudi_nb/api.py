@@ -31,7 +31,7 @@ def resolve_paths(options: Dict[str, Any], base: Optional[Path] = None) -> Dict[
             continue
         if name == "dataset":
             out[name] = ",".join(absolute(p.strip()) if looks_like_path(p.strip()) else p.strip() for p in value.split(","))
-        elif name == "script" or looks_like_path(value) or (base / value).is_dir():
+        elif name in ("script", "workdir") or looks_like_path(value) or (base / value).is_dir():
             out[name] = absolute(value)
     return out
 
@@ -74,6 +74,12 @@ def check(spec: RunSpec) -> None:
         raise SpecError(f"dataset: unknown preset '{first}': use one of {', '.join(dataset_presets.names())}, local .txt/.jsonl/.parquet files, or a hub id like org/name")
     if spec.script is not None and not Path(spec.script).expanduser().is_file():
         raise SpecError(f"script: file not found: {spec.script}")
+    if spec.workdir is not None:
+        if spec.script is None:
+            raise SpecError("workdir: a working directory is for a --script run (the built-in trainer needs no code): add --script, or leave out --workdir")
+        from .workdir import select
+
+        select(Path(spec.workdir))  # the folder exists and nothing in it is too big, before anything is written
     if spec.instance_type is not None:
         try:
             catalog.lookup(spec.instance_type)

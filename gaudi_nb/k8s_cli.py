@@ -13,7 +13,7 @@ from .errors import GaudiNbError, SpecError
 from .spec import RunSpec
 
 # RunSpec fields that mean nothing inside a cluster: the target is the cluster, and a script is a file on this machine.
-NOT_IN_A_POD = ("target", "script")
+NOT_IN_A_POD = ("target", "script", "workdir")
 
 k8s_app = typer.Typer(
     help="Kubernetes: turn a run spec into manifests for kubectl apply (a Job, or a Kubeflow MPIJob / PyTorchJob).",

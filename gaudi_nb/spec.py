@@ -104,6 +104,7 @@ class RunSpec(BaseModel):
     idle_minutes: Optional[float] = Field(None, gt=0, description="stop an idle node after this many minutes (remote targets)")
     target: str = Field("local", description=TARGET_FORMS)
     script: Optional[str] = Field(None, description="a Python training script every rank runs instead of the built-in trainer")
+    workdir: Optional[str] = Field(None, description="the script's folder of code and small files: copied into the run (and to its nodes) as git would keep it (.gitignore honoured); the script runs there")
 
     @field_validator("model", "dataset")
     @classmethod
@@ -140,7 +141,7 @@ class RunSpec(BaseModel):
 
 
 # Fields that name files on the client: made absolute there (api.resolve_paths), since ranks run in the run folder.
-PATH_FIELDS = ("model", "dataset", "script")
+PATH_FIELDS = ("model", "dataset", "script", "workdir")
 
 
 @dataclass(frozen=True)

@@ -109,3 +109,18 @@ def test_a_remote_agent_that_dies_is_lost_only_because_the_node_says_so(node, mo
     run.wait(timeout=90)
     record = run.record()
     assert record["status"] == "lost" and "stopped beating" in record["exit"]["reason"]
+
+
+def test_the_working_directory_goes_to_the_node_as_git_would_keep_it(node, sshd, tmp_path, monkeypatch):
+    from test_workdir import make_project
+
+    root = make_project(tmp_path / "project")
+    monkeypatch.chdir(root)
+    run = gaudi_nb.train(target=node, script="train.py", workdir=".", max_steps=3)
+    run.wait(timeout=180)
+    assert run.status == "succeeded", run.record()["exit"]
+    assert steps_of(run) == [1, 2, 3]  # helpers.py imported and configs/run.json read, there
+    listed = subprocess.run(["find", str(sshd.node_home), "-name", "seen.txt", "-path", f"*{run.run_id}/code/*"], capture_output=True, text=True).stdout.split()
+    assert listed, f"the script did not run in the node's snapshot of {run.run_id} under {sshd.node_home}"
+    files = open(listed[0]).read().split(",")
+    assert "helpers.py" in files and "shard.txt" not in files and "weights.bin" not in files

@@ -71,7 +71,10 @@ class Links:
         return self.call(self._run(node, command, timeout), timeout + 30)
 
     def put_text(self, node: Dict[str, Any], remote_path: str, text: str) -> None:
-        self.call(self._put_text(node, remote_path, text), 120)
+        self.put_bytes(node, remote_path, text.encode())
+
+    def put_bytes(self, node: Dict[str, Any], remote_path: str, data: bytes) -> None:
+        self.call(self._put_bytes(node, remote_path, data), 600)
 
     def put_file(self, node: Dict[str, Any], local_path: Path, remote_path: str) -> None:
         self.call(self._put_file(node, local_path, remote_path), 3600)
@@ -142,11 +145,11 @@ class Links:
         connection.close()
         self._mark(name, up=False, error=str(exc) or type(exc).__name__)
 
-    async def _put_text(self, node: Dict[str, Any], remote_path: str, text: str) -> None:
+    async def _put_bytes(self, node: Dict[str, Any], remote_path: str, data: bytes) -> None:
         connection = await self._connection(node)
         async with connection.start_sftp_client() as sftp:
-            async with sftp.open(remote_path, "w") as fh:
-                await fh.write(text)
+            async with sftp.open(remote_path, "wb") as fh:
+                await fh.write(data)
 
     async def _put_file(self, node: Dict[str, Any], local_path: Path, remote_path: str) -> None:
         connection = await self._connection(node)

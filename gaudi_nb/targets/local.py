@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
+from .. import workdir
 from ..agent import liveness, node
 from ..events import read_events
 from ..paths import run_dir
@@ -34,6 +35,8 @@ class LocalTarget:
         if spec.script:
             # the run keeps its own copy: editing the file later cannot change a running or finished run
             shutil.copyfile(Path(spec.script).expanduser(), folder.script)
+        if spec.workdir:
+            workdir.copy_into(Path(spec.workdir), workdir.code_dir(folder.path))
         folder.run.write_text(json.dumps({"run_id": run_id, "node": "local", "hostname": socket.gethostname(), "target": "local", "created_at": time.time()}))
         node.start_agent(folder)  # detached: survives the notebook kernel or the CLI that started it
         return folder.path

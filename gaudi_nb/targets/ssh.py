@@ -22,14 +22,13 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from .. import workdir
 from ..errors import GaudiNbError, NotFoundError, SpecError
 from ..events import read_events
 from ..paths import run_dir
 from ..rundir import RunFolder, heartbeat_timeout_s
 from ..spec import RunSpec, looks_like_path
 
-# Files a run needs are copied to the node; a bigger one is refused unless the limit is raised.
-SYNC_LIMIT_MB = float(os.environ.get("GAUDI_NB_SYNC_LIMIT_MB", "512"))
 LOST_CHECK_EVERY_S = 5.0
 STOP_NODES = "stop_nodes.json"  # agent/supervisor.py reads it in node 0's control/ folder
 
@@ -152,7 +151,7 @@ class SshTarget:
         links = self._links()
         remote = self.remote_dir(run_id)
         uploads, remote_spec = self._inputs(spec, remote)
-        self._prepare(self.node, remote, uploads)
+        self._prepare(self.node, remote, uploads, spec)
         run = {"run_id": run_id, "node": self.name, "hostname": self.node.get("host"), "target": self.name, "created_at": time.time(), "client": socket.gethostname()}
         links.put_text(self.node, f"{remote}/spec.json", remote_spec.model_dump_json(indent=2))
         links.put_text(self.node, f"{remote}/run.json", json.dumps(run))
@@ -164,13 +163,25 @@ class SshTarget:
         links.mirror(self.node, f"{remote}/events.jsonl", folder.events)
         return folder.path
 
-    def _prepare(self, node: Dict[str, Any], remote: str, uploads: List[Tuple[Path, str]]) -> None:
+    def _prepare(self, node: Dict[str, Any], remote: str, uploads: List[Tuple[Path, str]], spec: RunSpec) -> None:
         links = self._links()
         status, _, err = links.run(node, f"mkdir -p {remote}/logs {remote}/control {remote}/inputs")
         if status != 0:
             raise GaudiNbError(f"node {node['name']}: cannot create the run folder {remote}: {err.strip()}")
         for local, there in uploads:
             links.put_file(node, local, there)
+        if spec.workdir:
+            self._sync_workdir(node, remote, Path(spec.workdir))
+
+    def _sync_workdir(self, node: Dict[str, Any], remote: str, root: Path) -> None:
+        """The working directory as git would keep it, in one archive unpacked into the run's code/ folder there."""
+        links = self._links()
+        archive, _ = workdir.pack(root)
+        code = workdir.code_dir(Path(remote)).as_posix()
+        links.put_bytes(node, f"{remote}/code.tar", archive)
+        status, _, err = links.run(node, f"mkdir -p {code} && tar -xf {remote}/code.tar -C {code} && rm {remote}/code.tar")
+        if status != 0:
+            raise GaudiNbError(f"node {node['name']}: cannot unpack the working directory into {code}: {err.strip()}")
 
     def _launch_across(self, spec: RunSpec, run_id: str) -> Path:
         """Every node's folder and inputs first, then the agents (node 0 first), then one mirror per node."""
@@ -180,7 +191,7 @@ class SshTarget:
         specs = {}
         for record in nodes:
             uploads, specs[record["name"]] = self._inputs(spec, remotes[record["name"]])
-            self._prepare(record, remotes[record["name"]], uploads)
+            self._prepare(record, remotes[record["name"]], uploads, spec)
         ports = [int(port) for port in self._node_python(nodes[0], _FREE_PORTS)["ports"]]
         cluster = {
             "nodes": self.names,
@@ -218,9 +229,7 @@ class SshTarget:
 
         def upload(path: str, name: str) -> str:
             local = Path(path).expanduser()
-            size_mb = local.stat().st_size / 2**20
-            if size_mb > SYNC_LIMIT_MB:
-                raise SpecError(f"{local} is {size_mb:,.0f} MiB, above the {SYNC_LIMIT_MB:,.0f} MiB sync limit: put it on the node, or raise GAUDI_NB_SYNC_LIMIT_MB")
+            workdir.check_size(local, str(local))
             there = posixpath.join(remote, name)
             uploads.append((local, there))
             return there

@@ -178,7 +178,14 @@ def _plain(value: Any) -> Any:
 
 # -- the runner --------------------------------------------------------------------
 def script_path(folder: Path, spec_: RunSpec) -> Path:
-    """The run folder's copy of the script, else the path the spec names."""
+    """The working directory's snapshot of the script, else the run folder's copy, else the path the spec names."""
+    named_dir, named_script = getattr(spec_, "workdir", None), getattr(spec_, "script", None)
+    if named_dir and named_script:
+        from ..workdir import script_in_snapshot
+
+        inside = script_in_snapshot(folder, named_script, named_dir)
+        if inside is not None:
+            return inside
     copy = RunFolder(folder).script
     if copy.exists():
         return copy
@@ -221,6 +228,12 @@ def main(argv: Optional[List[str]] = None) -> None:
         if start_writer is not ctx.writer:
             start_writer.close()
         sys.argv = [str(path)]
+        from ..workdir import code_dir
+
+        if code_dir(folder).is_dir():  # --workdir: the script runs in its snapshot, as it ran in its folder
+            os.chdir(code_dir(folder))
+            sys.path.insert(0, str(code_dir(folder)))
+        sys.path.insert(0, str(path.parent))  # as `python script.py` does: siblings of the script import
         runpy.run_path(str(path), run_name="__main__")
     except BaseException as exc:
         if not isinstance(exc, SystemExit) or exc.code not in (0, None):

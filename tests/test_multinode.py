@@ -2,6 +2,8 @@
 torchrun across them (static rendezvous, gloo); and the pure parts (the merge, the stop step, the
 launch plans, the combined end and cost) without them."""
 import json
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
@@ -269,3 +271,30 @@ def test_the_budget_counts_both_nodes_and_its_stop_reaches_both(two_nodes):
     assert max(spent_when_asked.values()) < 48 <= sum(spent_when_asked.values()) + 2.5  # within a tick of the meters
     assert record["cost"]["usd"] == pytest.approx(sum(latest.values())) and record["cost"]["usd"] >= 48
     print(f"\ntwo-node budget stop: stop_at={stop_at}, ${record['cost']['usd']:.0f} spent, {time.monotonic() - started:.1f} s from the CLI")
+
+
+@pytest.mark.slow
+def test_a_follower_agent_that_dies_ends_the_run_and_leaves_nothing_running(two_nodes, netns_sshds):
+    """kill -9 of node 1's agent mid-run: its rank follows it (its watchdog), node 0's rank loses its peer, and the run
+    ends with the cause named for node nb; no rank, launcher or agent of the run is left on either node."""
+    run = gaudi_nb.train(target="na,nb", nodes=2, devices=1, max_steps=5000)
+    deadline = time.monotonic() + 300
+    while run.record()["steps_completed"] < 2 and time.monotonic() < deadline and not run.done:
+        time.sleep(0.5)
+    (follower,) = [e["node_start"] for e in run.events() if "node_start" in e]
+    killed = time.monotonic()
+    os.kill(follower["pid"], signal.SIGKILL)  # the test shares the process table with the namespaces
+    run.wait(timeout=240)
+    ended_in = time.monotonic() - killed
+    record = run.record()
+    assert record["status"] in ("failed", "lost"), record["exit"]
+    (end,) = [e for e in run.events() if e["type"] == "run_end"]
+    assert end["nodes"]["nb"]["status"] in ("lost", "failed"), end["nodes"]
+    assert "nb" in (record["exit"].get("reason") or ""), record["exit"]  # the cause speaks: which node went
+    events = run.events()
+    pids = [e["pid"] for e in events if e["type"] == "worker_start"] + [e["pid"] for e in events if e["type"] == "run_start"] + [follower["pid"]]
+    deadline = time.monotonic() + 60
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not [pid for pid in pids if _alive(pid)]
+    print(f"\nfollower agent killed: the run ended {record['status']} {ended_in:.1f} s later ({record['exit'].get('reason')})")

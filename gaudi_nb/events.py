@@ -19,12 +19,13 @@ EVENT_TYPES = (
     "run_start",  # agent: spec, run_dir, pid, accelerator, trainer, launcher, argv
     "worker_start",  # rank: accelerator, device, precision, trainer, world_size, parameters
     "worker_error",  # any rank: error, traceback (the exception that ended it)
-    "step",  # rank 0: step, loss, learning_rate, grad_norm, step_time_s, tokens, tokens_per_second, samples_per_second, memory_bytes, warmup
+    "step",  # rank 0: attempt, step, loss, learning_rate, grad_norm, step_time_s, tokens, tokens_per_second, samples_per_second, memory_bytes, warmup
     "eval",  # rank 0: step, eval_loss
     "checkpoint",  # rank 0: step, path, reason
     "telemetry",  # agent: source, devices [..], host {..}
     "cost",  # agent: elapsed_s, usd, price_per_hour, nodes, budget_usd
     "stop_requested",  # agent: reason, stop_at_step
+    "restart",  # agent (a crash) or `gaudi-nb resume`: attempt, cause (crash|resume), from_step, checkpoint, reason; later events belong to that attempt
     "cell",  # batch: index, phase (start/end/error), duration_s, error
     "result",  # batch: values {name: scalar} a notebook recorded with record() from gaudi_nb.batch
     "log",  # agent: level, message

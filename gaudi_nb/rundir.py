@@ -3,10 +3,22 @@ from __future__ import annotations
 
 import json
 import os
+import re
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, NamedTuple, Optional
+
+# Written into a checkpoint folder after everything else in it is on disk: a folder without it
+# is half-written (a rank died while saving) and is never resumed from.
+CHECKPOINT_COMPLETE = "gaudi_nb_complete.json"
+_CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")  # the HF Trainer's naming, which script runs share
+
+
+class Checkpoint(NamedTuple):
+    step: int
+    path: Path
 
 
 def heartbeat_timeout_s() -> float:
@@ -65,6 +77,14 @@ class RunFolder:
     @property
     def checkpoints(self) -> Path:
         return self.path / "checkpoints"
+
+    @property
+    def resume_request(self) -> Path:
+        """Written by `gaudi-nb resume` before it starts a new agent: the attempt and the checkpoint it resumes from."""
+        return self.control / "resume.json"
+
+    def checkpoint_path(self, step: int) -> Path:
+        return self.checkpoints / f"checkpoint-{step}"
 
     @property
     def script(self) -> Path:
@@ -127,3 +147,87 @@ class RunFolder:
         except (OSError, ValueError):
             return None
 
+
+    # -- checkpoints -----------------------------------------------------------------
+    def checkpoint_folders(self) -> List[Checkpoint]:
+        """Every checkpoint-N folder, complete or not, oldest step first."""
+        found = []
+        try:
+            entries = list(os.scandir(self.checkpoints))
+        except OSError:
+            return []
+        for entry in entries:
+            match = _CHECKPOINT_NAME.match(entry.name)
+            if match and entry.is_dir():
+                found.append(Checkpoint(int(match.group(1)), Path(entry.path)))
+        return sorted(found)
+
+    def complete_checkpoints(self) -> List[Checkpoint]:
+        return [c for c in self.checkpoint_folders() if (c.path / CHECKPOINT_COMPLETE).is_file()]
+
+    def last_checkpoint(self) -> Optional[Checkpoint]:
+        """The newest complete checkpoint: what a restart or `gaudi-nb resume` continues from."""
+        complete = self.complete_checkpoints()
+        return complete[-1] if complete else None
+
+    def discard_unfinished_checkpoints(self) -> List[Path]:
+        """Remove half-written checkpoint folders (no rank is running: called between attempts); returns them."""
+        removed = []
+        for checkpoint in self.checkpoint_folders():
+            if not (checkpoint.path / CHECKPOINT_COMPLETE).is_file():
+                shutil.rmtree(checkpoint.path, ignore_errors=True)
+                removed.append(checkpoint.path)
+        return removed
+
+
+def mark_checkpoint_complete(path: Path, step: int) -> None:
+    """Flush a saved checkpoint folder to disk, then write its completion marker (atomically, last).
+
+    A crash before the rename leaves no marker, so the folder is never taken for a checkpoint;
+    after it, every file the marker vouches for is already on disk.
+    """
+    path = Path(path)
+    for root, _dirs, files in os.walk(path):
+        for name in files:
+            _fsync(Path(root) / name)
+        _fsync_dir(Path(root))
+    tmp = path / (CHECKPOINT_COMPLETE + ".tmp")
+    with open(tmp, "w") as fh:
+        json.dump({"step": int(step), "t": time.time()}, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path / CHECKPOINT_COMPLETE)
+    _fsync_dir(path)
+
+
+def prune_checkpoints(folder: RunFolder, keep: Optional[int]) -> List[Path]:
+    """Keep the newest `keep` complete checkpoints (all when None) and drop half-written folders
+    older than the newest complete one; the newest complete checkpoint is never removed. Returns what was removed."""
+    folders = folder.checkpoint_folders()
+    complete = [c for c in folders if (c.path / CHECKPOINT_COMPLETE).is_file()]
+    if not complete:
+        return []
+    newest = complete[-1]
+    doomed = [c for c in folders if c.step < newest.step and c not in complete]  # half-written by a crashed attempt
+    if keep is not None:
+        doomed += complete[: max(0, len(complete) - max(1, keep))]
+    for checkpoint in doomed:
+        shutil.rmtree(checkpoint.path, ignore_errors=True)
+    return [c.path for c in doomed]
+
+
+def _fsync(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _fsync_dir(path: Path) -> None:
+    _fsync(path)  # a folder's fsync makes the names in it durable (a no-op where the system has none)

@@ -98,6 +98,8 @@ class RunSpec(BaseModel):
     warmup_steps: int = Field(3, ge=0, description="first steps left out of throughput and cost per token")
     eval_steps: Optional[int] = Field(None, ge=1, description="evaluate every N steps on held-out data")
     save_steps: Optional[int] = Field(None, ge=1, description="checkpoint every N steps (a final checkpoint is always saved)")
+    keep_checkpoints: Optional[int] = Field(None, ge=1, description="keep only the newest N checkpoints (the one a restart resumes from is never deleted)")
+    max_restarts: int = Field(0, ge=0, le=100, description="restart crashed ranks up to N times, resuming from the last checkpoint")
     budget_usd: Optional[float] = Field(None, gt=0, description="stop cleanly (with a checkpoint) when spend reaches this")
     price_per_hour: Optional[float] = Field(None, ge=0, description="USD per node-hour; overrides the instance type's price")
     instance_type: Optional[str] = Field(None, description="an instance type from the price catalog")

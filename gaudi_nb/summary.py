@@ -51,11 +51,23 @@ def empty_summary(run_id: str) -> Dict[str, Any]:
         "checkpoints": [],
         "exit": None,
         "batch": None,  # batch runs (gaudi_nb.batch): notebook, parameters, cells, results
+        "attempt": 1,  # a restart after a crash, or a resume, starts the next attempt of the same run
+        "restarts": [],  # one entry per restart event: attempt, cause, from_step, reason
         # running sums for steady-state throughput (warmup steps left out)
         "_measured_tokens": 0,
         "_measured_samples": 0,
         "_measured_seconds": 0.0,
+        # counting each step once across attempts: the highest step whose tokens are counted, and
+        # what each step after the last checkpoint added (only those can be replayed by a restart)
+        "_counted_step": 0,
+        "_first_loss_step": None,
+        "_replayable": {},
     }
+
+
+# Steps remembered for replacement when no checkpoint bounds them (a run without --save-steps);
+# a replayed step older than these is counted once still, only its throughput sample stays.
+REPLAYABLE_STEPS = 5000
 
 
 def fold(summary: Dict[str, Any], events: Iterable[Dict[str, Any]]) -> Dict[str, Any]:
@@ -102,24 +114,22 @@ def _apply(s: Dict[str, Any], e: Dict[str, Any]) -> None:
         if e.get("rank") == 0:
             s.update(trainer=e.get("trainer"), precision=e.get("precision"), accelerator=e.get("accelerator"), device_count=e.get("world_size"), execution_mode=e.get("execution_mode"))
     elif kind == "step":
+        if int(e.get("attempt") or 1) < int(s.get("attempt") or 1):
+            return  # a late line from an attempt that a restart already replaced
         if s["status"] == "starting":  # a script run whose rank 0 started silently
             s["status"] = "running"
-        m = s["metrics"]
-        step = int(e["step"])
-        s["steps_completed"] = max(s["steps_completed"], step)
-        if m["first_loss"] is None:
-            m["first_loss"] = e.get("loss")
-        m["final_loss"] = e.get("loss")
-        m["step_time_s"] = e.get("step_time_s")
-        m["tokens_seen"] += int(e.get("tokens") or 0)
-        if not e.get("warmup") and e.get("step_time_s"):
-            s["_measured_tokens"] += int(e.get("tokens") or 0)
-            s["_measured_samples"] += int(e.get("samples") or 0)
-            s["_measured_seconds"] += float(e["step_time_s"])
+        _apply_step(s, e)
     elif kind == "eval":
         s["metrics"]["eval_loss"] = e.get("eval_loss")
     elif kind == "checkpoint":
         s["checkpoints"].append({"step": e.get("step"), "path": e.get("path"), "reason": e.get("reason")})
+        # steps up to a complete checkpoint are never replayed: forget what they added
+        done = int(e.get("step") or 0)
+        replayable = s.setdefault("_replayable", {})
+        for key in [k for k in replayable if int(k) <= done]:
+            del replayable[key]
+    elif kind == "restart":
+        _apply_restart(s, e)
     elif kind == "telemetry":
         s["telemetry_samples"] += 1
     elif kind == "cost":
@@ -133,6 +143,73 @@ def _apply(s: Dict[str, Any], e: Dict[str, Any]) -> None:
         s["status"] = e.get("status", "failed")
         s["ended_at"] = e.get("t")
         s["exit"] = {k: e.get(k) for k in ("exit_code", "reason", "last_log_lines")}
+
+
+def _apply_step(s: Dict[str, Any], e: Dict[str, Any]) -> None:
+    """Count a step once: a step replayed after a restart replaces the earlier attempt's (its tokens,
+    its throughput sample); the loss shown is the newest attempt's."""
+    m = s["metrics"]
+    step = int(e["step"])
+    tokens, samples = int(e.get("tokens") or 0), int(e.get("samples") or 0)
+    measured = not e.get("warmup") and bool(e.get("step_time_s"))
+    seconds = float(e["step_time_s"]) if measured else 0.0
+    replayable = s.setdefault("_replayable", {})
+    earlier = replayable.pop(str(step), None)
+    if earlier is not None:  # [tokens, measured tokens, measured samples, measured seconds] of the replaced step
+        m["tokens_seen"] -= earlier[0]
+        s["_measured_tokens"] -= earlier[1]
+        s["_measured_samples"] -= earlier[2]
+        s["_measured_seconds"] -= earlier[3]
+    if earlier is not None or step > s.get("_counted_step", 0):
+        m["tokens_seen"] += tokens
+    s["_counted_step"] = max(s.get("_counted_step", 0), step)
+    s["steps_completed"] = max(s["steps_completed"], step)
+    if m["first_loss"] is None or step <= (s.get("_first_loss_step") or step):
+        m["first_loss"] = e.get("loss")
+        s["_first_loss_step"] = step
+    m["final_loss"] = e.get("loss")
+    m["step_time_s"] = e.get("step_time_s")
+    if measured:
+        s["_measured_tokens"] += tokens
+        s["_measured_samples"] += samples
+        s["_measured_seconds"] += seconds
+    replayable[str(step)] = [tokens, tokens if measured else 0, samples if measured else 0, seconds]
+    if len(replayable) > REPLAYABLE_STEPS:
+        del replayable[min(replayable, key=int)]
+
+
+def _apply_restart(s: Dict[str, Any], e: Dict[str, Any]) -> None:
+    """A new attempt of the run: it goes on from `from_step` (the last complete checkpoint, or 0);
+    a resumed run is active again, and its final status will be this attempt's."""
+    from_step = int(e.get("from_step") or 0)
+    s["attempt"] = int(e.get("attempt") or int(s.get("attempt") or 1) + 1)
+    s.setdefault("restarts", []).append({k: e.get(k) for k in ("attempt", "cause", "from_step", "checkpoint", "reason", "t")})
+    s["steps_completed"] = min(s["steps_completed"], from_step)
+    # the steps after from_step are lost with the attempt that ran them: uncount them now, so a
+    # record read before they are replayed (or if they never are) counts what the run keeps
+    m = s["metrics"]
+    replayable = s.setdefault("_replayable", {})
+    for key in [k for k in replayable if int(k) > from_step]:
+        tokens, measured_tokens, measured_samples, seconds = replayable.pop(key)
+        m["tokens_seen"] -= tokens
+        s["_measured_tokens"] -= measured_tokens
+        s["_measured_samples"] -= measured_samples
+        s["_measured_seconds"] -= seconds
+    s["_counted_step"] = min(s.get("_counted_step", 0), from_step)
+    if (s.get("_first_loss_step") or 0) > from_step:
+        m["first_loss"], s["_first_loss_step"] = None, None
+    if s["status"] not in ("pending",):
+        s["status"] = "starting"  # the agent launches the ranks again; worker_start makes it running
+    s["ended_at"] = None
+    s["exit"] = None
+    if e.get("max_steps"):  # a resume may extend the run
+        s["max_steps"] = e["max_steps"]
+        if isinstance(s.get("spec"), dict):
+            s["spec"]["max_steps"] = e["max_steps"]
+    if "budget_usd" in e and e["budget_usd"] is not None:
+        s["cost"]["budget_usd"] = e["budget_usd"]
+        if isinstance(s.get("spec"), dict):
+            s["spec"]["budget_usd"] = e["budget_usd"]
 
 
 def _apply_cost(s: Dict[str, Any], e: Dict[str, Any]) -> None:

@@ -16,6 +16,16 @@ CHECKPOINT_COMPLETE = "gaudi_nb_complete.json"
 _CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")  # the HF Trainer's naming, which script runs share
 
 
+# What the agent tells each rank it launches: the attempt (1 for the first launch) and, when the
+# attempt continues a run, the complete checkpoint to resume from (a user --script reads it too).
+ATTEMPT_ENV = "GAUDI_NB_ATTEMPT"
+RESUME_FROM_ENV = "GAUDI_NB_RESUME_FROM"
+
+
+def current_attempt() -> int:
+    return int(os.environ.get(ATTEMPT_ENV) or 1)
+
+
 class Checkpoint(NamedTuple):
     step: int
     path: Path

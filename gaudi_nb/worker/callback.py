@@ -4,12 +4,13 @@ from __future__ import annotations
 import json
 import os
 import time
+from pathlib import Path
 from typing import Any, Callable, Dict, Optional
 
 from transformers import TrainerCallback
 
 from ..events import BackgroundEventWriter
-from ..rundir import RunFolder
+from ..rundir import RunFolder, current_attempt, mark_checkpoint_complete, prune_checkpoints
 
 
 class EventCallback(TrainerCallback):
@@ -33,6 +34,7 @@ class EventCallback(TrainerCallback):
         max_steps: int,
         memory_stats: Callable[[], Dict[str, int]],
         is_main: bool,
+        keep_checkpoints: Optional[int] = None,
     ) -> None:
         self.writer = writer
         self.folder = folder
@@ -42,6 +44,8 @@ class EventCallback(TrainerCallback):
         self.max_steps = max_steps
         self.memory_stats = memory_stats
         self.is_main = is_main
+        self.keep_checkpoints = keep_checkpoints
+        self.attempt = current_attempt()
         self.stop_at: Optional[int] = None
         self.stop_reason: Optional[str] = None
         self._last_step_end: Optional[float] = None
@@ -94,6 +98,7 @@ class EventCallback(TrainerCallback):
         if "loss" in logs:
             step_time = self._step_time_s
             fields: Dict[str, Any] = {
+                "attempt": self.attempt,
                 "step": step,
                 "loss": float(logs["loss"]),
                 "learning_rate": _float(logs.get("learning_rate")),
@@ -108,15 +113,23 @@ class EventCallback(TrainerCallback):
             }
             self.writer.emit("step", **fields)
         if "eval_loss" in logs:
-            self.writer.emit("eval", step=step, eval_loss=float(logs["eval_loss"]))
+            self.writer.emit("eval", attempt=self.attempt, step=step, eval_loss=float(logs["eval_loss"]))
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        """After the Trainer wrote checkpoint-N (trainer_state.json last): flush it, mark it complete,
+        then prune and tell. A rank killed before the marker leaves a folder nobody resumes from.
+
+        The other ranks' rng_state_K.pth files are written beside rank 0's at the same time; one
+        missing on resume is a warning to the Trainer, not a failure, so rank 0 does not wait for them.
+        """
         if not self.is_main or self.writer is None:
             return
         step = state.global_step
         path = os.path.join(args.output_dir, f"checkpoint-{step}")
+        mark_checkpoint_complete(Path(path), step)
+        prune_checkpoints(self.folder, self.keep_checkpoints)
         reason = self.stop_reason if (self.stop_at is not None and step >= self.stop_at) else ("final" if step >= self.max_steps else "periodic")
-        self.writer.emit("checkpoint", step=step, path=path, reason=reason)
+        self.writer.emit("checkpoint", attempt=self.attempt, step=step, path=path, reason=reason)
 
 
 def _float(value: Any) -> Optional[float]:

@@ -8,7 +8,7 @@ from typing import Any, List, Optional
 
 from .. import accel as accel_room
 from ..events import BackgroundEventWriter
-from ..rundir import RunFolder
+from ..rundir import CHECKPOINT_COMPLETE, RESUME_FROM_ENV, RunFolder
 from ..spec import RunSpec
 from . import watchdog
 from .callback import EventCallback
@@ -20,6 +20,16 @@ from .trainers import TrainerInputs, build_trainer, execution_mode, pick_trainer
 
 def resolve_precision(requested: str, accelerator: Any) -> str:
     return accelerator.default_precision() if requested == "auto" else requested
+
+
+def resume_checkpoint() -> Optional[str]:
+    """The complete checkpoint the agent asks this attempt to continue from ($GAUDI_NB_RESUME_FROM), or None."""
+    path = os.environ.get(RESUME_FROM_ENV)
+    if not path:
+        return None
+    if not (Path(path) / CHECKPOINT_COMPLETE).is_file():
+        raise FileNotFoundError(f"the checkpoint to resume from is missing or incomplete: {path}")
+    return path
 
 
 def train(run_dir: Path, *, writer: Optional[BackgroundEventWriter] = None, extra_callbacks: Optional[list] = None) -> int:
@@ -75,6 +85,7 @@ def train(run_dir: Path, *, writer: Optional[BackgroundEventWriter] = None, extr
         max_steps=spec.max_steps,
         memory_stats=accelerator.memory_stats,
         is_main=is_main,
+        keep_checkpoints=spec.keep_checkpoints,
     )
     inputs = TrainerInputs(
         model=model,
@@ -91,11 +102,14 @@ def train(run_dir: Path, *, writer: Optional[BackgroundEventWriter] = None, extr
         lazy_mode=spec.lazy_mode,
         eval_steps=spec.eval_steps,
         save_steps=spec.save_steps,
+        keep_checkpoints=spec.keep_checkpoints,
         callbacks=[callback, *(extra_callbacks or [])],
     )
     trainer = build_trainer(trainer_name, inputs)
+    resume_from = resume_checkpoint()
     try:
-        trainer.train()
+        # the Trainer restores weights, optimizer, scheduler, step and data position from it
+        trainer.train(resume_from_checkpoint=resume_from)
     finally:
         if own_writer:
             writer.close()

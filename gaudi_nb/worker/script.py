@@ -10,6 +10,12 @@ of the kernel. Inside the script:
         report(step=step, loss=loss.item(), tokens=tokens_in_this_step)
         if should_stop():
             break
+
+Restarts (--max-restarts) and `gaudi-nb resume` start the script again as a new attempt. To
+continue rather than start over, save checkpoints where gaudi_nb can find them and load one at
+the start: `resume_from()` is the newest complete checkpoint ($GAUDI_NB_RESUME_FROM, None on a
+first attempt), `checkpoint_dir(step)` the folder to save into, and `checkpoint_saved(step)`
+(rank 0, after everything is written) marks it complete; a folder never marked is never resumed from.
 """
 from __future__ import annotations
 
@@ -22,7 +28,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..events import BackgroundEventWriter, EventWriter
-from ..rundir import RunFolder
+from ..rundir import RESUME_FROM_ENV, RunFolder, current_attempt, mark_checkpoint_complete, prune_checkpoints
 from ..spec import RunSpec
 from . import watchdog
 from .rank import rank_info, report_error, writer_for
@@ -142,6 +148,7 @@ def report(step: int, loss: Optional[float] = None, *, tokens: Optional[int] = N
     if ctx.writer is None:
         return
     fields: Dict[str, Any] = {
+        "attempt": current_attempt(),
         "step": int(step),
         "loss": None if loss is None else float(loss),
         "step_time_s": step_time,
@@ -160,6 +167,36 @@ def report_eval(step: int, eval_loss: float) -> None:
     ctx = _ctx()
     if ctx.writer is not None:
         ctx.writer.emit("eval", step=int(step), eval_loss=float(eval_loss))
+
+
+def attempt() -> int:
+    """1 on the first launch; one more after each restart or resume."""
+    return current_attempt()
+
+
+def resume_from() -> Optional[Path]:
+    """The newest complete checkpoint this attempt continues from, or None (start from step 0)."""
+    path = os.environ.get(RESUME_FROM_ENV)
+    return Path(path) if path else None
+
+
+def checkpoint_dir(step: int) -> Path:
+    """Where to save the checkpoint of `step` (the run's checkpoints/checkpoint-N, created)."""
+    path = _ctx().folder.checkpoint_path(int(step))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def checkpoint_saved(step: int, reason: str = "periodic") -> None:
+    """Rank 0, once every file of checkpoint_dir(step) is written: mark it complete (flushed to disk
+    first), keep only the newest --keep-checkpoints, and write the checkpoint event. No-op on other ranks."""
+    ctx = _ctx()
+    if ctx.writer is None:
+        return
+    path = ctx.folder.checkpoint_path(int(step))
+    mark_checkpoint_complete(path, int(step))
+    prune_checkpoints(ctx.folder, ctx.spec.keep_checkpoints)
+    ctx.writer.emit("checkpoint", attempt=current_attempt(), step=int(step), path=str(path), reason=reason)
 
 
 def should_stop() -> bool:

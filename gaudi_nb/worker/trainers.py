@@ -27,6 +27,7 @@ class TrainerInputs:
     eval_steps: Optional[int]
     save_steps: Optional[int]
     callbacks: List[Any]
+    keep_checkpoints: Optional[int] = None
 
 
 def _common_arguments(inputs: TrainerInputs) -> Dict[str, Any]:
@@ -41,6 +42,9 @@ def _common_arguments(inputs: TrainerInputs) -> Dict[str, Any]:
         logging_steps=1,  # one step event per optimizer step
         save_strategy="steps" if inputs.save_steps else "no",  # the callback asks for the final/stop checkpoint
         save_steps=inputs.save_steps or 500,
+        # The Trainer rotates before the callback marks the new checkpoint complete: keeping one
+        # more than asked leaves the last complete one in place; the callback then prunes to N.
+        save_total_limit=inputs.keep_checkpoints + 1 if inputs.keep_checkpoints else None,
         eval_strategy="steps" if (inputs.eval_steps and inputs.eval_dataset is not None) else "no",
         eval_steps=inputs.eval_steps,
         report_to=[],

@@ -118,10 +118,10 @@ class IbmProvider:
         try:
             return getattr(self.vpc, method)(*args, **kwargs).get_result()
         except ApiException as exc:
-            if missing_ok and exc.code == 404:
+            if missing_ok and exc.status_code == 404:
                 return None
-            hint = f"; {CREDENTIALS_HELP}" if exc.code in (401, 403) else ""
-            raise GaudiNbError(f"IBM Cloud VPC {method} failed ({exc.code}): {_short(exc.message)}{hint}") from None
+            hint = f"; {CREDENTIALS_HELP}" if exc.status_code in (401, 403) else ""
+            raise GaudiNbError(f"IBM Cloud VPC {method} failed ({exc.status_code}): {_short(exc.message)}{hint}") from None
         except OSError as exc:  # requests' connection errors are OSErrors
             raise GaudiNbError(f"IBM Cloud VPC ({self.vpc.service_url}) cannot be reached: {_short(exc)}") from None
 
@@ -411,9 +411,9 @@ class IbmProvider:
                 getattr(self.vpc, delete[kind])(resource_id)
             except ApiException as exc:
                 # 409: in use after all (a machine still being deleted), so kept; 404: already gone.
-                if exc.code in (404, 409):
+                if exc.status_code in (404, 409):
                     continue
-                raise GaudiNbError(f"IBM Cloud VPC could not remove {kind} {resource_id} ({exc.code}): {_short(exc.message)}") from None
+                raise GaudiNbError(f"IBM Cloud VPC could not remove {kind} {resource_id} ({exc.status_code}): {_short(exc.message)}") from None
             removed.append((kind, resource_id))
         return removed
 

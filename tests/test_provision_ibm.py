@@ -1,0 +1,174 @@
+"""IBM Cloud VPC provider against a local VPC API server (tests/ibm_vpc_server.py): what it creates, finds and removes."""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import struct
+import urllib.error
+import urllib.request
+
+import pytest
+from ibm_vpc_server import GAUDI3, IbmVpcServer
+
+from gaudi_nb.errors import GaudiNbError, NotFoundError, SpecError
+from gaudi_nb.nodes.providers import provider
+from gaudi_nb.nodes.providers.base import ProvisionRequest
+
+SSH_FROM = "203.0.113.0/24"
+SDK_SETTINGS = ("VPC_URL", "VPC_AUTH_TYPE", "VPC_AUTHTYPE", "VPC_APIKEY", "IBMCLOUD_API_KEY", "IC_API_KEY", "IBM_CREDENTIALS_FILE", "VCAP_SERVICES")
+
+
+def public_key(seed: int) -> str:
+    """An Ed25519 public key line (the wire format: name then 32 key bytes, each length-prefixed)."""
+    name = b"ssh-ed25519"
+    blob = struct.pack(">I", len(name)) + name + struct.pack(">I", 32) + bytes([seed]) * 32
+    return f"ssh-ed25519 {base64.b64encode(blob).decode()} test@gaudi-nb"
+
+
+@pytest.fixture(scope="module")
+def server():
+    # Two items a page, so every list the provider reads is paginated as a big account's would be.
+    vpc = IbmVpcServer(region="us-east", start_delay=0.3, delete_delay=0.3, page_size=2).start()
+    yield vpc
+    vpc.stop()
+
+
+@pytest.fixture
+def ibm(server, monkeypatch, tmp_path):
+    for name in SDK_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ibm-credentials.env from the real home
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("VPC_URL", server.url)
+    monkeypatch.setenv("VPC_AUTH_TYPE", "noauth")
+    return provider("ibm", "us-east")
+
+
+def request(name: str, seed: int, **overrides) -> ProvisionRequest:
+    fields = dict(provider="ibm", instance_type=GAUDI3, count=1, region="us-east", name=name,
+                  ssh_from=SSH_FROM, public_key=public_key(seed), owner="tester")
+    fields.update(overrides)
+    return ProvisionRequest(**fields)
+
+
+def posts(server, path, since):
+    return [r["body"] for r in server.requests[since:] if r["method"] == "POST" and r["path"] == path]
+
+
+def test_provision_one_gaudi3_see_it_then_take_it_down(server, ibm):
+    since = len(server.requests)
+    wanted = request("g", seed=1)
+    resources = ibm.bootstrap_instances(wanted)
+    instances = ibm.run_instances(wanted, resources)
+    running = ibm.wait_instances([i.id for i in instances], "running", timeout_s=10)
+    assert [(i.node, i.state, i.instance_type) for i in running] == [("g-0", "running", GAUDI3)]
+    assert running[0].public_ip and running[0].private_ip.startswith("10.240.64.")
+
+    listed = ibm.query_instances(group="g")
+    assert [(i.id, i.node, i.public_ip) for i in listed] == [(running[0].id, "g-0", running[0].public_ip)]
+    assert ibm.query_instances(group="other") == []
+
+    # What the cloud was asked for.
+    (instance_body,) = posts(server, "/instances", since)
+    assert instance_body["name"] == "gaudi-nb-g-0"
+    assert instance_body["profile"] == {"name": GAUDI3}
+    assert instance_body["keys"] == [{"id": resources.key}]
+    assert instance_body["primary_network_interface"]["security_groups"] == [{"id": resources.security_group}]
+    # The first subnet is in us-east-1, which does not offer the Gaudi 3 profile here.
+    assert instance_body["zone"] == {"name": "us-east-2"}
+    image = next(i for i in server.images.values() if i["id"] == instance_body["image"]["id"])
+    assert image["name"] == "gaudi3-os-u22-01-21-0"  # the newest Gaudi image, not a plain Ubuntu one
+    (key_body,) = posts(server, "/keys", since)
+    assert key_body["public_key"] == " ".join(wanted.public_key.split()[:2]) and key_body["type"] == "ed25519"
+    (group_body,) = posts(server, "/security_groups", since)
+    inbound = [r for r in group_body["rules"] if r["direction"] == "inbound"]
+    assert inbound == [{"direction": "inbound", "protocol": "tcp", "port_min": 22, "port_max": 22,
+                        "ip_version": "ipv4", "remote": {"cidr_block": SSH_FROM}}]
+    (self_rule,) = posts(server, f"/security_groups/{resources.security_group}/rules", since)
+    assert self_rule["remote"] == {"id": resources.security_group} and self_rule["protocol"] == "any"
+    rules = server.security_groups[resources.security_group]["rules"]
+    assert not any(r["direction"] == "inbound" and r.get("remote", {}).get("cidr_block") == "0.0.0.0/0" for r in rules)
+    (floating_body,) = posts(server, "/floating_ips", since)
+    assert floating_body["target"] == {"id": running[0].extra["network_interface"]}
+
+    # Down: the instance and its floating IP (billed on its own) go; then what bootstrap made.
+    floating_id = running[0].extra["floating_ip"]
+    ibm.terminate_instances([running[0].id])
+    deletes = {r["path"] for r in server.requests[since:] if r["method"] == "DELETE"}
+    assert {f"/instances/{running[0].id}", f"/floating_ips/{floating_id}"} <= deletes
+    assert ibm.wait_instances([running[0].id], "terminated", timeout_s=10) == []
+    assert running[0].id not in server.instances and floating_id not in server.floating_ips
+    removed = ibm.cleanup(resources)
+    assert sorted(removed) == sorted(resources.created) == sorted([("key", resources.key), ("security_group", resources.security_group)])
+    assert resources.key not in server.keys and resources.security_group not in server.security_groups
+
+
+def test_cleanup_keeps_what_a_machine_still_uses_and_a_key_it_did_not_make(server, ibm):
+    existing = ibm.vpc.create_key(" ".join(public_key(2).split()[:2]), name="my-laptop", type="ed25519").get_result()
+    wanted = request("keep", seed=2, count=2)
+    resources = ibm.bootstrap_instances(wanted)
+    assert resources.key == existing["id"] and ("key", existing["id"]) not in resources.created  # reused, same key
+    instances = ibm.run_instances(wanted, resources)
+    assert sorted(i.node for i in instances) == ["keep-0", "keep-1"]
+    assert ibm.cleanup(resources) == []  # the machines still use the security group
+    assert resources.security_group in server.security_groups
+
+    ibm.stop_instances([instances[0].id])
+    stopped = ibm.wait_instances([instances[0].id], "stopped", timeout_s=10)
+    assert stopped[0].state == "stopped"
+
+    ids = [i.id for i in instances]
+    ibm.terminate_instances(ids)
+    ibm.wait_instances(ids, "terminated", timeout_s=10)
+    assert ibm.query_instances(group="keep") == []
+    assert ibm.cleanup(resources) == [("security_group", resources.security_group)]
+    assert existing["id"] in server.keys  # the user's own key stays
+
+
+def test_missing_credentials_is_one_line_and_nothing_is_created(server, ibm, monkeypatch):
+    monkeypatch.delenv("VPC_AUTH_TYPE")
+    since = len(server.requests)
+    fresh = provider("ibm", "us-east")
+    with pytest.raises(GaudiNbError) as caught:
+        fresh.bootstrap_instances(request("nocreds", seed=3))
+    message = str(caught.value)
+    assert "\n" not in message and "IBMCLOUD_API_KEY" in message and "VPC_APIKEY" in message
+    assert server.requests[since:] == []
+    assert "IBMCLOUD_API_KEY" in fresh.capabilities.credentials_help
+
+
+def test_unknown_type_a_region_without_it_spot_and_bad_names_are_one_line(server, ibm, monkeypatch):
+    since = len(server.requests)
+    with pytest.raises(NotFoundError, match=GAUDI3):
+        ibm.bootstrap_instances(request("x", seed=4, instance_type="gx9-huge"))
+    with pytest.raises(SpecError, match="spot"):
+        ibm.bootstrap_instances(request("x", seed=4, spot=True))
+    with pytest.raises(SpecError, match="lowercase"):
+        ibm.bootstrap_instances(request("My_Group", seed=4))
+    monkeypatch.delitem(server.profiles, GAUDI3)
+    with pytest.raises(NotFoundError, match="does not offer") as caught:
+        ibm.bootstrap_instances(request("x", seed=4))
+    assert "\n" not in str(caught.value)
+    assert posts(server, "/keys", since) == posts(server, "/instances", since) == []
+
+
+def test_capabilities_and_no_invented_price(ibm):
+    from gaudi_nb.cost.catalog import lookup
+
+    caps = ibm.capabilities
+    assert (caps.spot, caps.placement_groups, caps.stop) == (True, False, True)
+    assert lookup(GAUDI3, "us-east").on_demand_per_hour is None
+    assert not any("price" in name for name in vars(type(ibm)))
+
+
+def test_server_answers_like_the_api_for_bad_requests(server, ibm):
+    from ibm_cloud_sdk_core import ApiException
+
+    with pytest.raises(ApiException) as caught:
+        ibm.vpc.create_instance({"name": "no-zone", "profile": {"name": GAUDI3}, "image": {"id": "r014-x"}})
+    assert caught.value.status_code == 400 and "zone" in caught.value.message
+    with pytest.raises(urllib.error.HTTPError) as missing:
+        urllib.request.urlopen(f"{server.url}/instances?generation=2")
+    assert missing.value.code == 400 and json.load(missing.value)["errors"][0]["code"] == "missing_version"
+    assert os.environ["VPC_AUTH_TYPE"] == "noauth"

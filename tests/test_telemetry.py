@@ -437,11 +437,11 @@ def test_exporter_serves_gauges_from_events() -> None:
     finally:
         exporter.close()
     assert exporter.port > 0
-    assert re.search(r'^gaudi_nb_step\{run_id="r1"\} 10\.0$', text, re.M)
-    assert re.search(r'^gaudi_nb_loss\{run_id="r1"\} 2\.5$', text, re.M)
-    assert re.search(r'^gaudi_nb_tokens_per_second\{run_id="r1"\} 1234\.0$', text, re.M)
-    assert 'gaudi_nb_device_utilization_percent{device="hpu 0",kind="hpu",run_id="r1"} 87.0' in text
-    assert 'gaudi_nb_device_memory_used_bytes{device="hpu 0",kind="hpu",run_id="r1"} 1024.0' in text
-    assert re.search(r'^gaudi_nb_cost_usd\{run_id="r1"\} 1\.25$', text, re.M)
-    assert not re.search(r"^gaudi_nb_budget_usd\{", text, re.M)  # unknown budget: no sample, not 0
+    assert re.search(r'^gaudi_nb_run_step\{node="local",run_id="r1"\} 10\.0$', text, re.M)
+    assert re.search(r'^gaudi_nb_run_loss\{node="local",run_id="r1"\} 2\.5$', text, re.M)
+    assert re.search(r'^gaudi_nb_run_tokens_per_second\{node="local",run_id="r1"\} 1234\.0$', text, re.M)
+    assert 'gaudi_nb_device_utilization_ratio{device="hpu 0",kind="hpu",node="local",run_id="r1"} 0.87' in text
+    assert 'gaudi_nb_device_memory_used_bytes{device="hpu 0",kind="hpu",node="local",run_id="r1"} 1024.0' in text
+    assert re.search(r'^gaudi_nb_run_cost_dollars\{node="local",run_id="r1"\} 1\.25$', text, re.M)
+    assert not re.search(r"^gaudi_nb_run_budget_dollars\{", text, re.M)  # unknown budget: no sample, not 0
     assert "python_gc" not in text  # its own registry, not the global one

@@ -33,7 +33,7 @@ def scrape_metrics_while_running(run, min_step=5, timeout=180):
 def test_two_ranks_train_and_the_loss_falls(gaudi_home):
     run = gaudi_nb.train(model="tiny-llama", devices=2, max_steps=30, trainer="transformers", eval_steps=15)
     metrics = scrape_metrics_while_running(run)
-    assert "gaudi_nb_step{" in metrics and "gaudi_nb_loss{" in metrics
+    assert "gaudi_nb_run_step{" in metrics and "gaudi_nb_run_loss{" in metrics
     run.wait(timeout=240)
     record = run.record()
     assert record["status"] == "succeeded", record["exit"]

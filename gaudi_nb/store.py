@@ -53,7 +53,7 @@ class EventRow(Base):
 
 
 class NodeRow(Base):
-    """A node attached over SSH (revision 0003): its address, the Python and home gaudi_nb uses there, what it has."""
+    """A node: attached over SSH (revision 0003), and for a machine gaudi_nb provisioned, which one, its price and lifetime (0004)."""
 
     __tablename__ = "nodes"
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
@@ -72,6 +72,21 @@ class NodeRow(Base):
     gaudi_nb_version: Mapped[Optional[str]] = mapped_column(String(64))
     owner: Mapped[Optional[str]] = mapped_column(String(128))
     attached_at: Mapped[float] = mapped_column(Float)
+    # a machine gaudi_nb provisioned (revision 0004); null for a node only attached over SSH
+    provider: Mapped[Optional[str]] = mapped_column(String(32))
+    region: Mapped[Optional[str]] = mapped_column(String(64))
+    instance_id: Mapped[Optional[str]] = mapped_column(String(128))
+    instance_type: Mapped[Optional[str]] = mapped_column(String(64))
+    group: Mapped[Optional[str]] = mapped_column(String(128))  # the --name the machines were provisioned under
+    state: Mapped[Optional[str]] = mapped_column(String(32))  # pending | running | stopping | stopped | terminated
+    price_per_hour: Mapped[Optional[float]] = mapped_column(Float)  # null: unknown, never free
+    price_source: Mapped[Optional[str]] = mapped_column(String(512))
+    launched_at: Mapped[Optional[float]] = mapped_column(Float)
+    terminated_at: Mapped[Optional[float]] = mapped_column(Float)
+    cost_usd: Mapped[Optional[float]] = mapped_column(Float)  # the lifetime's spend, written at termination
+    resources: Mapped[Optional[Dict[str, Any]]] = mapped_column(JSON)  # what bootstrap made or reused (key, groups, network)
+    idle_minutes: Mapped[Optional[float]] = mapped_column(Float)  # the autostop watchdog's settings
+    budget_usd: Mapped[Optional[float]] = mapped_column(Float)
 
 
 NODE_FIELDS = tuple(column.name for column in NodeRow.__table__.columns)
@@ -282,9 +297,13 @@ class RunStore:
                 raise NotFoundError(f"no node '{name}' is attached: gaudi-nb nodes list shows them")
             return _node_record(row)
 
-    def list_nodes(self) -> List[Dict[str, Any]]:
+    def list_nodes(self, group: Optional[str] = None) -> List[Dict[str, Any]]:
+        """Every node (attached, provisioned, terminated ones too); `group`: only the machines provisioned under that name."""
+        query = select(NodeRow).order_by(NodeRow.name)
+        if group is not None:
+            query = query.where(NodeRow.group == group)
         with Session(self.engine) as session:
-            return [_node_record(row) for row in session.scalars(select(NodeRow).order_by(NodeRow.name))]
+            return [_node_record(row) for row in session.scalars(query)]
 
     def update_node(self, name: str, **fields: Any) -> Dict[str, Any]:
         values = _node_values(fields)

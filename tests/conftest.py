@@ -194,3 +194,22 @@ def two_nodes(gaudi_home, netns_sshds, tmp_path, monkeypatch):
     gaudi_nb.attach(second.url, name="nb", python=sys.executable)
     yield ["na", "nb"]
     link._links = None  # the next test starts with fresh links (its HOME differs)
+
+
+# -- a real EC2 API (moto in server mode): one per test session ---------------------------------
+
+
+@pytest.fixture(scope="session")
+def moto_server():
+    """The endpoint URL of a moto server that the test session shares; tests point boto3 (and the CLI) at it with AWS_ENDPOINT_URL."""
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as probe:  # a free port, so parallel sessions do not collide
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    yield f"http://127.0.0.1:{port}"
+    server.stop()

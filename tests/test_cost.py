@@ -82,7 +82,7 @@ def test_user_prices_replace_and_add(isolated_home: Path) -> None:
     assert (dl1.on_demand_per_hour, dl1.spot_per_hour, dl1.source) == (10.0, 4.0, "user")
     assert lookup("gx3d-160x1792x8gaudi3").on_demand_per_hour == 60.5
     assert lookup("my-box").source == "user"
-    assert sum(p.instance_type == "dl1.24xlarge" for p in load_catalog()) == 1
+    assert sum((p.instance_type, p.region) == ("dl1.24xlarge", "us-west-2") for p in load_catalog()) == 1  # replaced, not added
 
 
 def test_resolve_price_per_hour() -> None:

@@ -1,4 +1,4 @@
-"""`gaudi-nb nodes`: attach, list, check and detach nodes; thin over gaudi_nb.nodes with the same keyword names."""
+"""`gaudi-nb nodes`: attach, list, check, detach, provision and down; thin over gaudi_nb.nodes with the same keyword names."""
 from __future__ import annotations
 
 import json
@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-nodes_app = typer.Typer(help="Nodes reached over SSH: attach, list, check, detach.", no_args_is_help=True)
+nodes_app = typer.Typer(help="Nodes reached over SSH: attach, list, check, detach; cloud machines: provision, down.", no_args_is_help=True)
 
 out = Console()
 err = Console(stderr=True)
@@ -49,31 +49,107 @@ def describe(record: Dict[str, Any]) -> str:
 
 
 @nodes_app.command("list")
-def list_command(as_json: bool = typer.Option(False, "--json", help="print the records as JSON")) -> None:
-    """The attached nodes, from the store (a shared store shows the team's)."""
+def list_command(
+    show_all: bool = typer.Option(False, "--all", help="also the terminated machines (kept for their cost history)"),
+    as_json: bool = typer.Option(False, "--json", help="print the records as JSON, each with its cost"),
+) -> None:
+    """The nodes, from the store (a shared store shows the team's): attached ones, and provisioned machines with their state and cost."""
     from .attach import nodes
+    from .provision import with_spend
 
-    records = nodes()
+    records = with_spend([r for r in nodes() if show_all or r.get("state") != "terminated"])
     if as_json:
         out.print_json(json.dumps(records))
         return
     if not records:
-        out.print("no nodes attached: gaudi-nb nodes attach ssh://USER@HOST --name NAME")
+        out.print("no nodes: gaudi-nb nodes attach ssh://USER@HOST --name NAME, or gaudi-nb nodes provision aws --instance-type dl1.24xlarge")
         return
     table = Table(box=None, pad_edge=False, collapse_padding=True, header_style="bold")
-    for column in ("name", "address", "devices", "gaudi_nb", "owner", "attached"):
+    # names and states whole (they are what a user types next); the address and the rest may shorten
+    table.add_column("name", no_wrap=True, min_width=max(len(r["name"]) for r in records))
+    for column in ("address", "devices"):
+        table.add_column(column, no_wrap=True, overflow="ellipsis")
+    table.add_column("state", no_wrap=True, min_width=max(len(str(r.get("state") or "attached")) for r in records))
+    for column in ("cost", "owner", "since"):
         table.add_column(column, no_wrap=True, overflow="ellipsis")
     for record in records:
         count = record.get("device_count")
+        devices = f"{count}× {record.get('accelerator')}" if count else str(record.get("accelerator") or record.get("instance_type") or "unknown")
+        address = f"{record['user']}@{record['host']}" if record.get("instance_id") else record["url"]  # the instance id is in --json
         table.add_row(
             record["name"],
-            record["url"] + (f" via {record['jump']}" if record.get("jump") else ""),
-            f"{count}× {record.get('accelerator')}" if count else str(record.get("accelerator") or "unknown"),
-            str(record.get("gaudi_nb_version") or "?"),
+            address + (f" via {record['jump']}" if record.get("jump") else ""),
+            devices,
+            str(record.get("state") or "attached"),
+            node_cost(record["cost"]),
             str(record.get("owner") or ""),
-            time.strftime("%Y-%m-%d %H:%M", time.localtime(record["attached_at"])),
+            time.strftime("%m-%d %H:%M", time.localtime(record.get("launched_at") or record["attached_at"])),
         )
     out.print(table)
+    unknown = [r["name"] for r in records if r.get("provider") and r["cost"]["usd"] is None]
+    if unknown:
+        from ..cost.catalog import user_prices_path
+
+        out.print(Text(f"cost unknown for {', '.join(unknown)}: set the instance type's price in {user_prices_path()}", style="dim"))
+
+
+def node_cost(cost: Dict[str, Any]) -> str:
+    """A provisioned machine's spend so far; '—' for a node only attached (its runs meter themselves)."""
+    if cost.get("hours") is None:
+        return "—"
+    if cost.get("usd") is None:
+        return f"unknown ({cost['hours']:.1f} h)"
+    return f"${cost['usd']:,.2f} ({cost['hours']:.2f} h)"
+
+
+@nodes_app.command("provision")
+def provision_command(
+    provider: str = typer.Argument(..., metavar="PROVIDER", help="aws or ibm"),
+    instance_type: str = typer.Option(..., "--instance-type", help="from the price catalog: dl1.24xlarge (AWS), gx3d-160x1792x8gaudi3 (IBM)"),
+    count: int = typer.Option(1, "--count", min=1, help="how many machines (the group's machines are NAME-0, NAME-1, ...)"),
+    region: Optional[str] = typer.Option(None, "--region", help="default: the first region the price catalog lists for the type"),
+    image: Optional[str] = typer.Option(None, "--image", help="image id; default: the newest Habana/Gaudi deep learning image"),
+    name: Optional[str] = typer.Option(None, "--name", help="the group's name (gaudi-nb nodes down NAME); default: PROVIDER-xxxxxx"),
+    ssh_from: Optional[str] = typer.Option(None, "--ssh-from", metavar="CIDR", help="where SSH is admitted from; default: this machine's public address"),
+    spot: bool = typer.Option(False, "--spot", help="spot machines: cheaper, and the cloud may take them back"),
+    idle_minutes: Optional[float] = typer.Option(None, "--idle-minutes", help="autostop: stop a machine after this many idle minutes"),
+    budget_usd: Optional[float] = typer.Option(None, "--budget-usd", help="autostop: stop a machine when its spend reaches this"),
+    no_attach: bool = typer.Option(False, "--no-attach", help="return once the machines run (do not wait for SSH or attach)"),
+    as_json: bool = typer.Option(False, "--json", help="print the node records as JSON"),
+) -> None:
+    """Create cloud machines, record them as nodes (billed from launch to down), wait for SSH and attach them."""
+    from .provision import provision, with_spend
+
+    started = time.monotonic()
+    console = err if as_json else out
+    records = provision(provider, instance_type, count=count, region=region, image=image, name=name, ssh_from=ssh_from, spot=spot,
+                        idle_minutes=idle_minutes, budget_usd=budget_usd, attach=not no_attach,
+                        progress=lambda message: console.print(Text(message, style="dim"), soft_wrap=True))
+    if as_json:
+        out.print_json(json.dumps(with_spend(records)))
+        return
+    group = records[0]["group"]
+    out.print(f"{'running' if no_attach else 'attached'} in {time.monotonic() - started:.1f} s: " + ", ".join(f"[bold]{r['name']}[/] ({r['instance_id']}, {r['host']})" for r in records))
+    if no_attach:
+        out.print(Text(f"attach later: gaudi-nb nodes attach {records[0]['url']} --name {records[0]['name']} --identity-file {records[0]['identity_file']}", style="dim"), soft_wrap=True)
+    out.print(Text(f"billed until: gaudi-nb nodes down {group}", style="dim"))
+
+
+@nodes_app.command("down")
+def down_command(
+    name: str = typer.Argument(..., help="a provisioned group's name (all its machines) or one machine's node name"),
+    as_json: bool = typer.Option(False, "--json", help="print the node records as JSON, each with its final cost"),
+) -> None:
+    """Terminate provisioned machines, wait until none runs, and remove the key pair and groups gaudi_nb made once nothing uses them."""
+    from .provision import down, with_spend
+
+    console = err if as_json else out
+    records = with_spend(down(name, progress=lambda message: console.print(Text(message, style="dim"), soft_wrap=True)))
+    if as_json:
+        out.print_json(json.dumps(records))
+        return
+    for record in records:
+        out.print(f"{record['name']} ({record['instance_id']}): {record.get('state')}, cost {node_cost(record['cost'])}")
 
 
 @nodes_app.command("check")

@@ -1,0 +1,369 @@
+"""Provision cloud machines as nodes and take them down: validate, create, record, attach, start autostop; and what a node has cost."""
+from __future__ import annotations
+
+import ipaddress
+import os
+import secrets
+import socket
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
+
+from ..errors import GaudiNbError, NotFoundError, SpecError
+from .attach import check_name
+
+if TYPE_CHECKING:
+    from ..cost.catalog import Price
+    from ..store import RunStore
+    from .providers.base import Instance, Provider, Resources
+
+PUBLIC_ADDRESS_URL = "https://checkip.amazonaws.com"
+KEY_FILE = "gaudi_nb_ed25519"  # under $GAUDI_NB_HOME/keys: the one key gaudi_nb installs on the machines it makes
+WAIT_RUNNING_S = 900.0
+WAIT_TERMINATED_S = 900.0
+WAIT_SSH_S = 600.0
+ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_EC2", "VPC_URL")
+
+Progress = Optional[Callable[[str], None]]
+
+
+# -- what is asked, checked before anything is created ---------------------------------------
+def gaudi_types(provider: str, rows: "List[Price]") -> List[str]:
+    return sorted({p.instance_type for p in rows if p.provider == provider and "gaudi" in p.accelerator.lower()})
+
+
+def catalog_rows(provider: str, instance_type: str) -> "List[Price]":
+    """The catalog's rows for a provider's type, one per region it is offered in; a miss lists the provider's Gaudi types."""
+    from ..cost import catalog
+
+    rows = catalog.load_catalog()
+    matches = [p for p in rows if p.provider == provider and p.instance_type.lower() == instance_type.lower()]
+    if not matches:
+        known = gaudi_types(provider, rows)
+        listed = ", ".join(known) if known else "none in the catalog"
+        raise SpecError(f"unknown {provider} instance type '{instance_type}': the Gaudi types {provider} offers are {listed} (others: add a row to {catalog.user_prices_path()})")
+    return matches
+
+
+def choose_region(provider: str, instance_type: str, region: Optional[str], rows: "List[Price]", default_region: Optional[str]) -> "Tuple[str, Price]":
+    """The region to use and its catalog row: the one asked for if the catalog offers the type there, else the catalog's first."""
+    regional = [p for p in rows if p.region]
+    if not regional:  # the catalog does not say where (a region-less row): the provider's default, or the user's
+        chosen = region or default_region
+        if not chosen:
+            raise SpecError(f"the price catalog does not say where {provider} offers {instance_type}: pass --region")
+        return chosen, rows[0]
+    if region is None:
+        return regional[0].region, regional[0]
+    for price in regional:
+        if price.region.lower() == region.lower():
+            return price.region, price
+    offered = ", ".join(p.region for p in regional)
+    raise SpecError(f"{instance_type} is not offered in {region} (the price catalog lists {offered}): pass --region {regional[0].region}")
+
+
+def rate(price: "Price", spot: bool) -> Tuple[Optional[float], str]:
+    """The hourly rate a machine is billed at, and where it came from; None when the catalog has none."""
+    where = f" {price.region}" if price.region else ""
+    if spot and price.spot_per_hour is not None:
+        return price.spot_per_hour, f"catalog spot: {price.provider} {price.instance_type}{where} (as of {price.as_of})"
+    if price.on_demand_per_hour is None:
+        from ..cost.catalog import user_prices_path
+
+        return None, f"unknown: the catalog has no price for {price.provider} {price.instance_type}; set one in {user_prices_path()}"
+    if spot:
+        # a spot request's default maximum is the on-demand price, so that is what it can cost at most
+        return price.on_demand_per_hour, f"catalog on-demand, a spot machine's most: {price.provider} {price.instance_type}{where} (as of {price.as_of})"
+    return price.on_demand_per_hour, f"catalog: {price.provider} {price.instance_type}{where} (as of {price.as_of})"
+
+
+def check_cidr(text: str) -> str:
+    try:
+        return str(ipaddress.ip_network(text.strip(), strict=False))
+    except ValueError:
+        raise SpecError(f"--ssh-from {text!r} is not an address range: give a CIDR such as 203.0.113.7/32") from None
+
+
+def public_address(url: str = PUBLIC_ADDRESS_URL, timeout_s: float = 3.0) -> str:
+    """This machine's public address as a one-address CIDR (what the security group admits SSH from)."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:  # noqa: S310 - a fixed https URL
+            text = response.read(100).decode().strip()
+        address = ipaddress.ip_address(text)
+    except (OSError, ValueError) as exc:
+        raise SpecError(f"could not find this machine's public address from {url} ({type(exc).__name__}): pass --ssh-from CIDR, the addresses SSH is admitted from") from None
+    return f"{address}/{address.max_prefixlen}"
+
+
+def default_name(provider: str) -> str:
+    return f"{provider}-{secrets.token_hex(3)}"
+
+
+def ensure_key(home: Optional[Path] = None) -> Tuple[Path, str]:
+    """gaudi_nb's SSH key under $GAUDI_NB_HOME/keys, made once (ed25519) and reused; returns (private key path, public key line)."""
+    from ..paths import home as gaudi_home
+
+    folder = (home or gaudi_home()) / "keys"
+    private = folder / KEY_FILE
+    public = folder / (KEY_FILE + ".pub")
+    if not private.exists() or not public.exists():
+        from ..errors import require
+
+        asyncssh = require("asyncssh", "ssh", "the SSH key for provisioned machines")
+        folder.mkdir(parents=True, exist_ok=True)
+        os.chmod(folder, 0o700)
+        key = asyncssh.generate_private_key("ssh-ed25519", comment="gaudi_nb")
+        partial = private.with_suffix(".partial")
+        partial.write_bytes(key.export_private_key())
+        os.chmod(partial, 0o600)
+        public.write_bytes(key.export_public_key())
+        partial.replace(private)  # a half-written key is never the key
+    return private, public.read_text().strip()
+
+
+# -- the flow --------------------------------------------------------------------------------
+def provision(
+    provider: str,
+    instance_type: str,
+    count: int = 1,
+    region: Optional[str] = None,
+    image: Optional[str] = None,
+    name: Optional[str] = None,
+    ssh_from: Optional[str] = None,
+    spot: bool = False,
+    idle_minutes: Optional[float] = None,
+    budget_usd: Optional[float] = None,
+    attach: bool = True,
+    progress: Progress = None,
+    *,
+    store: "Optional[RunStore]" = None,
+) -> List[Dict[str, Any]]:
+    """Create `count` machines of `instance_type` on `provider` as the group `name` (machines NAME-0, NAME-1, ...).
+
+    Everything is checked before anything is created: the type and region against the price
+    catalog, the names against the store, the credentials and the group against the cloud. Then
+    the provider makes (or reuses) the key pair, security group (SSH only from `ssh_from`, default
+    this machine's public address) and placement group, starts the machines, waits until they run
+    and records each as a node with its price. With `attach` it waits for SSH, attaches each node
+    and starts the autostop watchdog when `idle_minutes` or `budget_usd` is given. Returns the
+    node records.
+    """
+    from ..store import RunStore, _current_user
+    from .providers import provider_class, providers
+
+    say = progress or (lambda message: None)
+    try:
+        cls = provider_class(provider)
+        # the canonical name ("ibm" for "ibm-cloud"): what the catalog and the store say
+        provider_name = providers._aliases.get(provider.lower(), provider.lower())
+    except NotFoundError as exc:
+        raise SpecError(str(exc)) from None
+    if not isinstance(count, int) or count < 1:
+        raise SpecError(f"count must be a whole number of machines, 1 or more (got {count!r})")
+    for label, value in (("idle_minutes", idle_minutes), ("budget_usd", budget_usd)):
+        if value is not None and value <= 0:
+            raise SpecError(f"{label} must be positive (got {value})")
+    rows = catalog_rows(provider_name, instance_type)
+    region, price = choose_region(provider_name, instance_type, region, rows, getattr(cls, "default_region", None))
+    instance_type = price.instance_type
+    price_per_hour, price_source = rate(price, spot)
+    group = check_name(name or default_name(provider_name))
+    names = [check_name(f"{group}-{index}") for index in range(count)]
+    store = store or RunStore()
+    for node in names:
+        try:
+            existing = store.get_node(node)
+        except NotFoundError:
+            continue
+        kept = " (its cost history is kept)" if existing.get("terminated_at") else ""
+        raise SpecError(f"a node named '{node}' is in the store already{kept}: pick another --name, or gaudi-nb nodes detach {node}")
+    ssh_from = check_cidr(ssh_from) if ssh_from else public_address()
+
+    cloud: Provider = cls(region)
+    # a read that needs credentials: missing ones stop here, before anything is made
+    running = [i for i in cloud.query_instances(group=group) if i.state != "terminated"]
+    if running:
+        raise SpecError(f"{len(running)} machine(s) of a group '{group}' already exist in {provider_name} {region}: pick another --name, or gaudi-nb nodes down {group}")
+    private_key, public_key = ensure_key()
+    owner = _current_user() or "unknown"
+    from .providers.base import ProvisionRequest
+
+    request = ProvisionRequest(provider=provider_name, instance_type=instance_type, count=count, region=region, name=group, ssh_from=ssh_from,
+                               public_key=public_key, owner=owner, image=image, spot=spot, idle_minutes=idle_minutes, budget_usd=budget_usd)
+    say(f"{provider_name} {region}: {count}× {instance_type}{' (spot)' if spot else ''} as {group}, SSH from {ssh_from}; "
+        f"{'$%.2f/h each' % price_per_hour if price_per_hour is not None else 'price unknown'}")
+    resources = cloud.bootstrap_instances(request)
+    for warning in resources.network.get("warnings") or []:
+        say(f"warning: {warning}")
+    try:
+        instances = cloud.run_instances(request, resources)
+    except BaseException:
+        # nothing runs, so nothing should stay behind either
+        cloud.cleanup(resources)
+        raise
+    launched = time.time()
+    records = [_record(store, request, cloud, resources, instance, private_key, price_per_hour, price_source, launched) for instance in instances]
+    say("started " + ", ".join(f"{r['name']} ({r['instance_id']})" for r in records) + "; waiting until they run")
+    try:
+        instances = cloud.wait_instances([i.id for i in instances], "running", timeout_s=WAIT_RUNNING_S)
+    except GaudiNbError as exc:
+        raise GaudiNbError(f"{exc}; they are recorded and billed until you run gaudi-nb nodes down {group}") from None
+    records = [_update_from(store, cloud, instance) for instance in instances]
+    say("running: " + ", ".join(f"{r['name']} {r['host']}" for r in records))
+    if not attach:
+        if idle_minutes is not None or budget_usd is not None:
+            say("autostop: not started without attaching; attach each node (gaudi-nb nodes attach) to start it")
+        return records
+    return [_attach(store, record, private_key, say) for record in records]
+
+
+def _record(store: "RunStore", request: Any, cloud: "Provider", resources: "Resources", instance: "Instance", private_key: Path,
+            price_per_hour: Optional[float], price_source: str, launched: float) -> Dict[str, Any]:
+    from dataclasses import asdict
+
+    host = instance.public_ip or instance.private_ip or instance.id
+    return store.add_node({
+        "name": instance.node, "url": f"ssh://{cloud.ssh_user}@{host}:22", "user": cloud.ssh_user, "host": host, "port": 22,
+        "identity_file": str(private_key), "owner": request.owner, "attached_at": launched,
+        "provider": request.provider, "region": request.region, "instance_id": instance.id, "instance_type": request.instance_type,
+        "group": request.name, "state": instance.state, "price_per_hour": price_per_hour, "price_source": price_source,
+        "launched_at": instance.launched_at or launched, "resources": asdict(resources),
+        "idle_minutes": request.idle_minutes, "budget_usd": request.budget_usd,
+    })
+
+
+def _update_from(store: "RunStore", cloud: "Provider", instance: "Instance") -> Dict[str, Any]:
+    fields: Dict[str, Any] = {"state": instance.state}
+    host = instance.public_ip or instance.private_ip
+    if host:
+        fields.update(host=host, url=f"ssh://{cloud.ssh_user}@{host}:22")
+    if instance.launched_at:
+        fields["launched_at"] = instance.launched_at  # the cloud's own clock starts the bill
+    return store.update_node(instance.node, **fields)
+
+
+def wait_for_ssh(host: str, port: int = 22, timeout_s: float = WAIT_SSH_S) -> None:
+    """Until the machine's sshd accepts a connection (a fresh machine boots for a minute or two)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=5):
+                return
+        except OSError as exc:
+            if time.monotonic() > deadline:
+                raise GaudiNbError(f"SSH on {host}:{port} did not answer within {timeout_s:.0f} s ({exc})") from None
+            time.sleep(3)
+
+
+def _attach(store: "RunStore", record: Dict[str, Any], private_key: Path, say: Callable[[str], None]) -> Dict[str, Any]:
+    from .attach import attach as attach_node
+
+    name = record["name"]
+    try:
+        wait_for_ssh(record["host"], int(record["port"]))
+        say(f"{name}: SSH answers; attaching")
+        # trust_new_host: the machine was created a minute ago by these credentials and its host key
+        # was generated at first boot, so no earlier key can exist to compare with; the address is
+        # the one EC2 reported for the instance id we launched, not one a third party supplied.
+        record = attach_node(record["url"], name=name, identity_file=str(private_key), trust_new_host=True, store=store, progress=say)
+    except GaudiNbError as exc:
+        raise GaudiNbError(f"{name} runs but attaching failed: {exc}; retry with gaudi-nb nodes attach {record['url']} --name {name} "
+                           f"--identity-file {private_key}, or gaudi-nb nodes down {record['group']}") from None
+    if record.get("idle_minutes") is not None or record.get("budget_usd") is not None:
+        _start_autostop(record, say)
+    return record
+
+
+def _start_autostop(record: Dict[str, Any], say: Callable[[str], None]) -> None:
+    try:
+        from .watchdog import start_on_node  # type: ignore[attr-defined,unused-ignore]
+    except ImportError:
+        say("autostop: the watchdog is not in this build")
+        return
+    config: Dict[str, Any] = {key: record.get(key) for key in ("idle_minutes", "budget_usd", "price_per_hour", "provider", "region", "instance_id", "launched_at")}
+    # where this client reaches the cloud's API, when it is not the public one (never credentials:
+    # the machine has its own, from an instance role)
+    config["environment"] = {name: os.environ[name] for name in ENDPOINT_VARIABLES if os.environ.get(name)}
+    start_on_node(record, config)
+    say(f"{record['name']}: autostop watching" + "".join(f", {label} {record[key]:g}" for key, label in (("idle_minutes", "idle minutes"), ("budget_usd", "budget $")) if record.get(key) is not None))
+
+
+# -- down ------------------------------------------------------------------------------------
+def down(name: str, progress: Progress = None, *, store: "Optional[RunStore]" = None) -> List[Dict[str, Any]]:
+    """Terminate a group's machines (or one machine by its node name), wait until none runs, remove
+    what gaudi_nb created for them once nothing uses it, and close their cost records. Returns the records."""
+    from ..store import RunStore
+    from .providers import provider as provider_for
+    from .providers.base import Resources
+
+    say = progress or (lambda message: None)
+    store = store or RunStore()
+    records = [r for r in store.list_nodes(group=name) if r.get("provider")]
+    if not records:
+        try:
+            one = store.get_node(name)
+        except NotFoundError:
+            raise SpecError(f"no provisioned group or machine named '{name}': gaudi-nb nodes list --all shows them") from None
+        if not one.get("provider"):
+            raise SpecError(f"'{name}' was attached over SSH, not provisioned by gaudi_nb: gaudi-nb nodes detach {name} forgets it")
+        records = [one]
+    live = [r for r in records if r.get("state") != "terminated"]
+    if not live:
+        say(f"{name}: already terminated")
+        return records
+    by_place: Dict[Tuple[str, str], List[Dict[str, Any]]] = {}
+    for record in live:
+        by_place.setdefault((record["provider"], record["region"]), []).append(record)
+    removed: List[Tuple[str, str]] = []
+    for (provider_name, region), group_records in by_place.items():
+        cloud = provider_for(provider_name, region)
+        ids = [r["instance_id"] for r in group_records]
+        say("terminating " + ", ".join(f"{r['name']} ({r['instance_id']})" for r in group_records))
+        cloud.terminate_instances(ids)
+        cloud.wait_instances(ids, "terminated", timeout_s=WAIT_TERMINATED_S)
+        ended = time.time()
+        for record in group_records:
+            store.update_node(record["name"], state="terminated", terminated_at=ended, cost_usd=spend(record, now=ended)["usd"])
+        seen = set()
+        for record in group_records:
+            stored = record.get("resources") or {}
+            key = (stored.get("network") or {}).get("group"), tuple(map(tuple, stored.get("created") or []))
+            if key in seen:
+                continue
+            seen.add(key)
+            resources = Resources(key=stored.get("key"), security_group=stored.get("security_group"), placement_group=stored.get("placement_group"),
+                                  network=dict(stored.get("network") or {}), created=[tuple(item) for item in stored.get("created") or []])  # type: ignore[misc]
+            removed.extend(cloud.cleanup(resources))
+    if removed:
+        say("removed " + ", ".join(f"{kind.replace('_', ' ')} {ident}" for kind, ident in removed))
+    names = {r["name"] for r in records}
+    return [r for r in store.list_nodes() if r["name"] in names]
+
+
+# -- cost ------------------------------------------------------------------------------------
+def spend(record: Dict[str, Any], now: Optional[float] = None) -> Dict[str, Any]:
+    """What a provisioned node has cost: its rate from launch to termination (or now), run or no run.
+
+    `usd` is None when the price is unknown (never 0), and for a node that was only attached
+    (runs on it are metered by the runs themselves)."""
+    if not record.get("provider") or record.get("launched_at") is None:
+        return {"usd": None, "hours": None, "price_per_hour": None, "source": "not provisioned by gaudi_nb: runs on it meter their own cost"}
+    end = record.get("terminated_at") or (now if now is not None else time.time())
+    hours = max(0.0, float(end) - float(record["launched_at"])) / 3600.0
+    price = record.get("price_per_hour")
+    if record.get("terminated_at") and record.get("cost_usd") is not None:
+        usd: Optional[float] = record["cost_usd"]
+    else:
+        usd = None if price is None else price * hours
+    return {"usd": usd, "hours": hours, "price_per_hour": price, "source": record.get("price_source") or "unknown"}
+
+
+def with_spend(records: List[Dict[str, Any]], now: Optional[float] = None) -> List[Dict[str, Any]]:
+    """Records with their `cost` (as `spend` computes it), as `gaudi-nb nodes list --json` prints them."""
+    now = time.time() if now is None else now
+    return [dict(record, cost=spend(record, now)) for record in records]
+
+
+__all__ = ["down", "ensure_key", "provision", "public_address", "spend", "with_spend"]

@@ -68,6 +68,8 @@ class IbmVpcServer:
         self.port = self._httpd.server_address[1]
         self._thread: Optional[threading.Thread] = None
         self.requests: List[Dict[str, Any]] = []
+        # (method, path) -> (status, code, message): the next such request fails so, once.
+        self.failures: Dict[Tuple[str, str], Tuple[int, str, str]] = {}
         self._addresses = itertools.count(10)
         zones = [f"{region}-{i}" for i in (1, 2, 3)]
         # IBM lists the zones that support each profile; the Gaudi 3 profile is not in every zone.
@@ -176,6 +178,10 @@ class IbmVpcServer:
 
         return Handler
 
+    def fail_next(self, method: str, path: str, status: int = 500, code: str = "internal_error", message: str = "injected failure") -> None:
+        """Make the next `method path` request fail (a test of what the client does then)."""
+        self.failures[(method, path)] = (status, code, message)
+
     def bodies(self, method: str, path: str) -> List[Dict[str, Any]]:
         """The JSON bodies received for one method and path (path without /v1 and query)."""
         return [r["body"] for r in self.requests if r["method"] == method and r["path"] == path]
@@ -199,6 +205,9 @@ class IbmVpcServer:
                     raise ApiError(400, "bad_generation", "generation=2 is required for VPC infrastructure")
                 if method in ("POST", "PATCH") and not isinstance(body, dict):
                     raise ApiError(400, "bad_request", "a JSON object body is required")
+                injected = self.failures.pop((method, path[3:]), None)
+                if injected:
+                    raise ApiError(*injected)
                 self._tick()
                 return self._route(method, path[3:], query, body or {})
             except ApiError as exc:

@@ -172,3 +172,59 @@ def test_server_answers_like_the_api_for_bad_requests(server, ibm):
         urllib.request.urlopen(f"{server.url}/instances?generation=2")
     assert missing.value.code == 400 and json.load(missing.value)["errors"][0]["code"] == "missing_version"
     assert os.environ["VPC_AUTH_TYPE"] == "noauth"
+
+
+def test_a_failure_midway_leaves_nothing_running_or_billed(server, ibm):
+    wanted = request("half", seed=5)
+    resources = ibm.bootstrap_instances(wanted)
+    server.fail_next("POST", "/floating_ips")
+    with pytest.raises(GaudiNbError, match="create_floating_ip failed \\(500\\)"):
+        ibm.run_instances(wanted, resources)
+    assert not [i for i in server.instances.values() if i["name"].startswith("gaudi-nb-half-")]
+    assert sorted(ibm.cleanup(resources)) == sorted(resources.created)
+
+
+def test_a_group_name_in_use_is_refused(server, ibm):
+    wanted = request("taken", seed=6)
+    resources = ibm.bootstrap_instances(wanted)
+    first = ibm.run_instances(wanted, resources)
+    with pytest.raises(SpecError, match="already has machines of a group 'taken' \\(taken-0\\)"):
+        ibm.run_instances(wanted, resources)
+    ibm.terminate_instances([i.id for i in first])
+    ibm.wait_instances([i.id for i in first], "terminated", timeout_s=10)
+    ibm.cleanup(resources)
+
+
+def test_network_choice_with_several_vpcs_and_a_chosen_subnet(ibm, monkeypatch):
+    other = IbmVpcServer(region="us-east", start_delay=0.1, delete_delay=0.1).start()
+    try:
+        second = other.add_vpc("team-vpc", {"us-east-3": "10.250.0.0/24"})
+        monkeypatch.setenv("VPC_URL", other.url)
+        cloud = provider("ibm", "us-east")
+        resources = cloud.bootstrap_instances(request("net", seed=7))
+        assert resources.network["zone"] == "us-east-2" and resources.network["vpc"] != second["id"]  # the oldest VPC
+        assert "GAUDI_NB_IBM_SUBNET" in resources.network["warnings"][0]
+        chosen = next(s for s in other.subnets.values() if s["vpc"]["id"] == second["id"])
+        monkeypatch.setenv("GAUDI_NB_IBM_SUBNET", chosen["name"])
+        picked = provider("ibm", "us-east").bootstrap_instances(request("net2", seed=7))
+        assert (picked.network["vpc"], picked.network["zone"]) == (second["id"], "us-east-3")
+        monkeypatch.setenv("GAUDI_NB_IBM_SUBNET", "nowhere")
+        with pytest.raises(NotFoundError, match="GAUDI_NB_IBM_SUBNET=nowhere"):
+            provider("ibm", "us-east").bootstrap_instances(request("net3", seed=7))
+    finally:
+        other.stop()
+
+
+def test_a_real_user_reaches_the_region_endpoint_with_an_api_key(monkeypatch, tmp_path):
+    for name in SDK_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("IBMCLOUD_API_KEY", "not-a-real-key")
+    client = provider("ibm", "eu-de").vpc  # made without a network call (IAM is asked on the first request)
+    assert client.service_url == "https://eu-de.iaas.cloud.ibm.com/v1"
+    assert client.authenticator.authentication_type() == "iam"
+    with pytest.raises(SpecError, match="unknown IBM Cloud region 'mars-1'"):
+        provider("ibm", "mars-1").query_instances(group="g")
+    with pytest.raises(SpecError, match="IPv4"):
+        provider("ibm", "eu-de").bootstrap_instances(request("v6", seed=8, ssh_from="2001:db8::/32"))

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import ipaddress
 import os
 import re
 import time
@@ -58,6 +59,9 @@ class IbmProvider:
     """IBM Cloud VPC in one region; the SDK client is made on first use, so capabilities need no credentials."""
 
     name = "ibm"
+    # Where the Gaudi 3 profile first became available (IBM VPC release notes, 2025-03-19);
+    # the catalog's row has no region, so `provision` falls back to this.
+    default_region = "us-east"
     # IBM's stock Linux images log in as root.
     ssh_user = "root"
     capabilities = Capabilities(
@@ -145,7 +149,7 @@ class IbmProvider:
         resources = Resources()
         resources.network["image"] = self._image(request.image)
         resources.key = self._key(request, resources)
-        subnet = self._subnet(profile, request.count)
+        subnet = self._subnet(profile, request.count, resources)
         resources.network.update(subnet=subnet["id"], vpc=subnet["vpc"]["id"], zone=subnet["zone"]["name"])
         resources.security_group = self._security_group(request, subnet["vpc"]["id"], resources)
         return resources
@@ -154,6 +158,7 @@ class IbmProvider:
         if request.instance_type not in GAUDI_PROFILES:
             known = ", ".join(f"{k} ({v})" for k, v in GAUDI_PROFILES.items())
             raise NotFoundError(f"unknown IBM Cloud instance type {request.instance_type!r}: the Gaudi profiles are {known}")
+        _ssh_cidr(request.ssh_from)
         last = f"{PREFIX}{request.name}-{max(request.count - 1, 0)}"
         if not NAME_RE.match(request.name) or len(last) > 63:
             raise SpecError(
@@ -213,7 +218,7 @@ class IbmProvider:
         resources.created.append(("key", key["id"]))
         return key["id"]
 
-    def _subnet(self, profile: Dict[str, Any], count: int) -> Dict[str, Any]:
+    def _subnet(self, profile: Dict[str, Any], count: int, resources: Resources) -> Dict[str, Any]:
         zones = {z["name"] for z in profile.get("zones") or []}
         subnets = list(self._all("list_subnets", "subnets"))
         wanted = os.environ.get("GAUDI_NB_IBM_SUBNET")
@@ -239,12 +244,18 @@ class IbmProvider:
                 and s.get("available_ipv4_address_count", count) >= count
             ]
             if usable:
-                return min(usable, key=lambda s: s.get("created_at", ""))
+                chosen = min(usable, key=lambda s: s.get("created_at", ""))
+                if len(vpcs) > 1:
+                    resources.network.setdefault("warnings", []).append(
+                        f"{len(vpcs)} VPCs in {self.region}: using subnet {chosen.get('name')} of VPC {vpc.get('name')} "
+                        f"(zone {chosen['zone']['name']}); set GAUDI_NB_IBM_SUBNET to choose another")
+                return chosen
         where = f" in a zone that offers {profile.get('name')} ({', '.join(sorted(zones))})" if zones else ""
         raise NotFoundError(f"no subnet with room for {count} machine(s){where} in IBM Cloud {self.region}: {create}, or set GAUDI_NB_IBM_SUBNET")
 
     def _security_group(self, request: ProvisionRequest, vpc_id: str, resources: Resources) -> str:
         name = f"{PREFIX}{request.name}"
+        ssh_from = _ssh_cidr(request.ssh_from)
         group = next((g for g in self._all("list_security_groups", "security_groups", vpc_id=vpc_id) if g.get("name") == name), None)
         if group is None:
             # Outbound is open (package installs, checkpoints); inbound is SSH from one place
@@ -255,7 +266,7 @@ class IbmProvider:
                 name=name,
                 rules=[
                     {"direction": "inbound", "protocol": "tcp", "port_min": 22, "port_max": 22,
-                     "ip_version": "ipv4", "remote": {"cidr_block": request.ssh_from}},
+                     "ip_version": "ipv4", "remote": {"cidr_block": ssh_from}},
                     {"direction": "outbound", "protocol": "any", "ip_version": "ipv4", "remote": {"cidr_block": "0.0.0.0/0"}},
                 ],
             )
@@ -264,12 +275,12 @@ class IbmProvider:
         rules = group.get("rules") or []
         has_ssh = any(
             r.get("direction") == "inbound" and r.get("protocol") == "tcp" and r.get("port_min") == 22
-            and (r.get("remote") or {}).get("cidr_block") == request.ssh_from for r in rules
+            and (r.get("remote") or {}).get("cidr_block") == ssh_from for r in rules
         )
         if not has_ssh:
             self._call("create_security_group_rule", group["id"], {
                 "direction": "inbound", "protocol": "tcp", "port_min": 22, "port_max": 22,
-                "ip_version": "ipv4", "remote": {"cidr_block": request.ssh_from}})
+                "ip_version": "ipv4", "remote": {"cidr_block": ssh_from}})
         # The group can name itself as a remote only once it exists.
         if not any(r.get("direction") == "inbound" and (r.get("remote") or {}).get("id") == group["id"] for r in rules):
             self._call("create_security_group_rule", group["id"], {
@@ -280,11 +291,13 @@ class IbmProvider:
 
     def run_instances(self, request: ProvisionRequest, resources: Resources) -> List[Instance]:
         self._check_request(request)
-        taken = {i.node for i in self.query_instances(group=request.name)}
-        indices = [i for i in range(request.count + len(taken)) if f"{request.name}-{i}" not in taken][: request.count]
+        # Two groups of one name would become one (the name is all IBM keeps), and `down` would take both.
+        existing = [i.node for i in self.query_instances(group=request.name) if i.state != "terminated"]
+        if existing:
+            raise SpecError(f"IBM Cloud {self.region} already has machines of a group '{request.name}' ({', '.join(existing)}): pick another --name")
         made: List[str] = []
         try:
-            for index in indices:
+            for index in range(request.count):
                 name = f"{PREFIX}{request.name}-{index}"
                 prototype: Dict[str, Any] = {
                     "name": name,
@@ -307,9 +320,14 @@ class IbmProvider:
                 self._call("create_floating_ip", {
                     "name": name, "target": {"id": instance["primary_network_interface"]["id"]}})
         except BaseException:
-            # Nothing half-made stays billed: what this call created goes again.
+            # Nothing half-made stays billed: what this call created goes again, and is
+            # waited for, so the caller's cleanup finds the security group unused.
             if made:
                 self.terminate_instances(made)
+                try:
+                    self.wait_instances(made, "terminated", timeout_s=300)
+                except GaudiNbError:
+                    pass
             raise
         return self.query_instances(ids=made)
 
@@ -431,6 +449,17 @@ class IbmProvider:
             if any(k.get("id") == key_id for k in init.get("keys") or []):
                 return False
         return self._call("get_key", key_id, missing_ok=True) is not None
+
+
+def _ssh_cidr(text: str) -> str:
+    """The CIDR block SSH is admitted from, as IBM's rules take it (IPv4; a bare address is a /32)."""
+    try:
+        network = ipaddress.ip_network(text, strict=False)
+    except ValueError:
+        raise SpecError(f"--ssh-from {text!r} is not an address or CIDR block like 203.0.113.0/24") from None
+    if network.version != 4:
+        raise SpecError(f"gaudi_nb's IBM Cloud security group rules are IPv4: pass --ssh-from as an IPv4 CIDR, not {text}")
+    return str(network)
 
 
 def _epoch(stamp: Optional[str]) -> Optional[float]:

@@ -1,0 +1,564 @@
+"""The team dashboard's data: runs, nodes, devices and money from a RunStore, as DataFrames and dicts (no Panel here)."""
+from __future__ import annotations
+
+import json
+import math
+import os
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import pandas as pd
+from sqlalchemy import select
+
+from ..events import ACTIVE_STATUSES
+from ..notebook.panel import PanelState
+from ..store import EventRow, RunRow, RunStore
+from ..summary import public
+
+LOCAL_NODE = "local"
+# A device under this utilization (percent) for the last minute counts as idle; a node whose
+# devices are all idle while it costs money is what the Fleet page makes stand out.
+IDLE_UTILIZATION_PCT = 5.0
+IDLE_WINDOW_S = 60.0
+HEATMAP_WINDOW_S = 600.0
+HEATMAP_COLUMNS = 120  # 5 s bins over ten minutes: a 1024-device map stays an image of 1024 × 120 cells
+RUN_COLUMNS = ["run_id", "name", "status", "owner", "project", "target", "nodes", "devices", "model", "step", "max_steps", "tokens_per_second", "loss", "usd", "usd_per_million_tokens", "budget_usd", "created_at", "kind"]
+EVENT_TAIL = 200
+LOG_TAIL_LINES = 200
+
+
+def project_of(record: Dict[str, Any]) -> str:
+    """The run's project: the spec's `project` where given, else a batch run's notebook, else the run's name."""
+    spec = record.get("spec") or {}
+    if spec.get("project"):
+        return str(spec["project"])
+    batch = record.get("batch") or {}
+    if batch.get("notebook"):
+        return Path(str(batch["notebook"])).stem
+    return str(record.get("name") or "(none)")
+
+
+def run_row(record: Dict[str, Any]) -> Dict[str, Any]:
+    """One line of the Runs table from a run record."""
+    spec = record.get("spec") or {}
+    m, c = record.get("metrics") or {}, record.get("cost") or {}
+    created = record.get("created_at")
+    return {
+        "run_id": record["run_id"],
+        "name": record.get("name"),
+        "status": record.get("status"),
+        "owner": record.get("owner") or "unknown",
+        "project": project_of(record),
+        "target": record.get("target") or spec.get("target") or LOCAL_NODE,
+        "nodes": int(c.get("nodes") or spec.get("nodes") or 1),
+        "devices": record.get("device_count") or spec.get("devices"),
+        "model": spec.get("model") or ("notebook" if record.get("kind") == "batch" else None),
+        "step": int(record.get("steps_completed") or 0),
+        "max_steps": record.get("max_steps"),
+        "tokens_per_second": m.get("tokens_per_second"),
+        "loss": m.get("final_loss"),
+        "usd": c.get("usd"),
+        "usd_per_million_tokens": c.get("usd_per_million_tokens"),
+        "budget_usd": c.get("budget_usd"),
+        "created_at": pd.Timestamp(created, unit="s", tz="UTC") if created else pd.NaT,
+        "kind": record.get("kind") or "train",
+    }
+
+
+def runs_frame(records: Sequence[Dict[str, Any]]) -> pd.DataFrame:
+    """The Runs table, newest first."""
+    frame = pd.DataFrame([run_row(r) for r in records], columns=RUN_COLUMNS)
+    return frame.sort_values("created_at", ascending=False, kind="stable").reset_index(drop=True) if len(frame) else frame
+
+
+def filter_runs(frame: pd.DataFrame, *, status: Optional[str] = None, owner: Optional[str] = None, text: str = "", active_only: bool = False) -> pd.DataFrame:
+    """Rows matching a status, an owner, a piece of text (id, name, model or project) or only active runs."""
+    keep = pd.Series(True, index=frame.index)
+    if status:
+        keep &= frame["status"] == status
+    if owner:
+        keep &= frame["owner"] == owner
+    if active_only:
+        keep &= frame["status"].isin(ACTIVE_STATUSES)
+    if text:
+        needle = text.lower()
+        haystack = frame[["run_id", "name", "model", "project"]].astype(str).agg(" ".join, axis=1).str.lower()
+        keep &= haystack.str.contains(needle, regex=False)
+    return frame[keep].reset_index(drop=True)
+
+
+# -- money --------------------------------------------------------------------------------
+def _day(t: float) -> str:
+    return datetime.fromtimestamp(t, tz=timezone.utc).strftime("%Y-%m-%d")
+
+
+def spend_by_day(records: Sequence[Dict[str, Any]], now: Optional[float] = None) -> pd.DataFrame:
+    """Spend per UTC day: a run's dollars split over the days it ran, in proportion to its hours in each.
+
+    The meter charges price × wall clock, so a run's spend grows linearly with time and the split is exact
+    for one price; a run whose spend is unknown adds nothing (and is counted in `unknown_runs`).
+    """
+    now = time.time() if now is None else now
+    usd: Dict[str, float] = {}
+    unknown: Dict[str, int] = {}
+    for r in records:
+        spent = (r.get("cost") or {}).get("usd")
+        start = r.get("started_at") or r.get("created_at")
+        if start is None:
+            continue
+        end = r.get("ended_at") or (now if r.get("status") in ACTIVE_STATUSES else r.get("last_event_at") or start)
+        if spent is None:
+            unknown[_day(start)] = unknown.get(_day(start), 0) + 1
+            continue
+        span = max(float(end) - float(start), 0.0)
+        if span == 0:
+            usd[_day(start)] = usd.get(_day(start), 0.0) + float(spent)
+            continue
+        t = float(start)
+        while t < end:
+            midnight = (math.floor(t / 86400) + 1) * 86400
+            piece = min(midnight, end) - t
+            usd[_day(t)] = usd.get(_day(t), 0.0) + float(spent) * piece / span
+            t = midnight
+    days = sorted(set(usd) | set(unknown))
+    return pd.DataFrame({"day": days, "usd": [usd.get(d, 0.0) for d in days], "unknown_runs": [unknown.get(d, 0) for d in days]})
+
+
+def spend_by(frame: pd.DataFrame, column: str) -> pd.DataFrame:
+    """Dollars per owner or project (known spend summed; runs without a price counted apart), biggest first."""
+    if not len(frame):
+        return pd.DataFrame({column: [], "usd": [], "runs": [], "unknown_runs": []})
+    grouped = frame.groupby(column, dropna=False)
+    out = pd.DataFrame({"usd": grouped["usd"].sum(min_count=0), "runs": grouped.size(), "unknown_runs": grouped["usd"].apply(lambda s: int(s.isna().sum()))}).reset_index()
+    return out.sort_values("usd", ascending=False, kind="stable").reset_index(drop=True)
+
+
+def burn_rate(records: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
+    """Dollars per hour that active runs cost now (price per node-hour × nodes); runs without a price are counted, not guessed."""
+    known, unknown = 0.0, 0
+    for r in records:
+        if r.get("status") not in ACTIVE_STATUSES:
+            continue
+        c = r.get("cost") or {}
+        if c.get("price_per_hour") is None:
+            unknown += 1
+        else:
+            known += float(c["price_per_hour"]) * int(c.get("nodes") or 1)
+    return {"usd_per_hour": known, "unknown_price_runs": unknown, "active_runs": sum(1 for r in records if r.get("status") in ACTIVE_STATUSES)}
+
+
+def budgets_frame(records: Sequence[Dict[str, Any]], team_budgets: Optional[Dict[str, Dict[str, float]]] = None, now: Optional[float] = None) -> pd.DataFrame:
+    """Every budget and how close it is: each run's budget_usd, and the team's monthly budgets per user and project
+    (from $GAUDI_NB_HOME/budgets.json: {"users": {"alice": 500}, "projects": {"llama": 2000}})."""
+    rows: List[Dict[str, Any]] = []
+    for r in records:
+        c = r.get("cost") or {}
+        if c.get("budget_usd") is None:
+            continue
+        spent = c.get("usd")
+        rows.append({"budget": f"run {r['run_id']}", "scope": "run", "usd": spent, "budget_usd": float(c["budget_usd"]), "fraction": None if spent is None else float(spent) / float(c["budget_usd"]), "status": r.get("status")})
+    month = _day(time.time() if now is None else now)[:7]
+    this_month = [r for r in records if _day(r.get("created_at") or 0)[:7] == month]
+    for scope, key in (("users", "owner"), ("projects", "project")):
+        for name, limit in ((team_budgets or {}).get(scope) or {}).items():
+            mine = [r for r in this_month if (run_row(r)[key] == name)]
+            spent_known = [float((r.get("cost") or {}).get("usd")) for r in mine if (r.get("cost") or {}).get("usd") is not None]
+            total = sum(spent_known)
+            rows.append({"budget": f"{scope[:-1]} {name} ({month})", "scope": scope[:-1], "usd": total, "budget_usd": float(limit), "fraction": total / float(limit) if limit else None, "status": None})
+    frame = pd.DataFrame(rows, columns=["budget", "scope", "usd", "budget_usd", "fraction", "status"])
+    return frame.sort_values("fraction", ascending=False, na_position="last", kind="stable").reset_index(drop=True)
+
+
+def read_team_budgets(home: Optional[Path] = None) -> Dict[str, Dict[str, float]]:
+    from .. import paths
+
+    path = (home or paths.home()) / "budgets.json"
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return {scope: {str(k): float(v) for k, v in (data.get(scope) or {}).items()} for scope in ("users", "projects")}
+
+
+# -- devices and nodes --------------------------------------------------------------------
+@dataclass
+class DeviceHistory:
+    """The last window of one node's telemetry: per device, (t, utilization %, memory fraction) samples."""
+
+    labels: List[str] = field(default_factory=list)
+    samples: Deque[Tuple[float, Dict[str, Tuple[Optional[float], Optional[float], Optional[float]]]]] = field(default_factory=deque)
+    kind: Optional[str] = None
+
+    def add(self, t: float, devices: Sequence[Dict[str, Any]], window_s: float) -> None:
+        values: Dict[str, Tuple[Optional[float], Optional[float], Optional[float]]] = {}
+        for d in devices:
+            label = str(d.get("label", d.get("index")))
+            if label not in values and label not in self.labels:
+                self.labels.append(label)
+            used, total = d.get("memory_used_bytes"), d.get("memory_total_bytes")
+            memory = float(used) / float(total) * 100 if used is not None and total else None
+            values[label] = (d.get("utilization_pct"), memory, d.get("power_w"))
+            self.kind = d.get("kind") or self.kind
+        self.samples.append((t, values))
+        while self.samples and self.samples[0][0] < t - window_s:
+            self.samples.popleft()
+
+
+def heatmap(histories: Dict[str, DeviceHistory], metric: str = "utilization", now: Optional[float] = None, window_s: float = HEATMAP_WINDOW_S, columns: int = HEATMAP_COLUMNS) -> Dict[str, Any]:
+    """Devices × time as one array (NaN where nothing was sampled), rows grouped by node.
+
+    A raster, not one glyph per cell: 1024 devices × 120 time bins draw as one image, and the
+    rows are labelled per node (`node_ticks`), which is what stays readable at that size.
+    """
+    now = time.time() if now is None else now
+    index = 0 if metric == "utilization" else 1
+    rows: List[str] = []
+    node_ticks: List[Tuple[float, str]] = []
+    blocks: List[np.ndarray] = []
+    start = now - window_s
+    width = window_s / columns
+    for node in sorted(histories):
+        h = histories[node]
+        if not h.labels:
+            continue
+        block = np.full((len(h.labels), columns), np.nan)
+        counts = np.zeros((len(h.labels), columns))
+        position = {label: i for i, label in enumerate(h.labels)}
+        for t, values in h.samples:
+            column = int((t - start) // width)
+            if not 0 <= column < columns:
+                continue
+            for label, triple in values.items():
+                value = triple[index]
+                if value is None:
+                    continue
+                i = position[label]
+                block[i, column] = value if counts[i, column] == 0 else block[i, column] + value
+                counts[i, column] += 1
+        with np.errstate(invalid="ignore"):
+            block = np.where(counts > 0, block / np.maximum(counts, 1), np.nan)
+        node_ticks.append((len(rows) + len(h.labels) / 2, node))
+        rows.extend(f"{node} {label}" for label in h.labels)
+        blocks.append(block)
+    values = np.vstack(blocks) if blocks else np.full((0, columns), np.nan)
+    return {"values": values, "rows": rows, "node_ticks": node_ticks, "start": start, "end": now, "metric": metric}
+
+
+def node_utilization(history: Optional[DeviceHistory], now: float, window_s: float = IDLE_WINDOW_S) -> Optional[float]:
+    """Mean utilization of a node's devices over the last window; None when nothing was sampled."""
+    if history is None:
+        return None
+    values = [u for t, sample in history.samples if t >= now - window_s for (u, _, _) in sample.values() if u is not None]
+    return float(np.mean(values)) if values else None
+
+
+def fleet_frame(node_records: Sequence[Dict[str, Any]], records: Sequence[Dict[str, Any]], histories: Dict[str, DeviceHistory], now: Optional[float] = None) -> pd.DataFrame:
+    """Every node (this machine always, then attached ones and any a run reported from): what it has,
+    what runs on it, what it costs per hour, how busy it is, and whether it is idle while it costs money."""
+    now = time.time() if now is None else now
+    nodes: Dict[str, Dict[str, Any]] = {LOCAL_NODE: {"node": LOCAL_NODE, "address": "this machine", "accelerator": None, "devices": None, "price_per_hour": None}}
+    for n in node_records:
+        nodes[str(n["name"])] = {
+            "node": str(n["name"]),
+            "address": n.get("url") or n.get("host"),
+            "accelerator": n.get("accelerator"),
+            "devices": n.get("device_count"),
+            "price_per_hour": n.get("price_per_hour"),  # provisioned nodes carry their price; attached ones may not
+        }
+    for name in histories:
+        nodes.setdefault(name, {"node": name, "address": None, "accelerator": None, "devices": None, "price_per_hour": None})
+    active: Dict[str, List[str]] = {name: [] for name in nodes}
+    for r in records:
+        if r.get("status") not in ACTIVE_STATUSES:
+            continue
+        where = [part.strip() for part in str(r.get("target") or LOCAL_NODE).split(",")]
+        for name in where:
+            nodes.setdefault(name, {"node": name, "address": None, "accelerator": None, "devices": None, "price_per_hour": None})
+            active.setdefault(name, []).append(r["run_id"])
+            c = r.get("cost") or {}
+            if nodes[name]["price_per_hour"] is None and c.get("price_per_hour") is not None:
+                nodes[name]["price_per_hour"] = c["price_per_hour"]
+            if nodes[name]["accelerator"] is None:
+                nodes[name]["accelerator"] = r.get("accelerator")
+    rows = []
+    for name, n in nodes.items():
+        history = histories.get(name)
+        if n["devices"] is None and history is not None and history.labels:
+            n["devices"] = len(history.labels)
+        if n["accelerator"] is None and history is not None:
+            n["accelerator"] = history.kind
+        utilization = node_utilization(history, now)
+        runs = active.get(name) or []
+        costs = n["price_per_hour"] is not None and float(n["price_per_hour"]) > 0
+        idle = not runs or (utilization is not None and utilization < IDLE_UTILIZATION_PCT)
+        state = ("idle, costs money" if costs else "idle") if idle else "busy"
+        rows.append(dict(n, runs=", ".join(runs), active_runs=len(runs), utilization_pct=utilization, state=state))
+    frame = pd.DataFrame(rows, columns=["node", "state", "address", "accelerator", "devices", "active_runs", "runs", "utilization_pct", "price_per_hour"])
+    order = frame["state"].map({"idle, costs money": 0, "busy": 1, "idle": 2})
+    return frame.assign(_order=order).sort_values(["_order", "node"], kind="stable").drop(columns="_order").reset_index(drop=True)
+
+
+# -- one run in detail --------------------------------------------------------------------
+def event_text(e: Dict[str, Any]) -> str:
+    """A short line for the events table."""
+    kind = e.get("type")
+    if kind == "step":
+        return f"step {e.get('step')} loss {e.get('loss')} tokens/s {e.get('tokens_per_second')}"
+    if kind == "telemetry":
+        return f"{e.get('source')}: {len(e.get('devices') or [])} devices"
+    if kind == "cost":
+        return f"${e.get('usd')} after {e.get('elapsed_s')} s at {e.get('price_per_hour')}/h"
+    if kind == "log":
+        return f"{e.get('level')}: {e.get('message')}"
+    if kind == "run_end":
+        return f"{e.get('status')}: {e.get('reason') or ''}".strip(": ")
+    if kind == "worker_error":
+        return str(e.get("error"))
+    keys = [k for k in e if k not in ("v", "type", "t", "run_id", "node", "rank", "spec", "traceback", "last_log_lines")]
+    return ", ".join(f"{k}={e[k]}" for k in keys[:6])
+
+
+@dataclass
+class RunDetail:
+    """Curves, events, logs and the manifest of one run, kept current from a sequence cursor.
+
+    `state` is the notebook panel's own PanelState (pure: no widgets), so the dashboard's run page and
+    the notebook's panel fold the same events the same way (loss, throughput, ETA, failure).
+    """
+
+    run_id: str
+    record: Dict[str, Any] = field(default_factory=dict)
+    state: PanelState = field(init=False)
+    utilization: List[Tuple[float, float]] = field(default_factory=list)  # (t, mean device utilization %)
+    cost: List[Tuple[float, float]] = field(default_factory=list)  # (t, usd)
+    events: Deque[Dict[str, Any]] = field(default_factory=lambda: deque(maxlen=EVENT_TAIL))
+    seq: int = -1
+
+    def __post_init__(self) -> None:
+        self.state = PanelState(self.run_id)
+
+    @property
+    def loss(self) -> List[Tuple[int, float]]:
+        return self.state.loss
+
+    @property
+    def eval_loss(self) -> List[Tuple[int, float]]:
+        return self.state.eval_loss
+
+    @property
+    def throughput(self) -> List[Tuple[int, float]]:
+        return self.state.throughput
+
+    def apply(self, events: Sequence[Dict[str, Any]]) -> None:
+        self.state.apply(events)
+        for e in events:
+            kind, t = e.get("type"), float(e.get("t") or 0)
+            if kind == "telemetry":
+                values = [d["utilization_pct"] for d in e.get("devices") or [] if d.get("utilization_pct") is not None]
+                if values:
+                    self.utilization.append((t, float(np.mean(values))))
+            elif kind == "cost" and e.get("usd") is not None:
+                self.cost.append((t, float(e["usd"])))
+            self.events.append({"time": pd.Timestamp(t, unit="s", tz="UTC"), "type": kind, "node": e.get("node"), "rank": e.get("rank"), "what": event_text(e)})
+
+    def events_frame(self) -> pd.DataFrame:
+        return pd.DataFrame(list(self.events)[::-1], columns=["time", "type", "node", "rank", "what"])
+
+    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
+        """The end of the run's training log on this machine (remote runs: the mirrored copy, where there is one)."""
+        run_dir = self.record.get("run_dir")
+        if not run_dir:
+            return ""
+        path = Path(run_dir) / "logs" / "train.log"
+        try:
+            with open(path, "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                fh.seek(max(0, fh.tell() - 64 * 1024))
+                return "\n".join(fh.read().decode(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def manifest(self) -> Optional[Dict[str, Any]]:
+        """The batch run's reproducibility manifest, where it exists."""
+        path = (self.record.get("batch") or {}).get("manifest_path")
+        if not path:
+            return None
+        try:
+            return dict(json.loads(Path(path).read_text()))
+        except (OSError, ValueError):
+            return None
+
+
+# -- the whole dashboard ------------------------------------------------------------------
+class DashboardData:
+    """What every page shows, read from a RunStore and kept current by refresh().
+
+    refresh() is cheap enough to call ten times a second: one query for the runs, and for each
+    run whose event count moved, one query for its new events (from a sequence cursor). With
+    `follow`, it first pulls active runs' new events from their nodes into the store (the same
+    Run.sync the notebook and `gaudi-nb show` use), so a run started from a closed notebook moves.
+    Snapshots (`runs`, `records`, `nodes`...) are replaced whole, so readers on other threads never
+    see half an update; `version` grows when anything changed.
+    """
+
+    def __init__(self, store: Optional[RunStore] = None, *, follow: bool = True, limit: int = 500, window_s: float = HEATMAP_WINDOW_S, team_budgets: Optional[Dict[str, Dict[str, float]]] = None) -> None:
+        self.store = store or RunStore()
+        self.follow = follow
+        self.limit = limit
+        self.window_s = window_s
+        self.team_budgets = read_team_budgets() if team_budgets is None else team_budgets
+        self.records: List[Dict[str, Any]] = []
+        self.runs: pd.DataFrame = runs_frame([])
+        self.node_records: List[Dict[str, Any]] = []
+        self.histories: Dict[str, DeviceHistory] = {}
+        self.details: Dict[str, RunDetail] = {}
+        self.version = 0
+        self.last_refresh_s = 0.0
+        self.last_error: Optional[str] = None
+        self._counts: Dict[str, int] = {}  # events read per run (telemetry cursor)
+        self._handles: Dict[str, Any] = {}
+        self._nodes_read_at = 0.0
+        self._lock = threading.Lock()
+        self._thread: Optional[threading.Thread] = None
+        self._stop = threading.Event()
+
+    # -- keeping current ------------------------------------------------------------------
+    def sync_active(self) -> int:
+        """Pull active runs' new events from their nodes into the store; how many arrived."""
+        from ..api import Run
+        from ..errors import GaudiNbError
+
+        arrived = 0
+        for r in self.records:
+            if r.get("status") not in ACTIVE_STATUSES:
+                self._handles.pop(r["run_id"], None)
+                continue
+            try:
+                handle = self._handles.get(r["run_id"])
+                if handle is None:
+                    handle = self._handles[r["run_id"]] = Run(r["run_id"], self.store)
+                arrived += handle.sync()
+            except (GaudiNbError, OSError) as exc:  # one unreachable node must not stop the others
+                self.last_error = f"{r['run_id']}: {exc}"
+        return arrived
+
+    def refresh(self) -> bool:
+        """Bring every snapshot up to date; True if anything changed."""
+        with self._lock:
+            started = time.perf_counter()
+            if self.follow and not self.records:
+                self._read_runs()
+            if self.follow:
+                self.sync_active()
+            changed = self._read_runs()
+            now = time.time()
+            if now - self._nodes_read_at > 5.0:  # attached nodes change by hand: every few seconds is enough
+                self.node_records = self.store.list_nodes()
+                self._nodes_read_at = now
+                changed = True
+            if changed:
+                self.version += 1
+            self.last_refresh_s = time.perf_counter() - started
+            return changed
+
+    def _read_runs(self) -> bool:
+        with self.store.engine.connect() as connection:
+            rows = connection.execute(select(RunRow.run_id, RunRow.kind, RunRow.created_at, RunRow.owner, RunRow.events_count, RunRow.summary).order_by(RunRow.created_at.desc()).limit(self.limit)).all()
+            moved = [(row.run_id, row.events_count) for row in rows if self._counts.get(row.run_id, 0) != row.events_count]
+            if not moved and len(rows) == len(self.records):
+                return False
+            horizon = time.time() - self.window_s
+            for run_id, count in moved:
+                query = select(EventRow.payload).where(EventRow.run_id == run_id, EventRow.seq < count)  # what the runs row counted, no more
+                if run_id in self._counts and count >= self._counts[run_id]:
+                    query = query.where(EventRow.seq >= self._counts[run_id])
+                else:
+                    # first sight of the run: only its telemetry of the heat map's window matters here
+                    # (a detail page loads the rest itself), so an old store opens fast
+                    query = query.where(EventRow.type == "telemetry", EventRow.t >= horizon)
+                fresh = [payload for (payload,) in connection.execute(query.order_by(EventRow.seq))]
+                self._counts[run_id] = count
+                self._apply(fresh)
+            for run_id, detail in list(self.details.items()):
+                count = self._counts.get(run_id, 0)
+                if detail.seq < count - 1:  # an open detail page reads the rest of its run's new events
+                    query = select(EventRow.payload).where(EventRow.run_id == run_id, EventRow.seq > detail.seq, EventRow.seq < count).order_by(EventRow.seq)
+                    fresh = [payload for (payload,) in connection.execute(query)]
+                    detail.apply(fresh)
+                    detail.seq += len(fresh)
+        self.records = [public(dict(row.summary, kind=row.kind, created_at=row.created_at, owner=row.owner)) for row in rows]
+        self.runs = runs_frame(self.records)
+        for record in self.records:
+            if record["run_id"] in self.details:
+                self.details[record["run_id"]].record = record
+        return True
+
+    def _apply(self, events: Sequence[Dict[str, Any]]) -> None:
+        horizon = time.time() - self.window_s
+        for e in events:
+            if e.get("type") == "telemetry" and float(e.get("t") or 0) >= horizon and e.get("devices"):
+                node = str(e.get("node") or LOCAL_NODE)
+                self.histories.setdefault(node, DeviceHistory()).add(float(e["t"]), e["devices"], self.window_s)
+
+    # -- reading --------------------------------------------------------------------------
+    def detail(self, run_id: str) -> RunDetail:
+        """A run in detail, loaded once from the store and kept current by refresh() after that."""
+        with self._lock:
+            if run_id not in self.details:
+                run_id = self.store.resolve(run_id)
+            if run_id not in self.details:
+                detail = RunDetail(run_id, record=self.store.get(run_id))
+                events = self.store.events(run_id)  # refresh() appends what comes after these
+                detail.apply(events)
+                detail.seq = len(events) - 1
+                self.details[run_id] = detail
+            return self.details[run_id]
+
+    def fleet(self, now: Optional[float] = None) -> pd.DataFrame:
+        return fleet_frame(self.node_records, self.records, dict(self.histories), now)
+
+    def heatmap(self, metric: str = "utilization", now: Optional[float] = None) -> Dict[str, Any]:
+        return heatmap(dict(self.histories), metric, now, self.window_s)
+
+    def costs(self, now: Optional[float] = None) -> Dict[str, Any]:
+        records, frame = self.records, self.runs
+        return {
+            "by_user": spend_by(frame, "owner"),
+            "by_project": spend_by(frame, "project"),
+            "by_day": spend_by_day(records, now),
+            "burn": burn_rate(records),
+            "budgets": budgets_frame(records, self.team_budgets, now),
+            "total_usd": float(frame["usd"].sum()) if len(frame) else 0.0,
+        }
+
+    # -- a thread that keeps it current (the server's; sessions only read) ---------------
+    def start(self, interval_s: float = 0.1) -> "DashboardData":
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, args=(interval_s,), name="gaudi-nb-dashboard", daemon=True)
+            self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+            self._thread = None
+
+    def _loop(self, interval_s: float) -> None:
+        while not self._stop.is_set():
+            started = time.monotonic()
+            try:
+                self.refresh()
+                self.last_error = None
+            except Exception as exc:  # a locked store or a vanished folder: say so and try again next tick
+                self.last_error = f"{type(exc).__name__}: {exc}"
+            self._stop.wait(max(0.01, interval_s - (time.monotonic() - started)))
+
+
+__all__ = ["DashboardData", "RunDetail", "DeviceHistory", "runs_frame", "filter_runs", "fleet_frame", "heatmap", "spend_by", "spend_by_day", "burn_rate", "budgets_frame", "project_of"]

@@ -362,15 +362,18 @@ class Watchdog:
     def _ask_runs_to_stop(self, now: float) -> None:
         from ..rundir import RunFolder
 
-        spent = spend_usd(self.config, now) or 0.0
-        why = f"the node's budget of ${float(self.config.budget_usd or 0):.2f} is spent (${spent:.2f}): the watchdog will {self.config.action} the machine"
         for run_id in self.state.active_runs:
             try:
-                RunFolder(self.home / "runs" / run_id).request_stop(why)
+                # the agent reads the reason as the run's final status: the node's budget ends it as budget_exceeded
+                RunFolder(self.home / "runs" / run_id).request_stop("budget_exceeded")
             except OSError as exc:
                 self.log(f"could not ask run {run_id} to stop: {exc}")
         self.state.runs_asked_to_stop_at = now
-        self.log(f"over budget; asked {len(self.state.active_runs)} run(s) to stop ({', '.join(self.state.active_runs)}), {self.config.stop_grace_s:g} s grace")
+        spent = spend_usd(self.config, now) or 0.0
+        self.log(
+            f"the node's budget of ${float(self.config.budget_usd or 0):.2f} is spent (${spent:.2f}); asked {len(self.state.active_runs)} run(s) "
+            f"to stop after a checkpoint ({', '.join(self.state.active_runs)}), {self.config.stop_grace_s:g} s grace before the {self.config.action}"
+        )
 
     def act(self, reason: str, now: float) -> bool:
         """Record why, then stop or terminate this machine through its provider; True if the call succeeded."""

@@ -1,0 +1,347 @@
+"""The node's watchdog: decide() on its own, and the real detached watchdog stopping a machine in moto's EC2."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from gaudi_nb.errors import SpecError
+from gaudi_nb.nodes import watchdog
+from gaudi_nb.nodes.watchdog import WatchdogConfig, WatchdogState, decide
+from gaudi_nb.telemetry.base import DeviceSample, HostSample, Sample
+
+VENV_PYTHON = sys.executable
+REGION = "us-west-2"
+
+
+def config(**overrides):
+    values = dict(provider="aws", region=REGION, instance_id="i-1", launched_at=0.0, idle_minutes=1.0, utilization_threshold_pct=10.0, utilization_window_s=30.0)
+    values.update(overrides)
+    return WatchdogConfig.from_dict(values)
+
+
+def state(cfg=None, samples=(), runs=(), **fields):
+    return WatchdogState(config=cfg or config(), started_at=0.0, samples=list(samples), active_runs=list(runs), **fields)
+
+
+def low(until, every=5.0, value=3.0):
+    return [(t, value) for t in range(0, int(until) + 1, int(every))]
+
+
+# -- decide(): the pure part ----------------------------------------------------------------
+
+
+def test_idle_after_idle_minutes_with_quiet_cards():
+    s = state(samples=low(120))
+    assert decide(s, 59.0) is None
+    reason = decide(s, 60.0)
+    assert reason.startswith("idle: no run for 1.0 min") and "below 10%" in reason
+
+
+def test_a_busy_card_inside_the_window_keeps_the_machine():
+    samples = low(120)
+    samples[-3] = (110.0, 85.0)  # someone trains by hand, without gaudi_nb
+    s = state(samples=samples)
+    assert decide(s, 120.0) is None
+    assert decide(s, 141.0).startswith("idle:")  # the spike left the 30 s window
+
+
+def test_the_window_must_be_watched_whole_before_idle():
+    s = state(config(idle_minutes=0.0, utilization_window_s=60.0), samples=low(30))
+    assert decide(s, 30.0) is None
+    assert decide(s, 60.0).startswith("idle:")
+
+
+def test_warm_up_with_a_live_agent_is_busy_and_the_idle_clock_starts_when_the_run_ends():
+    # graph compilation: the agent is alive, no step yet, the cards read 0%
+    s = state(samples=low(600, value=0.0), runs=["r1"])
+    assert decide(s, 600.0) is None
+    s.active_runs, s.last_run_at = [], 600.0
+    assert decide(s, 659.0) is None
+    assert decide(s, 660.0).startswith("idle: no run for 1.0 min")
+
+
+def test_no_idle_minutes_means_never_idle():
+    assert decide(state(config(idle_minutes=None), samples=low(10_000)), 10_000.0) is None
+
+
+def test_unreadable_utilization_leaves_the_decision_to_the_runs():
+    assert decide(state(samples=[(t, None) for t in range(0, 61, 5)]), 60.0).startswith("idle:")
+
+
+def test_budget_spent_acts_with_the_spend_in_the_reason():
+    s = state(config(idle_minutes=None, budget_usd=5.0, price_per_hour=10.0))
+    assert decide(s, 1799.0) is None
+    reason = decide(s, 1800.0)
+    assert reason.startswith("budget: the node has spent $5.00 of its $5.00 budget (0.50 h at $10.00/h)")
+
+
+def test_over_budget_with_a_run_waits_for_it_to_stop_then_for_the_grace():
+    s = state(config(budget_usd=1.0, price_per_hour=10.0, stop_grace_s=60.0), runs=["r1"])
+    assert decide(s, 3600.0) is None  # the loop asks the run to stop first
+    s.runs_asked_to_stop_at = 3600.0
+    assert decide(s, 3659.0) is None
+    assert "1 run(s) still going 1.0 min after being asked to stop (r1)" in decide(s, 3660.0)
+    s.active_runs = []
+    assert decide(s, 3601.0).startswith("budget:")  # the run stopped: go at once
+
+
+def test_an_unknown_price_enforces_no_budget():
+    assert decide(state(config(idle_minutes=None, budget_usd=1.0, price_per_hour=None)), 1e9) is None
+
+
+def test_after_a_successful_call_it_waits_before_asking_again():
+    s = state(samples=low(1000), acted_at=900.0)
+    assert decide(s, 1000.0) is None
+    assert decide(s, 1500.0).startswith("idle:")
+
+
+def test_utilization_is_the_busiest_card_else_the_host_cpu():
+    host = HostSample(cpu_percent=42.0, memory_used_bytes=1, memory_total_bytes=2, process_rss_bytes=1)
+    cards = [DeviceSample(0, "hpu", "hpu 0", 12.0, None, None), DeviceSample(1, "hpu", "hpu 1", 97.0, None, None)]
+    assert watchdog.utilization_of(Sample(0.0, "hlml", cards, host)) == 97.0
+    assert watchdog.utilization_of(Sample(0.0, "host", [], host)) == 42.0
+    assert watchdog.utilization_of(Sample(0.0, "hl-smi", [DeviceSample(0, "hpu", "hpu 0", None, None, None)], host)) is None
+
+
+def test_a_bad_setting_is_one_line():
+    with pytest.raises(SpecError, match="use stop .* or terminate"):
+        config(action="shutdown")
+    with pytest.raises(SpecError, match="unknown watchdog setting"):
+        config(idle_mins=3)
+
+
+def test_active_runs_reads_agents_and_run_ends(tmp_path):
+    runs = tmp_path / "runs"
+    (runs / "dead").mkdir(parents=True)
+    (runs / "dead" / "agent.pid").write_text("999999999")
+    (runs / "pending").mkdir()  # the client is still copying its inputs: no agent yet
+    (runs / "ended").mkdir()
+    (runs / "ended" / "events.jsonl").write_text('{"type":"run_end","status":"failed"}\n')
+    assert watchdog.active_runs(tmp_path) == ["pending"]
+    assert watchdog.active_runs(tmp_path, now=time.time() + watchdog.AGENTLESS_QUIET_S + 1) == []
+
+
+def test_the_crontab_line_replaces_only_its_own_home(tmp_path):
+    home = tmp_path / "h"
+    line = watchdog.cron_line("/venv/bin/python", home / "watchdog" / "config.json", home)
+    assert line.startswith("@reboot cd ") and "-m gaudi_nb.nodes.watchdog run --config" in line
+    once = watchdog.with_cron_line("MAILTO=x\n0 * * * * backup\n", line, home)
+    assert watchdog.with_cron_line(once, line, home) == once
+    assert once.splitlines() == ["MAILTO=x", "0 * * * * backup", line]
+
+
+# -- the real thing: a detached watchdog on a local node, moto's EC2 as the cloud ---------------------
+
+
+def _free_port():
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ec2_endpoint(request):
+    """moto's EC2 server: the session's `moto_server` where conftest has one, else this module's own."""
+    try:
+        server = request.getfixturevalue("moto_server")
+    except pytest.FixtureLookupError:
+        server = None
+    if server is not None:
+        yield server if isinstance(server, str) else server.url
+        return
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    own = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    own.start()
+    yield f"http://127.0.0.1:{port}"
+    own.stop()
+
+
+def aws_environment(endpoint):
+    return {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION}
+
+
+@pytest.fixture
+def machine(ec2_endpoint):
+    """A real instance in moto; its id and a function that reads its state."""
+    import boto3
+
+    ec2 = boto3.client("ec2", endpoint_url=ec2_endpoint, region_name=REGION, aws_access_key_id="testing", aws_secret_access_key="testing")
+    instance = ec2.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1, InstanceType="dl1.24xlarge")["Instances"][0]["InstanceId"]
+
+    def state_of():
+        return ec2.describe_instances(InstanceIds=[instance])["Reservations"][0]["Instances"][0]["State"]["Name"]
+
+    return instance, state_of
+
+
+def node_config(home, endpoint, instance, **overrides):
+    values = dict(
+        provider="aws",
+        region=REGION,
+        instance_id=instance,
+        launched_at=time.time(),
+        action="stop",
+        idle_minutes=0.03,  # ~2 s
+        utilization_threshold_pct=101.0,  # the host CPU of a shared test machine must not decide here; decide() tests cover it
+        utilization_window_s=1.0,
+        check_interval_s=0.25,
+        home=str(home),
+        node="wd",
+        environment=aws_environment(endpoint),
+    )
+    values.update(overrides)
+    return values
+
+
+def start_here(home, values):
+    """What start_on_node runs on the node, run on this one (no reboot hooks: this machine's crontab stays as it is)."""
+    done = subprocess.run(
+        [VENV_PYTHON, "-m", "gaudi_nb.nodes.watchdog", "start", "--config", str(watchdog.config_path(home)), "--config-stdin", "--no-reboot"],
+        input=json.dumps(values),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "GAUDI_NB_HOME": str(home)},
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout.splitlines()[-1])
+
+
+@pytest.fixture
+def stop_watchdogs():
+    homes = []
+    yield homes.append
+    for home in homes:
+        watchdog.stop(home)
+
+
+def wait_for(check, timeout, every=0.2):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = check()
+        if value:
+            return value
+        time.sleep(every)
+    return check()
+
+
+def log_of(home):
+    path = watchdog.watchdog_dir(home) / "watchdog.log"
+    return path.read_text() if path.exists() else "(no log)"
+
+
+def test_an_idle_node_stops_itself_with_no_client_connected(gaudi_home, ssh_home, sshd, machine, ec2_endpoint, stop_watchdogs):
+    import gaudi_nb
+
+    instance, state_of = machine
+    record = gaudi_nb.attach(sshd.url, name="wd", python=VENV_PYTHON)
+    home = gaudi_home / "node"  # this test's own node home: other tests' runs on the session's sshd home are not ours
+    stop_watchdogs(home)
+    started = time.monotonic()
+    answer = watchdog.start_on_node({**record, "home": str(home)}, node_config(home, ec2_endpoint, instance), reboot=False)
+    assert answer["started"] == "started" and answer["pid"]
+    # the SSH session is closed; nothing of this client is connected while the watchdog works
+    assert wait_for(lambda: state_of() == "stopped", 30), log_of(home)
+    seconds = time.monotonic() - started
+    last = watchdog.read_last_action(home)
+    assert last["kind"] == "idle" and last["action"] == "stop" and last["status"] == "requested", last
+    assert last["reason"].startswith("idle: no run for") and last["instance_id"] == instance
+    assert "stop requested" in log_of(home)
+    print(f"\nidle node stopped {seconds:.1f} s after start_on_node (idle_minutes 0.03, window 1 s)")
+    # a second start with the same config keeps the running watchdog
+    again = watchdog.start_on_node({**record, "home": str(home)}, json.loads(watchdog.config_path(home).read_text()), reboot=False)
+    assert again["started"] == "kept" and again["pid"] == answer["pid"]
+
+
+def tiny_run(**options):
+    import gaudi_nb
+    from gaudi_nb.presets import sample_text_path
+
+    return gaudi_nb.train(dataset=str(sample_text_path()), devices=1, **options)
+
+
+def test_a_live_run_keeps_the_machine_warm_up_included(gaudi_home, machine, ec2_endpoint, stop_watchdogs):
+    instance, state_of = machine
+    stop_watchdogs(gaudi_home)
+    run = tiny_run(max_steps=5)
+    answer = start_here(gaudi_home, node_config(gaudi_home, ec2_endpoint, instance))
+    assert answer["started"] == "started" and answer["survives_reboot"] is False
+    seen_busy_before_first_step = False
+    while not run.done:
+        status = watchdog.read_status(gaudi_home) or {}
+        if run.run_id in status.get("active_runs", []) and run.record()["steps_completed"] == 0:
+            seen_busy_before_first_step = True
+        assert state_of() == "running", f"stopped during the run: {watchdog.read_last_action(gaudi_home)}"
+        time.sleep(0.5)
+    ended = time.time()
+    assert run.record()["status"] == "succeeded"
+    assert seen_busy_before_first_step  # graph-compilation warm-up counted as busy
+    assert wait_for(lambda: state_of() == "stopped", 30), log_of(gaudi_home)
+    last = watchdog.read_last_action(gaudi_home)
+    assert last["kind"] == "idle" and last["t"] >= ended - 1.0
+
+
+def test_a_spent_budget_stops_the_run_cleanly_then_terminates_the_machine(gaudi_home, machine, ec2_endpoint, stop_watchdogs):
+    instance, state_of = machine
+    stop_watchdogs(gaudi_home)
+    run = tiny_run(max_steps=2000)
+    assert wait_for(lambda: run.record()["steps_completed"] >= 1 or run.done, 120)
+    values = node_config(gaudi_home, ec2_endpoint, instance, action="terminate", idle_minutes=None, launched_at=time.time() - 3600, price_per_hour=2.0, budget_usd=1.5, stop_grace_s=60.0)
+    start_here(gaudi_home, values)
+    assert wait_for(lambda: state_of() == "terminated", 60), log_of(gaudi_home)
+    record = run.wait(timeout=30).record()
+    assert record["status"] == "budget_exceeded" and record["exit"]["reason"] == "budget reached: stopped after a checkpoint", record["exit"]
+    assert record["steps_completed"] < 2000
+    last = watchdog.read_last_action(gaudi_home)
+    assert last["kind"] == "budget" and last["action"] == "terminate" and last["spend_usd"] >= 1.5
+    assert "asked 1 run(s) to stop after a checkpoint" in log_of(gaudi_home)
+
+
+def test_a_failing_provider_call_is_recorded_and_retried_next_check(gaudi_home, machine, ec2_endpoint, monkeypatch):
+    instance, state_of = machine
+    for name, value in {**aws_environment(f"http://127.0.0.1:{_free_port()}"), "AWS_MAX_ATTEMPTS": "1"}.items():
+        monkeypatch.setenv(name, value)  # nothing listens there: the call fails at once
+    values = node_config(gaudi_home, ec2_endpoint, instance, idle_minutes=0.0, utilization_window_s=0.0)
+    dog = watchdog.Watchdog(WatchdogConfig.from_dict(values), now=time.time() - 5)
+    assert dog.tick().startswith("idle:")
+    failed = watchdog.read_last_action(gaudi_home)
+    assert failed["status"] == "failed" and failed["error"] and state_of() == "running"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", ec2_endpoint)
+    assert dog.tick().startswith("idle:")  # the next check asks again
+    assert watchdog.read_last_action(gaudi_home)["status"] == "requested" and state_of() == "stopped"
+    assert dog.tick() is None  # asked already: not again until act_again_after_s
+    attempts = [json.loads(line)["status"] for line in (watchdog.watchdog_dir(gaudi_home) / "actions.jsonl").read_text().splitlines()]
+    assert attempts == ["acting", "failed", "acting", "requested"]
+
+
+def test_start_survives_a_reboot_by_crontab_where_there_is_no_systemd_and_is_idempotent(gaudi_home, tmp_path, monkeypatch, stop_watchdogs):
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    monkeypatch.setattr(watchdog, "_systemd_is_init", lambda: False)  # never this machine's systemd
+    monkeypatch.setenv("PATH", str(bare))
+    stop_watchdogs(gaudi_home)
+    path = watchdog.config_path(gaudi_home)
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(dict(provider="aws", region=REGION, instance_id="i-x", launched_at=time.time(), check_interval_s=0.5)))
+    first = watchdog.start(path)
+    assert first["started"] == "started" and first["survives_reboot"] is False and "will not start again after a reboot" in first["note"]
+    # a crontab that keeps its table in a file (this machine's own crontab is never touched)
+    table = tmp_path / "crontab.txt"
+    (bare / "crontab").write_text(f'#!/bin/sh\nif [ "$1" = "-l" ]; then /bin/cat {table} 2>/dev/null || exit 1; else /bin/cat > {table}; fi\n')
+    (bare / "crontab").chmod(0o755)
+    second = watchdog.start(path)
+    assert second["started"] == "kept" and second["pid"] == first["pid"]
+    assert second["how"] == "crontab" and second["survives_reboot"] is True
+    assert table.read_text().count("@reboot") == 1 and f"--config {path}" in table.read_text()
+    path.write_text(json.dumps(dict(provider="aws", region=REGION, instance_id="i-x", launched_at=time.time(), check_interval_s=0.5, idle_minutes=30)))
+    third = watchdog.start(path)
+    assert third["started"] == "replaced" and third["pid"] != first["pid"]
+    assert table.read_text().count("@reboot") == 1  # one line per home, replaced

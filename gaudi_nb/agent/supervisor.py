@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -24,13 +25,14 @@ import psutil
 
 from .. import accel
 from ..cost import catalog, meter
-from ..events import EventWriter, Tailer
+from ..events import EventWriter, Tailer, read_events
 from ..launch import LaunchPlan, build_launch, pick_launcher
 from ..launch.cluster import cluster_launch_options
-from ..rundir import RunFolder
+from ..rundir import ATTEMPT_ENV, RESUME_FROM_ENV, RunFolder
 from ..spec import RunSpec
 from ..worker.trainers import pick_trainer
 from ..worker.watchdog import agent_environment
+from .liveness import process_alive
 
 # After a stop request the ranks finish two steps and save a checkpoint; a run that
 # takes longer than this is terminated (a hung rank must not keep spending money).
@@ -66,6 +68,37 @@ def failure_reason(lines: List[str], exit_code: int) -> str:
         if ("Error" in text or "Exception" in text) and not text.startswith(("File ", "Traceback", "raise ")) and "ChildFailedError" not in text:
             return text[:300]
     return f"the launcher exited with code {exit_code}"
+
+
+_FAILED_RANK = re.compile(r"^\s*rank\s*:\s*(\d+)")
+_EXIT_CODE = re.compile(r"^\s*exitcode\s*:\s*(-?\d+)")
+
+
+def crash_details(lines: List[str], exit_code: Optional[int]) -> Dict[str, Any]:
+    """Which rank ended an attempt and how, from torchrun's failure summary ("Root Cause" block:
+    rank, exitcode; a negative exit code is the signal)."""
+    start = max((i for i, line in enumerate(lines) if "Root Cause" in line), default=-1)
+    rank = code = None
+    for line in lines[start + 1:]:
+        text = line.split("]: ", 1)[-1]
+        if rank is None and _FAILED_RANK.match(text):
+            rank = int(_FAILED_RANK.match(text).group(1))  # type: ignore[union-attr]
+        elif code is None and _EXIT_CODE.match(text):
+            code = int(_EXIT_CODE.match(text).group(1))  # type: ignore[union-attr]
+    name = None
+    if code is not None and code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+    who = f"rank {rank}" if rank is not None else "a rank"
+    if name is not None:
+        reason = f"{who} was killed by {name}"
+    elif code is not None:
+        reason = f"{who} exited with code {code}"
+    else:
+        reason = f"the launcher exited with code {exit_code}"
+    return {"rank": rank, "exit_code": code if code is not None else exit_code, "signal": name, "reason": reason}
 
 
 # -- several nodes ------------------------------------------------------------------------------
@@ -276,6 +309,7 @@ class Agent:
         self.last_step = 0
         self.last_cost: Optional[float] = None
         self.worker_error: Optional[str] = None
+        self.rank_errors: Dict[int, str] = {}  # this attempt's, by rank: a crash names the failed rank's own error
         self.stop_requested_at: Optional[float] = None
         self.killed_with: Optional[str] = None  # the signal that ended ranks which ignored a stop request
         self.exporter: Any = None
@@ -294,6 +328,13 @@ class Agent:
         self.peer_usd: Dict[str, Optional[float]] = {}
         self.peer_ends: Dict[str, Tuple[str, str]] = {}
         self.peer_failure: Optional[str] = None
+        # attempts: a crashed rank restarts the ranks from the last complete checkpoint (--max-restarts)
+        self.attempt = 1
+        self.restarts_used = 0
+        self.resume_from: Optional[str] = None  # the checkpoint folder this attempt's ranks continue from
+        self.crash: Optional[Dict[str, Any]] = None  # how the last attempt ended, when a rank crashed
+        self.rank_pids: Dict[int, int] = {}  # this attempt's ranks, from their worker_start events
+        self.metered_before_s = 0.0  # a resumed run: the wall clock its earlier agents metered
 
     # -- lifecycle -------------------------------------------------------
     def run_to_end(self) -> str:
@@ -320,43 +361,84 @@ class Agent:
         worker = ["-m", "gaudi_nb.worker.script" if self.spec.script else "gaudi_nb.worker", "--run-dir", str(self.run_dir)]
         placement: Dict[str, Any] = {}
         plan: Optional[LaunchPlan]
+        resumed = self._resume_request()
+
+        def single_node_plan() -> LaunchPlan:
+            # in a cluster-started job (Kubernetes operators) the pod's environment says where this node stands;
+            # a fresh port for each attempt: the last attempt's rendezvous port may not be free yet
+            where = {"master_port": free_port(), **cluster_launch_options(os.environ, self.spec.nodes)}
+            return build_launch(self.spec, worker, python=sys.executable, accelerator=accelerator, launcher=launcher, **where)
+
         if self.cluster is not None:
             self._start_peers()
             local_addr, ifname = route_to(str(self.cluster["master_addr"]))
             plan = cluster_plan(self.spec, self.cluster, worker, python=sys.executable, accelerator=accelerator, launcher=launcher, local_addr=local_addr, ifname=ifname)
             placement = {"node_rank": self.cluster["node_rank"], "nodes": self.cluster["nodes"], "master_addr": self.cluster["master_addr"], "local_addr": local_addr, "ifname": ifname}
         else:
-            # in a cluster-started job (Kubernetes operators) the pod's environment says where this node stands
-            where = {"master_port": free_port(), **cluster_launch_options(os.environ, self.spec.nodes)}
-            plan = build_launch(self.spec, worker, python=sys.executable, accelerator=accelerator, launcher=launcher, **where)
+            plan = single_node_plan()
         if plan is not None:
             self.run_modules = plan.env.get("HABANA_VISIBLE_MODULES")
             for name, content in plan.files.items():
                 (self.run_dir / name).write_text(content)
         self._start_exporter()
-        self.events.emit(
-            "run_start",
-            spec=self.spec.to_json_dict(),
-            run_dir=str(self.run_dir),
-            pid=os.getpid(),
-            hostname=socket.gethostname(),
-            accelerator=accelerator,
-            trainer=pick_trainer(self.spec.trainer, accelerator),
-            launcher=plan.launcher if plan is not None else launcher,
-            command=plan.describe() if plan is not None else f"(this node's ranks are started by node 0's {launcher})",
-            price_per_hour=self.price_per_hour,
-            price_source=self.price_source,
-            metrics_port=getattr(self.exporter, "port", None),
-            **placement,
-        )
+        if resumed is not None:
+            # `gaudi-nb resume` wrote the restart event and chose the checkpoint; the run_start is the first agent's
+            self.attempt = int(resumed.get("attempt") or 2)
+            self.resume_from = resumed.get("checkpoint")
+            self.last_step = int(resumed.get("from_step") or 0)
+            self.metered_before_s = self._metered_so_far()
+            self.events.emit("log", level="info", message=f"attempt {self.attempt}: agent pid {os.getpid()} resumes from {self.resume_from or 'step 0'}",
+                             pid=os.getpid(), command=plan.describe() if plan is not None else None, metrics_port=getattr(self.exporter, "port", None))
+        else:
+            self.events.emit(
+                "run_start",
+                spec=self.spec.to_json_dict(),
+                run_dir=str(self.run_dir),
+                pid=os.getpid(),
+                hostname=socket.gethostname(),
+                accelerator=accelerator,
+                trainer=pick_trainer(self.spec.trainer, accelerator),
+                launcher=plan.launcher if plan is not None else launcher,
+                command=plan.describe() if plan is not None else f"(this node's ranks are started by node 0's {launcher})",
+                price_per_hour=self.price_per_hour,
+                price_source=self.price_source,
+                metrics_port=getattr(self.exporter, "port", None),
+                **placement,
+            )
+        if self.cluster is not None and self.spec.max_restarts:
+            self.events.emit("log", level="warning", message="--max-restarts applies to one-node runs in this version: a crashed rank ends this run across nodes as failed")
         if plan is None:
             self.telemetry = self._start_telemetry()
             return self._supervise()
+        first = True
+        while True:
+            self._start_ranks(plan)
+            if first:
+                self.telemetry = self._start_telemetry()
+                first = False
+            elif self.telemetry is not None:
+                self._follow_rank_pids(self.telemetry)
+            exit_code = self._supervise()
+            self.crash = self._crashed(exit_code)
+            if self.crash is None or not self._may_restart():
+                return exit_code
+            self._restart(self.crash)
+            plan = single_node_plan()
+
+    def _start_ranks(self, plan: LaunchPlan) -> None:
+        env = {**os.environ, **plan.env, "PYTHONUNBUFFERED": "1", **agent_environment(), ATTEMPT_ENV: str(self.attempt)}
+        env.pop(RESUME_FROM_ENV, None)
+        if self.resume_from:
+            env[RESUME_FROM_ENV] = self.resume_from
+        self.rank_pids = {}
         with open(self.folder.train_log, "ab") as log:
+            if self.attempt > 1:
+                log.write(f"--- gaudi_nb: attempt {self.attempt}, from {self.resume_from or 'step 0'} ---\n".encode())
+                log.flush()
             self.process = subprocess.Popen(
                 plan.argv,
                 # the ranks watch this pid and stop when the agent is gone (see worker/watchdog.py)
-                env={**os.environ, **plan.env, "PYTHONUNBUFFERED": "1", **agent_environment()},
+                env=env,
                 cwd=self.run_dir,
                 stdin=subprocess.DEVNULL,
                 stdout=log,
@@ -364,8 +446,78 @@ class Agent:
                 start_new_session=True,  # its own process group, so a hung run can be killed whole
             )
         (self.run_dir / "launcher.pid").write_text(str(self.process.pid))
-        self.telemetry = self._start_telemetry()
-        return self._supervise()
+
+    # -- attempts --------------------------------------------------------
+    def _resume_request(self) -> Optional[Dict[str, Any]]:
+        """What `gaudi-nb resume` asked of this agent (control/resume.json), or None for a fresh run."""
+        try:
+            request = json.loads(self.folder.resume_request.read_text())
+        except (OSError, ValueError):
+            return None
+        return request if isinstance(request, dict) else None
+
+    def _metered_so_far(self) -> float:
+        """The wall clock this node's earlier agents metered: a resumed run's spend goes on from there."""
+        events, _ = read_events(self.folder.events)
+        costs = [e for e in events if e.get("type") == "cost" and e.get("node") == self.node and e.get("elapsed_s") is not None]
+        return float(costs[-1]["elapsed_s"]) if costs else 0.0
+
+    def _crashed(self, exit_code: int) -> Optional[Dict[str, Any]]:
+        """How a rank crashed, or None when the attempt ended well or because it was asked to stop."""
+        if exit_code == 0 or self.stop_requested_at is not None or self.folder.stop_reason() or self.cluster_stop or self.killed_with:
+            return None
+        crash = crash_details(tail_lines(self.folder.train_log, 200), exit_code)
+        error = self.rank_errors.get(crash["rank"]) if crash["rank"] is not None else self.worker_error
+        if error:  # the failed rank's own exception; the others' are echoes of it (a peer reset the connection)
+            crash["reason"] += f": {error}"
+        return crash
+
+    def _may_restart(self) -> bool:
+        # across nodes every node's ranks would have to restart together: not in this version
+        return self.cluster is None and self.restarts_used < self.spec.max_restarts
+
+    def _restart(self, crash: Dict[str, Any]) -> None:
+        """End what is left of the attempt, then start the next one from the newest complete checkpoint."""
+        self._kill_leftover_ranks()
+        checkpoint = self.folder.last_checkpoint()
+        self.folder.discard_unfinished_checkpoints()  # a half-written folder would confuse the Trainer's rotation
+        self.restarts_used += 1
+        self.attempt += 1
+        from_step = checkpoint.step if checkpoint is not None else 0
+        self.resume_from = str(checkpoint.path) if checkpoint is not None else None
+        self.events.emit(
+            "restart",
+            attempt=self.attempt,
+            cause="crash",
+            from_step=from_step,
+            checkpoint=self.resume_from,
+            reason=crash["reason"],
+            failed_rank=crash.get("rank"),
+            exit_code=crash.get("exit_code"),
+            signal=crash.get("signal"),
+            restarts_left=self.spec.max_restarts - self.restarts_used,
+        )
+        self.last_step = from_step
+        self.worker_error = None
+        self.rank_errors = {}
+        self._step_times = []
+
+    def _kill_leftover_ranks(self) -> None:
+        """The launcher usually ends its other ranks itself; whatever survived it must not hold devices or ports."""
+        if self.process is not None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        alive = [pid for pid in self.rank_pids.values() if process_alive(pid, "gaudi_nb.worker")]
+        for pid in alive:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except OSError:
+                pass
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(process_alive(pid, "gaudi_nb.worker") for pid in alive):
+            time.sleep(0.1)
 
     def _supervise(self) -> int:
         while True:
@@ -416,7 +568,11 @@ class Agent:
         else:
             status = "failed"
             fields["reason"] = self.peer_failure or self.worker_error or failure_reason(lines, exit_code or 0)
+            if self.crash is not None and self.spec.max_restarts and self.cluster is None:
+                fields["reason"] = f"{self.crash['reason']}; no restarts left ({self.restarts_used} of --max-restarts {self.spec.max_restarts} used)"
             fields["last_log_lines"] = lines
+        if self.attempt > 1:
+            fields["attempt"] = self.attempt
         self.events.emit("run_end", status=status, **fields)
         self.events.close()
         if self.peers is not None:
@@ -470,7 +626,7 @@ class Agent:
             return None
 
     def _emit_cost(self) -> Optional[float]:
-        elapsed = time.time() - self.started
+        elapsed = self.metered_before_s + time.time() - self.started
         nodes = 1 if self.cluster is not None else self.spec.nodes  # across nodes each agent meters its own node
         usd = meter.cost_so_far(elapsed, self.price_per_hour, nodes)
         self.last_cost = usd
@@ -484,8 +640,12 @@ class Agent:
                 if event.get("step_time_s"):
                     self._step_times = (self._step_times + [float(event["step_time_s"])])[-10:]
                     self.fastest_step_s = min(self._step_times)
-            elif event.get("type") == "worker_error" and self.worker_error is None:
-                self.worker_error = f"rank {event.get('rank')}: {event.get('error')}"
+            elif event.get("type") == "worker_start" and event.get("pid") and event.get("node", self.node) == self.node:
+                self.rank_pids[int(event.get("rank") or 0)] = int(event["pid"])
+            elif event.get("type") == "worker_error":
+                self.rank_errors.setdefault(int(event.get("rank") or 0), str(event.get("error")))
+                if self.worker_error is None:
+                    self.worker_error = f"rank {event.get('rank')}: {event.get('error')}"
             if self.exporter is not None:
                 self.exporter.observe(event)
 
@@ -617,7 +777,6 @@ class Agent:
         except Exception as exc:  # telemetry must never stop a run
             self.events.emit("log", level="warning", message=f"no telemetry: {exc}")
             return None
-        expected = self.spec.devices
 
         def on_sample(sample: Any) -> None:
             self.events.emit("telemetry", **sample.to_dict())
@@ -627,10 +786,16 @@ class Agent:
             self.events.emit("log", level="warning", message=message)
 
         loop = TelemetryLoop(source, on_sample, interval_s=1.0, on_error=on_error)
+        self._follow_rank_pids(loop)
+        loop.start()
+        return loop
+
+    def _follow_rank_pids(self, loop: Any) -> None:
+        """Ranks appear a few seconds after the launcher (after each restart too); the host source needs their pids."""
+        process, expected = self.process, self.spec.devices
 
         def refresh_pids() -> None:
-            # Ranks appear a few seconds after the launcher; the host source needs their pids.
-            while self.process is not None and self.process.poll() is None:
+            while process is not None and process.poll() is None:
                 pids = self._rank_pids()
                 if pids:
                     loop.set_pids(pids)
@@ -639,8 +804,6 @@ class Agent:
                 time.sleep(0.5)
 
         threading.Thread(target=refresh_pids, daemon=True).start()
-        loop.start()
-        return loop
 
     def _start_exporter(self) -> None:
         """Prometheus /metrics on loopback (a free port unless GAUDI_NB_METRICS_PORT says; "off" disables it)."""

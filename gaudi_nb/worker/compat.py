@@ -75,3 +75,27 @@ def patch_model_off_hpu(model: Any) -> None:
         return
     for flag in ("attn_softmax_bf16", "use_flash_attention", "flash_attention_recompute", "flash_attention_causal_mask"):
         setattr(config, flag, False)
+
+
+def load_checkpoints_on_cpu(trainer: Any) -> None:
+    """Resume a CPU run of several ranks: the Trainer loads optimizer.pt with map_location=args.device,
+    which is "cpu:0" there, and torch.load cannot restore a location with an index on CPU."""
+    original = trainer._load_optimizer_and_scheduler
+
+    def load(checkpoint: Any) -> Any:
+        import torch
+
+        real_load = torch.load
+
+        def cpu_load(*args: Any, **kwargs: Any) -> Any:
+            if str(kwargs.get("map_location", "")).startswith("cpu"):
+                kwargs["map_location"] = "cpu"
+            return real_load(*args, **kwargs)
+
+        torch.load = cpu_load
+        try:
+            return original(checkpoint)
+        finally:
+            torch.load = real_load
+
+    trainer._load_optimizer_and_scheduler = load

@@ -10,7 +10,7 @@ from .. import accel as accel_room
 from ..events import BackgroundEventWriter
 from ..rundir import CHECKPOINT_COMPLETE, RESUME_FROM_ENV, RunFolder
 from ..spec import RunSpec
-from . import watchdog
+from . import compat, watchdog
 from .callback import EventCallback
 from .data import BlockDataset, pack, read_texts, split_blocks
 from .models import build_model_and_tokenizer
@@ -107,6 +107,8 @@ def train(run_dir: Path, *, writer: Optional[BackgroundEventWriter] = None, extr
     )
     trainer = build_trainer(trainer_name, inputs)
     resume_from = resume_checkpoint()
+    if resume_from and accelerator.name == "cpu":
+        compat.load_checkpoints_on_cpu(trainer)
     try:
         # the Trainer restores weights, optimizer, scheduler, step and data position from it
         trainer.train(resume_from_checkpoint=resume_from)

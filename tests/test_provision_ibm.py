@@ -140,14 +140,14 @@ def test_missing_credentials_is_one_line_and_nothing_is_created(server, ibm, mon
 
 def test_unknown_type_a_region_without_it_spot_and_bad_names_are_one_line(server, ibm, monkeypatch):
     since = len(server.requests)
-    with pytest.raises(NotFoundError, match=GAUDI3):
+    with pytest.raises(SpecError, match=GAUDI3):
         ibm.bootstrap_instances(request("x", seed=4, instance_type="gx9-huge"))
     with pytest.raises(SpecError, match="spot"):
         ibm.bootstrap_instances(request("x", seed=4, spot=True))
     with pytest.raises(SpecError, match="lowercase"):
         ibm.bootstrap_instances(request("My_Group", seed=4))
     monkeypatch.delitem(server.profiles, GAUDI3)
-    with pytest.raises(NotFoundError, match="does not offer") as caught:
+    with pytest.raises(SpecError, match="does not offer") as caught:
         ibm.bootstrap_instances(request("x", seed=4))
     assert "\n" not in str(caught.value)
     assert posts(server, "/keys", since) == posts(server, "/instances", since) == []
@@ -209,8 +209,17 @@ def test_network_choice_with_several_vpcs_and_a_chosen_subnet(ibm, monkeypatch):
         picked = provider("ibm", "us-east").bootstrap_instances(request("net2", seed=7))
         assert (picked.network["vpc"], picked.network["zone"]) == (second["id"], "us-east-3")
         monkeypatch.setenv("GAUDI_NB_IBM_SUBNET", "nowhere")
-        with pytest.raises(NotFoundError, match="GAUDI_NB_IBM_SUBNET=nowhere"):
+        with pytest.raises(SpecError, match="GAUDI_NB_IBM_SUBNET=nowhere"):
             provider("ibm", "us-east").bootstrap_instances(request("net3", seed=7))
+        # No VPC at all: one line saying what to create, and no key or group made first.
+        monkeypatch.delenv("GAUDI_NB_IBM_SUBNET")
+        other.vpcs.clear()
+        other.subnets.clear()
+        since = len(other.requests)
+        with pytest.raises(NotFoundError, match="no VPC in IBM Cloud us-east: create one with a subnet, `ibmcloud is vpc-create") as caught:
+            provider("ibm", "us-east").bootstrap_instances(request("net4", seed=9))
+        assert "\n" not in str(caught.value)
+        assert [r for r in other.requests[since:] if r["method"] != "GET"] == []
     finally:
         other.stop()
 
@@ -228,3 +237,59 @@ def test_a_real_user_reaches_the_region_endpoint_with_an_api_key(monkeypatch, tm
         provider("ibm", "mars-1").query_instances(group="g")
     with pytest.raises(SpecError, match="IPv4"):
         provider("ibm", "eu-de").bootstrap_instances(request("v6", seed=8, ssh_from="2001:db8::/32"))
+
+
+def test_cli_provision_list_and_down_one_gaudi3(server, tmp_path):
+    """The issue's acceptance: `gaudi-nb nodes provision ibm ... --no-attach`, listed, `down` deletes the instance and its floating IP."""
+    import subprocess
+
+    from conftest import BIN
+
+    env = {k: v for k, v in os.environ.items() if k not in SDK_SETTINGS and not k.startswith("GAUDI_NB_")}
+    env.update(VPC_URL=server.url, VPC_AUTH_TYPE="noauth", GAUDI_NB_HOME=str(tmp_path / "home"), HOME=str(tmp_path), COLUMNS="200")
+
+    def cli(*args):
+        return subprocess.run([str(BIN / "gaudi-nb"), "nodes", *args], capture_output=True, text=True, timeout=60, env=env, cwd=tmp_path)
+
+    before = set(server.instances)
+    made = cli("provision", "ibm", "--instance-type", GAUDI3, "--no-attach", "--ssh-from", SSH_FROM, "--name", "g", "--json")
+    assert made.returncode == 0, made.stderr
+    (record,) = json.loads(made.stdout)
+    instance_id = record["instance_id"]
+    assert set(server.instances) - before == {instance_id} and server.instances[instance_id]["status"] == "running"
+    floating = next(f for f in server.floating_ips.values() if f["target"]["id"] == server.instances[instance_id]["primary_network_interface"]["id"])
+    assert (record["name"], record["group"], record["host"]) == ("g-0", "g", floating["address"])
+    assert record["user"] == "root" and record["region"] == "us-east"
+    rules = next(g for g in server.security_groups.values() if g["name"] == "gaudi-nb-g")["rules"]
+    assert [r["remote"] for r in rules if r["direction"] == "inbound" and r["protocol"] == "tcp"] == [{"cidr_block": SSH_FROM}]
+    # No price is published for the profile: unknown, and the output says where to set one.
+    assert record["price_per_hour"] is None and "prices.csv" in record["price_source"]
+
+    listed = cli("list", "--json")
+    assert listed.returncode == 0, listed.stderr
+    (row,) = [r for r in json.loads(listed.stdout) if r["name"] == "g-0"]
+    assert row["instance_id"] == instance_id and row["cost"]["usd"] is None
+    assert "unknown" in cli("list").stdout
+
+    down = cli("down", "g", "--json")
+    assert down.returncode == 0, down.stderr
+    (gone,) = json.loads(down.stdout)
+    assert gone["state"] == "terminated"
+    assert instance_id not in server.instances and floating["id"] not in server.floating_ips
+    assert not any(g["name"] == "gaudi-nb-g" for g in server.security_groups.values())
+    assert not any(k["name"].startswith("gaudi-nb-key-") for k in server.keys.values())
+
+    # The issue's refusals: one line each, exit 2, nothing created.
+    since = len(server.requests)
+    unknown = cli("provision", "ibm", "--instance-type", "gx9-huge", "--no-attach", "--ssh-from", SSH_FROM, "--name", "u")
+    assert unknown.returncode == 2 and GAUDI3 in unknown.stderr and len(unknown.stderr.strip().splitlines()) == 1
+    saved = server.profiles.pop(GAUDI3)
+    try:
+        absent = cli("provision", "ibm", "--instance-type", GAUDI3, "--no-attach", "--ssh-from", SSH_FROM, "--name", "r")
+    finally:
+        server.profiles[GAUDI3] = saved
+    assert absent.returncode == 2 and "does not offer" in absent.stderr and len(absent.stderr.strip().splitlines()) == 1
+    del env["VPC_AUTH_TYPE"]
+    nocreds = cli("provision", "ibm", "--instance-type", GAUDI3, "--no-attach", "--ssh-from", SSH_FROM, "--name", "c")
+    assert nocreds.returncode == 2 and "IBMCLOUD_API_KEY" in nocreds.stderr and len(nocreds.stderr.strip().splitlines()) == 1
+    assert [r for r in server.requests[since:] if r["method"] != "GET"] == []

@@ -102,11 +102,11 @@ class IbmProvider:
                 # The ibmcloud CLI's and Terraform's variables, which the SDK itself does not read.
                 apikey = os.environ.get("IBMCLOUD_API_KEY") or os.environ.get("IC_API_KEY")
                 if not apikey:
-                    raise GaudiNbError(f"no IBM Cloud credentials: {CREDENTIALS_HELP}")
+                    raise SpecError(f"no IBM Cloud credentials: {CREDENTIALS_HELP}")
                 service = ibm_vpc.VpcV1(authenticator=IAMAuthenticator(apikey))
                 service.configure_service("vpc")
         except ValueError as exc:
-            raise GaudiNbError(f"IBM Cloud credentials are incomplete ({_short(exc)}): {CREDENTIALS_HELP}") from None
+            raise SpecError(f"IBM Cloud credentials are incomplete ({_short(exc)}): {CREDENTIALS_HELP}") from None
         if not config.get("URL"):
             url = ibm_vpc.VpcV1.get_service_url_for_region(self.region)
             if url is None:
@@ -124,8 +124,9 @@ class IbmProvider:
         except ApiException as exc:
             if missing_ok and exc.status_code == 404:
                 return None
-            hint = f"; {CREDENTIALS_HELP}" if exc.status_code in (401, 403) else ""
-            raise GaudiNbError(f"IBM Cloud VPC {method} failed ({exc.status_code}): {_short(exc.message)}{hint}") from None
+            if exc.status_code in (401, 403):
+                raise SpecError(f"IBM Cloud did not accept the credentials ({exc.status_code}: {_short(exc.message)}): {CREDENTIALS_HELP}") from None
+            raise GaudiNbError(f"IBM Cloud VPC {method} failed ({exc.status_code}): {_short(exc.message)}") from None
         except OSError as exc:  # requests' connection errors are OSErrors
             raise GaudiNbError(f"IBM Cloud VPC ({self.vpc.service_url}) cannot be reached: {_short(exc)}") from None
 
@@ -145,19 +146,24 @@ class IbmProvider:
 
     def bootstrap_instances(self, request: ProvisionRequest) -> Resources:
         self._check_request(request)
+        # Everything that only reads comes first, so a refusal leaves nothing behind.
         profile = self._profile(request)
         resources = Resources()
         resources.network["image"] = self._image(request.image)
-        resources.key = self._key(request, resources)
         subnet = self._subnet(profile, request.count, resources)
         resources.network.update(subnet=subnet["id"], vpc=subnet["vpc"]["id"], zone=subnet["zone"]["name"])
-        resources.security_group = self._security_group(request, subnet["vpc"]["id"], resources)
+        try:
+            resources.key = self._key(request, resources)
+            resources.security_group = self._security_group(request, subnet["vpc"]["id"], resources)
+        except BaseException:
+            self.cleanup(resources)
+            raise
         return resources
 
     def _check_request(self, request: ProvisionRequest) -> None:
         if request.instance_type not in GAUDI_PROFILES:
             known = ", ".join(f"{k} ({v})" for k, v in GAUDI_PROFILES.items())
-            raise NotFoundError(f"unknown IBM Cloud instance type {request.instance_type!r}: the Gaudi profiles are {known}")
+            raise SpecError(f"unknown IBM Cloud instance type {request.instance_type!r}: the Gaudi profiles are {known}")
         _ssh_cidr(request.ssh_from)
         last = f"{PREFIX}{request.name}-{max(request.count - 1, 0)}"
         if not NAME_RE.match(request.name) or len(last) > 63:
@@ -169,7 +175,7 @@ class IbmProvider:
     def _profile(self, request: ProvisionRequest) -> Dict[str, Any]:
         profile = self._call("get_instance_profile", request.instance_type, missing_ok=True)
         if profile is None:
-            raise NotFoundError(f"IBM Cloud region {self.region} does not offer {request.instance_type}: try us-east, us-south or eu-de")
+            raise SpecError(f"IBM Cloud region {self.region} does not offer {request.instance_type}: try us-east, us-south or eu-de")
         if request.spot:
             offered = profile.get("availability_class") or {}
             classes = offered.get("values") or [offered.get("value") or "standard"]
@@ -183,7 +189,7 @@ class IbmProvider:
             found = next(iter(self._all("list_images", "images", name=wanted)), None)
             image = found or self._call("get_image", wanted, missing_ok=True)
             if image is None:
-                raise NotFoundError(f"no IBM Cloud image {wanted!r} in {self.region}: pass an image id or name from `ibmcloud is images`")
+                raise SpecError(f"no IBM Cloud image {wanted!r} in {self.region}: pass an image id or name from `ibmcloud is images`")
             return image["id"]
         images = [
             i for i in self._all("list_images", "images")
@@ -226,7 +232,7 @@ class IbmProvider:
             chosen = [s for s in subnets if wanted in (s["id"], s.get("name"))]
             if not chosen:
                 names = ", ".join(s.get("name", s["id"]) for s in subnets) or "none"
-                raise NotFoundError(f"GAUDI_NB_IBM_SUBNET={wanted} is not a subnet in IBM Cloud {self.region} (subnets: {names})")
+                raise SpecError(f"GAUDI_NB_IBM_SUBNET={wanted} is not a subnet in IBM Cloud {self.region} (subnets: {names})")
             return chosen[0]
         vpcs = sorted(self._all("list_vpcs", "vpcs"), key=lambda v: v.get("created_at", ""))
         create = (

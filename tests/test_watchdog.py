@@ -91,6 +91,30 @@ def test_over_budget_with_a_run_waits_for_it_to_stop_then_for_the_grace():
     assert decide(s, 3601.0).startswith("budget:")  # the run stopped: go at once
 
 
+def test_a_machine_started_again_after_a_budget_stop_gets_the_grace_to_raise_its_budget():
+    s = state(config(idle_minutes=None, budget_usd=1.0, price_per_hour=100.0, stop_grace_s=300.0), budget_hold_until=300.0)
+    assert decide(s, 299.0) is None
+    assert decide(s, 300.0).startswith("budget:")
+
+
+def test_settings_written_to_config_json_apply_at_the_next_check(gaudi_home):
+    path = watchdog.config_path(gaudi_home)
+    path.parent.mkdir(parents=True)
+    values = dict(provider="aws", region=REGION, instance_id="i-1", launched_at=time.time() - 3600, price_per_hour=1.0, budget_usd=100.0, home=str(gaudi_home))
+    path.write_text(json.dumps(values))
+    dog = watchdog.Watchdog(watchdog.load_config(path), config_file=path)
+    assert dog.tick() is None
+    # stopped for its budget before this boot: held for the grace, then the raised budget applies
+    (watchdog.watchdog_dir(gaudi_home) / "last_action.json").write_text(json.dumps({"kind": "budget", "status": "requested", "when": "earlier"}))
+    path.write_text(json.dumps({**values, "budget_usd": 0.5, "stop_grace_s": 60.0}))
+    os.utime(path, (time.time() + 5, time.time() + 5))  # a new mtime even within the same clock tick
+    held = watchdog.Watchdog(watchdog.load_config(path), config_file=path)
+    assert held.tick() is None and "unless budget_usd" in log_of(gaudi_home)
+    path.write_text(json.dumps({**values, "budget_usd": 50.0, "stop_grace_s": 60.0}))
+    os.utime(path, (time.time() + 10, time.time() + 10))
+    assert held.tick(now=time.time() + 120) is None and held.config.budget_usd == 50.0
+
+
 def test_an_unknown_price_enforces_no_budget():
     assert decide(state(config(idle_minutes=None, budget_usd=1.0, price_per_hour=None)), 1e9) is None
 

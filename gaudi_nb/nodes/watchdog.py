@@ -118,6 +118,9 @@ class WatchdogState:
     samples: List[Tuple[float, Optional[float]]] = field(default_factory=list)  # (t, utilization %; None: unreadable)
     runs_asked_to_stop_at: Optional[float] = None
     acted_at: Optional[float] = None  # the last successful provider call
+    # A machine stopped for its budget and started again by someone is still over budget; it gets
+    # stop_grace_s to have its budget raised (config.json is read again at every check) before it goes again.
+    budget_hold_until: Optional[float] = None
 
 
 def utilization_of(sample: Any) -> Optional[float]:
@@ -143,6 +146,11 @@ def spend_usd(config: WatchdogConfig, now: float) -> Optional[float]:
 def over_budget(state: WatchdogState, now: float) -> bool:
     spent = spend_usd(state.config, now)
     return state.config.budget_usd is not None and spent is not None and spent >= float(state.config.budget_usd)
+
+
+def budget_due(state: WatchdogState, now: float) -> bool:
+    """Over budget and not in the hold a machine gets when started again after a budget stop."""
+    return over_budget(state, now) and not (state.budget_hold_until is not None and now < state.budget_hold_until)
 
 
 def idle_for_s(state: WatchdogState, now: float) -> float:
@@ -178,7 +186,7 @@ def decide(state: WatchdogState, now: float) -> Optional[str]:
     config = state.config
     if state.acted_at is not None and now - state.acted_at < config.act_again_after_s:
         return None  # asked already; the machine is going down
-    if over_budget(state, now):
+    if budget_due(state, now):
         spent = spend_usd(config, now) or 0.0
         why = (
             f"budget: the node has spent ${spent:.2f} of its ${float(config.budget_usd or 0):.2f} budget "
@@ -320,7 +328,7 @@ def _utc(t: float) -> str:
 class Watchdog:
     """One node's loop: look at runs and cards, decide, act through the provider; never crash."""
 
-    def __init__(self, config: WatchdogConfig, now: Optional[float] = None) -> None:
+    def __init__(self, config: WatchdogConfig, now: Optional[float] = None, config_file: Optional[Path] = None) -> None:
         self.config = config
         self.home = Path(config.home or os.environ.get("GAUDI_NB_HOME") or "~/.gaudi_nb").expanduser()
         self.dir = watchdog_dir(self.home)
@@ -328,6 +336,36 @@ class Watchdog:
         self.state = WatchdogState(config=config, started_at=now or time.time())
         self.utilization = Utilization(config.telemetry_source)
         self._said: Dict[str, str] = {}  # a message said once per topic until it changes
+        self.config_file = config_file
+        self._config_mtime = self._mtime()
+        last = read_last_action(self.home)
+        if last and last.get("kind") == "budget" and last.get("status") == "requested":
+            self.state.budget_hold_until = self.state.started_at + float(config.stop_grace_s)
+            self.log(
+                f"this machine was stopped for its budget at {last.get('when')} and has been started again: it goes again in "
+                f"{_minutes(config.stop_grace_s)} unless budget_usd in {self.config_file or 'config.json'} is raised"
+            )
+
+    def _mtime(self) -> Optional[float]:
+        try:
+            return self.config_file.stat().st_mtime if self.config_file else None
+        except OSError:
+            return None
+
+    def _reload(self) -> None:
+        """Settings changed in config.json apply from the next check (a raised budget, other idle minutes)."""
+        mtime = self._mtime()
+        if mtime is None or mtime == self._config_mtime or self.config_file is None:
+            return
+        self._config_mtime = mtime
+        try:
+            config = load_config(self.config_file)
+        except GaudiNbError as exc:
+            self.log(f"kept the previous settings: {exc}")
+            return
+        os.environ.update({str(k): str(v) for k, v in (config.environment or {}).items()})
+        self.config = self.state.config = config
+        self.log(f"settings read again from {self.config_file}: {config.action} after {config.idle_minutes} idle min, budget {config.budget_usd}")
 
     def log(self, message: str) -> None:
         with open(self.dir / "watchdog.log", "a") as fh:
@@ -341,6 +379,7 @@ class Watchdog:
     def tick(self, now: Optional[float] = None) -> Optional[str]:
         """One check; returns the reason it acted for, if it did."""
         now = now or time.time()
+        self._reload()
         state, config = self.state, self.config
         state.active_runs = active_runs(self.home, now)
         if state.active_runs:
@@ -351,7 +390,7 @@ class Watchdog:
         self._say_once("telemetry", self.utilization.error)
         if config.budget_usd is not None and config.price_per_hour is None:
             self._say_once("price", f"budget ${config.budget_usd:g} is not enforced: this machine's price per hour is unknown (give price_per_hour)")
-        if over_budget(state, now) and state.active_runs and state.runs_asked_to_stop_at is None:
+        if budget_due(state, now) and state.active_runs and state.runs_asked_to_stop_at is None:
             self._ask_runs_to_stop(now)
         reason = decide(state, now)
         if reason:
@@ -482,7 +521,7 @@ def run(path: "str | Path") -> int:
         return 0
     _write_json(watchdog_dir(home) / "watchdog.pid", {"pid": os.getpid(), "config_sha256": _sha(Path(path)), "started_at": time.time(), "python": sys.executable})
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    Watchdog(config).run_forever()
+    Watchdog(config, config_file=Path(path)).run_forever()
     return 0
 
 

@@ -25,6 +25,7 @@ _EXPORTS = {
     "RunSpec": (".spec", "RunSpec"),
     "Run": (".api", "Run"),
     "get_run": (".api", "get_run"),
+    "resume": (".api", "resume"),
     "runs": (".api", "runs"),
     "train": (".api", "train"),
     "attach": (".nodes.attach", "attach"),
@@ -45,12 +46,13 @@ __all__ = [
     "get_run",
     "launcher",
     "load_ipython_extension",
+    "resume",
     "runs",
     "train",
 ]
 
 if TYPE_CHECKING:  # what IDEs and mypy see
-    from .api import Run, get_run, runs, train
+    from .api import Run, get_run, resume, runs, train
     from .errors import GaudiNbError, MissingExtraError, NotFoundError, SpecError
     from .nodes.attach import attach
     from .notebook import launcher  # type: ignore[no-redef]  # the function; mypy also sees the module of that name

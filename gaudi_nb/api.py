@@ -8,7 +8,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from .errors import GaudiNbError, SpecError
 from .events import ACTIVE_STATUSES, TERMINAL_STATUSES
-from .spec import PATH_FIELDS, RunSpec, looks_like_path, parse_mapping
+from .spec import PATH_FIELDS, RunSpec, looks_like_path, parse_mapping, parse_target
 from .store import RunStore
 from .targets import Target, target_for
 
@@ -178,7 +178,8 @@ class Run:
             seq += len(fresh)
             for event in fresh:
                 yield event
-                if event.get("type") == "run_end":
+                # a run_end followed by a restart (gaudi-nb resume) ended an attempt, not the run
+                if event.get("type") == "run_end" and self.store.get(self.run_id)["status"] in TERMINAL_STATUSES:
                     return
             if deadline is not None and time.monotonic() > deadline:
                 return
@@ -228,6 +229,29 @@ def train(spec: Union[RunSpec, Dict[str, Any], None] = None, *, store: Optional[
         Run(run_id, store).sync()
         raise GaudiNbError(f"run {run_id} could not start: {exc}") from exc
     return Run(run_id, store)
+
+
+def resume(run_id: str, *, max_steps: Optional[int] = None, budget_usd: Optional[float] = None, store: Optional[RunStore] = None) -> Run:
+    """Continue a stopped, failed or lost run from its newest complete checkpoint and return its Run.
+
+    It stays the same run (same id, record and event stream) as its next attempt: every view shows
+    it active again, and its final status is the resumed attempt's. max_steps extends a run (also
+    one that succeeded); budget_usd raises the budget of one that spent it. Local runs, in this version.
+    """
+    from .agent.resume import resume_run
+    from .rundir import RunFolder
+
+    run = Run(run_id, store)
+    record = run.record()
+    target = record.get("target") or "local"
+    if parse_target(target).kind != "local":
+        raise SpecError(f"run {run.run_id} ran on {target}: resume works for local runs in this version; start a new run there with gaudi-nb train --target {target}")
+    if record["status"] in ACTIVE_STATUSES:
+        raise SpecError(f"run {run.run_id} is still {record['status']}: stop it first (gaudi-nb stop {run.run_id}), then resume it")
+    folder = RunFolder(run.run_dir or target_for("local").run_dir(run.run_id))
+    resume_run(folder, max_steps=max_steps, budget_usd=budget_usd)
+    run.sync()
+    return run
 
 
 def estimate_cost(tokens: float, parameters: Optional[float] = None, model: Optional[str] = None, mfu: float = 0.35) -> Tuple[float, List[Any]]:

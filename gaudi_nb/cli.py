@@ -58,6 +58,36 @@ def train(
         raise typer.Exit(1)
 
 
+@app.command()
+def resume(
+    run_id: str = typer.Argument(..., help="run id (a unique prefix is enough)"),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="train to this step instead of the run's max_steps (also extends a run that succeeded)"),
+    budget_usd: Optional[float] = typer.Option(None, "--budget-usd", help="a new budget for the whole run (what it spent so far counts)"),
+    detach: bool = typer.Option(False, "--detach", "-d", help="resume the run and return; it goes on without this process"),
+    as_json: bool = typer.Option(False, "--json", help="print the final run record as JSON (progress goes to stderr)"),
+) -> None:
+    """Continue a stopped, failed or lost run from its last checkpoint: the same run, as its next attempt."""
+    run = api.resume(run_id, max_steps=max_steps, budget_usd=budget_usd)
+    console = err if as_json else out
+    restart = (run.record().get("restarts") or [{}])[-1]
+    console.print(f"resumed [bold]{run.run_id}[/] from step {restart.get('from_step')} (attempt {restart.get('attempt')})" + ("" if detach else "; Ctrl-C leaves it running"))
+    if detach:
+        if as_json:
+            out.print_json(json.dumps(run.record()))
+        return
+    try:
+        record = follow_with_progress(run, console)
+    except KeyboardInterrupt:
+        console.print(f"\nleft {run.run_id} running: gaudi-nb show {run.run_id} · gaudi-nb stop {run.run_id}")
+        raise typer.Exit(130) from None
+    if as_json:
+        out.print_json(json.dumps(record))
+    else:
+        print_record(record, console)
+    if record["status"] == "failed":
+        raise typer.Exit(1)
+
+
 def progress_line(record: Dict[str, Any]) -> Text:
     """step 12/50 · loss 6.81 · 2,680 tok/s · $0.0031 (budget $1.00) · running"""
     m, c = record["metrics"], record["cost"]
@@ -68,6 +98,8 @@ def progress_line(record: Dict[str, Any]) -> Text:
         parts.append(f"{m['tokens_per_second']:,.0f} tok/s")
     parts.append(money(c.get("usd")) + (f" of {money(c['budget_usd'])} budget" if c.get("budget_usd") else ""))
     parts.append(phase(record))
+    if (record.get("attempt") or 1) > 1:
+        parts.append(f"attempt {record['attempt']}")
     return Text(" · ".join(parts))
 
 
@@ -129,6 +161,10 @@ def print_record(record: Dict[str, Any], console: Console = out) -> None:
         ("telemetry samples", str(record.get("telemetry_samples"))),
         ("run folder", str(record.get("run_dir"))),
     ]
+    restarts = record.get("restarts") or []
+    if restarts:
+        last = restarts[-1]
+        rows.append(("attempt", f"{record.get('attempt')}: {last.get('cause')} from step {last.get('from_step')} ({last.get('reason')})"))
     exit_info = record.get("exit") or {}
     if exit_info.get("reason"):
         rows.append(("reason", exit_info["reason"]))

@@ -43,8 +43,14 @@ def is_lost(folder: RunFolder, now: Optional[float] = None) -> bool:
     return not agent_alive(folder)
 
 
+def _this_attempt(events: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+    """The events since the last restart: a resumed run's earlier run_end belongs to an attempt that is over."""
+    starts = [i for i, e in enumerate(events) if e.get("type") == "restart"]
+    return events[starts[-1] + 1:] if starts else events
+
+
 def _ended(events: List[Dict[str, Any]]) -> bool:
-    return any(e.get("type") == "run_end" for e in events)
+    return any(e.get("type") == "run_end" for e in _this_attempt(events))
 
 
 def rank_pids(events: List[Dict[str, Any]]) -> List[int]:
@@ -129,7 +135,7 @@ def mark_if_lost(folder: RunFolder) -> bool:
 def end_lost(folder: RunFolder) -> bool:
     """`gaudi-nb stop` on a lost run: it ends as stopped, and any rank left is killed."""
     events, _ = read_events(folder.events)
-    final = _last(events, "run_end")
+    final = _last(_this_attempt(events), "run_end")
     if final and final.get("status") != "lost":
         return False
     if final:  # already recorded as lost: record the stop after it (followers stopped at the first run_end)

@@ -1,0 +1,72 @@
+"""`gaudi-nb resume`, on the node: continue an ended run from its newest complete checkpoint as the next attempt of the same run."""
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Dict, Optional
+
+from pydantic import ValidationError
+
+from ..errors import SpecError
+from ..events import EventWriter, read_events
+from ..rundir import RunFolder
+from ..spec import RunSpec, describe_validation_error
+from . import liveness, node
+from .supervisor import STOP_NODES
+
+
+def resume_run(folder: RunFolder, *, max_steps: Optional[int] = None, budget_usd: Optional[float] = None) -> Dict[str, Any]:
+    """Start the next attempt of an ended run from its newest complete checkpoint; returns the attempt,
+    the step and the checkpoint. Refusals are one-line SpecErrors that say what to do instead."""
+    run = folder.read_run()
+    run_id = run["run_id"]
+    if run.get("cluster"):
+        raise SpecError(f"run {run_id} ran across nodes: resume works for one-node local runs in this version; start a new run with --max-steps")
+    liveness.mark_if_lost(folder)  # an agent that died unnoticed: the run is lost, and resumable
+    events, _ = read_events(folder.events)
+    attempt_events = liveness._this_attempt(events)
+    end = next((e for e in reversed(attempt_events) if e.get("type") == "run_end"), None)
+    if end is None or liveness.agent_alive(folder):
+        raise SpecError(f"run {run_id} is still running: stop it first (gaudi-nb stop {run_id}), then resume it")
+    status = str(end.get("status"))
+    checkpoint = folder.last_checkpoint()
+    if checkpoint is None:
+        raise SpecError(f"run {run_id} has no complete checkpoint to resume from (it ended {status} before its first): start it again, with --save-steps N to save checkpoints")
+
+    spec = RunSpec.model_validate_json(folder.spec.read_text())
+    changes = {k: v for k, v in (("max_steps", max_steps), ("budget_usd", budget_usd)) if v is not None}
+    if changes:
+        try:
+            spec = RunSpec.model_validate({**spec.model_dump(), **changes})
+        except ValidationError as exc:
+            raise SpecError(describe_validation_error(exc)) from None
+    if checkpoint.step >= spec.max_steps:
+        raise SpecError(f"run {run_id} ended {status} with its last checkpoint at step {checkpoint.step} of max_steps {spec.max_steps}: nothing left to train; resume with --max-steps above {checkpoint.step} to train further")
+    spent = next((e.get("usd") for e in reversed(events) if e.get("type") == "cost" and e.get("usd") is not None), None)
+    if spec.budget_usd is not None and spent is not None and spent >= spec.budget_usd:
+        raise SpecError(f"run {run_id} has spent ${spent:.4f} of its ${spec.budget_usd:g} budget: resume with a higher --budget-usd")
+
+    attempt = 1 + sum(1 for e in events if e.get("type") == "restart") + 1
+    try:  # one resume per attempt: a second `gaudi-nb resume` at the same moment stops here
+        os.close(os.open(folder.control / f"resumed.{attempt}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    except FileExistsError:
+        raise SpecError(f"run {run_id} is being resumed already: gaudi-nb show {run_id}") from None
+    # what the ended attempt left would stop the new one at once, or keep it from ever ending as lost
+    stale = [folder.stop_request, folder.stop_at, folder.control / STOP_NODES, folder.heartbeat, *folder.control.glob("ended.*")]
+    for path in stale:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+    folder.discard_unfinished_checkpoints()
+    if changes:
+        folder.spec.write_text(spec.model_dump_json(indent=2))
+    request = {"attempt": attempt, "from_step": checkpoint.step, "checkpoint": str(checkpoint.path), "after": status}
+    folder.resume_request.write_text(json.dumps(request))
+    # written here, before the agent starts: from this event on, every view shows the run active again
+    writer = EventWriter(folder.events, run_id, node=run.get("node", "local"))
+    writer.emit("restart", attempt=attempt, cause="resume", from_step=checkpoint.step, checkpoint=str(checkpoint.path), reason=f"resumed after it ended {status}",
+                max_steps=spec.max_steps, budget_usd=spec.budget_usd)
+    writer.close()
+    node.start_agent(folder)
+    return request

@@ -57,8 +57,13 @@ def _ref(body: Dict[str, Any], field: str) -> str:
 class IbmVpcServer:
     """One region of the VPC API: `url` is what VPC_URL takes."""
 
-    def __init__(self, region: str = "us-east", start_delay: float = 0.3, delete_delay: float = 0.3, page_size: int = 50) -> None:
+    def __init__(self, region: str = "us-east", start_delay: float = 0.3, delete_delay: float = 0.3, page_size: int = 50,
+                 api_keys: Optional[List[str]] = None) -> None:
         self.region = region
+        # With api_keys, the server is also IAM (POST /identity/token trades a key for a bearer
+        # token) and every VPC call needs `Authorization: Bearer <token>`, as the real pair does.
+        self.api_keys = set(api_keys or [])
+        self.tokens: set = set()
         self.start_delay = start_delay
         self.delete_delay = delete_delay
         self.page_size = page_size
@@ -165,7 +170,10 @@ class IbmVpcServer:
                 query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
                 length = int(self.headers.get("Content-Length") or 0)
                 raw = self.rfile.read(length) if length else b""
-                status, payload = server.handle(self.command, parts.path, query, raw)
+                if parts.path == "/identity/token":
+                    status, payload = server.token(self.command, raw)
+                else:
+                    status, payload = server.handle(self.command, parts.path, query, raw, self.headers.get("Authorization", ""))
                 data = b"" if payload is None else json.dumps(payload).encode()
                 self.send_response(status)
                 if data:
@@ -188,7 +196,27 @@ class IbmVpcServer:
 
     # ---- dispatch -----------------------------------------------------------------------
 
-    def handle(self, method: str, path: str, query: Dict[str, str], raw: bytes) -> Tuple[int, Any]:
+    def token(self, method: str, raw: bytes) -> Tuple[int, Any]:
+        """IAM's token operation (https://cloud.ibm.com/apidocs/iam-identity-token-api#gettoken-apikey)."""
+        form = {k: v[-1] for k, v in parse_qs(raw.decode()).items()}
+        with self.lock:
+            self.requests.append({"method": method, "path": "/identity/token", "query": {}, "body": {"grant_type": form.get("grant_type")}})
+        if method != "POST" or form.get("grant_type") != "urn:ibm:params:oauth:grant-type:apikey":
+            return 400, {"errorCode": "BXNIM0109E", "errorMessage": "Property missing or empty. Operation not allowed."}
+        if form.get("apikey") not in self.api_keys:
+            return 400, {"errorCode": "BXNIM0415E", "errorMessage": "Provided API key could not be found."}
+        now = int(time.time())
+
+        def part(data: Dict[str, Any]) -> str:
+            return base64.urlsafe_b64encode(json.dumps(data).encode()).decode().rstrip("=")
+
+        # A JWT the SDK can read its expiry from (it does not check IAM's signature).
+        access = f"{part({'alg': 'RS256', 'typ': 'JWT'})}.{part({'iat': now, 'exp': now + 3600, 'sub': 'gaudi-nb-test'})}.c2ln"
+        with self.lock:
+            self.tokens.add(access)
+        return 200, {"access_token": access, "refresh_token": "not-used", "token_type": "Bearer", "expires_in": 3600, "expiration": now + 3600}
+
+    def handle(self, method: str, path: str, query: Dict[str, str], raw: bytes, authorization: str = "") -> Tuple[int, Any]:
         trace = str(uuid.uuid4())
         try:
             body = json.loads(raw) if raw else None
@@ -199,6 +227,8 @@ class IbmVpcServer:
             try:
                 if not path.startswith("/v1/"):
                     raise ApiError(404, "not_found", f"{path} is not an API path")
+                if self.api_keys and authorization.removeprefix("Bearer ") not in self.tokens:
+                    raise ApiError(401, "not_authorized", "the request is not authorized: a valid IAM bearer token is required")
                 if not VERSION_RE.match(query.get("version", "")):
                     raise ApiError(400, "missing_version", "the version query parameter (YYYY-MM-DD) is required")
                 if query.get("generation") != "2":

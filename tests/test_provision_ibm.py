@@ -269,7 +269,8 @@ def test_cli_provision_list_and_down_one_gaudi3(server, tmp_path):
     assert listed.returncode == 0, listed.stderr
     (row,) = [r for r in json.loads(listed.stdout) if r["name"] == "g-0"]
     assert row["instance_id"] == instance_id and row["cost"]["usd"] is None
-    assert "unknown" in cli("list").stdout
+    shown = " ".join(cli("list").stdout.split())
+    assert "unknown" in shown and "prices.csv" in shown
 
     down = cli("down", "g", "--json")
     assert down.returncode == 0, down.stderr
@@ -293,3 +294,28 @@ def test_cli_provision_list_and_down_one_gaudi3(server, tmp_path):
     nocreds = cli("provision", "ibm", "--instance-type", GAUDI3, "--no-attach", "--ssh-from", SSH_FROM, "--name", "c")
     assert nocreds.returncode == 2 and "IBMCLOUD_API_KEY" in nocreds.stderr and len(nocreds.stderr.strip().splitlines()) == 1
     assert [r for r in server.requests[since:] if r["method"] != "GET"] == []
+
+
+def test_an_api_key_is_traded_for_a_token_and_a_wrong_one_is_one_line(monkeypatch, tmp_path):
+    secured = IbmVpcServer(region="us-east", start_delay=0.1, delete_delay=0.1, api_keys=["good-key"]).start()
+    try:
+        for name in SDK_SETTINGS:
+            monkeypatch.delenv(name, raising=False)
+        monkeypatch.setenv("HOME", str(tmp_path))
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setenv("VPC_URL", secured.url)
+        monkeypatch.setenv("VPC_AUTH_URL", secured.url.removesuffix("/v1"))  # this server is IAM too
+        monkeypatch.setenv("IBMCLOUD_API_KEY", "good-key")
+        assert provider("ibm", "us-east").query_instances(group="g") == []
+        assert [r["path"] for r in secured.requests[:2]] == ["/identity/token", "/instances"]
+
+        monkeypatch.setenv("IBMCLOUD_API_KEY", "wrong-key")
+        with pytest.raises(SpecError) as caught:
+            provider("ibm", "us-east").query_instances(group="g")
+        message = str(caught.value)
+        assert "\n" not in message and "API key could not be found" in message and "IBMCLOUD_API_KEY" in message
+        monkeypatch.setenv("VPC_AUTH_TYPE", "noauth")  # the server wants a token: the VPC call itself is refused
+        with pytest.raises(SpecError, match="did not accept the credentials \\(401"):
+            provider("ibm", "us-east").query_instances(group="g")
+    finally:
+        secured.stop()

@@ -99,11 +99,12 @@ class IbmProvider:
             if config.get("AUTH_TYPE") or config.get("AUTHTYPE") or config.get("APIKEY"):
                 service = ibm_vpc.VpcV1.new_instance()
             else:
-                # The ibmcloud CLI's and Terraform's variables, which the SDK itself does not read.
+                # The ibmcloud CLI's and Terraform's variables, which the SDK itself does not read
+                # (VPC_AUTH_URL still names another IAM, as for the SDK's own settings).
                 apikey = os.environ.get("IBMCLOUD_API_KEY") or os.environ.get("IC_API_KEY")
                 if not apikey:
                     raise SpecError(f"no IBM Cloud credentials: {CREDENTIALS_HELP}")
-                service = ibm_vpc.VpcV1(authenticator=IAMAuthenticator(apikey))
+                service = ibm_vpc.VpcV1(authenticator=IAMAuthenticator(apikey, url=config.get("AUTH_URL")))
                 service.configure_service("vpc")
         except ValueError as exc:
             raise SpecError(f"IBM Cloud credentials are incomplete ({_short(exc)}): {CREDENTIALS_HELP}") from None
@@ -124,7 +125,9 @@ class IbmProvider:
         except ApiException as exc:
             if missing_ok and exc.status_code == 404:
                 return None
-            if exc.status_code in (401, 403):
+            # IAM refusing the key to a token fails the first VPC call too: that is a credentials problem.
+            from_iam = str(getattr(exc.http_response, "url", "")).endswith("/identity/token")
+            if exc.status_code in (401, 403) or from_iam:
                 raise SpecError(f"IBM Cloud did not accept the credentials ({exc.status_code}: {_short(exc.message)}): {CREDENTIALS_HELP}") from None
             raise GaudiNbError(f"IBM Cloud VPC {method} failed ({exc.status_code}): {_short(exc.message)}") from None
         except OSError as exc:  # requests' connection errors are OSErrors

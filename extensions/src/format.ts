@@ -1,0 +1,39 @@
+// Numbers as the sidebar and status bar write them; an unknown value is a dash or "unknown", never zero.
+
+export function usd(value: number | null | undefined): string {
+  if (value === null || value === undefined) {
+    return 'unknown';
+  }
+  return value < 10 ? `$${value.toFixed(value < 1 ? 3 : 2)}` : `$${value.toFixed(2)}`;
+}
+
+export function perHour(value: number | null | undefined): string {
+  return value === null || value === undefined ? 'unknown' : `$${value.toFixed(2)}/h`;
+}
+
+export function rate(value: number | null | undefined): string {
+  if (value === null || value === undefined) {
+    return '–';
+  }
+  return value >= 1000 ? `${(value / 1000).toFixed(1)}k tok/s` : `${value.toFixed(0)} tok/s`;
+}
+
+export function loss(value: number | null | undefined): string {
+  return value === null || value === undefined ? '–' : value.toFixed(3);
+}
+
+export function percent(value: number | null | undefined): string {
+  return value === null || value === undefined ? '–' : `${Math.round(value)}%`;
+}
+
+/** An element with a class and text (never HTML: names and messages come from the store). */
+export function el<K extends keyof HTMLElementTagNameMap>(tag: K, className = '', text = ''): HTMLElementTagNameMap[K] {
+  const node = document.createElement(tag);
+  if (className) {
+    node.className = className;
+  }
+  if (text) {
+    node.textContent = text;
+  }
+  return node;
+}

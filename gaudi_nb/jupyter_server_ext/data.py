@@ -1,0 +1,229 @@
+"""What the JupyterLab sidebar and status bar show: nodes, runs and money, as JSON-ready dicts read from the run store.
+
+The one module the handlers read through, so that moving to the team dashboard's data layer
+(gaudi_nb.dashboard.data_store) is an edit here only. Everything here blocks (SQL, and a sync of
+each active run from its node): the handlers call it off the server's event loop.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import os
+import threading
+import time
+from typing import Any, Dict, List, Optional
+
+from ..events import ACTIVE_STATUSES
+from ..store import RunStore
+
+# events read back from the end of an active run's stream to find its latest telemetry: steps
+# from several ranks come between two 1 Hz samples, so a few hundred reach back several seconds
+TELEMETRY_WINDOW = 400
+# a budget is "near its end" when less than this share of it is left
+BUDGET_WARNING_SHARE = 0.2
+RECENT_RUNS = 20
+
+
+def _user() -> Optional[str]:
+    try:
+        return getpass.getuser()
+    except Exception:  # a container's uid with no passwd entry
+        return None
+
+
+def _store() -> RunStore:
+    # read at each call, not at import: GAUDI_NB_HOME / GAUDI_NB_STORE_URL are the server's environment
+    return RunStore()
+
+
+def run_row(record: Dict[str, Any]) -> Dict[str, Any]:
+    """The part of a run record the sidebar shows (a record carries its whole spec and events summary)."""
+    metrics, cost = record.get("metrics") or {}, record.get("cost") or {}
+    return {
+        "run_id": record["run_id"],
+        "name": record.get("name"),
+        "status": record.get("status"),
+        "target": record.get("target"),
+        "kind": record.get("kind"),
+        "owner": record.get("owner"),
+        "accelerator": record.get("accelerator"),
+        "device_count": record.get("device_count"),
+        "step": record.get("steps_completed") or 0,
+        "max_steps": record.get("max_steps"),
+        "loss": metrics.get("final_loss"),
+        "tokens_per_second": metrics.get("tokens_per_second"),
+        "usd": cost.get("usd"),
+        "price_per_hour": cost.get("price_per_hour"),
+        "nodes": cost.get("nodes") or 1,
+        "budget_usd": cost.get("budget_usd"),
+        "budget_left_usd": cost.get("budget_left_usd"),
+        "created_at": record.get("created_at"),
+        "started_at": record.get("started_at"),
+        "ended_at": record.get("ended_at"),
+        "reason": (record.get("exit") or {}).get("reason"),
+    }
+
+
+def runs(limit: int = RECENT_RUNS) -> List[Dict[str, Any]]:
+    """Recent runs, newest first, active ones synced from their nodes first (the API does that)."""
+    from .. import api
+
+    return [run_row(record) for record in api.runs(limit=limit, store=_store())]
+
+
+def run(run_id: str, events: int = 50) -> Dict[str, Any]:
+    """One run's full record and its last `events` events."""
+    from .. import api
+
+    handle = api.get_run(run_id, store=_store())
+    record = handle.record()
+    total = handle.store.count_events(handle.run_id)
+    return {"run": record, "row": run_row(record), "events": handle.store.events(handle.run_id, after_seq=total - 1 - max(0, events))}
+
+
+def stop(run_id: str) -> Dict[str, Any]:
+    """Ask a run to stop after a checkpoint, as the panel's Stop and `gaudi-nb stop` do."""
+    from .. import api
+
+    handle = api.get_run(run_id, store=_store())
+    first = handle.stop()
+    return {"run_id": handle.run_id, "first": first, "status": handle.status}
+
+
+def attach(url: str, name: Optional[str] = None, trust_new_host: bool = False) -> Dict[str, Any]:
+    """Attach a node over SSH (gaudi_nb.attach: checks, installs gaudi_nb there, records it)."""
+    import gaudi_nb
+
+    record: Dict[str, Any] = gaudi_nb.attach(url, name=name or None, trust_new_host=trust_new_host, store=_store())
+    return record
+
+
+def _latest_devices(store: RunStore, rows: List[Dict[str, Any]]) -> Dict[str, List[Dict[str, Any]]]:
+    """Per node name ("local" for this machine), the devices of the newest telemetry sample of its active runs."""
+    found: Dict[str, Dict[str, Any]] = {}
+    for row in rows:
+        if row["status"] not in ACTIVE_STATUSES:
+            continue
+        total = store.count_events(row["run_id"])
+        for event in store.events(row["run_id"], types=["telemetry"], after_seq=total - 1 - TELEMETRY_WINDOW):
+            node = "local" if (row.get("target") or "local") == "local" else str(event.get("node") or row["target"])
+            if node not in found or float(event.get("t") or 0) >= float(found[node].get("t") or 0):
+                found[node] = event
+    return {
+        node: [
+            {"label": d.get("label"), "kind": d.get("kind"), "utilization_pct": d.get("utilization_pct"), "memory_used_bytes": d.get("memory_used_bytes"), "memory_total_bytes": d.get("memory_total_bytes")}
+            for d in event.get("devices") or []
+        ]
+        for node, event in found.items()
+    }
+
+
+def _targets(row: Dict[str, Any]) -> List[str]:
+    return [name.strip() for name in str(row.get("target") or "local").split(",") if name.strip()]
+
+
+def nodes(rows: Optional[List[Dict[str, Any]]] = None) -> List[Dict[str, Any]]:
+    """Attached and provisioned nodes (terminated ones left out), and this machine while a local run is active."""
+    store = _store()
+    rows = runs() if rows is None else rows
+    devices = _latest_devices(store, rows)
+    active = [row for row in rows if row["status"] in ACTIVE_STATUSES]
+    out: List[Dict[str, Any]] = []
+    if any(_targets(row) == ["local"] for row in active):
+        out.append({"name": "local", "url": None, "accelerator": next((r["accelerator"] for r in active if _targets(r) == ["local"] and r["accelerator"]), None),
+                    "device_count": None, "provider": None, "state": "running", "price_per_hour": None, "active_runs": [r["run_id"] for r in active if _targets(r) == ["local"]],
+                    "devices": devices.get("local", [])})
+    for node in store.list_nodes():
+        if node.get("state") == "terminated":
+            continue
+        out.append({
+            "name": node["name"], "url": node.get("url"), "accelerator": node.get("accelerator"), "device_count": node.get("device_count"),
+            "provider": node.get("provider"), "instance_type": node.get("instance_type"), "state": node.get("state") or "attached",
+            "price_per_hour": node.get("price_per_hour"), "owner": node.get("owner"), "budget_usd": node.get("budget_usd"), "launched_at": node.get("launched_at"),
+            "active_runs": [r["run_id"] for r in active if node["name"] in _targets(r)],
+            "devices": devices.get(node["name"], []),
+        })
+    return out
+
+
+def _billed(node: Dict[str, Any]) -> bool:
+    """A provisioned machine is billed while it is up, whether or not it trains."""
+    return bool(node.get("provider")) and node.get("state") in ("pending", "running")
+
+
+def _overlap_hours(start: Optional[float], end: Optional[float], since: float, now: float) -> float:
+    if start is None:
+        return 0.0
+    return max(0.0, min(end or now, now) - max(start, since)) / 3600.0
+
+
+def costs(rows: List[Dict[str, Any]], node_list: List[Dict[str, Any]], now: Optional[float] = None) -> Dict[str, Any]:
+    """The money now: dollars per hour across the user's nodes, today's total, and warnings.
+
+    A provisioned node is billed by the hour whether it trains or not, so its price counts
+    once, and the runs on it are not counted again; a run elsewhere (this machine priced
+    with --price-per-hour, an attached node) counts at its own price while it is active.
+    An unknown price is counted as unknown, never as zero.
+    """
+    now = time.time() if now is None else now
+    midnight = dt.datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+    user = _user()
+    mine = [row for row in rows if row.get("owner") in (None, user)]
+    billed = {node["name"]: node for node in node_list if _billed(node) and node.get("owner") in (None, user)}
+    rate, today, unknown = 0.0, 0.0, 0
+    warnings: List[Dict[str, Any]] = []
+    for node in billed.values():
+        price = node.get("price_per_hour")
+        if price is None:
+            unknown += 1
+            continue
+        rate += float(price)
+        if not node["active_runs"]:
+            warnings.append({"kind": "idle_node", "node": node["name"], "message": f"{node['name']} is up and runs nothing: ${float(price):.2f}/h"})
+        today += float(price) * _overlap_hours(node.get("launched_at"), None, midnight, now)
+    for row in mine:
+        if any(name in billed for name in _targets(row)):
+            continue  # its node's hours are counted already
+        active = row["status"] in ACTIVE_STATUSES
+        price = row.get("price_per_hour")
+        if active:
+            if price is None and row["status"] in ("running", "stopping"):
+                unknown += 1
+            elif price is not None:
+                rate += float(price) * int(row.get("nodes") or 1)
+        started = row.get("started_at") or row.get("created_at")
+        if started is None:
+            continue
+        if started >= midnight:
+            today += float(row.get("usd") or 0.0)
+        elif price is not None:  # began before midnight: only today's hours of it
+            today += float(price) * int(row.get("nodes") or 1) * _overlap_hours(started, row.get("ended_at"), midnight, now)
+        budget, left = row.get("budget_usd"), row.get("budget_left_usd")
+        if active and budget and left is not None and float(left) <= BUDGET_WARNING_SHARE * float(budget):
+            warnings.append({"kind": "budget", "run_id": row["run_id"], "message": f"{row['run_id']}: ${float(left):.2f} of its ${float(budget):.2f} budget left"})
+    return {"usd_per_hour": rate, "today_usd": today, "unknown_prices": unknown, "warnings": warnings, "user": user, "t": now}
+
+
+def dashboard_url() -> Optional[str]:
+    """Where the team dashboard (`gaudi-nb dashboard`) listens, when the person running JupyterLab said so."""
+    return os.environ.get("GAUDI_NB_DASHBOARD_URL") or None
+
+
+class Snapshots:
+    """One snapshot (nodes, runs, costs) shared by every open sidebar: each socket asks every second,
+    but the store is read and the active runs synced at most once per `min_interval_s`."""
+
+    def __init__(self, min_interval_s: float = 0.5) -> None:
+        self.min_interval_s = min_interval_s
+        self._lock = threading.Lock()
+        self._last: Optional[Dict[str, Any]] = None
+        self._at = 0.0
+
+    def get(self) -> Dict[str, Any]:
+        with self._lock:
+            if self._last is None or time.monotonic() - self._at >= self.min_interval_s:
+                rows = runs()
+                node_list = nodes(rows)
+                self._last = {"type": "snapshot", "t": time.time(), "runs": rows, "nodes": node_list, "costs": costs(rows, node_list)}
+                self._at = time.monotonic()
+            return self._last

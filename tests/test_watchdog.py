@@ -169,23 +169,10 @@ def _free_port():
         return sock.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def ec2_endpoint(request):
-    """moto's EC2 server: the session's `moto_server` where conftest has one, else this module's own."""
-    try:
-        server = request.getfixturevalue("moto_server")
-    except pytest.FixtureLookupError:
-        server = None
-    if server is not None:
-        yield server if isinstance(server, str) else server.url
-        return
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    own = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    own.start()
-    yield f"http://127.0.0.1:{port}"
-    own.stop()
+@pytest.fixture
+def ec2_endpoint(moto_server):
+    """The session's moto EC2 server (conftest)."""
+    return moto_server
 
 
 def aws_environment(endpoint):

@@ -362,10 +362,12 @@ def cost_estimate(
 def _mount_room_commands() -> None:
     """Commands whose code lives with their room (batch notebooks, Kubernetes manifests, nodes)."""
     from .batch.cli import batch_command
+    from .dashboard.cli import dashboard_command
     from .k8s_cli import k8s_app
     from .nodes.cli import nodes_app
 
     app.command("batch")(batch_command)
+    app.command("dashboard")(dashboard_command)
     app.add_typer(k8s_app, name="k8s")
     app.add_typer(nodes_app, name="nodes")
 

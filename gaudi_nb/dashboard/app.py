@@ -1,0 +1,158 @@
+"""The dashboard app: the four pages in one layout, served by Panel (`gaudi-nb dashboard`) or shown in a notebook."""
+from __future__ import annotations
+
+import os
+import secrets
+import threading
+from typing import Any, Dict, List, Optional
+
+from ..errors import MissingExtraError
+from ..store import RunStore
+from .data_store import DashboardData
+
+UPDATE_INTERVAL_MS = 100  # a step shows within ~two ticks: the 250 ms p95 target with room for the browser
+PAGES = ("fleet", "runs", "run", "costs")
+TITLE = "gaudi-nb dashboard"
+
+_shared: Dict[str, DashboardData] = {}
+_shared_lock = threading.Lock()
+
+
+def _panel() -> Any:
+    try:
+        import holoviews as hv
+        import panel as pn
+    except ImportError:
+        raise MissingExtraError("the dashboard needs Panel and HoloViews: pip install 'gaudi_nb[dashboard]'") from None
+    return pn, hv
+
+
+def shared_data(store: Optional[str] = None, *, follow: bool = True, interval_s: float = UPDATE_INTERVAL_MS / 1000) -> DashboardData:
+    """One DashboardData per store in this process, kept current by its own thread: every browser
+    session reads it, so ten open tabs cost one reader, not ten."""
+    url = store or RunStore().url
+    with _shared_lock:
+        data = _shared.get(url)
+        if data is None:
+            data = _shared[url] = DashboardData(RunStore(url), follow=follow)
+            data.refresh()
+            data.start(interval_s)
+        return data
+
+
+def stop_shared() -> None:
+    with _shared_lock:
+        for data in _shared.values():
+            data.stop()
+        _shared.clear()
+
+
+def _extensions() -> Any:
+    pn, hv = _panel()
+    # inline: every script and stylesheet comes from this server (or the notebook), none from a CDN,
+    # so the dashboard works on a cluster without internet
+    pn.extension("tabulator", inline=True, notifications=False, design="bootstrap")
+    hv.extension("bokeh", inline=True, logo=False)
+    return pn, hv
+
+
+def build(data: DashboardData, page: Optional[str] = None, run_id: Optional[str] = None) -> Any:
+    """The layout for one session: a header and the four pages as tabs; its periodic callback only moves state."""
+    pn, _ = _extensions()
+    from .views import DashboardState, costs_page, detail_page, fleet_page, runs_page
+
+    state = DashboardState(data)
+    if run_id:
+        state.selected_run = run_id
+    state.update()
+    tabs = pn.Tabs(dynamic=False, sizing_mode="stretch_width", css_classes=["gaudi-nb-pages"])
+
+    def open_run(_: str) -> None:
+        tabs.active = PAGES.index("run")
+
+    tabs.extend([fleet_page(state), runs_page(state, on_open=open_run), detail_page(state), costs_page(state)])
+    if page in PAGES:
+        tabs.active = PAGES.index(page)
+    store_name = data.store.url.split("@")[-1]  # never the password of a PostgreSQL URL
+    header = pn.pane.HTML(
+        f'<div style="display:flex;gap:14px;align-items:baseline"><span style="font-size:20px;font-weight:700">{TITLE}</span>'
+        f'<span style="color:#666;font-size:12px">store: {store_name} · live every {UPDATE_INTERVAL_MS} ms</span></div>',
+        sizing_mode="stretch_width",
+    )
+    layout = pn.Column(header, tabs, sizing_mode="stretch_width", css_classes=["gaudi-nb-dashboard"])
+    layout._gaudi_nb_state = state  # tests and show() reach the session's state through the layout
+    return layout, state
+
+
+def session(data: DashboardData) -> Any:
+    """What one browser session gets: pages from ?page=fleet|runs|run|costs&run=ID, and a 100 ms periodic callback."""
+    pn, _ = _panel()
+    args = pn.state.session_args if pn.state.curdoc is not None else {}
+
+    def arg(name: str) -> Optional[str]:
+        values = args.get(name) or []
+        return values[0].decode() if values else None
+
+    layout, state = build(data, page=arg("page"), run_id=arg("run"))
+    pn.state.add_periodic_callback(state.update, period=UPDATE_INTERVAL_MS)
+    return layout
+
+
+def serve(
+    store: Optional[str] = None,
+    *,
+    address: str = "127.0.0.1",
+    port: int = 5006,
+    basic_auth: Optional[str] = None,
+    oauth_provider: Optional[str] = None,
+    oauth_key: Optional[str] = None,
+    oauth_secret: Optional[str] = None,
+    oauth_redirect_uri: Optional[str] = None,
+    cookie_secret: Optional[str] = None,
+    allow_origins: Optional[List[str]] = None,
+    threaded: bool = False,
+    show: bool = False,
+    follow: bool = True,
+) -> Any:
+    """Serve the dashboard with Panel; threaded=True returns the running server (tests), else this blocks.
+
+    Authentication is Panel's own: `basic_auth` is a password for any user name or a JSON file of
+    {user: password}; `oauth_provider` (github, google, azure, okta, generic, ...) with its key and secret.
+    With either, every page and every websocket needs a login first.
+    """
+    pn, _ = _extensions()
+    data = shared_data(store, follow=follow)
+    origins = [f"{address}:{port}", f"127.0.0.1:{port}", f"localhost:{port}", *(allow_origins or [])]
+    options: Dict[str, Any] = {}
+    if basic_auth or oauth_provider:
+        # a login lives in a signed cookie: a secret per process unless given (then logins survive a restart)
+        options["cookie_secret"] = cookie_secret or os.environ.get("PANEL_COOKIE_SECRET") or secrets.token_hex(32)
+    if basic_auth:
+        options["basic_auth"] = basic_auth
+    if oauth_provider:
+        options.update(oauth_provider=oauth_provider, oauth_key=oauth_key or os.environ.get("PANEL_OAUTH_KEY"), oauth_secret=oauth_secret or os.environ.get("PANEL_OAUTH_SECRET"))
+        if oauth_redirect_uri:
+            options["oauth_redirect_uri"] = oauth_redirect_uri
+        options["oauth_encryption_key"] = os.environ.get("PANEL_OAUTH_ENCRYPTION_KEY") or None
+    return pn.serve(
+        lambda: session(data),
+        address=address,
+        port=port,
+        websocket_origin=origins,
+        show=show,
+        threaded=threaded,
+        title=TITLE,
+        **{k: v for k, v in options.items() if v is not None},
+    )
+
+
+def notebook_view(store: Optional[str] = None, *, page: Optional[str] = None, run_id: Optional[str] = None) -> Any:
+    """The same pages inside a notebook, live through a periodic callback in the kernel."""
+    pn, _ = _extensions()
+    data = shared_data(store)
+    layout, state = build(data, page=page, run_id=run_id)
+    layout._gaudi_nb_callback = pn.state.add_periodic_callback(state.update, period=UPDATE_INTERVAL_MS * 5)
+    return layout
+
+
+__all__ = ["serve", "build", "session", "notebook_view", "shared_data", "stop_shared", "PAGES", "UPDATE_INTERVAL_MS"]

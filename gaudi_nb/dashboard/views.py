@@ -1,0 +1,362 @@
+"""The dashboard's pages (Fleet, Runs, Run detail, Costs): Panel and HoloViews views over a DashboardData, bound to one session's state."""
+from __future__ import annotations
+
+import html
+import time
+from typing import Any, Dict, List, Optional, Tuple
+
+import holoviews as hv
+import numpy as np
+import pandas as pd
+import panel as pn
+import param
+
+from ..events import ACTIVE_STATUSES
+from ..notebook.panel import STATUS_COLOURS, cost_html, failure_html, fmt_money, header_html, metrics_html
+from .data_store import DashboardData, RunDetail, filter_runs
+
+HEATMAP_HEIGHT = 520
+MAX_NODE_TICKS = 32  # more node names than this on the axis overlap: label every k-th node
+CURVE_POINTS = 100_000  # a Buffer's bound: a long run's curve keeps its newest points
+RUNS_TABLE_TITLES = {
+    "run_id": "run",
+    "tokens_per_second": "tokens/s",
+    "usd": "$ so far",
+    "usd_per_million_tokens": "$/M tokens",
+    "budget_usd": "budget $",
+    "max_steps": "of",
+    "created_at": "started",
+}
+
+
+class DashboardState(param.Parameterized):
+    """One browser session's view of the shared DashboardData. The periodic callback only copies new
+    snapshots in here (state); every view is bound to these parameters and redraws itself."""
+
+    runs = param.DataFrame(default=pd.DataFrame(), doc="the Runs table, every run")
+    fleet = param.DataFrame(default=pd.DataFrame(), doc="one row per node")
+    costs = param.Dict(default={}, doc="spend by user, project and day; burn rate; budgets")
+    selected_run = param.String(default="", doc="the run the detail page shows")
+    version = param.Integer(default=-1)
+    detail_version = param.Integer(default=0, doc="grows when the selected run's detail has new events")
+    heatmap_at = param.Number(default=0.0)
+
+    def __init__(self, data: DashboardData, **params: Any) -> None:
+        super().__init__(**params)
+        self.data = data
+        self.utilization_pipe = hv.streams.Pipe(data=data.heatmap("utilization"))
+        self.memory_pipe = hv.streams.Pipe(data=data.heatmap("memory"))
+        self._detail_seq = -2
+
+    def update(self) -> None:
+        """Take the data's newest snapshots (a no-op when nothing changed); the heat maps move every second."""
+        data = self.data
+        if data.version != self.version:
+            self.param.update(runs=data.runs, fleet=data.fleet(), costs=data.costs(), version=data.version)
+            if not self.selected_run and len(data.runs):
+                self.selected_run = str(data.runs["run_id"].iloc[0])
+        if self.selected_run:
+            detail = data.details.get(self.selected_run)
+            if detail is not None and detail.seq != self._detail_seq:
+                self._detail_seq = detail.seq
+                self.detail_version += 1
+        now = time.time()
+        if now - self.heatmap_at >= 1.0:
+            self.heatmap_at = now
+            self.utilization_pipe.send(data.heatmap("utilization", now))
+            self.memory_pipe.send(data.heatmap("memory", now))
+
+    def detail(self) -> Optional[RunDetail]:
+        if not self.selected_run:
+            return None
+        try:
+            return self.data.detail(self.selected_run)
+        except Exception:  # a run id that is gone (another store): the page says so
+            return None
+
+
+# -- Fleet ---------------------------------------------------------------------------------
+def _heatmap_image(data: Dict[str, Any], title: str, unit: str) -> hv.Image:
+    values = data["values"]
+    rows = max(1, values.shape[0])
+    window = data["end"] - data["start"]
+    # rows top-down as listed (Image's first row is its top); x in seconds before now
+    image = hv.Image(values if values.shape[0] else np.full((1, values.shape[1]), np.nan), bounds=(-window, 0, 0, rows), kdims=["seconds ago", "device"], vdims=[hv.Dimension(unit, range=(0, 100))])
+    ticks = data["node_ticks"]
+    if len(ticks) > MAX_NODE_TICKS:
+        stride = int(np.ceil(len(ticks) / MAX_NODE_TICKS))
+        ticks = ticks[::stride]
+    yticks = [(rows - y, name) for y, name in ticks]  # bounds count from the bottom
+    boundaries = [rows - sum(1 for r in data["rows"][:i]) for i in range(len(data["rows"])) if i and data["rows"][i].split(" ")[0] != data["rows"][i - 1].split(" ")[0]]
+    lines = hv.Overlay([hv.HLine(b).opts(color="white", line_width=1) for b in boundaries[:MAX_NODE_TICKS * 4]])
+    return (image.opts(cmap="viridis", clim=(0, 100), colorbar=True, yticks=yticks or [(0.5, "no telemetry yet")], title=title, responsive=True, height=HEATMAP_HEIGHT, tools=["hover"], clipping_colors={"NaN": "#eeeeee"}, xlabel="seconds ago", ylabel="") * lines).opts(
+        responsive=True, height=HEATMAP_HEIGHT
+    )
+
+
+def fleet_page(state: DashboardState) -> pn.viewable.Viewable:
+    def banner(fleet: pd.DataFrame) -> pn.viewable.Viewable:
+        if fleet is None or not len(fleet):
+            return pn.pane.Markdown("")
+        costly = fleet[fleet["state"] == "idle, costs money"]
+        if not len(costly):
+            busy = int((fleet["state"] == "busy").sum())
+            return pn.pane.Alert(f"{len(fleet)} node(s), {busy} busy; no idle node is costing money.", alert_type="success")
+        per_hour = costly["price_per_hour"].astype(float).sum()
+        names = ", ".join(costly["node"].astype(str))
+        return pn.pane.Alert(f"**{len(costly)} idle node(s) cost money: {fmt_money(per_hour)}/h** ({html.escape(names)}). Stop or detach them, or start a run.", alert_type="danger", css_classes=["gaudi-nb-idle-costly"])
+
+    def table(fleet: pd.DataFrame) -> pn.viewable.Viewable:
+        if fleet is None or not len(fleet):
+            return pn.pane.Markdown("no nodes yet")
+        shown = fleet.copy()
+        shown["utilization_pct"] = shown["utilization_pct"].map(lambda v: None if v is None or pd.isna(v) else round(float(v), 1))
+        widget = pn.widgets.Tabulator(
+            shown,
+            show_index=False,
+            disabled=True,
+            sizing_mode="stretch_width",
+            titles={"utilization_pct": "utilization % (1 min)", "price_per_hour": "$/h", "active_runs": "active runs"},
+            formatters={"price_per_hour": {"type": "money", "symbol": "$"}},
+            css_classes=["gaudi-nb-fleet-table"],
+        )
+        widget.style.apply(lambda row: ["background-color:#fdecea;color:#b71c1c;font-weight:600" if row["state"] == "idle, costs money" else "" for _ in row], axis=1)
+        return widget
+
+    utilization = hv.DynamicMap(lambda data: _heatmap_image(data, "device utilization (%)", "utilization %"), streams=[state.utilization_pipe])
+    memory = hv.DynamicMap(lambda data: _heatmap_image(data, "device memory in use (% of the device's)", "memory %"), streams=[state.memory_pipe])
+    return pn.Column(
+        pn.pane.Markdown("## Fleet\nEvery node: this machine, attached nodes and any a run reports from. Idle nodes that cost money come first, in red."),
+        pn.bind(banner, state.param.fleet),
+        pn.bind(table, state.param.fleet),
+        pn.pane.Markdown("Each row of a map is one device, grouped by node (white lines); ten minutes in 5 s bins, grey where nothing was sampled."),
+        pn.Row(pn.pane.HoloViews(utilization, sizing_mode="stretch_width"), pn.pane.HoloViews(memory, sizing_mode="stretch_width"), sizing_mode="stretch_width"),
+        sizing_mode="stretch_width",
+        name="Fleet",
+    )
+
+
+# -- Runs ----------------------------------------------------------------------------------
+def runs_page(state: DashboardState, on_open: Any = None) -> pn.viewable.Viewable:
+    status = pn.widgets.Select(name="status", options=[""] + list(STATUS_COLOURS), value="", width=160)
+    owner = pn.widgets.Select(name="owner", options=[""], value="", width=160)
+    text = pn.widgets.TextInput(name="search", placeholder="run, name, model or project", width=260)
+    active_only = pn.widgets.Checkbox(name="active only", value=False)
+    table = pn.widgets.Tabulator(
+        pd.DataFrame(columns=list(RUNS_TABLE_TITLES)),
+        show_index=False,
+        disabled=True,
+        selectable=1,
+        pagination="local",
+        page_size=25,
+        sizing_mode="stretch_width",
+        titles=RUNS_TABLE_TITLES,
+        hidden_columns=["kind", "budget_usd", "name", "target"],
+        layout="fit_data_fill",
+        formatters={
+            "usd": {"type": "money", "symbol": "$", "precision": 4},
+            "usd_per_million_tokens": {"type": "money", "symbol": "$", "precision": 2},
+            "tokens_per_second": {"type": "money", "symbol": "", "precision": 0},
+            "loss": {"type": "money", "symbol": "", "precision": 4},
+            "created_at": {"type": "datetime", "outputFormat": "yyyy-MM-dd HH:mm:ss"},
+        },
+        header_filters={"run_id": {"type": "input", "func": "like", "placeholder": "filter"}, "model": {"type": "input", "func": "like", "placeholder": "filter"}, "project": {"type": "input", "func": "like", "placeholder": "filter"}},
+        css_classes=["gaudi-nb-runs-table"],
+    )
+    table.style.apply(lambda row: [f"color:{STATUS_COLOURS.get(str(row['status']), '#333')};font-weight:600" if column == "status" else "" for column in row.index], axis=1)
+    counts = pn.pane.Markdown("", css_classes=["gaudi-nb-runs-count"])
+
+    def refresh(*_: Any) -> None:
+        frame = state.runs
+        if frame is None or not len(frame):
+            counts.object = "no runs in this store yet: start one with `gaudi-nb train` or `%gaudi_train`"
+            return
+        owners = [""] + sorted(str(o) for o in frame["owner"].dropna().unique())
+        if owners != owner.options:
+            owner.options = owners
+        shown = filter_runs(frame, status=status.value or None, owner=owner.value or None, text=text.value_input or text.value or "", active_only=active_only.value)
+        shown = shown.assign(created_at=shown["created_at"].dt.tz_localize(None))
+        if len(shown) == len(table.value) and list(shown["run_id"]) == list(table.value.get("run_id", [])):
+            table.patch(shown, as_index=False)  # same rows: the cells change, the sort and the page stay
+        else:
+            table.value = shown
+        active = int(frame["status"].isin(ACTIVE_STATUSES).sum())
+        counts.object = f"{len(shown)} of {len(frame)} runs shown · {active} active · updated {time.strftime('%H:%M:%S')}"
+
+    state.param.watch(refresh, "runs")
+    for widget in (status, owner, active_only):
+        widget.param.watch(refresh, "value")
+    text.param.watch(refresh, "value_input")
+
+    def clicked(event: Any) -> None:
+        try:
+            run_id = str(table.value["run_id"].iloc[event.row])
+        except (IndexError, KeyError):
+            return
+        state.selected_run = run_id
+        if on_open is not None:
+            on_open(run_id)
+
+    table.on_click(clicked)
+    refresh()
+    return pn.Column(
+        pn.pane.Markdown("## Runs\nEvery run in the store, live. Click a run for its detail; filter with the boxes or the column headers; sort by any column."),
+        pn.Row(status, owner, text, active_only),
+        counts,
+        table,
+        sizing_mode="stretch_width",
+        name="Runs",
+    )
+
+
+# -- Run detail ----------------------------------------------------------------------------
+def _frame(points: List[Tuple[Any, float]], x: str, y: str) -> pd.DataFrame:
+    return pd.DataFrame(points, columns=[x, y]) if points else pd.DataFrame({x: pd.Series(dtype=float), y: pd.Series(dtype=float)})
+
+
+class CurveFeed:
+    """One curve of the selected run, streamed through a bounded hv.streams.Buffer: the whole history once,
+    then only the points that arrived since."""
+
+    def __init__(self, x: str, y: str) -> None:
+        self.x, self.y = x, y
+        self.buffer = hv.streams.Buffer(_frame([], x, y), length=CURVE_POINTS, index=False)
+        self.run_id: Optional[str] = None
+        self.sent = 0
+
+    def feed(self, run_id: str, points: List[Tuple[Any, float]]) -> None:
+        if run_id != self.run_id:
+            self.buffer.clear()
+            self.run_id, self.sent = run_id, 0
+        if len(points) > self.sent:
+            self.buffer.send(_frame(points[self.sent :], self.x, self.y))
+            self.sent = len(points)
+
+
+def detail_page(state: DashboardState) -> pn.viewable.Viewable:
+    picker = pn.widgets.AutocompleteInput(name="run", options=[], value=state.selected_run, restrict=False, min_characters=1, case_sensitive=False, width=420, placeholder="a run id (or click one on Runs)", search_strategy="includes")
+    loss = CurveFeed("step", "loss")
+    throughput = CurveFeed("step", "tokens_per_second")
+    utilization = CurveFeed("time", "utilization_pct")
+    cost = CurveFeed("time", "usd")
+    plots = pn.Row(
+        pn.pane.HoloViews(hv.DynamicMap(lambda data: hv.Curve(data, "step", "loss").opts(title="loss", responsive=True, height=240, color="#1976d2", tools=["hover"]), streams=[loss.buffer]), sizing_mode="stretch_width"),
+        pn.pane.HoloViews(hv.DynamicMap(lambda data: hv.Curve(data, "step", "tokens_per_second").opts(title="tokens/s (after warmup)", responsive=True, height=240, color="#00897b", tools=["hover"]), streams=[throughput.buffer]), sizing_mode="stretch_width"),
+        sizing_mode="stretch_width",
+    )
+    plots2 = pn.Row(
+        pn.pane.HoloViews(hv.DynamicMap(lambda data: hv.Curve(data, "time", hv.Dimension("utilization_pct", range=(0, 100))).opts(title="mean device utilization (%)", responsive=True, height=200, color="#6a1b9a", tools=["hover"]), streams=[utilization.buffer]), sizing_mode="stretch_width"),
+        pn.pane.HoloViews(hv.DynamicMap(lambda data: hv.Curve(data, "time", "usd").opts(title="dollars spent", responsive=True, height=200, color="#e65100", tools=["hover"]), streams=[cost.buffer]), sizing_mode="stretch_width"),
+        sizing_mode="stretch_width",
+    )
+    header = pn.pane.HTML("", sizing_mode="stretch_width", css_classes=["gaudi-nb-detail-header"])
+    numbers = pn.pane.HTML("")
+    money = pn.pane.HTML("")
+    failure = pn.pane.HTML("")
+    events = pn.widgets.Tabulator(pd.DataFrame(columns=["time", "type", "node", "rank", "what"]), show_index=False, disabled=True, pagination="local", page_size=15, sizing_mode="stretch_width", css_classes=["gaudi-nb-events-table"])
+    logs = pn.pane.Str("", sizing_mode="stretch_width", styles={"max-height": "320px", "overflow": "auto", "font-size": "11px", "background": "#f7f7f7"})
+    manifest = pn.pane.JSON({}, depth=2, sizing_mode="stretch_width", theme="light")
+    manifest_note = pn.pane.Markdown("")
+
+    def show(*_: Any) -> None:
+        if state.runs is not None and len(state.runs):
+            picker.options = list(state.runs["run_id"])
+        if picker.value != state.selected_run:
+            picker.value = state.selected_run
+        detail = state.detail()
+        if detail is None:
+            header.object = f"<i>{'no run ' + html.escape(state.selected_run) if state.selected_run else 'no run selected'}</i>"
+            return
+        run_id = detail.run_id
+        s = detail.state
+        header.object = header_html(s)
+        numbers.object = metrics_html(s)
+        money.object = cost_html(s)
+        failure.object = failure_html(s)
+        loss.feed(run_id, s.loss)
+        throughput.feed(run_id, s.throughput)
+        utilization.feed(run_id, [(pd.Timestamp(t, unit="s"), u) for t, u in detail.utilization])
+        cost.feed(run_id, [(pd.Timestamp(t, unit="s"), u) for t, u in detail.cost])
+        events.value = detail.events_frame().assign(time=lambda f: f["time"].dt.tz_localize(None))
+        logs.object = detail.log_tail() or "(no training log on this machine)"
+        found = detail.manifest()
+        if found is None:
+            manifest_note.object = "The reproducibility manifest is written for batch runs (`gaudi-nb batch`); this run has none." if detail.record.get("kind") != "batch" else "The batch run's manifest is not written yet."
+            manifest.object = {}
+        else:
+            manifest_note.object = f"Manifest: `{html.escape(str((detail.record.get('batch') or {}).get('manifest_path')))}`"
+            manifest.object = found
+
+    def picked(event: Any) -> None:
+        if event.new and event.new != state.selected_run:
+            state.selected_run = str(event.new)
+
+    picker.param.watch(picked, "value")
+    state.param.watch(show, ["selected_run", "detail_version", "version"])
+    show()
+    return pn.Column(
+        pn.pane.Markdown("## Run detail"),
+        picker,
+        header,
+        pn.Row(numbers, money, failure),
+        plots,
+        plots2,
+        pn.Tabs(("Events", events), ("Logs", logs), ("Manifest", pn.Column(manifest_note, manifest)), sizing_mode="stretch_width"),
+        sizing_mode="stretch_width",
+        name="Run detail",
+    )
+
+
+# -- Costs ---------------------------------------------------------------------------------
+def costs_page(state: DashboardState) -> pn.viewable.Viewable:
+    def burn(costs: Dict[str, Any]) -> pn.viewable.Viewable:
+        if not costs:
+            return pn.pane.Markdown("")
+        b = costs["burn"]
+        unknown = f" · {b['unknown_price_runs']} active run(s) without a price (unknown, not zero)" if b["unknown_price_runs"] else ""
+        return pn.Row(
+            pn.indicators.Number(name="burn rate now", value=round(b["usd_per_hour"], 2), format="${value}/h", font_size="28pt", title_size="11pt", css_classes=["gaudi-nb-burn"]),
+            pn.indicators.Number(name="spent, all runs", value=round(costs["total_usd"], 2), format="${value}", font_size="28pt", title_size="11pt"),
+            pn.indicators.Number(name="active runs", value=b["active_runs"], format="{value}", font_size="28pt", title_size="11pt"),
+            pn.pane.Markdown(unknown),
+        )
+
+    def bars(costs: Dict[str, Any], key: str, column: str, title: str) -> pn.viewable.Viewable:
+        frame = (costs or {}).get(key)
+        if frame is None or not len(frame):
+            return pn.pane.Markdown(f"**{title}**: nothing spent yet")
+        top = frame.head(20)
+        plot = hv.Bars(top, column, "usd").opts(title=title, responsive=True, height=260, color="#1976d2", tools=["hover"], xrotation=30 if len(top) > 6 else 0, ylabel="USD")
+        return pn.pane.HoloViews(plot, sizing_mode="stretch_width")
+
+    def budgets(costs: Dict[str, Any]) -> pn.viewable.Viewable:
+        frame = (costs or {}).get("budgets")
+        if frame is None or not len(frame):
+            return pn.pane.Markdown("No budgets: give a run `budget_usd`, or set monthly budgets per user and project in `$GAUDI_NB_HOME/budgets.json`.")
+        rows = []
+        for _, r in frame.iterrows():
+            fraction = r["fraction"]
+            if fraction is None or pd.isna(fraction):
+                bar = "spend unknown (no price)"
+            else:
+                colour = "#2e7d32" if fraction < 0.75 else "#f39c12" if fraction < 1 else "#c62828"
+                bar = f'<div style="width:220px;height:10px;background:#e8e8e8;border-radius:3px"><div style="width:{min(100.0, 100 * fraction):.1f}%;height:10px;background:{colour};border-radius:3px"></div></div> {100 * fraction:.0f}%'
+            rows.append(f"<tr><td>{html.escape(str(r['budget']))}</td><td>{fmt_money(None if pd.isna(r['usd']) else float(r['usd']))}</td><td>{fmt_money(float(r['budget_usd']))}</td><td style='display:flex;gap:6px;align-items:center'>{bar}</td></tr>")
+        return pn.pane.HTML(
+            "<table class='gaudi-nb-budgets' style='font-size:13px;border-collapse:collapse' cellpadding='4'><tr><th align=left>budget</th><th align=left>spent</th><th align=left>of</th><th align=left>how close</th></tr>" + "".join(rows) + "</table>",
+            sizing_mode="stretch_width",
+        )
+
+    return pn.Column(
+        pn.pane.Markdown("## Costs\nDollars are price × wall clock per node (the agent's meter). A run without a price counts as unknown, never as zero."),
+        pn.bind(burn, state.param.costs),
+        pn.Row(pn.bind(bars, state.param.costs, "by_user", "owner", "spend by user"), pn.bind(bars, state.param.costs, "by_project", "project", "spend by project"), sizing_mode="stretch_width"),
+        pn.bind(bars, state.param.costs, "by_day", "day", "spend by day (UTC)"),
+        pn.pane.Markdown("### Budgets"),
+        pn.bind(budgets, state.param.costs),
+        sizing_mode="stretch_width",
+        name="Costs",
+    )
+
+
+__all__ = ["DashboardState", "fleet_page", "runs_page", "detail_page", "costs_page", "CurveFeed"]

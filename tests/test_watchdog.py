@@ -356,3 +356,31 @@ def test_start_survives_a_reboot_by_crontab_where_there_is_no_systemd_and_is_ide
     third = watchdog.start(path)
     assert third["started"] == "replaced" and third["pid"] != first["pid"]
     assert table.read_text().count("@reboot") == 1  # one line per home, replaced
+
+
+def test_over_budget_every_run_is_asked_to_stop_once_a_later_one_too(gaudi_home):
+    from gaudi_nb.rundir import RunFolder
+
+    # stand-in agents: live processes whose command line names gaudi_nb.agent, as liveness checks
+    sleepers = []
+
+    def run_with_agent(run_id):
+        folder = RunFolder(gaudi_home / "runs" / run_id).create()
+        sleepers.append(subprocess.Popen([VENV_PYTHON, "-c", "import time; time.sleep(60)", "gaudi_nb.agent"]))
+        folder.agent_pid.write_text(str(sleepers[-1].pid))
+        return folder
+
+    try:
+        first = run_with_agent("r1")
+        values = dict(provider="aws", region=REGION, instance_id="i-1", launched_at=time.time() - 3600, price_per_hour=1.0, budget_usd=0.5, stop_grace_s=600.0, home=str(gaudi_home))
+        dog = watchdog.Watchdog(WatchdogConfig.from_dict(values))
+        assert dog.tick() is None and first.stop_reason() == "budget_exceeded"
+        asked_at = dog.state.runs_asked_to_stop_at
+        second = run_with_agent("r2")
+        assert dog.tick() is None and second.stop_reason() == "budget_exceeded"
+        assert dog.state.runs_asked_to_stop_at == asked_at  # the grace counts from the first request
+        assert log_of(gaudi_home).count("to stop after a checkpoint") == 2
+    finally:
+        for sleeper in sleepers:
+            sleeper.kill()
+            sleeper.wait()

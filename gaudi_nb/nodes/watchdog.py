@@ -16,7 +16,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Set, Tuple
 
 from ..errors import GaudiNbError, SpecError
 
@@ -336,6 +336,7 @@ class Watchdog:
         self.state = WatchdogState(config=config, started_at=now or time.time())
         self.utilization = Utilization(config.telemetry_source)
         self._said: Dict[str, str] = {}  # a message said once per topic until it changes
+        self._asked: Set[str] = set()  # runs asked to stop for the budget (one started later is asked too)
         self.config_file = config_file
         self._config_mtime = self._mtime()
         last = read_last_action(self.home)
@@ -390,7 +391,7 @@ class Watchdog:
         self._say_once("telemetry", self.utilization.error)
         if config.budget_usd is not None and config.price_per_hour is None:
             self._say_once("price", f"budget ${config.budget_usd:g} is not enforced: this machine's price per hour is unknown (give price_per_hour)")
-        if budget_due(state, now) and state.active_runs and state.runs_asked_to_stop_at is None:
+        if budget_due(state, now) and set(state.active_runs) - self._asked:
             self._ask_runs_to_stop(now)
         reason = decide(state, now)
         if reason:
@@ -401,17 +402,20 @@ class Watchdog:
     def _ask_runs_to_stop(self, now: float) -> None:
         from ..rundir import RunFolder
 
-        for run_id in self.state.active_runs:
+        new = [run_id for run_id in self.state.active_runs if run_id not in self._asked]
+        for run_id in new:
+            self._asked.add(run_id)
             try:
                 # the agent reads the reason as the run's final status: the node's budget ends it as budget_exceeded
                 RunFolder(self.home / "runs" / run_id).request_stop("budget_exceeded")
             except OSError as exc:
                 self.log(f"could not ask run {run_id} to stop: {exc}")
-        self.state.runs_asked_to_stop_at = now
+        if self.state.runs_asked_to_stop_at is None:
+            self.state.runs_asked_to_stop_at = now  # the grace counts from the first request
         spent = spend_usd(self.config, now) or 0.0
         self.log(
-            f"the node's budget of ${float(self.config.budget_usd or 0):.2f} is spent (${spent:.2f}); asked {len(self.state.active_runs)} run(s) "
-            f"to stop after a checkpoint ({', '.join(self.state.active_runs)}), {self.config.stop_grace_s:g} s grace before the {self.config.action}"
+            f"the node's budget of ${float(self.config.budget_usd or 0):.2f} is spent (${spent:.2f}); asked {len(new)} run(s) "
+            f"to stop after a checkpoint ({', '.join(new)}), {self.config.stop_grace_s:g} s grace before the {self.config.action}"
         )
 
     def act(self, reason: str, now: float) -> bool:

@@ -456,6 +456,9 @@ class IbmVpcServer:
         offered = profile["availability_class"].get("values") or [profile["availability_class"].get("value")]
         if klass not in offered:
             raise ApiError(400, "validation_availability_class", f"profile {profile_name} does not offer availability class {klass}")
+        trusted = body.get("default_trusted_profile")
+        if trusted is not None and not (trusted.get("target") or {}).get("id", "").startswith("Profile-"):
+            raise ApiError(400, "validation_trusted_profile", "default_trusted_profile.target must name a trusted profile id (Profile-...)")
         keys = []
         for ref in body.get("keys") or []:
             keys.append(self._get(self.keys, (ref or {}).get("id", ""), "key"))
@@ -489,6 +492,7 @@ class IbmVpcServer:
             "profile": {"name": profile_name, "href": self._href(f"/instance/profiles/{profile_name}")},
             "image": {"id": image["id"], "name": image["name"]}, "vpc": {"id": vpc["id"], "name": vpc["name"]},
             "zone": {"name": zone}, "availability": {"class": klass},
+            "metadata_service": {"enabled": bool((body.get("metadata_service") or {}).get("enabled")), "protocol": "http"},
             "vcpu": {"count": profile["vcpu_count"]["value"]}, "memory": profile["memory"]["value"],
             "primary_network_interface": nic, "network_interfaces": [nic],
             "_security_groups": groups, "_changed": now, "_target": "running",

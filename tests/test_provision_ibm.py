@@ -77,6 +77,7 @@ def test_provision_one_gaudi3_see_it_then_take_it_down(server, ibm):
     assert instance_body["primary_network_interface"]["security_groups"] == [{"id": resources.security_group}]
     # The first subnet is in us-east-1, which does not offer the Gaudi 3 profile here.
     assert instance_body["zone"] == {"name": "us-east-2"}
+    assert "default_trusted_profile" not in instance_body and "metadata_service" not in instance_body
     image = next(i for i in server.images.values() if i["id"] == instance_body["image"]["id"])
     assert image["name"] == "gaudi3-os-u22-01-21-0"  # the newest Gaudi image, not a plain Ubuntu one
     (key_body,) = posts(server, "/keys", since)
@@ -172,6 +173,20 @@ def test_server_answers_like_the_api_for_bad_requests(server, ibm):
         urllib.request.urlopen(f"{server.url}/instances?generation=2")
     assert missing.value.code == 400 and json.load(missing.value)["errors"][0]["code"] == "missing_version"
     assert os.environ["VPC_AUTH_TYPE"] == "noauth"
+
+
+def test_a_trusted_profile_gives_the_machine_its_own_identity(server, ibm, monkeypatch):
+    monkeypatch.setenv("GAUDI_NB_IBM_TRUSTED_PROFILE", "Profile-1234")
+    since = len(server.requests)
+    wanted = request("trusted", seed=10)
+    resources = ibm.bootstrap_instances(wanted)
+    instances = ibm.run_instances(wanted, resources)
+    (body,) = posts(server, "/instances", since)
+    assert body["default_trusted_profile"] == {"target": {"id": "Profile-1234"}, "auto_link": True}
+    assert body["metadata_service"] == {"enabled": True}
+    ibm.terminate_instances([i.id for i in instances])
+    ibm.wait_instances([i.id for i in instances], "terminated", timeout_s=10)
+    assert sorted(ibm.cleanup(resources)) == sorted(resources.created)
 
 
 def test_a_failure_midway_leaves_nothing_running_or_billed(server, ibm):

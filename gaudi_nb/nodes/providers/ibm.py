@@ -323,6 +323,12 @@ class IbmProvider:
                 }
                 if request.spot:
                     prototype["availability"] = {"class": "spot"}
+                trusted = os.environ.get("GAUDI_NB_IBM_TRUSTED_PROFILE")
+                if trusted:
+                    # The machine's own identity (VPC_AUTH_TYPE=vpc on it), which the autostop watchdog
+                    # needs to stop it; the metadata service hands that identity out, so it is on only then.
+                    prototype["default_trusted_profile"] = {"target": {"id": trusted}, "auto_link": True}
+                    prototype["metadata_service"] = {"enabled": True}
                 instance = self._call("create_instance", prototype)
                 made.append(instance["id"])
                 # A floating IP is the machine's public address; without one SSH cannot reach it.

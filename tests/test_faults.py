@@ -1,16 +1,25 @@
 """Faults: a crashed rank restarts from the last complete checkpoint as a new attempt of the same run,
 `gaudi-nb resume` continues an ended run, and a half-written checkpoint is never the last one."""
 import json
+import os
+import signal
+import subprocess
+import time
 
 import pytest
 from conftest import BIN
 
-from gaudi_nb.events import make_event
+import gaudi_nb
+from gaudi_nb.events import EventWriter, make_event, read_events
 from gaudi_nb.rundir import CHECKPOINT_COMPLETE, RunFolder, mark_checkpoint_complete, prune_checkpoints
 from gaudi_nb.summary import empty_summary, fold
 
 GAUDI_NB = str(BIN / "gaudi-nb")
-TINY = ["--batch-size", "2", "--sequence-length", "32", "--warmup-steps", "2"]
+TINY = dict(batch_size=2, sequence_length=32, warmup_steps=2)  # tiny-llama, the default model
+
+
+def run_cli(*args, timeout=120):
+    return subprocess.run([GAUDI_NB, *args], capture_output=True, text=True, timeout=timeout)
 
 
 # -- the record counts each step once ------------------------------------------------------
@@ -96,3 +105,121 @@ def test_keeping_the_newest_checkpoints_never_removes_the_last_complete_one(tmp_
     prune_checkpoints(folder, keep=1)
     assert folder.last_checkpoint().step == 30 and [c.step for c in folder.complete_checkpoints()] == [30]
     assert prune_checkpoints(folder, keep=None) == []  # no limit: complete ones all stay
+
+
+# -- the panel shows the final attempt -------------------------------------------------------------
+def test_the_panel_draws_the_final_attempts_loss_and_says_which_attempt_it_is():
+    from gaudi_nb.notebook.panel import PanelState, header_html
+
+    events = [make_event("run_start", "r", spec={"max_steps": 6})] + [step(n, 10.0 - n) for n in range(1, 5)]
+    events.append(make_event("restart", "r", attempt=2, cause="crash", from_step=2, reason="rank 1 was killed by SIGKILL"))
+    state = PanelState.from_events("r", events)
+    assert [x for x, _ in state.loss] == [1, 2] and state.status == "starting"
+    state.apply([step(n, 1.0, attempt=2) for n in range(3, 7)] + [step(4, 99.0, attempt=1)])  # a late line of attempt 1 is ignored
+    assert state.loss == [(1, 9.0), (2, 8.0), (3, 1.0), (4, 1.0), (5, 1.0), (6, 1.0)]
+    header = header_html(state)
+    assert 'data-attempt="2"' in header and "crash from step 2" in header and "SIGKILL" in header
+    state.apply([make_event("run_end", "r", status="succeeded")])
+    assert state.done  # the panel loop ends on it
+
+
+# -- refusals: one line each ---------------------------------------------------------------------
+def ended_run(home, run_id, status, *, checkpoint_step=None):
+    """A run as the store and its folder hold it after it ended, without training one."""
+    from gaudi_nb.store import RunStore
+
+    folder = RunFolder(home / "runs" / run_id).create()
+    spec = gaudi_nb.RunSpec(max_steps=20)
+    folder.spec.write_text(spec.model_dump_json())
+    folder.run.write_text(json.dumps({"run_id": run_id, "node": "local", "target": "local"}))
+    RunStore().register(run_id, spec=spec.to_json_dict(), target="local", run_dir=str(folder.path))
+    writer = EventWriter(folder.events, run_id)
+    writer.emit("run_start", spec=spec.to_json_dict(), run_dir=str(folder.path))
+    writer.emit("run_end", status=status, reason="stopped on request")
+    writer.close()
+    if checkpoint_step is not None:
+        saved(folder, checkpoint_step)
+    return folder
+
+
+def test_resume_refuses_in_one_line_with_exit_2(gaudi_home):
+    ended_run(gaudi_home, "no-checkpoint", "stopped")
+    ended_run(gaudi_home, "finished", "succeeded", checkpoint_step=20)
+    for run_id, expected in [
+        ("no-checkpoint", "run no-checkpoint has no complete checkpoint to resume from (it ended stopped before its first): start it again, with --save-steps N"),
+        ("finished", "nothing left to train; resume with --max-steps above 20"),
+    ]:
+        result = run_cli("resume", run_id)
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.returncode == 2 and len(lines) == 1 and expected in lines[0], result.stderr
+    assert gaudi_nb.get_run("no-checkpoint").status == "stopped"  # nothing changed
+    assert not [e for e in read_events(gaudi_home / "runs" / "finished" / "events.jsonl")[0] if e["type"] == "restart"]
+
+
+# -- real runs: torchrun, CPU ranks, the detached agent --------------------------------------------
+def wait_for(predicate, timeout=120, poll_s=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll_s)
+    raise AssertionError("timed out waiting")
+
+
+def events_of(run):
+    return read_events(run.run_dir / "events.jsonl")[0]
+
+
+@pytest.mark.slow
+def test_a_rank_killed_mid_run_restarts_from_the_last_checkpoint_and_every_step_counts_once(gaudi_home):
+    run = gaudi_nb.train(devices=2, max_steps=40, save_steps=10, max_restarts=2, **TINY)
+
+    def past_the_first_checkpoint():
+        events = events_of(run)
+        checkpoints = [e["step"] for e in events if e["type"] == "checkpoint"]
+        steps = [e["step"] for e in events if e["type"] == "step"]
+        ranks = {e["rank"]: e["pid"] for e in events if e["type"] == "worker_start"}
+        return checkpoints and steps[-1] >= checkpoints[-1] + 2 and len(ranks) == 2 and (ranks, checkpoints[-1], steps[-1])
+
+    ranks, checkpointed, reached = wait_for(past_the_first_checkpoint)
+    os.kill(ranks[1], signal.SIGKILL)
+    run.wait(timeout=180)
+    record = run.record()
+    assert record["status"] == "succeeded", record["exit"]
+    restart = run.events(types=["restart"])[0]
+    assert restart["cause"] == "crash" and restart["attempt"] == 2 and restart["failed_rank"] == 1 and restart["signal"] == "SIGKILL"
+    assert checkpointed <= restart["from_step"] < 40 and restart["checkpoint"].endswith(f"checkpoint-{restart['from_step']}")
+    # the record counts each step once: 40 steps of 2 ranks × 2 sequences × 32 tokens
+    assert record["steps_completed"] == 40 and record["metrics"]["tokens_seen"] == 40 * 2 * 2 * 32
+    assert record["attempt"] == 2 and record["restarts"][0]["reason"] == "rank 1 was killed by SIGKILL"
+    final = [e["step"] for e in run.events(types=["step"]) if e["attempt"] == 2]
+    assert final == list(range(restart["from_step"] + 1, 41))  # the second attempt went on from the checkpoint
+    first = [e["step"] for e in run.events(types=["step"]) if e["attempt"] == 1]
+    assert first[0] == 1 and first[-1] >= restart["from_step"]
+
+
+@pytest.mark.slow
+def test_resume_continues_a_stopped_run_from_its_checkpoint_to_the_end(gaudi_home):
+    run = gaudi_nb.train(devices=1, max_steps=30, save_steps=5, keep_checkpoints=1, **TINY)
+    wait_for(lambda: any(e["type"] == "checkpoint" for e in events_of(run)))
+    stop = run_cli("stop", run.run_id)
+    assert stop.returncode == 0, stop.stderr
+    running = run_cli("resume", run.run_id)  # still stopping
+    assert running.returncode == 2 and "stop it first" in running.stderr, running.stderr
+    run.wait(timeout=120)
+    stopped = run.record()
+    assert stopped["status"] == "stopped" and stopped["steps_completed"] < 30
+    stop_checkpoint = stopped["checkpoints"][-1]["step"]
+    result = run_cli("resume", run.run_id, "--json", timeout=180)
+    assert result.returncode == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["run_id"] == run.run_id and record["status"] == "succeeded" and record["steps_completed"] == 30
+    assert record["attempt"] == 2 and record["restarts"][0]["cause"] == "resume" and record["restarts"][0]["from_step"] == stop_checkpoint
+    steps = [(e["attempt"], e["step"]) for e in run.events(types=["step"])]
+    assert [s for a, s in steps if a == 2] == list(range(stop_checkpoint + 1, 31))
+    assert record["metrics"]["tokens_seen"] == 30 * 2 * 32
+    # keep_checkpoints=1: only the final checkpoint is left, complete
+    assert [c.step for c in RunFolder(run.run_dir).checkpoint_folders()] == [30] and RunFolder(run.run_dir).last_checkpoint().step == 30
+    ends = [e["status"] for e in run.events(types=["run_end"])]
+    assert ends == ["stopped", "succeeded"] and gaudi_nb.get_run(run.run_id).status == "succeeded"

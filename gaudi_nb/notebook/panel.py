@@ -46,6 +46,7 @@ class PanelState:
         self._first_step: Optional[Tuple[int, float]] = None  # (step, t) of the first measured step
         self._last_step: Optional[Tuple[int, float]] = None
         self.last_event_t: Optional[float] = None
+        self.attempt = 1  # the charts show the newest attempt's values for each step
 
     @classmethod
     def from_events(cls, run_id: str, events: Sequence[Dict[str, Any]]) -> "PanelState":
@@ -64,6 +65,10 @@ class PanelState:
                 self.last_event_t = float(t)
             if kind == "step":
                 step = int(e["step"])
+                if int(e.get("attempt") or 1) < self.attempt:
+                    continue  # a late line from an attempt a restart replaced
+                if self.loss and self.loss[-1][0] >= step or self.throughput and self.throughput[-1][0] >= step:
+                    self._forget_after(step - 1)  # a step replayed after a restart: its new values replace the old
                 if e.get("loss") is not None:
                     self.loss.append((step, float(e["loss"])))
                 if not e.get("warmup") and e.get("tokens_per_second"):
@@ -87,9 +92,19 @@ class PanelState:
                 self.host = e.get("host")
             elif kind == "worker_error":
                 self.worker_errors.append(f"rank {e.get('rank')}: {e.get('error')}")
+            elif kind == "restart":
+                self.attempt = int(e.get("attempt") or self.attempt + 1)
+                self._forget_after(int(e.get("from_step") or 0))
+                self.worker_errors = []  # the crashed attempt's; the restart event keeps the reason
+                self._first_step = self._last_step = None  # the ETA follows the new attempt's pace
         self.summary = fold(self.summary, events)
         self.events_seen += len(events)
         return True
+
+    def _forget_after(self, step: int) -> None:
+        self.loss = [p for p in self.loss if p[0] <= step]
+        self.throughput = [p for p in self.throughput if p[0] <= step]
+        self.eval_loss = [p for p in self.eval_loss if p[0] <= step]
 
     # -- derived values ----------------------------------------------------
     @property
@@ -238,9 +253,20 @@ def header_html(state: PanelState) -> str:
         f'<span class="gaudi-nb-step" data-step="{state.step}" data-max-steps="{max_steps or ""}" style="font-variant-numeric:tabular-nums"><b>step {state.step}</b> / {max_steps or "?"}</span>'
         f'<span class="gaudi-nb-eta">ETA {"done" if state.done else fmt_duration(eta)}</span>'
         f'<span class="gaudi-nb-device" style="color:#555">{html.escape(device)}{" (" + html.escape(extras) + ")" if extras else ""}</span>'
+        f"{attempt_html(state)}"
         "</div>"
         f'<div style="height:4px;background:#e8e8e8;border-radius:2px;margin:4px 0 2px"><div style="height:4px;width:{pct:.1f}%;background:{colour};border-radius:2px"></div></div>'
     )
+
+
+def attempt_html(state: PanelState) -> str:
+    """attempt 2 · crash from step 10, with the reason on hover; nothing for a run's first attempt."""
+    restarts = state.summary.get("restarts") or []
+    if not restarts:
+        return ""
+    last = restarts[-1]
+    label = f"attempt {state.summary.get('attempt')} · {last.get('cause')} from step {last.get('from_step')}"
+    return f'<span class="gaudi-nb-attempt" data-attempt="{state.summary.get("attempt")}" title="{html.escape(str(last.get("reason") or ""))}" style="color:#888;font-size:11px">{html.escape(label)}</span>'
 
 
 def metrics_html(state: PanelState) -> str:

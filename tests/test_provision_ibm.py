@@ -69,7 +69,10 @@ def test_provision_one_gaudi3_see_it_then_take_it_down(server, ibm):
     assert [(i.id, i.node, i.public_ip) for i in listed] == [(running[0].id, "g-0", running[0].public_ip)]
     assert ibm.query_instances(group="other") == []
 
-    # What the cloud was asked for.
+    # What the cloud was asked for, every call at the API version the provider is written against.
+    from gaudi_nb.nodes.providers.ibm import API_VERSION
+
+    assert {(r["query"].get("version"), r["query"].get("generation")) for r in server.requests[since:]} == {(API_VERSION, "2")}
     (instance_body,) = posts(server, "/instances", since)
     assert instance_body["name"] == "gaudi-nb-g-0"
     assert instance_body["profile"] == {"name": GAUDI3}

@@ -42,6 +42,10 @@ STATES = {
     "failed": "failed",
 }
 
+# The API behaviour gaudi_nb is written against (IBM's `version` query parameter), whatever
+# ibm-vpc release is installed: rule protocol `any`, spot availability, trusted profiles.
+API_VERSION = "2026-10-06"
+
 # IBM names: lowercase letters, digits and hyphens, starting with a letter, at most 63.
 NAME_RE = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
 
@@ -97,14 +101,14 @@ class IbmProvider:
         config = read_external_sources("vpc")
         try:
             if config.get("AUTH_TYPE") or config.get("AUTHTYPE") or config.get("APIKEY"):
-                service = ibm_vpc.VpcV1.new_instance()
+                service = ibm_vpc.VpcV1.new_instance(version=API_VERSION)
             else:
                 # The ibmcloud CLI's and Terraform's variables, which the SDK itself does not read
                 # (VPC_AUTH_URL still names another IAM, as for the SDK's own settings).
                 apikey = os.environ.get("IBMCLOUD_API_KEY") or os.environ.get("IC_API_KEY")
                 if not apikey:
                     raise SpecError(f"no IBM Cloud credentials: {CREDENTIALS_HELP}")
-                service = ibm_vpc.VpcV1(authenticator=IAMAuthenticator(apikey, url=config.get("AUTH_URL")))
+                service = ibm_vpc.VpcV1(version=API_VERSION, authenticator=IAMAuthenticator(apikey, url=config.get("AUTH_URL")))
                 service.configure_service("vpc")
         except ValueError as exc:
             raise SpecError(f"IBM Cloud credentials are incomplete ({_short(exc)}): {CREDENTIALS_HELP}") from None
@@ -123,13 +127,13 @@ class IbmProvider:
         try:
             return getattr(self.vpc, method)(*args, **kwargs).get_result()
         except ApiException as exc:
-            if missing_ok and exc.status_code == 404:
+            if missing_ok and _status(exc) == 404:
                 return None
             # IAM refusing the key to a token fails the first VPC call too: that is a credentials problem.
             from_iam = str(getattr(exc.http_response, "url", "")).endswith("/identity/token")
-            if exc.status_code in (401, 403) or from_iam:
-                raise SpecError(f"IBM Cloud did not accept the credentials ({exc.status_code}: {_short(exc.message)}): {CREDENTIALS_HELP}") from None
-            raise GaudiNbError(f"IBM Cloud VPC {method} failed ({exc.status_code}): {_short(exc.message)}") from None
+            if _status(exc) in (401, 403) or from_iam:
+                raise SpecError(f"IBM Cloud did not accept the credentials ({_status(exc)}: {_short(exc.message)}): {CREDENTIALS_HELP}") from None
+            raise GaudiNbError(f"IBM Cloud VPC {method} failed ({_status(exc)}): {_short(exc.message)}") from None
         except OSError as exc:  # requests' connection errors are OSErrors
             raise GaudiNbError(f"IBM Cloud VPC ({self.vpc.service_url}) cannot be reached: {_short(exc)}") from None
 
@@ -444,9 +448,9 @@ class IbmProvider:
                 getattr(self.vpc, delete[kind])(resource_id)
             except ApiException as exc:
                 # 409: in use after all (a machine still being deleted), so kept; 404: already gone.
-                if exc.status_code in (404, 409):
+                if _status(exc) in (404, 409):
                     continue
-                raise GaudiNbError(f"IBM Cloud VPC could not remove {kind} {resource_id} ({exc.status_code}): {_short(exc.message)}") from None
+                raise GaudiNbError(f"IBM Cloud VPC could not remove {kind} {resource_id} ({_status(exc)}): {_short(exc.message)}") from None
             removed.append((kind, resource_id))
         return removed
 
@@ -464,6 +468,11 @@ class IbmProvider:
             if any(k.get("id") == key_id for k in init.get("keys") or []):
                 return False
         return self._call("get_key", key_id, missing_ok=True) is not None
+
+
+def _status(exc: Any) -> int:
+    """An ApiException's HTTP status (`status_code` in recent ibm-cloud-sdk-core, `code` before)."""
+    return getattr(exc, "status_code", None) or exc.code
 
 
 def _ssh_cidr(text: str) -> str:

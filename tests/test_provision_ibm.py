@@ -337,3 +337,19 @@ def test_an_api_key_is_traded_for_a_token_and_a_wrong_one_is_one_line(monkeypatc
             provider("ibm", "us-east").query_instances(group="g")
     finally:
         secured.stop()
+
+
+def test_a_machine_the_cloud_fails_is_one_line_with_ibms_reason(server, ibm):
+    wanted = request("broken", seed=11)
+    resources = ibm.bootstrap_instances(wanted)
+    (made,) = ibm.run_instances(wanted, resources)
+    server.instances[made.id].update(
+        status="failed", _target="failed",
+        status_reasons=[{"code": "cannot_start_capacity", "message": "Insufficient capacity for the profile in the zone"}])
+    with pytest.raises(GaudiNbError, match="could not start broken-0: Insufficient capacity") as caught:
+        ibm.wait_instances([made.id], "running", timeout_s=10)
+    assert "\n" not in str(caught.value)
+    assert ibm.query_instances(group="broken")[0].state == "failed"
+    ibm.terminate_instances([made.id])
+    ibm.wait_instances([made.id], "terminated", timeout_s=10)
+    ibm.cleanup(resources)

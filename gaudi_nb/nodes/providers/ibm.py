@@ -366,7 +366,7 @@ class IbmProvider:
                 failed = [i for i in found if i.state == "failed"]
                 if failed:
                     why = "; ".join(f"{i.node}: {i.extra.get('reason') or 'no reason given'}" for i in failed)
-                    raise GaudiNbError(f"IBM Cloud could not start {why}: `gaudi-nb nodes down` removes it")
+                    raise GaudiNbError(f"IBM Cloud could not start {why}")
                 gone = sorted(set(ids) - {i.id for i in found})
                 if gone:
                     raise GaudiNbError(f"IBM Cloud instance(s) {', '.join(gone)} no longer exist")

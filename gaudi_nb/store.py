@@ -7,7 +7,7 @@ import time
 import zlib
 from typing import Any, Dict, Iterable, List, Optional, Sequence
 
-from sqlalchemy import JSON, BigInteger, Float, Integer, String, UniqueConstraint, create_engine, event, func, select, text, update
+from sqlalchemy import JSON, BigInteger, Float, Integer, String, UniqueConstraint, create_engine, event, func, insert, select, text, update
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
@@ -161,14 +161,31 @@ def _current_user() -> Optional[str]:
         return None
 
 
+def _all_finite(value: Any) -> bool:
+    kind = type(value)
+    if kind is float:
+        return math.isfinite(value)
+    if kind is dict:
+        return all(_all_finite(v) for v in value.values())
+    if kind is list:
+        return all(_all_finite(v) for v in value)
+    return True
+
+
 def _finite(value: Any) -> Any:
     """JSON columns in PostgreSQL refuse NaN and infinities (a diverged loss): store them as null."""
+    if _all_finite(value):  # nearly every event: checked without copying it
+        return value
+    return _finite_copy(value)
+
+
+def _finite_copy(value: Any) -> Any:
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: _finite_copy(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_finite(v) for v in value]
+        return [_finite_copy(v) for v in value]
     return value
 
 
@@ -211,9 +228,13 @@ class RunStore:
             if moved != 1:
                 return 0
             seq = row.events_count
+            rows = []
             for i, event in enumerate(events):
                 clean = _finite(event)
-                session.add(EventRow(run_id=run_id, seq=seq + i, type=str(clean.get("type")), t=float(clean.get("t") or 0), rank=clean.get("rank"), step=clean.get("step"), payload=clean))
+                rows.append({"run_id": run_id, "seq": seq + i, "type": str(clean.get("type")), "t": float(clean.get("t") or 0), "rank": clean.get("rank"), "step": clean.get("step"), "payload": clean})
+            if rows:
+                # one executemany, not an ORM object per event: a fleet's stream is thousands of events a second
+                session.connection().execute(insert(EventRow.__table__), rows)
             summary = fold(row.summary, events)
             session.execute(
                 update(RunRow)

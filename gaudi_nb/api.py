@@ -242,10 +242,10 @@ def resume(run_id: str, *, max_steps: Optional[int] = None, budget_usd: Optional
     from .rundir import RunFolder
 
     run = Run(run_id, store)
-    record = run.record()
-    target = record.get("target") or "local"
+    target = run.store.get(run.run_id).get("target") or "local"  # asked before any sync: a remote node may not answer
     if parse_target(target).kind != "local":
         raise SpecError(f"run {run.run_id} ran on {target}: resume works for local runs in this version; start a new run there with gaudi-nb train --target {target}")
+    record = run.record()
     if record["status"] in ACTIVE_STATUSES:
         raise SpecError(f"run {run.run_id} is still {record['status']}: stop it first (gaudi-nb stop {run.run_id}), then resume it")
     folder = RunFolder(run.run_dir or target_for("local").run_dir(run.run_id))

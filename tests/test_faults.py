@@ -124,7 +124,7 @@ def test_the_panel_draws_the_final_attempts_loss_and_says_which_attempt_it_is():
 
 
 # -- refusals: one line each ---------------------------------------------------------------------
-def ended_run(home, run_id, status, *, checkpoint_step=None):
+def ended_run(home, run_id, status, *, checkpoint_step=None, target="local"):
     """A run as the store and its folder hold it after it ended, without training one."""
     from gaudi_nb.store import RunStore
 
@@ -132,7 +132,7 @@ def ended_run(home, run_id, status, *, checkpoint_step=None):
     spec = gaudi_nb.RunSpec(max_steps=20)
     folder.spec.write_text(spec.model_dump_json())
     folder.run.write_text(json.dumps({"run_id": run_id, "node": "local", "target": "local"}))
-    RunStore().register(run_id, spec=spec.to_json_dict(), target="local", run_dir=str(folder.path))
+    RunStore().register(run_id, spec=spec.to_json_dict(), target=target, run_dir=str(folder.path))
     writer = EventWriter(folder.events, run_id)
     writer.emit("run_start", spec=spec.to_json_dict(), run_dir=str(folder.path))
     writer.emit("run_end", status=status, reason="stopped on request")
@@ -145,7 +145,9 @@ def ended_run(home, run_id, status, *, checkpoint_step=None):
 def test_resume_refuses_in_one_line_with_exit_2(gaudi_home):
     ended_run(gaudi_home, "no-checkpoint", "stopped")
     ended_run(gaudi_home, "finished", "succeeded", checkpoint_step=20)
+    ended_run(gaudi_home, "remote", "stopped", checkpoint_step=10, target="nb1")
     for run_id, expected in [
+        ("remote", "run remote ran on nb1: resume works for local runs in this version"),
         ("no-checkpoint", "run no-checkpoint has no complete checkpoint to resume from (it ended stopped before its first): start it again, with --save-steps N"),
         ("finished", "nothing left to train; resume with --max-steps above 20"),
     ]:
@@ -223,3 +225,48 @@ def test_resume_continues_a_stopped_run_from_its_checkpoint_to_the_end(gaudi_hom
     assert [c.step for c in RunFolder(run.run_dir).checkpoint_folders()] == [30] and RunFolder(run.run_dir).last_checkpoint().step == 30
     ends = [e["status"] for e in run.events(types=["run_end"])]
     assert ends == ["stopped", "succeeded"] and gaudi_nb.get_run(run.run_id).status == "succeeded"
+
+
+TORCHRUN_SUMMARY = """\
+--- gaudi_nb: attempt 2, from /runs/r/checkpoints/checkpoint-10 ---
+Root Cause (first observed failure):
+[0]:
+  time      : 2026-11-29_19:23:59
+  host      : localhost
+  rank      : 0 (local_rank: 0)
+  exitcode  : 1 (pid: 15280)
+  error_file: <N/A>
+=======================================================
+--- gaudi_nb: attempt 3, from /runs/r/checkpoints/checkpoint-10 ---
+  traceback : Signal 15 (SIGTERM) received by PID 15282
+-------------------------------------------------------
+Root Cause (first observed failure):
+[0]:
+  time      : 2026-11-29_19:23:59
+  host      : localhost
+  rank      : 1 (local_rank: 1)
+  exitcode  : -9 (pid: 15283)  (SIGKILL)
+  error_file: <N/A>
+  traceback : Signal 9 (SIGKILL) received by PID 15283
+======================================================="""
+
+
+def test_a_crash_names_the_rank_and_the_signal_from_the_launchers_summary_of_this_attempt():
+    from gaudi_nb.agent.supervisor import crash_details
+
+    lines = TORCHRUN_SUMMARY.splitlines()
+    assert crash_details(lines, 1) == {"rank": 1, "exit_code": -9, "signal": "SIGKILL", "reason": "rank 1 was killed by SIGKILL"}
+    assert crash_details(lines[:9], 1)["reason"] == "rank 0 exited with code 1"
+    assert crash_details(lines[:10], 1)["reason"] == "the launcher exited with code 1"  # attempt 3 has no summary yet
+
+
+@pytest.mark.slow
+def test_when_restarts_run_out_the_run_fails_with_the_reason(gaudi_home, tmp_path):
+    script = tmp_path / "crash.py"
+    script.write_text("raise RuntimeError('out of luck')\n")
+    run = gaudi_nb.train(script=str(script), max_restarts=1, max_steps=5).wait(timeout=120)
+    record = run.record()
+    assert record["status"] == "failed" and record["attempt"] == 2
+    restart = run.events(types=["restart"])[0]
+    assert restart["from_step"] == 0 and restart["checkpoint"] is None and restart["restarts_left"] == 0
+    assert record["exit"]["reason"] == "rank 0 exited with code 1: RuntimeError: out of luck; no restarts left (1 of --max-restarts 1 used)"

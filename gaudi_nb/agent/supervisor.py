@@ -70,6 +70,7 @@ def failure_reason(lines: List[str], exit_code: int) -> str:
     return f"the launcher exited with code {exit_code}"
 
 
+ATTEMPT_MARK = "--- gaudi_nb: attempt "  # the line the agent writes into train.log before each later attempt
 _FAILED_RANK = re.compile(r"^\s*rank\s*:\s*(\d+)")
 _EXIT_CODE = re.compile(r"^\s*exitcode\s*:\s*(-?\d+)")
 
@@ -77,6 +78,8 @@ _EXIT_CODE = re.compile(r"^\s*exitcode\s*:\s*(-?\d+)")
 def crash_details(lines: List[str], exit_code: Optional[int]) -> Dict[str, Any]:
     """Which rank ended an attempt and how, from torchrun's failure summary ("Root Cause" block:
     rank, exitcode; a negative exit code is the signal)."""
+    attempt = max((i for i, line in enumerate(lines) if line.startswith(ATTEMPT_MARK)), default=-1)
+    lines = lines[attempt + 1:]  # an earlier attempt's summary says nothing about this one
     start = max((i for i, line in enumerate(lines) if "Root Cause" in line), default=-1)
     rank = code = None
     for line in lines[start + 1:]:
@@ -433,7 +436,7 @@ class Agent:
         self.rank_pids = {}
         with open(self.folder.train_log, "ab") as log:
             if self.attempt > 1:
-                log.write(f"--- gaudi_nb: attempt {self.attempt}, from {self.resume_from or 'step 0'} ---\n".encode())
+                log.write(f"{ATTEMPT_MARK}{self.attempt}, from {self.resume_from or 'step 0'} ---\n".encode())
                 log.flush()
             self.process = subprocess.Popen(
                 plan.argv,

@@ -29,6 +29,8 @@ _EXPORTS = {
     "runs": (".api", "runs"),
     "train": (".api", "train"),
     "attach": (".nodes.attach", "attach"),
+    "provision": (".nodes.provision", "provision"),
+    "down": (".nodes.provision", "down"),
     "launcher": (".notebook", "launcher"),
 }
 
@@ -43,10 +45,12 @@ __all__ = [
     "__version__",
     "attach",
     "batch",
+    "down",
     "get_run",
     "launcher",
     "load_ipython_extension",
     "resume",
+    "provision",
     "runs",
     "train",
 ]
@@ -55,6 +59,7 @@ if TYPE_CHECKING:  # what IDEs and mypy see
     from .api import Run, get_run, resume, runs, train
     from .errors import GaudiNbError, MissingExtraError, NotFoundError, SpecError
     from .nodes.attach import attach
+    from .nodes.provision import down, provision
     from .notebook import launcher  # type: ignore[no-redef]  # the function; mypy also sees the module of that name
     from .spec import NodeSpec, RunSpec
 

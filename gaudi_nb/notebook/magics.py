@@ -1,4 +1,4 @@
-"""IPython magics (%load_ext gaudi_nb): %gaudi_attach, %gaudi_train / %%gaudi_train, %gaudi_runs, %gaudi_watch, %gaudi_stop, %gaudi_cost."""
+"""IPython magics (%load_ext gaudi_nb): %gaudi_attach, %gaudi_provision, %gaudi_train / %%gaudi_train, %gaudi_runs, %gaudi_watch, %gaudi_stop, %gaudi_cost."""
 from __future__ import annotations
 
 import argparse
@@ -340,6 +340,42 @@ class GaudiMagics(Magics):
             raise _one_line(exc) from None
         print(f"stop requested for {run.run_id}" + ("" if first else " (a stop was already requested)") + "; its panel shows when it has stopped")
 
+    # -- %gaudi_provision ------------------------------------------------------------------
+    @line_magic
+    @magic_arguments()
+    @argument("provider", help="aws or ibm")
+    @argument("--instance-type", dest="instance_type", required=True, help="from the price catalog: dl1.24xlarge (AWS), gx3d-160x1792x8gaudi3 (IBM)")
+    @argument("--count", type=int, default=1, help="how many machines (NAME-0, NAME-1, ...)")
+    @argument("--region", default=None, help="default: the first region the price catalog lists for the type")
+    @argument("--image", default=None, help="image id; default: the newest Habana/Gaudi deep learning image")
+    @argument("--name", default=None, help="the group's name (gaudi-nb nodes down NAME); default: PROVIDER-xxxxxx")
+    @argument("--ssh-from", dest="ssh_from", default=None, metavar="CIDR", help="where SSH is admitted from; default: this machine's public address")
+    @argument("--spot", action="store_true", help="spot machines: cheaper, and the cloud may take them back")
+    @argument("--idle-minutes", dest="idle_minutes", type=float, default=None, help="autostop: stop a machine after this many idle minutes")
+    @argument("--budget-usd", dest="budget_usd", type=float, default=None, help="autostop: stop a machine when its spend reaches this")
+    @argument("--no-attach", dest="no_attach", action="store_true", help="return once the machines run (do not wait for SSH or attach)")
+    def gaudi_provision(self, line: str) -> List[Dict[str, Any]]:
+        """Create cloud machines as nodes (billed from launch until gaudi-nb nodes down NAME), attach them, and make them the target."""
+        from ..nodes.provision import provision
+
+        args = parse_argstring(self.gaudi_provision, line)
+        try:
+            records = provision(args.provider, args.instance_type, count=args.count, region=args.region, image=args.image, name=args.name,
+                                ssh_from=args.ssh_from, spot=args.spot, idle_minutes=args.idle_minutes, budget_usd=args.budget_usd,
+                                attach=not args.no_attach, progress=print)
+        except GaudiNbError as exc:
+            raise _one_line(exc) from None
+        names = [r["name"] for r in records]
+        if args.no_attach:
+            print(f"running: {', '.join(names)}; attach them with %gaudi_attach ssh://… --name NAME --identity-file {records[0]['identity_file']}")
+        elif len(names) == 1:
+            self.target = names[0]
+            print(f"attached: {names[0]}; %gaudi_train starts runs there")
+        else:
+            print(f"attached: {', '.join(names)}; train across them with %gaudi_train --target {','.join(names)} --nodes {len(names)}")
+        print(f"billed until: gaudi-nb nodes down {records[0]['group']}")
+        return records
+
     # -- %gaudi_cost ----------------------------------------------------------------------
     @line_magic
     @magic_arguments()
@@ -349,7 +385,7 @@ class GaudiMagics(Magics):
     @argument("--model", default=None, help="a local model preset for the estimate: its size is computed")
     @argument("--mfu", type=float, default=0.35, help="model FLOPs utilization for the estimate (share of peak)")
     def gaudi_cost(self, line: str) -> None:
-        """The price catalog and this session's price and budget; a run's cost; or pre-run estimates (--tokens)."""
+        """The price catalog, this session's price and budget and the provisioned machines' spend; a run's cost; or pre-run estimates (--tokens)."""
         from IPython.display import HTML, display
 
         args = parse_argstring(self.gaudi_cost, line)
@@ -364,7 +400,7 @@ class GaudiMagics(Magics):
                 raise _one_line(exc) from None
             display(HTML(run_cost_html(record)))
             return
-        display(HTML(catalog_html(self.defaults())))
+        display(HTML(catalog_html(self.defaults()) + machines_html()))
 
 
 # -- HTML for %gaudi_runs and %gaudi_cost ---------------------------------------------------
@@ -422,6 +458,29 @@ def catalog_html(defaults: Dict[str, Any]) -> str:
         "Set them with <code>%config GaudiMagics.price_per_hour = 13.11</code> or <code>--price-per-hour</code>.</p>"
     )
     return session + _html_table(["provider", "instance type", "region", "accelerators", "on-demand $/h", "as of", "source"], rows, "gaudi-nb-catalog")
+
+
+def machines_html() -> str:
+    """The provisioned machines that still run and what each has cost so far (billed run or no run); '' when there are none."""
+    from ..nodes.provision import with_spend
+    from ..store import RunStore
+
+    records = [r for r in with_spend(RunStore().list_nodes()) if r.get("provider") and r.get("state") != "terminated"]
+    if not records:
+        return ""
+    rows = []
+    for r in records:
+        cost = r["cost"]
+        price = "unknown" if cost["price_per_hour"] is None else f"{_money(cost['price_per_hour'])}/h"
+        rows.append([r["name"], f"{r['provider']} {r['instance_type']} {r['region']}", str(r.get("state")), price, "unknown" if cost["usd"] is None else _money(cost["usd"]), f"{cost['hours']:.2f}"])
+    unknown = [r["name"] for r in records if r["cost"]["usd"] is None]
+    note = ""
+    if unknown:
+        from ..cost.catalog import user_prices_path
+
+        note = f"<p>cost unknown for {html.escape(', '.join(unknown))}: set the instance type's price in <code>{html.escape(str(user_prices_path()))}</code></p>"
+    table = _html_table(["machine", "where", "state", "price", "spent", "hours"], rows, "gaudi-nb-machines")
+    return f"<p>provisioned machines (billed from launch until <code>gaudi-nb nodes down</code>):</p>{table}{note}"
 
 
 def run_cost_html(record: Dict[str, Any]) -> str:

@@ -1,0 +1,279 @@
+"""Provisioning on AWS against a real EC2 API (moto in server mode): the CLI, the API and the magic, the request EC2 gets, and what is left after down."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+import pytest
+
+from gaudi_nb.errors import SpecError
+
+BIN = Path(sys.executable).parent
+SSH_FROM = "203.0.113.7/32"  # TEST-NET-3: an address no real client has
+IMAGE_NAME = "Deep Learning AMI Habana PyTorch 2.6.0 SynapseAI 1.21.0 (Ubuntu 22.04) 20250601"
+
+
+@pytest.fixture
+def aws(moto_server, gaudi_home, monkeypatch) -> Dict[str, str]:
+    """boto3 (in this process and in the CLI's) pointed at the moto server by the variables a user would set; no other credentials."""
+    environment = {
+        "AWS_ENDPOINT_URL": moto_server,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-west-2",
+        "AWS_SHARED_CREDENTIALS_FILE": str(gaudi_home.parent / "no-credentials"),
+        "AWS_CONFIG_FILE": str(gaudi_home.parent / "no-config"),
+        "AWS_EC2_METADATA_DISABLED": "true",  # never ask an instance role
+    }
+    for key, value in environment.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_PROFILE", raising=False)
+    monkeypatch.delenv("AWS_SESSION_TOKEN", raising=False)
+    return environment
+
+
+def ec2(region: str = "us-west-2") -> Any:
+    import boto3
+
+    return boto3.client("ec2", region_name=region)
+
+
+def habana_image(region: str = "us-west-2") -> str:
+    """A Habana-named image in this account ("self"), as a user's copy of the DLAMI would be; moto has none of Amazon's."""
+    client = ec2(region)
+    found = client.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": [IMAGE_NAME]}])["Images"]
+    if found:
+        return found[0]["ImageId"]
+    return client.register_image(Name=IMAGE_NAME, Architecture="x86_64", RootDeviceName="/dev/sda1", VirtualizationType="hvm",
+                                 BlockDeviceMappings=[{"DeviceName": "/dev/sda1", "Ebs": {"VolumeSize": 100}}])["ImageId"]
+
+
+def cloud_state(region: str = "us-west-2") -> Tuple[set, set, set]:
+    """Live instances, security groups and key pairs: what a failed provision must not add to."""
+    client = ec2(region)
+    live = {i["InstanceId"] for r in client.describe_instances(Filters=[{"Name": "instance-state-name", "Values": ["pending", "running", "stopping", "stopped"]}])["Reservations"] for i in r["Instances"]}
+    groups = {g["GroupId"] for g in client.describe_security_groups()["SecurityGroups"]}
+    keys = {k["KeyName"] for k in client.describe_key_pairs()["KeyPairs"]}
+    return live, groups, keys
+
+
+def cli(*args: str, env: Dict[str, str] | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    """The installed `gaudi-nb` in a fresh process, as a user runs it."""
+    return subprocess.run([str(BIN / "gaudi-nb"), *args], capture_output=True, text=True, timeout=timeout, env={**os.environ, "COLUMNS": "100", **(env or {})})
+
+
+# -- the acceptance: two dl1.24xlarge through the CLI, then down ----------------------------------
+
+
+def test_two_dl1_machines_through_the_cli_then_down_leaves_nothing(aws, gaudi_home):
+    image = habana_image()  # no --image: the name filter finds it
+    before = time.time()
+    started = time.monotonic()
+    made = cli("nodes", "provision", "aws", "--instance-type", "dl1.24xlarge", "--count", "2", "--name", "pair", "--ssh-from", SSH_FROM, "--no-attach", "--json")
+    provision_s = time.monotonic() - started
+    assert made.returncode == 0, made.stderr
+    records = json.loads(made.stdout)
+    assert [r["name"] for r in records] == ["pair-0", "pair-1"]
+    assert {(r["provider"], r["region"], r["instance_type"], r["group"], r["state"]) for r in records} == {("aws", "us-west-2", "dl1.24xlarge", "pair", "running")}
+    assert all(r["price_per_hour"] == 13.11 and "catalog" in r["price_source"] for r in records)  # the catalog's us-west-2 rate
+
+    client = ec2()
+    ids = [r["instance_id"] for r in records]
+    instances = {i["InstanceId"]: i for res in client.describe_instances(InstanceIds=ids)["Reservations"] for i in res["Instances"]}
+    resources = records[0]["resources"]
+    key_name, group_id = resources["key"], resources["security_group"]
+    for record in records:
+        instance = instances[record["instance_id"]]
+        tags = {t["Key"]: t["Value"] for t in instance["Tags"]}
+        assert tags["gaudi_nb"] == "true" and tags["gaudi_nb:group"] == "pair" and tags["gaudi_nb:node"] == record["name"] and tags["gaudi_nb:owner"] == record["owner"]
+        assert instance["InstanceType"] == "dl1.24xlarge" and instance["ImageId"] == image and instance["KeyName"] == key_name
+        assert instance["State"]["Name"] == "running"
+        assert {g["GroupId"] for n in instance["NetworkInterfaces"] for g in n["Groups"]} == {group_id}
+        assert record["host"] == instance["PublicIpAddress"] and record["url"] == f"ssh://ubuntu@{instance['PublicIpAddress']}:22"
+        assert record["launched_at"] <= instance["LaunchTime"].timestamp() + 1
+    # the key pair is this client's gaudi_nb key, made once under GAUDI_NB_HOME
+    assert client.describe_key_pairs(KeyNames=[key_name])["KeyPairs"]
+    assert (gaudi_home / "keys" / "gaudi_nb_ed25519").stat().st_mode & 0o077 == 0
+    assert records[0]["identity_file"] == str(gaudi_home / "keys" / "gaudi_nb_ed25519")
+    # SSH from the one address only; all traffic between the group's machines
+    (group,) = client.describe_security_groups(GroupIds=[group_id])["SecurityGroups"]
+    ssh = [p for p in group["IpPermissions"] if p.get("FromPort") == 22]
+    assert [r["CidrIp"] for p in ssh for r in p["IpRanges"]] == [SSH_FROM]
+    assert all(r["CidrIp"] != "0.0.0.0/0" for p in group["IpPermissions"] for r in p.get("IpRanges", []))
+    inside = [p for p in group["IpPermissions"] if p["IpProtocol"] == "-1"]
+    assert [pair["GroupId"] for p in inside for pair in p["UserIdGroupPairs"]] == [group_id] and not inside[0]["IpRanges"]
+    assert {t["Key"]: t["Value"] for t in group["Tags"]}["gaudi_nb:group"] == "pair"
+
+    listed = cli("nodes", "list")
+    assert listed.returncode == 0 and "pair-0" in listed.stdout and "running" in listed.stdout and "$" in listed.stdout
+    time.sleep(1.0)  # a second of billing, so the lifetime below is not zero
+
+    started = time.monotonic()
+    gone = cli("nodes", "down", "pair", "--json")
+    down_s = time.monotonic() - started
+    after = time.time()
+    assert gone.returncode == 0, gone.stderr
+    ended = json.loads(gone.stdout)
+    states = {i["InstanceId"]: i["State"]["Name"] for res in client.describe_instances(InstanceIds=ids)["Reservations"] for i in res["Instances"]}
+    assert set(states.values()) == {"terminated"}
+    assert not [g for g in client.describe_security_groups()["SecurityGroups"] if g["GroupId"] == group_id]
+    assert not [k for k in client.describe_key_pairs()["KeyPairs"] if k["KeyName"] == key_name]
+    assert "removed security group" in gone.stderr and "key pair" in gone.stderr
+    # the cost record covers each machine's life: from EC2's launch time to after it was terminated
+    for record in ended:
+        assert record["state"] == "terminated" and before - 1 <= record["launched_at"] <= record["terminated_at"] <= after
+        lifetime_h = (record["terminated_at"] - record["launched_at"]) / 3600
+        assert lifetime_h * 3600 >= 1.0
+        assert record["cost_usd"] == pytest.approx(13.11 * lifetime_h) and record["cost"]["usd"] == record["cost_usd"]
+    # kept for the cost history, out of the default list
+    assert "pair-0" not in cli("nodes", "list").stdout
+    kept = json.loads(cli("nodes", "list", "--all", "--json").stdout)
+    assert {r["name"]: r["state"] for r in kept} == {"pair-0": "terminated", "pair-1": "terminated"}
+    import gaudi_nb
+
+    said: List[str] = []
+    assert {r["state"] for r in gaudi_nb.down("pair", progress=said.append)} == {"terminated"} and said == ["pair: already terminated"]
+    print(f"\nprovision 2× dl1.24xlarge --no-attach: {provision_s:.2f} s; down: {down_s:.2f} s (moto)")
+
+
+# -- bad input: one line, exit 2, nothing created ------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, env, expected",
+    [
+        (["--instance-type", "dl9.huge"], {}, "unknown aws instance type 'dl9.huge': the Gaudi types aws offers are dl1.24xlarge"),
+        (["--instance-type", "dl1.24xlarge", "--region", "eu-west-1"], {}, "dl1.24xlarge is not offered in eu-west-1 (the price catalog lists us-west-2, us-east-1)"),
+        (["--instance-type", "dl1.24xlarge"], {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""}, "no AWS credentials found: set AWS_ACCESS_KEY_ID"),
+        (["--instance-type", "dl1.24xlarge", "--region", "us-east-1"], {}, "no Habana deep learning image"),
+        (["--instance-type", "dl1.24xlarge", "--ssh-from", "not-an-address"], {}, "--ssh-from 'not-an-address' is not an address range"),
+        (["--instance-type", "dl1.24xlarge", "--count", "2", "--name", "bad name"], {}, "'bad name' cannot name a node"),
+    ],
+    ids=["unknown-type", "region-without-type", "no-credentials", "no-image", "bad-cidr", "bad-name"],
+)
+def test_bad_input_is_one_line_exit_2_and_nothing_is_created(aws, gaudi_home, args, env, expected):
+    habana_image()  # us-west-2 has an image, so only what the case breaks can fail
+    before = {region: cloud_state(region) for region in ("us-west-2", "us-east-1")}
+    ssh_from = [] if "--ssh-from" in args else ["--ssh-from", SSH_FROM]
+    result = cli("nodes", "provision", "aws", *args, *ssh_from, "--no-attach", env=env)
+    assert result.returncode == 2, result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.stderr
+    assert {region: cloud_state(region) for region in ("us-west-2", "us-east-1")} == before
+    from gaudi_nb.store import RunStore
+
+    assert RunStore().list_nodes() == []  # the CLI's store: the same GAUDI_NB_HOME
+
+
+def test_without_ssh_from_an_unknown_public_address_says_to_pass_it():
+    from gaudi_nb.nodes.provision import public_address
+
+    with pytest.raises(SpecError, match=r"could not find this machine's public address .*: pass --ssh-from CIDR"):
+        public_address("http://127.0.0.1:9/", timeout_s=1)
+
+
+# -- the API: spot, one machine down at a time, the group's resources kept until the last ----------
+
+
+def test_api_spot_group_goes_down_one_machine_then_the_rest(aws):
+    import gaudi_nb
+
+    messages: List[str] = []
+    image = habana_image()
+    records = gaudi_nb.provision("aws", instance_type="dl1.24xlarge", count=2, name="spotty", ssh_from=SSH_FROM, spot=True, image=image,
+                                 idle_minutes=30, attach=False, progress=messages.append)
+    assert [r["name"] for r in records] == ["spotty-0", "spotty-1"] and all(r["idle_minutes"] == 30 for r in records)
+    assert "on-demand, a spot machine's most" in records[0]["price_source"]
+    assert any("autostop: not started without attaching" in m for m in messages)
+    client = ec2()
+    instances = [i for res in client.describe_instances(InstanceIds=[r["instance_id"] for r in records])["Reservations"] for i in res["Instances"]]
+    assert {i.get("InstanceLifecycle") for i in instances} == {"spot"}
+    group_id = records[0]["resources"]["security_group"]
+
+    with pytest.raises(SpecError, match="a node named 'spotty-0' is in the store already"):
+        gaudi_nb.provision("aws", instance_type="dl1.24xlarge", name="spotty", ssh_from=SSH_FROM, image=image, attach=False)
+
+    gaudi_nb.down("spotty-1")  # one machine by its own name: the group's security group stays for spotty-0
+    states = {i["InstanceId"]: i["State"]["Name"] for res in client.describe_instances(InstanceIds=[r["instance_id"] for r in records])["Reservations"] for i in res["Instances"]}
+    assert states == {records[0]["instance_id"]: "running", records[1]["instance_id"]: "terminated"}
+    assert client.describe_security_groups(GroupIds=[group_id])["SecurityGroups"]
+
+    ended = gaudi_nb.down("spotty")
+    assert {r["state"] for r in ended} == {"terminated"}
+    assert not [g for g in client.describe_security_groups()["SecurityGroups"] if g["GroupId"] == group_id]
+    with pytest.raises(SpecError, match="no provisioned group or machine named 'nobody'"):
+        gaudi_nb.down("nobody")
+
+
+def test_one_machine_gets_a_public_address_on_a_plain_interface_and_costs_show_in_the_magic(aws, tmp_path, monkeypatch):
+    from IPython.core.error import UsageError
+    from IPython.core.getipython import get_ipython
+    from IPython.testing.globalipapp import start_ipython
+    from IPython.utils.capture import capture_output
+
+    monkeypatch.chdir(tmp_path)  # no pyproject.toml defaults above
+    start_ipython()  # once per process; later calls return None
+    ip = get_ipython()
+    ip.run_line_magic("load_ext", "gaudi_nb")
+    # a notebook frontend asks for HTML; the terminal shell only formats text/plain
+    monkeypatch.setattr(ip.display_formatter, "active_types", ["text/plain", "text/html"])
+    with pytest.raises(UsageError, match="unknown aws instance type"):
+        ip.run_line_magic("gaudi_provision", f"aws --instance-type dl9.huge --ssh-from {SSH_FROM} --no-attach")
+    with capture_output() as captured:
+        records = ip.run_line_magic("gaudi_provision", f"aws --instance-type dl1.24xlarge --name solo --ssh-from {SSH_FROM} --image {habana_image()} --no-attach")
+    assert [r["name"] for r in records] == ["solo-0"] and "billed until: gaudi-nb nodes down solo" in captured.stdout
+    (instance,) = [i for res in ec2().describe_instances(InstanceIds=[records[0]["instance_id"]])["Reservations"] for i in res["Instances"]]
+    assert instance.get("PublicIpAddress") and len(instance["NetworkInterfaces"]) == 1
+    assert records[0]["resources"]["placement_group"] is None  # one machine: no cluster to place
+    with capture_output() as captured:
+        ip.run_line_magic("gaudi_cost", "")
+    html = "".join(output.data.get("text/html", "") for output in captured.outputs)
+    assert "provisioned machines" in html and "solo-0" in html and "$13.11/h" in html
+    import gaudi_nb
+
+    gaudi_nb.down("solo")
+    with capture_output() as captured:
+        ip.run_line_magic("gaudi_cost", "")
+    assert "solo-0" not in "".join(output.data.get("text/html", "") for output in captured.outputs)
+
+
+# -- what reaches EC2 for a cluster (moto does not implement placement groups or keep EFA's type) ----
+
+
+def test_the_run_request_for_a_dl1_cluster_has_every_efa_interface_the_placement_group_spot_and_tags():
+    from gaudi_nb.nodes.providers.aws import run_request
+    from gaudi_nb.nodes.providers.base import ProvisionRequest, Resources
+
+    request = ProvisionRequest(provider="aws", instance_type="dl1.24xlarge", count=2, region="us-west-2", name="big", ssh_from=SSH_FROM,
+                               public_key="ssh-ed25519 AAAA test", owner="ada", spot=True)
+    resources = Resources(key="gaudi_nb-ada-1", security_group="sg-1", placement_group="gaudi_nb-big", network={"image": "ami-1", "subnet": "subnet-1"})
+    sent = run_request(request, resources)
+    assert (sent["ImageId"], sent["InstanceType"], sent["MinCount"], sent["MaxCount"], sent["KeyName"]) == ("ami-1", "dl1.24xlarge", 2, 2, "gaudi_nb-ada-1")
+    assert sent["Placement"] == {"GroupName": "gaudi_nb-big"}
+    assert [(n["NetworkCardIndex"], n["DeviceIndex"], n["InterfaceType"], n["Groups"], n["SubnetId"]) for n in sent["NetworkInterfaces"]] == [
+        (0, 0, "efa", ["sg-1"], "subnet-1"), (1, 1, "efa", ["sg-1"], "subnet-1"), (2, 1, "efa", ["sg-1"], "subnet-1"), (3, 1, "efa", ["sg-1"], "subnet-1")]
+    assert not any("AssociatePublicIpAddress" in n for n in sent["NetworkInterfaces"])  # EC2 refuses it with several interfaces
+    assert sent["InstanceMarketOptions"] == {"MarketType": "spot", "SpotOptions": {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}}
+    tagged = {spec["ResourceType"]: {t["Key"]: t["Value"] for t in spec["Tags"]} for spec in sent["TagSpecifications"]}
+    assert set(tagged) == {"instance", "volume", "network-interface"}
+    assert tagged["instance"] == {"gaudi_nb": "true", "gaudi_nb:owner": "ada", "gaudi_nb:group": "big", "Name": "big"}
+
+    one = run_request(ProvisionRequest(**{**request.__dict__, "count": 1, "spot": False}), Resources(**{**resources.__dict__, "placement_group": None}))
+    assert one["NetworkInterfaces"] == [{"DeviceIndex": 0, "SubnetId": "subnet-1", "Groups": ["sg-1"], "AssociatePublicIpAddress": True, "DeleteOnTermination": True}]
+    assert "Placement" not in one and "InstanceMarketOptions" not in one
+
+
+def test_ec2_states_map_to_the_base_words_and_a_node_costs_its_lifetime_at_its_rate():
+    from gaudi_nb.nodes.providers.aws import STATES
+    from gaudi_nb.nodes.provision import spend
+
+    assert STATES == {"pending": "pending", "running": "running", "stopping": "stopping", "stopped": "stopped", "shutting-down": "stopping", "terminated": "terminated"}
+    running = {"provider": "aws", "launched_at": 1000.0, "terminated_at": None, "price_per_hour": 13.11, "price_source": "catalog"}
+    assert spend(running, now=1000.0 + 1800)["usd"] == pytest.approx(13.11 / 2)
+    assert spend({**running, "price_per_hour": None}, now=4600.0)["usd"] is None  # unknown, never $0
+    assert spend({"provider": None, "launched_at": None})["usd"] is None  # attached only: its runs meter it

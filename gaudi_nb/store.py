@@ -223,7 +223,7 @@ class RunStore:
             if row is None:
                 raise NotFoundError(f"no run '{run_id}' in the store: gaudi-nb runs lists them")
             moved = session.execute(  # type: ignore[attr-defined]  # an UPDATE's result is a CursorResult
-                update(RunRow).where(RunRow.run_id == run_id, RunRow.events_offset == start_offset).values(events_offset=end_offset)
+                update(RunRow).where(RunRow.run_id == run_id, RunRow.events_offset == start_offset).values(events_offset=end_offset).execution_options(synchronize_session=False)
             ).rowcount
             if moved != 1:
                 return 0
@@ -248,6 +248,7 @@ class RunStore:
                     cost_usd=summary["cost"]["usd"],
                     name=summary.get("name") or row.name,
                 )
+                .execution_options(synchronize_session=False)  # nothing in this session reads the row again
             )
             return len(events)
 

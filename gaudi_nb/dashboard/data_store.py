@@ -14,7 +14,7 @@ from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 
 from ..events import ACTIVE_STATUSES
 from ..notebook.panel import PanelState
@@ -187,27 +187,69 @@ def read_team_budgets(home: Optional[Path] = None) -> Dict[str, Dict[str, float]
 
 
 # -- devices and nodes --------------------------------------------------------------------
-@dataclass
 class DeviceHistory:
-    """The last window of one node's telemetry: per device, (t, utilization %, memory fraction) samples."""
+    """One node's telemetry over the heat map's window, already binned: per device and time bin, the sum and
+    count of utilization (%) and memory in use (% of the device's), in ring arrays.
 
-    labels: List[str] = field(default_factory=list)
-    samples: Deque[Tuple[float, Dict[str, Tuple[Optional[float], Optional[float], Optional[float]]]]] = field(default_factory=deque)
-    kind: Optional[str] = None
+    A sample adds into its bin as it arrives, so drawing the map is array slicing, not a pass over every
+    sample of every device (128 nodes × 8 devices × 600 samples would be half a million).
+    """
 
-    def add(self, t: float, devices: Sequence[Dict[str, Any]], window_s: float) -> None:
-        values: Dict[str, Tuple[Optional[float], Optional[float], Optional[float]]] = {}
+    def __init__(self, window_s: float = HEATMAP_WINDOW_S, columns: int = HEATMAP_COLUMNS) -> None:
+        self.columns = columns
+        self.width = window_s / columns
+        self.labels: List[str] = []
+        self.kind: Optional[str] = None
+        self._rows: Dict[str, int] = {}
+        self.sums = np.zeros((2, 0, columns))  # metric (0 utilization, 1 memory) × device × slot
+        self.counts = np.zeros((2, 0, columns))
+        self.bins = np.full(columns, -1, dtype=np.int64)  # which absolute bin each slot holds now
+        self.last_t: Optional[float] = None
+
+    def _row(self, label: str) -> int:
+        row = self._rows.get(label)
+        if row is None:
+            row = self._rows[label] = len(self.labels)
+            self.labels.append(label)
+            grow = np.zeros((2, 1, self.columns))
+            self.sums = np.concatenate([self.sums, grow], axis=1)
+            self.counts = np.concatenate([self.counts, grow.copy()], axis=1)
+        return row
+
+    def add(self, t: float, devices: Sequence[Dict[str, Any]], window_s: Optional[float] = None) -> None:
+        absolute = int(t // self.width)
+        slot = absolute % self.columns
+        if self.bins[slot] != absolute:
+            if self.bins[slot] > absolute:
+                return  # older than the window this ring holds
+            self.bins[slot] = absolute
+            self.sums[:, :, slot] = 0
+            self.counts[:, :, slot] = 0
         for d in devices:
-            label = str(d.get("label", d.get("index")))
-            if label not in values and label not in self.labels:
-                self.labels.append(label)
+            row = self._row(str(d.get("label", d.get("index"))))
+            utilization = d.get("utilization_pct")
             used, total = d.get("memory_used_bytes"), d.get("memory_total_bytes")
-            memory = float(used) / float(total) * 100 if used is not None and total else None
-            values[label] = (d.get("utilization_pct"), memory, d.get("power_w"))
+            if utilization is not None:
+                self.sums[0, row, slot] += float(utilization)
+                self.counts[0, row, slot] += 1
+            if used is not None and total:
+                self.sums[1, row, slot] += float(used) / float(total) * 100
+                self.counts[1, row, slot] += 1
             self.kind = d.get("kind") or self.kind
-        self.samples.append((t, values))
-        while self.samples and self.samples[0][0] < t - window_s:
-            self.samples.popleft()
+        self.last_t = t if self.last_t is None else max(self.last_t, t)
+
+    def window(self, metric: int, now: float, columns: Optional[int] = None) -> np.ndarray:
+        """Device × bin means for the `columns` bins that end at `now` (NaN where nothing was sampled)."""
+        columns = self.columns if columns is None else min(columns, self.columns)
+        wanted = np.arange(int(now // self.width) - columns + 1, int(now // self.width) + 1)
+        slots = wanted % self.columns
+        valid = self.bins[slots] == wanted
+        sums, counts = self.sums[metric][:, slots], self.counts[metric][:, slots]
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means = sums / counts
+        means[:, ~valid] = np.nan
+        means[counts == 0] = np.nan
+        return means
 
 
 def heatmap(histories: Dict[str, DeviceHistory], metric: str = "utilization", now: Optional[float] = None, window_s: float = HEATMAP_WINDOW_S, columns: int = HEATMAP_COLUMNS) -> Dict[str, Any]:
@@ -221,41 +263,24 @@ def heatmap(histories: Dict[str, DeviceHistory], metric: str = "utilization", no
     rows: List[str] = []
     node_ticks: List[Tuple[float, str]] = []
     blocks: List[np.ndarray] = []
-    start = now - window_s
-    width = window_s / columns
     for node in sorted(histories):
         h = histories[node]
         if not h.labels:
             continue
-        block = np.full((len(h.labels), columns), np.nan)
-        counts = np.zeros((len(h.labels), columns))
-        position = {label: i for i, label in enumerate(h.labels)}
-        for t, values in h.samples:
-            column = int((t - start) // width)
-            if not 0 <= column < columns:
-                continue
-            for label, triple in values.items():
-                value = triple[index]
-                if value is None:
-                    continue
-                i = position[label]
-                block[i, column] = value if counts[i, column] == 0 else block[i, column] + value
-                counts[i, column] += 1
-        with np.errstate(invalid="ignore"):
-            block = np.where(counts > 0, block / np.maximum(counts, 1), np.nan)
         node_ticks.append((len(rows) + len(h.labels) / 2, node))
         rows.extend(f"{node} {label}" for label in h.labels)
-        blocks.append(block)
+        blocks.append(h.window(index, now, columns))
     values = np.vstack(blocks) if blocks else np.full((0, columns), np.nan)
-    return {"values": values, "rows": rows, "node_ticks": node_ticks, "start": start, "end": now, "metric": metric}
+    return {"values": values, "rows": rows, "node_ticks": node_ticks, "start": now - window_s, "end": now, "metric": metric}
 
 
 def node_utilization(history: Optional[DeviceHistory], now: float, window_s: float = IDLE_WINDOW_S) -> Optional[float]:
     """Mean utilization of a node's devices over the last window; None when nothing was sampled."""
-    if history is None:
+    if history is None or not history.labels:
         return None
-    values = [u for t, sample in history.samples if t >= now - window_s for (u, _, _) in sample.values() if u is not None]
-    return float(np.mean(values)) if values else None
+    columns = max(1, int(round(window_s / history.width)))
+    means = history.window(0, now, columns)
+    return None if np.isnan(means).all() else float(np.nanmean(means))
 
 
 def fleet_frame(node_records: Sequence[Dict[str, Any]], records: Sequence[Dict[str, Any]], histories: Dict[str, DeviceHistory], now: Optional[float] = None) -> pd.DataFrame:
@@ -474,17 +499,21 @@ class DashboardData:
             if not moved and len(rows) == len(self.records):
                 return False
             horizon = time.time() - self.window_s
-            for run_id, count in moved:
-                query = select(EventRow.payload).where(EventRow.run_id == run_id, EventRow.seq < count)  # what the runs row counted, no more
-                if run_id in self._counts and count >= self._counts[run_id]:
-                    query = query.where(EventRow.seq >= self._counts[run_id])
-                else:
-                    # first sight of the run: only its telemetry of the heat map's window matters here
-                    # (a detail page loads the rest itself), so an old store opens fast
-                    query = query.where(EventRow.type == "telemetry", EventRow.t >= horizon)
-                fresh = [payload for (payload,) in connection.execute(query.order_by(EventRow.seq))]
+            incremental = [(run_id, count) for run_id, count in moved if run_id in self._counts and count >= self._counts[run_id]]
+            first_sight = [(run_id, count) for run_id, count in moved if not (run_id in self._counts and count >= self._counts[run_id])]
+            # every run that moved since the last tick in one query (in chunks: SQLite's expression depth)
+            for chunk in (incremental[i : i + 200] for i in range(0, len(incremental), 200)):
+                ranges = [and_(EventRow.run_id == run_id, EventRow.seq >= self._counts[run_id], EventRow.seq < count) for run_id, count in chunk]
+                query = select(EventRow.payload).where(or_(*ranges)).order_by(EventRow.run_id, EventRow.seq)
+                self._apply([payload for (payload,) in connection.execute(query)])
+                for run_id, count in chunk:
+                    self._counts[run_id] = count
+            for run_id, count in first_sight:
+                # only the telemetry of the heat map's window matters here (a detail page loads the rest
+                # itself), so an old store with long runs opens fast
+                query = select(EventRow.payload).where(EventRow.run_id == run_id, EventRow.seq < count, EventRow.type == "telemetry", EventRow.t >= horizon).order_by(EventRow.seq)
+                self._apply([payload for (payload,) in connection.execute(query)])
                 self._counts[run_id] = count
-                self._apply(fresh)
             for run_id, detail in list(self.details.items()):
                 count = self._counts.get(run_id, 0)
                 if detail.seq < count - 1:  # an open detail page reads the rest of its run's new events
@@ -504,7 +533,7 @@ class DashboardData:
         for e in events:
             if e.get("type") == "telemetry" and float(e.get("t") or 0) >= horizon and e.get("devices"):
                 node = str(e.get("node") or LOCAL_NODE)
-                self.histories.setdefault(node, DeviceHistory()).add(float(e["t"]), e["devices"], self.window_s)
+                self.histories.setdefault(node, DeviceHistory(self.window_s)).add(float(e["t"]), e["devices"])
 
     # -- reading --------------------------------------------------------------------------
     def detail(self, run_id: str) -> RunDetail:

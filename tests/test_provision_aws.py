@@ -195,9 +195,15 @@ def test_api_spot_group_goes_down_one_machine_then_the_rest(aws):
     assert {i.get("InstanceLifecycle") for i in instances} == {"spot"}
     group_id = records[0]["resources"]["security_group"]
 
+    with pytest.raises(SpecError, match="autostop_action is 'explode': use stop"):
+        gaudi_nb.provision("aws", instance_type="dl1.24xlarge", name="other", ssh_from=SSH_FROM, image=image, attach=False, autostop_action="explode")
     with pytest.raises(SpecError, match="a node named 'spotty-0' is in the store already"):
         gaudi_nb.provision("aws", instance_type="dl1.24xlarge", name="spotty", ssh_from=SSH_FROM, image=image, attach=False)
 
+    from gaudi_nb.nodes.attach import detach
+
+    with pytest.raises(SpecError, match="spotty-1 is an aws machine gaudi_nb provisioned, still running: gaudi-nb nodes down spotty-1"):
+        detach("spotty-1")  # forgetting it would leave it billed with nothing to find it by
     gaudi_nb.down("spotty-1")  # one machine by its own name: the group's security group stays for spotty-0
     states = {i["InstanceId"]: i["State"]["Name"] for res in client.describe_instances(InstanceIds=[r["instance_id"] for r in records])["Reservations"] for i in res["Instances"]}
     assert states == {records[0]["instance_id"]: "running", records[1]["instance_id"]: "terminated"}
@@ -263,6 +269,10 @@ def test_the_run_request_for_a_dl1_cluster_has_every_efa_interface_the_placement
     assert set(tagged) == {"instance", "volume", "network-interface"}
     assert tagged["instance"] == {"gaudi_nb": "true", "gaudi_nb:owner": "ada", "gaudi_nb:group": "big", "Name": "big"}
 
+    assert "IamInstanceProfile" not in sent
+    with_role = Resources(**{**resources.__dict__, "network": {**resources.network, "instance_profile": "gaudi-nb-autostop"}})
+    assert run_request(request, with_role)["IamInstanceProfile"] == {"Name": "gaudi-nb-autostop"}
+
     one = run_request(ProvisionRequest(**{**request.__dict__, "count": 1, "spot": False}), Resources(**{**resources.__dict__, "placement_group": None}))
     assert one["NetworkInterfaces"] == [{"DeviceIndex": 0, "SubnetId": "subnet-1", "Groups": ["sg-1"], "AssociatePublicIpAddress": True, "DeleteOnTermination": True}]
     assert "Placement" not in one and "InstanceMarketOptions" not in one
@@ -277,3 +287,33 @@ def test_ec2_states_map_to_the_base_words_and_a_node_costs_its_lifetime_at_its_r
     assert spend(running, now=1000.0 + 1800)["usd"] == pytest.approx(13.11 / 2)
     assert spend({**running, "price_per_hour": None}, now=4600.0)["usd"] is None  # unknown, never $0
     assert spend({"provider": None, "launched_at": None})["usd"] is None  # attached only: its runs meter it
+
+
+# -- attach: the step after "running", against a real sshd standing in for the new machine ---------
+
+
+def test_a_provisioned_node_is_attached_with_the_gaudi_nb_key_trusting_its_new_host_key(aws, gaudi_home, sshd, node_install, tmp_path, monkeypatch):
+    from gaudi_nb.nodes import provision as flow
+    from gaudi_nb.store import RunStore
+
+    home = sshd.client_home(tmp_path / "client_home", trusted=False)  # a machine made a minute ago: its key is in no known_hosts
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    (home / ".ssh" / "id_ed25519").unlink()  # only the gaudi_nb key can log in
+    private_key, public_key = flow.ensure_key()
+    authorized = sshd.authorized_keys.read_text()
+    sshd.authorized_keys.write_text(authorized + public_key + "\n")
+    try:
+        store = RunStore()
+        record = store.add_node({"name": "fresh-0", "url": sshd.url, "user": sshd.user, "host": sshd.address, "port": sshd.port, "identity_file": str(private_key),
+                                 "provider": "aws", "region": "us-west-2", "instance_id": "i-0123456789abcdef0", "instance_type": "dl1.24xlarge",
+                                 "group": "fresh", "state": "running", "price_per_hour": 13.11, "launched_at": time.time()})
+        said: List[str] = []
+        attached = flow._attach(store, record, private_key, said.append)
+    finally:
+        sshd.authorized_keys.write_text(authorized)
+    assert any("SSH answers; attaching" in line for line in said)
+    assert attached["python"] and attached["home"] == str(sshd.node_home) and attached["gaudi_nb_version"]
+    # what attach found joins what provisioning recorded
+    assert (attached["instance_id"], attached["group"], attached["price_per_hour"], attached["state"]) == ("i-0123456789abcdef0", "fresh", 13.11, "running")
+    assert f"[{sshd.address}]:{sshd.port}" in (home / ".ssh" / "known_hosts").read_text()

@@ -140,10 +140,17 @@ def _doctor_found(doctor: Dict[str, Any], row: str) -> Optional[str]:
 
 
 def detach(name: str, *, store: "Optional[RunStore]" = None) -> Dict[str, Any]:
-    """Forget a node (nothing on the node is touched); returns the record it had."""
+    """Forget a node (nothing on the node is touched); returns the record it had.
+
+    A machine gaudi_nb provisioned that still exists is not forgotten: it is billed until
+    `gaudi-nb nodes down`, and its record is what `down` finds it by."""
     from ..store import RunStore
 
-    return (store or RunStore()).remove_node(name)
+    store = store or RunStore()
+    record = store.get_node(name)
+    if record.get("provider") and record.get("state") != "terminated":
+        raise SpecError(f"{name} is an {record['provider']} machine gaudi_nb provisioned, still {record.get('state')}: gaudi-nb nodes down {name} terminates it")
+    return store.remove_node(name)
 
 
 def nodes(*, store: "Optional[RunStore]" = None) -> List[Dict[str, Any]]:

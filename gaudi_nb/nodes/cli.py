@@ -114,6 +114,7 @@ def provision_command(
     spot: bool = typer.Option(False, "--spot", help="spot machines: cheaper, and the cloud may take them back"),
     idle_minutes: Optional[float] = typer.Option(None, "--idle-minutes", help="autostop: stop a machine after this many idle minutes"),
     budget_usd: Optional[float] = typer.Option(None, "--budget-usd", help="autostop: stop a machine when its spend reaches this"),
+    autostop_action: str = typer.Option("stop", "--autostop-action", help="what autostop does: stop (the disk is kept) or terminate"),
     no_attach: bool = typer.Option(False, "--no-attach", help="return once the machines run (do not wait for SSH or attach)"),
     as_json: bool = typer.Option(False, "--json", help="print the node records as JSON"),
 ) -> None:
@@ -123,7 +124,7 @@ def provision_command(
     started = time.monotonic()
     console = err if as_json else out
     records = provision(provider, instance_type, count=count, region=region, image=image, name=name, ssh_from=ssh_from, spot=spot,
-                        idle_minutes=idle_minutes, budget_usd=budget_usd, attach=not no_attach,
+                        idle_minutes=idle_minutes, budget_usd=budget_usd, attach=not no_attach, autostop_action=autostop_action,
                         progress=lambda message: console.print(Text(message, style="dim"), soft_wrap=True))
     if as_json:
         out.print_json(json.dumps(with_spend(records)))

@@ -22,6 +22,7 @@ KEY_FILE = "gaudi_nb_ed25519"  # under $GAUDI_NB_HOME/keys: the one key gaudi_nb
 WAIT_RUNNING_S = 900.0
 WAIT_TERMINATED_S = 900.0
 WAIT_SSH_S = 600.0
+AUTOSTOP_ACTIONS = ("stop", "terminate")
 ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_EC2", "VPC_URL")
 
 Progress = Optional[Callable[[str], None]]
@@ -137,6 +138,7 @@ def provision(
     budget_usd: Optional[float] = None,
     attach: bool = True,
     progress: Progress = None,
+    autostop_action: str = "stop",
     *,
     store: "Optional[RunStore]" = None,
 ) -> List[Dict[str, Any]]:
@@ -147,8 +149,8 @@ def provision(
     the provider makes (or reuses) the key pair, security group (SSH only from `ssh_from`, default
     this machine's public address) and placement group, starts the machines, waits until they run
     and records each as a node with its price. With `attach` it waits for SSH, attaches each node
-    and starts the autostop watchdog when `idle_minutes` or `budget_usd` is given. Returns the
-    node records.
+    and starts the autostop watchdog when `idle_minutes` or `budget_usd` is given; it
+    `autostop_action`s the machine: "stop" (the disk is kept) or "terminate". Returns the node records.
     """
     from ..store import RunStore, _current_user
     from .providers import provider_class, providers
@@ -165,6 +167,8 @@ def provision(
     for label, value in (("idle_minutes", idle_minutes), ("budget_usd", budget_usd)):
         if value is not None and value <= 0:
             raise SpecError(f"{label} must be positive (got {value})")
+    if autostop_action not in AUTOSTOP_ACTIONS:
+        raise SpecError(f"autostop_action is {autostop_action!r}: use stop (the disk is kept) or terminate (nothing is kept)")
     rows = catalog_rows(provider_name, instance_type)
     region, price = choose_region(provider_name, instance_type, region, rows, getattr(cls, "default_region", None))
     instance_type = price.instance_type
@@ -216,7 +220,7 @@ def provision(
         if idle_minutes is not None or budget_usd is not None:
             say("autostop: not started without attaching; attach each node (gaudi-nb nodes attach) to start it")
         return records
-    return [_attach(store, record, private_key, say) for record in records]
+    return [_attach(store, record, private_key, say, autostop_action) for record in records]
 
 
 def _record(store: "RunStore", request: Any, cloud: "Provider", resources: "Resources", instance: "Instance", private_key: Path,
@@ -257,7 +261,7 @@ def wait_for_ssh(host: str, port: int = 22, timeout_s: float = WAIT_SSH_S) -> No
             time.sleep(3)
 
 
-def _attach(store: "RunStore", record: Dict[str, Any], private_key: Path, say: Callable[[str], None]) -> Dict[str, Any]:
+def _attach(store: "RunStore", record: Dict[str, Any], private_key: Path, say: Callable[[str], None], autostop_action: str = "stop") -> Dict[str, Any]:
     from .attach import attach as attach_node
 
     name = record["name"]
@@ -272,11 +276,11 @@ def _attach(store: "RunStore", record: Dict[str, Any], private_key: Path, say: C
         raise GaudiNbError(f"{name} runs but attaching failed: {exc}; retry with gaudi-nb nodes attach {record['url']} --name {name} "
                            f"--identity-file {private_key}, or gaudi-nb nodes down {record['group']}") from None
     if record.get("idle_minutes") is not None or record.get("budget_usd") is not None:
-        _start_autostop(record, say)
+        _start_autostop(record, say, autostop_action)
     return record
 
 
-def _start_autostop(record: Dict[str, Any], say: Callable[[str], None]) -> None:
+def _start_autostop(record: Dict[str, Any], say: Callable[[str], None], action: str) -> None:
     try:
         from .watchdog import start_on_node  # type: ignore[attr-defined,unused-ignore]
     except ImportError:
@@ -286,8 +290,9 @@ def _start_autostop(record: Dict[str, Any], say: Callable[[str], None]) -> None:
     # where this client reaches the cloud's API, when it is not the public one (never credentials:
     # the machine has its own, from an instance role)
     config["environment"] = {name: os.environ[name] for name in ENDPOINT_VARIABLES if os.environ.get(name)}
+    config["action"] = action
     start_on_node(record, config)
-    say(f"{record['name']}: autostop watching" + "".join(f", {label} {record[key]:g}" for key, label in (("idle_minutes", "idle minutes"), ("budget_usd", "budget $")) if record.get(key) is not None))
+    say(f"{record['name']}: autostop ({action}) watching" + "".join(f", {label} {record[key]:g}" for key, label in (("idle_minutes", "idle minutes"), ("budget_usd", "budget $")) if record.get(key) is not None))
 
 
 # -- down ------------------------------------------------------------------------------------

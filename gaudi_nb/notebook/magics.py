@@ -353,6 +353,7 @@ class GaudiMagics(Magics):
     @argument("--spot", action="store_true", help="spot machines: cheaper, and the cloud may take them back")
     @argument("--idle-minutes", dest="idle_minutes", type=float, default=None, help="autostop: stop a machine after this many idle minutes")
     @argument("--budget-usd", dest="budget_usd", type=float, default=None, help="autostop: stop a machine when its spend reaches this")
+    @argument("--autostop-action", dest="autostop_action", choices=["stop", "terminate"], default="stop", help="what autostop does: stop (the disk is kept) or terminate")
     @argument("--no-attach", dest="no_attach", action="store_true", help="return once the machines run (do not wait for SSH or attach)")
     def gaudi_provision(self, line: str) -> List[Dict[str, Any]]:
         """Create cloud machines as nodes (billed from launch until gaudi-nb nodes down NAME), attach them, and make them the target."""
@@ -362,7 +363,7 @@ class GaudiMagics(Magics):
         try:
             records = provision(args.provider, args.instance_type, count=args.count, region=args.region, image=args.image, name=args.name,
                                 ssh_from=args.ssh_from, spot=args.spot, idle_minutes=args.idle_minutes, budget_usd=args.budget_usd,
-                                attach=not args.no_attach, progress=print)
+                                attach=not args.no_attach, progress=print, autostop_action=args.autostop_action)
         except GaudiNbError as exc:
             raise _one_line(exc) from None
         names = [r["name"] for r in records]

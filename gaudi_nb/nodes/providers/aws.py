@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import hashlib
+import os
 import re
 import time
 from typing import Any, Dict, List, Optional, Tuple
@@ -18,6 +19,8 @@ SSH_USER = "ubuntu"  # the Habana AMIs are Ubuntu
 # EFA interfaces an instance type takes (one per network card). DL1 has four 100 Gbps EFA ENIs:
 # https://aws.amazon.com/blogs/compute/amazon-ec2-dl1-instances-deep-dive/
 EFA_INTERFACES = {"dl1.24xlarge": 4}
+# an IAM instance profile (name or ARN) for the machines: what they act as, e.g. when autostop stops them
+INSTANCE_PROFILE_VARIABLE = "GAUDI_NB_AWS_INSTANCE_PROFILE"
 PREFIX = "gaudi_nb-"  # names of what gaudi_nb creates, so they read as ours in the console
 
 # EC2's instance states in base.Instance's words; shutting-down is on its way to terminated and
@@ -76,6 +79,10 @@ def run_request(request: ProvisionRequest, resources: Resources) -> Dict[str, An
     }
     if resources.placement_group:
         arguments["Placement"] = {"GroupName": resources.placement_group}
+    profile = resources.network.get("instance_profile")
+    if profile:
+        # the machine's own credentials (the autostop watchdog stops it with them)
+        arguments["IamInstanceProfile"] = {"Arn": profile} if profile.startswith("arn:") else {"Name": profile}
     if request.spot:
         # one-time: a reclaimed machine is gone, not restarted behind the user's back
         arguments["InstanceMarketOptions"] = {"MarketType": "spot", "SpotOptions": {"SpotInstanceType": "one-time", "InstanceInterruptionBehavior": "terminate"}}
@@ -135,7 +142,8 @@ class AwsProvider:
         """Find or make what the group's machines need; nothing is created before the image and network are found."""
         image = request.image or self.find_image()
         vpc, subnet = self._network(request.instance_type)
-        resources = Resources(network={"image": image, "vpc": vpc, "subnet": subnet, "group": request.name, "warnings": []})
+        resources = Resources(network={"image": image, "vpc": vpc, "subnet": subnet, "group": request.name, "warnings": [],
+                                       "instance_profile": os.environ.get(INSTANCE_PROFILE_VARIABLE) or None})
         try:
             resources.key = self._key_pair(request, resources)
             resources.security_group = self._security_group(request, resources)

@@ -119,8 +119,9 @@ export class GaudiSidebar extends Widget {
     }
     head.appendChild(el('span', 'gaudi-nb-node-kind', what.join(' ')));
     const busy = node.active_runs.length ? `${node.active_runs.length} run${node.active_runs.length > 1 ? 's' : ''}` : 'idle';
-    const money = node.provider ? ` · ${perHour(node.price_per_hour)}` : '';
-    head.appendChild(el('span', 'gaudi-nb-node-state', `${node.state} · ${busy}${money}`));
+    // a provisioned machine has a state of its own (running, stopped) and a price by the hour
+    const state = node.provider ? [node.state, busy, perHour(node.price_per_hour)] : [busy];
+    head.appendChild(el('span', 'gaudi-nb-node-state', state.join(' · ')));
     row.appendChild(head);
     if (node.devices.length === 0) {
       row.appendChild(el('div', 'gaudi-nb-muted', node.active_runs.length ? 'waiting for the first sample…' : 'no utilization while nothing runs'));
@@ -170,10 +171,9 @@ export class GaudiSidebar extends Widget {
     const head = el('div', 'gaudi-nb-run-head');
     head.appendChild(el('span', 'gaudi-nb-dot'));
     head.appendChild(el('span', 'gaudi-nb-run-name'));
-    head.appendChild(el('span', 'gaudi-nb-status'));
     row.appendChild(head);
     const numbers = el('div', 'gaudi-nb-run-numbers');
-    for (const name of ['step', 'loss', 'speed', 'usd']) {
+    for (const name of ['status', 'step', 'loss', 'speed', 'usd']) {
       numbers.appendChild(el('span', `gaudi-nb-${name}`));
     }
     row.appendChild(numbers);
@@ -184,7 +184,7 @@ export class GaudiSidebar extends Widget {
       const current = this._updates.latest?.runs.find(r => r.run_id === run.run_id);
       this._actions.stop(current || run);
     };
-    row.appendChild(stop);
+    head.appendChild(stop);
     row.onclick = () => {
       const current = this._updates.latest?.runs.find(r => r.run_id === run.run_id);
       this._actions.watch(current || run);

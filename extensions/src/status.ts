@@ -31,7 +31,7 @@ export class CostTicker extends Widget {
     const unknown = costs.unknown_prices ? ` + ${costs.unknown_prices} unknown` : '';
     this._rate.textContent = `${perHour(costs.usd_per_hour)}${unknown}`;
     this._rate.dataset.usdPerHour = costs.usd_per_hour.toFixed(4);
-    this._today.textContent = `today ${usd(costs.today_usd)}`;
+    this._today.textContent = `· today ${usd(costs.today_usd)}`;
     const warn = costs.warnings.length > 0;
     this.node.classList.toggle('gaudi-nb-warning', warn);
     const lines = [`spending ${perHour(costs.usd_per_hour)} now across your nodes${unknown}; ${usd(costs.today_usd)} today`];

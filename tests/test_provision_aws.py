@@ -317,3 +317,23 @@ def test_a_provisioned_node_is_attached_with_the_gaudi_nb_key_trusting_its_new_h
     # what attach found joins what provisioning recorded
     assert (attached["instance_id"], attached["group"], attached["price_per_hour"], attached["state"]) == ("i-0123456789abcdef0", "fresh", 13.11, "running")
     assert f"[{sshd.address}]:{sshd.port}" in (home / ".ssh" / "known_hosts").read_text()
+
+
+def test_a_machine_with_several_interfaces_gets_an_elastic_ip_that_terminating_releases(aws):
+    import dataclasses
+
+    from gaudi_nb.nodes.providers.aws import AwsProvider
+
+    client = ec2()
+    launched = client.run_instances(ImageId=habana_image(), InstanceType="dl1.24xlarge", MinCount=1, MaxCount=1,
+                                    TagSpecifications=[{"ResourceType": "instance", "Tags": [{"Key": "gaudi_nb:node", "Value": "eip-0"}, {"Key": "gaudi_nb:group", "Value": "eip"}]}])
+    instance_id = launched["Instances"][0]["InstanceId"]
+    cloud = AwsProvider("us-west-2")
+    (machine,) = cloud.query_instances(ids=[instance_id])
+    # as EC2 reports a running machine with four EFA interfaces: no public address of its own (moto gives one anyway)
+    bare = dataclasses.replace(machine, state="running", public_ip=None, extra={**machine.extra, "interfaces": 4})
+    (given,) = cloud._give_public_addresses([bare])
+    (address,) = [a for a in client.describe_addresses()["Addresses"] if {"Key": "gaudi_nb:instance", "Value": instance_id} in a.get("Tags", [])]
+    assert given.public_ip == address["PublicIp"] and address["NetworkInterfaceId"] == machine.extra["primary_interface"]
+    cloud.terminate_instances([instance_id])
+    assert not [a for a in client.describe_addresses()["Addresses"] if a["AllocationId"] == address["AllocationId"]]  # an idle Elastic IP is billed

@@ -21,7 +21,8 @@ SSH_USER = "ubuntu"  # the Habana AMIs are Ubuntu
 EFA_INTERFACES = {"dl1.24xlarge": 4}
 # an IAM instance profile (name or ARN) for the machines: what they act as, e.g. when autostop stops them
 INSTANCE_PROFILE_VARIABLE = "GAUDI_NB_AWS_INSTANCE_PROFILE"
-PREFIX = "gaudi_nb-"  # names of what gaudi_nb creates, so they read as ours in the console
+PREFIX = "gaudi_nb-"
+TAG_INSTANCE = "gaudi_nb:instance"  # on an Elastic IP: the machine it was given to, so terminating releases it  # names of what gaudi_nb creates, so they read as ours in the console
 
 # EC2's instance states in base.Instance's words; shutting-down is on its way to terminated and
 # no longer runs, so it reads as stopping until EC2 says terminated.
@@ -264,7 +265,8 @@ class AwsProvider:
             if instance.state != "running" or instance.public_ip or not instance.extra.get("primary_interface") or instance.extra.get("interfaces", 1) < 2:
                 continue
             allocation = self._call("allocate_address", Domain="vpc", TagSpecifications=[{"ResourceType": "elastic-ip", "Tags": [
-                {"Key": TAG_MANAGED, "Value": "true"}, {"Key": TAG_NODE, "Value": instance.node}, {"Key": TAG_GROUP, "Value": instance.extra.get("group", "")}]}])
+                {"Key": TAG_MANAGED, "Value": "true"}, {"Key": TAG_NODE, "Value": instance.node}, {"Key": TAG_GROUP, "Value": instance.extra.get("group", "")},
+                {"Key": TAG_INSTANCE, "Value": instance.id}]}])
             self._call("associate_address", AllocationId=allocation["AllocationId"], NetworkInterfaceId=instance.extra["primary_interface"])
             changed = True
         return self.query_instances(ids=[i.id for i in instances]) if changed else instances
@@ -292,7 +294,9 @@ class AwsProvider:
         """Terminate, and release the Elastic IPs gaudi_nb gave them (an idle Elastic IP is billed)."""
         if not ids:
             return
-        addresses = self._call("describe_addresses", Filters=[{"Name": "instance-id", "Values": list(ids)}]).get("Addresses", [])
+        # found by the instance tag gaudi_nb put on them: an address associated through an
+        # interface does not always name the instance, and this needs no ec2:DescribeInstances
+        addresses = self._call("describe_addresses", Filters=[{"Name": f"tag:{TAG_INSTANCE}", "Values": list(ids)}]).get("Addresses", [])
         for address in addresses:
             if any(t.get("Key") == TAG_MANAGED for t in address.get("Tags", [])):
                 if address.get("AssociationId"):

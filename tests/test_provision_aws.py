@@ -337,3 +337,15 @@ def test_a_machine_with_several_interfaces_gets_an_elastic_ip_that_terminating_r
     assert given.public_ip == address["PublicIp"] and address["NetworkInterfaceId"] == machine.extra["primary_interface"]
     cloud.terminate_instances([instance_id])
     assert not [a for a in client.describe_addresses()["Addresses"] if a["AllocationId"] == address["AllocationId"]]  # an idle Elastic IP is billed
+
+
+def test_down_after_autostop_terminated_the_machine_closes_the_record_and_cleans_up(aws):
+    import gaudi_nb
+
+    (record,) = gaudi_nb.provision("aws", instance_type="dl1.24xlarge", name="gone", ssh_from=SSH_FROM, image=habana_image(), attach=False)
+    client = ec2()
+    client.terminate_instances(InstanceIds=[record["instance_id"]])  # as the watchdog on the machine does, behind the client's back
+    said: List[str] = []
+    (ended,) = gaudi_nb.down("gone", progress=said.append)
+    assert ended["state"] == "terminated" and ended["cost_usd"] is not None and not any(line.startswith("terminating") for line in said)
+    assert not [g for g in client.describe_security_groups()["SecurityGroups"] if g["GroupId"] == record["resources"]["security_group"]]

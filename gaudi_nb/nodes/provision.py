@@ -324,10 +324,14 @@ def down(name: str, progress: Progress = None, *, store: "Optional[RunStore]" = 
     removed: List[Tuple[str, str]] = []
     for (provider_name, region), group_records in by_place.items():
         cloud = provider_for(provider_name, region)
-        ids = [r["instance_id"] for r in group_records]
-        say("terminating " + ", ".join(f"{r['name']} ({r['instance_id']})" for r in group_records))
-        cloud.terminate_instances(ids)
-        cloud.wait_instances(ids, "terminated", timeout_s=WAIT_TERMINATED_S)
+        # what the cloud still has: a machine autostop terminated, or one the cloud has forgotten
+        # since, is only written down here (asking the cloud to terminate an unknown id fails)
+        known = {i.id: i for group in {r["group"] for r in group_records} for i in cloud.query_instances(group=group)}
+        ids = [r["instance_id"] for r in group_records if r["instance_id"] in known and known[r["instance_id"]].state != "terminated"]
+        if ids:
+            say("terminating " + ", ".join(f"{r['name']} ({r['instance_id']})" for r in group_records if r["instance_id"] in ids))
+            cloud.terminate_instances(ids)
+            cloud.wait_instances(ids, "terminated", timeout_s=WAIT_TERMINATED_S)
         ended = time.time()
         for record in group_records:
             store.update_node(record["name"], state="terminated", terminated_at=ended, cost_usd=spend(record, now=ended)["usd"])

@@ -7,6 +7,7 @@ extension loads with no console error and no failed script; the wheel ships the 
 from __future__ import annotations
 
 import asyncio
+import calendar
 import concurrent.futures
 import json
 import os
@@ -306,7 +307,7 @@ def a_node(name, active=(), price=4.0, state="running", provider="aws", launched
 def test_costs_count_a_provisioned_node_once_and_warn_of_idle_nodes_and_budgets():
     from gaudi_nb.jupyter_server_ext.data import costs
 
-    now = time.mktime(time.strptime("2026-11-29 12:00", "%Y-%m-%d %H:%M"))
+    now = calendar.timegm(time.strptime("2026-11-29 12:00", "%Y-%m-%d %H:%M"))  # noon, UTC: the day the dashboard counts too
     rows = [
         a_run("on-node", target="gpu1", price=4.0, usd=1.0, started=now - 600),  # its node's hours count instead
         a_run("local-priced", price=2.0, usd=0.5, started=now - 900, budget=1.0, left=0.1),

@@ -7,8 +7,7 @@ export interface IDevice {
   label: string | null;
   kind: string | null;
   utilization_pct: number | null;
-  memory_used_bytes: number | null;
-  memory_total_bytes: number | null;
+  memory_pct: number | null;
 }
 
 export interface INode {
@@ -60,6 +59,7 @@ export interface ISnapshot {
   nodes: INode[];
   runs: IRun[];
   costs: ICosts;
+  error?: string;
 }
 
 export const ACTIVE = ['pending', 'starting', 'running', 'stopping'];

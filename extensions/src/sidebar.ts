@@ -88,7 +88,8 @@ export class GaudiSidebar extends Widget {
   }
 
   private _render(snapshot: ISnapshot): void {
-    this._show('');
+    // the numbers shown are the last good read; say why they may be behind
+    this._show(snapshot.error ? `Last read failed: ${snapshot.error}` : '');
     const nothing = snapshot.nodes.length === 0 && snapshot.runs.length === 0;
     this._empty.hidden = !nothing;
     this._nodesSection.hidden = snapshot.nodes.length === 0;
@@ -134,7 +135,7 @@ export class GaudiSidebar extends Widget {
       const pct = device.utilization_pct === null ? 0 : Math.max(0, Math.min(100, device.utilization_pct));
       fill.style.width = `${pct}%`;
       bar.appendChild(fill);
-      bar.title = `utilization ${percent(device.utilization_pct)}`;
+      bar.title = `utilization ${percent(device.utilization_pct)} · memory ${percent(device.memory_pct)} (last 3 s)`;
       line.appendChild(bar);
       line.appendChild(el('span', 'gaudi-nb-device-pct', percent(device.utilization_pct)));
       row.appendChild(line);

@@ -1,24 +1,32 @@
-"""What the JupyterLab sidebar and status bar show: nodes, runs and money, as JSON-ready dicts read from the run store.
+"""What the JupyterLab sidebar and status bar show: nodes, runs and money, as JSON-ready dicts.
 
-The one module the handlers read through, so that moving to the team dashboard's data layer
-(gaudi_nb.dashboard.data_store) is an edit here only. Everything here blocks (SQL, and a sync of
-each active run from its node): the handlers call it off the server's event loop.
+The one module the handlers read through. Runs, nodes and device telemetry come from the team
+dashboard's data layer (gaudi_nb.dashboard.data_store.DashboardData): one reader thread per store
+follows active runs from their nodes and reads only new events, however many sidebars are open.
+One run's record and events, stop and attach go through the public API. Calls here may block
+(SQL, a node over SSH): the handlers make them off the server's event loop.
 """
 from __future__ import annotations
 
-import datetime as dt
+import calendar
 import getpass
 import os
 import threading
 import time
-from typing import Any, Dict, List, Optional
+from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from ..events import ACTIVE_STATUSES
 from ..store import RunStore
 
-# events read back from the end of an active run's stream to find its latest telemetry: steps
-# from several ranks come between two 1 Hz samples, so a few hundred reach back several seconds
-TELEMETRY_WINDOW = 400
+if TYPE_CHECKING:
+    from ..dashboard.data_store import DashboardData
+
+# the utilization bar shows a device's mean over the last few seconds: steady, and still current
+UTILIZATION_WINDOW_S = 3.0
+# the reader keeps a minute of telemetry in half-second bins, and reads the store twice a second
+HISTORY_WINDOW_S, READ_INTERVAL_S = 60.0, 0.5
+# runs read for the sidebar and today's money (today's runs are among the newest)
+RUNS_READ = 200
 # a budget is "near its end" when less than this share of it is left
 BUDGET_WARNING_SHARE = 0.2
 RECENT_RUNS = 20
@@ -64,13 +72,6 @@ def run_row(record: Dict[str, Any]) -> Dict[str, Any]:
     }
 
 
-def runs(limit: int = RECENT_RUNS) -> List[Dict[str, Any]]:
-    """Recent runs, newest first, active ones synced from their nodes first (the API does that)."""
-    from .. import api
-
-    return [run_row(record) for record in api.runs(limit=limit, store=_store())]
-
-
 def run(run_id: str, events: int = 50) -> Dict[str, Any]:
     """One run's full record and its last `events` events."""
     from .. import api
@@ -98,42 +99,39 @@ def attach(url: str, name: Optional[str] = None, trust_new_host: bool = False) -
     return record
 
 
-def _latest_devices(store: RunStore, rows: List[Dict[str, Any]]) -> Dict[str, List[Dict[str, Any]]]:
-    """Per node name ("local" for this machine), the devices of the newest telemetry sample of its active runs."""
-    found: Dict[str, Dict[str, Any]] = {}
-    for row in rows:
-        if row["status"] not in ACTIVE_STATUSES:
-            continue
-        total = store.count_events(row["run_id"])
-        for event in store.events(row["run_id"], types=["telemetry"], after_seq=total - 1 - TELEMETRY_WINDOW):
-            node = "local" if (row.get("target") or "local") == "local" else str(event.get("node") or row["target"])
-            if node not in found or float(event.get("t") or 0) >= float(found[node].get("t") or 0):
-                found[node] = event
-    return {
-        node: [
-            {"label": d.get("label"), "kind": d.get("kind"), "utilization_pct": d.get("utilization_pct"), "memory_used_bytes": d.get("memory_used_bytes"), "memory_total_bytes": d.get("memory_total_bytes")}
-            for d in event.get("devices") or []
+def _current_devices(source: "DashboardData", now: float) -> Dict[str, List[Dict[str, Any]]]:
+    """Per node name ("local" for this machine), each device's mean utilization over the last few seconds."""
+    import numpy as np
+
+    out: Dict[str, List[Dict[str, Any]]] = {}
+    for node, history in dict(source.histories).items():
+        if not history.labels or history.last_t is None or now - history.last_t > 2 * UTILIZATION_WINDOW_S:
+            continue  # nothing sampled lately: the node's runs ended
+        columns = max(1, int(round(UTILIZATION_WINDOW_S / history.width)))
+        with np.errstate(all="ignore"):
+            utilization = np.nanmean(history.window(0, now, columns), axis=1)
+            memory = np.nanmean(history.window(1, now, columns), axis=1)
+        out[node] = [
+            {"label": label, "kind": history.kind, "utilization_pct": None if np.isnan(u) else float(u), "memory_pct": None if np.isnan(m) else float(m)}
+            # not strict: the reader thread may have named a new device a moment before its row exists
+            for label, u, m in zip(history.labels, utilization, memory, strict=False)
         ]
-        for node, event in found.items()
-    }
+    return out
 
 
 def _targets(row: Dict[str, Any]) -> List[str]:
     return [name.strip() for name in str(row.get("target") or "local").split(",") if name.strip()]
 
 
-def nodes(rows: Optional[List[Dict[str, Any]]] = None) -> List[Dict[str, Any]]:
+def nodes(rows: List[Dict[str, Any]], node_records: List[Dict[str, Any]], devices: Dict[str, List[Dict[str, Any]]]) -> List[Dict[str, Any]]:
     """Attached and provisioned nodes (terminated ones left out), and this machine while a local run is active."""
-    store = _store()
-    rows = runs() if rows is None else rows
-    devices = _latest_devices(store, rows)
     active = [row for row in rows if row["status"] in ACTIVE_STATUSES]
     out: List[Dict[str, Any]] = []
-    if any(_targets(row) == ["local"] for row in active):
-        out.append({"name": "local", "url": None, "accelerator": next((r["accelerator"] for r in active if _targets(r) == ["local"] and r["accelerator"]), None),
-                    "device_count": None, "provider": None, "state": "running", "price_per_hour": None, "active_runs": [r["run_id"] for r in active if _targets(r) == ["local"]],
-                    "devices": devices.get("local", [])})
-    for node in store.list_nodes():
+    local = [r for r in active if _targets(r) == ["local"]]
+    if local:
+        out.append({"name": "local", "url": None, "accelerator": next((r["accelerator"] for r in local if r["accelerator"]), None), "device_count": None,
+                    "provider": None, "state": "running", "price_per_hour": None, "active_runs": [r["run_id"] for r in local], "devices": devices.get("local", [])})
+    for node in node_records:
         if node.get("state") == "terminated":
             continue
         out.append({
@@ -166,7 +164,7 @@ def costs(rows: List[Dict[str, Any]], node_list: List[Dict[str, Any]], now: Opti
     An unknown price is counted as unknown, never as zero.
     """
     now = time.time() if now is None else now
-    midnight = dt.datetime.fromtimestamp(now).replace(hour=0, minute=0, second=0, microsecond=0).timestamp()
+    midnight = float(calendar.timegm(time.gmtime(now)[:3] + (0, 0, 0)))  # a UTC day, as the team dashboard's days
     user = _user()
     mine = [row for row in rows if row.get("owner") in (None, user)]
     billed = {node["name"]: node for node in node_list if _billed(node) and node.get("owner") in (None, user)}
@@ -209,21 +207,36 @@ def dashboard_url() -> Optional[str]:
     return os.environ.get("GAUDI_NB_DASHBOARD_URL") or None
 
 
-class Snapshots:
-    """One snapshot (nodes, runs, costs) shared by every open sidebar: each socket asks every second,
-    but the store is read and the active runs synced at most once per `min_interval_s`."""
+_sources: Dict[str, "DashboardData"] = {}
+_sources_lock = threading.Lock()
 
-    def __init__(self, min_interval_s: float = 0.5) -> None:
-        self.min_interval_s = min_interval_s
-        self._lock = threading.Lock()
-        self._last: Optional[Dict[str, Any]] = None
-        self._at = 0.0
 
-    def get(self) -> Dict[str, Any]:
-        with self._lock:
-            if self._last is None or time.monotonic() - self._at >= self.min_interval_s:
-                rows = runs()
-                node_list = nodes(rows)
-                self._last = {"type": "snapshot", "t": time.time(), "runs": rows, "nodes": node_list, "costs": costs(rows, node_list)}
-                self._at = time.monotonic()
-            return self._last
+def source() -> "DashboardData":
+    """The store's one reader (started on first use, then kept current by its own thread), shared by every request and socket."""
+    from .. import paths
+    from ..dashboard.data_store import DashboardData
+
+    url = paths.store_url()  # the server's environment: GAUDI_NB_HOME / GAUDI_NB_STORE_URL
+    with _sources_lock:
+        reader = _sources.get(url)
+        if reader is None:
+            reader = _sources[url] = DashboardData(RunStore(url), follow=True, limit=RUNS_READ, window_s=HISTORY_WINDOW_S, team_budgets={})
+            reader.refresh()
+            reader.start(READ_INTERVAL_S)
+        return reader
+
+
+def snapshot(limit: int = RECENT_RUNS) -> Dict[str, Any]:
+    """Everything the sidebar and status bar show, as one JSON-ready dict: newest runs, nodes, money."""
+    reader = source()
+    now = time.time()
+    every = [run_row(record) for record in reader.records]  # today's money needs more than the runs shown
+    node_list = nodes(every, list(reader.node_records), _current_devices(reader, now))
+    out = {"type": "snapshot", "t": now, "runs": every[:limit], "nodes": node_list, "costs": costs(every, node_list, now)}
+    if reader.last_error:
+        out["error"] = reader.last_error
+    return out
+
+
+def runs(limit: int = RECENT_RUNS) -> List[Dict[str, Any]]:
+    return list(snapshot(limit)["runs"])

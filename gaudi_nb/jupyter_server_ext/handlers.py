@@ -21,8 +21,6 @@ URL_PATH = "gaudi-nb"
 MIN_INTERVAL_MS, MAX_INTERVAL_MS = 250, 60_000
 T = TypeVar("T")
 
-snapshots = data.Snapshots()
-
 
 async def off_loop(fn: Callable[..., T], *args: Any) -> T:
     """Run a blocking read (SQL, a sync from a node over SSH) in a thread, so the server keeps serving."""
@@ -50,7 +48,7 @@ class GaudiHandler(APIHandler):
 class NodesHandler(GaudiHandler):
     @tornado.web.authenticated
     async def get(self) -> None:
-        await self.answer(lambda: {"nodes": data.nodes()})
+        await self.answer(lambda: {"nodes": data.snapshot()["nodes"]})
 
     @tornado.web.authenticated
     async def post(self) -> None:
@@ -66,7 +64,7 @@ class RunsHandler(GaudiHandler):
     @tornado.web.authenticated
     async def get(self) -> None:
         limit = int(self.get_query_argument("limit", str(data.RECENT_RUNS)))
-        await self.answer(lambda: {"runs": data.runs(limit=max(1, min(limit, 500)))})
+        await self.answer(lambda: {"runs": data.runs(limit=max(1, min(limit, data.RUNS_READ)))})
 
 
 class RunHandler(GaudiHandler):
@@ -85,8 +83,7 @@ class StopHandler(GaudiHandler):
 class CostsHandler(GaudiHandler):
     @tornado.web.authenticated
     async def get(self) -> None:
-        snapshot = await off_loop(snapshots.get)
-        self.reply(snapshot["costs"])
+        await self.answer(lambda: data.snapshot()["costs"])
 
 
 class ConfigHandler(GaudiHandler):
@@ -151,7 +148,7 @@ class UpdatesHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):  # type:
             return
         self._sending = True
         try:
-            snapshot = await off_loop(snapshots.get)
+            snapshot = await off_loop(data.snapshot)
         except Exception as exc:  # the socket stays; the sidebar shows why there are no numbers
             self.log.warning("gaudi_nb: snapshot failed: %s", exc)
             snapshot = {"type": "error", "message": f"{type(exc).__name__}: {exc}"}

@@ -88,8 +88,8 @@ def filter_runs(frame: pd.DataFrame, *, status: Optional[str] = None, owner: Opt
         keep &= frame["status"].isin(ACTIVE_STATUSES)
     if text:
         needle = text.lower()
-        haystack = frame[["run_id", "name", "model", "project"]].astype(str).agg(" ".join, axis=1).str.lower()
-        keep &= haystack.str.contains(needle, regex=False)
+        haystack = [" ".join(str(v) for v in row if isinstance(v, str)).lower() for row in frame[["run_id", "name", "model", "project"]].itertuples(index=False)]
+        keep &= pd.Series([needle in text for text in haystack], index=frame.index, dtype=bool)
     return frame[keep].reset_index(drop=True)
 
 
@@ -109,10 +109,12 @@ def spend_by_day(records: Sequence[Dict[str, Any]], now: Optional[float] = None)
     unknown: Dict[str, int] = {}
     for r in records:
         spent = (r.get("cost") or {}).get("usd")
-        start = r.get("started_at") or r.get("created_at")
+        start = r.get("started_at") if r.get("started_at") is not None else r.get("created_at")
         if start is None:
             continue
-        end = r.get("ended_at") or (now if r.get("status") in ACTIVE_STATUSES else r.get("last_event_at") or start)
+        end = r.get("ended_at")
+        if end is None:
+            end = now if r.get("status") in ACTIVE_STATUSES else (r.get("last_event_at") or start)
         if spent is None:
             unknown[_day(start)] = unknown.get(_day(start), 0) + 1
             continue

@@ -1,0 +1,325 @@
+"""The team dashboard (issue 11): its data layer over SQLite and PostgreSQL, and the served app over a real live run in Chromium, with and without a login."""
+from __future__ import annotations
+
+import http.cookiejar
+import socket
+import time
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+import pytest
+from conftest import REPO
+
+from gaudi_nb import paths
+from gaudi_nb.dashboard.data_store import DashboardData, filter_runs, spend_by_day
+from gaudi_nb.events import EventWriter, make_event
+from gaudi_nb.store import RunStore
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+SCREENSHOTS = REPO / "out" / "screenshots"
+DAY = 86400.0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def add_run(store, run_id, *, owner, t0, steps, usd, price=3.6, budget=None, project=None, end=None, node="local", devices=8, utilization=50.0):
+    """A run in the store through ingest, as Run.sync would put it there: start, steps, telemetry, cost, maybe an end."""
+    spec = {"model": "tiny-llama", "max_steps": 100, "nodes": 1, "target": node, "budget_usd": budget, **({"project": project} if project else {})}
+    store.register(run_id, spec=spec, target=node, run_dir=None, owner=owner)
+    events = [make_event("run_start", run_id, node=node, t=t0, spec=spec, price_per_hour=price, accelerator="hpu")]
+    events.append(make_event("worker_start", run_id, node=node, rank=0, t=t0 + 1, world_size=devices, accelerator="hpu"))
+    events += [make_event("step", run_id, node=node, rank=0, t=t0 + 1 + i, step=i, loss=3.0 / i, tokens=1000, tokens_per_second=1000.0, step_time_s=1.0, warmup=False) for i in range(1, steps + 1)]
+    events.append(make_event("telemetry", run_id, node=node, t=time.time(), source="hlml",
+                             devices=[{"index": d, "kind": "hpu", "label": f"hpu {d}", "utilization_pct": utilization, "memory_used_bytes": 2**30, "memory_total_bytes": 4 * 2**30} for d in range(devices)]))
+    events.append(make_event("cost", run_id, node=node, t=t0 + steps, usd=usd, elapsed_s=float(steps), price_per_hour=price, nodes=1, budget_usd=budget))
+    if end is not None:
+        events.append(make_event("run_end", run_id, node=node, t=end, status="succeeded"))
+    store.ingest(run_id, events, 0, len(events))
+
+
+# -- the data layer, on SQLite and on PostgreSQL -------------------------------------------
+
+
+def test_runs_fleet_and_money_from_the_store(store_url, gaudi_home):
+    store = RunStore(store_url)
+    now = time.time()
+    midnight = (now // DAY) * DAY
+    add_run(store, "alice-1", owner="alice", t0=midnight - 3600, steps=5, usd=2.0, end=midnight + 3600, project="llama", budget=4.0)  # over midnight: half each day
+    add_run(store, "bob-1", owner="bob", t0=now - 60, steps=7, usd=0.5, node="gaudi-a", utilization=0.0)  # runs, but its devices idle
+    add_run(store, "bob-2", owner="bob", t0=now - 30, steps=3, usd=0.25, price=None, node="gaudi-b", devices=4)
+    store.add_node({"name": "gaudi-c", "url": "ssh://u@c:22", "user": "u", "host": "c", "port": 22, "accelerator": "hpu", "device_count": 8})
+    data = DashboardData(store, follow=False, team_budgets={"users": {"bob": 10.0}, "projects": {"llama": 3.0}})
+    assert data.refresh() is True
+    assert data.refresh() is False  # nothing new: a tick costs one query and changes nothing
+
+    runs = data.runs
+    assert list(runs["run_id"]) == ["bob-2", "bob-1", "alice-1"]  # newest first
+    alice = runs.set_index("run_id").loc["alice-1"]
+    assert (alice["status"], alice["owner"], alice["project"], alice["step"], alice["model"], alice["usd"]) == ("succeeded", "alice", "llama", 5, "tiny-llama", 2.0)
+    assert alice["usd_per_million_tokens"] == pytest.approx(3.6 / (1000 * 3600) * 1e6)
+    assert list(filter_runs(runs, owner="bob")["run_id"]) == ["bob-2", "bob-1"]
+    assert list(filter_runs(runs, text="ALICE")["run_id"]) == ["alice-1"]
+    assert list(filter_runs(runs, text="gaudi")["run_id"]) == []  # id, name, model and project only
+    assert list(filter_runs(runs, active_only=True)["run_id"]) == ["bob-2", "bob-1"]
+
+    fleet = data.fleet().set_index("node")
+    assert {"local", "gaudi-a", "gaudi-b", "gaudi-c"} <= set(fleet.index)  # this machine always, attached and reporting nodes
+    assert fleet.loc["gaudi-a", "state"] == "idle, costs money"  # a run holds it at 0 % while the meter runs
+    assert fleet.loc["gaudi-b", "state"] == "busy" and fleet.loc["gaudi-c", "state"] == "idle"
+    assert data.fleet()["node"].iloc[0] == "gaudi-a"  # what costs money idle comes first
+    assert fleet.loc["gaudi-c", "devices"] == 8 and fleet.loc["gaudi-b", "devices"] == 4
+
+    heat = data.heatmap("utilization")
+    assert heat["values"].shape == (8 + 4 + 8, 120)  # one row per device of every node that reported (alice's run too, on local)
+    assert [name for _, name in heat["node_ticks"]] == ["gaudi-a", "gaudi-b", "local"]
+
+    costs = data.costs()
+    by_user = costs["by_user"].set_index("owner")
+    assert by_user.loc["alice", "usd"] == 2.0 and by_user.loc["bob", "usd"] == 0.75
+    by_day = costs["by_day"].set_index("day")
+    yesterday, today = time.strftime("%Y-%m-%d", time.gmtime(midnight - 1)), time.strftime("%Y-%m-%d", time.gmtime(now))
+    assert by_day.loc[yesterday, "usd"] == pytest.approx(1.0) and by_day.loc[today, "usd"] == pytest.approx(1.75)
+    assert costs["burn"] == {"usd_per_hour": 3.6, "unknown_price_runs": 1, "active_runs": 2}  # bob-2 has no price: counted, not guessed
+    budgets = costs["budgets"].set_index("budget")
+    assert budgets.loc["run alice-1", "fraction"] == pytest.approx(0.5)
+    llama = budgets[budgets.index.str.startswith("project llama")]
+    assert len(llama) == 1 and llama["usd"].iloc[0] == 2.0 or time.gmtime(midnight - 3600).tm_mon != time.gmtime(now).tm_mon
+
+
+def test_detail_and_new_events_from_cursors(store_url, gaudi_home):
+    store = RunStore(store_url)
+    add_run(store, "r1", owner="alice", t0=time.time() - 100, steps=4, usd=0.1)
+    data = DashboardData(store, follow=False)
+    data.refresh()
+    detail = data.detail("r1")
+    assert [s for s, _ in detail.loss] == [1, 2, 3, 4]
+    assert detail.state.step == 4 and detail.utilization and detail.cost == [(pytest.approx(time.time() - 96, abs=5), 0.1)]
+    assert detail.events_frame()["type"].iloc[0] == "cost"  # newest first
+    offset = store.offset("r1")
+    store.ingest("r1", [make_event("step", "r1", rank=0, step=5, loss=0.5, tokens=1000, tokens_per_second=900.0, step_time_s=1.0)], offset, offset + 10)
+    assert data.refresh()
+    assert [s for s, _ in detail.loss] == [1, 2, 3, 4, 5]  # appended once, from the cursor
+    assert data.runs.loc[0, "step"] == 5
+    assert detail.manifest() is None and detail.log_tail() == ""
+
+
+def test_follows_a_run_whose_notebook_is_closed(store_url, gaudi_home):
+    """Nobody else reads this run: the dashboard pulls its events file into the store itself."""
+    store = RunStore(store_url)
+    run_id = "orphan"
+    run_dir = paths.run_dir(run_id)
+    store.register(run_id, spec={"model": "tiny-llama", "max_steps": 1000}, target="local", run_dir=str(run_dir))
+    writer = EventWriter(run_dir / "events.jsonl", run_id)
+    writer.emit("run_start", spec={"model": "tiny-llama", "max_steps": 1000}, run_dir=str(run_dir), price_per_hour=1.0)
+    data = DashboardData(store, follow=True).start(0.05)
+    try:
+        steps = []
+        for i in range(1, 6):
+            writer.write(make_event("step", run_id, rank=0, step=i, loss=1.0, tokens=10, tokens_per_second=10.0, step_time_s=0.1))
+            deadline = time.time() + 5
+            while data.runs.empty or int(data.runs.loc[0, "step"]) < i:
+                assert time.time() < deadline, f"step {i} never showed"
+                time.sleep(0.01)
+            steps.append(int(data.runs.loc[0, "step"]))
+        assert steps == [1, 2, 3, 4, 5]
+        assert store.get(run_id)["steps_completed"] == 5  # in the store, for every other view too
+    finally:
+        data.stop()
+        writer.close()
+
+
+def test_spend_by_day_never_guesses_an_unknown_price():
+    frame = spend_by_day([{"run_id": "a", "status": "succeeded", "started_at": 0.0, "ended_at": 10.0, "cost": {"usd": None}}], now=20.0)
+    assert list(frame["usd"]) == [0.0] and list(frame["unknown_runs"]) == [1]
+
+
+# -- the served app in Chromium ------------------------------------------------------------
+
+pytest.importorskip("panel")
+
+
+@pytest.fixture(scope="module")
+def live(tmp_path_factory):
+    """A real tiny local run (it trains until the module ends) and the dashboard served in-process over its store."""
+    import os
+
+    import gaudi_nb
+    from gaudi_nb.dashboard.app import serve, stop_shared
+
+    home = tmp_path_factory.mktemp("dashboard_home")
+    saved = {name: os.environ.get(name) for name in ("GAUDI_NB_HOME", "GAUDI_NB_STORE_URL")}
+    os.environ["GAUDI_NB_HOME"] = str(home)
+    os.environ.pop("GAUDI_NB_STORE_URL", None)
+    run = gaudi_nb.train(devices=1, max_steps=100_000, batch_size=2, sequence_length=32, warmup_steps=2, price_per_hour=3.6, budget_usd=50.0)
+    port = free_port()
+    server = serve(address="127.0.0.1", port=port, threaded=True)
+    try:
+        yield {"run": run, "base": f"http://127.0.0.1:{port}", "store": run.store.url}
+    finally:
+        server.stop()
+        run.stop()
+        run.wait(timeout=120)
+        stop_shared()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+@pytest.fixture(scope="module")
+def browser():
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian chromium is not installed (apt-get install -y chromium chromium-driver)")
+    sync_api = pytest.importorskip("playwright.sync_api")
+    with sync_api.sync_playwright() as p:
+        b = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+def open_page(browser):
+    """A page that records what must not happen: console errors, page errors, failed scripts, requests that leave this machine."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.problems = []
+    page.on("console", lambda m: m.type == "error" and page.problems.append(f"console: {m.text}"))
+    page.on("pageerror", lambda e: page.problems.append(f"page error: {e}"))
+    page.on("requestfailed", lambda r: r.resource_type in ("script", "stylesheet") and page.problems.append(f"{r.resource_type} failed: {r.url} {r.failure}"))
+    page.on("response", lambda r: r.status >= 400 and page.problems.append(f"{r.status}: {r.url}"))
+    page.on("request", lambda r: urllib.parse.urlparse(r.url).hostname not in (None, "127.0.0.1", "localhost") and r.url.split(":")[0] in ("http", "https", "ws", "wss") and page.problems.append(f"left this machine: {r.url}"))
+    return page
+
+
+def runs_row(page, run_id):
+    return page.locator(".gaudi-nb-runs-table .tabulator-row", has_text=run_id).first
+
+
+def shown_step(page, run_id) -> int:
+    return int(runs_row(page, run_id).locator("[tabulator-field='step']").inner_text().replace(",", ""))
+
+
+@pytest.mark.slow
+def test_every_page_of_the_live_dashboard_in_chromium(live, browser):
+    run_id = live["run"].run_id
+    deadline = time.time() + 120
+    while live["run"].record()["steps_completed"] < 2:  # the first steps and telemetry, so every page has something
+        assert time.time() < deadline and not live["run"].done, live["run"].record()
+        time.sleep(0.3)
+    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+    page = open_page(browser)
+
+    page.goto(f"{live['base']}/?page=runs")
+    runs_row(page, run_id).wait_for(timeout=60_000)
+    first = shown_step(page, run_id)
+    deadline = time.time() + 30
+    while shown_step(page, run_id) <= first:  # live: the table moves without a reload
+        assert time.time() < deadline, f"the runs table stayed at step {first}"
+        time.sleep(0.2)
+    assert runs_row(page, run_id).locator("[tabulator-field='status']").inner_text() == "running"
+    assert runs_row(page, run_id).locator("[tabulator-field='owner']").inner_text().strip()
+    page.screenshot(path=str(SCREENSHOTS / "dashboard_runs.png"), full_page=True)
+
+    runs_row(page, run_id).locator("[tabulator-field='run_id']").click()  # a click opens the run's detail
+    page.locator(".gaudi-nb-detail-header .gaudi-nb-run-id", has_text=run_id).wait_for(state="visible", timeout=20_000)
+    page.get_by_text("loss", exact=True).first.wait_for(timeout=20_000)
+    page.wait_for_timeout(2000)
+    page.screenshot(path=str(SCREENSHOTS / "dashboard_run_detail.png"), full_page=True)
+
+    page.goto(f"{live['base']}/?page=fleet")
+    page.locator(".gaudi-nb-fleet-table .tabulator-row", has_text="local").first.wait_for(timeout=30_000)
+    page.get_by_text("device utilization (%)").first.wait_for(timeout=30_000)
+    page.wait_for_timeout(2500)  # the heat maps redraw once a second
+    page.screenshot(path=str(SCREENSHOTS / "dashboard_fleet.png"), full_page=True)
+
+    page.goto(f"{live['base']}/?page=costs")
+    page.get_by_text("burn rate now").first.wait_for(timeout=30_000)
+    page.get_by_text("spend by user").first.wait_for(timeout=30_000)
+    page.get_by_text(f"run {run_id}").first.wait_for(timeout=30_000)  # its budget, and how close
+    page.wait_for_timeout(1000)
+    page.screenshot(path=str(SCREENSHOTS / "dashboard_costs.png"), full_page=True)
+    assert page.problems == []
+    page.close()
+
+
+@pytest.mark.slow
+def test_with_a_login_nothing_is_served_before_it(live, browser):
+    from gaudi_nb.dashboard.app import serve
+
+    port = free_port()
+    server = serve(live["store"], address="127.0.0.1", port=port, basic_auth="s3cret", cookie_secret="test-cookie-secret", threaded=True)
+    base = f"http://127.0.0.1:{port}"
+    run_id = live["run"].run_id
+    try:
+        for path in ("/", "/?page=runs", f"/?page=run&run={run_id}"):
+            answer = urllib.request.urlopen(base + path, timeout=10)  # follows the redirect to the login page
+            body = answer.read().decode()
+            assert urllib.parse.urlparse(answer.geturl()).path == "/login", answer.geturl()
+            assert run_id not in body and "bokeh" not in body.split("<title>")[0]
+        wrong = _login(base, "anyone", "guess")
+        assert run_id not in wrong and "Invalid username or password" in wrong
+
+        page = open_page(browser)
+        page.goto(f"{base}/?page=runs")
+        page.fill("input[name=username]", "alice")
+        page.fill("input[name=password]", "s3cret")
+        page.locator("button, input[type=submit]").first.click()
+        runs_row(page, run_id).wait_for(timeout=60_000)  # logged in: the same live table
+        problems = [p for p in page.problems if "left this machine" in p]
+        page.close()
+        assert problems == []
+    finally:
+        server.stop()
+
+
+def _login(base, user, password) -> str:
+    jar = http.cookiejar.CookieJar()
+    opener = urllib.request.build_opener(urllib.request.HTTPCookieProcessor(jar))
+    opener.open(base + "/login", timeout=10).read()
+    form = urllib.parse.urlencode({"username": user, "password": password}).encode()
+    return opener.open(base + "/login", data=form, timeout=10).read().decode()
+
+
+def test_the_command_serves_on_loopback_unless_told(monkeypatch):
+    """`gaudi-nb dashboard` hands its options to serve(); the address defaults to 127.0.0.1."""
+    from gaudi_nb import cli
+    from gaudi_nb.dashboard import app as dashboard_app
+
+    seen = {}
+    monkeypatch.setattr(dashboard_app, "serve", lambda store=None, **options: seen.update(options, store=store))
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["dashboard", "--port", "5099", "--auth", "pw"])
+    assert exit_info.value.code == 0
+    assert seen["address"] == "127.0.0.1" and seen["port"] == 5099 and seen["basic_auth"] == "pw" and seen["store"] is None
+
+
+def test_the_data_layer_imports_no_panel():
+    """The JupyterLab extension reuses data_store.py in the server: it must not pull in Panel or Bokeh."""
+    import subprocess
+    import sys
+
+    code = "import sys, gaudi_nb.dashboard.data_store; print(sorted(m for m in sys.modules if m.split('.')[0] in ('panel', 'bokeh', 'holoviews', 'param')))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+
+
+def test_show_gives_the_same_pages_in_a_notebook(gaudi_home):
+    from gaudi_nb.dashboard import show
+    from gaudi_nb.dashboard.app import stop_shared
+
+    store = RunStore()
+    add_run(store, "nb-1", owner="alice", t0=time.time() - 10, steps=3, usd=0.01)
+    try:
+        layout = show(page="costs")
+        tabs = layout[1]
+        assert [t.name for t in tabs] == ["Fleet", "Runs", "Run detail", "Costs"] and tabs.active == 3
+        state = layout._gaudi_nb_state
+        assert list(state.runs["run_id"]) == ["nb-1"] and state.selected_run == "nb-1"
+    finally:
+        stop_shared()
+
+

@@ -365,6 +365,9 @@ class Agent:
         placement: Dict[str, Any] = {}
         plan: Optional[LaunchPlan]
         resumed = self._resume_request()
+        if resumed is not None:
+            # the earlier attempts' events (their steps, errors and rank pids) are not this agent's to act on
+            self._tailer = Tailer(self.folder.events, offset=self.folder.events.stat().st_size)
 
         def single_node_plan() -> LaunchPlan:
             # in a cluster-started job (Kubernetes operators) the pod's environment says where this node stands;

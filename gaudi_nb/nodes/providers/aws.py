@@ -120,13 +120,15 @@ class AwsProvider:
 
     def _call(self, operation: str, **arguments: Any) -> Dict[str, Any]:
         """One EC2 call; botocore's errors become one line that names the operation."""
-        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
+        from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError, ProfileNotFound
         from botocore.parsers import ResponseParserError
 
         try:
             return getattr(self.ec2, operation)(**arguments)
         except (NoCredentialsError, PartialCredentialsError):
             raise SpecError(CREDENTIALS_HELP) from None
+        except ProfileNotFound as exc:
+            raise SpecError(f"{exc}: name a profile in ~/.aws/config with AWS_PROFILE, or unset it") from None
         except ClientError as exc:
             error = exc.response.get("Error", {})
             code, message = error.get("Code", "Error"), str(error.get("Message", "")).splitlines()[0] if error.get("Message") else ""
@@ -136,7 +138,7 @@ class AwsProvider:
             raised.code = code
             raise raised from None
         except (BotoCoreError, ResponseParserError) as exc:  # no answer, or one that is not EC2's XML (a proxy's error page)
-            raise AwsError(f"AWS {operation} in {self.region}: {str(exc).splitlines()[0]}") from None
+            raise AwsError(f"AWS {operation} in {self.region}: {str(exc).splitlines()[0].split('. Further retries')[0]}") from None
 
     # -- bootstrap: image, network, key pair, security group, placement group ----------------
     def bootstrap_instances(self, request: ProvisionRequest) -> Resources:

@@ -281,18 +281,20 @@ def _attach(store: "RunStore", record: Dict[str, Any], private_key: Path, say: C
 
 
 def _start_autostop(record: Dict[str, Any], say: Callable[[str], None], action: str) -> None:
-    try:
-        from .watchdog import start_on_node  # type: ignore[attr-defined,unused-ignore]
-    except ImportError:
-        say("autostop: the watchdog is not in this build")
-        return
+    from .watchdog import start_on_node
+
     config: Dict[str, Any] = {key: record.get(key) for key in ("idle_minutes", "budget_usd", "price_per_hour", "provider", "region", "instance_id", "launched_at")}
     # where this client reaches the cloud's API, when it is not the public one (never credentials:
     # the machine has its own, from an instance role)
     config["environment"] = {name: os.environ[name] for name in ENDPOINT_VARIABLES if os.environ.get(name)}
+    if record.get("provider") == "ibm" and os.environ.get("GAUDI_NB_IBM_TRUSTED_PROFILE"):
+        # the machine signs in as its trusted profile through its metadata service (providers/ibm.py turns it on)
+        config["environment"]["VPC_AUTH_TYPE"] = "vpc"
     config["action"] = action
-    start_on_node(record, config)
+    answer = start_on_node(record, config)
     say(f"{record['name']}: autostop ({action}) watching" + "".join(f", {label} {record[key]:g}" for key, label in (("idle_minutes", "idle minutes"), ("budget_usd", "budget $")) if record.get(key) is not None))
+    if not answer.get("survives_reboot"):
+        say(f"{record['name']}: autostop {answer.get('note') or 'will not survive a reboot of the machine'}")
 
 
 # -- down ------------------------------------------------------------------------------------

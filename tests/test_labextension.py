@@ -109,7 +109,7 @@ def page(lab):
         browser = p.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 900})
         page.problems = []  # type: ignore[attr-defined]
-        page.on("console", lambda m: m.type == "error" and page.problems.append(f"console: {m.text}"))
+        page.on("console", lambda m: m.type == "error" and page.problems.append(f"console: {m.text} ({m.location.get('url')})"))
         page.on("pageerror", lambda e: page.problems.append(f"page error: {e}"))
         page.on("requestfailed", lambda r: r.resource_type == "script" and page.problems.append(f"script failed: {r.url} {r.failure}"))
         page.on("response", lambda r: r.request.resource_type == "script" and r.status >= 400 and page.problems.append(f"script {r.status}: {r.url}"))
@@ -186,6 +186,54 @@ def test_stop_from_the_sidebar_asks_first_then_ends_the_run_stopped(page, run):
     assert row.locator(".gaudi-nb-stop").is_hidden(), "an ended run still offers Stop"
     page.wait_for_function("() => document.querySelector('.gaudi-nb-ticker-rate').textContent === '$0.00/h'", timeout=30_000)
     shoot(page.locator("#gaudi-nb-sidebar"), "labextension_sidebar_stopped.png")
+
+
+def test_an_idle_machine_that_bills_turns_the_ticker_to_warning(page, lab):
+    from gaudi_nb.store import RunStore
+
+    store = RunStore()
+    store.add_node({"name": "spare-gaudi", "url": "ssh://ubuntu@10.0.0.9", "user": "ubuntu", "host": "10.0.0.9", "port": 22, "provider": "aws",
+                    "instance_type": "dl1.24xlarge", "state": "running", "price_per_hour": PRICE, "launched_at": time.time() - 600, "accelerator": "hpu", "device_count": 8})
+    try:
+        ticker = page.locator(".gaudi-nb-ticker.gaudi-nb-warning")
+        ticker.wait_for(timeout=30_000)  # the shared reader rereads nodes every few seconds
+        assert ticker.locator(".gaudi-nb-ticker-rate").inner_text() == f"${PRICE:.2f}/h"
+        assert "spare-gaudi is up and runs nothing" in ticker.get_attribute("title")
+        node = page.locator("#gaudi-nb-sidebar .gaudi-nb-node.gaudi-nb-idle-billing[data-node='spare-gaudi']")
+        assert "running · idle · $13.11/h" in node.inner_text() and "hpu × 8" in node.inner_text()
+        shoot(page.locator("#jp-main-statusbar"), "labextension_statusbar_warning.png")
+        shoot(page.locator("#gaudi-nb-sidebar"), "labextension_sidebar_idle_node.png")
+    finally:
+        store.remove_node("spare-gaudi")
+    page.locator(".gaudi-nb-ticker:not(.gaudi-nb-warning)").wait_for(timeout=30_000)
+
+
+def palette(page, label: str) -> None:
+    page.locator("#gaudi-nb-sidebar .gaudi-nb-title").click()  # out of any cell editor
+    page.keyboard.press("Control+Shift+C")
+    box = page.locator(".lm-CommandPalette-input")
+    box.fill(label)
+    page.locator(".lm-CommandPalette-item", has_text=label).first.click()
+
+
+def test_attach_from_the_palette_asks_for_the_address_and_says_why_it_failed(page):
+    palette(page, "Gaudi: Attach a Node…")
+    dialog = page.locator(".jp-Dialog")
+    dialog.locator(".gaudi-nb-attach-url").fill("ssh://nobody@127.0.0.1:1")
+    dialog.locator(".gaudi-nb-attach-name").fill("nowhere")
+    shoot(dialog.locator(".jp-Dialog-content"), "labextension_attach_dialog.png")
+    dialog.locator(".jp-Dialog-button.jp-mod-accept").click()
+    page.locator(".Toastify__toast", has_text="Could not attach ssh://nobody@127.0.0.1:1: cannot reach").wait_for(timeout=30_000)
+    # the browser logs the refused request itself; that one was asked for
+    page.problems[:] = [p for p in page.problems if not ("/gaudi-nb/nodes" in p and "status of 400" in p)]
+
+
+def test_the_dashboard_command_says_how_to_start_one_when_none_is_configured(page):
+    palette(page, "Gaudi: Open the Team Dashboard")
+    dialog = page.locator(".jp-Dialog")
+    dialog.wait_for(timeout=10_000)
+    assert "not configured" in dialog.inner_text() and "gaudi-nb dashboard" in dialog.inner_text() and "GAUDI_NB_DASHBOARD_URL" in dialog.inner_text()
+    dialog.locator(".jp-Dialog-button.jp-mod-accept").click()
 
 
 def test_the_extension_loaded_with_no_console_error_and_no_failed_script(page):
@@ -268,13 +316,16 @@ def test_the_websocket_pushes_each_second_pauses_and_refuses_without_the_token(l
 
 
 def test_both_extensions_are_enabled_in_the_venv():
-    def listed(*command: str) -> str:
-        done = subprocess.run([str(BIN / "jupyter"), *command], capture_output=True, text=True, timeout=120)
-        return re.sub(r"\x1b\[[0-9;]*m", "", done.stdout + done.stderr)  # without the colours
+    # both at once: each imports every installed extension, seconds apiece
+    lab_list, server_list = (subprocess.Popen([str(BIN / "jupyter"), *command], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                             for command in (("labextension", "list"), ("server", "extension", "list")))
 
-    out = listed("labextension", "list")
+    def listed(process: subprocess.Popen) -> str:
+        return re.sub(r"\x1b\[[0-9;]*m", "", process.communicate(timeout=120)[0])  # without the colours
+
+    out = listed(lab_list)
     assert re.search(r"gaudi-nb-jupyterlab v\S+ enabled OK \(python, gaudi_nb\)", out), out
-    out = listed("server", "extension", "list")
+    out = listed(server_list)
     assert re.search(r"gaudi_nb\.jupyter_server_ext .*enabled", out) and re.search(r"gaudi_nb\.jupyter_server_ext\s+OK", out), out
 
 

@@ -112,6 +112,8 @@ export class GaudiSidebar extends Widget {
     const row = el('div', 'gaudi-nb-node');
     row.dataset.node = node.name;
     row.dataset.state = node.state;
+    // a machine that bills by the hour and trains nothing: the money the status bar warns about
+    row.classList.toggle('gaudi-nb-idle-billing', !!node.provider && ['pending', 'running'].includes(node.state) && node.active_runs.length === 0);
     const head = el('div', 'gaudi-nb-node-head');
     head.appendChild(el('span', 'gaudi-nb-node-name', node.name === 'local' ? 'this machine' : node.name));
     const what = [node.accelerator || (node.devices[0] && node.devices[0].kind) || 'accelerator unknown'];

@@ -175,7 +175,7 @@ def events_of(run):
 
 @pytest.mark.slow
 def test_a_rank_killed_mid_run_restarts_from_the_last_checkpoint_and_every_step_counts_once(gaudi_home):
-    run = gaudi_nb.train(devices=2, max_steps=40, save_steps=10, max_restarts=2, **TINY)
+    run = gaudi_nb.train(devices=2, max_steps=30, save_steps=10, max_restarts=2, **TINY)
 
     def past_the_first_checkpoint():
         events = events_of(run)
@@ -191,38 +191,40 @@ def test_a_rank_killed_mid_run_restarts_from_the_last_checkpoint_and_every_step_
     assert record["status"] == "succeeded", record["exit"]
     restart = run.events(types=["restart"])[0]
     assert restart["cause"] == "crash" and restart["attempt"] == 2 and restart["failed_rank"] == 1 and restart["signal"] == "SIGKILL"
-    assert checkpointed <= restart["from_step"] < 40 and restart["checkpoint"].endswith(f"checkpoint-{restart['from_step']}")
-    # the record counts each step once: 40 steps of 2 ranks × 2 sequences × 32 tokens
-    assert record["steps_completed"] == 40 and record["metrics"]["tokens_seen"] == 40 * 2 * 2 * 32
+    assert checkpointed <= restart["from_step"] < 30 and restart["checkpoint"].endswith(f"checkpoint-{restart['from_step']}")
+    # the record counts each step once: 30 steps of 2 ranks × 2 sequences × 32 tokens
+    assert record["steps_completed"] == 30 and record["metrics"]["tokens_seen"] == 30 * 2 * 2 * 32
     assert record["attempt"] == 2 and record["restarts"][0]["reason"] == "rank 1 was killed by SIGKILL"
     final = [e["step"] for e in run.events(types=["step"]) if e["attempt"] == 2]
-    assert final == list(range(restart["from_step"] + 1, 41))  # the second attempt went on from the checkpoint
+    assert final == list(range(restart["from_step"] + 1, 31))  # the second attempt went on from the checkpoint
     first = [e["step"] for e in run.events(types=["step"]) if e["attempt"] == 1]
     assert first[0] == 1 and first[-1] >= restart["from_step"]
 
 
 @pytest.mark.slow
 def test_resume_continues_a_stopped_run_from_its_checkpoint_to_the_end(gaudi_home):
-    run = gaudi_nb.train(devices=1, max_steps=30, save_steps=5, keep_checkpoints=1, **TINY)
+    run = gaudi_nb.train(devices=1, max_steps=200, save_steps=5, keep_checkpoints=1, **TINY)
     wait_for(lambda: any(e["type"] == "checkpoint" for e in events_of(run)))
+    running = run_cli("resume", run.run_id)
+    assert running.returncode == 2 and "is still running: stop it first" in running.stderr, running.stderr
     stop = run_cli("stop", run.run_id)
     assert stop.returncode == 0, stop.stderr
-    running = run_cli("resume", run.run_id)  # still stopping
-    assert running.returncode == 2 and "stop it first" in running.stderr, running.stderr
     run.wait(timeout=120)
     stopped = run.record()
-    assert stopped["status"] == "stopped" and stopped["steps_completed"] < 30
+    assert stopped["status"] == "stopped" and stopped["steps_completed"] < 200
     stop_checkpoint = stopped["checkpoints"][-1]["step"]
-    result = run_cli("resume", run.run_id, "--json", timeout=180)
+    assert stop_checkpoint == stopped["steps_completed"]
+    end = stop_checkpoint + 10  # wherever the stop landed, ten more steps: the test's length does not depend on it
+    result = run_cli("resume", run.run_id, "--max-steps", str(end), "--json", timeout=180)
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout)
-    assert record["run_id"] == run.run_id and record["status"] == "succeeded" and record["steps_completed"] == 30
+    assert record["run_id"] == run.run_id and record["status"] == "succeeded" and record["steps_completed"] == record["max_steps"] == end
     assert record["attempt"] == 2 and record["restarts"][0]["cause"] == "resume" and record["restarts"][0]["from_step"] == stop_checkpoint
     steps = [(e["attempt"], e["step"]) for e in run.events(types=["step"])]
-    assert [s for a, s in steps if a == 2] == list(range(stop_checkpoint + 1, 31))
-    assert record["metrics"]["tokens_seen"] == 30 * 2 * 32
+    assert [s for a, s in steps if a == 2] == list(range(stop_checkpoint + 1, end + 1))
+    assert record["metrics"]["tokens_seen"] == end * 2 * 32
     # keep_checkpoints=1: only the final checkpoint is left, complete
-    assert [c.step for c in RunFolder(run.run_dir).checkpoint_folders()] == [30] and RunFolder(run.run_dir).last_checkpoint().step == 30
+    assert [c.step for c in RunFolder(run.run_dir).checkpoint_folders()] == [end] and RunFolder(run.run_dir).last_checkpoint().step == end
     ends = [e["status"] for e in run.events(types=["run_end"])]
     assert ends == ["stopped", "succeeded"] and gaudi_nb.get_run(run.run_id).status == "succeeded"
 

@@ -411,7 +411,7 @@ class Agent:
                 metrics_port=getattr(self.exporter, "port", None),
                 **placement,
             )
-        if self.cluster is not None and self.spec.max_restarts:
+        if (self.cluster is not None or self.spec.nodes > 1) and self.spec.max_restarts:
             self.events.emit("log", level="warning", message="--max-restarts applies to one-node runs in this version: a crashed rank ends this run across nodes as failed")
         if plan is None:
             self.telemetry = self._start_telemetry()
@@ -479,8 +479,8 @@ class Agent:
         return crash
 
     def _may_restart(self) -> bool:
-        # across nodes every node's ranks would have to restart together: not in this version
-        return self.cluster is None and self.restarts_used < self.spec.max_restarts
+        # across nodes (ours, or a Kubernetes job's) every node's ranks would have to restart together: not in this version
+        return self.cluster is None and self.spec.nodes == 1 and self.restarts_used < self.spec.max_restarts
 
     def _restart(self, crash: Dict[str, Any]) -> None:
         """End what is left of the attempt, then start the next one from the newest complete checkpoint."""
@@ -574,7 +574,7 @@ class Agent:
         else:
             status = "failed"
             fields["reason"] = self.peer_failure or self.worker_error or failure_reason(lines, exit_code or 0)
-            if self.crash is not None and self.spec.max_restarts and self.cluster is None:
+            if self.crash is not None and self.spec.max_restarts and self.cluster is None and self.spec.nodes == 1:
                 fields["reason"] = f"{self.crash['reason']}; no restarts left ({self.restarts_used} of --max-restarts {self.spec.max_restarts} used)"
             fields["last_log_lines"] = lines
         if self.attempt > 1:

@@ -60,14 +60,15 @@ def empty_summary(run_id: str) -> Dict[str, Any]:
         # counting each step once across attempts: the highest step whose tokens are counted, and
         # what each step after the last checkpoint added (only those can be replayed by a restart)
         "_counted_step": 0,
+        "_forgotten_step": 0,  # the newest step dropped from _replayable by its size limit
         "_first_loss_step": None,
         "_replayable": {},
     }
 
 
-# Steps remembered for replacement when no checkpoint bounds them (a run without --save-steps);
-# a replayed step older than these is counted once still, only its throughput sample stays.
-REPLAYABLE_STEPS = 5000
+# Steps remembered for replacement when no checkpoint bounds them (a run without --save-steps), so the
+# record stays small; a replayed step older than these is still counted once, only its throughput sample stays.
+REPLAYABLE_STEPS = 1000
 
 
 def fold(summary: Dict[str, Any], events: Iterable[Dict[str, Any]]) -> Dict[str, Any]:
@@ -175,7 +176,9 @@ def _apply_step(s: Dict[str, Any], e: Dict[str, Any]) -> None:
         s["_measured_seconds"] += seconds
     replayable[str(step)] = [tokens, tokens if measured else 0, samples if measured else 0, seconds]
     if len(replayable) > REPLAYABLE_STEPS:
-        del replayable[min(replayable, key=int)]
+        oldest = min(replayable, key=int)
+        del replayable[oldest]
+        s["_forgotten_step"] = max(s.get("_forgotten_step", 0), int(oldest))
 
 
 def _apply_restart(s: Dict[str, Any], e: Dict[str, Any]) -> None:
@@ -195,7 +198,8 @@ def _apply_restart(s: Dict[str, Any], e: Dict[str, Any]) -> None:
         s["_measured_tokens"] -= measured_tokens
         s["_measured_samples"] -= measured_samples
         s["_measured_seconds"] -= seconds
-    s["_counted_step"] = min(s.get("_counted_step", 0), from_step)
+    # a forgotten step after from_step stays counted, so its replay must not count it again
+    s["_counted_step"] = min(s.get("_counted_step", 0), max(from_step, s.get("_forgotten_step", 0)))
     if (s.get("_first_loss_step") or 0) > from_step:
         m["first_loss"], s["_first_loss_step"] = None, None
     if s["status"] not in ("pending",):

@@ -49,6 +49,17 @@ def test_steps_replayed_by_the_next_attempt_are_counted_once_and_the_loss_is_the
     assert one_by_one == record
 
 
+def test_without_a_checkpoint_a_long_replay_is_still_counted_once(monkeypatch):
+    import gaudi_nb.summary as summary
+
+    monkeypatch.setattr(summary, "REPLAYABLE_STEPS", 3)  # the record remembers only the last 3 steps
+    events = [make_event("run_start", "r", spec={"max_steps": 8})] + [step(n, 9.0) for n in range(1, 7)]
+    events.append(make_event("restart", "r", attempt=2, cause="crash", from_step=0, reason="rank 0 died"))
+    events += [step(n, 1.0, attempt=2) for n in range(1, 9)]
+    record = fold(empty_summary("r"), events)
+    assert record["steps_completed"] == 8 and record["metrics"]["tokens_seen"] == 800 and len(record["_replayable"]) == 3
+
+
 def test_between_the_restart_and_the_replay_the_record_counts_what_the_run_kept():
     events = [make_event("run_start", "r", spec={"max_steps": 9})] + [step(n, 9.0) for n in range(1, 6)]
     events.append(make_event("restart", "r", attempt=2, cause="crash", from_step=0, reason="rank 0 died"))

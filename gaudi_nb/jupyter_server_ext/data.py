@@ -2,7 +2,7 @@
 
 The one module the handlers read through. Runs, nodes and device telemetry come from the team
 dashboard's data layer (gaudi_nb.dashboard.data_store.DashboardData): one reader thread per store
-follows active runs from their nodes and reads only new events, however many sidebars are open.
+reads only new events, however many sidebars are open, and follows the active runs on this machine.
 One run's record and events, stop and attach go through the public API. Calls here may block
 (SQL, a node over SSH): the handlers make them off the server's event loop.
 """
@@ -73,13 +73,12 @@ def run_row(record: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def run(run_id: str, events: int = 50) -> Dict[str, Any]:
-    """One run's full record and its last `events` events."""
-    from .. import api
-
-    handle = api.get_run(run_id, store=_store())
-    record = handle.record()
-    total = handle.store.count_events(handle.run_id)
-    return {"run": record, "row": run_row(record), "events": handle.store.events(handle.run_id, after_seq=total - 1 - max(0, events))}
+    """One run's full record and its last `events` events, as the store has them (see `follows`)."""
+    store = _store()
+    run_id = store.resolve(run_id)
+    record = store.get(run_id)
+    total = store.count_events(run_id)
+    return {"run": record, "row": run_row(record), "events": store.events(run_id, after_seq=total - 1 - max(0, events))}
 
 
 def stop(run_id: str) -> Dict[str, Any]:
@@ -202,9 +201,45 @@ def costs(rows: List[Dict[str, Any]], node_list: List[Dict[str, Any]], now: Opti
     return {"usd_per_hour": rate, "today_usd": today, "unknown_prices": unknown, "warnings": warnings, "user": user, "t": now}
 
 
+def follows(record: Dict[str, Any]) -> bool:
+    """Whether the server pulls this run's new events into the store itself: only a run on this machine.
+
+    Following a run on a node would make the server mirror it over SSH, and one process at a
+    time mirrors a run (a lock). A server whose SSH set-up differs from the notebook's (another
+    HOME, no agent) would hold that lock while it fails to connect, and the notebook's panel
+    would wait behind it. A remote run moves here while a notebook, the CLI or the team
+    dashboard follows it, all of which write the same store.
+    """
+    return (record.get("target") or "local") == "local"
+
+
 def dashboard_url() -> Optional[str]:
     """Where the team dashboard (`gaudi-nb dashboard`) listens, when the person running JupyterLab said so."""
     return os.environ.get("GAUDI_NB_DASHBOARD_URL") or None
+
+
+def _reader_class() -> type:
+    """Made on first use: the dashboard's data layer loads pandas and numpy, which a server start need not wait for."""
+    from ..dashboard.data_store import DashboardData
+
+    class Reader(DashboardData):
+        """The dashboard's reader, following only the runs `follows` allows."""
+
+        def sync_active(self) -> int:
+            from ..api import Run
+            from ..errors import GaudiNbError
+
+            arrived = 0
+            for record in self.records:
+                if record.get("status") not in ACTIVE_STATUSES or not follows(record):
+                    continue
+                try:
+                    arrived += Run(record["run_id"], self.store).sync()
+                except (GaudiNbError, OSError) as exc:  # one run's folder gone must not stop the others
+                    self.last_error = f"{record['run_id']}: {exc}"
+            return arrived
+
+    return Reader
 
 
 _sources: Dict[str, "DashboardData"] = {}
@@ -214,13 +249,12 @@ _sources_lock = threading.Lock()
 def source() -> "DashboardData":
     """The store's one reader (started on first use, then kept current by its own thread), shared by every request and socket."""
     from .. import paths
-    from ..dashboard.data_store import DashboardData
 
     url = paths.store_url()  # the server's environment: GAUDI_NB_HOME / GAUDI_NB_STORE_URL
     with _sources_lock:
         reader = _sources.get(url)
         if reader is None:
-            reader = _sources[url] = DashboardData(RunStore(url), follow=True, limit=RUNS_READ, window_s=HISTORY_WINDOW_S, team_budgets={})
+            reader = _sources[url] = _reader_class()(RunStore(url), follow=True, limit=RUNS_READ, window_s=HISTORY_WINDOW_S, team_budgets={})
             reader.refresh()
             reader.start(READ_INTERVAL_S)
         return reader

@@ -6,7 +6,8 @@ import json
 from typing import Any, Callable, Dict, List, Optional, Tuple, TypeVar
 
 import tornado
-from jupyter_server.auth.decorator import ws_authenticated
+from jupyter_core.utils import ensure_async
+from jupyter_server.auth.decorator import authorized, ws_authenticated
 from jupyter_server.base.handlers import APIHandler, JupyterHandler
 from jupyter_server.base.websocket import WebSocketMixin
 from jupyter_server.utils import url_path_join
@@ -17,6 +18,8 @@ from ..errors import GaudiNbError, NotFoundError
 from . import data
 
 URL_PATH = "gaudi-nb"
+# what a custom authorizer (JupyterHub's scopes, say) is asked about: reading runs, or stopping and attaching (write)
+AUTH_RESOURCE = "gaudi_nb"
 # the client may slow the pushes down or speed them up, within these bounds (milliseconds)
 MIN_INTERVAL_MS, MAX_INTERVAL_MS = 250, 60_000
 T = TypeVar("T")
@@ -28,12 +31,24 @@ async def off_loop(fn: Callable[..., T], *args: Any) -> T:
 
 
 class GaudiHandler(APIHandler):
-    """JSON out; gaudi_nb's own errors become a 4xx with their message, which says what to do."""
+    """JSON out; gaudi_nb's own errors become a 4xx with their message, which says what to do.
+
+    Every verb is @tornado.web.authenticated (no token or login: 403, nothing read) and
+    @authorized (GET is "read", POST is "write" on the gaudi_nb resource).
+    """
+
+    auth_resource = AUTH_RESOURCE
 
     def reply(self, body: Any, status: int = 200) -> None:
         self.set_status(status)
         self.set_header("Content-Type", "application/json")
         self.finish(json.dumps(body, default=str))
+
+    def number(self, name: str, default: int) -> int:
+        try:
+            return int(self.get_query_argument(name, str(default)))
+        except ValueError:
+            raise tornado.web.HTTPError(400, f"{name} must be a whole number") from None
 
     async def answer(self, fn: Callable[..., Any], *args: Any) -> None:
         try:
@@ -47,10 +62,12 @@ class GaudiHandler(APIHandler):
 
 class NodesHandler(GaudiHandler):
     @tornado.web.authenticated
+    @authorized
     async def get(self) -> None:
         await self.answer(lambda: {"nodes": data.snapshot()["nodes"]})
 
     @tornado.web.authenticated
+    @authorized
     async def post(self) -> None:
         """Attach a node: {"url": "ssh://user@host[:port]", "name": ..., "trust_new_host": false}."""
         body = self.get_json_body() or {}
@@ -62,32 +79,37 @@ class NodesHandler(GaudiHandler):
 
 class RunsHandler(GaudiHandler):
     @tornado.web.authenticated
+    @authorized
     async def get(self) -> None:
-        limit = int(self.get_query_argument("limit", str(data.RECENT_RUNS)))
+        limit = self.number("limit", data.RECENT_RUNS)
         await self.answer(lambda: {"runs": data.runs(limit=max(1, min(limit, data.RUNS_READ)))})
 
 
 class RunHandler(GaudiHandler):
     @tornado.web.authenticated
+    @authorized
     async def get(self, run_id: str) -> None:
-        events = int(self.get_query_argument("events", "50"))
+        events = self.number("events", 50)
         await self.answer(data.run, run_id, max(0, min(events, 1000)))
 
 
 class StopHandler(GaudiHandler):
     @tornado.web.authenticated
+    @authorized
     async def post(self, run_id: str) -> None:
         await self.answer(data.stop, run_id)
 
 
 class CostsHandler(GaudiHandler):
     @tornado.web.authenticated
+    @authorized
     async def get(self) -> None:
         await self.answer(lambda: data.snapshot()["costs"])
 
 
 class ConfigHandler(GaudiHandler):
     @tornado.web.authenticated
+    @authorized
     async def get(self) -> None:
         from .. import __version__
 
@@ -102,6 +124,7 @@ class UpdatesHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):  # type:
     refused client never gets a socket, let alone a snapshot.
     """
 
+    auth_resource = AUTH_RESOURCE
     callback: Optional[PeriodicCallback] = None
     interval_ms = 1000
     paused = False
@@ -112,6 +135,8 @@ class UpdatesHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):  # type:
 
     @ws_authenticated
     async def get(self, *args: Any, **kwargs: Any) -> None:
+        if not await ensure_async(self.authorizer.is_authorized(self, self.current_user, "read", AUTH_RESOURCE)):
+            raise tornado.web.HTTPError(403)
         await super().get(*args, **kwargs)
 
     def open(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]

@@ -223,7 +223,7 @@ def test_attach_from_the_palette_asks_for_the_address_and_says_why_it_failed(pag
     dialog.locator(".gaudi-nb-attach-name").fill("nowhere")
     shoot(dialog.locator(".jp-Dialog-content"), "labextension_attach_dialog.png")
     dialog.locator(".jp-Dialog-button.jp-mod-accept").click()
-    page.locator(".Toastify__toast", has_text="Could not attach ssh://nobody@127.0.0.1:1: cannot reach").wait_for(timeout=30_000)
+    page.locator(".Toastify__toast", has_text="Could not attach: cannot reach ssh://nobody@127.0.0.1:1 (connection refused): check the port").wait_for(timeout=30_000)
     # the browser logs the refused request itself; that one was asked for
     page.problems[:] = [p for p in page.problems if not ("/gaudi-nb/nodes" in p and "status of 400" in p)]
 

@@ -145,7 +145,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
           const record = await requestAPI<{ name: string; accelerator: string | null; device_count: number | null }>('nodes', { method: 'POST', body: JSON.stringify(form) });
           Notification.update({ id: pending, message: `Attached ${record.name} (${record.accelerator || 'no accelerator'}${record.device_count ? ` × ${record.device_count}` : ''}): train there with --target ${record.name}`, type: 'success', autoClose: 8000 });
         } catch (error) {
-          Notification.update({ id: pending, message: `Could not attach ${form.url}: ${(error as Error).message}`, type: 'error', autoClose: false });
+          Notification.update({ id: pending, message: `Could not attach: ${(error as Error).message}`, type: 'error', autoClose: false });
         }
       }
     });

@@ -148,6 +148,7 @@ def test_two_dl1_machines_through_the_cli_then_down_leaves_nothing(aws, gaudi_ho
     "args, env, expected",
     [
         (["--instance-type", "dl9.huge"], {}, "unknown aws instance type 'dl9.huge': the Gaudi types aws offers are dl1.24xlarge"),
+        (["--instance-type", "p4d.24xlarge"], {}, "p4d.24xlarge is not a Gaudi machine (A100): the Gaudi types aws offers are dl1.24xlarge"),
         (["--instance-type", "dl1.24xlarge", "--region", "eu-west-1"], {}, "dl1.24xlarge is not offered in eu-west-1 (the price catalog lists us-west-2, us-east-1)"),
         (["--instance-type", "dl1.24xlarge"], {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""}, "no AWS credentials found: set AWS_ACCESS_KEY_ID"),
         (["--instance-type", "dl1.24xlarge"], {"AWS_PROFILE": "nope", "AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""}, "The config profile (nope) could not be found"),
@@ -155,7 +156,7 @@ def test_two_dl1_machines_through_the_cli_then_down_leaves_nothing(aws, gaudi_ho
         (["--instance-type", "dl1.24xlarge", "--ssh-from", "not-an-address"], {}, "--ssh-from 'not-an-address' is not an address range"),
         (["--instance-type", "dl1.24xlarge", "--count", "2", "--name", "bad name"], {}, "'bad name' cannot name a node"),
     ],
-    ids=["unknown-type", "region-without-type", "no-credentials", "unknown-profile", "no-image", "bad-cidr", "bad-name"],
+    ids=["unknown-type", "gpu-type", "region-without-type", "no-credentials", "unknown-profile", "no-image", "bad-cidr", "bad-name"],
 )
 def test_bad_input_is_one_line_exit_2_and_nothing_is_created(aws, gaudi_home, args, env, expected):
     habana_image()  # us-west-2 has an image, so only what the case breaks can fail

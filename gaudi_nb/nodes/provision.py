@@ -39,9 +39,12 @@ def catalog_rows(provider: str, instance_type: str) -> "List[Price]":
 
     rows = catalog.load_catalog()
     matches = [p for p in rows if p.provider == provider and p.instance_type.lower() == instance_type.lower()]
+    known = gaudi_types(provider, rows)
+    listed = ", ".join(known) if known else "none in the catalog"
+    other = [p for p in matches if "gaudi" not in p.accelerator.lower()]
+    if other:  # the catalog prices GPU machines too, for comparison; gaudi_nb provisions only Gaudi ones
+        raise SpecError(f"{instance_type} is not a Gaudi machine ({other[0].accelerator}): the Gaudi types {provider} offers are {listed}")
     if not matches:
-        known = gaudi_types(provider, rows)
-        listed = ", ".join(known) if known else "none in the catalog"
         raise SpecError(f"unknown {provider} instance type '{instance_type}': the Gaudi types {provider} offers are {listed} (others: add a row to {catalog.user_prices_path()})")
     return matches
 

@@ -70,21 +70,24 @@ def list_command(
     for column in ("address", "devices"):
         table.add_column(column, no_wrap=True, overflow="ellipsis")
     table.add_column("state", no_wrap=True, min_width=max(len(str(r.get("state") or "attached")) for r in records))
-    for column in ("cost", "owner", "since"):
+    # owners only on a shared store, where they differ: an 80-column terminal has no room for a constant
+    owners = len({r.get("owner") for r in records}) > 1
+    for column in ("cost", "owner", "since") if owners else ("cost", "since"):
         table.add_column(column, no_wrap=True, overflow="ellipsis")
     for record in records:
         count = record.get("device_count")
         devices = f"{count}× {record.get('accelerator')}" if count else str(record.get("accelerator") or record.get("instance_type") or "unknown")
         address = f"{record['user']}@{record['host']}" if record.get("instance_id") else record["url"]  # the instance id is in --json
-        table.add_row(
+        row = [
             record["name"],
             address + (f" via {record['jump']}" if record.get("jump") else ""),
             devices,
             str(record.get("state") or "attached"),
             node_cost(record["cost"]),
-            str(record.get("owner") or ""),
+            *([str(record.get("owner") or "")] if owners else []),
             time.strftime("%m-%d %H:%M", time.localtime(record.get("launched_at") or record["attached_at"])),
-        )
+        ]
+        table.add_row(*row)
     out.print(table)
     unknown = [r["name"] for r in records if r.get("provider") and r["cost"]["usd"] is None]
     if unknown:
@@ -98,8 +101,8 @@ def node_cost(cost: Dict[str, Any]) -> str:
     if cost.get("hours") is None:
         return "—"
     if cost.get("usd") is None:
-        return f"unknown ({cost['hours']:.1f} h)"
-    return f"${cost['usd']:,.2f} ({cost['hours']:.2f} h)"
+        return "unknown"  # a footnote says where to set the price; the hours are in --json
+    return f"${cost['usd']:,.2f}"
 
 
 @nodes_app.command("provision")

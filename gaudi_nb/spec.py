@@ -4,14 +4,15 @@ from __future__ import annotations
 import re
 import typing
 from dataclasses import dataclass
-from typing import Any, Dict, List, Literal, Optional, Tuple
+from typing import Any, Dict, List, Literal, Optional, Tuple, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import SpecError
 
 Precision = Literal["auto", "bf16", "fp32"]
-TrainerName = Literal["auto", "optimum-habana", "transformers"]
+TrainerName = Literal["auto", "optimum-habana", "transformers", "lightning"]
+LrScaling = Literal["none", "linear", "sqrt"]  # how the learning rate follows the global batch
 # torch.distributed.run: optimum-habana's own single-node form (gaudi_spawn without --use_mpi/--use_deepspeed)
 LauncherName = Literal["auto", "torchrun", "torch.distributed.run", "mpirun", "deepspeed"]
 
@@ -19,6 +20,8 @@ _SSH = re.compile(r"^ssh://(?P<user>[^@/\s:]+)@(?P<host>[^:/\s@]+)(?::(?P<port>\
 _AWS = re.compile(r"^aws:(?P<instance_type>[\w.\-]+)$")
 _NODE = re.compile(r"^[A-Za-z][\w.\-]*$")
 _NODES = re.compile(r"^[A-Za-z][\w.\-]*(?:\s*,\s*[A-Za-z][\w.\-]*)+$")  # NAME1,NAME2: one run across attached nodes
+TRACKERS = ("mlflow", "wandb")  # --report-to
+LORA_TRAINERS = ("auto", "transformers", "optimum-habana")  # trainers that take a peft model
 TARGET_FORMS = "local, an attached node's name, ssh://user@host[:port] or aws:INSTANCE_TYPE"
 _DATA_SUFFIXES = (".txt", ".text", ".json", ".jsonl", ".parquet", ".csv")
 
@@ -87,10 +90,13 @@ class RunSpec(BaseModel):
     devices: int = Field(1, ge=1, le=1024, description="devices (ranks) per node")
     nodes: int = Field(1, ge=1, le=512, description="number of nodes")
     precision: Precision = Field("auto", description="bf16 or fp32; auto follows the accelerator")
-    batch_size: int = Field(4, ge=1, le=65536, description="sequences per device per step")
+    batch_size: Union[int, Literal["auto"]] = Field(4, description="sequences per device per step, or auto: the largest that fits, found by a few real steps before training")
+    memory_fraction: float = Field(0.9, gt=0, le=1, description="with --batch-size auto: a batch whose peak device memory passes this fraction of the device's memory does not fit")
     sequence_length: int = Field(128, ge=8, le=131072, description="tokens per sequence")
     max_steps: int = Field(50, ge=1, description="optimizer steps to run")
-    learning_rate: float = Field(3e-4, gt=0, lt=1, description="peak learning rate")
+    learning_rate: float = Field(3e-4, gt=0, lt=1, description="peak learning rate (at --base-batch-size when --lr-scaling is on)")
+    lr_scaling: LrScaling = Field("none", description="scale the learning rate with the global batch (per-device batch × devices × nodes): linear or sqrt, from --base-batch-size")
+    base_batch_size: Optional[int] = Field(None, ge=1, description="the global batch --learning-rate was tuned for (with --lr-scaling)")
     seed: int = Field(42, ge=0)
     trainer: TrainerName = Field("auto", description="auto picks optimum-habana where Gaudi software is present")
     launcher: LauncherName = Field("auto", description="auto picks torchrun (one node) or deepspeed (several Gaudi nodes); torch.distributed.run is optimum-habana's single-node form")
@@ -107,6 +113,12 @@ class RunSpec(BaseModel):
     target: str = Field("local", description=TARGET_FORMS)
     script: Optional[str] = Field(None, description="a Python training script every rank runs instead of the built-in trainer")
     workdir: Optional[str] = Field(None, description="the script's folder of code and small files: copied into the run (and to its nodes) as git would keep it (.gitignore honoured); the script runs there")
+    lora: bool = Field(False, description="train a LoRA adapter (peft) on the frozen model instead of every weight")
+    lora_rank: int = Field(8, ge=1, le=4096, description="LoRA rank r")
+    lora_alpha: float = Field(16.0, gt=0, description="LoRA alpha (the update is scaled by alpha / rank)")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA path")
+    lora_target_modules: Optional[str] = Field(None, description="comma-separated module names LoRA adapts; default per model (Llama-style: q_proj,v_proj; GPT-2: c_attn)")
+    report_to: Optional[str] = Field(None, description="experiment trackers, comma-separated: mlflow, wandb (settings from MLFLOW_TRACKING_URI, WANDB_PROJECT, ...)")
 
     @field_validator("model", "dataset")
     @classmethod
@@ -115,6 +127,22 @@ class RunSpec(BaseModel):
         if not value:
             raise ValueError("must not be empty")
         return value
+
+    @field_validator("batch_size", mode="before")
+    @classmethod
+    def _batch_size(cls, value: Any) -> Any:
+        # one message for both forms (pydantic's union would report each branch)
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        try:
+            size = int(value)
+        except (TypeError, ValueError):
+            size = None
+        if isinstance(value, bool) or size is None or size != value and str(size) != str(value).strip():
+            raise ValueError("must be a whole number of sequences or auto")
+        if not 1 <= size <= 65536:
+            raise ValueError("must be between 1 and 65536, or auto")
+        return size
 
     @field_validator("target")
     @classmethod
@@ -127,7 +155,38 @@ class RunSpec(BaseModel):
         if self.warmup_steps >= self.max_steps and self.max_steps > 1:
             # throughput needs at least one measured step
             object.__setattr__(self, "warmup_steps", max(0, self.max_steps - 1))
+        if self.lr_scaling != "none" and self.base_batch_size is None:
+            raise ValueError(f"--lr-scaling {self.lr_scaling} needs --base-batch-size B: the global batch --learning-rate was tuned for")
+        if self.batch_size == "auto" and self.script:
+            raise ValueError("--batch-size auto sizes the built-in trainer's batch: a --script run picks its own (give a number, or drop --script)")
         return self
+
+    @field_validator("report_to")
+    @classmethod
+    def _known_trackers(cls, value: Optional[str]) -> Optional[str]:
+        if value is None:
+            return None
+        names = [name.strip().lower() for name in value.split(",") if name.strip()]
+        unknown = [name for name in names if name not in TRACKERS]
+        if unknown:
+            raise ValueError(f"unknown tracker '{unknown[0]}': use {', '.join(TRACKERS)} (comma-separated)")
+        return ",".join(dict.fromkeys(names)) or None
+
+    @model_validator(mode="after")
+    def _lora_fits(self) -> "RunSpec":
+        # a spec read back from JSON has every field set: only a value other than the default was asked for
+        given = sorted(name for name, field in type(self).model_fields.items() if name.startswith("lora_") and getattr(self, name) != field.default)
+        if not self.lora and given:
+            raise ValueError(f"--{given[0].replace('_', '-')} applies to LoRA runs: add --lora")
+        if self.lora and self.script:
+            raise ValueError("--lora adapts the built-in trainer's model: a --script run builds its own model (apply peft in the script, or drop --script)")
+        if self.lora and self.trainer not in LORA_TRAINERS:
+            raise ValueError(f"--lora works with --trainer {' or '.join(LORA_TRAINERS[1:])}, not {self.trainer}")
+        return self
+
+    def trackers(self) -> List[str]:
+        """The experiment trackers this run reports to (--report-to), in the order given."""
+        return [name for name in (self.report_to or "").split(",") if name]
 
     @classmethod
     def from_options(cls, **options: Any) -> "RunSpec":

@@ -5,6 +5,7 @@ import copy
 from typing import Any, Dict, Iterable
 
 from .cost import meter
+from .cost import mfu as mfu_math
 
 
 def empty_summary(run_id: str) -> Dict[str, Any]:
@@ -35,7 +36,16 @@ def empty_summary(run_id: str) -> Dict[str, Any]:
             "samples_per_second": None,
             "step_time_s": None,
             "tokens_seen": 0,
+            # model FLOPs utilization: 6 × parameters × tokens/s against the device's catalog peak
+            "tflops": None,
+            "mfu": None,
+            "peak_tflops_per_device": None,
+            "peak_source": None,
         },
+        "parameters": {"total": None, "trainable": None},  # trainable < total for a LoRA run
+        "lora": None,  # rank, alpha, dropout, target_modules of a LoRA run
+        "device_name": None,  # the device model as its runtime names it (GAUDI3)
+        "trackers": {},  # --report-to: tracker name → its run id and address
         "cost": {
             "usd": None,
             "price_per_hour": None,
@@ -114,6 +124,7 @@ def _apply(s: Dict[str, Any], e: Dict[str, Any]) -> None:
             s["status"] = "running"
         if e.get("rank") == 0:
             s.update(trainer=e.get("trainer"), precision=e.get("precision"), accelerator=e.get("accelerator"), device_count=e.get("world_size"), execution_mode=e.get("execution_mode"))
+            _apply_model(s, e)
     elif kind == "step":
         if int(e.get("attempt") or 1) < int(s.get("attempt") or 1):
             return  # a late line from an attempt that a restart already replaced
@@ -135,6 +146,8 @@ def _apply(s: Dict[str, Any], e: Dict[str, Any]) -> None:
         s["telemetry_samples"] += 1
     elif kind == "cost":
         _apply_cost(s, e)
+    elif kind == "tracker":
+        s.setdefault("trackers", {})[str(e.get("tracker"))] = {k: e.get(k) for k in ("tracker_run_id", "url", "experiment")}
     elif kind in ("cell", "result"):
         _apply_batch(s, e)
     elif kind == "stop_requested":
@@ -179,6 +192,17 @@ def _apply_step(s: Dict[str, Any], e: Dict[str, Any]) -> None:
         oldest = min(replayable, key=int)
         del replayable[oldest]
         s["_forgotten_step"] = max(s.get("_forgotten_step", 0), int(oldest))
+
+
+def _apply_model(s: Dict[str, Any], e: Dict[str, Any]) -> None:
+    """Rank 0's worker_start: the model's size, its LoRA adapter, and the peak its MFU is measured against."""
+    if e.get("parameters") is None:
+        return  # a script run's rank does not build the model itself
+    s["parameters"] = {"total": e.get("parameters"), "trainable": e.get("trainable_parameters", e.get("parameters"))}
+    s["lora"] = e.get("lora")
+    s["device_name"] = e.get("device_name")
+    peak = mfu_math.peak_for(e.get("device_name"), e.get("precision"))
+    s["metrics"].update(peak_tflops_per_device=peak.tflops, peak_source=peak.source)
 
 
 def _apply_restart(s: Dict[str, Any], e: Dict[str, Any]) -> None:
@@ -260,6 +284,9 @@ def _derive(s: Dict[str, Any]) -> None:
     if s["_measured_seconds"] > 0:
         m["tokens_per_second"] = s["_measured_tokens"] / s["_measured_seconds"]
         m["samples_per_second"] = s["_measured_samples"] / s["_measured_seconds"]
+    total = (s.get("parameters") or {}).get("total")
+    m["tflops"] = mfu_math.achieved_tflops(total, m["tokens_per_second"])
+    m["mfu"] = mfu_math.mfu(m["tflops"], m.get("peak_tflops_per_device"), s.get("device_count"))
     c["usd_per_million_tokens"] = meter.usd_per_million_tokens(c["price_per_hour"], c["nodes"] or 1, m["tokens_per_second"])
     if c["elapsed_s"] is not None and s["max_steps"]:
         c["projected_usd"] = meter.projected_total(c["usd"], c["elapsed_s"], s["steps_completed"], s["max_steps"])

@@ -38,6 +38,8 @@ class Accelerator:
     memory_gb: Optional[float]
     power_w: Optional[float]
     source: str
+    as_of: str = ""  # when the figures were checked against the source
+    runtime_names: Tuple[str, ...] = ()  # how torch.hpu / torch.cuda name the device (GAUDI3, NVIDIA H100 80GB HBM3)
 
 
 def onprem_price_per_hour(
@@ -203,6 +205,8 @@ def load_accelerators(path: Path = ACCELERATORS_CSV) -> Dict[str, Accelerator]:
             memory_gb=_money(row.get("memory_gb")),
             power_w=_money(row.get("power_w")),
             source=row.get("source", ""),
+            as_of=row.get("as_of", ""),
+            runtime_names=tuple(name.strip().upper() for name in row.get("runtime_names", "").split("|") if name.strip()),
         )
     return table
 

@@ -8,9 +8,10 @@ from typing import Any, List, Optional
 
 from .. import accel as accel_room
 from ..events import BackgroundEventWriter
+from ..presets import model_presets
 from ..rundir import CHECKPOINT_COMPLETE, RESUME_FROM_ENV, RunFolder
 from ..spec import RunSpec
-from . import compat, watchdog
+from . import compat, lora, watchdog
 from .callback import EventCallback
 from .data import BlockDataset, pack, read_texts, split_blocks
 from .models import build_model_and_tokenizer
@@ -20,6 +21,23 @@ from .trainers import TrainerInputs, build_trainer, execution_mode, pick_trainer
 
 def resolve_precision(requested: str, accelerator: Any) -> str:
     return accelerator.default_precision() if requested == "auto" else requested
+
+
+def device_name(accelerator: str) -> Optional[str]:
+    """The device model as its runtime names it (GAUDI3, NVIDIA H100 80GB HBM3, a CPU's model): the
+    record looks up its peak FLOP/s by it. None when the runtime does not say."""
+    import torch
+
+    try:
+        if accelerator == "hpu":
+            return str(torch.hpu.get_device_name())  # type: ignore[attr-defined]
+        if accelerator == "cuda":
+            return str(torch.cuda.get_device_name())
+        import platform
+
+        return platform.processor() or platform.machine() or None
+    except Exception:  # a runtime too old to say: the peak is then unknown, never guessed
+        return None
 
 
 def resume_checkpoint() -> Optional[str]:
@@ -59,6 +77,11 @@ def train(run_dir: Path, *, writer: Optional[BackgroundEventWriter] = None, extr
         raise ValueError(f"the dataset has fewer than {spec.sequence_length} tokens: use a shorter --sequence-length or more text")
     train_blocks, eval_blocks = split_blocks(blocks, 0.1 if spec.eval_steps else 0.0)
     parameters = sum(p.numel() for p in model.parameters())
+    lora_info: Optional[dict] = None
+    if is_main:
+        lora.save_for_export(folder.path, spec, model, tokenizer, local_base=spec.model in model_presets and model_presets.get(spec.model).local)
+    if spec.lora:
+        model, lora_info = lora.apply_lora(spec, model)
     writer.emit(
         "worker_start",
         pid=os.getpid(),
@@ -71,6 +94,10 @@ def train(run_dir: Path, *, writer: Optional[BackgroundEventWriter] = None, extr
         trainer=trainer_name,
         execution_mode=execution_mode(accelerator.name, spec.lazy_mode),
         parameters=parameters,
+        # trainable: every weight, or only the LoRA adapter's; MFU counts all `parameters` (6N per token)
+        trainable_parameters=lora_info["trainable_parameters"] if lora_info else parameters,
+        lora=lora_info,
+        device_name=device_name(accelerator.name),
         train_sequences=len(train_blocks),
         eval_sequences=len(eval_blocks),
         torch_version=torch.__version__,

@@ -156,11 +156,17 @@ def print_record(record: Dict[str, Any], console: Console = out) -> None:
         ("loss", f"{_num(m.get('first_loss'))} → {_num(m.get('final_loss'))}"),
         ("eval loss", _num(m.get("eval_loss"))),
         ("throughput", f"{m['tokens_per_second']:,.0f} tokens/s (warmup left out)" if m.get("tokens_per_second") else "unknown"),
+        ("model FLOPs", flops_line(m)),
         ("cost", cost_line(c)),
         ("$ per 1M tokens", money(c.get("usd_per_million_tokens"))),
         ("telemetry samples", str(record.get("telemetry_samples"))),
         ("run folder", str(record.get("run_dir"))),
     ]
+    parameters = record.get("parameters") or {}
+    if record.get("lora") and parameters.get("total"):
+        rows.append(("LoRA", f"{parameters['trainable']:,} of {parameters['total']:,} parameters train (rank {record['lora'].get('rank')}, {','.join(record['lora'].get('target_modules') or [])})"))
+    for name, tracker in (record.get("trackers") or {}).items():
+        rows.append((name, str(tracker.get("url") or tracker.get("tracker_run_id"))))
     restarts = record.get("restarts") or []
     if restarts:
         last = restarts[-1]
@@ -183,6 +189,13 @@ def accelerator_line(record: Dict[str, Any]) -> str:
         return f"{where}: ranks not started yet" if where else "not started yet"
     details = ", ".join(str(v) for v in (record.get("precision"), record.get("trainer"), record.get("execution_mode")) if v)
     return f"{record.get('accelerator')} × {record.get('device_count')} ({details})"
+
+
+def flops_line(m: Dict[str, Any]) -> str:
+    if m.get("tflops") is None:
+        return "unknown"
+    mfu = f"MFU {m['mfu']:.1%}" if m.get("mfu") is not None else f"MFU unknown ({m.get('peak_source')})"
+    return f"{m['tflops']:,.3g} TFLOP/s (6 × parameters × tokens/s) · {mfu}"
 
 
 def cost_line(cost: Dict[str, Any]) -> str:
@@ -257,6 +270,22 @@ def events(
     """Print a run's events as JSON lines."""
     for event in api.get_run(run_id).events(types=type_):
         sys.stdout.write(json.dumps(event) + "\n")
+
+
+@app.command()
+def export(
+    run_id: str = typer.Argument(..., help="run id (a unique prefix is enough)"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="the folder to write (default: the run folder's export/)"),
+    as_json: bool = typer.Option(False, "--json", help="print what was written as JSON"),
+) -> None:
+    """Write the run's last complete checkpoint as a model folder (a LoRA adapter merged into its base) that from_pretrained loads."""
+    from .export import export_run
+
+    written = export_run(api.get_run(run_id).record(), output)
+    if as_json:
+        out.print_json(json.dumps(written))
+    else:
+        out.print(f"exported {written['run_id']} step {written['step']} ({written['kind']}) to {written['output']}", highlight=False)
 
 
 @app.command()

@@ -277,12 +277,22 @@ def metrics_html(state: PanelState) -> str:
         ("loss", f"{fmt_num(m.get('first_loss'))} → {fmt_num(m.get('final_loss'))}"),
         ("eval loss", fmt_num(m.get("eval_loss"))),
         ("tokens/s", f"{now:,.0f} now · {steady:,.0f} mean" if now and steady else "measuring…" if not state.done else "unknown"),
+        ("model FLOPs", flops_text(m)),
         ("step time", f"{m['step_time_s']:.3f} s" if m.get("step_time_s") else "—"),
         ("tokens seen", f"{m.get('tokens_seen') or 0:,}"),
     ]
     if state.last_memory_bytes is not None:
         rows.append(("rank 0 memory", f"{state.last_memory_bytes / 1024**3:,.2f} GB"))
     return _table(rows, "gaudi-nb-metrics")
+
+
+def flops_text(m: Dict[str, Any]) -> str:
+    """Achieved TFLOP/s (6 × parameters × mean tokens/s) and MFU, or why MFU is unknown."""
+    if m.get("tflops") is None:
+        return "—"
+    if m.get("mfu") is None:
+        return f"{m['tflops']:,.3g} TFLOP/s · MFU unknown (no peak for this device)"
+    return f"{m['tflops']:,.3g} TFLOP/s · MFU {m['mfu']:.1%}"
 
 
 def cost_html(state: PanelState) -> str:

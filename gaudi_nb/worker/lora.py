@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Tuple
 
 from ..spec import RunSpec
 
@@ -58,10 +58,3 @@ def save_for_export(run_dir: Path, spec: RunSpec, model: Any, tokenizer: Any, *,
     if spec.lora and local_base:
         model.save_pretrained(str(run_dir / BASE_MODEL_DIR))
 
-
-def base_model_source(run_dir: Path, adapter_config: Dict[str, Any]) -> Optional[str]:
-    """Where export loads the base from: the run folder's copy, else the adapter's base_model_name_or_path."""
-    local = run_dir / BASE_MODEL_DIR
-    if (local / "config.json").is_file():
-        return str(local)
-    return adapter_config.get("base_model_name_or_path")

@@ -161,47 +161,55 @@ class Links:
 
         One process at a time mirrors a file (a lock on it): a CLI call and a notebook kernel
         following the same run would otherwise both append the same bytes. The other waits, and
-        takes over if the first process goes away.
+        takes over if the first process goes away. The lock is let go while this process waits to
+        reconnect, so one that cannot reach the node (another HOME, no key) never holds up one that can.
         """
         local_path.parent.mkdir(parents=True, exist_ok=True)
+        failures = 0
         with open(local_path, "ab") as held:
             while True:
                 try:
                     fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-                    break
                 except OSError:
                     await asyncio.sleep(1.0)
-            await self._mirror_locked(node, remote_path, local_path, remote_run_dir)
+                    continue
+                try:
+                    before = local_path.stat().st_size
+                    if await self._mirror_once(node, remote_path, local_path, remote_run_dir):
+                        return  # the run ended and every byte is here
+                    if local_path.stat().st_size > before:
+                        failures = 0  # it got somewhere before the drop: retry soon
+                finally:
+                    fcntl.flock(held.fileno(), fcntl.LOCK_UN)
+                await asyncio.sleep(BACKOFF_S[min(failures, len(BACKOFF_S) - 1)])
+                failures += 1
 
-    async def _mirror_locked(self, node: Dict[str, Any], remote_path: str, local_path: Path, remote_run_dir: Optional[str]) -> None:
-        failures = 0
-        while True:
-            offset = local_path.stat().st_size
-            ended_by = ("--run-dir", remote_run_dir) if remote_run_dir else ()
-            command = node_command(node, "tail", "--path", remote_path, "--offset", str(offset), "--follow", *ended_by)
-            try:
-                connection = await self._connection(node)
-                process = await connection.create_process(command, encoding=None)
-                with open(local_path, "ab") as out:
-                    while True:
-                        chunk = await process.stdout.read(65536)
-                        if not chunk:
-                            break
-                        out.write(chunk)
-                        out.flush()
-                        failures = 0
-                await process.wait()
-                if process.exit_status == 0:
-                    return  # the run ended and every byte is here
-                raise OSError(f"tail exited with {process.exit_status}")
-            except UnreachableError:
-                pass
-            except Exception as exc:  # a dropped link shows up as one of asyncssh's or the OS's errors
-                connection = self._connections.get(node["name"])
-                if connection is not None:
-                    self._forget(node["name"], connection, exc)
-            await asyncio.sleep(BACKOFF_S[min(failures, len(BACKOFF_S) - 1)])
-            failures += 1
+    async def _mirror_once(self, node: Dict[str, Any], remote_path: str, local_path: Path, remote_run_dir: Optional[str]) -> bool:
+        """One pass of `tail --follow` from the local size; True once the node says the file is complete."""
+        offset = local_path.stat().st_size
+        ended_by = ("--run-dir", remote_run_dir) if remote_run_dir else ()
+        command = node_command(node, "tail", "--path", remote_path, "--offset", str(offset), "--follow", *ended_by)
+        try:
+            connection = await self._connection(node)
+            process = await connection.create_process(command, encoding=None)
+            with open(local_path, "ab") as out:
+                while True:
+                    chunk = await process.stdout.read(65536)
+                    if not chunk:
+                        break
+                    out.write(chunk)
+                    out.flush()
+            await process.wait()
+            if process.exit_status == 0:
+                return True
+            raise OSError(f"tail exited with {process.exit_status}")
+        except UnreachableError:
+            return False
+        except Exception as exc:  # a dropped link shows up as one of asyncssh's or the OS's errors
+            connection = self._connections.get(node["name"])
+            if connection is not None:
+                self._forget(node["name"], connection, exc)
+            return False
 
 
 _links: Optional[Links] = None

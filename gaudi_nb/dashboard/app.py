@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import os
 import secrets
+import tempfile
 import threading
+from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from ..errors import MissingExtraError
@@ -13,6 +15,20 @@ from .data_store import DashboardData
 UPDATE_INTERVAL_MS = 100  # a step shows within ~two ticks: the 250 ms p95 target with room for the browser
 PAGES = ("fleet", "runs", "run", "costs")
 TITLE = "gaudi-nb dashboard"
+
+# Panel's own login page loads its logo from Panel's CDN: this one has nothing to fetch (Jinja2, Panel's variables)
+LOGIN_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>gaudi-nb dashboard: log in</title>
+<style>body{font-family:system-ui,sans-serif;display:flex;justify-content:center;margin-top:12vh;color:#222}
+form{display:flex;flex-direction:column;gap:10px;width:280px}input{padding:7px;font-size:14px}
+button{padding:8px;font-size:14px;background:#1976d2;color:#fff;border:0;border-radius:3px}.error{color:#c62828}</style></head>
+<body><form action="{{ login_endpoint }}" method="post">
+<h2 style="margin:0 0 8px">gaudi-nb dashboard</h2>
+{% if errormessage %}<div class="error">{{ errormessage }}</div>{% endif %}
+<input name="username" type="text" placeholder="user name" autocomplete="username" required autofocus>
+<input name="password" type="password" placeholder="password" autocomplete="current-password" required>
+<button type="submit">Log in</button></form></body></html>
+"""
 
 _shared: Dict[str, DashboardData] = {}
 _shared_lock = threading.Lock()
@@ -47,32 +63,37 @@ def stop_shared() -> None:
         _shared.clear()
 
 
-def _extensions() -> Any:
+def _extensions(inline: bool) -> Any:
+    """Panel's resources from this machine, never a CDN, so the dashboard works on a cluster without internet.
+
+    Served: Panel's server mode (every script and stylesheet from the dashboard's own /static; `inline`
+    would point stylesheets of components drawn later, such as a page opened after the first, at Panel's
+    CDN). In a notebook: inline, in the notebook's output.
+    """
     pn, hv = _panel()
-    # inline: every script and stylesheet comes from this server (or the notebook), none from a CDN,
-    # so the dashboard works on a cluster without internet
-    pn.extension("tabulator", inline=True, notifications=False, design="bootstrap")
-    hv.extension("bokeh", inline=True, logo=False)
+    pn.extension("tabulator", inline=inline, notifications=False, design="bootstrap")
+    pn.config.inline = inline
+    hv.extension("bokeh", inline=inline, logo=False)
     return pn, hv
 
 
-def build(data: DashboardData, page: Optional[str] = None, run_id: Optional[str] = None) -> Any:
+def build(data: DashboardData, page: Optional[str] = None, run_id: Optional[str] = None, *, inline: bool = False) -> Any:
     """The layout for one session: a header and the four pages as tabs; its periodic callback only moves state."""
-    pn, _ = _extensions()
+    pn, _ = _extensions(inline)
     from .views import DashboardState, costs_page, detail_page, fleet_page, runs_page
 
-    state = DashboardState(data)
+    state = DashboardState(data, page=page if page in PAGES else "fleet")
     if run_id:
         state.selected_run = run_id
     state.update()
-    tabs = pn.Tabs(dynamic=False, sizing_mode="stretch_width", css_classes=["gaudi-nb-pages"])
+    tabs = pn.Tabs(sizing_mode="stretch_width", css_classes=["gaudi-nb-pages"])
 
     def open_run(_: str) -> None:
         tabs.active = PAGES.index("run")
 
     tabs.extend([fleet_page(state), runs_page(state, on_open=open_run), detail_page(state), costs_page(state)])
-    if page in PAGES:
-        tabs.active = PAGES.index(page)
+    tabs.active = PAGES.index(state.page)
+    tabs.param.watch(lambda event: setattr(state, "page", PAGES[event.new]), "active")
     store_name = data.store.url.split("@")[-1]  # never the password of a PostgreSQL URL
     header = pn.pane.HTML(
         f'<div style="display:flex;gap:14px;align-items:baseline"><span style="font-size:20px;font-weight:700">{TITLE}</span>'
@@ -93,6 +114,13 @@ def session(data: DashboardData) -> Any:
         values = args.get(name) or []
         return values[0].decode() if values else None
 
+    doc = pn.state.curdoc
+    if doc is not None and "dist_url" not in doc._template_variables:
+        # Panel sets the page's resource root only after the session is built; a component made before that
+        # (a page's Markdown, drawn when its tab opens) would fetch its stylesheet from Panel's CDN instead
+        from panel.io.resources import LOCAL_DIST
+
+        doc._template_variables["dist_url"] = f"{pn.state.rel_path}/{LOCAL_DIST}" if pn.state.rel_path else LOCAL_DIST
     layout, state = build(data, page=arg("page"), run_id=arg("run"))
     pn.state.add_periodic_callback(state.update, period=UPDATE_INTERVAL_MS)
     return layout
@@ -120,7 +148,7 @@ def serve(
     {user: password}; `oauth_provider` (github, google, azure, okta, generic, ...) with its key and secret.
     With either, every page and every websocket needs a login first.
     """
-    pn, _ = _extensions()
+    pn, _ = _extensions(inline=False)
     data = shared_data(store, follow=follow)
     origins = [f"{address}:{port}", f"127.0.0.1:{port}", f"localhost:{port}", *(allow_origins or [])]
     options: Dict[str, Any] = {}
@@ -129,6 +157,9 @@ def serve(
         options["cookie_secret"] = cookie_secret or os.environ.get("PANEL_COOKIE_SECRET") or secrets.token_hex(32)
     if basic_auth:
         options["basic_auth"] = basic_auth
+        login = Path(tempfile.mkdtemp(prefix="gaudi-nb-dashboard-")) / "login.html"
+        login.write_text(LOGIN_PAGE)
+        options["login_template"] = str(login)
     if oauth_provider:
         options.update(oauth_provider=oauth_provider, oauth_key=oauth_key or os.environ.get("PANEL_OAUTH_KEY"), oauth_secret=oauth_secret or os.environ.get("PANEL_OAUTH_SECRET"))
         if oauth_redirect_uri:
@@ -148,9 +179,9 @@ def serve(
 
 def notebook_view(store: Optional[str] = None, *, page: Optional[str] = None, run_id: Optional[str] = None) -> Any:
     """The same pages inside a notebook, live through a periodic callback in the kernel."""
-    pn, _ = _extensions()
+    pn, _ = _extensions(inline=True)
     data = shared_data(store)
-    layout, state = build(data, page=page, run_id=run_id)
+    layout, state = build(data, page=page, run_id=run_id, inline=True)
     layout._gaudi_nb_callback = pn.state.add_periodic_callback(state.update, period=UPDATE_INTERVAL_MS * 5)
     return layout
 

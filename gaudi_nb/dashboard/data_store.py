@@ -41,7 +41,7 @@ def project_of(record: Dict[str, Any]) -> str:
     batch = record.get("batch") or {}
     if batch.get("notebook"):
         return Path(str(batch["notebook"])).stem
-    return str(record.get("name") or "(none)")
+    return str(record.get("name") or "(no project)")
 
 
 def run_row(record: Dict[str, Any]) -> Dict[str, Any]:
@@ -332,15 +332,19 @@ def fleet_frame(node_records: Sequence[Dict[str, Any]], records: Sequence[Dict[s
 
 
 # -- one run in detail --------------------------------------------------------------------
+def _short(value: Any, spec: str = ".4g") -> str:
+    return "unknown" if value is None else format(value, spec) if isinstance(value, (int, float)) else str(value)
+
+
 def event_text(e: Dict[str, Any]) -> str:
     """A short line for the events table."""
     kind = e.get("type")
     if kind == "step":
-        return f"step {e.get('step')} loss {e.get('loss')} tokens/s {e.get('tokens_per_second')}"
+        return f"step {e.get('step')} · loss {_short(e.get('loss'))} · {_short(e.get('tokens_per_second'), ',.0f')} tokens/s"
     if kind == "telemetry":
         return f"{e.get('source')}: {len(e.get('devices') or [])} devices"
     if kind == "cost":
-        return f"${e.get('usd')} after {e.get('elapsed_s')} s at {e.get('price_per_hour')}/h"
+        return f"${_short(e.get('usd'), ',.4f')} after {_short(e.get('elapsed_s'), ',.0f')} s at ${_short(e.get('price_per_hour'), ',.2f')}/h"
     if kind == "log":
         return f"{e.get('level')}: {e.get('message')}"
     if kind == "run_end":
@@ -392,7 +396,8 @@ class RunDetail:
                     self.utilization.append((t, float(np.mean(values))))
             elif kind == "cost" and e.get("usd") is not None:
                 self.cost.append((t, float(e["usd"])))
-            self.events.append({"time": pd.Timestamp(t, unit="s", tz="UTC"), "type": kind, "node": e.get("node"), "rank": e.get("rank"), "what": event_text(e)})
+            rank = e.get("rank")
+            self.events.append({"time": pd.Timestamp(t, unit="s", tz="UTC"), "type": kind, "node": e.get("node"), "rank": "" if rank is None else str(rank), "what": event_text(e)})
 
     def events_frame(self) -> pd.DataFrame:
         return pd.DataFrame(list(self.events)[::-1], columns=["time", "type", "node", "rank", "what"])

@@ -17,6 +17,7 @@ from .data_store import DashboardData, RunDetail, filter_runs
 
 HEATMAP_HEIGHT = 520
 MAX_NODE_TICKS = 32  # more node names than this on the axis overlap: label every k-th node
+EVENTS_SHOWN = 50
 CURVE_POINTS = 100_000  # a Buffer's bound: a long run's curve keeps its newest points
 RUNS_TABLE_TITLES = {
     "run_id": "run",
@@ -37,6 +38,7 @@ class DashboardState(param.Parameterized):
     fleet = param.DataFrame(default=pd.DataFrame(), doc="one row per node")
     costs = param.Dict(default={}, doc="spend by user, project and day; burn rate; budgets")
     selected_run = param.String(default="", doc="the run the detail page shows")
+    page = param.Selector(default="fleet", objects=["fleet", "runs", "run", "costs"], doc="the open page: only its widgets are fed")
     version = param.Integer(default=-1)
     detail_version = param.Integer(default=0, doc="grows when the selected run's detail has new events")
     heatmap_at = param.Number(default=0.0)
@@ -49,10 +51,12 @@ class DashboardState(param.Parameterized):
         self._detail_seq = -2
 
     def update(self) -> None:
-        """Take the data's newest snapshots (a no-op when nothing changed); the heat maps move every second."""
+        """Take the data's newest snapshots (a no-op when nothing changed). The runs table follows every
+        tick; the fleet, the money and the heat maps, which move by the second, once a second, and only
+        when their content changed (each change redraws tables and plots in the browser)."""
         data = self.data
         if data.version != self.version:
-            self.param.update(runs=data.runs, fleet=data.fleet(), costs=data.costs(), version=data.version)
+            self.param.update(runs=data.runs, version=data.version)
             if not self.selected_run and len(data.runs):
                 self.selected_run = str(data.runs["run_id"].iloc[0])
         if self.selected_run:
@@ -63,8 +67,20 @@ class DashboardState(param.Parameterized):
         now = time.time()
         if now - self.heatmap_at >= 1.0:
             self.heatmap_at = now
-            self.utilization_pipe.send(data.heatmap("utilization", now))
-            self.memory_pipe.send(data.heatmap("memory", now))
+            if self.page == "fleet":
+                fleet = data.fleet(now)
+                if not fleet.equals(self.fleet):
+                    self.fleet = fleet
+                self.utilization_pipe.send(data.heatmap("utilization", now))
+                self.memory_pipe.send(data.heatmap("memory", now))
+            elif self.page == "costs":
+                costs = data.costs(now)
+                if not _same_costs(costs, self.costs):
+                    self.costs = costs
+
+    @param.depends("page", watch=True)
+    def _opened(self) -> None:
+        self.heatmap_at = 0.0  # the page just opened gets its slow parts at the next tick
 
     def detail(self) -> Optional[RunDetail]:
         if not self.selected_run:
@@ -73,6 +89,12 @@ class DashboardState(param.Parameterized):
             return self.data.detail(self.selected_run)
         except Exception:  # a run id that is gone (another store): the page says so
             return None
+
+
+def _same_costs(new: Dict[str, Any], old: Dict[str, Any]) -> bool:
+    if set(new) != set(old):
+        return False
+    return all(new[k].equals(old[k]) if isinstance(new[k], pd.DataFrame) else new[k] == old[k] for k in new)
 
 
 # -- Fleet ---------------------------------------------------------------------------------
@@ -95,42 +117,42 @@ def _heatmap_image(data: Dict[str, Any], title: str, unit: str) -> hv.Image:
 
 
 def fleet_page(state: DashboardState) -> pn.viewable.Viewable:
-    def banner(fleet: pd.DataFrame) -> pn.viewable.Viewable:
-        if fleet is None or not len(fleet):
-            return pn.pane.Markdown("")
+    banner = pn.pane.Alert("no nodes yet", alert_type="light", css_classes=["gaudi-nb-fleet-banner"])
+    table = pn.widgets.Tabulator(
+        pd.DataFrame(columns=["node", "state", "address", "accelerator", "devices", "active_runs", "runs", "utilization_pct", "price_per_hour"]),
+        show_index=False,
+        disabled=True,
+        sizing_mode="stretch_width",
+        titles={"utilization_pct": "utilization % (1 min)", "price_per_hour": "$/h", "active_runs": "active runs"},
+        formatters={"price_per_hour": {"type": "money", "symbol": "$"}, "utilization_pct": {"type": "money", "symbol": "", "precision": 1}},
+        css_classes=["gaudi-nb-fleet-table"],
+    )
+    table.style.apply(lambda row: ["background-color:#fdecea;color:#b71c1c;font-weight:600" if row["state"] == "idle, costs money" else "" for _ in row], axis=1)
+
+    def show(*_: Any) -> None:
+        fleet = state.fleet
+        if state.page != "fleet" or fleet is None or not len(fleet):
+            return  # a hidden Tabulator given data throws in the browser: the open page only
+        table.value = fleet
         costly = fleet[fleet["state"] == "idle, costs money"]
         if not len(costly):
             busy = int((fleet["state"] == "busy").sum())
-            return pn.pane.Alert(f"{len(fleet)} node(s), {busy} busy; no idle node is costing money.", alert_type="success")
+            banner.param.update(object=f"{len(fleet)} node(s), {busy} busy; no idle node is costing money.", alert_type="success")
+            return
         per_hour = costly["price_per_hour"].astype(float).sum()
         names = ", ".join(costly["node"].astype(str))
-        return pn.pane.Alert(f"**{len(costly)} idle node(s) cost money: {fmt_money(per_hour)}/h** ({html.escape(names)}). Stop or detach them, or start a run.", alert_type="danger", css_classes=["gaudi-nb-idle-costly"])
+        banner.param.update(object=f"**{len(costly)} idle node(s) cost money: {fmt_money(per_hour)}/h** ({html.escape(names)}). Stop or detach them, or start a run.", alert_type="danger")
 
-    def table(fleet: pd.DataFrame) -> pn.viewable.Viewable:
-        if fleet is None or not len(fleet):
-            return pn.pane.Markdown("no nodes yet")
-        shown = fleet.copy()
-        shown["utilization_pct"] = shown["utilization_pct"].map(lambda v: None if v is None or pd.isna(v) else round(float(v), 1))
-        widget = pn.widgets.Tabulator(
-            shown,
-            show_index=False,
-            disabled=True,
-            sizing_mode="stretch_width",
-            titles={"utilization_pct": "utilization % (1 min)", "price_per_hour": "$/h", "active_runs": "active runs"},
-            formatters={"price_per_hour": {"type": "money", "symbol": "$"}},
-            css_classes=["gaudi-nb-fleet-table"],
-        )
-        widget.style.apply(lambda row: ["background-color:#fdecea;color:#b71c1c;font-weight:600" if row["state"] == "idle, costs money" else "" for _ in row], axis=1)
-        return widget
-
+    state.param.watch(show, ["fleet", "page"])
+    show()
     utilization = hv.DynamicMap(lambda data: _heatmap_image(data, "device utilization (%)", "utilization %"), streams=[state.utilization_pipe])
     memory = hv.DynamicMap(lambda data: _heatmap_image(data, "device memory in use (% of the device's)", "memory %"), streams=[state.memory_pipe])
     return pn.Column(
         pn.pane.Markdown("## Fleet\nEvery node: this machine, attached nodes and any a run reports from. Idle nodes that cost money come first, in red."),
-        pn.bind(banner, state.param.fleet),
-        pn.bind(table, state.param.fleet),
+        banner,
+        table,
         pn.pane.Markdown("Each row of a map is one device, grouped by node (white lines); ten minutes in 5 s bins, grey where nothing was sampled."),
-        pn.Row(pn.pane.HoloViews(utilization, sizing_mode="stretch_width"), pn.pane.HoloViews(memory, sizing_mode="stretch_width"), sizing_mode="stretch_width"),
+        pn.Row(pn.pane.HoloViews(utilization, sizing_mode="stretch_width", css_classes=["gaudi-nb-heatmap"]), pn.pane.HoloViews(memory, sizing_mode="stretch_width", css_classes=["gaudi-nb-heatmap"]), sizing_mode="stretch_width"),
         sizing_mode="stretch_width",
         name="Fleet",
     )
@@ -138,21 +160,21 @@ def fleet_page(state: DashboardState) -> pn.viewable.Viewable:
 
 # -- Runs ----------------------------------------------------------------------------------
 def runs_page(state: DashboardState, on_open: Any = None) -> pn.viewable.Viewable:
-    status = pn.widgets.Select(name="status", options=[""] + list(STATUS_COLOURS), value="", width=160)
-    owner = pn.widgets.Select(name="owner", options=[""], value="", width=160)
-    text = pn.widgets.TextInput(name="search", placeholder="run, name, model or project", width=260)
-    active_only = pn.widgets.Checkbox(name="active only", value=False)
+    status = pn.widgets.Select(label="status", options=[""] + list(STATUS_COLOURS), value="", width=160)
+    owner = pn.widgets.Select(label="owner", options=[""], value="", width=160)
+    text = pn.widgets.TextInput(label="search", placeholder="run, name, model or project", width=260)
+    active_only = pn.widgets.Checkbox(label="active only", value=False)
     table = pn.widgets.Tabulator(
         pd.DataFrame(columns=list(RUNS_TABLE_TITLES)),
         show_index=False,
         disabled=True,
-        selectable=1,
+        selectable=False,  # a click opens the run; a selected row's blue would hide the status colours
         pagination="local",
         page_size=25,
         sizing_mode="stretch_width",
         titles=RUNS_TABLE_TITLES,
         hidden_columns=["kind", "budget_usd", "name", "target"],
-        layout="fit_data_fill",
+        layout="fit_columns",
         formatters={
             "usd": {"type": "money", "symbol": "$", "precision": 4},
             "usd_per_million_tokens": {"type": "money", "symbol": "$", "precision": 2},
@@ -168,6 +190,8 @@ def runs_page(state: DashboardState, on_open: Any = None) -> pn.viewable.Viewabl
 
     def refresh(*_: Any) -> None:
         frame = state.runs
+        if state.page != "runs":
+            return  # a hidden Tabulator given data throws in the browser: the open page only
         if frame is None or not len(frame):
             counts.object = "no runs in this store yet: start one with `gaudi-nb train` or `%gaudi_train`"
             return
@@ -183,7 +207,7 @@ def runs_page(state: DashboardState, on_open: Any = None) -> pn.viewable.Viewabl
         active = int(frame["status"].isin(ACTIVE_STATUSES).sum())
         counts.object = f"{len(shown)} of {len(frame)} runs shown · {active} active · updated {time.strftime('%H:%M:%S')}"
 
-    state.param.watch(refresh, "runs")
+    state.param.watch(refresh, ["runs", "page"])
     for widget in (status, owner, active_only):
         widget.param.watch(refresh, "value")
     text.param.watch(refresh, "value_input")
@@ -234,7 +258,7 @@ class CurveFeed:
 
 
 def detail_page(state: DashboardState) -> pn.viewable.Viewable:
-    picker = pn.widgets.AutocompleteInput(name="run", options=[], value=state.selected_run, restrict=False, min_characters=1, case_sensitive=False, width=420, placeholder="a run id (or click one on Runs)", search_strategy="includes")
+    picker = pn.widgets.AutocompleteInput(label="run", options=[], value=state.selected_run, restrict=False, min_characters=1, case_sensitive=False, width=420, placeholder="a run id (or click one on Runs)", search_strategy="includes")
     loss = CurveFeed("step", "loss")
     throughput = CurveFeed("step", "tokens_per_second")
     utilization = CurveFeed("time", "utilization_pct")
@@ -253,12 +277,15 @@ def detail_page(state: DashboardState) -> pn.viewable.Viewable:
     numbers = pn.pane.HTML("")
     money = pn.pane.HTML("")
     failure = pn.pane.HTML("")
-    events = pn.widgets.Tabulator(pd.DataFrame(columns=["time", "type", "node", "rank", "what"]), show_index=False, disabled=True, pagination="local", page_size=15, sizing_mode="stretch_width", css_classes=["gaudi-nb-events-table"])
+    # a plain table: the newest events, rewritten whole as they come (a Tabulator would page, but throws when fed while its tab opens)
+    events = pn.pane.DataFrame(pd.DataFrame(columns=["time", "type", "node", "rank", "what"]), index=False, max_rows=EVENTS_SHOWN, sizing_mode="stretch_width", css_classes=["gaudi-nb-events-table"], styles={"font-size": "12px", "max-height": "420px", "overflow": "auto"})
     logs = pn.pane.Str("", sizing_mode="stretch_width", styles={"max-height": "320px", "overflow": "auto", "font-size": "11px", "background": "#f7f7f7"})
     manifest = pn.pane.JSON({}, depth=2, sizing_mode="stretch_width", theme="light")
     manifest_note = pn.pane.Markdown("")
 
     def show(*_: Any) -> None:
+        if state.page != "run":
+            return  # a hidden Tabulator given data throws in the browser: the open page only
         if state.runs is not None and len(state.runs):
             picker.options = list(state.runs["run_id"])
         if picker.value != state.selected_run:
@@ -277,7 +304,7 @@ def detail_page(state: DashboardState) -> pn.viewable.Viewable:
         throughput.feed(run_id, s.throughput)
         utilization.feed(run_id, [(pd.Timestamp(t, unit="s"), u) for t, u in detail.utilization])
         cost.feed(run_id, [(pd.Timestamp(t, unit="s"), u) for t, u in detail.cost])
-        events.value = detail.events_frame().assign(time=lambda f: f["time"].dt.tz_localize(None))
+        events.object = detail.events_frame().head(EVENTS_SHOWN).assign(time=lambda f: f["time"].dt.strftime("%Y-%m-%d %H:%M:%S"))
         logs.object = detail.log_tail() or "(no training log on this machine)"
         found = detail.manifest()
         if found is None:
@@ -292,7 +319,7 @@ def detail_page(state: DashboardState) -> pn.viewable.Viewable:
             state.selected_run = str(event.new)
 
     picker.param.watch(picked, "value")
-    state.param.watch(show, ["selected_run", "detail_version", "version"])
+    state.param.watch(show, ["selected_run", "detail_version", "version", "page"])
     show()
     return pn.Column(
         pn.pane.Markdown("## Run detail"),
@@ -315,9 +342,9 @@ def costs_page(state: DashboardState) -> pn.viewable.Viewable:
         b = costs["burn"]
         unknown = f" · {b['unknown_price_runs']} active run(s) without a price (unknown, not zero)" if b["unknown_price_runs"] else ""
         return pn.Row(
-            pn.indicators.Number(name="burn rate now", value=round(b["usd_per_hour"], 2), format="${value}/h", font_size="28pt", title_size="11pt", css_classes=["gaudi-nb-burn"]),
-            pn.indicators.Number(name="spent, all runs", value=round(costs["total_usd"], 2), format="${value}", font_size="28pt", title_size="11pt"),
-            pn.indicators.Number(name="active runs", value=b["active_runs"], format="{value}", font_size="28pt", title_size="11pt"),
+            pn.indicators.Number(label="burn rate now", value=round(b["usd_per_hour"], 2), format="${value:,.2f}/h", font_size="28pt", title_size="11pt", css_classes=["gaudi-nb-burn"]),
+            pn.indicators.Number(label="spent, all runs", value=round(costs["total_usd"], 2), format="${value:,.2f}", font_size="28pt", title_size="11pt"),
+            pn.indicators.Number(label="active runs", value=b["active_runs"], format="{value}", font_size="28pt", title_size="11pt"),
             pn.pane.Markdown(unknown),
         )
 

@@ -134,7 +134,7 @@ def train(run_dir: Path, *, writer: Optional[BackgroundEventWriter] = None, extr
     )
     trainer = build_trainer(trainer_name, inputs)
     resume_from = resume_checkpoint()
-    if resume_from and accelerator.name == "cpu":
+    if resume_from and accelerator.name == "cpu" and trainer_name != "lightning":  # Lightning loads its one file itself
         compat.load_checkpoints_on_cpu(trainer)
     try:
         # the Trainer restores weights, optimizer, scheduler, step and data position from it

@@ -20,12 +20,15 @@ first attempt), `checkpoint_dir(step)` the folder to save into, and `checkpoint_
 from __future__ import annotations
 
 import argparse
+import importlib.abc
+import importlib.util
 import os
 import runpy
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from types import ModuleType
+from typing import Any, Callable, Dict, List, Optional
 
 from ..events import BackgroundEventWriter, EventWriter
 from ..rundir import RESUME_FROM_ENV, RunFolder, current_attempt, mark_checkpoint_complete, prune_checkpoints
@@ -232,6 +235,37 @@ def script_path(folder: Path, spec_: RunSpec) -> Path:
     raise FileNotFoundError(f"no training script: neither {copy} nor a spec 'script' field")
 
 
+class _WhenImported(importlib.abc.MetaPathFinder):
+    """Calls `then(module)` right after `name` is first imported, wherever the import happens (the
+    script, or a module it imports), and costs nothing when it never is."""
+
+    def __init__(self, name: str, then: Callable[[ModuleType], None]) -> None:
+        self.name, self.then = name, then
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if fullname != self.name:
+            return None
+        sys.meta_path.remove(self)  # once; and the other finders below find the real module
+        found = importlib.util.find_spec(fullname)
+        if found is None or found.loader is None or not hasattr(found.loader, "exec_module"):
+            return found
+        loader, then = found.loader, self.then
+        real_exec = loader.exec_module
+
+        def exec_module(module: ModuleType) -> None:
+            real_exec(module)
+            then(module)
+
+        loader.exec_module = exec_module  # type: ignore[method-assign]
+        return found
+
+
+def _add_gaudi_nb_to_lightning(module: ModuleType) -> None:
+    from .lightning_trainer import add_to_every_trainer
+
+    add_to_every_trainer(module.Trainer)
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m gaudi_nb.worker.script", description="Run one rank of a gaudi_nb run whose training is a user script.")
     parser.add_argument("--run-dir", required=True, type=Path)
@@ -265,6 +299,10 @@ def main(argv: Optional[List[str]] = None) -> None:
         if start_writer is not ctx.writer:
             start_writer.close()
         sys.argv = [str(path)]
+        if "lightning.pytorch" in sys.modules:
+            _add_gaudi_nb_to_lightning(sys.modules["lightning.pytorch"])
+        else:  # a Lightning script's Trainer gets GaudiNbCallback (see add_to_every_trainer)
+            sys.meta_path.insert(0, _WhenImported("lightning.pytorch", _add_gaudi_nb_to_lightning))
         from ..workdir import code_dir
 
         if code_dir(folder).is_dir():  # --workdir: the script runs in its snapshot, as it ran in its folder

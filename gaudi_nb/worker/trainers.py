@@ -1,4 +1,4 @@
-"""Two trainers behind one interface: transformers' Trainer and optimum-habana's GaudiTrainer."""
+"""The trainers behind one interface: transformers' Trainer, optimum-habana's GaudiTrainer and Lightning's Trainer."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -142,6 +142,15 @@ def prepare_transformers(trainer: str, accelerator: str) -> None:
 trainers: Registry = Registry("trainer")
 trainers.register("transformers", transformers_trainer, aliases=("hf",))
 trainers.register("optimum-habana", optimum_habana_trainer, aliases=("optimum_habana", "gaudi"))
+
+
+def lightning_trainer(inputs: TrainerInputs) -> Any:
+    from .lightning_trainer import LightningRun  # imports Lightning: only for runs that use it
+
+    return LightningRun(inputs)
+
+
+trainers.register("lightning", lightning_trainer, aliases=("pytorch-lightning",))
 
 
 def pick_trainer(requested: str, accelerator: str) -> str:

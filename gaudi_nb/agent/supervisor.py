@@ -33,6 +33,7 @@ from ..spec import RunSpec
 from ..worker.trainers import pick_trainer
 from ..worker.watchdog import agent_environment
 from .liveness import process_alive
+from .trackers import Trackers
 
 # After a stop request the ranks finish two steps and save a checkpoint; a run that
 # takes longer than this is terminated (a hung rank must not keep spending money).
@@ -338,6 +339,7 @@ class Agent:
         self.crash: Optional[Dict[str, Any]] = None  # how the last attempt ended, when a rank crashed
         self.rank_pids: Dict[int, int] = {}  # this attempt's ranks, from their worker_start events
         self.metered_before_s = 0.0  # a resumed run: the wall clock its earlier agents metered
+        self.trackers: Optional[Trackers] = None  # --report-to: one tracker run per gaudi_nb run, logged by node 0's agent
 
     # -- lifecycle -------------------------------------------------------
     def run_to_end(self) -> str:
@@ -346,6 +348,8 @@ class Agent:
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the terminal or kernel that started us may go away
         self.folder.agent_pid.write_text(str(os.getpid()))
         self.folder.beat()
+        if self.cluster is None or int(self.cluster["node_rank"]) == 0:
+            self.trackers = Trackers.start(self.spec, self.folder, self.run_id, self.node)
         try:
             exit_code = self._launch_and_supervise()
         except BaseException as exc:  # a bug, a missing launcher, a store that cannot be written
@@ -581,6 +585,8 @@ class Agent:
             fields["attempt"] = self.attempt
         self.events.emit("run_end", status=status, **fields)
         self.events.close()
+        if self.trackers is not None:
+            self.trackers.close()  # the run has ended for every view; this only delays the agent's exit
         if self.peers is not None:
             # node 0 tells every node (one that reconnects later too); the others tell node 0
             self.peers.send({"end": status, "reason": fields.get("reason")}, sticky=True)

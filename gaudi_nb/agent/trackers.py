@@ -1,0 +1,420 @@
+"""Experiment trackers (--report-to mlflow,wandb): the agent follows the run's events and logs them to each tracker from its own thread.
+
+Why the agent and not rank 0: the agent sees every event (rank 0's steps, evals and
+checkpoints, and its own cost and telemetry), lives across restarts, and is the one process
+per run (node 0's agent across nodes), so a gaudi_nb run is one tracker run. Nothing of it
+runs in a rank: training is never slowed by a tracker, and a rank starts no tracker library.
+
+Why not transformers' MLflowCallback / WandbCallback: they live in rank 0, start a tracker run
+per process start (a restart would make a second one), and know nothing of dollars or devices.
+The values they log (the spec as parameters, loss, learning rate, grad norm, eval loss) go
+through the trackers' own client libraries here, with the same names.
+
+Why no queue: events.jsonl is already the buffer. Each tracker's thread reads it from an
+offset at its own pace, so a slow tracker lags behind and a dead one is left behind; neither
+touches the agent's loop. A call that fails warns once (a `log` event) and its values are
+dropped; a tracker that cannot be reached at the start is off for the run.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from ..events import EventWriter, read_events
+from ..rundir import RunFolder
+from ..spec import RunSpec
+from ..summary import empty_summary, fold
+
+POLL_S = 1.0
+FLUSH_S_ENV = "GAUDI_NB_TRACKER_FLUSH_S"  # how long the agent waits at the end for the last values and the checkpoint
+ARTIFACT_MAX_MB_ENV = "GAUDI_NB_TRACKER_ARTIFACT_MAX_MB"  # a final checkpoint larger than this is logged by its path
+DEFAULT_FLUSH_S = 60.0
+DEFAULT_ARTIFACT_MAX_MB = 200.0
+STEP_METRICS = ("loss", "learning_rate", "grad_norm", "step_time_s")
+MEASURED_METRICS = ("tokens_per_second", "samples_per_second")  # warmup steps left out, as in the record
+
+
+class Backend:
+    """One tracker's client: the calls a TrackerThread makes, each allowed to raise."""
+
+    name = ""
+
+    def start(self, run_name: str, tags: Dict[str, str], previous_run_id: Optional[str]) -> Dict[str, Any]:
+        """Open (or reopen) the tracker run; returns tracker_run_id, url, experiment."""
+        raise NotImplementedError
+
+    def log_params(self, params: Dict[str, str]) -> None:
+        raise NotImplementedError
+
+    def set_tags(self, tags: Dict[str, str]) -> None:
+        raise NotImplementedError
+
+    def log_metrics(self, metrics: Dict[str, float], step: int) -> None:
+        raise NotImplementedError
+
+    def log_artifact(self, path: Path, name: str) -> None:
+        raise NotImplementedError
+
+    def finish(self, status: str) -> None:
+        raise NotImplementedError
+
+
+class MlflowBackend(Backend):
+    """MLflow's own client (MlflowClient): MLFLOW_TRACKING_URI, MLFLOW_EXPERIMENT_NAME / MLFLOW_EXPERIMENT_ID."""
+
+    name = "mlflow"
+
+    def __init__(self) -> None:
+        # MLflow retries a failed request 7 times with backoff (minutes): an unreachable server should
+        # cost this thread seconds. The user's own settings win.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        try:
+            import mlflow
+            from mlflow.tracking import MlflowClient
+        except ImportError:
+            raise ImportError("--report-to mlflow needs mlflow: pip install 'gaudi_nb[tracking]'") from None
+        self.mlflow = mlflow
+        self.client = MlflowClient()
+        self.run_id: Optional[str] = None
+
+    def start(self, run_name: str, tags: Dict[str, str], previous_run_id: Optional[str]) -> Dict[str, Any]:
+        uri = self.mlflow.get_tracking_uri()
+        if previous_run_id:
+            run = self.client.get_run(previous_run_id)  # a resumed gaudi_nb run goes on in the same MLflow run
+            self.client.update_run(previous_run_id, status="RUNNING")
+            experiment_id = run.info.experiment_id
+        else:
+            experiment_id = self._experiment_id()
+            run = self.client.create_run(experiment_id, run_name=run_name, tags=tags)
+        self.run_id = run.info.run_id
+        url = f"{uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{self.run_id}" if uri.startswith(("http://", "https://")) else None
+        return {"tracker_run_id": self.run_id, "url": url, "experiment": experiment_id, "tracking_uri": uri}
+
+    def _experiment_id(self) -> str:
+        if os.environ.get("MLFLOW_EXPERIMENT_ID"):
+            return os.environ["MLFLOW_EXPERIMENT_ID"]
+        name = os.environ.get("MLFLOW_EXPERIMENT_NAME")
+        if not name:
+            return "0"  # MLflow's Default experiment, as mlflow.start_run() would use
+        experiment = self.client.get_experiment_by_name(name)
+        return experiment.experiment_id if experiment is not None else self.client.create_experiment(name)
+
+    def log_params(self, params: Dict[str, str]) -> None:
+        from mlflow.entities import Param
+
+        self.client.log_batch(str(self.run_id), params=[Param(k, v[:6000]) for k, v in params.items()])
+
+    def set_tags(self, tags: Dict[str, str]) -> None:
+        from mlflow.entities import RunTag
+
+        self.client.log_batch(str(self.run_id), tags=[RunTag(k, v) for k, v in tags.items()])
+
+    def log_metrics(self, metrics: Dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(str(self.run_id), metrics=[Metric(k, v, now, step) for k, v in metrics.items()])
+
+    def log_artifact(self, path: Path, name: str) -> None:
+        if path.is_dir():
+            self.client.log_artifacts(str(self.run_id), str(path), artifact_path=name)
+        else:
+            self.client.log_artifact(str(self.run_id), str(path), artifact_path=name)
+
+    def finish(self, status: str) -> None:
+        mlflow_status = {"succeeded": "FINISHED", "stopped": "KILLED", "budget_exceeded": "KILLED"}.get(status, "FAILED")
+        self.client.set_terminated(str(self.run_id), status=mlflow_status)
+
+
+class WandbBackend(Backend):
+    """wandb's own library: WANDB_PROJECT, WANDB_ENTITY, WANDB_MODE (offline writes files only), WANDB_DIR."""
+
+    name = "wandb"
+
+    def __init__(self, run_dir: Path) -> None:
+        try:
+            import wandb
+        except ImportError:
+            raise ImportError("--report-to wandb needs wandb: pip install 'gaudi_nb[tracking]'") from None
+        self.wandb = wandb
+        self.run_dir = run_dir
+        self.run: Any = None
+        self._step = 0
+
+    def start(self, run_name: str, tags: Dict[str, str], previous_run_id: Optional[str]) -> Dict[str, Any]:
+        self.run = self.wandb.init(
+            project=os.environ.get("WANDB_PROJECT") or "gaudi_nb",
+            name=run_name,
+            id=previous_run_id,
+            resume="allow" if previous_run_id else None,
+            # without WANDB_DIR, beside the gaudi_nb run (the agent's working folder is no one's choice)
+            dir=os.environ.get("WANDB_DIR") or str(self.run_dir),
+            config={"gaudi_nb": tags},
+            tags=["gaudi_nb"],
+            settings=self.wandb.Settings(init_timeout=float(os.environ.get("WANDB_INIT_TIMEOUT", 30)), console="off", x_disable_stats=True),
+        )
+        return {"tracker_run_id": self.run.id, "url": self.run.url, "experiment": self.run.project, "dir": self.run.dir}
+
+    def log_params(self, params: Dict[str, str]) -> None:
+        self.run.config.update(params, allow_val_change=True)
+
+    def set_tags(self, tags: Dict[str, str]) -> None:
+        self.run.config.update(tags, allow_val_change=True)
+        for key, value in tags.items():
+            self.run.summary[key] = value
+
+    def log_metrics(self, metrics: Dict[str, float], step: int) -> None:
+        # W&B's step only grows: a step replayed after a restart is logged at the newest step seen
+        self._step = max(self._step, step)
+        self.run.log(metrics, step=self._step)
+
+    def log_artifact(self, path: Path, name: str) -> None:
+        artifact = self.wandb.Artifact(name=f"{self.run.id}-{name}", type="model")
+        if path.is_dir():
+            artifact.add_dir(str(path))
+        else:
+            artifact.add_file(str(path))
+        self.run.log_artifact(artifact)
+
+    def finish(self, status: str) -> None:
+        self.run.finish(exit_code=0 if status == "succeeded" else 1)
+
+
+def make_backend(name: str, run_dir: Path) -> Backend:
+    if name == "mlflow":
+        return MlflowBackend()
+    if name == "wandb":
+        return WandbBackend(run_dir)
+    raise ValueError(f"unknown tracker {name}")
+
+
+def spec_params(spec: Dict[str, Any]) -> Dict[str, str]:
+    """The RunSpec as tracker parameters (unset fields left out)."""
+    return {key: str(value) for key, value in spec.items() if value is not None}
+
+
+def step_metrics(event: Dict[str, Any]) -> Dict[str, float]:
+    metrics = {key: float(event[key]) for key in STEP_METRICS if isinstance(event.get(key), (int, float))}
+    if not event.get("warmup"):
+        metrics.update({key: float(event[key]) for key in MEASURED_METRICS if isinstance(event.get(key), (int, float))})
+    return metrics
+
+
+def record_metrics(record: Dict[str, Any]) -> Dict[str, float]:
+    """What only gaudi_nb knows, from the run's record: dollars, dollars per million tokens, mean
+    throughput, TFLOP/s and MFU. An unknown value is left out, never sent as 0."""
+    m, c = record["metrics"], record["cost"]
+    values = {
+        "usd": c.get("usd"),
+        "usd_per_million_tokens": c.get("usd_per_million_tokens"),
+        "tokens_per_second_mean": m.get("tokens_per_second"),
+        "tflops": m.get("tflops"),
+        "mfu": m.get("mfu"),
+        "tokens_seen": m.get("tokens_seen"),
+    }
+    return {key: float(value) for key, value in values.items() if isinstance(value, (int, float))}
+
+
+def utilization_metrics(event: Dict[str, Any]) -> Dict[str, float]:
+    return {f"utilization_pct/device_{i}": float(d["utilization_pct"]) for i, d in enumerate(event.get("devices") or []) if isinstance(d.get("utilization_pct"), (int, float))}
+
+
+def record_tags(record: Dict[str, Any]) -> Dict[str, str]:
+    """Descriptions (tags, not metrics): where the run ran, what it cost per hour and where the price and peak come from."""
+    c, m, p = record["cost"], record["metrics"], record.get("parameters") or {}
+    values = {
+        "gaudi_nb.accelerator": record.get("accelerator"),
+        "gaudi_nb.device_name": record.get("device_name"),
+        "gaudi_nb.device_count": record.get("device_count"),
+        "gaudi_nb.precision": record.get("precision"),
+        "gaudi_nb.trainer": record.get("trainer"),
+        "gaudi_nb.price_per_hour": c.get("price_per_hour"),
+        "gaudi_nb.price_source": c.get("price_source"),
+        "gaudi_nb.peak_source": m.get("peak_source"),
+        "gaudi_nb.parameters": p.get("total"),
+        "gaudi_nb.trainable_parameters": p.get("trainable"),
+    }
+    return {key: str(value) for key, value in values.items() if value is not None}
+
+
+def flush_seconds() -> float:
+    return float(os.environ.get(FLUSH_S_ENV) or DEFAULT_FLUSH_S)
+
+
+def directory_mb(path: Path) -> float:
+    files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
+    return sum(p.stat().st_size for p in files) / 1e6
+
+
+class TrackerThread(threading.Thread):
+    """Follows events.jsonl from the start and logs to one tracker until the run ends."""
+
+    def __init__(self, name: str, folder: RunFolder, run_id: str, node: str, spec: Dict[str, Any], make: Any = make_backend) -> None:
+        super().__init__(name=f"gaudi-nb-{name}", daemon=True)
+        self.tracker = name
+        self.folder = folder
+        self.run_id = run_id
+        self.writer = EventWriter(folder.events, run_id, node=node)
+        self.make = make
+        self.spec = spec  # the agent's: run_start may not be written yet when the thread starts
+        self.backend: Optional[Backend] = None
+        self.record: Dict[str, Any] = empty_summary(run_id)
+        self.offset = 0
+        self.closing = threading.Event()
+        self.ended = False  # run_end seen: nothing more goes into the run's events
+        self.warned = False
+        self._tags: Dict[str, str] = {}
+
+    # -- the thread --------------------------------------------------------
+    def run(self) -> None:
+        try:
+            previous = self._catch_up()
+            self.backend = self.make(self.tracker, self.folder.path)
+            tags = {"gaudi_nb.run_id": self.run_id, "gaudi_nb.run_dir": str(self.folder.path)}
+            opened = self.backend.start(self._run_name(), tags, previous)
+        except Exception as exc:  # unreachable, not installed, refused: the run goes on without it
+            self._warn(f"{self.tracker}: cannot start a tracker run ({_short(exc)}): this run is not logged to {self.tracker}")
+            self.writer.close()
+            return
+        self.writer.emit("tracker", tracker=self.tracker, **opened)
+        self._call(self.backend.set_tags, tags)
+        if previous is None:  # a resumed run keeps its first parameters (MLflow's cannot change)
+            self._call(self.backend.log_params, spec_params(self.spec))
+        self._log_history()
+        while not self.ended:
+            closing = self.closing.wait(POLL_S)
+            if not self._poll() and closing:
+                break  # the agent is done and nothing more is coming
+        self._finish()
+
+    def close(self, timeout: float) -> None:
+        self.closing.set()
+        self.join(timeout)
+        if self.is_alive():
+            print(f"gaudi_nb: {self.tracker} did not finish within {timeout:.0f} s ({FLUSH_S_ENV}): its last values may be missing", file=sys.stderr)
+
+    # -- steps of it -------------------------------------------------------
+    def _catch_up(self) -> Optional[str]:
+        """Read what the run wrote so far; returns the tracker run an earlier agent opened (a resumed run)."""
+        events, self.offset = read_events(self.folder.events, 0)
+        self._history = events
+        self.record = fold(self.record, events)
+        earlier = [e for e in events if e.get("type") == "tracker" and e.get("tracker") == self.tracker]
+        return str(earlier[-1]["tracker_run_id"]) if earlier else None
+
+    def _run_name(self) -> str:
+        return str(self.spec.get("name") or self.run_id)
+
+    def _log_history(self) -> None:
+        """What happened before the tracker run opened (the first steps of a slow start, a resumed run's past)."""
+        history, self._history = self._history, []
+        self._log(history)
+
+    def _poll(self) -> bool:
+        events, self.offset = read_events(self.folder.events, self.offset)
+        if events:
+            self.record = fold(self.record, events)
+            self._log(events)
+        return bool(events)
+
+    def _log(self, events: List[Dict[str, Any]]) -> None:
+        assert self.backend is not None
+        by_step: Dict[int, Dict[str, float]] = {}
+        costs = False
+        utilization: Dict[str, float] = {}
+        for e in events:
+            kind = e.get("type")
+            if kind == "step" and e.get("step") is not None:
+                by_step.setdefault(int(e["step"]), {}).update(step_metrics(e))
+            elif kind == "eval" and e.get("eval_loss") is not None:
+                by_step.setdefault(int(e.get("step") or 0), {})["eval_loss"] = float(e["eval_loss"])
+            elif kind == "cost":
+                costs = True
+            elif kind == "telemetry":
+                utilization = utilization_metrics(e)
+            elif kind == "run_start" and e.get("manifest_path") and Path(str(e["manifest_path"])).is_file():
+                self._call(self.backend.log_artifact, Path(str(e["manifest_path"])), "batch_manifest")
+            elif kind == "run_end":
+                self.ended = True
+        for step, metrics in sorted(by_step.items()):
+            if metrics:
+                self._call(self.backend.log_metrics, metrics, step)
+        now = int(self.record.get("steps_completed") or 0)
+        if costs or by_step:
+            self._call(self.backend.log_metrics, {**record_metrics(self.record), **utilization}, now)
+        elif utilization:
+            self._call(self.backend.log_metrics, utilization, now)
+        tags = record_tags(self.record)
+        if tags != self._tags:
+            if self._call(self.backend.set_tags, {k: v for k, v in tags.items() if self._tags.get(k) != v}):
+                self._tags = tags
+
+    def _finish(self) -> None:
+        assert self.backend is not None
+        status = str(self.record.get("status"))
+        checkpoint = self.folder.last_checkpoint()
+        if checkpoint is not None:
+            path = Path(checkpoint.path)
+            limit = float(os.environ.get(ARTIFACT_MAX_MB_ENV) or DEFAULT_ARTIFACT_MAX_MB)
+            size = directory_mb(path)
+            tags = {"gaudi_nb.final_checkpoint": str(path), "gaudi_nb.final_checkpoint_mb": f"{size:.1f}"}
+            if size <= limit:
+                self._call(self.backend.log_artifact, path, "checkpoint")
+            else:
+                tags["gaudi_nb.final_checkpoint_logged"] = f"path only: {size:.0f} MB is over {ARTIFACT_MAX_MB_ENV}={limit:g}"
+            self._call(self.backend.set_tags, tags)
+        self._call(self.backend.finish, status)
+        self.writer.close()
+
+    def _call(self, method: Any, *args: Any) -> bool:
+        try:
+            method(*args)
+            return True
+        except Exception as exc:
+            self._warn(f"{self.tracker}: logging failed ({_short(exc)}); the run goes on, some values will be missing there")
+            return False
+
+    def _warn(self, message: str) -> None:
+        """Once per tracker and run: a tracker that is down would otherwise say so every second."""
+        if self.warned:
+            return
+        self.warned = True
+        if self.ended:  # after run_end the run's stream is closed to us: the agent's log keeps it
+            print(f"gaudi_nb: {message}", file=sys.stderr)
+        else:
+            self.writer.emit("log", level="warning", message=message, tracker=self.tracker)
+
+
+def _short(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:300]}"
+
+
+class Trackers:
+    """The agent's handle on its tracker threads: started once per agent, closed after run_end."""
+
+    def __init__(self, threads: List[TrackerThread]) -> None:
+        self.threads = threads
+
+    @classmethod
+    def start(cls, spec: RunSpec, folder: RunFolder, run_id: str, node: str) -> Optional["Trackers"]:
+        names = spec.trackers()
+        if not names:
+            return None
+        threads = [TrackerThread(name, folder, run_id, node, spec.to_json_dict()) for name in names]
+        for thread in threads:
+            thread.start()
+        return cls(threads)
+
+    def close(self) -> None:
+        """After run_end: let each thread log the end and the final checkpoint, for at most GAUDI_NB_TRACKER_FLUSH_S together."""
+        deadline = time.monotonic() + flush_seconds()
+        for thread in self.threads:
+            thread.closing.set()
+        for thread in self.threads:
+            thread.close(max(0.1, deadline - time.monotonic()))

@@ -1,0 +1,91 @@
+"""LoRA: a real run on tiny-llama trains a small adapter and its loss falls; `gaudi-nb export` merges it into a folder transformers loads."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+from conftest import BIN
+
+GAUDI_NB = str(BIN / "gaudi-nb")
+
+
+def gaudi_nb(*args, timeout=240):
+    return subprocess.run([GAUDI_NB, *args], capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("args, says", [
+    (["--lora", "--script", "train.py"], "--script run builds its own model"),
+    (["--lora-rank", "4"], "--lora-rank applies to LoRA runs: add --lora"),
+    (["--lora", "--trainer", "lightning"], "--lora works with --trainer transformers or optimum-habana"),
+])
+def test_lora_where_it_cannot_apply_is_one_line_exit_2(gaudi_home, tmp_path, args, says):
+    (tmp_path / "train.py").write_text("print('hi')\n")
+    result = subprocess.run([GAUDI_NB, "train", *args], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert says in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+@pytest.mark.slow
+def test_a_lora_run_trains_a_small_adapter_and_export_merges_it(gaudi_home, tmp_path):
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    # a higher learning rate than full fine-tuning's: only the adapter moves
+    result = gaudi_nb("train", "--lora", "--lora-rank", "8", "--max-steps", "24", "--learning-rate", "0.005", "--warmup-steps", "2", "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    record = json.loads(result.stdout)
+    assert record["status"] == "succeeded"
+    parameters = record["parameters"]
+    assert parameters["trainable"] / parameters["total"] < 0.02  # q_proj and v_proj at rank 8: under 1 % of tiny-llama
+    assert record["lora"]["target_modules"] == ["q_proj", "v_proj"] and record["lora"]["rank"] == 8
+
+    losses = [e["loss"] for e in map(json.loads, Path(record["run_dir"], "events.jsonl").read_text().splitlines()) if e["type"] == "step"]
+    assert len(losses) == 24
+    first, last = sum(losses[:4]) / 4, sum(losses[-4:]) / 4
+    assert last < first - 0.2, losses  # the mean of the last four steps, not one noisy step
+
+    checkpoint = Path(record["checkpoints"][-1]["path"])
+    assert (checkpoint / "adapter_model.safetensors").is_file() and (checkpoint / "adapter_config.json").is_file()
+    assert not (checkpoint / "model.safetensors").exists()  # the adapter, not the whole model
+
+    out = tmp_path / "merged"
+    exported = gaudi_nb("export", record["run_id"][:20], "--output", str(out), "--json", timeout=120)
+    assert exported.returncode == 0, exported.stderr
+    assert json.loads(exported.stdout)["kind"] == "lora merged"
+    merged = AutoModelForCausalLM.from_pretrained(out).eval()
+    tokenizer = AutoTokenizer.from_pretrained(out)
+    ids = tokenizer("We hold these truths to be self-evident", return_tensors="pt")["input_ids"]
+    base = AutoModelForCausalLM.from_pretrained(Path(record["run_dir"]) / "base_model")
+    with_adapter = PeftModel.from_pretrained(base, str(checkpoint)).eval()
+    with torch.no_grad():
+        assert torch.allclose(merged(ids).logits, with_adapter(ids).logits, atol=1e-4)  # merged = base + adapter
+    untouched = AutoModelForCausalLM.from_pretrained(Path(record["run_dir"]) / "base_model")
+    q_merged, q_base = merged.model.layers[0].self_attn.q_proj.weight, untouched.model.layers[0].self_attn.q_proj.weight
+    assert not torch.allclose(q_merged, q_base)  # the trained adapter is in the weights
+    assert torch.equal(merged.model.layers[0].mlp.up_proj.weight, untouched.model.layers[0].mlp.up_proj.weight)  # not a target: unchanged
+    assert "lora" not in " ".join(name for name, _ in merged.named_parameters())
+
+    again = gaudi_nb("export", record["run_id"], "--output", str(out))
+    assert again.returncode == 1 and "is not empty" in again.stderr
+
+
+@pytest.mark.slow
+def test_export_of_a_full_run_copies_its_model_without_the_training_state(gaudi_home, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    result = gaudi_nb("train", "--model", "tiny-gpt2", "--max-steps", "3", "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    record = json.loads(result.stdout)
+    exported = gaudi_nb("export", record["run_id"], "--json", timeout=120)
+    assert exported.returncode == 0, exported.stderr
+    written = json.loads(exported.stdout)
+    assert written["kind"] == "model" and written["step"] == 3 and written["tokenizer"]
+    folder = Path(written["output"])
+    assert folder == Path(record["run_dir"]) / "export"
+    assert not {"optimizer.pt", "scheduler.pt", "trainer_state.json"} & set(os.listdir(folder))
+    model = AutoModelForCausalLM.from_pretrained(folder)
+    assert sum(p.numel() for p in model.parameters()) == record["parameters"]["total"]

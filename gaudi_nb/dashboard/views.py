@@ -173,8 +173,8 @@ def runs_page(state: DashboardState, on_open: Any = None) -> pn.viewable.Viewabl
         page_size=25,
         sizing_mode="stretch_width",
         titles=RUNS_TABLE_TITLES,
-        hidden_columns=["kind", "budget_usd", "name", "target"],
-        layout="fit_columns",
+        hidden_columns=["kind", "budget_usd", "name", "target", "devices", "max_steps"],
+        layout="fit_data_fill",
         formatters={
             "usd": {"type": "money", "symbol": "$", "precision": 4},
             "usd_per_million_tokens": {"type": "money", "symbol": "$", "precision": 2},
@@ -200,9 +200,7 @@ def runs_page(state: DashboardState, on_open: Any = None) -> pn.viewable.Viewabl
             owner.options = owners
         shown = filter_runs(frame, status=status.value or None, owner=owner.value or None, text=text.value_input or text.value or "", active_only=active_only.value)
         shown = shown.assign(created_at=shown["created_at"].dt.tz_localize(None))
-        if len(shown) == len(table.value) and list(shown["run_id"]) == list(table.value.get("run_id", [])):
-            table.patch(shown, as_index=False)  # same rows: the cells change, the sort and the page stay
-        else:
+        if not shown.equals(table.value):
             table.value = shown
         active = int(frame["status"].isin(ACTIVE_STATUSES).sum())
         counts.object = f"{len(shown)} of {len(frame)} runs shown · {active} active · updated {time.strftime('%H:%M:%S')}"
@@ -235,7 +233,10 @@ def runs_page(state: DashboardState, on_open: Any = None) -> pn.viewable.Viewabl
 
 # -- Run detail ----------------------------------------------------------------------------
 def _frame(points: List[Tuple[Any, float]], x: str, y: str) -> pd.DataFrame:
-    return pd.DataFrame(points, columns=[x, y]) if points else pd.DataFrame({x: pd.Series(dtype=float), y: pd.Series(dtype=float)})
+    if points:
+        return pd.DataFrame(points, columns=[x, y])
+    # an empty Buffer fixes its columns' types: a time axis must start as datetimes, not numbers
+    return pd.DataFrame({x: pd.Series(dtype="datetime64[ns]" if x == "time" else float), y: pd.Series(dtype=float)})
 
 
 class CurveFeed:
@@ -278,7 +279,7 @@ def detail_page(state: DashboardState) -> pn.viewable.Viewable:
     money = pn.pane.HTML("")
     failure = pn.pane.HTML("")
     # a plain table: the newest events, rewritten whole as they come (a Tabulator would page, but throws when fed while its tab opens)
-    events = pn.pane.DataFrame(pd.DataFrame(columns=["time", "type", "node", "rank", "what"]), index=False, max_rows=EVENTS_SHOWN, sizing_mode="stretch_width", css_classes=["gaudi-nb-events-table"], styles={"font-size": "12px", "max-height": "420px", "overflow": "auto"})
+    events = pn.pane.DataFrame(pd.DataFrame(columns=["time", "type", "node", "rank", "what"]), index=False, max_rows=EVENTS_SHOWN, justify="left", sizing_mode="stretch_width", css_classes=["gaudi-nb-events-table"], styles={"font-size": "12px", "max-height": "420px", "overflow": "auto", "text-align": "left"})
     logs = pn.pane.Str("", sizing_mode="stretch_width", styles={"max-height": "320px", "overflow": "auto", "font-size": "11px", "background": "#f7f7f7"})
     manifest = pn.pane.JSON({}, depth=2, sizing_mode="stretch_width", theme="light")
     manifest_note = pn.pane.Markdown("")
@@ -304,7 +305,7 @@ def detail_page(state: DashboardState) -> pn.viewable.Viewable:
         throughput.feed(run_id, s.throughput)
         utilization.feed(run_id, [(pd.Timestamp(t, unit="s"), u) for t, u in detail.utilization])
         cost.feed(run_id, [(pd.Timestamp(t, unit="s"), u) for t, u in detail.cost])
-        events.object = detail.events_frame().head(EVENTS_SHOWN).assign(time=lambda f: f["time"].dt.strftime("%Y-%m-%d %H:%M:%S"))
+        events.object = detail.events_frame().head(EVENTS_SHOWN).assign(time=lambda f: f["time"].dt.strftime("%H:%M:%S"))
         logs.object = detail.log_tail() or "(no training log on this machine)"
         found = detail.manifest()
         if found is None:
@@ -335,52 +336,61 @@ def detail_page(state: DashboardState) -> pn.viewable.Viewable:
 
 
 # -- Costs ---------------------------------------------------------------------------------
+def _budgets_html(frame: Optional[pd.DataFrame]) -> str:
+    if frame is None or not len(frame):
+        return "<p>No budgets: give a run <code>budget_usd</code>, or set monthly budgets per user and project in <code>$GAUDI_NB_HOME/budgets.json</code>.</p>"
+    rows = []
+    for _, r in frame.iterrows():
+        fraction = r["fraction"]
+        if fraction is None or pd.isna(fraction):
+            bar = "spend unknown (no price)"
+        else:
+            colour = "#2e7d32" if fraction < 0.75 else "#f39c12" if fraction < 1 else "#c62828"
+            bar = f'<div style="width:220px;height:10px;background:#e8e8e8;border-radius:3px"><div style="width:{min(100.0, 100 * fraction):.1f}%;height:10px;background:{colour};border-radius:3px"></div></div> {100 * fraction:.0f}%'
+        rows.append(f"<tr><td>{html.escape(str(r['budget']))}</td><td>{fmt_money(None if pd.isna(r['usd']) else float(r['usd']))}</td><td>{fmt_money(float(r['budget_usd']))}</td><td style='display:flex;gap:6px;align-items:center'>{bar}</td></tr>")
+    return "<table class='gaudi-nb-budgets' style='font-size:13px;border-collapse:collapse' cellpadding='4'><tr><th align=left>budget</th><th align=left>spent</th><th align=left>of</th><th align=left>how close</th></tr>" + "".join(rows) + "</table>"
+
+
+def _bars(frame: pd.DataFrame, column: str, title: str) -> hv.Bars:
+    if frame is None or not len(frame):
+        frame = pd.DataFrame({column: ["nothing spent yet"], "usd": [0.0]})
+    top = frame.head(20)
+    return hv.Bars(top, column, "usd").opts(title=title, responsive=True, height=260, color="#1976d2", tools=["hover"], xrotation=30 if len(top) > 6 else 0, ylabel="USD", framewise=True)
+
+
 def costs_page(state: DashboardState) -> pn.viewable.Viewable:
-    def burn(costs: Dict[str, Any]) -> pn.viewable.Viewable:
-        if not costs:
-            return pn.pane.Markdown("")
+    """Components made once and updated in place: a page redrawn whole every second would flicker."""
+    burn = pn.indicators.Number(label="burn rate now", value=0, format="${value:,.2f}/h", font_size="28pt", title_size="11pt", css_classes=["gaudi-nb-burn"])
+    spent = pn.indicators.Number(label="spent, all runs", value=0, format="${value:,.2f}", font_size="28pt", title_size="11pt")
+    active = pn.indicators.Number(label="active runs", value=0, format="{value}", font_size="28pt", title_size="11pt")
+    unknown = pn.pane.Markdown("")
+    pipes = {key: hv.streams.Pipe(data=pd.DataFrame()) for key in ("by_user", "by_project", "by_day")}
+    plots = {
+        key: pn.pane.HoloViews(hv.DynamicMap(lambda data, column=column, title=title: _bars(data, column, title), streams=[pipes[key]]), sizing_mode="stretch_width")
+        for key, column, title in (("by_user", "owner", "spend by user"), ("by_project", "project", "spend by project"), ("by_day", "day", "spend by day (UTC)"))
+    }
+    budgets = pn.pane.HTML(_budgets_html(None), sizing_mode="stretch_width")
+
+    def show(*_: Any) -> None:
+        costs = state.costs
+        if state.page != "costs" or not costs:
+            return
         b = costs["burn"]
-        unknown = f" · {b['unknown_price_runs']} active run(s) without a price (unknown, not zero)" if b["unknown_price_runs"] else ""
-        return pn.Row(
-            pn.indicators.Number(label="burn rate now", value=round(b["usd_per_hour"], 2), format="${value:,.2f}/h", font_size="28pt", title_size="11pt", css_classes=["gaudi-nb-burn"]),
-            pn.indicators.Number(label="spent, all runs", value=round(costs["total_usd"], 2), format="${value:,.2f}", font_size="28pt", title_size="11pt"),
-            pn.indicators.Number(label="active runs", value=b["active_runs"], format="{value}", font_size="28pt", title_size="11pt"),
-            pn.pane.Markdown(unknown),
-        )
+        burn.value, spent.value, active.value = round(b["usd_per_hour"], 2), round(costs["total_usd"], 2), b["active_runs"]
+        unknown.object = f"{b['unknown_price_runs']} active run(s) without a price (unknown, not zero)" if b["unknown_price_runs"] else ""
+        for key, pipe in pipes.items():
+            pipe.send(costs[key])
+        budgets.object = _budgets_html(costs["budgets"])
 
-    def bars(costs: Dict[str, Any], key: str, column: str, title: str) -> pn.viewable.Viewable:
-        frame = (costs or {}).get(key)
-        if frame is None or not len(frame):
-            return pn.pane.Markdown(f"**{title}**: nothing spent yet")
-        top = frame.head(20)
-        plot = hv.Bars(top, column, "usd").opts(title=title, responsive=True, height=260, color="#1976d2", tools=["hover"], xrotation=30 if len(top) > 6 else 0, ylabel="USD")
-        return pn.pane.HoloViews(plot, sizing_mode="stretch_width")
-
-    def budgets(costs: Dict[str, Any]) -> pn.viewable.Viewable:
-        frame = (costs or {}).get("budgets")
-        if frame is None or not len(frame):
-            return pn.pane.Markdown("No budgets: give a run `budget_usd`, or set monthly budgets per user and project in `$GAUDI_NB_HOME/budgets.json`.")
-        rows = []
-        for _, r in frame.iterrows():
-            fraction = r["fraction"]
-            if fraction is None or pd.isna(fraction):
-                bar = "spend unknown (no price)"
-            else:
-                colour = "#2e7d32" if fraction < 0.75 else "#f39c12" if fraction < 1 else "#c62828"
-                bar = f'<div style="width:220px;height:10px;background:#e8e8e8;border-radius:3px"><div style="width:{min(100.0, 100 * fraction):.1f}%;height:10px;background:{colour};border-radius:3px"></div></div> {100 * fraction:.0f}%'
-            rows.append(f"<tr><td>{html.escape(str(r['budget']))}</td><td>{fmt_money(None if pd.isna(r['usd']) else float(r['usd']))}</td><td>{fmt_money(float(r['budget_usd']))}</td><td style='display:flex;gap:6px;align-items:center'>{bar}</td></tr>")
-        return pn.pane.HTML(
-            "<table class='gaudi-nb-budgets' style='font-size:13px;border-collapse:collapse' cellpadding='4'><tr><th align=left>budget</th><th align=left>spent</th><th align=left>of</th><th align=left>how close</th></tr>" + "".join(rows) + "</table>",
-            sizing_mode="stretch_width",
-        )
-
+    state.param.watch(show, ["costs", "page"])
+    show()
     return pn.Column(
         pn.pane.Markdown("## Costs\nDollars are price × wall clock per node (the agent's meter). A run without a price counts as unknown, never as zero."),
-        pn.bind(burn, state.param.costs),
-        pn.Row(pn.bind(bars, state.param.costs, "by_user", "owner", "spend by user"), pn.bind(bars, state.param.costs, "by_project", "project", "spend by project"), sizing_mode="stretch_width"),
-        pn.bind(bars, state.param.costs, "by_day", "day", "spend by day (UTC)"),
+        pn.Row(burn, spent, active, unknown),
+        pn.Row(plots["by_user"], plots["by_project"], sizing_mode="stretch_width"),
+        plots["by_day"],
         pn.pane.Markdown("### Budgets"),
-        pn.bind(budgets, state.param.costs),
+        budgets,
         sizing_mode="stretch_width",
         name="Costs",
     )

@@ -29,6 +29,7 @@ EVENT_TYPES = (
     "cell",  # batch: index, phase (start/end/error), duration_s, error
     "result",  # batch: values {name: scalar} a notebook recorded with record() from gaudi_nb.batch
     "log",  # agent: level, message
+    "batch_size",  # rank 0, --batch-size auto: size, how (searched|cached), trials [{size, fits, peak_bytes, why}], seconds, memory_fraction, device_memory_bytes
     "tracker",  # agent: tracker (mlflow|wandb), tracker_run_id, url, experiment: where --report-to logs this run
     "run_end",  # agent (or a client, for a lost agent: ended_by=client): status, exit_code, reason, last_log_lines, steps_completed
 )

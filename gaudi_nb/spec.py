@@ -1,6 +1,7 @@
 """RunSpec and NodeSpec: what a run is, typed, validated and serialisable."""
 from __future__ import annotations
 
+import math
 import re
 import typing
 from dataclasses import dataclass
@@ -187,6 +188,14 @@ class RunSpec(BaseModel):
     def trackers(self) -> List[str]:
         """The experiment trackers this run reports to (--report-to), in the order given."""
         return [name for name in (self.report_to or "").split(",") if name]
+
+    def scaled_learning_rate(self, global_batch_size: int) -> float:
+        """The peak learning rate for a global batch (per-device batch × devices × nodes): --learning-rate
+        at --base-batch-size, scaled linearly or by the square root; the whole schedule follows it."""
+        if self.lr_scaling == "none" or not self.base_batch_size:
+            return self.learning_rate
+        ratio = global_batch_size / self.base_batch_size
+        return self.learning_rate * (ratio if self.lr_scaling == "linear" else math.sqrt(ratio))
 
     @classmethod
     def from_options(cls, **options: Any) -> "RunSpec":

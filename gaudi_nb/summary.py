@@ -57,6 +57,9 @@ def empty_summary(run_id: str) -> Dict[str, Any]:
             "budget_left_usd": None,
             "elapsed_s": None,
         },
+        # per_device, global, how (given | searched | cached) and the search's trials and seconds (--batch-size auto)
+        "batch_size": None,
+        "learning_rate": None,  # base (--learning-rate), scaled (what the run used), scaling, base_batch_size (--lr-scaling)
         "telemetry_samples": 0,
         "checkpoints": [],
         "exit": None,
@@ -124,6 +127,7 @@ def _apply(s: Dict[str, Any], e: Dict[str, Any]) -> None:
             s["status"] = "running"
         if e.get("rank") == 0:
             s.update(trainer=e.get("trainer"), precision=e.get("precision"), accelerator=e.get("accelerator"), device_count=e.get("world_size"), execution_mode=e.get("execution_mode"))
+            _apply_batch_and_rate(s, e)
             _apply_model(s, e)
     elif kind == "step":
         if int(e.get("attempt") or 1) < int(s.get("attempt") or 1):
@@ -142,6 +146,9 @@ def _apply(s: Dict[str, Any], e: Dict[str, Any]) -> None:
             del replayable[key]
     elif kind == "restart":
         _apply_restart(s, e)
+    elif kind == "batch_size":
+        found = {"per_device": e.get("size"), "how": e.get("how"), "trials": len(e.get("trials") or []), "search_s": e.get("seconds"), "memory_fraction": e.get("memory_fraction")}
+        s["batch_size"] = {**(s.get("batch_size") or {}), **found}
     elif kind == "telemetry":
         s["telemetry_samples"] += 1
     elif kind == "cost":
@@ -203,6 +210,15 @@ def _apply_model(s: Dict[str, Any], e: Dict[str, Any]) -> None:
     s["device_name"] = e.get("device_name")
     peak = mfu_math.peak_for(e.get("device_name"), e.get("precision"))
     s["metrics"].update(peak_tflops_per_device=peak.tflops, peak_source=peak.source)
+
+
+def _apply_batch_and_rate(s: Dict[str, Any], e: Dict[str, Any]) -> None:
+    """Rank 0's worker_start: the batch it trains with (a number, or what --batch-size auto found) and the learning rate."""
+    if e.get("batch_size") is None:
+        return  # a script run's rank: the script picks both
+    found = s.get("batch_size") or {}
+    s["batch_size"] = {"how": "given", **found, "per_device": e.get("batch_size"), "global": e.get("global_batch_size")}
+    s["learning_rate"] = {"base": e.get("base_learning_rate"), "scaled": e.get("learning_rate"), "scaling": e.get("lr_scaling"), "base_batch_size": e.get("base_batch_size")}
 
 
 def _apply_restart(s: Dict[str, Any], e: Dict[str, Any]) -> None:

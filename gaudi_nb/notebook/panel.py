@@ -283,7 +283,25 @@ def metrics_html(state: PanelState) -> str:
     ]
     if state.last_memory_bytes is not None:
         rows.append(("rank 0 memory", f"{state.last_memory_bytes / 1024**3:,.2f} GB"))
+    batch = batch_text(state.summary)
+    if batch:
+        rows.append(("batch", batch))
     return _table(rows, "gaudi-nb-metrics")
+
+
+def batch_text(s: Dict[str, Any]) -> str:
+    """The per-device batch, how --batch-size auto found it, and a scaled learning rate; small, grey."""
+    b, lr = s.get("batch_size") or {}, s.get("learning_rate") or {}
+    if not b.get("per_device") or (b.get("how") == "given" and lr.get("scaling") in (None, "none")):
+        return ""  # a batch the user gave and an unscaled rate: the spec already says both
+    parts = [f"{b['per_device']} per device" + (f" · {b['global']} global" if b.get("global") else "")]
+    if b.get("how") == "searched":
+        parts.append(f"auto: searched, {b.get('trials')} trials in {b.get('search_s') or 0:.1f} s")
+    elif b.get("how") == "cached":
+        parts.append("auto: from the cache")
+    if lr.get("scaling") not in (None, "none") and lr.get("scaled") is not None:
+        parts.append(f"lr {lr['scaled']:.3g} ({lr['scaling']} from {lr.get('base'):.3g} at {lr.get('base_batch_size')})")
+    return f'<span class="gaudi-nb-batch" style="color:#666;font-size:11px">{html.escape(" · ".join(parts))}</span>'
 
 
 def flops_text(m: Dict[str, Any]) -> str:

@@ -186,7 +186,7 @@ def _batch_counts(batch: Any, world_size: int) -> Any:
     batch names them (input_ids), samples from its first tensor; None where it cannot tell."""
     first = batch
     if isinstance(batch, dict):
-        ids = batch.get("input_ids")
+        ids: Any = batch.get("input_ids")
         if hasattr(ids, "numel"):
             return int(ids.numel()) * world_size, int(ids.shape[0]) * world_size
         first = next((v for v in batch.values() if hasattr(v, "shape")), None)

@@ -11,6 +11,7 @@ from ..events import BackgroundEventWriter
 from ..presets import model_presets
 from ..rundir import CHECKPOINT_COMPLETE, RESUME_FROM_ENV, RunFolder
 from ..spec import RunSpec
+from . import batch_size as batch_size_room
 from . import compat, lora, watchdog
 from .callback import EventCallback
 from .data import BlockDataset, pack, read_texts, split_blocks
@@ -82,6 +83,10 @@ def train(run_dir: Path, *, writer: Optional[BackgroundEventWriter] = None, extr
         lora.save_for_export(folder.path, spec, model, tokenizer, local_base=spec.model in model_presets and model_presets.get(spec.model).local)
     if spec.lora:
         model, lora_info = lora.apply_lora(spec, model)
+    # --batch-size auto: found (or read from the cache) before training; every later use takes this number
+    batch_size = spec.batch_size if isinstance(spec.batch_size, int) else batch_size_room.for_run(
+        spec, model, accelerator, precision, trainer_name, writer if is_main else None, train_sequences=len(train_blocks))
+    learning_rate = spec.scaled_learning_rate(batch_size * world_size)  # --lr-scaling: the global batch's rate
     writer.emit(
         "worker_start",
         pid=os.getpid(),
@@ -101,13 +106,19 @@ def train(run_dir: Path, *, writer: Optional[BackgroundEventWriter] = None, extr
         train_sequences=len(train_blocks),
         eval_sequences=len(eval_blocks),
         torch_version=torch.__version__,
+        batch_size=batch_size,
+        global_batch_size=batch_size * world_size,
+        learning_rate=learning_rate,
+        base_learning_rate=spec.learning_rate,
+        lr_scaling=spec.lr_scaling,
+        base_batch_size=spec.base_batch_size,
     )
 
     callback = EventCallback(
         writer if is_main else None,
         folder,
-        tokens_per_step=spec.batch_size * spec.sequence_length * world_size,
-        samples_per_step=spec.batch_size * world_size,
+        tokens_per_step=batch_size * spec.sequence_length * world_size,
+        samples_per_step=batch_size * world_size,
         warmup_steps=spec.warmup_steps,
         max_steps=spec.max_steps,
         memory_stats=accelerator.memory_stats,
@@ -121,9 +132,9 @@ def train(run_dir: Path, *, writer: Optional[BackgroundEventWriter] = None, extr
         output_dir=str(folder.checkpoints),
         accelerator=accelerator.name,
         precision=precision,
-        batch_size=spec.batch_size,
+        batch_size=batch_size,
         max_steps=spec.max_steps,
-        learning_rate=spec.learning_rate,
+        learning_rate=learning_rate,
         seed=spec.seed,
         warmup_steps=spec.warmup_steps,
         lazy_mode=spec.lazy_mode,

@@ -261,6 +261,45 @@ def test_every_page_of_the_live_dashboard_in_chromium(live, browser):
 
 
 @pytest.mark.slow
+def test_the_fleet_page_at_1024_devices(browser, tmp_path):
+    """128 nodes × 8 devices: one heat map row per device, labelled by node; the idle ones that cost money lead the table."""
+    from gaudi_nb.dashboard.app import serve
+
+    url = f"sqlite:///{tmp_path / 'fleet.db'}"
+    store = RunStore(url)
+    now = time.time()
+    for n in range(128):
+        run_id, node = f"fleet-{n:03d}", f"node-{n:03d}"
+        spec = {"model": "llama-3-8b", "max_steps": 100000, "nodes": 1, "target": node}
+        store.register(run_id, spec=spec, target=node, run_dir=None, owner=f"user{n % 6}")
+        events = [make_event("run_start", run_id, node=node, t=now - 300, spec=spec, price_per_hour=13.11)]
+        events += [make_event("telemetry", run_id, node=node, t=now - 300 + s, source="hlml",
+                              devices=[{"index": d, "kind": "hpu", "label": f"hpu {d}", "utilization_pct": 0.0 if n % 10 == 7 else float((n * 8 + d + s) % 100),
+                                        "memory_used_bytes": (d + 1) * 2**33, "memory_total_bytes": 2**37} for d in range(8)]) for s in range(0, 300, 10)]
+        store.ingest(run_id, events, 0, 10)
+    port = free_port()
+    server = serve(url, address="127.0.0.1", port=port, threaded=True, follow=False)
+    listening(port)
+    try:
+        page = open_page(browser)
+        page.goto(f"http://127.0.0.1:{port}/?page=fleet")
+        page.locator(".gaudi-nb-fleet-banner", has_text="13 idle node(s) cost money").first.wait_for(timeout=60_000)
+        first_row = page.locator(".gaudi-nb-fleet-table .tabulator-row").first
+        assert "idle, costs money" in first_row.inner_text()
+        page.locator(".gaudi-nb-heatmap canvas").first.wait_for(timeout=30_000)
+        page.wait_for_timeout(2000)
+        page.screenshot(path=str(SCREENSHOTS / "dashboard_fleet_1024_devices.png"), full_page=True)
+        assert page.problems == [], "\n".join(page.problems)
+        page.close()
+    finally:
+        server.stop()
+    from gaudi_nb.dashboard.app import shared_data
+
+    heat = shared_data(url).heatmap("utilization")
+    assert heat["values"].shape == (1024, 120) and len(heat["node_ticks"]) == 128
+
+
+@pytest.mark.slow
 def test_with_a_login_nothing_is_served_before_it(live, browser):
     from gaudi_nb.dashboard.app import serve
 

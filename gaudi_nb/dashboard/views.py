@@ -124,7 +124,10 @@ def fleet_page(state: DashboardState) -> pn.viewable.Viewable:
         disabled=True,
         sizing_mode="stretch_width",
         titles={"utilization_pct": "utilization % (1 min)", "price_per_hour": "$/h", "active_runs": "active runs"},
-        formatters={"price_per_hour": {"type": "money", "symbol": "$"}, "utilization_pct": {"type": "money", "symbol": "", "precision": 1}},
+        formatters={"price_per_hour": {"type": "money", "symbol": "$"}, "utilization_pct": {"type": "money", "symbol": "", "precision": 1}, "devices": {"type": "money", "symbol": "", "precision": 0}},
+        layout="fit_data_stretch",
+        pagination="local",
+        page_size=10,  # 128 nodes would push the heat maps off the page; idle nodes that cost money come first
         css_classes=["gaudi-nb-fleet-table"],
     )
     table.style.apply(lambda row: ["background-color:#fdecea;color:#b71c1c;font-weight:600" if row["state"] == "idle, costs money" else "" for _ in row], axis=1)
@@ -133,7 +136,12 @@ def fleet_page(state: DashboardState) -> pn.viewable.Viewable:
         fleet = state.fleet
         if state.page != "fleet" or fleet is None or not len(fleet):
             return  # a hidden Tabulator given data throws in the browser: the open page only
-        table.value = fleet
+        shown = fleet.copy()
+        # unknowns as empty cells, not NaN; device counts as whole numbers
+        shown["devices"] = [None if pd.isna(v) else int(v) for v in shown["devices"]]
+        for column in ("utilization_pct", "price_per_hour"):
+            shown[column] = [None if pd.isna(v) else float(v) for v in shown[column]]
+        table.value = shown
         costly = fleet[fleet["state"] == "idle, costs money"]
         if not len(costly):
             busy = int((fleet["state"] == "busy").sum())

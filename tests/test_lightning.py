@@ -1,6 +1,5 @@
 """--trainer lightning and Lightning --script runs: real torchrun, 2 CPU ranks, the events the other trainers write."""
 import json
-import os
 import subprocess
 import time
 from pathlib import Path
@@ -78,6 +77,7 @@ def test_lightning_trains_on_two_cpu_ranks_with_the_same_events(gaudi_home):
     steps = steps_of(run)
     assert [e["step"] for e in steps] == list(range(1, 21))  # every step once
     assert all(set(e) >= STEP_KEYS for e in steps) and steps[-1]["tokens"] == 4 * 128 * 2
+    assert steps[0]["learning_rate"] == pytest.approx(3e-4) and steps[0]["grad_norm"] > 0  # the rate step 1 used, as transformers logs it
     assert record["metrics"]["final_loss"] < record["metrics"]["first_loss"] - 0.5
     assert record["metrics"]["tokens_per_second"] > 0 and record["metrics"]["tokens_seen"] == 20 * 4 * 128 * 2
     assert record["telemetry_samples"] > 0 and record["cost"]["elapsed_s"] > 0 and record["cost"]["usd"] is None  # no price: unknown
@@ -136,7 +136,8 @@ def test_a_lightning_script_gets_gaudi_nbs_callback(gaudi_home):
 
 
 def test_the_public_callback_is_one_import():
-    env = dict(os.environ)
-    out = subprocess.run([str(BIN / "python"), "-c", "from gaudi_nb.lightning import GaudiNbCallback; import lightning; print(issubclass(GaudiNbCallback, lightning.pytorch.Callback))"],
-                         capture_output=True, text=True, env=env, timeout=120)
-    assert out.stdout.strip() == "True", out.stderr
+    import lightning
+
+    from gaudi_nb.lightning import GaudiNbCallback
+
+    assert issubclass(GaudiNbCallback, lightning.pytorch.Callback)

@@ -86,6 +86,7 @@ class GaudiNbCallback(pl.Callback):
         self._last_step = 0
         self._saved_step = -1
         self._grad_norm: Optional[float] = None
+        self._learning_rate: Optional[float] = None
         self._world_size = 1
 
     @property
@@ -110,6 +111,8 @@ class GaudiNbCallback(pl.Callback):
             return
         import torch
 
+        self._learning_rate = _float_or_none(optimizer.param_groups[0].get("lr")) if optimizer.param_groups else None  # the rate this step uses
+
         # before clipping, as transformers' Trainer reports it; the gradients are already all-reduced
         grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
         self._grad_norm = float(torch.nn.utils.get_total_norm(grads)) if grads else None
@@ -127,7 +130,9 @@ class GaudiNbCallback(pl.Callback):
         save, stop = progress.step_ended(step)
         if loss is not None:
             tokens, samples = (None, None) if progress.tokens_per_step else _batch_counts(batch, self._world_size)
-            progress.emit_step(step, loss, learning_rate=_learning_rate(trainer), grad_norm=self._grad_norm, tokens=tokens, samples=samples)
+            # the rate this step used, as transformers' Trainer logs it (the scheduler has moved on since)
+            rate = self._learning_rate if self._learning_rate is not None else _learning_rate(trainer)
+            progress.emit_step(step, loss, learning_rate=rate, grad_norm=self._grad_norm, tokens=tokens, samples=samples)
         if save or (self._save_steps and step % self._save_steps == 0):
             self._save(trainer, step)
         if stop:
@@ -178,6 +183,13 @@ def _learning_rate(trainer: Any) -> Optional[float]:
     try:
         return float(trainer.optimizers[0].param_groups[0]["lr"])
     except (IndexError, KeyError, AttributeError):
+        return None
+
+
+def _float_or_none(value: Any) -> Optional[float]:
+    try:
+        return None if value is None else float(value)
+    except (TypeError, ValueError):
         return None
 
 

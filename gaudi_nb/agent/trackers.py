@@ -47,7 +47,7 @@ class Backend:
         """Open (or reopen) the tracker run; returns tracker_run_id, url, experiment."""
         raise NotImplementedError
 
-    def log_params(self, params: Dict[str, str]) -> None:
+    def log_params(self, params: Dict[str, Any]) -> None:
         raise NotImplementedError
 
     def set_tags(self, tags: Dict[str, str]) -> None:
@@ -104,10 +104,10 @@ class MlflowBackend(Backend):
         experiment = self.client.get_experiment_by_name(name)
         return experiment.experiment_id if experiment is not None else self.client.create_experiment(name)
 
-    def log_params(self, params: Dict[str, str]) -> None:
+    def log_params(self, params: Dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        self.client.log_batch(str(self.run_id), params=[Param(k, v[:6000]) for k, v in params.items()])
+        self.client.log_batch(str(self.run_id), params=[Param(k, str(v)[:6000]) for k, v in params.items()])
 
     def set_tags(self, tags: Dict[str, str]) -> None:
         from mlflow.entities import RunTag
@@ -160,7 +160,7 @@ class WandbBackend(Backend):
         )
         return {"tracker_run_id": self.run.id, "url": self.run.url, "experiment": self.run.project, "dir": self.run.dir}
 
-    def log_params(self, params: Dict[str, str]) -> None:
+    def log_params(self, params: Dict[str, Any]) -> None:
         self.run.config.update(params, allow_val_change=True)
 
     def set_tags(self, tags: Dict[str, str]) -> None:
@@ -193,9 +193,9 @@ def make_backend(name: str, run_dir: Path) -> Backend:
     raise ValueError(f"unknown tracker {name}")
 
 
-def spec_params(spec: Dict[str, Any]) -> Dict[str, str]:
-    """The RunSpec as tracker parameters (unset fields left out)."""
-    return {key: str(value) for key, value in spec.items() if value is not None}
+def spec_params(spec: Dict[str, Any]) -> Dict[str, Any]:
+    """The RunSpec as tracker parameters (unset fields left out; MLflow keeps them as text, W&B typed)."""
+    return {key: value for key, value in spec.items() if value is not None}
 
 
 def step_metrics(event: Dict[str, Any]) -> Dict[str, float]:
@@ -242,6 +242,16 @@ def record_tags(record: Dict[str, Any]) -> Dict[str, str]:
     return {key: str(value) for key, value in values.items() if value is not None}
 
 
+def lower_priority() -> None:
+    """Nice this thread (Linux keeps a nice value per thread, and wandb's service process inherits
+    it): importing a tracker library and talking to it then takes only CPU the ranks leave idle,
+    which matters on a small host where the agent shares cores with the ranks."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):
+        pass  # not Linux: the thread runs at the agent's priority
+
+
 def flush_seconds() -> float:
     return float(os.environ.get(FLUSH_S_ENV) or DEFAULT_FLUSH_S)
 
@@ -272,6 +282,7 @@ class TrackerThread(threading.Thread):
 
     # -- the thread --------------------------------------------------------
     def run(self) -> None:
+        lower_priority()
         try:
             previous = self._catch_up()
             self.backend = self.make(self.tracker, self.folder.path)

@@ -1,0 +1,168 @@
+"""--report-to: a real MLflow server on loopback and W&B offline files hold the run's metrics (dollars included); an unreachable tracker warns once and the run goes on."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import socket
+import struct
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Dict, Iterator, List
+
+import pytest
+from conftest import BIN
+
+pytestmark = pytest.mark.slow
+GAUDI_NB = str(BIN / "gaudi-nb")
+# what gaudi_nb logs besides the step metrics: dollars, dollars per million tokens, TFLOP/s
+OWN_METRICS = {"usd", "usd_per_million_tokens", "tokens_per_second_mean", "tflops", "tokens_seen"}
+STEP_METRICS = {"loss", "learning_rate", "grad_norm", "tokens_per_second", "eval_loss"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def mlflow_server(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("mlflow")
+    port = free_port()
+    server = subprocess.Popen(
+        [str(BIN / "mlflow"), "server", "--backend-store-uri", f"sqlite:///{folder}/mlflow.db", "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
+        cwd=folder, stdout=open(folder / "server.log", "w"), stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while True:
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=2)
+            break
+        except OSError:
+            if time.time() > deadline or server.poll() is not None:
+                server.kill()
+                raise AssertionError("mlflow server did not start: " + (folder / "server.log").read_text()[-2000:]) from None
+            time.sleep(0.5)
+    yield url
+    server.terminate()
+    server.wait(timeout=30)
+
+
+def train(home: Path, env: Dict[str, str], *args: str) -> Dict[str, Any]:
+    environment = {**os.environ, "GAUDI_NB_HOME": str(home), "WANDB_SILENT": "true", **env}
+    environment.pop("GAUDI_NB_STORE_URL", None)
+    started = time.monotonic()
+    result = subprocess.run([GAUDI_NB, "train", "--json", *args], capture_output=True, text=True, timeout=240, env=environment, cwd=home.parent)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads(result.stdout)
+    record["_wall_s"] = time.monotonic() - started
+    return record
+
+
+def events(record: Dict[str, Any]) -> List[Dict[str, Any]]:
+    return [json.loads(line) for line in Path(record["run_dir"], "events.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def tracked_run(mlflow_server, tmp_path_factory):
+    """One run reporting to both trackers: the MLflow server, and W&B offline beside the run."""
+    home = tmp_path_factory.mktemp("tracked") / "home"
+    env = {"MLFLOW_TRACKING_URI": mlflow_server, "MLFLOW_EXPERIMENT_NAME": "gaudi-nb-tests", "WANDB_MODE": "offline", "WANDB_PROJECT": "gaudi-nb-tests"}
+    return train(home, env, "--max-steps", "8", "--eval-steps", "4", "--price-per-hour", "12", "--report-to", "mlflow,wandb", "--name", "tracked")
+
+
+def test_the_mlflow_server_holds_the_run_its_metrics_and_dollars(mlflow_server, tracked_run):
+    from mlflow.tracking import MlflowClient
+
+    assert tracked_run["status"] == "succeeded"
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("gaudi-nb-tests")
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`gaudi_nb.run_id` = '{tracked_run['run_id']}'")
+    assert len(runs) == 1  # one tracker run per gaudi_nb run
+    run = runs[0]
+    assert run.info.status == "FINISHED" and run.info.run_name == "tracked"
+    assert STEP_METRICS | OWN_METRICS <= set(run.data.metrics), sorted(run.data.metrics)
+    assert run.data.metrics["usd"] > 0 and run.data.metrics["usd"] == pytest.approx(tracked_run["cost"]["usd"], rel=0.2)
+    assert run.data.metrics["usd_per_million_tokens"] > 0
+    assert any(key.startswith("utilization_pct/device_") for key in run.data.metrics)
+    assert [m.step for m in client.get_metric_history(run.info.run_id, "loss")] == list(range(1, 9))
+    assert run.data.params["max_steps"] == "8" and run.data.params["report_to"] == "mlflow,wandb"
+    assert run.data.tags["gaudi_nb.price_source"] == tracked_run["cost"]["price_source"]
+    assert run.data.tags["gaudi_nb.accelerator"] == "cpu" and run.data.tags["gaudi_nb.peak_source"].startswith("unknown")
+    artifacts = [a.path for a in client.list_artifacts(run.info.run_id, "checkpoint")]
+    assert "checkpoint/model.safetensors" in artifacts  # the final checkpoint, small enough to upload
+    # and the way back: the gaudi_nb record names the MLflow run and its page
+    linked = tracked_run["trackers"]["mlflow"]
+    assert linked["tracker_run_id"] == run.info.run_id and linked["url"].startswith(mlflow_server)
+
+
+def wandb_records(path: str) -> Iterator[bytes]:
+    """The records of a W&B transaction log (.wandb): LevelDB's log format (32 KiB blocks, 7-byte
+    record headers: crc32, length, type) after a 7-byte ':W&B' header. wandb 0.31 ships no Python reader."""
+    data = Path(path).read_bytes()
+    assert data[:4] == b":W&B", data[:7]
+    position, block, pending = 7, 32768, b""
+    while position + 7 <= len(data):
+        left = block - position % block
+        if left < 7:
+            position += left  # a block's tail too short for a header is padding
+            continue
+        _checksum, length, kind = struct.unpack("<IHB", data[position:position + 7])
+        if length == 0 and kind == 0:
+            position += left
+            continue
+        chunk = data[position + 7:position + 7 + length]
+        position += 7 + length
+        if kind == 1:  # full
+            yield chunk
+        elif kind == 2:  # first
+            pending = chunk
+        elif kind == 3:  # middle
+            pending += chunk
+        elif kind == 4:  # last
+            yield pending + chunk
+            pending = b""
+
+
+def test_wandb_offline_history_holds_the_same_metrics(tracked_run):
+    from wandb.proto import wandb_internal_pb2
+
+    files = glob.glob(str(Path(tracked_run["run_dir"]) / "wandb" / "offline-run-*" / "run-*.wandb"))
+    assert len(files) == 1, files
+    history: List[Dict[str, Any]] = []
+    config: Dict[str, Any] = {}
+    for raw in wandb_records(files[0]):
+        record = wandb_internal_pb2.Record()
+        record.ParseFromString(raw)
+        if record.WhichOneof("record_type") == "history":
+            history.append({item.key or "/".join(item.nested_key): json.loads(item.value_json) for item in record.history.item})
+        elif record.WhichOneof("record_type") == "config":
+            config.update({item.key: json.loads(item.value_json) for item in record.config.update})
+    keys = set().union(*history)
+    assert STEP_METRICS | OWN_METRICS <= keys, sorted(keys)
+    assert [row["loss"] for row in history if "loss" in row][-1] == pytest.approx(tracked_run["metrics"]["final_loss"])
+    assert max(row.get("usd", 0) for row in history) > 0
+    assert config["gaudi_nb.run_id"] == tracked_run["run_id"] and config["max_steps"] == 8
+    assert tracked_run["trackers"]["wandb"]["tracker_run_id"] in files[0]
+
+
+def test_an_unreachable_tracker_warns_once_and_the_run_goes_on(tracked_run, tmp_path):
+    record = train(tmp_path / "home", {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}, "--max-steps", "8", "--eval-steps", "4", "--price-per-hour", "12", "--report-to", "mlflow")
+    assert record["status"] == "succeeded" and record["steps_completed"] == 8
+    warnings = [e for e in events(record) if e["type"] == "log" and e.get("tracker") == "mlflow"]
+    assert len(warnings) == 1, warnings
+    assert warnings[0]["level"] == "warning" and "this run is not logged to mlflow" in warnings[0]["message"]
+    print(f"unreachable MLflow: {record['_wall_s']:.1f} s; two live trackers: {tracked_run['_wall_s']:.1f} s; warning: {warnings[0]['message'][:200]}")
+    assert "mlflow" not in record["trackers"]
+    # not slowed: no slower than the same run with two live trackers, give or take a busy machine
+    assert record["_wall_s"] < tracked_run["_wall_s"] * 1.5 + 15, (record["_wall_s"], tracked_run["_wall_s"])
+
+
+def test_an_unknown_tracker_is_one_line_exit_2(tmp_path):
+    result = subprocess.run([GAUDI_NB, "train", "--report-to", "mlflow,neptune"], capture_output=True, text=True, timeout=60, env={**os.environ, "GAUDI_NB_HOME": str(tmp_path)})
+    assert result.returncode == 2
+    assert "unknown tracker 'neptune': use mlflow, wandb" in result.stderr and len(result.stderr.strip().splitlines()) == 1

@@ -14,7 +14,7 @@ from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
-from sqlalchemy import and_, or_, select
+from sqlalchemy import bindparam, select
 
 from ..events import ACTIVE_STATUSES
 from ..notebook.panel import PanelState
@@ -508,11 +508,17 @@ class DashboardData:
             horizon = time.time() - self.window_s
             incremental = [(run_id, count) for run_id, count in moved if run_id in self._counts and count >= self._counts[run_id]]
             first_sight = [(run_id, count) for run_id, count in moved if not (run_id in self._counts and count >= self._counts[run_id])]
-            # every run that moved since the last tick in one query (in chunks: SQLite's expression depth)
-            for chunk in (incremental[i : i + 200] for i in range(0, len(incremental), 200)):
-                ranges = [and_(EventRow.run_id == run_id, EventRow.seq >= self._counts[run_id], EventRow.seq < count) for run_id, count in chunk]
-                query = select(EventRow.payload).where(or_(*ranges)).order_by(EventRow.run_id, EventRow.seq)
-                self._apply([payload for (payload,) in connection.execute(query)])
+            # every run that moved since the last tick in one query of one shape (compiled once: an OR of a range
+            # per run costs more to build than to run), then each run's own range kept
+            for chunk in (incremental[i : i + 500] for i in range(0, len(incremental), 500)):
+                ranges = {run_id: (self._counts[run_id], count) for run_id, count in chunk}
+                query = (
+                    select(EventRow.run_id, EventRow.seq, EventRow.payload)
+                    .where(EventRow.run_id.in_(bindparam("runs", expanding=True)), EventRow.seq >= bindparam("lowest"))
+                    .order_by(EventRow.run_id, EventRow.seq)
+                )
+                fresh_rows = connection.execute(query, {"runs": list(ranges), "lowest": min(low for low, _ in ranges.values())})
+                self._apply([payload for run_id, seq, payload in fresh_rows if ranges[run_id][0] <= seq < ranges[run_id][1]])
                 for run_id, count in chunk:
                     self._counts[run_id] = count
             for run_id, count in first_sight:

@@ -116,7 +116,7 @@ class RunSpec(BaseModel):
     workdir: Optional[str] = Field(None, description="the script's folder of code and small files: copied into the run (and to its nodes) as git would keep it (.gitignore honoured); the script runs there")
     lora: bool = Field(False, description="train a LoRA adapter (peft) on the frozen model instead of every weight")
     lora_rank: int = Field(8, ge=1, le=4096, description="LoRA rank r")
-    lora_alpha: float = Field(16.0, gt=0, description="LoRA alpha (the update is scaled by alpha / rank)")
+    lora_alpha: int = Field(16, ge=1, le=65536, description="LoRA alpha (the update is scaled by alpha / rank)")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA path")
     lora_target_modules: Optional[str] = Field(None, description="comma-separated module names LoRA adapts; default per model (Llama-style: q_proj,v_proj; GPT-2: c_attn)")
     report_to: Optional[str] = Field(None, description="experiment trackers, comma-separated: mlflow, wandb (settings from MLFLOW_TRACKING_URI, WANDB_PROJECT, ...)")

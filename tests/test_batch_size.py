@@ -112,6 +112,11 @@ def test_the_panel_says_how_the_batch_was_found():
     text = batch_text(record)
     assert "9 per device · 18 global" in text and "auto: searched, 7 trials in 5.7 s" in text and "lr 0.00135 (linear from 0.0003 at 4)" in text
     assert batch_text({"batch_size": {"per_device": 4, "global": 8, "how": "given"}, "learning_rate": {"scaling": "none"}}) == ""
+    from gaudi_nb.notebook.panel import PanelState, metrics_html
+
+    state = PanelState("r")
+    state.summary.update(record)
+    assert "auto: searched, 7 trials in 5.7 s</td>" in metrics_html(state)  # text in the metrics table, not markup
 
 
 # -- real runs: two CPU ranks ----------------------------------------------------------------

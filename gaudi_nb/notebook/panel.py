@@ -290,7 +290,7 @@ def metrics_html(state: PanelState) -> str:
 
 
 def batch_text(s: Dict[str, Any]) -> str:
-    """The per-device batch, how --batch-size auto found it, and a scaled learning rate; small, grey."""
+    """The per-device batch, how --batch-size auto found it, and a scaled learning rate, in one line."""
     b, lr = s.get("batch_size") or {}, s.get("learning_rate") or {}
     if not b.get("per_device") or (b.get("how") == "given" and lr.get("scaling") in (None, "none")):
         return ""  # a batch the user gave and an unscaled rate: the spec already says both
@@ -301,7 +301,7 @@ def batch_text(s: Dict[str, Any]) -> str:
         parts.append("auto: from the cache")
     if lr.get("scaling") not in (None, "none") and lr.get("scaled") is not None:
         parts.append(f"lr {lr['scaled']:.3g} ({lr['scaling']} from {lr.get('base'):.3g} at {lr.get('base_batch_size')})")
-    return f'<span class="gaudi-nb-batch" style="color:#666;font-size:11px">{html.escape(" · ".join(parts))}</span>'
+    return " · ".join(parts)  # the metrics table escapes it
 
 
 def flops_text(m: Dict[str, Any]) -> str:

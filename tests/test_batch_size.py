@@ -116,7 +116,7 @@ def test_the_panel_says_how_the_batch_was_found():
 
     state = PanelState("r")
     state.summary.update(record)
-    assert "auto: searched, 7 trials in 5.7 s</td>" in metrics_html(state)  # text in the metrics table, not markup
+    assert "auto: searched, 7 trials in 5.7 s · lr 0.00135 (linear from 0.0003 at 4)</td>" in metrics_html(state)  # text in the metrics table, not markup
 
 
 # -- real runs: two CPU ranks ----------------------------------------------------------------

@@ -27,6 +27,15 @@ TARGET_FORMS = "local, an attached node's name, ssh://user@host[:port] or aws:IN
 _DATA_SUFFIXES = (".txt", ".text", ".json", ".jsonl", ".parquet", ".csv")
 
 
+def tracker_names(value: Optional[str]) -> List[str]:
+    """--report-to's comma list, checked: each tracker once, in the order given; a ValueError names the known ones."""
+    names = [name.strip().lower() for name in (value or "").split(",") if name.strip()]
+    unknown = [name for name in names if name not in TRACKERS]
+    if unknown:
+        raise ValueError(f"unknown tracker '{unknown[0]}': use {', '.join(TRACKERS)} (comma-separated)")
+    return list(dict.fromkeys(names))
+
+
 def looks_like_path(value: str) -> bool:
     """A model or dataset name the user meant as a file: has a path separator prefix or a data suffix."""
     return value.startswith(("/", "./", "../", "~")) or value.lower().endswith(_DATA_SUFFIXES)
@@ -165,13 +174,7 @@ class RunSpec(BaseModel):
     @field_validator("report_to")
     @classmethod
     def _known_trackers(cls, value: Optional[str]) -> Optional[str]:
-        if value is None:
-            return None
-        names = [name.strip().lower() for name in value.split(",") if name.strip()]
-        unknown = [name for name in names if name not in TRACKERS]
-        if unknown:
-            raise ValueError(f"unknown tracker '{unknown[0]}': use {', '.join(TRACKERS)} (comma-separated)")
-        return ",".join(dict.fromkeys(names)) or None
+        return ",".join(tracker_names(value)) or None
 
     @model_validator(mode="after")
     def _lora_fits(self) -> "RunSpec":

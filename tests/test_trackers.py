@@ -166,3 +166,30 @@ def test_an_unknown_tracker_is_one_line_exit_2(tmp_path):
     result = subprocess.run([GAUDI_NB, "train", "--report-to", "mlflow,neptune"], capture_output=True, text=True, timeout=60, env={**os.environ, "GAUDI_NB_HOME": str(tmp_path)})
     assert result.returncode == 2
     assert "unknown tracker 'neptune': use mlflow, wandb" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_a_notebook_run_logs_its_results_and_its_manifest(mlflow_server, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    home = tmp_path / "home"
+    environment = {**os.environ, "GAUDI_NB_HOME": str(home), "MLFLOW_TRACKING_URI": mlflow_server, "MLFLOW_EXPERIMENT_NAME": "gaudi-nb-notebooks"}
+    environment.pop("GAUDI_NB_STORE_URL", None)
+    notebook = Path(__file__).parent / "fixtures" / "notebooks" / "good.ipynb"
+    result = subprocess.run([GAUDI_NB, "batch", str(notebook), "-p", "learning_rate", "0.002", "--report-to", "mlflow", "--json"],
+                            capture_output=True, text=True, timeout=180, env=environment, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads(result.stdout)
+    record = record[0] if isinstance(record, list) else record
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("gaudi-nb-notebooks")
+    [run] = client.search_runs([experiment.experiment_id], filter_string=f"tags.`gaudi_nb.run_id` = '{record['run_id']}'")
+    assert run.data.metrics["epochs"] == 2 and run.data.metrics["final_loss"] == pytest.approx(record["batch"]["results"]["final_loss"])
+    assert "learning_rate" in run.data.params["parameters"]
+    assert [a.path for a in client.list_artifacts(run.info.run_id, "batch_manifest")] == ["batch_manifest/manifest.json"]
+    assert record["trackers"]["mlflow"]["tracker_run_id"] == run.info.run_id
+
+
+def test_a_notebook_run_with_an_unknown_tracker_is_one_line_exit_2(tmp_path):
+    notebook = Path(__file__).parent / "fixtures" / "notebooks" / "good.ipynb"
+    result = subprocess.run([GAUDI_NB, "batch", str(notebook), "--report-to", "comet"], capture_output=True, text=True, timeout=60, env={**os.environ, "GAUDI_NB_HOME": str(tmp_path)})
+    assert result.returncode == 2 and "unknown tracker 'comet'" in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr

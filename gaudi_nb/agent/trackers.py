@@ -73,6 +73,9 @@ class MlflowBackend(Backend):
         # cost this thread seconds. The user's own settings win.
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        # MLflow writes "View run … at: URL" to stdout when a run ends: in `gaudi-nb batch --json` that
+        # would break the JSON; the address is in the gaudi_nb record's trackers instead
+        os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
         try:
             import mlflow
             from mlflow.tracking import MlflowClient
@@ -348,6 +351,10 @@ class TrackerThread(threading.Thread):
                 costs = True
             elif kind == "telemetry":
                 utilization = utilization_metrics(e)
+            elif kind == "result":  # a notebook run's record() values
+                results = {str(k): float(v) for k, v in (e.get("values") or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+                if results:
+                    by_step.setdefault(int(self.record.get("steps_completed") or 0), {}).update(results)
             elif kind == "run_start" and e.get("manifest_path") and Path(str(e["manifest_path"])).is_file():
                 self._call(self.backend.log_artifact, Path(str(e["manifest_path"])), "batch_manifest")
             elif kind == "run_end":
@@ -414,10 +421,14 @@ class Trackers:
 
     @classmethod
     def start(cls, spec: RunSpec, folder: RunFolder, run_id: str, node: str) -> Optional["Trackers"]:
-        names = spec.trackers()
+        return cls.start_named(spec.trackers(), spec.to_json_dict(), folder, run_id, node)
+
+    @classmethod
+    def start_named(cls, names: List[str], spec: Dict[str, Any], folder: RunFolder, run_id: str, node: str = "local") -> Optional["Trackers"]:
+        """Also for a notebook run (gaudi_nb.batch), whose spec is its notebook and parameters."""
         if not names:
             return None
-        threads = [TrackerThread(name, folder, run_id, node, spec.to_json_dict()) for name in names]
+        threads = [TrackerThread(name, folder, run_id, node, spec) for name in names]
         for thread in threads:
             thread.start()
         return cls(threads)

@@ -113,6 +113,7 @@ def batch_command(
     junit: Optional[str] = typer.Option(None, "--junit", help="where the JUnit XML goes (default <output dir>/junit.xml); implies writing it"),
     compare: bool = typer.Option(False, "--compare", help="print the runs' comparison table (parameters, status, duration, recorded results)"),
     as_json: bool = typer.Option(False, "--json", help="print the run record(s) as JSON (progress goes to stderr)"),
+    report_to: Optional[str] = typer.Option(None, "--report-to", help="experiment trackers, comma-separated: mlflow, wandb (the run, its recorded results and its manifest)"),
 ) -> None:
     """Run a notebook as a batch job with papermill: typed parameters, live cell progress, a reproducibility manifest."""
     skip_unused_imports()
@@ -124,7 +125,7 @@ def batch_command(
     console = err if as_json else out
     if len(prepared.grid) > 1:
         console.print(f"sweep: {len(prepared.grid)} runs", highlight=False)
-    runs = execute.batch_sweep(notebook, prepared=prepared, on_event=Progress(console))
+    runs = execute.batch_sweep(notebook, prepared=prepared, on_event=Progress(console), report_to=report_to)
     if ci or junit:
         path = execute.write_junit(runs, junit or execute.default_junit_path(runs[0]))
         console.print(f"JUnit XML: {escape(str(path))}", highlight=False, soft_wrap=True)

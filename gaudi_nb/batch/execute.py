@@ -29,6 +29,7 @@ from . import parameters as params_mod
 from .manifest import build_manifest, mask
 
 if TYPE_CHECKING:
+    from ..agent.trackers import Trackers
     from ..api import Run
     from ..store import RunStore
 
@@ -200,7 +201,7 @@ def _default_store() -> RunStore:
     return RunStore()
 
 
-def _execute(prepared: Prepared, parameters: Dict[str, Any], store: RunStore, on_event: Optional[EventCallback], seeds: Optional[Mapping[str, Any]]) -> Run:
+def _execute(prepared: Prepared, parameters: Dict[str, Any], store: RunStore, on_event: Optional[EventCallback], seeds: Optional[Mapping[str, Any]], report_to: Optional[str] = None) -> Run:
     import papermill as pm  # type: ignore[import-untyped]
     from papermill.exceptions import PapermillExecutionError  # type: ignore[import-untyped]
 
@@ -228,6 +229,7 @@ def _execute(prepared: Prepared, parameters: Dict[str, Any], store: RunStore, on
 
     manifest_text = json.dumps(manifest, indent=2, default=str)
     status, reason, failed_cell, exit_code = "succeeded", None, None, 0
+    trackers: Optional[Trackers] = None
     started = time.monotonic()
     emit("run_start", spec=spec, kind="batch", run_dir=str(run_dir), pid=os.getpid(), accelerator=manifest["accelerator"], launcher="papermill", trainer=None, notebook=str(notebook), output_path=output_path, manifest_path=manifest_path, cells=plan)
     try:
@@ -236,6 +238,11 @@ def _execute(prepared: Prepared, parameters: Dict[str, Any], store: RunStore, on
             (run_dir / MANIFEST_NAME).write_text(manifest_text, encoding="utf-8")  # the run folder always has one
         if not _is_remote(output_path):
             Path(output_path).parent.mkdir(parents=True, exist_ok=True)
+        if report_to:  # after the manifest is written: the trackers log it as an artifact
+            from ..agent.trackers import Trackers
+            from ..rundir import RunFolder
+
+            trackers = Trackers.start_named(tracker_names_checked(report_to), spec, RunFolder(run_dir), run_id)
         with _kernel_env({RUN_ID_ENV: run_id, RUN_DIR_ENV: str(run_dir), "GAUDI_NB_PANEL": "static"}):  # a batch notebook keeps its panels as static output
             pm.execute_notebook(
                 str(notebook),
@@ -260,6 +267,8 @@ def _execute(prepared: Prepared, parameters: Dict[str, Any], store: RunStore, on
         status, exit_code, reason = "failed", 1, f"{type(exc).__name__}: {exc}".strip()
     emit("run_end", status=status, exit_code=exit_code, reason=reason, duration_s=time.monotonic() - started, failed_cell=failed_cell, last_log_lines=[reason] if reason else [])
     writer.close()
+    if trackers is not None:
+        trackers.close()
     run = Run(run_id, store)
     run.sync()
     return run
@@ -277,6 +286,7 @@ def batch(
     seeds: Optional[Mapping[str, Any]] = None,
     on_event: Optional[EventCallback] = None,
     store: Optional[RunStore] = None,
+    report_to: Optional[str] = None,
 ) -> Run:
     """Execute a notebook with papermill as one run; returns its Run when the notebook has finished.
 
@@ -285,11 +295,13 @@ def batch(
     default $GAUDI_NB_HOME/runs/<run_id>/output.ipynb. manifest.json goes beside it.
     `ci`: write JUnit XML (to `junit`, default beside the output) and raise NotebookFailed on failure.
     `on_event`: called with every event as it is written (the CLI prints progress with it).
+    `report_to`: "mlflow,wandb": the run, its recorded results and its manifest go to those trackers.
     """
+    tracker_names_checked(report_to)
     prepared = prepare(notebook, parameters, target=target, output=output, kernel_name=kernel_name)
     if len(prepared.grid) > 1:
         raise SpecError(f"parameters sweep over {len(prepared.grid)} combinations: use batch_sweep (from gaudi_nb.batch import batch_sweep), or gaudi-nb batch, which sweeps")
-    run = _execute(prepared, prepared.grid[0], store or _default_store(), on_event, seeds)
+    run = _execute(prepared, prepared.grid[0], store or _default_store(), on_event, seeds, report_to)
     if ci or junit:
         write_junit([run], junit or default_junit_path(run))
     if ci and run.status != "succeeded":
@@ -310,20 +322,31 @@ def batch_sweep(
     on_event: Optional[EventCallback] = None,
     store: Optional[RunStore] = None,
     prepared: Optional[Prepared] = None,
+    report_to: Optional[str] = None,
 ) -> List[Run]:
     """One run per combination of swept values ("1e-4,3e-4,1e-3" or a list), one after another.
 
     Every combination is checked before the first one runs. A failed run does not stop the sweep.
     """
+    tracker_names_checked(report_to)
     prepared = prepared or prepare(notebook, parameters, target=target, output=output, kernel_name=kernel_name)
     store = store or _default_store()
-    runs = [_execute(prepared, point, store, on_event, seeds) for point in prepared.grid]
+    runs = [_execute(prepared, point, store, on_event, seeds, report_to) for point in prepared.grid]
     if ci or junit:
         write_junit(runs, junit or default_junit_path(runs[0]))
     failed = [r for r in runs if r.status != "succeeded"]
     if ci and failed:
         raise NotebookFailed(f"{len(failed)} of {len(runs)} runs failed; first: {failure_line(failed[0].record())}", runs)
     return runs
+
+
+def tracker_names_checked(report_to: Optional[str]) -> List[str]:
+    from ..spec import tracker_names
+
+    try:
+        return tracker_names(report_to)
+    except ValueError as exc:
+        raise SpecError(f"report_to: {exc}") from None
 
 
 def failure_line(record: Mapping[str, Any]) -> str:

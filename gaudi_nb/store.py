@@ -234,7 +234,7 @@ class RunStore:
                 rows.append({"run_id": run_id, "seq": seq + i, "type": str(clean.get("type")), "t": float(clean.get("t") or 0), "rank": clean.get("rank"), "step": clean.get("step"), "payload": clean})
             if rows:
                 # one executemany, not an ORM object per event: a fleet's stream is thousands of events a second
-                session.connection().execute(insert(EventRow.__table__), rows)
+                session.connection().execute(insert(EventRow.__table__), rows)  # type: ignore[arg-type]  # a mapped class's Table
             summary = fold(row.summary, events)
             session.execute(
                 update(RunRow)

@@ -39,7 +39,7 @@ def _panel() -> Any:
         import holoviews as hv
         import panel as pn
     except ImportError:
-        raise MissingExtraError("the dashboard needs Panel and HoloViews: pip install 'gaudi_nb[dashboard]'") from None
+        raise MissingExtraError("panel", "dashboard", "the team dashboard") from None
     return pn, hv
 
 

@@ -170,8 +170,8 @@ def budgets_frame(records: Sequence[Dict[str, Any]], team_budgets: Optional[Dict
     for scope, key in (("users", "owner"), ("projects", "project")):
         for name, limit in ((team_budgets or {}).get(scope) or {}).items():
             mine = [r for r in this_month if (run_row(r)[key] == name)]
-            spent_known = [float((r.get("cost") or {}).get("usd")) for r in mine if (r.get("cost") or {}).get("usd") is not None]
-            total = sum(spent_known)
+            spent = [(r.get("cost") or {}).get("usd") for r in mine]
+            total = sum(float(usd) for usd in spent if usd is not None)
             rows.append({"budget": f"{scope[:-1]} {name} ({month})", "scope": scope[:-1], "usd": total, "budget_usd": float(limit), "fraction": total / float(limit) if limit else None, "status": None})
     frame = pd.DataFrame(rows, columns=["budget", "scope", "usd", "budget_usd", "fraction", "status"])
     return frame.sort_values("fraction", ascending=False, na_position="last", kind="stable").reset_index(drop=True)

@@ -41,6 +41,13 @@ def test_the_accelerator_strategy_and_precision_follow_the_accelerator(accelerat
     assert (choice.accelerator, choice.strategy, choice.precision, choice.needs_lightning_habana) == expected
 
 
+def test_on_gaudi_the_lightning_trainer_says_it_runs_eager_without_compile():
+    from gaudi_nb.worker.trainers import execution_mode
+
+    assert execution_mode("hpu", False, "lightning") == "eager" and execution_mode("hpu", True, "lightning") == "lazy"
+    assert execution_mode("hpu", False, "transformers") == "eager+compile"
+
+
 def test_without_lightning_habana_gaudi_gets_one_line_naming_the_other_trainers():
     pytest.importorskip("lightning")
     with pytest.raises(GaudiNbError) as caught:

@@ -97,7 +97,7 @@ def train(run_dir: Path, *, writer: Optional[BackgroundEventWriter] = None, extr
         precision=precision,
         precision_chosen_by="spec" if spec.precision != "auto" else f"default for {accelerator.name}",
         trainer=trainer_name,
-        execution_mode=execution_mode(accelerator.name, spec.lazy_mode),
+        execution_mode=execution_mode(accelerator.name, spec.lazy_mode, trainer_name),
         parameters=parameters,
         # trainable: every weight, or only the LoRA adapter's; MFU counts all `parameters` (6N per token)
         trainable_parameters=lora_info["trainable_parameters"] if lora_info else parameters,

@@ -72,12 +72,15 @@ def transformers_trainer(inputs: TrainerInputs) -> Any:
     )
 
 
-def execution_mode(accelerator: str, lazy_mode: bool) -> str:
+def execution_mode(accelerator: str, lazy_mode: bool, trainer: str = "") -> str:
     """How the graph runs: Intel's default since Gaudi software 1.21 is eager mode with torch.compile;
-    lazy mode (PT_HPU_LAZY_MODE=1) is the legacy option. Off HPU there is only eager."""
+    lazy mode (PT_HPU_LAZY_MODE=1) is the legacy option. Off HPU there is only eager. The Lightning
+    trainer does not compile the model (lightning-habana's path is untried with it), so it says eager."""
     if accelerator != "hpu":
         return "eager"
-    return "lazy" if lazy_mode else "eager+compile"
+    if lazy_mode:
+        return "lazy"
+    return "eager" if trainer == "lightning" else "eager+compile"
 
 
 def _hpu_mode_arguments(inputs: TrainerInputs) -> Dict[str, Any]:

@@ -10,7 +10,9 @@ cost event. Two figures:
   node's backlog in one ingest, as a reader that was away does);
 - update: the server-side time of one dashboard update after one more second of the fleet arrived:
   DashboardData.refresh() (the reader: new runs rows and events from their cursors) plus one session's
-  DashboardState.update() (runs table, fleet, costs, both 1024-row heat maps), without a browser.
+  DashboardState.update() (runs table, fleet, costs, both 1024-row heat maps), without a browser;
+- follow: the reader's tick when it also pulls every run's events file into the store itself
+  (128 local runs: a tick after all of them moved, and an idle one).
 
 Usage: python benchmarks/dashboard.py [--store URL] [--nodes 128] [--devices 8] [--seconds 60]
 """
@@ -136,6 +138,8 @@ def main() -> None:
         session_ms.append((c - b) * 1000)
         total_ms.append((c - a) * 1000)
 
+    follow = following(args.nodes, args.devices, folder)
+
     def summary(values: List[float]) -> Dict[str, float]:
         ordered = sorted(values)
         return {"median": round(statistics.median(ordered), 2), "p95": round(ordered[max(0, int(len(ordered) * 0.95) - 1)], 2), "max": round(ordered[-1], 2)}
@@ -157,7 +161,42 @@ def main() -> None:
         "update_reader_ms": summary(refresh_ms),
         "update_session_ms": summary(session_ms),
         "heatmap_rows": int(data.heatmap()["values"].shape[0]),
+        **follow,
     }, indent=2))
+
+
+def following(nodes: int, devices: int, folder: Path) -> Dict[str, Any]:
+    """The reader's tick when it also follows every run's events file (what `gaudi-nb dashboard` does):
+    NODES local runs, each rank-0 stream written by an EventWriter; a tick where every run got a second
+    of events, and an idle tick."""
+    from gaudi_nb import paths
+    from gaudi_nb.dashboard.data_store import DashboardData
+    from gaudi_nb.events import EventWriter
+
+    store = RunStore(f"sqlite:///{folder / 'follow.db'}")
+    writers = {}
+    for n in range(nodes):
+        run_id = f"follow-{n:03d}"
+        run_dir = paths.run_dir(run_id)
+        store.register(run_id, spec={"max_steps": 100000}, target="local", run_dir=str(run_dir))
+        writers[run_id] = EventWriter(run_dir / "events.jsonl", run_id)
+        writers[run_id].emit("run_start", spec={"max_steps": 100000}, run_dir=str(run_dir), price_per_hour=PRICE)
+    data = DashboardData(store, follow=True)
+    data.refresh()
+    busy, idle = [], []
+    for second in range(5):
+        for run_id, writer in writers.items():
+            for event in node_events(run_id, "local", devices, time.time(), second + 1):
+                writer.write(event)
+        started = time.perf_counter()
+        data.refresh()
+        busy.append((time.perf_counter() - started) * 1000)
+        started = time.perf_counter()
+        data.refresh()
+        idle.append((time.perf_counter() - started) * 1000)
+    for writer in writers.values():
+        writer.close()
+    return {"follow_tick_every_run_moved_ms": round(statistics.median(busy), 1), "follow_tick_idle_ms": round(statistics.median(idle), 1)}
 
 
 if __name__ == "__main__":

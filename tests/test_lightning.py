@@ -148,3 +148,30 @@ def test_the_public_callback_is_one_import():
     from gaudi_nb.lightning import GaudiNbCallback
 
     assert issubclass(GaudiNbCallback, lightning.pytorch.Callback)
+
+
+def test_outside_a_run_the_callback_does_nothing(monkeypatch, tmp_path):
+    import lightning as L
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from gaudi_nb.lightning import GaudiNbCallback
+
+    monkeypatch.delenv("GAUDI_NB_RUN_DIR", raising=False)
+    monkeypatch.chdir(tmp_path)
+
+    class Tiny(L.LightningModule):
+        def __init__(self):
+            super().__init__()
+            self.layer = torch.nn.Linear(4, 1)
+
+        def training_step(self, batch, batch_idx):
+            return self.layer(batch[0]).pow(2).mean()
+
+        def configure_optimizers(self):
+            return torch.optim.SGD(self.parameters(), lr=0.1)
+
+    trainer = L.Trainer(accelerator="cpu", devices=1, max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, callbacks=[GaudiNbCallback()])
+    trainer.fit(Tiny(), DataLoader(TensorDataset(torch.randn(32, 4)), batch_size=4))
+    assert trainer.global_step == 3 and not list(tmp_path.iterdir())  # the same script runs with plain python, and writes nothing of gaudi_nb's

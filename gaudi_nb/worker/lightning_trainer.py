@@ -83,6 +83,8 @@ class GaudiNbCallback(pl.Callback):
         self._progress = progress  # None: the script run's, made at setup
         self._save_steps = save_steps
         self._from_script = progress is None
+        # outside a gaudi_nb run (the same script started with plain python) the callback does nothing
+        self._off = progress is None and not os.environ.get("GAUDI_NB_RUN_DIR")
         self._last_step = 0
         self._saved_step = -1
         self._grad_norm: Optional[float] = None
@@ -97,17 +99,21 @@ class GaudiNbCallback(pl.Callback):
         return self._progress
 
     def setup(self, trainer: Any, pl_module: Any, stage: str) -> None:
+        if self._off:
+            return
         progress = self.progress
         self._world_size = trainer.world_size
         if self._from_script and trainer.max_steps and trainer.max_steps > 0:
             progress.max_steps = trainer.max_steps  # the script's Trainer decides how long it trains
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        if self._off:
+            return
         self._last_step = self._saved_step = trainer.global_step
         self.progress.train_started()
 
     def on_before_optimizer_step(self, trainer: Any, pl_module: Any, optimizer: Any) -> None:
-        if not self.progress.is_main:
+        if self._off or not self.progress.is_main:
             return
         import torch
 
@@ -119,7 +125,7 @@ class GaudiNbCallback(pl.Callback):
 
     def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         step = trainer.global_step
-        if step == self._last_step:
+        if self._off or step == self._last_step:
             return  # accumulating gradients: no optimizer step yet
         self._last_step = step
         progress = self.progress
@@ -139,7 +145,7 @@ class GaudiNbCallback(pl.Callback):
             trainer.should_stop = True
 
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
-        if trainer.sanity_checking:
+        if self._off or trainer.sanity_checking:
             return
         for name in ("eval_loss", "val_loss"):
             value = trainer.callback_metrics.get(name)
@@ -149,7 +155,7 @@ class GaudiNbCallback(pl.Callback):
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:
         step = trainer.global_step
-        if step > self._saved_step and step > 0:  # the script's Trainer ended by epochs, not steps
+        if not self._off and step > self._saved_step and step > 0:  # the script's Trainer ended by epochs, not steps
             self.progress.max_steps = min(self.progress.max_steps, step)
             self._save(trainer, step)
 

@@ -193,3 +193,24 @@ def test_a_notebook_run_with_an_unknown_tracker_is_one_line_exit_2(tmp_path):
     notebook = Path(__file__).parent / "fixtures" / "notebooks" / "good.ipynb"
     result = subprocess.run([GAUDI_NB, "batch", str(notebook), "--report-to", "comet"], capture_output=True, text=True, timeout=60, env={**os.environ, "GAUDI_NB_HOME": str(tmp_path)})
     assert result.returncode == 2 and "unknown tracker 'comet'" in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_a_resumed_run_goes_on_in_the_same_tracker_run(mlflow_server, tmp_path):
+    """And a LoRA run resumes from its adapter-only checkpoint."""
+    from mlflow.tracking import MlflowClient
+
+    home = tmp_path / "home"
+    env = {"MLFLOW_TRACKING_URI": mlflow_server, "MLFLOW_EXPERIMENT_NAME": "gaudi-nb-resume"}
+    first = train(home, env, "--lora", "--max-steps", "4", "--report-to", "mlflow")
+    environment = {**os.environ, "GAUDI_NB_HOME": str(home), **env}
+    environment.pop("GAUDI_NB_STORE_URL", None)
+    result = subprocess.run([GAUDI_NB, "resume", first["run_id"], "--max-steps", "6", "--json"], capture_output=True, text=True, timeout=240, env=environment)
+    assert result.returncode == 0, result.stderr[-3000:]
+    record = json.loads(result.stdout)
+    assert record["status"] == "succeeded" and record["attempt"] == 2 and record["steps_completed"] == 6
+    client = MlflowClient(mlflow_server)
+    experiment = client.get_experiment_by_name("gaudi-nb-resume")
+    runs = client.search_runs([experiment.experiment_id], filter_string=f"tags.`gaudi_nb.run_id` = '{first['run_id']}'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED"
+    assert sorted({m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")}) == [1, 2, 3, 4, 5, 6]
+    assert record["trackers"]["mlflow"]["tracker_run_id"] == first["trackers"]["mlflow"]["tracker_run_id"]

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 from typing import Any, Dict, Optional
 
 from pydantic import ValidationError
@@ -13,6 +14,16 @@ from ..rundir import RunFolder
 from ..spec import RunSpec, describe_validation_error
 from . import liveness, node
 from .supervisor import STOP_NODES
+from .trackers import flush_seconds
+
+
+def wait_for_trackers(folder: RunFolder) -> None:
+    """An ended run's agent may still be sending it to its --report-to trackers (for at most
+    GAUDI_NB_TRACKER_FLUSH_S): let it finish, so the next attempt reopens a tracker run the
+    last one has closed, and nobody is told to stop a run that has ended."""
+    deadline = time.monotonic() + flush_seconds() + 5
+    while liveness.agent_alive(folder) and time.monotonic() < deadline:
+        time.sleep(0.2)
 
 
 def resume_run(folder: RunFolder, *, max_steps: Optional[int] = None, budget_usd: Optional[float] = None) -> Dict[str, Any]:
@@ -26,6 +37,8 @@ def resume_run(folder: RunFolder, *, max_steps: Optional[int] = None, budget_usd
     events, _ = read_events(folder.events)
     attempt_events = liveness._this_attempt(events)
     end = next((e for e in reversed(attempt_events) if e.get("type") == "run_end"), None)
+    if end is not None:
+        wait_for_trackers(folder)
     if end is None or liveness.agent_alive(folder):
         raise SpecError(f"run {run_id} is still running: stop it first (gaudi-nb stop {run_id}), then resume it")
     status = str(end.get("status"))

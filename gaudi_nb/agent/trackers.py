@@ -359,6 +359,8 @@ class TrackerThread(threading.Thread):
                 self._call(self.backend.log_artifact, Path(str(e["manifest_path"])), "batch_manifest")
             elif kind == "run_end":
                 self.ended = True
+            elif kind == "restart":  # a resumed run: the run_end read before it was the last attempt's
+                self.ended = False
         for step, metrics in sorted(by_step.items()):
             if metrics:
                 self._call(self.backend.log_metrics, metrics, step)

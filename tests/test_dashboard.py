@@ -153,13 +153,13 @@ def test_spend_by_day_never_guesses_an_unknown_price():
 
 # -- the served app in Chromium ------------------------------------------------------------
 
-pytest.importorskip("panel")
-
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
     """A real tiny local run (it trains until the module ends) and the dashboard served in-process over its store."""
     import os
+
+    pytest.importorskip("panel", reason="the dashboard needs the dashboard extra")
 
     import gaudi_nb
     from gaudi_nb.dashboard.app import serve, stop_shared
@@ -188,6 +188,7 @@ def live(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def browser():
+    pytest.importorskip("panel", reason="the dashboard needs the dashboard extra")
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian chromium is not installed (apt-get install -y chromium chromium-driver)")
     sync_api = pytest.importorskip("playwright.sync_api")
@@ -362,6 +363,7 @@ def test_the_data_layer_imports_no_panel():
 
 
 def test_show_gives_the_same_pages_in_a_notebook(gaudi_home):
+    pytest.importorskip("panel", reason="the dashboard needs the dashboard extra")
     from gaudi_nb.dashboard import show
     from gaudi_nb.dashboard.app import stop_shared
 

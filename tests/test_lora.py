@@ -89,3 +89,19 @@ def test_export_of_a_full_run_copies_its_model_without_the_training_state(gaudi_
     assert not {"optimizer.pt", "scheduler.pt", "trainer_state.json"} & set(os.listdir(folder))
     model = AutoModelForCausalLM.from_pretrained(folder)
     assert sum(p.numel() for p in model.parameters()) == record["parameters"]["total"]
+
+
+@pytest.mark.slow
+def test_optimum_habanas_trainer_takes_the_adapter_too_and_gpt2_gets_its_own_targets(gaudi_home, tmp_path):
+    from transformers import AutoModelForCausalLM
+
+    result = gaudi_nb("train", "--lora", "--trainer", "optimum-habana", "--model", "tiny-gpt2", "--max-steps", "3", "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    record = json.loads(result.stdout)
+    assert record["status"] == "succeeded" and record["trainer"] == "optimum-habana"
+    assert record["lora"]["target_modules"] == ["c_attn"] and record["parameters"]["trainable"] < record["parameters"]["total"] / 50
+    assert (Path(record["checkpoints"][-1]["path"]) / "adapter_model.safetensors").is_file()
+    exported = gaudi_nb("export", record["run_id"], "--output", str(tmp_path / "gpt2"), timeout=120)
+    assert exported.returncode == 0, exported.stderr
+    model = AutoModelForCausalLM.from_pretrained(tmp_path / "gpt2")
+    assert model.config.model_type == "gpt2"

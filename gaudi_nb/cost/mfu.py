@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Dict, Optional
 
 from .catalog import Accelerator, load_accelerators
@@ -15,13 +16,19 @@ class Peak:
     source: str  # where the figure comes from, or why it is unknown
 
 
+@lru_cache(maxsize=1)
+def _packaged_table() -> Dict[str, Accelerator]:
+    # the record folds a worker_start each time a view re-reads a run: read the shipped CSV once
+    return load_accelerators()
+
+
 def find_accelerator(device_name: Optional[str], table: Optional[Dict[str, Accelerator]] = None) -> Optional[Accelerator]:
     """The catalog row whose runtime name is in the device's name: the longest match wins (GAUDI3 before GAUDI)."""
     if not device_name:
         return None
     name = device_name.upper()
     best, best_length = None, 0
-    for accelerator in (table if table is not None else load_accelerators()).values():
+    for accelerator in (table if table is not None else _packaged_table()).values():
         for runtime_name in accelerator.runtime_names:
             # whole words only: GAUDI must not match inside GAUDI3
             if re.search(rf"(?<![A-Z0-9]){re.escape(runtime_name)}(?![A-Z0-9])", name) and len(runtime_name) > best_length:

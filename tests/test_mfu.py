@@ -82,3 +82,9 @@ def test_a_cpu_run_reports_tflops_and_an_unknown_mfu(gaudi_home):
     shown = subprocess.run([str(BIN / "gaudi-nb"), "show", record["run_id"]], capture_output=True, text=True, timeout=60).stdout
     assert "TFLOP/s" in shown and "MFU unknown" in shown
     print(f"CPU run: {m['tokens_per_second']:.0f} tokens/s, {m['tflops']:.4f} TFLOP/s, MFU unknown ({m['peak_source']})")
+
+
+def test_the_panel_shows_how_much_of_a_lora_model_trains():
+    start = make_event("worker_start", "r", rank=0, accelerator="cpu", precision="fp32", world_size=1, parameters=4_212_992, trainable_parameters=32_768,
+                       lora={"rank": 8, "target_modules": ["q_proj", "v_proj"]}, device_name="x86_64")
+    assert "32,768 of 4,212,992 parameters train (rank 8)" in metrics_html(PanelState.from_events("r", [start]))

@@ -283,6 +283,9 @@ def metrics_html(state: PanelState) -> str:
     ]
     if state.last_memory_bytes is not None:
         rows.append(("rank 0 memory", f"{state.last_memory_bytes / 1024**3:,.2f} GB"))
+    lora, parameters = state.summary.get("lora"), state.summary.get("parameters") or {}
+    if lora and parameters.get("total"):
+        rows.append(("LoRA", f"{parameters['trainable']:,} of {parameters['total']:,} parameters train (rank {lora.get('rank')})"))
     batch = batch_text(state.summary)
     if batch:
         rows.append(("batch", batch))

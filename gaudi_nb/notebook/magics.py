@@ -16,6 +16,7 @@ from .. import api
 from ..errors import GaudiNbError
 from ..spec import RunSpec, TargetAddress, option_fields, parse_mapping
 from ..spec import parse_target as spec_parse_target
+from .panel import UPDATE_INTERVAL_S
 
 # Keys of [tool.gaudi_nb] that are not RunSpec fields but settings of the magics.
 MAGIC_SETTINGS = ("panel", "update_interval_s")
@@ -148,7 +149,7 @@ class GaudiMagics(Magics):
     price_per_hour = Float(None, allow_none=True, help="default USD per node-hour (overrides the instance type's catalog price)").tag(config=True)
     instance_type = Unicode(None, allow_none=True, help="default instance type from the price catalog").tag(config=True)
     panel = Enum(["auto", "live", "static"], "auto", help="live widgets, static image + text (headless), or auto-detect").tag(config=True)
-    update_interval_s = Float(0.5, help="seconds between panel updates").tag(config=True)
+    update_interval_s = Float(UPDATE_INTERVAL_S, help="seconds between panel updates").tag(config=True)
 
     SPEC_TRAITS = ("target", "model", "dataset", "devices", "precision", "budget_usd", "price_per_hour", "instance_type")
 
@@ -172,7 +173,7 @@ class GaudiMagics(Magics):
         """The traits, unless still at their defaults and [tool.gaudi_nb] sets them."""
         project = pyproject_defaults()
         mode = str(project.get("panel", "auto")) if self.panel == "auto" else self.panel
-        interval = float(project.get("update_interval_s", 0.5)) if self.update_interval_s == 0.5 else self.update_interval_s
+        interval = float(project.get("update_interval_s", UPDATE_INTERVAL_S)) if self.update_interval_s == UPDATE_INTERVAL_S else self.update_interval_s
         return mode, interval
 
     def _show(self, run: api.Run, quiet: bool = False) -> None:

@@ -13,7 +13,8 @@ from ..summary import empty_summary, fold
 
 # Points drawn in the loss and throughput plots; the state keeps every step.
 PLOT_POINTS = 400
-UPDATE_INTERVAL_S = 0.5
+# A step shows within a quarter second (p95, benchmarks/latency.py); an idle tick costs a few ms of the kernel.
+UPDATE_INTERVAL_S = 0.1
 STATUS_COLOURS = {
     "pending": "#888",
     "starting": "#64b5f6",

@@ -84,9 +84,10 @@ def empty_summary(run_id: str) -> Dict[str, Any]:
 REPLAYABLE_STEPS = 1000
 
 
-def fold(summary: Dict[str, Any], events: Iterable[Dict[str, Any]]) -> Dict[str, Any]:
-    """Apply events to a summary (returns a new dict; the input is not changed)."""
-    s = copy.deepcopy(summary)
+def fold(summary: Dict[str, Any], events: Iterable[Dict[str, Any]], *, in_place: bool = False) -> Dict[str, Any]:
+    """Apply events to a summary (returns a new dict; the input is not changed unless in_place,
+    which the store uses for a summary it has just read: the copy was most of an ingest's time)."""
+    s = summary if in_place else copy.deepcopy(summary)
     for event in events:
         _apply(s, event)
     _derive(s)

@@ -1,5 +1,6 @@
 """The same store tests on SQLite and on a real PostgreSQL server, schema migrations included."""
 import getpass
+import json
 import math
 import subprocess
 import sys
@@ -14,7 +15,7 @@ from alembic.script import ScriptDirectory
 from gaudi_nb import migrations
 from gaudi_nb.errors import GaudiNbError
 from gaudi_nb.events import make_event
-from gaudi_nb.store import Base, RunStore, _engines, _finite
+from gaudi_nb.store import Base, RunStore, _engines, _json
 from gaudi_nb.summary import empty_summary, fold, public
 
 
@@ -110,6 +111,11 @@ _OLD_EVENTS = sqlalchemy.Table(
     sqlalchemy.Column("payload", sqlalchemy.JSON, nullable=False),
     sqlalchemy.UniqueConstraint("run_id", "seq", name="uq_events_run_seq"),
 )
+
+
+def _finite(value):
+    """A value as the store writes it (NaN and infinities as null)."""
+    return json.loads(_json(value))
 
 
 def _old_store_with_a_run(url, run_id):

@@ -316,9 +316,12 @@ class TrackerThread(threading.Thread):
     def _catch_up(self) -> Optional[str]:
         """Read what the run wrote so far; returns the tracker run an earlier agent opened (a resumed run)."""
         events, self.offset = read_events(self.folder.events, 0)
-        self._history = events
         self.record = fold(self.record, events)
         earlier = [e for e in events if e.get("type") == "tracker" and e.get("tracker") == self.tracker]
+        self._history = events
+        if earlier:  # the earlier attempts were logged by their agent: only this attempt's events are new
+            restarts = [i for i, e in enumerate(events) if e.get("type") == "restart"]
+            self._history = events[restarts[-1]:] if restarts else []
         return str(earlier[-1]["tracker_run_id"]) if earlier else None
 
     def _run_name(self) -> str:

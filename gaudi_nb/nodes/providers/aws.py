@@ -349,7 +349,7 @@ class AwsProvider:
             region=self.region,
             public_ip=item.get("PublicIpAddress"),
             private_ip=item.get("PrivateIpAddress"),
-            launched_at=launched.timestamp() if hasattr(launched, "timestamp") else None,
+            launched_at=launched.timestamp() if launched is not None and hasattr(launched, "timestamp") else None,
             extra={"group": tag.get(TAG_GROUP, ""), "spot": item.get("InstanceLifecycle") == "spot", "interfaces": len(interfaces),
                    "primary_interface": primary.get("NetworkInterfaceId") if primary else None, "tags": tag},
         )

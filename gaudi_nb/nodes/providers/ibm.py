@@ -55,7 +55,7 @@ CREDENTIALS_HELP = (
 )
 
 
-def _short(message: str) -> str:
+def _short(message: Any) -> str:
     return " ".join(str(message).split())
 
 
@@ -236,11 +236,11 @@ class IbmProvider:
         subnets = list(self._all("list_subnets", "subnets"))
         wanted = os.environ.get("GAUDI_NB_IBM_SUBNET")
         if wanted:
-            chosen = [s for s in subnets if wanted in (s["id"], s.get("name"))]
-            if not chosen:
+            named = [s for s in subnets if wanted in (s["id"], s.get("name"))]
+            if not named:
                 names = ", ".join(s.get("name", s["id"]) for s in subnets) or "none"
                 raise SpecError(f"GAUDI_NB_IBM_SUBNET={wanted} is not a subnet in IBM Cloud {self.region} (subnets: {names})")
-            return chosen[0]
+            return named[0]
         vpcs = sorted(self._all("list_vpcs", "vpcs"), key=lambda v: v.get("created_at", ""))
         create = (
             f"`ibmcloud is vpc-create gaudi-nb` and `ibmcloud is subnet-create gaudi-nb-subnet gaudi-nb "

@@ -316,7 +316,7 @@ class TrackerThread(threading.Thread):
     def _catch_up(self) -> Optional[str]:
         """Read what the run wrote so far; returns the tracker run an earlier agent opened (a resumed run)."""
         events, self.offset = read_events(self.folder.events, 0)
-        self.record = fold(self.record, events)
+        self.record = fold(self.record, events, in_place=True)  # the thread owns it: no copy each second
         earlier = [e for e in events if e.get("type") == "tracker" and e.get("tracker") == self.tracker]
         self._history = events
         if earlier:  # the earlier attempts were logged by their agent: only this attempt's events are new
@@ -335,7 +335,7 @@ class TrackerThread(threading.Thread):
     def _poll(self) -> bool:
         events, self.offset = read_events(self.folder.events, self.offset)
         if events:
-            self.record = fold(self.record, events)
+            self.record = fold(self.record, events, in_place=True)  # the thread owns it: no copy each second
             self._log(events)
         return bool(events)
 

@@ -45,17 +45,7 @@ def train(
             console.print(f"started [bold]{run.run_id}[/] (detached). Follow it: gaudi-nb logs {run.run_id} -f · gaudi-nb show {run.run_id}")
         return
     console.print(f"run [bold]{run.run_id}[/] on {run.store.get(run.run_id)['target']}; Ctrl-C leaves it running")
-    try:
-        record = follow_with_progress(run, console)
-    except KeyboardInterrupt:
-        console.print(f"\nleft {run.run_id} running: gaudi-nb show {run.run_id} · gaudi-nb stop {run.run_id}")
-        raise typer.Exit(130) from None
-    if as_json:
-        out.print_json(json.dumps(record))
-    else:
-        print_record(record, console)
-    if record["status"] == "failed":
-        raise typer.Exit(1)
+    follow_to_the_end(run, console, as_json)
 
 
 @app.command()
@@ -75,6 +65,11 @@ def resume(
         if as_json:
             out.print_json(json.dumps(run.record()))
         return
+    follow_to_the_end(run, console, as_json)
+
+
+def follow_to_the_end(run: api.Run, console: Console, as_json: bool) -> None:
+    """Show a run's progress until it ends, then its record; Ctrl-C leaves it running. Exit 1 if it failed."""
     try:
         record = follow_with_progress(run, console)
     except KeyboardInterrupt:

@@ -9,16 +9,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import secrets
 import shutil
-import socket
-import subprocess
 import time
-import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import BIN, REPO
+from conftest import REPO
+from jupyterlab_server import jupyterlab
 
 pytestmark = pytest.mark.slow
 CHROMIUM = "/usr/bin/chromium"
@@ -28,12 +25,6 @@ SCREENSHOTS = REPO / "out" / "screenshots"
 if not Path(CHROMIUM).exists():
     pytest.skip("Debian chromium is not installed (apt-get install -y chromium chromium-driver)", allow_module_level=True)
 sync_api = pytest.importorskip("playwright.sync_api")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def set_parameters(notebook: Path, **values: object) -> None:
@@ -71,33 +62,10 @@ def lab(tmp_path_factory):
     # the quickstart exactly as it ships (2 CPU ranks, 30 steps, no price): what a newcomer runs
     shutil.copy(REPO / "notebooks" / "01_quickstart.ipynb", root / "quickstart_as_shipped.ipynb")
     add_notebook(root / "launcher.ipynb", "import gaudi_nb\ngaudi_nb.launcher(devices=1, max_steps=12, price_per_hour=13.11, budget_usd=1.0)")
-    port, token = free_port(), secrets.token_hex(8)
     env = {**os.environ, "GAUDI_NB_HOME": str(home), "JUPYTER_CONFIG_DIR": str(root / ".jupyter_config")}
     env.pop("GAUDI_NB_PANEL", None)
-    log = open(root / "jupyter.log", "wb")
-    proc = subprocess.Popen(
-        [str(BIN / "jupyter"), "lab", "--allow-root", "--no-browser", "--ip=127.0.0.1", f"--port={port}", f"--IdentityProvider.token={token}",
-         f"--ServerApp.root_dir={root}", "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("JupyterLab did not start:\n" + (root / "jupyter.log").read_text()[-3000:]) from None
-            time.sleep(0.5)
-    yield {"base": base, "token": token, "root": root, "home": home}
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    with jupyterlab(root, env) as server:
+        yield {**server, "root": root, "home": home}
     # runs the notebooks started go on detached: stop them so they do not outlive the test
     for run in (home / "runs").glob("*") if (home / "runs").exists() else []:
         (run / "control").mkdir(exist_ok=True)

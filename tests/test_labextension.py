@@ -12,7 +12,6 @@ import concurrent.futures
 import json
 import os
 import re
-import secrets
 import subprocess
 import sys
 import time
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from conftest import BIN, REPO
+from jupyterlab_server import jupyterlab
 
 pytestmark = pytest.mark.slow
 CHROMIUM = "/usr/bin/chromium"
@@ -38,14 +38,6 @@ if not (LABEXTENSION / "package.json").exists():
     pytest.fail("the lab extension is not built: ./scripts/build-labextension (scripts/setup-env runs it)", pytrace=False)
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory):
     """One JupyterLab for the module, its store in a GAUDI_NB_HOME of its own (empty at first), and this process pointed at it too."""
@@ -54,36 +46,13 @@ def lab(tmp_path_factory):
     notebook = {"cells": [{"cell_type": "code", "metadata": {}, "source": "", "outputs": [], "execution_count": None}],
                 "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}}, "nbformat": 4, "nbformat_minor": 5}
     (root / "scratch.ipynb").write_text(json.dumps(notebook))
-    port, token = free_port(), secrets.token_hex(8)
     saved = os.environ.get("GAUDI_NB_HOME")
     os.environ["GAUDI_NB_HOME"] = str(home)  # gaudi_nb.train in this process writes the same store
     env = {**os.environ, "JUPYTER_CONFIG_DIR": str(root / ".jupyter_config")}
     env.pop("GAUDI_NB_STORE_URL", None)
     env.pop("GAUDI_NB_DASHBOARD_URL", None)
-    log = open(root / "jupyter.log", "wb")
-    proc = subprocess.Popen(
-        [str(BIN / "jupyter"), "lab", "--allow-root", "--no-browser", "--ip=127.0.0.1", f"--port={port}", f"--IdentityProvider.token={token}",
-         f"--ServerApp.root_dir={root}", "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
-        env=env, stdout=log, stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        try:
-            urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2)
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("JupyterLab did not start:\n" + (root / "jupyter.log").read_text()[-3000:]) from None
-            time.sleep(0.5)
-    yield {"base": base, "token": token, "root": root, "home": home}
-    proc.terminate()
-    try:
-        proc.wait(timeout=20)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    log.close()
+    with jupyterlab(root, env) as server:
+        yield {**server, "root": root, "home": home}
     if saved is None:
         os.environ.pop("GAUDI_NB_HOME", None)
     else:

@@ -112,7 +112,11 @@ def test_metrics_of_a_real_run_change_while_it_trains(gaudi_home):
             time.sleep(0.3)
         port = run.events(types=["run_start"])[0]["metrics_port"]
         url = f"http://127.0.0.1:{port}/metrics"
-        first = scrape(url)
+        step_series = f'gaudi_nb_run_step{{node="local",run_id="{run.run_id}"}}'
+        deadline = time.time() + 30
+        while step_series not in (first := scrape(url)):  # the agent reads the stream once a second: it may be a tick behind
+            assert time.time() < deadline, sorted(first)
+            time.sleep(0.3)
         time.sleep(2.5)  # a telemetry sample and a cost event a second, several steps
         second = scrape(url)
     finally:

@@ -167,3 +167,14 @@ def main(argv: Optional[List[str]] = None) -> None:
     except Exception as exc:
         report_error(folder, exc)
         raise
+    leave_process_group()
+
+
+def leave_process_group() -> None:
+    """Leave torch.distributed before the interpreter exits. A group left to interpreter teardown can abort the
+    rank (SIGABRT: "terminate called without an active exception") when a peer on another node has already
+    exited, turning a clean stop into a failed exit code."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple
 
+from . import jsontext
+
 SCHEMA_VERSION = 1
 
 # Every event has these keys; the rest depends on the type.
@@ -115,14 +117,27 @@ def read_events(path: Path, offset: int = 0) -> Tuple[List[Dict[str, Any]], int]
     end = data.rfind(b"\n")
     if end < 0:
         return [], offset
-    events = []
+    events: List[Dict[str, Any]] = []
     for line in data[: end + 1].splitlines():
         if line.strip():
             try:
-                events.append(json.loads(line))
+                value = jsontext.loads(line)
             except json.JSONDecodeError:
                 continue  # a torn line from a crashed writer: skip it, keep the rest
+            if isinstance(value, dict):
+                event = ReadEvent(value)
+                event.line = line.decode()
+                events.append(event)
     return events, offset + end + 1
+
+
+class ReadEvent(dict):
+    """An event as read from a stream, with the line it was read from. The store keeps that line as
+    the event's payload instead of encoding the dict again: the encode was most of a fleet's ingest.
+    Read it, do not change it: a changed event would be stored as it was read."""
+
+    __slots__ = ("line",)
+    line: str
 
 
 @dataclass

@@ -2,19 +2,18 @@
 from __future__ import annotations
 
 import getpass
-import json
-import math
 import time
 import zlib
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from sqlalchemy import JSON, BigInteger, Float, Integer, String, UniqueConstraint, create_engine, event, func, insert, select, text, update
+from sqlalchemy import JSON, BigInteger, Float, Integer, String, UniqueConstraint, create_engine, event, func, select, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from . import migrations, paths
 from .errors import NotFoundError, SpecError
+from .jsontext import dumps_for_store, loads
 from .summary import empty_summary, fold, public
 
 
@@ -44,9 +43,9 @@ class EventRow(Base):
     __tablename__ = "events"
     __table_args__ = (UniqueConstraint("run_id", "seq", name="uq_events_run_seq"),)
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    run_id: Mapped[str] = mapped_column(String(128), index=True)
+    run_id: Mapped[str] = mapped_column(String(128))  # every query names its run: uq_events_run_seq serves it (revision 0005)
     seq: Mapped[int] = mapped_column(Integer)
-    type: Mapped[str] = mapped_column(String(32), index=True)
+    type: Mapped[str] = mapped_column(String(32))
     t: Mapped[float] = mapped_column(Float)
     rank: Mapped[Optional[int]] = mapped_column(Integer)
     step: Mapped[Optional[int]] = mapped_column(Integer)
@@ -95,11 +94,19 @@ NODE_FIELDS = tuple(column.name for column in NodeRow.__table__.columns)
 
 _engines: Dict[str, Engine] = {}
 
+# Each store's run summaries as this process last wrote them, keyed by run id: (events_count,
+# events_offset, summary). An ingest that finds its run's row still at that count and offset folds the
+# cached dict instead of decoding the column again (a long run's summary is tens of kB, and decoding
+# it was the largest cost of a fleet's tick); any other writer moves the count, so a stale entry is
+# never used.
+_summaries: Dict[str, Dict[str, Tuple[int, int, Dict[str, Any]]]] = {}
+_SUMMARIES_KEPT = 4096
+
 
 def _engine(url: str) -> Engine:
     if url not in _engines:
         if url.startswith("sqlite"):
-            engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, json_serializer=_json)
+            engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, json_serializer=dumps_for_store, json_deserializer=loads)
 
             @event.listens_for(engine, "connect")
             def _sqlite_pragmas(dbapi_connection: Any, _: Any) -> None:
@@ -110,7 +117,7 @@ def _engine(url: str) -> Engine:
                 cursor.close()
 
         else:
-            engine = create_engine(url, pool_pre_ping=True, json_serializer=_json)
+            engine = create_engine(url, pool_pre_ping=True, json_serializer=dumps_for_store, json_deserializer=loads)
         try:
             _upgrade_schema(engine)
         except BaseException:
@@ -155,6 +162,15 @@ def _lock_for_migration(connection: Connection) -> None:
         connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
 
 
+def _lock_for_ingest(connection: Connection) -> None:
+    """Begin an ingest's transaction so that the runs' offsets it reads stay true until it commits."""
+    if connection.dialect.name == "sqlite":
+        # the write lock before the read (busy timeout: 30 s), not at the first UPDATE: two readers that
+        # both read an offset and then both wrote would add the same events twice
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    # PostgreSQL: the read takes row locks itself (SELECT ... FOR UPDATE)
+
+
 def _current_user() -> Optional[str]:
     try:
         return getpass.getuser()
@@ -162,23 +178,39 @@ def _current_user() -> Optional[str]:
         return None
 
 
-def _json(value: Any) -> str:
-    """How JSON columns are written: PostgreSQL refuses NaN and infinities (a diverged loss), so they are
-    stored as null. One C-speed encode for nearly every value; a Python walk only for one with a NaN."""
-    try:
-        return json.dumps(value, allow_nan=False)
-    except ValueError:
-        return json.dumps(_finite_copy(value))
+def _payload_text(event: Dict[str, Any]) -> str:
+    """An event's JSON text for the payload column: the line it was read from when there is one (a
+    writer's json.dumps, so valid JSON unless it holds a NaN or an infinity, which PostgreSQL refuses)."""
+    line = getattr(event, "line", None)
+    if line is not None and "NaN" not in line and "Infinity" not in line:
+        return line
+    return dumps_for_store(event)
 
 
-def _finite_copy(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _finite_copy(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_finite_copy(v) for v in value]
-    return value
+def _marks(connection: Connection) -> Tuple[str, str]:
+    """The driver's parameter marker, plain and for JSON text: PostgreSQL types the text as JSON, SQLite
+    takes it as it is (its CAST AS JSON would make it a number)."""
+    mark = "?" if connection.dialect.paramstyle == "qmark" else "%s"
+    return mark, mark if connection.dialect.name == "sqlite" else f"CAST({mark} AS JSON)"
+
+
+# A tick's two executemany statements go to the driver as they are: SQLAlchemy's per-row parameter
+# processing was a fifth of a fleet's tick. Their columns are RunRow's and EventRow's (a test checks
+# that what they write reads back through the models).
+def _insert_events(connection: Connection, rows: List[Tuple[Any, ...]]) -> None:
+    """Event rows: (run_id, seq, type, t, rank, step, payload JSON text)."""
+    mark, json_mark = _marks(connection)
+    columns = ", ".join(connection.dialect.identifier_preparer.quote(c) for c in ("run_id", "seq", "type", "t", "rank", "step", "payload"))
+    connection.exec_driver_sql(f"INSERT INTO events ({columns}) VALUES ({', '.join([mark] * 6)}, {json_mark})", rows)
+
+
+def _update_runs(connection: Connection, rows: List[Tuple[Any, ...]]) -> None:
+    """Runs after a tick: (events_offset, events_count, summary JSON text, status, ended_at, steps_completed, cost_usd, name, run_id)."""
+    mark, json_mark = _marks(connection)
+    quote = connection.dialect.identifier_preparer.quote
+    columns = ("events_offset", "events_count", "summary", "status", "ended_at", "steps_completed", "cost_usd", "name")
+    assignments = ", ".join(f"{quote(c)} = {json_mark if c == 'summary' else mark}" for c in columns)
+    connection.exec_driver_sql(f"UPDATE runs SET {assignments} WHERE run_id = {mark}", rows)
 
 
 class RunStore:
@@ -208,40 +240,69 @@ class RunStore:
         transaction as the inserts, so a second ingest of the same bytes adds nothing
         (and two readers racing on one run cannot both add them).
         """
-        if end_offset <= start_offset:
-            return 0
-        with Session(self.engine) as session, session.begin():
-            row = session.get(RunRow, run_id)
-            if row is None:
-                raise NotFoundError(f"no run '{run_id}' in the store: gaudi-nb runs lists them")
-            moved = session.execute(  # type: ignore[attr-defined]  # an UPDATE's result is a CursorResult
-                update(RunRow).where(RunRow.run_id == run_id, RunRow.events_offset == start_offset).values(events_offset=end_offset).execution_options(synchronize_session=False)
-            ).rowcount
-            if moved != 1:
-                return 0
-            seq = row.events_count
-            rows = []
-            for i, event in enumerate(events):
-                rows.append({"run_id": run_id, "seq": seq + i, "type": str(event.get("type")), "t": float(event.get("t") or 0), "rank": event.get("rank"), "step": event.get("step"), "payload": event})
-            if rows:
-                # one executemany, not an ORM object per event: a fleet's stream is thousands of events a second
-                session.connection().execute(insert(EventRow.__table__), rows)  # type: ignore[arg-type]  # a mapped class's Table
-            summary = fold(row.summary, events, in_place=True)  # row.summary was just read: nobody else holds it
-            session.execute(
-                update(RunRow)
-                .where(RunRow.run_id == run_id)
-                .values(
-                    events_count=seq + len(events),
-                    summary=summary,
-                    status=summary["status"],
-                    ended_at=summary["ended_at"],
-                    steps_completed=summary["steps_completed"],
-                    cost_usd=summary["cost"]["usd"],
-                    name=summary.get("name") or row.name,
-                )
-                .execution_options(synchronize_session=False)  # nothing in this session reads the row again
-            )
-            return len(events)
+        return self.ingest_many([(run_id, events, start_offset, end_offset)]).get(run_id, 0)
+
+    def ingest_many(self, batches: Sequence[Tuple[str, Sequence[Dict[str, Any]], int, int]]) -> Dict[str, int]:
+        """`ingest` for many runs in one transaction (a reader's tick over a fleet): each batch is
+        (run_id, events, start_offset, end_offset); returns how many events each run got.
+
+        A fleet's readers take in thousands of events a second, so a tick costs one read of the runs'
+        rows, one executemany of the events and one of the runs, whatever the number of runs. A batch
+        whose start is no longer its run's offset (another reader took those bytes) adds nothing; an
+        unknown run raises NotFoundError and nothing of the tick is written.
+        """
+        batches = [b for b in batches if b[3] > b[2]]
+        if not batches:
+            return {}
+        if len({b[0] for b in batches}) != len(batches):
+            raise ValueError("ingest_many: one batch per run in a tick")
+        wanted = sorted(b[0] for b in batches)
+        with self.engine.connect() as connection:
+            _lock_for_ingest(connection)
+            query = select(RunRow.run_id, RunRow.events_offset, RunRow.events_count, RunRow.name).where(RunRow.run_id.in_(wanted)).order_by(RunRow.run_id)
+            if connection.dialect.name == "postgresql":
+                query = query.with_for_update()  # the rows stay ours until commit, locked in one order: no deadlock between readers
+            current = {row.run_id: row for row in connection.execute(query)}
+            missing = [run_id for run_id in wanted if run_id not in current]
+            if missing:
+                connection.rollback()
+                raise NotFoundError(f"no run '{missing[0]}' in the store: gaudi-nb runs lists them")
+            cache = _summaries.setdefault(self.url, {})
+            summaries = {}
+            for run_id, _, start_offset, _ in batches:
+                row = current[run_id]
+                cached = cache.pop(run_id, None)  # back in the cache only once this tick has committed
+                if row.events_offset == start_offset and cached is not None and cached[:2] == (row.events_count, row.events_offset):
+                    summaries[run_id] = cached[2]
+            stale = [run_id for run_id, _, start_offset, _ in batches if run_id not in summaries and current[run_id].events_offset == start_offset]
+            if stale:
+                summaries.update((run_id, summary) for run_id, summary in connection.execute(select(RunRow.run_id, RunRow.summary).where(RunRow.run_id.in_(stale))))
+            added: Dict[str, int] = {}
+            event_rows: List[Tuple[Any, ...]] = []
+            run_rows: List[Tuple[Any, ...]] = []
+            folded: Dict[str, Dict[str, Any]] = {}
+            for run_id, events, start_offset, end_offset in batches:
+                row = current[run_id]
+                if row.events_offset != start_offset:
+                    added[run_id] = 0
+                    continue
+                seq = row.events_count
+                for i, e in enumerate(events):
+                    event_rows.append((run_id, seq + i, str(e.get("type")), float(e.get("t") or 0), e.get("rank"), e.get("step"), _payload_text(e)))
+                summary = fold(summaries[run_id], events, in_place=True)  # out of the cache for this tick: nobody else holds it
+                run_rows.append((end_offset, seq + len(events), dumps_for_store(summary), summary["status"], summary["ended_at"], summary["steps_completed"], summary["cost"]["usd"], summary.get("name") or row.name, run_id))
+                folded[run_id] = summary
+                added[run_id] = len(events)
+            if event_rows:
+                _insert_events(connection, event_rows)
+            if run_rows:
+                _update_runs(connection, run_rows)
+            connection.commit()
+        for end_offset, count, _, _, _, _, _, _, run_id in run_rows:
+            cache[run_id] = (count, end_offset, folded[run_id])
+        while len(cache) > _SUMMARIES_KEPT:
+            cache.pop(next(iter(cache)), None)
+        return added
 
     # -- reading -----------------------------------------------------------
     def get(self, run_id: str) -> Dict[str, Any]:

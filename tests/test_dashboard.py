@@ -121,29 +121,43 @@ def test_detail_and_new_events_from_cursors(store_url, gaudi_home):
     assert detail.manifest() is None and detail.log_tail() == ""
 
 
-def test_follows_a_run_whose_notebook_is_closed(store_url, gaudi_home):
-    """Nobody else reads this run: the dashboard pulls its events file into the store itself."""
+def test_follows_runs_whose_notebooks_are_closed(store_url, gaudi_home):
+    """Nobody else reads these runs: the dashboard pulls their events files into the store itself, every
+    run that moved in one tick; a notebook that reads one of them meanwhile adds nothing twice."""
+    from gaudi_nb.api import Run
+
     store = RunStore(store_url)
-    run_id = "orphan"
-    run_dir = paths.run_dir(run_id)
-    store.register(run_id, spec={"model": "tiny-llama", "max_steps": 1000}, target="local", run_dir=str(run_dir))
-    writer = EventWriter(run_dir / "events.jsonl", run_id)
-    writer.emit("run_start", spec={"model": "tiny-llama", "max_steps": 1000}, run_dir=str(run_dir), price_per_hour=1.0)
+    writers = {}
+    for run_id in ("orphan-a", "orphan-b"):
+        run_dir = paths.run_dir(run_id)
+        store.register(run_id, spec={"model": "tiny-llama", "max_steps": 1000}, target="local", run_dir=str(run_dir))
+        writers[run_id] = EventWriter(run_dir / "events.jsonl", run_id)
+        writers[run_id].emit("run_start", spec={"model": "tiny-llama", "max_steps": 1000}, run_dir=str(run_dir), price_per_hour=1.0)
     data = DashboardData(store, follow=True).start(0.05)
+
+    def shown():
+        return {row["run_id"]: int(row["step"]) for _, row in data.runs.iterrows()}
+
     try:
-        steps = []
+        seen = []
         for i in range(1, 6):
-            writer.write(make_event("step", run_id, rank=0, step=i, loss=1.0, tokens=10, tokens_per_second=10.0, step_time_s=0.1))
+            for run_id, writer in writers.items():
+                writer.write(make_event("step", run_id, rank=0, step=i, loss=1.0, tokens=10, tokens_per_second=10.0, step_time_s=0.1))
+            if i == 3:
+                Run("orphan-b", store).sync()  # a notebook's panel reads it too
             deadline = time.time() + 5
-            while data.runs.empty or int(data.runs.loc[0, "step"]) < i:
-                assert time.time() < deadline, f"step {i} never showed"
+            while shown() != {"orphan-a": i, "orphan-b": i}:
+                assert time.time() < deadline, f"step {i} never showed: {shown()}"
                 time.sleep(0.01)
-            steps.append(int(data.runs.loc[0, "step"]))
-        assert steps == [1, 2, 3, 4, 5]
-        assert store.get(run_id)["steps_completed"] == 5  # in the store, for every other view too
+            seen.append(shown()["orphan-a"])
+        assert seen == [1, 2, 3, 4, 5]
+        for run_id in writers:  # in the store, for every other view too, each event once
+            assert store.get(run_id)["steps_completed"] == 5 and store.count_events(run_id) == 6
+            assert [e["step"] for e in store.events(run_id, types=["step"])] == [1, 2, 3, 4, 5]
     finally:
         data.stop()
-        writer.close()
+        for writer in writers.values():
+            writer.close()
 
 
 def test_spend_by_day_never_guesses_an_unknown_price():

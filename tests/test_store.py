@@ -15,7 +15,8 @@ from alembic.script import ScriptDirectory
 from gaudi_nb import migrations
 from gaudi_nb.errors import GaudiNbError
 from gaudi_nb.events import make_event
-from gaudi_nb.store import Base, RunStore, _engines, _json
+from gaudi_nb.jsontext import dumps_for_store
+from gaudi_nb.store import Base, RunRow, RunStore, _engines
 from gaudi_nb.summary import empty_summary, fold, public
 
 
@@ -68,6 +69,57 @@ def test_nan_loss_is_stored_as_null_not_lost(store_url):
     assert [e["step"] for e in steps] == [1, 2, 3] and steps[-1]["loss"] is None
 
 
+def test_one_tick_ingests_many_runs_and_skips_bytes_another_reader_took(store_url):
+    store = RunStore(store_url)
+    for run_id in ("m1", "m2", "m3"):
+        store.register(run_id, spec={}, target="local", run_dir=None)
+    store.ingest("m2", _events("m2")[:2], 0, 200)  # another reader took m2's first bytes already
+    added = store.ingest_many([("m1", _events("m1"), 0, 800), ("m2", _events("m2")[:2], 0, 200), ("m3", _events("m3")[:4], 0, 400)])
+    assert added == {"m1": 8, "m2": 0, "m3": 4}
+    assert store.get("m1")["status"] == "succeeded" and store.get("m3")["steps_completed"] == 2
+    assert [r["run_id"] for r in store.list(status="succeeded")] == ["m1"]  # the runs' own columns move with the summary
+    with store.engine.connect() as connection:
+        row = connection.execute(sqlalchemy.select(RunRow).where(RunRow.run_id == "m1")).one()
+    assert (row.status, row.steps_completed, row.cost_usd, row.events_count, row.events_offset) == ("succeeded", 3, 0.02, 8, 800) and row.ended_at is not None
+    assert store.count_events("m2") == 2 and store.offset("m2") == 200
+    with pytest.raises(GaudiNbError, match="no run 'nope'"):
+        store.ingest_many([("m3", _events("m3")[4:], 400, 800), ("nope", _events("nope"), 0, 800)])
+    assert store.offset("m3") == 400 and store.count_events("m3") == 4  # nothing of that tick was written
+
+
+def test_events_read_from_a_stream_are_stored_as_written(store_url, tmp_path):
+    """The store keeps a read line as the payload; a line with a NaN is stored with null in its place."""
+    from gaudi_nb.events import EventWriter, read_events
+
+    store = RunStore(store_url)
+    store.register("w1", spec={}, target="local", run_dir=None)
+    writer = EventWriter(tmp_path / "events.jsonl", "w1")
+    for e in _events("w1"):
+        writer.write(e)
+    writer.write(make_event("log", "w1", line="loss is NaN here"))  # the word, not the number: kept
+    writer.close()
+    events, end = read_events(tmp_path / "events.jsonl", 0)
+    assert store.ingest("w1", events, 0, end) == 9
+    stored = store.events("w1")
+    assert [e["type"] for e in stored] == [e["type"] for e in events]
+    assert stored[6]["loss"] is None and stored[3]["loss"] == 6.0 and stored[-1]["line"] == "loss is NaN here"
+    assert store.get("w1")["metrics"]["first_loss"] == 7.0
+
+
+def test_a_summary_another_process_moved_is_read_again(store_url):
+    """The store keeps the summaries it wrote; a run another process ingested into meanwhile is folded from the database."""
+    store = RunStore(store_url)
+    store.register("c1", spec={}, target="local", run_dir=None)
+    events = _events("c1")
+    store.ingest("c1", events[:3], 0, 300)  # steps 1
+    other = "from gaudi_nb.events import make_event; from gaudi_nb.store import RunStore; import sys; " \
+            "RunStore(sys.argv[1]).ingest('c1', [make_event('step', 'c1', rank=0, step=2, loss=6.0, tokens=1000, samples=8, step_time_s=0.5)], 300, 400)"
+    subprocess.run([sys.executable, "-c", other, store_url], check=True, timeout=120)
+    store.ingest("c1", [make_event("step", "c1", rank=0, step=3, loss=5.0, tokens=1000, samples=8, step_time_s=0.5)], 400, 500)
+    record = store.get("c1")
+    assert record["steps_completed"] == 3 and record["metrics"]["tokens_seen"] == 3000
+
+
 def test_list_and_prefix_lookup(store_url):
     store = RunStore(store_url)
     store.register("alpha-1", spec={}, target="local", run_dir=None)
@@ -115,7 +167,7 @@ _OLD_EVENTS = sqlalchemy.Table(
 
 def _finite(value):
     """A value as the store writes it (NaN and infinities as null)."""
-    return json.loads(_json(value))
+    return json.loads(dumps_for_store(value))
 
 
 def _old_store_with_a_run(url, run_id):

@@ -300,12 +300,14 @@ async def ensure_env(connection: Any, *, progress: Optional[Progress] = None) ->
         await _create_env(connection, base, env)
     pip = [env_python, "-m", "pip", "install", "--disable-pip-version-check", "--no-input", "--quiet"]
     if current is not None and current.version == version:
-        # the same version, another build (a checkout being worked on): replace only gaudi_nb
-        argv = pip + ["--force-reinstall", "--no-deps", remote_wheel]
+        # the same version, another build (a checkout being worked on): replace gaudi_nb alone, then
+        # add any dependency the build gained (pip leaves the ones already there as they are)
+        steps = [pip + ["--force-reinstall", "--no-deps", remote_wheel], pip + [remote_wheel]]
     else:
         # its dependencies too; those the base interpreter has (torch) count as installed
-        argv = pip + ["--upgrade", remote_wheel]
-    await _check(connection, argv, "pip install of gaudi_nb", "the node needs its dependencies from PyPI (or a mirror pip is configured for), or pass --python PATH to an interpreter that has gaudi_nb")
+        steps = [pip + ["--upgrade", remote_wheel]]
+    for argv in steps:
+        await _check(connection, argv, "pip install of gaudi_nb", "the node needs its dependencies from PyPI (or a mirror pip is configured for), or pass --python PATH to an interpreter that has gaudi_nb")
     marker = json.dumps({"version": version, "build": build, "installed_at": time.time(), "base": base.executable})
     await _check(connection, [env_python, "-c", "import json, os, sys; open(os.path.join(sys.prefix, sys.argv[1]), 'w').write(sys.argv[2])", BUILD_MARKER, marker],
                  "recording the installed build", f"check that {env} is writable")

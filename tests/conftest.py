@@ -2,10 +2,18 @@
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from pathlib import Path
 
 import pytest
+
+
+def free_port() -> int:
+    """A port nothing listens on now (a fixed port fails when another suite runs at once)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

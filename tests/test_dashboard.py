@@ -9,7 +9,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import REPO
+from conftest import REPO, free_port
 
 from gaudi_nb import paths
 from gaudi_nb.dashboard.data_store import DashboardData, filter_runs, spend_by_day
@@ -32,12 +32,6 @@ def listening(port: int, timeout: float = 30) -> None:
         except OSError:
             assert time.time() < deadline, f"nothing listens on {port}"
             time.sleep(0.1)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def add_run(store, run_id, *, owner, t0, steps, usd, price=3.6, budget=None, project=None, end=None, node="local", devices=8, utilization=50.0):

@@ -8,6 +8,7 @@ import sys
 import textwrap
 
 import pytest
+from conftest import free_port
 from IPython.core.error import UsageError
 from IPython.core.getipython import get_ipython
 from IPython.testing.globalipapp import start_ipython
@@ -169,7 +170,7 @@ def test_script_runner_runs_the_script_on_every_rank_in_fresh_processes(gaudi_ho
     (folder / "spec.json").write_text(RunSpec(max_steps=5, warmup_steps=1).model_dump_json())
     (folder / "script.py").write_text(SCRIPT)
     result = subprocess.run(
-        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", "29517", "-m", "gaudi_nb.worker.script", "--run-dir", str(folder)],
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(free_port()), "-m", "gaudi_nb.worker.script", "--run-dir", str(folder)],
         capture_output=True, text=True, timeout=180, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]

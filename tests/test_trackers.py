@@ -4,7 +4,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import socket
 import struct
 import subprocess
 import time
@@ -13,19 +12,13 @@ from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
 import pytest
-from conftest import BIN
+from conftest import BIN, free_port
 
 pytestmark = pytest.mark.slow
 GAUDI_NB = str(BIN / "gaudi-nb")
 # what gaudi_nb logs besides the step metrics: dollars, dollars per million tokens, TFLOP/s
 OWN_METRICS = {"usd", "usd_per_million_tokens", "tokens_per_second_mean", "tflops", "tokens_seen"}
 STEP_METRICS = {"loss", "learning_rate", "grad_norm", "tokens_per_second", "eval_loss"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,9 @@ from .spec import PATH_FIELDS, RunSpec, looks_like_path, parse_mapping, parse_ta
 from .store import RunStore
 from .targets import Target, target_for
 
+# how long `logs` of an ended run on another node waits for its log to be copied here whole
+LOG_WAIT_S = 30.0
+
 
 def resolve_paths(options: Dict[str, Any], base: Optional[Path] = None) -> Dict[str, Any]:
     """Make the file options (model folder, dataset files, script) absolute against base (the working directory).
@@ -204,8 +207,12 @@ class Run:
         self.sync()
         return first
 
-    def logs(self) -> Path:
-        return self._target().log_path(self.run_id)
+    def logs(self, node: Optional[str] = None) -> Path:
+        """Where the run's training log is on this machine: node 0's (rank 0 writes there), or `node`'s.
+        A run on another node that has ended is copied here whole first (up to LOG_WAIT_S)."""
+        record = self.store.get(self.run_id)
+        ended = record["status"] not in ACTIVE_STATUSES
+        return self._target(record).log_path(self.run_id, node, wait_s=LOG_WAIT_S if ended else 0.0)
 
 
 def train(spec: Union[RunSpec, Dict[str, Any], None] = None, *, store: Optional[RunStore] = None, **options: Any) -> Run:

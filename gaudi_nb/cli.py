@@ -239,10 +239,14 @@ def show(run_id: str = typer.Argument(..., help="run id (a unique prefix is enou
 
 
 @app.command()
-def logs(run_id: str = typer.Argument(..., help="run id"), follow: bool = typer.Option(False, "--follow", "-f", help="keep printing new lines until the run ends")) -> None:
+def logs(
+    run_id: str = typer.Argument(..., help="run id"),
+    follow: bool = typer.Option(False, "--follow", "-f", help="keep printing new lines until the run ends"),
+    node: Optional[str] = typer.Option(None, "--node", help="a multi-node run's log on this node (default: node 0's, where rank 0 logs)"),
+) -> None:
     """Print a run's training log."""
     run = api.get_run(run_id)
-    path = run.logs()
+    path = run.logs(node)
     position = 0
     while True:
         if path.exists():

@@ -75,6 +75,20 @@ class RunFolder:
         return self.path / "control"
 
     @property
+    def sent_environment(self) -> Path:
+        """Settings the client sent with a run on a node (tracker settings, maybe a key): mode 0600, read and
+        deleted when the agent starts, which passes them on to the agent's environment."""
+        return self.control / "environment.json"
+
+    def take_sent_environment(self) -> Dict[str, str]:
+        try:
+            data = json.loads(self.sent_environment.read_text())
+        except FileNotFoundError:
+            return {}
+        self.sent_environment.unlink()
+        return {str(k): str(v) for k, v in data.items()}
+
+    @property
     def stop_request(self) -> Path:
         """Written by the agent (budget) or a client (user stop); the first request wins."""
         return self.control / "stop_request.json"

@@ -207,6 +207,11 @@ def test_a_run_across_two_nodes_has_both_in_one_stream(two_nodes, netns_sshds, t
     assert shown["status"] == "succeeded" and shown["steps_completed"] == 5
     log = subprocess.run([GAUDI_NB, "logs", run.run_id], capture_output=True, text=True, timeout=60)
     assert log.returncode == 0 and "node-rank" not in log.stderr
+    assert log.stdout == (Path(run_start["run_dir"]) / "logs" / "train.log").read_text(errors="replace")  # node 0's
+    second = subprocess.run([GAUDI_NB, "logs", run.run_id, "--node", "nb"], capture_output=True, text=True, timeout=60)
+    assert second.returncode == 0 and second.stdout == (Path(other["run_dir"]) / "logs" / "train.log").read_text(errors="replace")
+    wrong = subprocess.run([GAUDI_NB, "logs", run.run_id, "--node", "nc"], capture_output=True, text=True, timeout=60)
+    assert wrong.returncode != 0 and "ran on na, nb, not on 'nc'" in wrong.stderr and len(wrong.stderr.strip().splitlines()) == 1
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@ import json
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 from conftest import BIN
@@ -51,7 +52,8 @@ def test_a_run_on_an_attached_node_is_complete_here(node, sshd, tmp_path):
     shown = json.loads(subprocess.run([GAUDI_NB, "show", run.run_id, "--json"], capture_output=True, text=True, timeout=60).stdout)
     assert shown["status"] == "succeeded" and shown["steps_completed"] == 12
     log = subprocess.run([GAUDI_NB, "logs", run.run_id], capture_output=True, text=True, timeout=60)
-    assert log.returncode == 0
+    on_node = (Path(starts[0]["run_dir"]) / "logs" / "train.log").read_text(errors="replace")
+    assert log.returncode == 0 and on_node and log.stdout == on_node  # a fresh process copies an ended run's log whole first
 
 
 def test_a_dropped_link_is_unreachable_then_resumes_with_every_event_once(node, sshd):
@@ -124,3 +126,19 @@ def test_the_working_directory_goes_to_the_node_as_git_would_keep_it(node, sshd,
     assert listed, f"the script did not run in the node's snapshot of {run.run_id} under {sshd.node_home}"
     files = open(listed[0]).read().split(",")
     assert "helpers.py" in files and "shard.txt" not in files and "weights.bin" not in files
+
+
+def test_a_run_on_a_node_gets_the_clients_tracker_settings(node, sshd, monkeypatch):
+    """The node's SSH session has none of the notebook's environment: --report-to's settings go with the run,
+    in a file only its owner reads, gone once the agent has started."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_PROJECT", "sent-to-the-node")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run = gaudi_nb.train(target=node, devices=1, max_steps=3, report_to="wandb")
+    run.wait(timeout=240)
+    record = run.record()
+    assert record["status"] == "succeeded", record["exit"]
+    assert record["trackers"]["wandb"]["experiment"] == "sent-to-the-node"  # the node's agent logged with the client's project
+    remote = Path(run.events(types=["run_start"])[0]["run_dir"])
+    assert not (remote / "control" / "environment.json").exists()  # read by the agent's start, then deleted
+    assert "sent-to-the-node" not in (remote / "spec.json").read_text()  # settings are not part of the run's spec

@@ -207,3 +207,14 @@ def test_a_resumed_run_goes_on_in_the_same_tracker_run(mlflow_server, tmp_path):
     assert len(runs) == 1 and runs[0].info.status == "FINISHED"
     assert [m.step for m in client.get_metric_history(runs[0].info.run_id, "loss")] == [1, 2, 3, 4, 5, 6]  # each step once
     assert record["trackers"]["mlflow"]["tracker_run_id"] == first["trackers"]["mlflow"]["tracker_run_id"]
+
+
+def test_a_node_gets_the_settings_of_the_trackers_named_and_every_one_is_documented():
+    from gaudi_nb.agent.trackers import SETTINGS, settings_for
+
+    environ = {"MLFLOW_TRACKING_URI": "http://mlflow:5000", "WANDB_PROJECT": "p", "WANDB_DIR": "/home/me/wandb", "HF_TOKEN": "secret", "WANDB_ENTITY": ""}
+    assert settings_for("wandb", environ) == {"WANDB_PROJECT": "p"}  # not a folder of the client's, not an empty value, not another tool's key
+    assert settings_for("mlflow, wandb", environ) == {"MLFLOW_TRACKING_URI": "http://mlflow:5000", "WANDB_PROJECT": "p"}
+    assert settings_for(None, environ) == {}
+    documented = (Path(__file__).parent.parent / "docs" / "training.md").read_text()
+    assert [key for keys in SETTINGS.values() for key in keys if f"`{key}`" not in documented] == []

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import time
@@ -20,9 +21,11 @@ from . import liveness
 def start_agent(folder: RunFolder, python: Optional[str] = None) -> int:
     """Start the run's agent detached in its own session (it survives the SSH session or kernel); returns its pid."""
     folder.logs.mkdir(parents=True, exist_ok=True)
+    environment = {**os.environ, **folder.take_sent_environment()}  # a run on a node: what its client sent
     with open(folder.agent_log, "ab") as log:
         agent = subprocess.Popen(
             [python or sys.executable, "-m", "gaudi_nb.agent", "--run-dir", str(folder.path)],
+            env=environment,
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=subprocess.STDOUT,

@@ -22,7 +22,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Mapping, Optional
 
 from ..events import EventWriter, read_events
 from ..rundir import RunFolder
@@ -30,6 +30,14 @@ from ..spec import RunSpec
 from ..summary import empty_summary, fold
 
 POLL_S = 1.0
+# What each tracker's library reads from the environment, as docs/training.md lists it. A run on a
+# node over SSH gets the client's values of these for the trackers its --report-to names (the node's
+# SSH session has none of the notebook's environment). WANDB_DIR is a folder on the client: not sent.
+SETTINGS = {
+    "mlflow": ("MLFLOW_TRACKING_URI", "MLFLOW_EXPERIMENT_NAME", "MLFLOW_EXPERIMENT_ID", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRACKING_PASSWORD",
+               "MLFLOW_TRACKING_TOKEN", "MLFLOW_TRACKING_INSECURE_TLS", "MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES"),
+    "wandb": ("WANDB_API_KEY", "WANDB_PROJECT", "WANDB_ENTITY", "WANDB_MODE", "WANDB_BASE_URL", "WANDB_INIT_TIMEOUT"),
+}
 FLUSH_S_ENV = "GAUDI_NB_TRACKER_FLUSH_S"  # how long the agent waits at the end for the last values and the checkpoint
 ARTIFACT_MAX_MB_ENV = "GAUDI_NB_TRACKER_ARTIFACT_MAX_MB"  # a final checkpoint larger than this is logged by its path
 DEFAULT_FLUSH_S = 60.0
@@ -186,6 +194,13 @@ class WandbBackend(Backend):
 
     def finish(self, status: str) -> None:
         self.run.finish(exit_code=0 if status == "succeeded" else 1)
+
+
+def settings_for(report_to: Optional[str], environ: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+    """The client's settings of the trackers `report_to` names, to send with a run to its node."""
+    found: Mapping[str, str] = os.environ if environ is None else environ
+    names = [name.strip() for name in (report_to or "").split(",") if name.strip()]
+    return {key: found[key] for name in names for key in SETTINGS.get(name, ()) if found.get(key)}
 
 
 def make_backend(name: str, run_dir: Path) -> Backend:

@@ -485,7 +485,7 @@ class DashboardData:
         batches: List[Tuple[str, Sequence[Dict[str, Any]], int, int]] = []
         for r in self.records:
             run_id = r["run_id"]
-            if r.get("status") not in ACTIVE_STATUSES:
+            if r.get("status") not in ACTIVE_STATUSES or not self.follows(r):
                 self._handles.pop(run_id, None)
                 continue
             local = (r.get("target") or LOCAL_NODE) == LOCAL_NODE
@@ -534,6 +534,10 @@ class DashboardData:
                     self._offsets[run_id] = end
                     self._sizes[run_id] = end  # read up to here: a file that is longer (a line half written then) is read again next tick
         return arrived
+
+    def follows(self, record: Dict[str, Any]) -> bool:
+        """Whether sync_active pulls this active run's events itself (every run, here)."""
+        return True
 
     def refresh(self) -> bool:
         """Bring every snapshot up to date; True if anything changed."""

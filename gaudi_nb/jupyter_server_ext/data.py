@@ -225,19 +225,8 @@ def _reader_class() -> type:
     class Reader(DashboardData):
         """The dashboard's reader, following only the runs `follows` allows."""
 
-        def sync_active(self) -> int:
-            from ..api import Run
-            from ..errors import GaudiNbError
-
-            arrived = 0
-            for record in self.records:
-                if record.get("status") not in ACTIVE_STATUSES or not follows(record):
-                    continue
-                try:
-                    arrived += Run(record["run_id"], self.store).sync()
-                except (GaudiNbError, OSError) as exc:  # one run's folder gone must not stop the others
-                    self.last_error = f"{record['run_id']}: {exc}"
-            return arrived
+        def follows(self, record: Dict[str, Any]) -> bool:
+            return follows(record)
 
     return Reader
 

@@ -8,6 +8,7 @@ run's one stream.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import fcntl
 import heapq
@@ -60,7 +61,7 @@ class Links:
         self._connections: Dict[str, Any] = {}
         self._locks: Dict[str, asyncio.Lock] = {}
         self.states: Dict[str, LinkState] = {}
-        self._mirrors: Dict[str, "asyncio.Future[Any]"] = {}
+        self._mirrors: Dict[str, "concurrent.futures.Future[None]"] = {}  # futures of coroutines on self.loop
 
     # -- blocking face -------------------------------------------------------------
     def call(self, coroutine: Awaitable[T], timeout: Optional[float] = None) -> T:
@@ -70,11 +71,12 @@ class Links:
         """Run a command on the node; (exit status, stdout, stderr). UnreachableError if the node does not answer."""
         return self.call(self._run(node, command, timeout), timeout + 30)
 
-    def put_text(self, node: Dict[str, Any], remote_path: str, text: str) -> None:
-        self.put_bytes(node, remote_path, text.encode())
+    def put_text(self, node: Dict[str, Any], remote_path: str, text: str, mode: Optional[int] = None) -> None:
+        self.put_bytes(node, remote_path, text.encode(), mode)
 
-    def put_bytes(self, node: Dict[str, Any], remote_path: str, data: bytes) -> None:
-        self.call(self._put_bytes(node, remote_path, data), 600)
+    def put_bytes(self, node: Dict[str, Any], remote_path: str, data: bytes, mode: Optional[int] = None) -> None:
+        """Write a file on the node; `mode` is its permissions from the moment it exists (a file of secrets: 0o600)."""
+        self.call(self._put_bytes(node, remote_path, data, mode), 600)
 
     def put_file(self, node: Dict[str, Any], local_path: Path, remote_path: str) -> None:
         self.call(self._put_file(node, local_path, remote_path), 3600)
@@ -88,7 +90,18 @@ class Links:
         running = self._mirrors.get(key)
         if running is not None and not running.done():
             return
-        self._mirrors[key] = asyncio.run_coroutine_threadsafe(self._mirror(node, remote_path, Path(local_path), remote_run_dir), self.loop)  # type: ignore[assignment]
+        self._mirrors[key] = asyncio.run_coroutine_threadsafe(self._mirror(node, remote_path, Path(local_path), remote_run_dir), self.loop)
+
+    def wait_mirrored(self, local_path: Path, timeout: float) -> bool:
+        """Wait until the mirror of a file whose run has ended has every byte; False if it has not within timeout."""
+        running = self._mirrors.get(str(local_path))
+        if running is None:
+            return False
+        try:
+            running.result(timeout)
+            return True
+        except Exception:  # still copying after timeout, or it gave up: what is here is what there is
+            return False
 
     def mirroring(self, local_path: Path) -> bool:
         running = self._mirrors.get(str(local_path))
@@ -145,10 +158,13 @@ class Links:
         connection.close()
         self._mark(name, up=False, error=str(exc) or type(exc).__name__)
 
-    async def _put_bytes(self, node: Dict[str, Any], remote_path: str, data: bytes) -> None:
+    async def _put_bytes(self, node: Dict[str, Any], remote_path: str, data: bytes, mode: Optional[int] = None) -> None:
+        import asyncssh
+
         connection = await self._connection(node)
+        attrs = asyncssh.SFTPAttrs(permissions=mode) if mode is not None else asyncssh.SFTPAttrs()
         async with connection.start_sftp_client() as sftp:
-            async with sftp.open(remote_path, "wb") as fh:
+            async with sftp.open(remote_path, "wb", attrs) as fh:
                 await fh.write(data)
 
     async def _put_file(self, node: Dict[str, Any], local_path: Path, remote_path: str) -> None:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Dict, List, Protocol, Tuple
+from typing import Any, Dict, List, Optional, Protocol, Tuple
 
 from ..spec import RunSpec
 
@@ -32,4 +32,6 @@ class Target(Protocol):
     def stop(self, run_id: str, reason: str = "stopped") -> bool:
         """Ask the run to stop after a checkpoint; a run whose agent is gone ends as stopped at once."""
 
-    def log_path(self, run_id: str) -> Path: ...
+    def log_path(self, run_id: str, node: Optional[str] = None, wait_s: float = 0.0) -> Path:
+        """The run's training log on this machine (mirrored from its node): node 0's, or `node`'s. For a run
+        that has ended, wait up to wait_s for every byte of it to be here."""

@@ -6,10 +6,11 @@ import shutil
 import socket
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from .. import workdir
 from ..agent import liveness, node
+from ..errors import SpecError
 from ..events import read_events
 from ..paths import run_dir
 from ..rundir import RunFolder
@@ -53,5 +54,7 @@ class LocalTarget:
     def stop(self, run_id: str, reason: str = "stopped") -> bool:
         return node.stop_run(self.folder(run_id), reason)
 
-    def log_path(self, run_id: str) -> Path:
+    def log_path(self, run_id: str, node: Optional[str] = None, wait_s: float = 0.0) -> Path:
+        if node not in (None, self.name):
+            raise SpecError(f"the run {run_id} ran on one node, '{self.name}': leave out --node")
         return self.folder(run_id).train_log

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from .. import workdir
+from ..agent import trackers
 from ..errors import GaudiNbError, NotFoundError, SpecError
 from ..events import read_events
 from ..paths import run_dir
@@ -172,6 +173,9 @@ class SshTarget:
             links.put_file(node, local, there)
         if spec.workdir:
             self._sync_workdir(node, remote, Path(spec.workdir))
+        sent = trackers.settings_for(spec.report_to)
+        if sent:
+            links.put_text(node, f"{remote}/control/environment.json", json.dumps(sent), mode=0o600)
 
     def _sync_workdir(self, node: Dict[str, Any], remote: str, root: Path) -> None:
         """The working directory as git would keep it, in one archive unpacked into the run's code/ folder there."""
@@ -339,8 +343,12 @@ class SshTarget:
                 continue
         return first
 
-    def log_path(self, run_id: str) -> Path:
-        """The training log of node 0 (rank 0's); across nodes, the others' go to nodes/<name>/train.log."""
+    def log_path(self, run_id: str, node: Optional[str] = None, wait_s: float = 0.0) -> Path:
+        """The training log of node 0 (rank 0's), or of `node`; across nodes, the others' go to nodes/<name>/train.log.
+        A run that has ended: wait up to wait_s for the log to be here whole (its mirror copies it in the background)."""
+        names = [record["name"] for record in self.nodes]
+        if node not in (None, *names):
+            raise SpecError(f"the run {run_id} ran on {', '.join(names)}, not on '{node}': --node {names[0]}" + (f" (or {', '.join(names[1:])})" if len(names) > 1 else ""))
         folder = self.folder(run_id)
         links = self._links()
         links.mirror(self.node, f"{self.remote_dir(run_id)}/logs/train.log", folder.train_log, remote_run_dir=self.remote_dir(run_id))
@@ -349,6 +357,13 @@ class SshTarget:
             for record in self.nodes[1:]:
                 remote = self.remote_dir(run_id, record)
                 links.mirror(record, f"{remote}/logs/train.log", stream.node_dir(record["name"]) / "train.log", remote_run_dir=remote)
+            if node not in (None, names[0]):
+                path = stream.node_dir(str(node)) / "train.log"
+                if wait_s:
+                    links.wait_mirrored(path, wait_s)
+                return path
+        if wait_s:
+            links.wait_mirrored(folder.train_log, wait_s)
         return folder.train_log
 
 

@@ -1,6 +1,7 @@
 """The Python API every view calls: train() starts a run and returns a Run handle."""
 from __future__ import annotations
 
+import os
 import secrets
 import time
 from pathlib import Path
@@ -83,6 +84,9 @@ def check(spec: RunSpec) -> None:
         from .workdir import select
 
         select(Path(spec.workdir))  # the folder exists and nothing in it is too big, before anything is written
+    unset = [name for name in spec.env_names() if name not in os.environ]
+    if unset:
+        raise SpecError(f"env: {', '.join(unset)} {'is' if len(unset) == 1 else 'are'} not set here: export {unset[0]}=... first (the run takes the values from this environment)")
     if spec.instance_type is not None:
         try:
             catalog.lookup(spec.instance_type)

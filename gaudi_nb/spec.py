@@ -23,6 +23,7 @@ _NODE = re.compile(r"^[A-Za-z][\w.\-]*$")
 _NODES = re.compile(r"^[A-Za-z][\w.\-]*(?:\s*,\s*[A-Za-z][\w.\-]*)+$")  # NAME1,NAME2: one run across attached nodes
 TRACKERS = ("mlflow", "wandb")  # --report-to
 LORA_TRAINERS = ("auto", "transformers", "optimum-habana")  # trainers that take a peft model
+ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # what --env takes: a variable's name, never its value
 TARGET_FORMS = "local, an attached node's name, ssh://user@host[:port] or aws:INSTANCE_TYPE"
 _DATA_SUFFIXES = (".txt", ".text", ".json", ".jsonl", ".parquet", ".csv")
 
@@ -129,6 +130,7 @@ class RunSpec(BaseModel):
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA path")
     lora_target_modules: Optional[str] = Field(None, description="comma-separated module names LoRA adapts; default per model (Llama-style: q_proj,v_proj; GPT-2: c_attn)")
     report_to: Optional[str] = Field(None, description="experiment trackers, comma-separated: mlflow, wandb (settings from MLFLOW_TRACKING_URI, WANDB_PROJECT, ...)")
+    env: Optional[str] = Field(None, description="environment variables the run takes from here, comma-separated names (HF_TOKEN,...): a node gets their values with the run; only the names are in its spec")
 
     @field_validator("model", "dataset")
     @classmethod
@@ -176,6 +178,15 @@ class RunSpec(BaseModel):
     def _known_trackers(cls, value: Optional[str]) -> Optional[str]:
         return ",".join(tracker_names(value)) or None
 
+    @field_validator("env")
+    @classmethod
+    def _variable_names(cls, value: Optional[str]) -> Optional[str]:
+        names = [name.strip() for name in (value or "").split(",") if name.strip()]
+        for name in names:
+            if not ENV_NAME.fullmatch(name):
+                raise ValueError(f"'{name}' is not a variable name: give names only, comma-separated (HF_TOKEN,WANDB_API_KEY); the values are read from this environment")
+        return ",".join(dict.fromkeys(names)) or None
+
     @model_validator(mode="after")
     def _lora_fits(self) -> "RunSpec":
         # a spec read back from JSON has every field set: only a value other than the default was asked for
@@ -191,6 +202,10 @@ class RunSpec(BaseModel):
     def trackers(self) -> List[str]:
         """The experiment trackers this run reports to (--report-to), in the order given."""
         return [name for name in (self.report_to or "").split(",") if name]
+
+    def env_names(self) -> List[str]:
+        """The environment variables this run takes from the client's environment (--env)."""
+        return [name for name in (self.env or "").split(",") if name]
 
     def scaled_learning_rate(self, global_batch_size: int) -> float:
         """The peak learning rate for a global batch (per-device batch × devices × nodes): --learning-rate

@@ -128,17 +128,33 @@ def test_the_working_directory_goes_to_the_node_as_git_would_keep_it(node, sshd,
     assert "helpers.py" in files and "shard.txt" not in files and "weights.bin" not in files
 
 
-def test_a_run_on_a_node_gets_the_clients_tracker_settings(node, sshd, monkeypatch):
-    """The node's SSH session has none of the notebook's environment: --report-to's settings go with the run,
-    in a file only its owner reads, gone once the agent has started."""
+ENV_SCRIPT = """
+from gaudi_nb.worker.script import init_distributed, report
+import os
+
+init_distributed()
+report(step=1, loss=1.0, tokens=1, samples=1, token_seen=os.environ.get("GAUDI_NB_TEST_TOKEN"))
+"""
+
+
+def test_a_run_on_a_node_gets_what_the_client_sends_and_the_spec_keeps_only_names(node, sshd, tmp_path, monkeypatch):
+    """The node's SSH session has none of the notebook's environment: --report-to's settings and --env's variables
+    go with the run, in a file only its owner reads, gone once the agent has started; the spec holds the names only."""
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_PROJECT", "sent-to-the-node")
     monkeypatch.setenv("WANDB_SILENT", "true")
-    run = gaudi_nb.train(target=node, devices=1, max_steps=3, report_to="wandb")
+    monkeypatch.setenv("GAUDI_NB_TEST_TOKEN", "s3cret-value")
+    script = tmp_path / "show_env.py"
+    script.write_text(ENV_SCRIPT)
+    run = gaudi_nb.train(target=node, devices=1, max_steps=1, script=str(script), report_to="wandb", env="GAUDI_NB_TEST_TOKEN")
     run.wait(timeout=240)
     record = run.record()
     assert record["status"] == "succeeded", record["exit"]
+    assert [e["token_seen"] for e in run.events(types=["step"])] == ["s3cret-value"]  # the rank on the node had it
     assert record["trackers"]["wandb"]["experiment"] == "sent-to-the-node"  # the node's agent logged with the client's project
     remote = Path(run.events(types=["run_start"])[0]["run_dir"])
     assert not (remote / "control" / "environment.json").exists()  # read by the agent's start, then deleted
-    assert "sent-to-the-node" not in (remote / "spec.json").read_text()  # settings are not part of the run's spec
+    assert record["spec"]["env"] == "GAUDI_NB_TEST_TOKEN" and "s3cret-value" not in (remote / "spec.json").read_text()
+    monkeypatch.delenv("GAUDI_NB_TEST_TOKEN")
+    unset = subprocess.run([GAUDI_NB, "train", "--target", node, "--env", "GAUDI_NB_TEST_TOKEN", "--max-steps", "1"], capture_output=True, text=True, timeout=60)
+    assert unset.returncode == 2 and "GAUDI_NB_TEST_TOKEN is not set here" in unset.stderr and len(unset.stderr.strip().splitlines()) == 1

@@ -213,8 +213,8 @@ def test_a_node_gets_the_settings_of_the_trackers_named_and_every_one_is_documen
     from gaudi_nb.agent.trackers import SETTINGS, settings_for
 
     environ = {"MLFLOW_TRACKING_URI": "http://mlflow:5000", "WANDB_PROJECT": "p", "WANDB_DIR": "/home/me/wandb", "HF_TOKEN": "secret", "WANDB_ENTITY": ""}
-    assert settings_for("wandb", environ) == {"WANDB_PROJECT": "p"}  # not a folder of the client's, not an empty value, not another tool's key
-    assert settings_for("mlflow, wandb", environ) == {"MLFLOW_TRACKING_URI": "http://mlflow:5000", "WANDB_PROJECT": "p"}
-    assert settings_for(None, environ) == {}
+    assert settings_for(["wandb"], environ) == {"WANDB_PROJECT": "p"}  # not a folder of the client's, not an empty value, not another tool's key
+    assert settings_for(["mlflow", "wandb"], environ) == {"MLFLOW_TRACKING_URI": "http://mlflow:5000", "WANDB_PROJECT": "p"}
+    assert settings_for([], environ) == {}
     documented = (Path(__file__).parent.parent / "docs" / "training.md").read_text()
     assert [key for keys in SETTINGS.values() for key in keys if f"`{key}`" not in documented] == []

@@ -196,10 +196,9 @@ class WandbBackend(Backend):
         self.run.finish(exit_code=0 if status == "succeeded" else 1)
 
 
-def settings_for(report_to: Optional[str], environ: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
-    """The client's settings of the trackers `report_to` names, to send with a run to its node."""
+def settings_for(names: List[str], environ: Optional[Mapping[str, str]] = None) -> Dict[str, str]:
+    """The client's settings of the named trackers (a spec's trackers()), to send with a run to its node."""
     found: Mapping[str, str] = os.environ if environ is None else environ
-    names = [name.strip() for name in (report_to or "").split(",") if name.strip()]
     return {key: found[key] for name in names for key in SETTINGS.get(name, ()) if found.get(key)}
 
 

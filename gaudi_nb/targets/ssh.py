@@ -53,6 +53,12 @@ if alive:
 print(json.dumps({"first": first, "alive": alive}))"""
 
 
+
+def sent_environment(spec: RunSpec) -> Dict[str, str]:
+    """What a node's agent gets from this environment (the SSH session there has none of it): the settings
+    of the trackers --report-to names, and the variables --env names."""
+    return {**trackers.settings_for(spec.trackers()), **{name: os.environ[name] for name in spec.env_names() if name in os.environ}}
+
 class SshTarget:
     """A run on attached nodes: `--target NAME` (a name from `gaudi-nb nodes list`), or `NAME1,NAME2` for one
     run across several (node 0 first)."""
@@ -173,7 +179,7 @@ class SshTarget:
             links.put_file(node, local, there)
         if spec.workdir:
             self._sync_workdir(node, remote, Path(spec.workdir))
-        sent = trackers.settings_for(spec.report_to)
+        sent = sent_environment(spec)
         if sent:
             links.put_text(node, f"{remote}/control/environment.json", json.dumps(sent), mode=0o600)
 

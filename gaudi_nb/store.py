@@ -95,11 +95,11 @@ NODE_FIELDS = tuple(column.name for column in NodeRow.__table__.columns)
 _engines: Dict[str, Engine] = {}
 
 # Each store's run summaries as this process last wrote them, keyed by run id: (events_count,
-# events_offset, summary). An ingest that finds its run's row still at that count and offset folds the
-# cached dict instead of decoding the column again (a long run's summary is tens of kB, and decoding
-# it was the largest cost of a fleet's tick); any other writer moves the count, so a stale entry is
-# never used.
-_summaries: Dict[str, Dict[str, Tuple[int, int, Dict[str, Any]]]] = {}
+# events_offset, created_at, summary). An ingest that finds its run's row still at that count and offset
+# folds the cached dict instead of decoding the column again (decoding it was the largest cost of a
+# fleet's tick); any other writer moves the count, and a run registered again under the same id (a store
+# made anew at the same URL) has another created_at, so a stale entry is never used.
+_summaries: Dict[str, Dict[str, Tuple[int, int, float, Dict[str, Any]]]] = {}
 _SUMMARIES_KEPT = 4096
 
 
@@ -259,7 +259,7 @@ class RunStore:
         wanted = sorted(b[0] for b in batches)
         with self.engine.connect() as connection:
             _lock_for_ingest(connection)
-            query = select(RunRow.run_id, RunRow.events_offset, RunRow.events_count, RunRow.name).where(RunRow.run_id.in_(wanted)).order_by(RunRow.run_id)
+            query = select(RunRow.run_id, RunRow.events_offset, RunRow.events_count, RunRow.created_at, RunRow.name).where(RunRow.run_id.in_(wanted)).order_by(RunRow.run_id)
             if connection.dialect.name == "postgresql":
                 query = query.with_for_update()  # the rows stay ours until commit, locked in one order: no deadlock between readers
             current = {row.run_id: row for row in connection.execute(query)}
@@ -272,8 +272,8 @@ class RunStore:
             for run_id, _, start_offset, _ in batches:
                 row = current[run_id]
                 cached = cache.pop(run_id, None)  # back in the cache only once this tick has committed
-                if row.events_offset == start_offset and cached is not None and cached[:2] == (row.events_count, row.events_offset):
-                    summaries[run_id] = cached[2]
+                if row.events_offset == start_offset and cached is not None and cached[:3] == (row.events_count, row.events_offset, row.created_at):
+                    summaries[run_id] = cached[3]
             stale = [run_id for run_id, _, start_offset, _ in batches if run_id not in summaries and current[run_id].events_offset == start_offset]
             if stale:
                 summaries.update((run_id, summary) for run_id, summary in connection.execute(select(RunRow.run_id, RunRow.summary).where(RunRow.run_id.in_(stale))))
@@ -299,7 +299,7 @@ class RunStore:
                 _update_runs(connection, run_rows)
             connection.commit()
         for end_offset, count, _, _, _, _, _, _, run_id in run_rows:
-            cache[run_id] = (count, end_offset, folded[run_id])
+            cache[run_id] = (count, end_offset, current[run_id].created_at, folded[run_id])
         while len(cache) > _SUMMARIES_KEPT:
             cache.pop(next(iter(cache)), None)
         return added

@@ -120,6 +120,24 @@ def test_a_summary_another_process_moved_is_read_again(store_url):
     assert record["steps_completed"] == 3 and record["metrics"]["tokens_seen"] == 3000
 
 
+def test_a_run_registered_again_under_its_id_is_folded_from_the_database(store_url):
+    """A store made anew at the same URL (the tests' PostgreSQL is): the same run id at the same count and
+    offset is another run, and what this process remembers of the first must not be used."""
+    store = RunStore(store_url)
+    store.register("c2", spec={}, target="local", run_dir=None)
+    store.ingest("c2", [make_event("step", "c2", rank=0, step=1, loss=9.0, tokens=1000, samples=8, step_time_s=0.5)], 0, 100)
+    with store.engine.begin() as connection:
+        connection.execute(sqlalchemy.text("DELETE FROM events WHERE run_id = 'c2'"))
+        connection.execute(sqlalchemy.text("DELETE FROM runs WHERE run_id = 'c2'"))
+    store.register("c2", spec={}, target="local", run_dir=None)
+    other = "from gaudi_nb.events import make_event; from gaudi_nb.store import RunStore; import sys; " \
+            "RunStore(sys.argv[1]).ingest('c2', [make_event('step', 'c2', rank=0, step=1, loss=5.0, tokens=7, samples=8, step_time_s=0.5)], 0, 100)"
+    subprocess.run([sys.executable, "-c", other, store_url], check=True, timeout=120)
+    store.ingest("c2", [make_event("step", "c2", rank=0, step=2, loss=4.0, tokens=7, samples=8, step_time_s=0.5)], 100, 200)
+    record = store.get("c2")
+    assert record["metrics"]["tokens_seen"] == 14 and record["metrics"]["first_loss"] == 5.0
+
+
 def test_list_and_prefix_lookup(store_url):
     store = RunStore(store_url)
     store.register("alpha-1", spec={}, target="local", run_dir=None)

@@ -3,8 +3,12 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -14,6 +18,20 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def wait_for_http(url: str, process: "subprocess.Popen[Any]", log: Path, what: str, timeout: float = 90) -> None:
+    """Wait until a server we started answers url; if it exits or never answers, kill it and raise with its log's tail."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            urllib.request.urlopen(url, timeout=2)
+            return
+        except OSError:
+            if process.poll() is not None or time.monotonic() > deadline:
+                process.kill()
+                raise RuntimeError(f"{what} did not start:\n" + log.read_text(errors="replace")[-3000:]) from None
+            time.sleep(0.5)
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent

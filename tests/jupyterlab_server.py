@@ -2,21 +2,12 @@
 from __future__ import annotations
 
 import secrets
-import socket
 import subprocess
-import time
-import urllib.request
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Dict, Iterator
 
-from conftest import BIN
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from conftest import BIN, free_port, wait_for_http
 
 
 @contextmanager
@@ -32,15 +23,7 @@ def jupyterlab(root: Path, env: Dict[str, str]) -> Iterator[Dict[str, str]]:
         )
         try:
             base = f"http://127.0.0.1:{port}"
-            deadline = time.monotonic() + 90
-            while True:
-                try:
-                    urllib.request.urlopen(f"{base}/api/status?token={token}", timeout=2)
-                    break
-                except OSError:
-                    if proc.poll() is not None or time.monotonic() > deadline:
-                        raise RuntimeError("JupyterLab did not start:\n" + log_path.read_text()[-3000:]) from None
-                    time.sleep(0.5)
+            wait_for_http(f"{base}/api/status?token={token}", proc, log_path, "JupyterLab")
             yield {"base": base, "token": token}
         finally:
             proc.terminate()

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -15,6 +14,7 @@ from pathlib import Path
 
 import psutil
 import pytest
+from conftest import free_port
 
 import gaudi_nb
 from gaudi_nb.errors import GaudiNbError, NotFoundError, SpecError
@@ -488,19 +488,13 @@ def test_describe_is_one_shell_line():
 
 # ---- one real launch -----------------------------------------------------------------------------
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_real_torchrun_starts_both_ranks(tmp_path):
     script = tmp_path / "show_rank.py"
     script.write_text(textwrap.dedent("""
         import os
         print(f"rank={os.environ['RANK']} world={os.environ['WORLD_SIZE']} omp={os.environ['OMP_NUM_THREADS']}", flush=True)
     """))
-    p = build_launch(RunSpec(devices=2), [str(script)], master_port=_free_port(), cpus=2, environ={})
+    p = build_launch(RunSpec(devices=2), [str(script)], master_port=free_port(), cpus=2, environ={})
     done = subprocess.run(p.argv, env={**os.environ, **p.env}, cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "rank=0 world=2 omp=1" in done.stdout
@@ -519,7 +513,7 @@ def test_two_torch_distributed_run_launches_at_once(tmp_path):
         dist.destroy_process_group()
     """))
     plans = [build_launch(RunSpec(devices=2), [str(script)], launcher="torch.distributed.run",
-                          master_port=_free_port(), cpus=2, environ={}) for _ in range(2)]
+                          master_port=free_port(), cpus=2, environ={}) for _ in range(2)]
     assert plans[0].argv[5] != plans[1].argv[5] and plans[0].argv[5].startswith("--master_port=")
     procs = [subprocess.Popen(p.argv, env={**os.environ, **p.env}, cwd=tmp_path, stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, text=True) for p in plans]

@@ -7,12 +7,11 @@ import os
 import struct
 import subprocess
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any, Dict, Iterator, List
 
 import pytest
-from conftest import BIN, free_port
+from conftest import BIN, free_port, wait_for_http
 
 pytestmark = pytest.mark.slow
 GAUDI_NB = str(BIN / "gaudi-nb")
@@ -30,16 +29,7 @@ def mlflow_server(tmp_path_factory):
         cwd=folder, stdout=open(folder / "server.log", "w"), stderr=subprocess.STDOUT,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.time() + 90
-    while True:
-        try:
-            urllib.request.urlopen(f"{url}/health", timeout=2)
-            break
-        except OSError:
-            if time.time() > deadline or server.poll() is not None:
-                server.kill()
-                raise AssertionError("mlflow server did not start: " + (folder / "server.log").read_text()[-2000:]) from None
-            time.sleep(0.5)
+    wait_for_http(f"{url}/health", server, folder / "server.log", "mlflow server")
     yield url
     server.terminate()
     server.wait(timeout=30)

@@ -3,12 +3,12 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
 
 import pytest
+from conftest import free_port
 
 from gaudi_nb.errors import SpecError
 from gaudi_nb.nodes import watchdog
@@ -163,12 +163,6 @@ def test_the_crontab_line_replaces_only_its_own_home(tmp_path):
 # -- the real thing: a detached watchdog on a local node, moto's EC2 as the cloud ---------------------
 
 
-def _free_port():
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture
 def ec2_endpoint(moto_server):
     """The session's moto EC2 server (conftest)."""
@@ -318,7 +312,7 @@ def test_a_spent_budget_stops_the_run_cleanly_then_terminates_the_machine(gaudi_
 
 def test_a_failing_provider_call_is_recorded_and_retried_next_check(gaudi_home, machine, ec2_endpoint, monkeypatch):
     instance, state_of = machine
-    for name, value in {**aws_environment(f"http://127.0.0.1:{_free_port()}"), "AWS_MAX_ATTEMPTS": "1"}.items():
+    for name, value in {**aws_environment(f"http://127.0.0.1:{free_port()}"), "AWS_MAX_ATTEMPTS": "1"}.items():
         monkeypatch.setenv(name, value)  # nothing listens there: the call fails at once
     values = node_config(gaudi_home, ec2_endpoint, instance, idle_minutes=0.0, utilization_window_s=0.0)
     dog = watchdog.Watchdog(WatchdogConfig.from_dict(values), now=time.time() - 5)

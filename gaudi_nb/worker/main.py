@@ -16,7 +16,7 @@ from . import compat, lora, watchdog
 from .callback import EventCallback
 from .data import BlockDataset, pack, read_texts, split_blocks
 from .models import build_model_and_tokenizer
-from .rank import rank_info, report_error
+from .rank import leave_process_group, rank_info, report_error
 from .trainers import TrainerInputs, build_trainer, execution_mode, pick_trainer, prepare_transformers
 
 
@@ -169,12 +169,3 @@ def main(argv: Optional[List[str]] = None) -> None:
         raise
     leave_process_group()
 
-
-def leave_process_group() -> None:
-    """Leave torch.distributed before the interpreter exits. A group left to interpreter teardown can abort the
-    rank (SIGABRT: "terminate called without an active exception") when a peer on another node has already
-    exited, turning a clean stop into a failed exit code."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()

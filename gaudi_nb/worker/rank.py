@@ -33,3 +33,13 @@ def report_error(folder: RunFolder, exc: BaseException) -> None:
         writer.close()
     except Exception:
         pass  # the log still has the traceback
+
+
+def leave_process_group() -> None:
+    """Leave torch.distributed before the interpreter exits. A group left to interpreter teardown can abort the
+    rank (SIGABRT: "terminate called without an active exception") when a peer, on this node or another, has
+    already exited, turning a clean stop (or a script that ran to its end) into a failed exit code."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()

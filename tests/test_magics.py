@@ -184,6 +184,39 @@ def test_script_runner_runs_the_script_on_every_rank_in_fresh_processes(gaudi_ho
     assert steps[0]["warmup"] and not steps[1]["warmup"] and steps[1]["tokens_per_second"] > 0
 
 
+ENDS_WITH_LOOSE_ENDS = textwrap.dedent(
+    """
+    import atexit, sys, threading, time
+    from pathlib import Path
+
+    out = Path(sys.argv[0]).parent
+    log = open(out / "unclosed.txt", "w")  # buffered and never closed
+    log.write("written by the script")
+    atexit.register(lambda: (out / "atexit.txt").write_text("exit handler ran"))
+    threading.Thread(target=lambda: (time.sleep(0.5), (out / "thread.txt").write_text("thread finished"))).start()
+    print("last words", end="")  # no newline: still in stdout's buffer at the end
+    """
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("how", ["runs to its end", "calls sys.exit(0)"])
+def test_a_script_that_ends_cleanly_exits_0_with_what_it_left_finished(gaudi_home, tmp_path, how):
+    # a clean end skips the interpreter's teardown (a backend thread can abort the rank there, see
+    # rank.exit_cleanly); what the teardown does that a user sees must still happen
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "run.json").write_text(json.dumps({"run_id": "script-run", "node": "local"}))
+    (folder / "spec.json").write_text(RunSpec(max_steps=1).model_dump_json())
+    (folder / "script.py").write_text(ENDS_WITH_LOOSE_ENDS + ("sys.exit(0)\n" if how == "calls sys.exit(0)" else ""))
+    result = subprocess.run([sys.executable, "-m", "gaudi_nb.worker.script", "--run-dir", str(folder)], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.endswith("last words")
+    assert (folder / "atexit.txt").read_text() == "exit handler ran"
+    assert (folder / "thread.txt").read_text() == "thread finished"
+    assert (folder / "unclosed.txt").read_text() == "written by the script"
+
+
 @pytest.mark.slow
 def test_script_runner_reports_the_scripts_exception(gaudi_home, tmp_path):
     folder = tmp_path / "run"

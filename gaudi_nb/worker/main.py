@@ -16,7 +16,7 @@ from . import compat, lora, watchdog
 from .callback import EventCallback
 from .data import BlockDataset, pack, read_texts, split_blocks
 from .models import build_model_and_tokenizer
-from .rank import leave_process_group, rank_info, report_error
+from .rank import exit_cleanly, rank_info, report_error
 from .trainers import TrainerInputs, build_trainer, execution_mode, pick_trainer, prepare_transformers
 
 
@@ -167,5 +167,5 @@ def main(argv: Optional[List[str]] = None) -> None:
     except Exception as exc:
         report_error(folder, exc)
         raise
-    leave_process_group()
+    exit_cleanly()
 

@@ -34,7 +34,7 @@ from ..events import BackgroundEventWriter, EventWriter
 from ..rundir import RESUME_FROM_ENV, RunFolder, current_attempt, mark_checkpoint_complete, prune_checkpoints
 from ..spec import RunSpec
 from . import watchdog
-from .rank import leave_process_group, rank_info, report_error, writer_for
+from .rank import exit_cleanly, rank_info, report_error, writer_for
 
 RUN_DIR_ENV = "GAUDI_NB_RUN_DIR"
 
@@ -277,7 +277,6 @@ def main(argv: Optional[List[str]] = None) -> None:
     from gaudi_nb.worker import script as helpers
 
     ctx = helpers._ctx()
-    ended_cleanly = False
     try:
         path = script_path(folder, ctx.spec)
         import torch
@@ -310,17 +309,18 @@ def main(argv: Optional[List[str]] = None) -> None:
             os.chdir(code_dir(folder))
             sys.path.insert(0, str(code_dir(folder)))
         sys.path.insert(0, str(path.parent))  # as `python script.py` does: siblings of the script import
-        runpy.run_path(str(path), run_name="__main__")
-        ended_cleanly = True
-    except BaseException as exc:
-        ended_cleanly = isinstance(exc, SystemExit) and exc.code in (0, None)
-        if not ended_cleanly:
+        runpy.run_path(str(path), run_name="__main__")  # its globals are dropped: exit_cleanly finalizes what they held
+    except SystemExit as exc:
+        if exc.code not in (0, None):
             report_error(ctx.folder, exc)
+            raise
+        # sys.exit(0) ends the script as reaching its end does
+    except BaseException as exc:
+        report_error(ctx.folder, exc)
         raise
     finally:
-        if ended_cleanly:
-            leave_process_group()  # the script's group, if it made one: before teardown, which can abort the rank
         ctx.close()
+    exit_cleanly()
 
 
 if __name__ == "__main__":

@@ -9,12 +9,14 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from .errors import GaudiNbError, SpecError
 from .events import ACTIVE_STATUSES, TERMINAL_STATUSES
-from .spec import PATH_FIELDS, RunSpec, looks_like_path, parse_mapping, parse_target
+from .spec import PATH_FIELDS, RunSpec, looks_like_path, parse_mapping
 from .store import RunStore
 from .targets import Target, target_for
 
 # how long `logs` of an ended run on another node waits for its log to be copied here whole
 LOG_WAIT_S = 30.0
+# how long resume() waits for its restart event to arrive from a node (it makes the run active again)
+RESUME_SEEN_WAIT_S = 30.0
 
 
 def resolve_paths(options: Dict[str, Any], base: Optional[Path] = None) -> Dict[str, Any]:
@@ -245,23 +247,22 @@ def train(spec: Union[RunSpec, Dict[str, Any], None] = None, *, store: Optional[
 def resume(run_id: str, *, max_steps: Optional[int] = None, budget_usd: Optional[float] = None, store: Optional[RunStore] = None) -> Run:
     """Continue a stopped, failed or lost run from its newest complete checkpoint and return its Run.
 
-    It stays the same run (same id, record and event stream) as its next attempt: every view shows
-    it active again, and its final status is the resumed attempt's. max_steps extends a run (also
-    one that succeeded); budget_usd raises the budget of one that spent it. Local runs, in this version.
+    It stays the same run (same id, record and event stream) as its next attempt, on the node it
+    ran on: every view shows it active again, and its final status is the resumed attempt's.
+    max_steps extends a run (also one that succeeded); budget_usd raises the budget of one that
+    spent it. Runs on one node (this machine or an attached one), in this version.
     """
-    from .agent.resume import resume_run
-    from .rundir import RunFolder
-
     run = Run(run_id, store)
-    target = run.store.get(run.run_id).get("target") or "local"  # asked before any sync: a remote node may not answer
-    if parse_target(target).kind != "local":
-        raise SpecError(f"run {run.run_id} ran on {target}: resume works for local runs in this version; start a new run there with gaudi-nb train --target {target}")
+    target = run._target(run.store.get(run.run_id))  # asked before any sync: a remote node may not answer
     record = run.record()
     if record["status"] in ACTIVE_STATUSES:
         raise SpecError(f"run {run.run_id} is still {record['status']}: stop it first (gaudi-nb stop {run.run_id}), then resume it")
-    folder = RunFolder(run.run_dir or target_for("local").run_dir(run.run_id))
-    resume_run(folder, max_steps=max_steps, budget_usd=budget_usd)
-    run.sync()
+    target.resume(run.run_id, max_steps=max_steps, budget_usd=budget_usd)
+    # the restart event makes the run active again; from another node it arrives by the mirror
+    deadline = time.monotonic() + RESUME_SEEN_WAIT_S
+    while run.store.get(run.run_id)["status"] not in ACTIVE_STATUSES and time.monotonic() < deadline:
+        time.sleep(0.1)
+        run.sync()
     return run
 
 

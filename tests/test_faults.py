@@ -10,6 +10,7 @@ import pytest
 from conftest import BIN
 
 import gaudi_nb
+from gaudi_nb.errors import SpecError
 from gaudi_nb.events import EventWriter, make_event, read_events
 from gaudi_nb.rundir import CHECKPOINT_COMPLETE, RunFolder, mark_checkpoint_complete, prune_checkpoints
 from gaudi_nb.summary import empty_summary, fold
@@ -158,7 +159,7 @@ def test_resume_refuses_in_one_line_with_exit_2(gaudi_home):
     ended_run(gaudi_home, "finished", "succeeded", checkpoint_step=20)
     ended_run(gaudi_home, "remote", "stopped", checkpoint_step=10, target="nb1")
     for run_id, expected in [
-        ("remote", "run remote ran on nb1: resume works for local runs in this version"),
+        ("remote", "no attached node 'nb1'"),  # resumed on its node, which is not attached here
         ("no-checkpoint", "run no-checkpoint has no complete checkpoint to resume from (it ended stopped before its first): start it again, with --save-steps N"),
         ("finished", "nothing left to train; resume with --max-steps above 20"),
     ]:
@@ -166,6 +167,10 @@ def test_resume_refuses_in_one_line_with_exit_2(gaudi_home):
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert result.returncode == 2 and len(lines) == 1 and expected in lines[0], result.stderr
     assert gaudi_nb.get_run("no-checkpoint").status == "stopped"  # nothing changed
+    from gaudi_nb.targets.ssh import SshTarget
+
+    with pytest.raises(SpecError, match="ran across nodes .nb1,nb2.: resume works for runs on one node"):
+        SshTarget("nb1,nb2").resume("across")  # refused before any node is asked
     assert not [e for e in read_events(gaudi_home / "runs" / "finished" / "events.jsonl")[0] if e["type"] == "restart"]
 
 

@@ -158,3 +158,33 @@ def test_a_run_on_a_node_gets_what_the_client_sends_and_the_spec_keeps_only_name
     monkeypatch.delenv("GAUDI_NB_TEST_TOKEN")
     unset = subprocess.run([GAUDI_NB, "train", "--target", node, "--env", "GAUDI_NB_TEST_TOKEN", "--max-steps", "1"], capture_output=True, text=True, timeout=60)
     assert unset.returncode == 2 and "GAUDI_NB_TEST_TOKEN is not set here" in unset.stderr and len(unset.stderr.strip().splitlines()) == 1
+
+
+def test_a_stopped_run_on_a_node_resumes_there_with_what_the_client_sends(node, sshd, monkeypatch):
+    monkeypatch.setenv("GAUDI_NB_TEST_TOKEN", "sent-again")
+    run = gaudi_nb.train(target=node, devices=1, max_steps=200, save_steps=5, keep_checkpoints=1, env="GAUDI_NB_TEST_TOKEN")
+    deadline = time.monotonic() + 180
+    while not run.events(types=["checkpoint"]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    stop = subprocess.run([GAUDI_NB, "stop", run.run_id], capture_output=True, text=True, timeout=60)
+    assert stop.returncode == 0, stop.stderr
+    run.wait(timeout=180)
+    stopped = run.record()
+    assert stopped["status"] == "stopped", stopped["exit"]
+    from_step = stopped["checkpoints"][-1]["step"]
+    end = from_step + 10
+    resumed = subprocess.run([GAUDI_NB, "resume", run.run_id, "--max-steps", str(end), "--detach", "--json"], capture_output=True, text=True, timeout=120)
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads(resumed.stdout)["status"] in ("starting", "running")  # active again as soon as resume returns
+    remote = Path(run.events(types=["run_start"])[0]["run_dir"])
+    agent = int((remote / "agent.pid").read_text())
+    environment = Path(f"/proc/{agent}/environ").read_bytes().split(b"\0")
+    assert b"GAUDI_NB_TEST_TOKEN=sent-again" in environment  # the resumed agent on the node got it from this client again
+    assert not (remote / "control" / "environment.json").exists()
+    run.wait(timeout=240)  # this process's mirror follows the new attempt to its end
+    record = run.record()
+    assert record["status"] == "succeeded" and record["attempt"] == 2 and record["steps_completed"] == end, record["exit"]
+    assert [e["step"] for e in run.events(types=["step"]) if e["attempt"] == 2] == list(range(from_step + 1, end + 1))
+    assert [e["status"] for e in run.events(types=["run_end"])] == ["stopped", "succeeded"]
+    again = subprocess.run([GAUDI_NB, "resume", run.run_id], capture_output=True, text=True, timeout=60)  # refused on the node, one line here
+    assert again.returncode == 2 and f"nothing left to train; resume with --max-steps above {end}" in again.stderr and len(again.stderr.strip().splitlines()) == 1

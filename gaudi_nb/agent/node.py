@@ -17,6 +17,8 @@ from typing import Any, Dict, Optional
 from ..rundir import RunFolder
 from . import liveness
 
+REFUSED = 2  # exit status of a command the node refused with a one-line reason on stderr
+
 
 def start_agent(folder: RunFolder, python: Optional[str] = None) -> int:
     """Start the run's agent detached in its own session (it survives the SSH session or kernel); returns its pid."""
@@ -77,13 +79,15 @@ def tail(path: Path, offset: int, *, follow: bool, folder: Optional[RunFolder] =
 
 
 def _ended(folder: RunFolder) -> bool:
-    """The run has a run_end, or its agent is gone (then nothing more will be written but a lost marker)."""
+    """The run has a run_end that no restart follows (`gaudi-nb resume` writes one before its agent starts)."""
     try:
         with open(folder.events, "rb") as fh:
             fh.seek(max(0, folder.events.stat().st_size - 64 * 1024))
-            return b'"type":"run_end"' in fh.read()
+            tail = fh.read()
     except OSError:
         return False
+    end = tail.rfind(b'"type":"run_end"')
+    return end >= 0 and tail.rfind(b'"type":"restart"') < end
 
 
 def _drained(path: Path, position: int) -> bool:
@@ -103,6 +107,10 @@ def main(argv: Optional[list] = None) -> None:
     stop.add_argument("--reason", default="stopped")
     lost = commands.add_parser("check-lost", help="end a run whose agent is gone as lost")
     lost.add_argument("--run-dir", required=True, type=Path)
+    resume = commands.add_parser("resume", help="continue an ended run from its newest complete checkpoint as its next attempt")
+    resume.add_argument("--run-dir", required=True, type=Path)
+    resume.add_argument("--max-steps", type=int, default=None)
+    resume.add_argument("--budget-usd", type=float, default=None)
     fail = commands.add_parser("fail", help="end a run that could not start")
     fail.add_argument("--run-dir", required=True, type=Path)
     fail.add_argument("--reason", required=True)
@@ -124,6 +132,15 @@ def main(argv: Optional[list] = None) -> None:
         answer = {"first": stop_run(folder, args.reason)}
     elif args.command == "check-lost":
         answer = {"lost": liveness.mark_if_lost(folder)}
+    elif args.command == "resume":
+        from ..errors import SpecError
+        from .resume import resume_run
+
+        try:
+            answer = resume_run(folder, max_steps=args.max_steps, budget_usd=args.budget_usd)
+        except SpecError as exc:  # the client shows this line as it is: it says what to do next
+            sys.stderr.write(f"{exc}\n")
+            sys.exit(REFUSED)
     else:
         answer = {"ended": liveness.end_run(folder, "failed", args.reason)}
     sys.stdout.write(json.dumps(answer) + "\n")

@@ -32,7 +32,7 @@ def resume_run(folder: RunFolder, *, max_steps: Optional[int] = None, budget_usd
     run = folder.read_run()
     run_id = run["run_id"]
     if run.get("cluster"):
-        raise SpecError(f"run {run_id} ran across nodes: resume works for one-node local runs in this version; start a new run with --max-steps")
+        raise SpecError(f"run {run_id} ran across nodes: resume works for runs on one node in this version; start a new run with --max-steps")
     liveness.mark_if_lost(folder)  # an agent that died unnoticed: the run is lost, and resumable
     events, _ = read_events(folder.events)
     attempt_events = liveness._this_attempt(events)

@@ -32,6 +32,10 @@ class Target(Protocol):
     def stop(self, run_id: str, reason: str = "stopped") -> bool:
         """Ask the run to stop after a checkpoint; a run whose agent is gone ends as stopped at once."""
 
+    def resume(self, run_id: str, *, max_steps: Optional[int] = None, budget_usd: Optional[float] = None) -> Dict[str, Any]:
+        """Start the next attempt of an ended run from its newest complete checkpoint, where it ran; returns the
+        attempt and the checkpoint. SpecError (one line that says what to do) if it cannot be resumed."""
+
     def log_path(self, run_id: str, node: Optional[str] = None, wait_s: float = 0.0) -> Path:
         """The run's training log on this machine (mirrored from its node): node 0's, or `node`'s. For a run
         that has ended, wait up to wait_s for every byte of it to be here."""

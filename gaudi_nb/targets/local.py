@@ -54,6 +54,11 @@ class LocalTarget:
     def stop(self, run_id: str, reason: str = "stopped") -> bool:
         return node.stop_run(self.folder(run_id), reason)
 
+    def resume(self, run_id: str, *, max_steps: Optional[int] = None, budget_usd: Optional[float] = None) -> Dict[str, Any]:
+        from ..agent.resume import resume_run
+
+        return resume_run(self.folder(run_id), max_steps=max_steps, budget_usd=budget_usd)
+
     def log_path(self, run_id: str, node: Optional[str] = None, wait_s: float = 0.0) -> Path:
         if node not in (None, self.name):
             raise SpecError(f"the run {run_id} ran on one node, '{self.name}': leave out --node")

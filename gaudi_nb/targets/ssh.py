@@ -277,8 +277,11 @@ class SshTarget:
             self._merge(run_id)
             return read_events(folder.events, offset)
         events, end = read_events(folder.events, offset)
-        if any(e.get("type") == "run_end" for e in events):
-            self._complete.add(run_id)
+        for event in events:  # complete at a run_end, unless a restart (gaudi-nb resume) follows it
+            if event.get("type") == "run_end":
+                self._complete.add(run_id)
+            elif event.get("type") == "restart":
+                self._complete.discard(run_id)
         if run_id not in self._complete and not self._links().mirroring(folder.events):
             # a new process (a restarted kernel, another CLI call): resume the mirror from its size
             self._links().mirror(self.node, f"{self.remote_dir(run_id)}/events.jsonl", folder.events)
@@ -348,6 +351,35 @@ class SshTarget:
             except GaudiNbError:
                 continue
         return first
+
+    def resume(self, run_id: str, *, max_steps: Optional[int] = None, budget_usd: Optional[float] = None) -> Dict[str, Any]:
+        """Resume on the node (agent/resume.py there), with what this client sends a run's agent sent again
+        (the node deleted it when the first attempt started); then mirror the new attempt's events."""
+        from ..agent.node import REFUSED
+        from ..nodes.link import node_command
+
+        if self.several:
+            raise SpecError(f"run {run_id} ran across nodes ({self.name}): resume works for runs on one node in this version; start a new run with gaudi-nb train --target {self.name}")
+        links, remote, folder = self._links(), self.remote_dir(run_id), self.folder(run_id)
+        spec = RunSpec.model_validate_json(folder.spec.read_text())
+        sent = sent_environment(spec)
+        if sent:
+            links.put_text(self.node, f"{remote}/control/environment.json", json.dumps(sent), mode=0o600)
+        args = ["resume", "--run-dir", remote]
+        args += ["--max-steps", str(max_steps)] if max_steps is not None else []
+        args += ["--budget-usd", repr(budget_usd)] if budget_usd is not None else []
+        status, out, err = links.run(self.node, node_command(self.node, *args))
+        if status != 0 and sent:  # no agent started to read (and delete) what was sent: it does not stay there
+            links.run(self.node, f"rm -f {shlex.quote(remote)}/control/environment.json")
+        if status == REFUSED:
+            raise SpecError((err.strip().splitlines() or [f"node {self.name} refused to resume run {run_id}"])[-1])
+        request = self._answer(self.node, "resume", status, out, err)
+        changes = {k: v for k, v in (("max_steps", max_steps), ("budget_usd", budget_usd)) if v is not None}
+        if changes:  # the mirror's copy of the spec says what the node's now says
+            folder.spec.write_text(spec.model_copy(update=changes).model_dump_json(indent=2))
+        self._complete.discard(run_id)
+        links.mirror(self.node, f"{remote}/events.jsonl", folder.events)
+        return request
 
     def log_path(self, run_id: str, node: Optional[str] = None, wait_s: float = 0.0) -> Path:
         """The training log of node 0 (rank 0's), or of `node`; across nodes, the others' go to nodes/<name>/train.log.

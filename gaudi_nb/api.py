@@ -213,6 +213,10 @@ class Run:
         self.sync()
         return first
 
+    def resume(self, max_steps: Optional[int] = None, budget_usd: Optional[float] = None) -> "Run":
+        """Continue this ended run from its newest complete checkpoint as its next attempt (see gaudi_nb.resume)."""
+        return resume(self.run_id, max_steps=max_steps, budget_usd=budget_usd, store=self.store)
+
     def logs(self, node: Optional[str] = None) -> Path:
         """Where the run's training log is on this machine: node 0's (rank 0 writes there), or `node`'s.
         A run on another node that has ended is copied here whole first (up to LOG_WAIT_S)."""
@@ -242,6 +246,13 @@ def train(spec: Union[RunSpec, Dict[str, Any], None] = None, *, store: Optional[
         Run(run_id, store).sync()
         raise GaudiNbError(f"run {run_id} could not start: {exc}") from exc
     return Run(run_id, store)
+
+
+# what resume's options mean, for `gaudi-nb resume` and %gaudi_resume alike
+RESUME_OPTIONS = {
+    "max_steps": "train to this step instead of the run's max_steps (also extends a run that succeeded)",
+    "budget_usd": "a new budget for the whole run (what it spent so far counts)",
+}
 
 
 def resume(run_id: str, *, max_steps: Optional[int] = None, budget_usd: Optional[float] = None, store: Optional[RunStore] = None) -> Run:

@@ -51,8 +51,8 @@ def train(
 @app.command()
 def resume(
     run_id: str = typer.Argument(..., help="run id (a unique prefix is enough)"),
-    max_steps: Optional[int] = typer.Option(None, "--max-steps", help="train to this step instead of the run's max_steps (also extends a run that succeeded)"),
-    budget_usd: Optional[float] = typer.Option(None, "--budget-usd", help="a new budget for the whole run (what it spent so far counts)"),
+    max_steps: Optional[int] = typer.Option(None, "--max-steps", help=api.RESUME_OPTIONS["max_steps"]),
+    budget_usd: Optional[float] = typer.Option(None, "--budget-usd", help=api.RESUME_OPTIONS["budget_usd"]),
     detach: bool = typer.Option(False, "--detach", "-d", help="resume the run and return; it goes on without this process"),
     as_json: bool = typer.Option(False, "--json", help="print the final run record as JSON (progress goes to stderr)"),
 ) -> None:

@@ -193,6 +193,17 @@ def test_quickstart_panel_is_live_and_the_kernel_stays_free(pages, lab):
     page.locator(".gaudi-nb-panel button", has_text="Stop").first.click()
     page.wait_for_selector(".gaudi-nb-panel .gaudi-nb-status[data-status='stopped']", timeout=120_000)
     page.screenshot(path=str(SCREENSHOTS / "jupyterlab_quickstart_stopped.png"))
+
+    # stopped after a checkpoint: the same button resumes the run, and the panel follows the next attempt
+    resume = page.locator(".gaudi-nb-panel button", has_text="Resume").first
+    resume.wait_for(timeout=30_000)
+    stopped_at = step_of(step)
+    resume.click()
+    page.wait_for_selector(".gaudi-nb-panel .gaudi-nb-attempt[data-attempt='2']", timeout=60_000)
+    page.wait_for_function(f"() => +document.querySelector('.gaudi-nb-panel .gaudi-nb-step').dataset.step > {stopped_at}", timeout=120_000)
+    page.locator(".gaudi-nb-panel").first.screenshot(path=str(SCREENSHOTS / "jupyterlab_panel_resumed.png"))
+    page.locator(".gaudi-nb-panel button", has_text="Stop").first.click()  # nothing left running for the next test
+    page.wait_for_selector(".gaudi-nb-panel .gaudi-nb-status[data-status='stopped']", timeout=120_000)
     scripts = [f for f in failed if f[0] == "script" or f[1].split("?")[0].endswith((".js", ".mjs"))]
     assert not scripts, f"scripts failed to load: {scripts}"
     page.close()

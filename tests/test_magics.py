@@ -6,6 +6,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 from conftest import free_port
@@ -302,3 +303,27 @@ def test_launcher_choices_come_from_the_registries_and_catalog(gaudi_home):
     launcher.budget_usd.value = "lots"
     assert launcher.launch() is None and "budget: a number" in launcher.message.value
     assert not launcher.runs
+
+
+@pytest.mark.slow
+def test_gaudi_resume_continues_the_stopped_run_from_its_checkpoint_and_shows_its_panel(ip):
+    with capture_output():
+        run = ip.run_line_magic("gaudi_train", "--quiet --max-steps 500 --save-steps 3 --batch-size 2 --sequence-length 32 --warmup-steps 1")
+    deadline = time.monotonic() + 120
+    while not run.events(types=["checkpoint"]) and time.monotonic() < deadline:
+        time.sleep(0.3)
+    with pytest.raises(UsageError, match=f"run {run.run_id} is still (starting|running): stop it first"):
+        ip.run_line_magic("gaudi_resume", "")
+    with capture_output():
+        ip.run_line_magic("gaudi_stop", "")
+    run.wait(timeout=120)
+    from_step = run.record()["checkpoints"][-1]["step"]
+    with capture_output() as shown:
+        resumed = ip.run_line_magic("gaudi_resume", f"{run.run_id[:12]} --max-steps {from_step + 4}")  # a prefix is enough
+    assert resumed.run_id == run.run_id and f"resumed {run.run_id} from step {from_step} (attempt 2)" in shown.stdout
+    assert any("image/png" in output.data for output in shown.outputs)  # its panel (static here) under the cell
+    resumed.wait(timeout=120)
+    record = resumed.record()
+    assert record["status"] == "succeeded" and record["attempt"] == 2 and record["steps_completed"] == from_step + 4, record["exit"]
+    with pytest.raises(UsageError, match=f"nothing left to train; resume with --max-steps above {from_step + 4}"):
+        ip.run_line_magic("gaudi_resume", "")  # the default: the last run started or resumed here

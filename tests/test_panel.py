@@ -24,8 +24,8 @@ def run_start(price=None, budget=None, max_steps=10):
                       trainer="optimum-habana", price_per_hour=price, price_source="explicit price_per_hour" if price else "unknown")
 
 
-def step(n, t, loss=None, warmup=False):
-    return make_event("step", RUN, rank=0, t=t, step=n, loss=loss if loss is not None else 5.0 - 0.1 * n, step_time_s=0.5, tokens=1000, samples=8,
+def step(n, t, loss=None, warmup=False, attempt=1):
+    return make_event("step", RUN, rank=0, t=t, step=n, attempt=attempt, loss=loss if loss is not None else 5.0 - 0.1 * n, step_time_s=0.5, tokens=1000, samples=8,
                       tokens_per_second=2000.0 + n, warmup=warmup, memory={"in_use_bytes": 3 * GIB})
 
 
@@ -149,6 +149,15 @@ class FakeRun:
         self.stopped = True
         return True
 
+    def resume(self):
+        self.resumed = getattr(self, "resumed", 0) + 1
+        if self.refuse:
+            raise RuntimeError(self.refuse)
+        self.all.append(make_event("restart", RUN, t=110.0, attempt=2, cause="resume", from_step=2, reason="resumed after it ended stopped"))
+        return self
+
+    refuse = None
+
 
 def test_panel_thread_updates_at_least_once_a_second_and_stops_at_run_end():
     run = FakeRun([run_start(), step(1, 101.0)])
@@ -165,6 +174,49 @@ def test_panel_thread_updates_at_least_once_a_second_and_stops_at_run_end():
         time.sleep(0.6)
         assert not panel.live and panel.state.status == "stopped"
         assert "stopped on request" in panel.failure.value
+    finally:
+        panel.close()
+
+
+def wait_until(predicate, timeout=5.0):
+    deadline = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return predicate()
+
+
+def test_the_button_resumes_a_stopped_run_with_a_checkpoint_and_the_panel_follows_the_new_attempt():
+    stopped = [run_start(), step(1, 101.0, loss=2.0), step(2, 102.0, loss=1.5), make_event("checkpoint", RUN, t=102.5, step=2, path="/c/checkpoint-2", reason="stopped"),
+               make_event("run_end", RUN, t=103.0, status="stopped", exit_code=0, reason="stopped on request")]
+    run = FakeRun(stopped)
+    panel = RunPanel(run, interval_s=0.1).start()
+    try:
+        assert wait_until(lambda: not panel.live)
+        button = panel.stop_button
+        assert (button.description, button.disabled, button.icon) == ("Resume", False, "play")
+        run.refuse = "run r1 has spent $1.0000 of its $1 budget: resume with a higher --budget-usd"
+        button.click()
+        assert wait_until(lambda: "resume with a higher --budget-usd" in panel.note.value) and button.description == "Resume" and not button.disabled
+        run.refuse = None
+        button.click()
+        assert wait_until(lambda: panel.live and button.description == "Stop")  # attempt 2 runs: the button stops it again
+        assert run.resumed == 2 and panel.state.attempt == 2 and not button.disabled
+        run.all.append(step(3, 111.0, loss=1.2, attempt=2))
+        assert wait_until(lambda: panel.state.step == 3) and 'data-attempt="2"' in panel.header.value
+        button.click()
+        assert run.stopped and button.description == "stopping…" and button.disabled
+        run.all.append(make_event("run_end", RUN, t=112.0, status="succeeded", exit_code=0))
+        assert wait_until(lambda: not panel.live) and (button.description, button.disabled, button.icon) == ("ended", True, "check")
+    finally:
+        panel.close()
+
+
+def test_a_stopped_run_without_a_checkpoint_has_nothing_to_resume():
+    run = FakeRun([run_start(), step(1, 101.0), make_event("run_end", RUN, t=103.0, status="stopped", exit_code=0, reason="stopped on request")])
+    panel = RunPanel(run, interval_s=0.1).start()
+    try:
+        assert wait_until(lambda: not panel.live)
+        assert (panel.stop_button.description, panel.stop_button.disabled) == ("ended", True)
     finally:
         panel.close()
 

@@ -1,4 +1,4 @@
-"""IPython magics (%load_ext gaudi_nb): %gaudi_attach, %gaudi_provision, %gaudi_train / %%gaudi_train, %gaudi_runs, %gaudi_watch, %gaudi_stop, %gaudi_cost."""
+"""IPython magics (%load_ext gaudi_nb): %gaudi_attach, %gaudi_provision, %gaudi_train / %%gaudi_train, %gaudi_runs, %gaudi_watch, %gaudi_stop, %gaudi_resume, %gaudi_cost."""
 from __future__ import annotations
 
 import argparse
@@ -340,6 +340,28 @@ class GaudiMagics(Magics):
         except GaudiNbError as exc:
             raise _one_line(exc) from None
         print(f"stop requested for {run.run_id}" + ("" if first else " (a stop was already requested)") + "; its panel shows when it has stopped")
+
+    # -- %gaudi_resume ----------------------------------------------------------------
+    @line_magic
+    @magic_arguments()
+    @argument("run_id", nargs="?", default=None, help="run id or a unique prefix (default: the last run started here)")
+    @argument("--max-steps", dest="max_steps", type=int, default=None, help=api.RESUME_OPTIONS["max_steps"])
+    @argument("--budget-usd", dest="budget_usd", type=float, default=None, help=api.RESUME_OPTIONS["budget_usd"])
+    @argument("--quiet", action="store_true", help="resume the run without showing its panel")
+    def gaudi_resume(self, line: str) -> api.Run:
+        """Continue a stopped, failed or lost run from its last checkpoint, on the node it ran on, as its
+        next attempt, and show its live panel; returns the Run."""
+        args = parse_argstring(self.gaudi_resume, line)
+        run = self._run(args.run_id)
+        try:
+            run = api.resume(run.run_id, max_steps=args.max_steps, budget_usd=args.budget_usd)
+        except GaudiNbError as exc:
+            raise _one_line(exc) from None
+        restart = (run.record().get("restarts") or [{}])[-1]
+        print(f"resumed {run.run_id} from step {restart.get('from_step')} (attempt {restart.get('attempt')})")
+        self.started.append(run)  # %gaudi_stop's default from now on
+        self._show(run, quiet=args.quiet)
+        return run
 
     # -- %gaudi_provision ------------------------------------------------------------------
     @line_magic

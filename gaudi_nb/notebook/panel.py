@@ -390,9 +390,20 @@ class RunFeed:
         return fresh
 
 
+# the run's button: (label, icon, style, disabled, tooltip) for each of its modes
+BUTTON_LOOKS = {
+    "stop": ("Stop", "stop", "danger", False, "stop after a checkpoint (the ranks finish two steps)"),
+    "stopping": ("stopping…", "stop", "danger", True, "the ranks finish two steps and save a checkpoint"),
+    "resume": ("Resume", "play", "success", False, "continue from the last checkpoint as the next attempt (gaudi-nb resume)"),
+    "resuming": ("resuming…", "play", "success", True, "starting the next attempt"),
+    "ended": ("ended", "check", "", True, "the run has ended"),
+}
+RESUMABLE_STATUSES = ("stopped", "failed", "lost", "budget_exceeded")
+
+
 class RunPanel:
     """The live panel for one run: header, loss and throughput charts, cost meter, device grid,
-    Stop button, failure details. A daemon thread polls the run's events and updates the widgets,
+    Stop button (Resume once it ended with a checkpoint), failure details. A daemon thread polls the run's events and updates the widgets,
     so the kernel stays free for other cells."""
 
     def __init__(self, run: Any, interval_s: float = UPDATE_INTERVAL_S) -> None:
@@ -419,8 +430,9 @@ class RunPanel:
         self.grid = DeviceGrid()
         self.failure = w.HTML()
         self.note = w.HTML()
-        self.stop_button = w.Button(description="Stop", icon="stop", button_style="danger", tooltip="stop after a checkpoint (the ranks finish two steps)", layout=w.Layout(width="90px"))
-        self.stop_button.on_click(self._on_stop)
+        self._button = "stop"
+        self.stop_button = w.Button(layout=w.Layout(width="100px"))  # Stop, or Resume once the run can go on
+        self.stop_button.on_click(self._on_button)
         right = w.VBox([self.metrics, self.cost], layout=w.Layout(min_width="300px", padding="0 0 0 12px"))
         charts = w.VBox([self.loss_plot, self.throughput_plot])
         self.widget = w.VBox(
@@ -494,22 +506,58 @@ class RunPanel:
         if state.done and not state.devices:
             self.grid.placeholder = "no telemetry was recorded"
         self.failure.value = failure_html(state)
-        if state.done or state.status == "stopping":
-            self.stop_button.disabled = True
-            self.stop_button.description = "stopping…" if state.status == "stopping" else "ended"
-            if state.done:
-                self.stop_button.button_style = ""
-                self.stop_button.icon = "check" if state.status == "succeeded" else "stop"
+        self._show_button(self._button_for(state))
+
+    # -- the one button: Stop while it runs, Resume once it ended with a checkpoint to go on from ----
+    def _button_for(self, state: PanelState) -> str:
+        if state.status == "stopping":
+            return "stopping"
+        if state.done:
+            if self._button == "resuming":
+                return "resuming"  # until the restart event arrives
+            return "resume" if state.status in RESUMABLE_STATUSES and state.summary.get("checkpoints") else "ended"
+        return "stopping" if self._button == "stopping" else "stop"
+
+    def _show_button(self, mode: str) -> None:
+        self._button = mode
+        description, icon, style, disabled, tooltip = BUTTON_LOOKS[mode]
+        if mode == "ended":
+            icon = "check" if self.state.status == "succeeded" else "stop"
+        button = self.stop_button
+        button.description, button.icon, button.button_style, button.disabled, button.tooltip = description, icon, style, disabled, tooltip
+
+    def _on_button(self, _button: Any = None) -> None:
+        if self._button == "resume":
+            self._on_resume()
+        elif self._button == "stop":
+            self._on_stop()
 
     def _on_stop(self, _button: Any = None) -> None:
-        self.stop_button.disabled = True
-        self.stop_button.description = "stopping…"
+        self._show_button("stopping")
         try:
             self.run.stop()
         except Exception as exc:
             self.note.value = f'<span style="color:#c62828">stop failed: {html.escape(str(exc))}</span>'
-            self.stop_button.disabled = False
-            self.stop_button.description = "Stop"
+            self._show_button("stop")
+
+    def _on_resume(self) -> None:
+        """`gaudi-nb resume` from the panel, off the kernel's thread (a remote node can take seconds to answer);
+        the panel then follows the new attempt."""
+        self._show_button("resuming")
+        self.note.value = ""
+
+        def resume() -> None:
+            try:
+                self.run.resume()
+            except Exception as exc:  # a refusal is one line that says what to do (a higher budget, ...)
+                self.note.value = f'<span style="color:#c62828">resume failed: {html.escape(str(exc))}</span>'
+                self._show_button("resume")
+                return
+            self._thread = None
+            self._stop.clear()
+            self.start()
+
+        threading.Thread(target=resume, name=f"gaudi-nb-resume-{self.run.run_id}", daemon=True).start()
 
 
 # -- where the panel shows: a live frontend, or static output in a headless run ------------

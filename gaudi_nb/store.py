@@ -53,7 +53,8 @@ class EventRow(Base):
 
 
 class NodeRow(Base):
-    """A node: attached over SSH (revision 0003), and for a machine gaudi_nb provisioned, which one, its price and lifetime (0004)."""
+    """A node: attached over SSH (revision 0003), and for a machine gaudi_nb provisioned, which one, its price and lifetime (0004)
+    and the time it was billed for (0006)."""
 
     __tablename__ = "nodes"
     name: Mapped[str] = mapped_column(String(128), primary_key=True)
@@ -87,6 +88,10 @@ class NodeRow(Base):
     resources: Mapped[Optional[Dict[str, Any]]] = mapped_column(JSON)  # what bootstrap made or reused (key, groups, network)
     idle_minutes: Mapped[Optional[float]] = mapped_column(Float)  # the autostop watchdog's settings
     budget_usd: Mapped[Optional[float]] = mapped_column(Float)
+    # billed while it runs (revision 0006): the current running interval's start (null while stopped),
+    # and the running intervals before it, [[start, end], ...]
+    running_since: Mapped[Optional[float]] = mapped_column(Float)
+    billed_intervals: Mapped[Optional[List[List[float]]]] = mapped_column(JSON)
 
 
 NODE_FIELDS = tuple(column.name for column in NodeRow.__table__.columns)

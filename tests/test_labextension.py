@@ -361,8 +361,9 @@ def a_run(run_id, status="running", target="local", price=None, usd=0.0, started
             "ended_at": None, "budget_usd": budget, "budget_left_usd": left, "nodes": nodes, "owner": None}
 
 
-def a_node(name, active=(), price=4.0, state="running", provider="aws", launched=None):
-    return {"name": name, "provider": provider, "state": state, "price_per_hour": price, "active_runs": list(active), "owner": None, "launched_at": launched}
+def a_node(name, active=(), price=4.0, state="running", provider="aws", launched=None, billed=None, since=None):
+    return {"name": name, "provider": provider, "state": state, "price_per_hour": price, "active_runs": list(active), "owner": None, "launched_at": launched,
+            "billed_intervals": billed, "running_since": since}
 
 
 def test_costs_count_a_provisioned_node_once_and_warn_of_idle_nodes_and_budgets():
@@ -377,11 +378,13 @@ def test_costs_count_a_provisioned_node_once_and_warn_of_idle_nodes_and_budgets(
         a_run("finished", status="succeeded", price=3.0, usd=0.25, started=now - 3000),
     ]
     nodes = [a_node("gpu1", active=["on-node"], launched=now - 3600), a_node("spare", price=8.0, launched=now - 1800),
-             a_node("attached", provider=None, state="attached"), a_node("down", state="stopped")]
+             a_node("attached", provider=None, state="attached"), a_node("down", state="stopped"),
+             # ran 02:00-03:00, stopped, running again since 11:00: billed two hours today, not ten
+             a_node("napper", active=["x"], price=10.0, launched=now - 10 * 3600, billed=[[now - 10 * 3600, now - 9 * 3600]], since=now - 3600)]
     out = costs(rows, nodes, now=now)
-    assert out["usd_per_hour"] == pytest.approx(4.0 + 8.0 + 2.0 + 1.0)
+    assert out["usd_per_hour"] == pytest.approx(4.0 + 8.0 + 10.0 + 2.0 + 1.0)
     assert out["unknown_prices"] == 1  # shown as unknown, never as free
-    assert out["today_usd"] == pytest.approx(4.0 * 1 + 8.0 * 0.5 + 0.5 + 0.0 + 1.0 * 12 + 0.25)
+    assert out["today_usd"] == pytest.approx(4.0 * 1 + 8.0 * 0.5 + 10.0 * 2 + 0.5 + 0.0 + 1.0 * 12 + 0.25)
     kinds = sorted((w["kind"], w.get("node") or w.get("run_id")) for w in out["warnings"])
     assert kinds == [("budget", "local-priced"), ("idle_node", "spare")]
 

@@ -289,6 +289,47 @@ def test_ec2_states_map_to_the_base_words_and_a_node_costs_its_lifetime_at_its_r
     assert spend(running, now=1000.0 + 1800)["usd"] == pytest.approx(13.11 / 2)
     assert spend({**running, "price_per_hour": None}, now=4600.0)["usd"] is None  # unknown, never $0
     assert spend({"provider": None, "launched_at": None})["usd"] is None  # attached only: its runs meter it
+    # billed while it runs: stopped from 1600 to 3400, running again since 3400
+    restarted = {**running, "billed_intervals": [[1000.0, 1600.0]], "running_since": 3400.0}
+    assert spend(restarted, now=4000.0)["hours"] == pytest.approx((600 + 600) / 3600)
+    assert spend({**restarted, "running_since": None}, now=9999.0)["hours"] == pytest.approx(600 / 3600)  # stopped: the bill stands still
+
+
+def test_a_machine_stopped_behind_the_clients_back_stops_costing_and_nodes_start_brings_it_back(aws):
+    import gaudi_nb
+
+    (record,) = gaudi_nb.provision("aws", instance_type="dl1.24xlarge", name="napper", ssh_from=SSH_FROM, image=habana_image(), attach=False)
+    client = ec2()
+    client.stop_instances(InstanceIds=[record["instance_id"]])  # as autostop does on the machine
+
+    def listed(*flags):
+        result = cli("nodes", "list", "--json", *flags)
+        assert result.returncode == 0, result.stderr
+        return next(n for n in json.loads(result.stdout) if n["name"] == "napper-0")
+
+    assert listed("--no-refresh")["state"] == "running"  # the store alone does not know yet
+    stopped = listed()
+    assert stopped["state"] == "stopped" and stopped["running_since"] is None and len(stopped["billed_intervals"]) == 1
+    time.sleep(1.5)
+    assert listed()["cost"]["usd"] == stopped["cost"]["usd"]  # a stopped machine costs nothing more
+
+    started = cli("nodes", "start", "napper", "--no-attach", "--json")
+    assert started.returncode == 0, started.stderr
+    (running,) = json.loads(started.stdout)
+    assert running["state"] == "running" and running["running_since"] >= stopped["billed_intervals"][0][1]
+    live = {i["InstanceId"]: i["State"]["Name"] for r in client.describe_instances(InstanceIds=[record["instance_id"]])["Reservations"] for i in r["Instances"]}
+    assert live == {record["instance_id"]: "running"}
+    time.sleep(1.5)
+    assert listed()["cost"]["usd"] > running["cost"]["usd"]  # billed again while it runs
+
+    again = cli("nodes", "start", "napper-0", "--no-attach")
+    assert again.returncode == 0 and "running at" in again.stdout  # running already: nothing to start, said plainly
+    (ended,) = gaudi_nb.down("napper")
+    first, = stopped["billed_intervals"]
+    billed_hours = (first[1] - first[0] + ended["terminated_at"] - running["running_since"]) / 3600
+    assert ended["cost_usd"] == pytest.approx(ended["price_per_hour"] * billed_hours, rel=1e-6)
+    gone = cli("nodes", "start", "napper")
+    assert gone.returncode == 2 and "terminated, nothing to start" in gone.stderr and len(gone.stderr.strip().splitlines()) == 1
 
 
 # -- attach: the step after "running", against a real sshd standing in for the new machine ---------

@@ -16,6 +16,7 @@ import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from ..events import ACTIVE_STATUSES
+from ..nodes.provision import billed_intervals
 from ..store import RunStore
 
 if TYPE_CHECKING:
@@ -137,6 +138,7 @@ def nodes(rows: List[Dict[str, Any]], node_records: List[Dict[str, Any]], device
             "name": node["name"], "url": node.get("url"), "accelerator": node.get("accelerator"), "device_count": node.get("device_count"),
             "provider": node.get("provider"), "instance_type": node.get("instance_type"), "state": node.get("state") or "attached",
             "price_per_hour": node.get("price_per_hour"), "owner": node.get("owner"), "budget_usd": node.get("budget_usd"), "launched_at": node.get("launched_at"),
+            "running_since": node.get("running_since"), "billed_intervals": node.get("billed_intervals"),
             "active_runs": [r["run_id"] for r in active if node["name"] in _targets(r)],
             "devices": devices.get(node["name"], []),
         })
@@ -177,7 +179,8 @@ def costs(rows: List[Dict[str, Any]], node_list: List[Dict[str, Any]], now: Opti
         rate += float(price)
         if not node["active_runs"]:
             warnings.append({"kind": "idle_node", "node": node["name"], "message": f"{node['name']} is up and runs nothing: ${float(price):.2f}/h"})
-        today += float(price) * _overlap_hours(node.get("launched_at"), None, midnight, now)
+        if node.get("launched_at") is not None:  # the hours it ran today: not the time it was stopped in between
+            today += float(price) * sum(_overlap_hours(start, end, midnight, now) for start, end in billed_intervals(node, now))
     for row in mine:
         if any(name in billed for name in _targets(row)):
             continue  # its node's hours are counted already

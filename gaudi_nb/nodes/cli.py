@@ -10,7 +10,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-nodes_app = typer.Typer(help="Nodes reached over SSH: attach, list, check, detach; cloud machines: provision, down.", no_args_is_help=True)
+nodes_app = typer.Typer(help="Nodes reached over SSH: attach, list, check, detach; cloud machines: provision, start, down.", no_args_is_help=True)
 
 out = Console()
 err = Console(stderr=True)
@@ -51,13 +51,17 @@ def describe(record: Dict[str, Any]) -> str:
 @nodes_app.command("list")
 def list_command(
     show_all: bool = typer.Option(False, "--all", help="also the terminated machines (kept for their cost history)"),
+    refresh_states: bool = typer.Option(True, "--refresh/--no-refresh", help="ask the clouds for the provisioned machines' states first (autostop may have stopped one)"),
     as_json: bool = typer.Option(False, "--json", help="print the records as JSON, each with its cost"),
 ) -> None:
     """The nodes, from the store (a shared store shows the team's): attached ones, and provisioned machines with their state and cost."""
     from .attach import nodes
-    from .provision import with_spend
+    from .provision import refresh, with_spend
 
-    records = with_spend([r for r in nodes() if show_all or r.get("state") != "terminated"])
+    records = nodes()
+    if refresh_states:
+        records = refresh(records, progress=lambda message: err.print(Text(message, style="dim"), soft_wrap=True))
+    records = with_spend([r for r in records if show_all or r.get("state") != "terminated"])
     if as_json:
         out.print_json(json.dumps(records))
         return
@@ -154,6 +158,24 @@ def down_command(
         return
     for record in records:
         out.print(f"{record['name']} ({record['instance_id']}): {record.get('state')}, cost {node_cost(record['cost'])}")
+
+
+@nodes_app.command("start")
+def start_command(
+    name: str = typer.Argument(..., help="a provisioned group's name (all its stopped machines) or one machine's node name"),
+    no_attach: bool = typer.Option(False, "--no-attach", help="return once the machines run (do not wait for SSH or attach)"),
+    as_json: bool = typer.Option(False, "--json", help="print the node records as JSON, each with its cost"),
+) -> None:
+    """Start provisioned machines that were stopped (by autostop, or in the cloud's console) again, and attach them at their new address."""
+    from .provision import start, with_spend
+
+    console = err if as_json else out
+    records = with_spend(start(name, progress=lambda message: console.print(Text(message, style="dim"), soft_wrap=True), attach=not no_attach))
+    if as_json:
+        out.print_json(json.dumps(records))
+        return
+    for record in records:
+        out.print(f"{record['name']} ({record['instance_id']}): {record.get('state')} at {record['host']}, cost so far {node_cost(record['cost'])}")
 
 
 @nodes_app.command("check")

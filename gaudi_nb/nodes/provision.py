@@ -1,4 +1,5 @@
-"""Provision cloud machines as nodes and take them down: validate, create, record, attach, start autostop; and what a node has cost."""
+"""Provision cloud machines as nodes, start stopped ones again and take them down: validate, create, record, attach, start
+autostop, follow what the cloud says of them; and what a node has cost (the time it ran, not the time it was stopped)."""
 from __future__ import annotations
 
 import ipaddress
@@ -236,7 +237,7 @@ def _record(store: "RunStore", request: Any, cloud: "Provider", resources: "Reso
         "identity_file": str(private_key), "owner": request.owner, "attached_at": launched,
         "provider": request.provider, "region": request.region, "instance_id": instance.id, "instance_type": request.instance_type,
         "group": request.name, "state": instance.state, "price_per_hour": price_per_hour, "price_source": price_source,
-        "launched_at": instance.launched_at or launched, "resources": asdict(resources),
+        "launched_at": instance.launched_at or launched, "running_since": instance.launched_at or launched, "billed_intervals": [], "resources": asdict(resources),
         "idle_minutes": request.idle_minutes, "budget_usd": request.budget_usd,
     })
 
@@ -247,8 +248,127 @@ def _update_from(store: "RunStore", cloud: "Provider", instance: "Instance") -> 
     if host:
         fields.update(host=host, url=f"ssh://{cloud.ssh_user}@{host}:22")
     if instance.launched_at:
-        fields["launched_at"] = instance.launched_at  # the cloud's own clock starts the bill
+        fields["launched_at"] = fields["running_since"] = instance.launched_at  # the cloud's own clock starts the bill
     return store.update_node(instance.node, **fields)
+
+
+# -- what the cloud says now: state, address, billed time ------------------------------------
+BILLED_STATES = ("running",)  # EC2 and IBM VPC bill a machine's compute while it runs, not while pending or stopped
+
+
+def follow(store: "RunStore", cloud: "Provider", record: Dict[str, Any], instance: "Instance", now: Optional[float] = None) -> Dict[str, Any]:
+    """Write down what the cloud says of one machine: its state, its address after a start (a stopped EC2
+    machine loses its public address), and its billed time. A running interval closes when the cloud says
+    it stopped (autostop, the console), at the time the cloud gives for it where it gives one."""
+    now = time.time() if now is None else now
+    fields: Dict[str, Any] = {}
+    if instance.state != record.get("state"):
+        fields["state"] = instance.state
+    since = record.get("running_since")
+    if instance.state in BILLED_STATES:
+        if since is None:
+            # EC2's LaunchTime is the last start; a cloud that does not move it on a start: from when it was seen running
+            launched = instance.launched_at
+            fields["running_since"] = launched if launched is not None and launched > _last_end(record) else now
+        host = instance.public_ip or instance.private_ip
+        if host and host != record.get("host"):
+            fields.update(host=host, url=f"ssh://{cloud.ssh_user}@{host}:{record.get('port') or 22}")
+    elif since is not None:
+        until = min(now, max(float(since), float(instance.extra.get("state_changed_at") or now)))
+        fields["billed_intervals"] = [*(record.get("billed_intervals") or []), [since, until]]
+        fields["running_since"] = None
+        if instance.state == "terminated":
+            fields["terminated_at"] = until
+    if instance.state == "terminated" and record.get("cost_usd") is None:
+        fields["cost_usd"] = spend({**record, **fields}, now)["usd"]
+        fields.setdefault("terminated_at", now)
+    return store.update_node(record["name"], **fields) if fields else record
+
+
+def _last_end(record: Dict[str, Any]) -> float:
+    intervals = record.get("billed_intervals") or []
+    return float(intervals[-1][1]) if intervals else 0.0
+
+
+def _places(records: List[Dict[str, Any]]) -> Dict[Tuple[str, str], List[Dict[str, Any]]]:
+    by_place: Dict[Tuple[str, str], List[Dict[str, Any]]] = {}
+    for record in records:
+        by_place.setdefault((record["provider"], record["region"]), []).append(record)
+    return by_place
+
+
+def _in_the_cloud(cloud: "Provider", records: List[Dict[str, Any]]) -> Dict[str, "Instance"]:
+    return {i.id: i for group in {r["group"] for r in records} for i in cloud.query_instances(group=group)}
+
+
+def refresh(records: List[Dict[str, Any]], progress: Progress = None, *, store: "Optional[RunStore]" = None) -> List[Dict[str, Any]]:
+    """The records with what the clouds say now of every provisioned machine among them that is not terminated.
+    A cloud that cannot be asked (no credentials here) leaves its machines as last recorded, and says so."""
+    from ..store import RunStore
+    from .providers import provider as provider_for
+
+    say = progress or (lambda message: None)
+    store = store or RunStore()
+    followed: Dict[str, Dict[str, Any]] = {}
+    live = [r for r in records if r.get("provider") and r.get("instance_id") and r.get("state") != "terminated"]
+    for (provider_name, region), group_records in _places(live).items():
+        try:
+            cloud = provider_for(provider_name, region)
+            found = _in_the_cloud(cloud, group_records)
+        except GaudiNbError as exc:
+            say(f"{provider_name} {region}: states as last recorded ({exc})")
+            continue
+        for record in group_records:
+            if record["instance_id"] in found:
+                followed[record["name"]] = follow(store, cloud, record, found[record["instance_id"]])
+    return [followed.get(r["name"], r) for r in records]
+
+
+def _provisioned(store: "RunStore", name: str) -> List[Dict[str, Any]]:
+    """A group's machines, or one machine by its node name."""
+    records = [r for r in store.list_nodes(group=name) if r.get("provider")]
+    if records:
+        return records
+    try:
+        one = store.get_node(name)
+    except NotFoundError:
+        raise SpecError(f"no provisioned group or machine named '{name}': gaudi-nb nodes list --all shows them") from None
+    if not one.get("provider"):
+        raise SpecError(f"'{name}' was attached over SSH, not provisioned by gaudi_nb: gaudi-nb nodes detach {name} forgets it")
+    return [one]
+
+
+def start(name: str, progress: Progress = None, *, attach: bool = True, store: "Optional[RunStore]" = None) -> List[Dict[str, Any]]:
+    """Start a group's stopped machines (or one by its node name) again: wait until they run, write down their new
+    address and billed time, then (with `attach`) wait for SSH, attach each and start its autostop again."""
+    from ..store import RunStore
+    from .providers import provider as provider_for
+
+    say = progress or (lambda message: None)
+    store = store or RunStore()
+    records = refresh(_provisioned(store, name), say, store=store)
+    gone = [r["name"] for r in records if r.get("state") == "terminated"]
+    if gone and len(gone) == len(records):
+        raise SpecError(f"{', '.join(gone)}: terminated, nothing to start; make new machines with gaudi-nb nodes provision")
+    started: List[Dict[str, Any]] = []
+    for (provider_name, region), group_records in _places([r for r in records if r.get("state") != "terminated"]).items():
+        cloud = provider_for(provider_name, region)
+        stopped = [r for r in group_records if r.get("state") in ("stopped", "stopping")]
+        if stopped:
+            say("starting " + ", ".join(f"{r['name']} ({r['instance_id']})" for r in stopped))
+            stopping = [r["instance_id"] for r in stopped if r.get("state") == "stopping"]
+            if stopping:  # a machine still stopping cannot be started yet
+                cloud.wait_instances(stopping, "stopped", timeout_s=WAIT_RUNNING_S)
+            cloud.start_instances([r["instance_id"] for r in stopped])
+        ids = [r["instance_id"] for r in group_records]
+        for instance in cloud.wait_instances(ids, "running", timeout_s=WAIT_RUNNING_S):
+            record = next(r for r in group_records if r["instance_id"] == instance.id)
+            started.append(follow(store, cloud, store.get_node(record["name"]), instance))
+    say("running: " + ", ".join(f"{r['name']} {r['host']}" for r in started))
+    if not attach:
+        return started
+    private_key, _ = ensure_key()
+    return [_attach(store, record, Path(record.get("identity_file") or private_key), say) for record in started]
 
 
 def wait_for_ssh(host: str, port: int = 22, timeout_s: float = WAIT_SSH_S) -> None:
@@ -310,36 +430,27 @@ def down(name: str, progress: Progress = None, *, store: "Optional[RunStore]" = 
 
     say = progress or (lambda message: None)
     store = store or RunStore()
-    records = [r for r in store.list_nodes(group=name) if r.get("provider")]
-    if not records:
-        try:
-            one = store.get_node(name)
-        except NotFoundError:
-            raise SpecError(f"no provisioned group or machine named '{name}': gaudi-nb nodes list --all shows them") from None
-        if not one.get("provider"):
-            raise SpecError(f"'{name}' was attached over SSH, not provisioned by gaudi_nb: gaudi-nb nodes detach {name} forgets it")
-        records = [one]
+    records = _provisioned(store, name)
     live = [r for r in records if r.get("state") != "terminated"]
     if not live:
         say(f"{name}: already terminated")
         return records
-    by_place: Dict[Tuple[str, str], List[Dict[str, Any]]] = {}
-    for record in live:
-        by_place.setdefault((record["provider"], record["region"]), []).append(record)
     removed: List[Tuple[str, str]] = []
-    for (provider_name, region), group_records in by_place.items():
+    for (provider_name, region), group_records in _places(live).items():
         cloud = provider_for(provider_name, region)
-        # what the cloud still has: a machine autostop terminated, or one the cloud has forgotten
-        # since, is only written down here (asking the cloud to terminate an unknown id fails)
-        known = {i.id: i for group in {r["group"] for r in group_records} for i in cloud.query_instances(group=group)}
-        ids = [r["instance_id"] for r in group_records if r["instance_id"] in known and known[r["instance_id"]].state != "terminated"]
+        # what the cloud still has: a machine autostop stopped is billed to its stop, one it terminated
+        # to its end; one the cloud has forgotten is only written down here (terminating an unknown id fails)
+        known = _in_the_cloud(cloud, group_records)
+        group_records = [follow(store, cloud, r, known[r["instance_id"]]) if r["instance_id"] in known else r for r in group_records]
+        ids = [r["instance_id"] for r in group_records if r["instance_id"] in known and r.get("state") != "terminated"]
         if ids:
             say("terminating " + ", ".join(f"{r['name']} ({r['instance_id']})" for r in group_records if r["instance_id"] in ids))
             cloud.terminate_instances(ids)
             cloud.wait_instances(ids, "terminated", timeout_s=WAIT_TERMINATED_S)
         ended = time.time()
         for record in group_records:
-            store.update_node(record["name"], state="terminated", terminated_at=ended, cost_usd=spend(record, now=ended)["usd"])
+            if record.get("terminated_at") is None:
+                store.update_node(record["name"], state="terminated", terminated_at=ended, cost_usd=spend(record, now=ended)["usd"])
         seen = set()
         for record in group_records:
             stored = record.get("resources") or {}
@@ -364,8 +475,8 @@ def spend(record: Dict[str, Any], now: Optional[float] = None) -> Dict[str, Any]
     (runs on it are metered by the runs themselves)."""
     if not record.get("provider") or record.get("launched_at") is None:
         return {"usd": None, "hours": None, "price_per_hour": None, "source": "not provisioned by gaudi_nb: runs on it meter their own cost"}
-    end = record.get("terminated_at") or (now if now is not None else time.time())
-    hours = max(0.0, float(end) - float(record["launched_at"])) / 3600.0
+    end = float(record.get("terminated_at") or (now if now is not None else time.time()))
+    hours = sum(max(0.0, min(end, b) - a) for a, b in billed_intervals(record, end)) / 3600.0
     price = record.get("price_per_hour")
     if record.get("terminated_at") and record.get("cost_usd") is not None:
         usd: Optional[float] = record["cost_usd"]
@@ -374,10 +485,22 @@ def spend(record: Dict[str, Any], now: Optional[float] = None) -> Dict[str, Any]
     return {"usd": usd, "hours": hours, "price_per_hour": price, "source": record.get("price_source") or "unknown"}
 
 
+def billed_intervals(record: Dict[str, Any], now: float) -> List[Tuple[float, float]]:
+    """The (start, end) intervals a provisioned machine was billed for: the ones it ran before, and the
+    current one to `now` while it runs."""
+    since = record.get("running_since")
+    if record.get("billed_intervals") is None and since is None:  # recorded before revision 0006: billed from launch to its end
+        return [(float(record["launched_at"]), float(record.get("terminated_at") or now))]
+    intervals = [(float(a), float(b)) for a, b in record.get("billed_intervals") or []]
+    if since is not None:
+        intervals.append((float(since), float(record.get("terminated_at") or now)))
+    return intervals
+
+
 def with_spend(records: List[Dict[str, Any]], now: Optional[float] = None) -> List[Dict[str, Any]]:
     """Records with their `cost` (as `spend` computes it), as `gaudi-nb nodes list --json` prints them."""
     now = time.time() if now is None else now
     return [dict(record, cost=spend(record, now)) for record in records]
 
 
-__all__ = ["down", "ensure_key", "provision", "public_address", "spend", "with_spend"]
+__all__ = ["billed_intervals", "down", "ensure_key", "provision", "public_address", "refresh", "spend", "start", "with_spend"]

@@ -1,6 +1,7 @@
 """AWS EC2 provider: Gaudi machines (dl1.24xlarge) with a key pair, a security group, a cluster placement group and EFA, through boto3."""
 from __future__ import annotations
 
+import datetime
 import hashlib
 import os
 import re
@@ -292,6 +293,10 @@ class AwsProvider:
         if ids:
             self._call("stop_instances", InstanceIds=list(ids))
 
+    def start_instances(self, ids: List[str]) -> None:
+        if ids:
+            self._call("start_instances", InstanceIds=list(ids))
+
     def terminate_instances(self, ids: List[str]) -> None:
         """Terminate, and release the Elastic IPs gaudi_nb gave them (an idle Elastic IP is billed)."""
         if not ids:
@@ -351,8 +356,17 @@ class AwsProvider:
             private_ip=item.get("PrivateIpAddress"),
             launched_at=launched.timestamp() if launched is not None and hasattr(launched, "timestamp") else None,
             extra={"group": tag.get(TAG_GROUP, ""), "spot": item.get("InstanceLifecycle") == "spot", "interfaces": len(interfaces),
+                   "state_changed_at": _transition_time(item.get("StateTransitionReason") or ""),
                    "primary_interface": primary.get("NetworkInterfaceId") if primary else None, "tags": tag},
         )
+
+
+def _transition_time(reason: str) -> Optional[float]:
+    """When EC2 says the machine last changed state: "User initiated (2026-11-30 01:02:03 GMT)"."""
+    found = re.search(r"\((\d{4}-\d\d-\d\d \d\d:\d\d:\d\d) (?:GMT|UTC)\)", reason)
+    if not found:
+        return None
+    return datetime.datetime.strptime(found.group(1), "%Y-%m-%d %H:%M:%S").replace(tzinfo=datetime.timezone.utc).timestamp()
 
 
 class AwsError(GaudiNbError):

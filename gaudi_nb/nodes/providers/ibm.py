@@ -418,6 +418,10 @@ class IbmProvider:
         for instance_id in ids:
             self._call("create_instance_action", instance_id, "stop")
 
+    def start_instances(self, ids: List[str]) -> None:
+        for instance_id in ids:
+            self._call("create_instance_action", instance_id, "start")
+
     def terminate_instances(self, ids: List[str]) -> None:
         for instance_id in ids:
             raw = self._call("get_instance", instance_id, missing_ok=True)

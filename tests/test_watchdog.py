@@ -79,6 +79,10 @@ def test_budget_spent_acts_with_the_spend_in_the_reason():
     assert decide(s, 1799.0) is None
     reason = decide(s, 1800.0)
     assert reason.startswith("budget: the node has spent $5.00 of its $5.00 budget (0.50 h at $10.00/h)")
+    # started again after a stop: the 20 minutes it ran before count, the time it was stopped does not
+    again = state(config(idle_minutes=None, budget_usd=5.0, price_per_hour=10.0, launched_at=50_000.0, billed_before_s=1200.0))
+    assert decide(again, 50_000.0 + 599.0) is None
+    assert decide(again, 50_000.0 + 600.0).startswith("budget: the node has spent $5.00 of its $5.00 budget (0.50 h at $10.00/h)")
 
 
 def test_over_budget_with_a_run_waits_for_it_to_stop_then_for_the_grace():

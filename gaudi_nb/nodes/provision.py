@@ -407,6 +407,9 @@ def _start_autostop(record: Dict[str, Any], say: Callable[[str], None], action: 
     from .watchdog import start_on_node
 
     config: Dict[str, Any] = {key: record.get(key) for key in ("idle_minutes", "budget_usd", "price_per_hour", "provider", "region", "instance_id", "launched_at")}
+    if record.get("running_since") is not None:  # started again after a stop: the budget counts the time it ran, not the time it was stopped
+        config["launched_at"] = record["running_since"]
+        config["billed_before_s"] = sum(float(end) - float(start) for start, end in record.get("billed_intervals") or [])
     # where this client reaches the cloud's API, when it is not the public one (never credentials:
     # the machine has its own, from an instance role)
     config["environment"] = {name: os.environ[name] for name in ENDPOINT_VARIABLES if os.environ.get(name)}

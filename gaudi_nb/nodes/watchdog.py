@@ -43,7 +43,8 @@ class WatchdogConfig:
     provider: str  # "aws" | "ibm": the registry name in nodes.providers
     region: str
     instance_id: str  # this machine, as the provider names it
-    launched_at: float  # epoch seconds: the node's spend counts from here
+    launched_at: float  # epoch seconds: the start of the machine's current running interval
+    billed_before_s: float = 0.0  # the seconds it ran before that (it was stopped and started again): spend counts them too
     action: str = "stop"  # "stop" (disk kept, compute not billed) or "terminate" (everything gone)
     idle_minutes: Optional[float] = None  # None: never stopped for being idle
     budget_usd: Optional[float] = None  # None: no budget
@@ -137,10 +138,10 @@ def utilization_of(sample: Any) -> Optional[float]:
 
 
 def spend_usd(config: WatchdogConfig, now: float) -> Optional[float]:
-    """The node's spend since launch at its hourly price; None where the price is unknown."""
+    """The node's spend at its hourly price: the time it ran before, and since its last start; None where the price is unknown."""
     if config.price_per_hour is None:
         return None
-    return max(0.0, now - float(config.launched_at)) / 3600.0 * float(config.price_per_hour)
+    return (float(config.billed_before_s) + max(0.0, now - float(config.launched_at))) / 3600.0 * float(config.price_per_hour)
 
 
 def over_budget(state: WatchdogState, now: float) -> bool:
@@ -190,7 +191,7 @@ def decide(state: WatchdogState, now: float) -> Optional[str]:
         spent = spend_usd(config, now) or 0.0
         why = (
             f"budget: the node has spent ${spent:.2f} of its ${float(config.budget_usd or 0):.2f} budget "
-            f"({(now - config.launched_at) / 3600:.2f} h at ${float(config.price_per_hour or 0):.2f}/h)"
+            f"({(float(config.billed_before_s) + now - config.launched_at) / 3600:.2f} h at ${float(config.price_per_hour or 0):.2f}/h)"
         )
         if not state.active_runs:
             return why

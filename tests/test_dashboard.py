@@ -60,6 +60,9 @@ def test_runs_fleet_and_money_from_the_store(store_url, gaudi_home):
     add_run(store, "bob-1", owner="bob", t0=now - 60, steps=7, usd=0.5, node="gaudi-a", utilization=0.0)  # runs, but its devices idle
     add_run(store, "bob-2", owner="bob", t0=now - 30, steps=3, usd=0.25, price=None, node="gaudi-b", devices=4)
     store.add_node({"name": "gaudi-c", "url": "ssh://u@c:22", "user": "u", "host": "c", "port": 22, "accelerator": "hpu", "device_count": 8})
+    machine = {"url": "ssh://ubuntu@m:22", "user": "ubuntu", "host": "m", "port": 22, "provider": "aws", "region": "us-west-2", "price_per_hour": 13.11, "launched_at": now - 7200}
+    store.add_node({**machine, "name": "napper-0", "instance_id": "i-1", "state": "stopped", "billed_intervals": [[now - 7200, now - 3600]]})  # autostop stopped it
+    store.add_node({**machine, "name": "gone-0", "instance_id": "i-2", "state": "terminated", "terminated_at": now - 3600})
     data = DashboardData(store, follow=False, team_budgets={"users": {"bob": 10.0}, "projects": {"llama": 3.0}})
     assert data.refresh() is True
     assert data.refresh() is False  # nothing new: a tick costs one query and changes nothing
@@ -80,6 +83,8 @@ def test_runs_fleet_and_money_from_the_store(store_url, gaudi_home):
     assert fleet.loc["gaudi-b", "state"] == "busy" and fleet.loc["gaudi-c", "state"] == "idle"
     assert data.fleet()["node"].iloc[0] == "gaudi-a"  # what costs money idle comes first
     assert fleet.loc["gaudi-c", "devices"] == 8 and fleet.loc["gaudi-b", "devices"] == 4
+    # a stopped machine bills nothing and says so, after the rest; a terminated one is history, not fleet
+    assert fleet.loc["napper-0", "state"] == "stopped" and data.fleet()["node"].iloc[-1] == "napper-0" and "gone-0" not in fleet.index
 
     heat = data.heatmap("utilization")
     assert heat["values"].shape == (8 + 4 + 8, 120)  # one row per device of every node that reported (alice's run too, on local)

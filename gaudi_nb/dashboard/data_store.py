@@ -17,6 +17,7 @@ import pandas as pd
 from sqlalchemy import bindparam, select
 
 from ..events import ACTIVE_STATUSES
+from ..nodes.provision import BILLED_STATES
 from ..notebook.panel import PanelState
 from ..store import EventRow, RunRow, RunStore
 from ..summary import public
@@ -292,7 +293,12 @@ def fleet_frame(node_records: Sequence[Dict[str, Any]], records: Sequence[Dict[s
     what runs on it, what it costs per hour, how busy it is, and whether it is idle while it costs money."""
     now = time.time() if now is None else now
     nodes: Dict[str, Dict[str, Any]] = {LOCAL_NODE: {"node": LOCAL_NODE, "address": "this machine", "accelerator": None, "devices": None, "price_per_hour": None}}
+    down: Dict[str, str] = {}  # provisioned machines that are not running: billed for nothing (a terminated one is left out)
     for n in node_records:
+        if n.get("state") == "terminated":
+            continue
+        if n.get("provider") and n.get("state") not in BILLED_STATES:
+            down[str(n["name"])] = str(n.get("state") or "stopped")
         nodes[str(n["name"])] = {
             "node": str(n["name"]),
             "address": n.get("url") or n.get("host"),
@@ -324,12 +330,12 @@ def fleet_frame(node_records: Sequence[Dict[str, Any]], records: Sequence[Dict[s
             n["accelerator"] = history.kind
         utilization = node_utilization(history, now)
         runs = active.get(name) or []
-        costs = n["price_per_hour"] is not None and float(n["price_per_hour"]) > 0
+        costs = n["price_per_hour"] is not None and float(n["price_per_hour"]) > 0 and name not in down
         idle = not runs or (utilization is not None and utilization < IDLE_UTILIZATION_PCT)
-        state = ("idle, costs money" if costs else "idle") if idle else "busy"
+        state = down.get(name) or (("idle, costs money" if costs else "idle") if idle else "busy")
         rows.append(dict(n, runs=", ".join(runs), active_runs=len(runs), utilization_pct=utilization, state=state))
     frame = pd.DataFrame(rows, columns=["node", "state", "address", "accelerator", "devices", "active_runs", "runs", "utilization_pct", "price_per_hour"])
-    order = frame["state"].map({"idle, costs money": 0, "busy": 1, "idle": 2})
+    order = frame["state"].map({"idle, costs money": 0, "busy": 1, "idle": 2}).fillna(3)  # then stopped machines
     return frame.assign(_order=order).sort_values(["_order", "node"], kind="stable").drop(columns="_order").reset_index(drop=True)
 
 

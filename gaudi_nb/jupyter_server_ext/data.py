@@ -16,7 +16,7 @@ import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
 from ..events import ACTIVE_STATUSES
-from ..nodes.provision import billed_intervals
+from ..nodes.provision import BILLED_STATES, billed_intervals
 from ..store import RunStore
 
 if TYPE_CHECKING:
@@ -147,7 +147,7 @@ def nodes(rows: List[Dict[str, Any]], node_records: List[Dict[str, Any]], device
 
 def _billed(node: Dict[str, Any]) -> bool:
     """A provisioned machine is billed while it is up, whether or not it trains."""
-    return bool(node.get("provider")) and node.get("state") in ("pending", "running")
+    return bool(node.get("provider")) and node.get("state") in BILLED_STATES
 
 
 def _overlap_hours(start: Optional[float], end: Optional[float], since: float, now: float) -> float:

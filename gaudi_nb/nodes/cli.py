@@ -125,7 +125,7 @@ def provision_command(
     no_attach: bool = typer.Option(False, "--no-attach", help="return once the machines run (do not wait for SSH or attach)"),
     as_json: bool = typer.Option(False, "--json", help="print the node records as JSON"),
 ) -> None:
-    """Create cloud machines, record them as nodes (billed from launch to down), wait for SSH and attach them."""
+    """Create cloud machines, record them as nodes (billed while they run), wait for SSH and attach them."""
     from .provision import provision, with_spend
 
     started = time.monotonic()

@@ -130,17 +130,17 @@ def fleet_page(state: DashboardState) -> pn.viewable.Viewable:
         page_size=10,  # 128 nodes would push the heat maps off the page; idle nodes that cost money come first
         css_classes=["gaudi-nb-fleet-table"],
     )
-    table.style.apply(lambda row: ["background-color:#fdecea;color:#b71c1c;font-weight:600" if row["state"] == "idle, costs money" else "" for _ in row], axis=1)
+    table.style.apply(lambda row: ["background-color:#fdecea;color:#b71c1c" if row["state"] == "idle, costs money" else "" for _ in row], axis=1)
 
     def show(*_: Any) -> None:
         fleet = state.fleet
         if state.page != "fleet" or fleet is None or not len(fleet):
             return  # a hidden Tabulator given data throws in the browser: the open page only
         shown = fleet.copy()
-        # unknowns as empty cells, not NaN; device counts as whole numbers
-        shown["devices"] = [None if pd.isna(v) else int(v) for v in shown["devices"]]
+        # unknowns as empty cells, not NaN (object columns: a list with None would be read back as float NaN); device counts as whole numbers
+        shown["devices"] = pd.Series([None if pd.isna(v) else int(v) for v in shown["devices"]], index=shown.index, dtype=object)
         for column in ("utilization_pct", "price_per_hour"):
-            shown[column] = [None if pd.isna(v) else float(v) for v in shown[column]]
+            shown[column] = pd.Series([None if pd.isna(v) else float(v) for v in shown[column]], index=shown.index, dtype=object)
         table.value = shown
         costly = fleet[fleet["state"] == "idle, costs money"]
         if not len(costly):

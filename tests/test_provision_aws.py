@@ -392,3 +392,21 @@ def test_down_after_autostop_terminated_the_machine_closes_the_record_and_cleans
     (ended,) = gaudi_nb.down("gone", progress=said.append)
     assert ended["state"] == "terminated" and ended["cost_usd"] is not None and not any(line.startswith("terminating") for line in said)
     assert not [g for g in client.describe_security_groups()["SecurityGroups"] if g["GroupId"] == record["resources"]["security_group"]]
+
+
+def test_nodes_list_where_the_cloud_cannot_be_asked_shows_the_machines_as_last_recorded(gaudi_home, monkeypatch):
+    from gaudi_nb.store import RunStore
+
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE", "AWS_ENDPOINT_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(gaudi_home.parent / "no-credentials"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(gaudi_home.parent / "no-config"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    now = time.time()
+    RunStore().add_node({"name": "far-0", "url": "ssh://ubuntu@198.51.100.7:22", "user": "ubuntu", "host": "198.51.100.7", "port": 22, "provider": "aws",
+                         "region": "us-west-2", "instance_id": "i-0far", "group": "far", "state": "running", "price_per_hour": 13.11,
+                         "launched_at": now - 3600, "running_since": now - 3600, "billed_intervals": []})
+    result = cli("nodes", "list")  # a teammate on a shared store, without the account's credentials
+    assert result.returncode == 0 and "far-0" in result.stdout and "running" in result.stdout
+    said = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(said) == 1 and said[0].startswith("aws us-west-2: states as last recorded (no AWS credentials found")

@@ -179,9 +179,15 @@ class SshTarget:
             links.put_file(node, local, there)
         if spec.workdir:
             self._sync_workdir(node, remote, Path(spec.workdir))
+        self._send_environment(node, remote, spec)
+
+    def _send_environment(self, node: Dict[str, Any], remote: str, spec: RunSpec) -> bool:
+        """What the run's agent gets from this client (sent_environment), in a file only its owner reads; the
+        agent deletes it when it starts. False when there is nothing to send."""
         sent = sent_environment(spec)
         if sent:
-            links.put_text(node, f"{remote}/control/environment.json", json.dumps(sent), mode=0o600)
+            self._links().put_text(node, f"{remote}/control/environment.json", json.dumps(sent), mode=0o600)
+        return bool(sent)
 
     def _sync_workdir(self, node: Dict[str, Any], remote: str, root: Path) -> None:
         """The working directory as git would keep it, in one archive unpacked into the run's code/ folder there."""
@@ -362,9 +368,7 @@ class SshTarget:
             raise SpecError(f"run {run_id} ran across nodes ({self.name}): resume works for runs on one node in this version; start a new run with gaudi-nb train --target {self.name}")
         links, remote, folder = self._links(), self.remote_dir(run_id), self.folder(run_id)
         spec = RunSpec.model_validate_json(folder.spec.read_text())
-        sent = sent_environment(spec)
-        if sent:
-            links.put_text(self.node, f"{remote}/control/environment.json", json.dumps(sent), mode=0o600)
+        sent = self._send_environment(self.node, remote, spec)
         args = ["resume", "--run-dir", remote]
         args += ["--max-steps", str(max_steps)] if max_steps is not None else []
         args += ["--budget-usd", repr(budget_usd)] if budget_usd is not None else []

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 # subpackage, which would hide a lazy name; the function's module costs ~25 ms of standard library.
 from .batch.execute import batch
 
-__version__ = "0.1.0"
+from .version import __version__
 
 # public name -> (module, attribute); attribute None means the module itself
 _EXPORTS = {

@@ -111,7 +111,7 @@ class ConfigHandler(GaudiHandler):
     @tornado.web.authenticated
     @authorized
     async def get(self) -> None:
-        from .. import __version__
+        from ..version import __version__
 
         self.reply({"version": __version__, "dashboard_url": data.dashboard_url(), "interval_ms": 1000})
 

@@ -5,7 +5,7 @@ import re
 import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
-from .. import __version__
+from ..version import __version__
 from ..errors import NotFoundError, SpecError
 from .bootstrap import Probe, ensure_env, probe
 from .ssh import SshAddress, open_connection, parse_ssh_url, run_sync

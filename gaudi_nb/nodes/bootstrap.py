@@ -19,7 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from .. import __version__, paths
+from .. import paths
+from ..version import __version__
 from ..errors import GaudiNbError, SpecError
 from .ssh import CommandResult, run_command
 

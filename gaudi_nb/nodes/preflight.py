@@ -4,7 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
-from .. import __version__
+from ..version import __version__
 from ..errors import SpecError
 from .bootstrap import Probe, client_build, probe
 from .ssh import open_connection, run_sync

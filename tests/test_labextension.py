@@ -167,7 +167,7 @@ def test_an_idle_machine_that_bills_turns_the_ticker_to_warning(page, lab):
         ticker = page.locator(".gaudi-nb-ticker.gaudi-nb-warning")
         ticker.wait_for(timeout=30_000)  # the shared reader rereads nodes every few seconds
         assert ticker.locator(".gaudi-nb-ticker-rate").inner_text() == f"${PRICE:.2f}/h"
-        assert "spare-gaudi is up and runs nothing" in ticker.get_attribute("title")
+        assert "spare-gaudi is up and idle" in ticker.get_attribute("title")
         node = page.locator("#gaudi-nb-sidebar .gaudi-nb-node.gaudi-nb-idle-billing[data-node='spare-gaudi']")
         assert "running · idle · $13.11/h" in node.inner_text() and "hpu × 8" in node.inner_text()
         shoot(page.locator("#jp-main-statusbar"), "labextension_statusbar_warning.png")

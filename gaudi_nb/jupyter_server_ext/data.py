@@ -225,10 +225,13 @@ def source() -> "DashboardData":
 
 def snapshot(limit: int = RECENT_RUNS) -> Dict[str, Any]:
     """Everything the sidebar and status bar show, as one JSON-ready dict: newest runs, nodes, money."""
+    return snapshot_of(source(), time.time(), limit)
+
+
+def snapshot_of(reader: "DashboardData", now: float, limit: int = RECENT_RUNS) -> Dict[str, Any]:
+    """snapshot() from a reader at a moment (pure but for the reader's state)."""
     from ..dashboard.data_store import active_on, node_idle
 
-    reader = source()
-    now = time.time()
     records, node_records, histories = list(reader.records), list(reader.node_records), dict(reader.histories)
     every = [run_row(record) for record in records]
     active = active_on(records)

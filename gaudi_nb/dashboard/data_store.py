@@ -303,11 +303,11 @@ def fleet_frame(node_records: Sequence[Dict[str, Any]], records: Sequence[Dict[s
             n["devices"] = len(history.labels)
         if n["accelerator"] is None and history is not None:
             n["accelerator"] = history.kind
-        runs = [r["run_id"] for r in active.get(name) or []]
+        run_ids = [str(r["run_id"]) for r in active.get(name) or []]
         costs = n["price_per_hour"] is not None and float(n["price_per_hour"]) > 0 and name not in down
         idle = node_idle(active.get(name) or [], history, now)
         state = down.get(name) or (("idle, costs money" if costs else "idle") if idle else "busy")
-        rows.append(dict(n, runs=", ".join(runs), active_runs=len(runs), utilization_pct=node_utilization(history, now), state=state))
+        rows.append(dict(n, runs=", ".join(run_ids), active_runs=len(run_ids), utilization_pct=node_utilization(history, now), state=state))
     frame = pd.DataFrame(rows, columns=["node", "state", "address", "accelerator", "devices", "active_runs", "runs", "utilization_pct", "price_per_hour", "usd_per_hour", "usd"])
     order = frame["state"].map({"idle, costs money": 0, "busy": 1, "idle": 2}).fillna(3)  # then stopped machines
     return frame.assign(_order=order).sort_values(["_order", "node"], kind="stable").drop(columns="_order").reset_index(drop=True)

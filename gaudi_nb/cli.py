@@ -17,6 +17,7 @@ from . import api
 from .cli_options import with_spec_options
 from .errors import GaudiNbError, SpecError
 from .events import TERMINAL_STATUSES
+from .formatting import money, rate
 
 app = typer.Typer(help="Train on Intel Gaudi (or CPU/CUDA) and watch runs, throughput and money.", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 cost_app = typer.Typer(help="Prices and pre-run estimates.", no_args_is_help=True)
@@ -108,12 +109,6 @@ def phase(record: Dict[str, Any]) -> str:
     return str(status)
 
 
-def money(value: Optional[float]) -> str:
-    if value is None:
-        return "$ unknown"
-    return f"${value:,.4f}" if value < 1 else f"${value:,.2f}"
-
-
 FOLLOW_POLL_S = 0.25  # a poll reads a file from an offset and one row: cheap, and the run's end shows at once
 
 
@@ -196,7 +191,7 @@ def flops_line(m: Dict[str, Any]) -> str:
 def cost_line(cost: Dict[str, Any]) -> str:
     if cost.get("price_per_hour") is None:
         return "unknown: no price for this node (give --price-per-hour or --instance-type)"
-    return f"{money(cost.get('usd'))} at {money(cost['price_per_hour'])}/h × {cost.get('nodes') or 1} node(s) ({cost.get('price_source')})"
+    return f"{money(cost.get('usd'))} at {rate(cost['price_per_hour'])} × {cost.get('nodes') or 1} node(s) ({cost.get('price_source')})"
 
 
 def _num(value: Optional[float]) -> str:

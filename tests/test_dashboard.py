@@ -12,7 +12,8 @@ import pytest
 from conftest import REPO, free_port
 
 from gaudi_nb import paths
-from gaudi_nb.dashboard.data_store import DashboardData, filter_runs, spend_by_day
+from gaudi_nb.cost import billing
+from gaudi_nb.dashboard.data_store import DashboardData, filter_runs
 from gaudi_nb.events import EventWriter, make_event
 from gaudi_nb.store import RunStore
 
@@ -57,7 +58,7 @@ def test_runs_fleet_and_money_from_the_store(store_url, gaudi_home):
     now = time.time()
     midnight = (now // DAY) * DAY
     add_run(store, "alice-1", owner="alice", t0=midnight - 3600, steps=5, usd=2.0, end=midnight + 3600, project="llama", budget=4.0)  # over midnight: half each day
-    add_run(store, "bob-1", owner="bob", t0=now - 60, steps=7, usd=0.5, node="gaudi-a", utilization=0.0)  # runs, but its devices idle
+    add_run(store, "bob-1", owner="bob", t0=now - 400, steps=7, usd=0.5, node="gaudi-a", utilization=0.0)  # runs, but its devices idle past the idle window
     add_run(store, "bob-2", owner="bob", t0=now - 30, steps=3, usd=0.25, price=None, node="gaudi-b", devices=4)
     store.add_node({"name": "gaudi-c", "url": "ssh://u@c:22", "user": "u", "host": "c", "port": 22, "accelerator": "hpu", "device_count": 8})
     machine = {"url": "ssh://ubuntu@m:22", "user": "ubuntu", "host": "m", "port": 22, "provider": "aws", "region": "us-west-2", "price_per_hour": 13.11, "launched_at": now - 7200}
@@ -79,12 +80,13 @@ def test_runs_fleet_and_money_from_the_store(store_url, gaudi_home):
 
     fleet = data.fleet().set_index("node")
     assert {"local", "gaudi-a", "gaudi-b", "gaudi-c"} <= set(fleet.index)  # this machine always, attached and reporting nodes
-    assert fleet.loc["gaudi-a", "state"] == "idle, costs money"  # a run holds it at 0 % while the meter runs
+    assert fleet.loc["gaudi-a", "state"] == "idle, costs money"  # a run holds it at 0 % while the meter runs (billing's idle rule)
     assert fleet.loc["gaudi-b", "state"] == "busy" and fleet.loc["gaudi-c", "state"] == "idle"
     assert data.fleet()["node"].iloc[0] == "gaudi-a"  # what costs money idle comes first
     assert fleet.loc["gaudi-c", "devices"] == 8 and fleet.loc["gaudi-b", "devices"] == 4
     # a stopped machine bills nothing and says so, after the rest; a terminated one is history, not fleet
     assert fleet.loc["napper-0", "state"] == "stopped" and data.fleet()["node"].iloc[-1] == "napper-0" and "gone-0" not in fleet.index
+    assert fleet.loc["napper-0", "usd"] == pytest.approx(13.11) and fleet.loc["napper-0", "usd_per_hour"] == 0.0  # its hour, and nothing now
 
     heat = data.heatmap("utilization")
     assert heat["values"].shape == (8 + 4 + 8, 120)  # one row per device of every node that reported (alice's run too, on local)
@@ -95,8 +97,13 @@ def test_runs_fleet_and_money_from_the_store(store_url, gaudi_home):
     assert by_user.loc["alice", "usd"] == 2.0 and by_user.loc["bob", "usd"] == 0.75
     by_day = costs["by_day"].set_index("day")
     yesterday, today = time.strftime("%Y-%m-%d", time.gmtime(midnight - 1)), time.strftime("%Y-%m-%d", time.gmtime(now))
-    assert by_day.loc[yesterday, "usd"] == pytest.approx(1.0) and by_day.loc[today, "usd"] == pytest.approx(1.75)
-    assert costs["burn"] == {"usd_per_hour": 3.6, "unknown_price_runs": 1, "active_runs": 2}  # bob-2 has no price: counted, not guessed
+    # the machines' hours count too: napper-0 ran an hour, gone-0 from launch to its end (recorded before revision 0006)
+    machines_today = 2 * 13.11 * billing.overlap_s(now - 7200, now - 3600, midnight, now) / 3600
+    assert by_day.loc[today, "usd"] == pytest.approx(1.0 + 0.5 + 0.25 + machines_today)
+    assert by_day.loc[yesterday, "usd"] == pytest.approx(1.0 + 2 * 13.11 - machines_today if now - 7200 < midnight else 1.0)
+    assert costs["total_usd"] == pytest.approx(2.0 + 0.5 + 0.25 + 2 * 13.11)
+    # bob-2 has no price: counted, not guessed; the stopped and terminated machines bill nothing now
+    assert costs["burn"] == {"usd_per_hour": 3.6, "unknown_prices": 1, "active_runs": 2, "billed_machines": 0}
     budgets = costs["budgets"].set_index("budget")
     assert budgets.loc["run alice-1", "fraction"] == pytest.approx(0.5)
     llama = budgets[budgets.index.str.startswith("project llama")]
@@ -160,8 +167,8 @@ def test_follows_runs_whose_notebooks_are_closed(store_url, gaudi_home):
 
 
 def test_spend_by_day_never_guesses_an_unknown_price():
-    frame = spend_by_day([{"run_id": "a", "status": "succeeded", "started_at": 0.0, "ended_at": 10.0, "cost": {"usd": None}}], now=20.0)
-    assert list(frame["usd"]) == [0.0] and list(frame["unknown_runs"]) == [1]
+    days = billing.spend_by_day([{"run_id": "a", "status": "succeeded", "started_at": 0.0, "ended_at": 10.0, "cost": {"usd": None}}], [], now=20.0)
+    assert days == [{"day": "1970-01-01", "usd": 0.0, "unknown": 1}]
 
 
 # -- the served app in Chromium ------------------------------------------------------------

@@ -281,8 +281,8 @@ def test_the_run_request_for_a_dl1_cluster_has_every_efa_interface_the_placement
 
 
 def test_ec2_states_map_to_the_base_words_and_a_node_costs_its_lifetime_at_its_rate():
+    from gaudi_nb.cost.billing import machine_spend as spend
     from gaudi_nb.nodes.providers.aws import STATES
-    from gaudi_nb.nodes.provision import spend
 
     assert STATES == {"pending": "pending", "running": "running", "stopping": "stopping", "stopped": "stopped", "shutting-down": "stopping", "terminated": "terminated"}
     running = {"provider": "aws", "launched_at": 1000.0, "terminated_at": None, "price_per_hour": 13.11, "price_source": "catalog"}

@@ -21,6 +21,10 @@ export interface INode {
   price_per_hour: number | null;
   active_runs: string[];
   devices: IDevice[];
+  // billing's (gaudi_nb/cost/billing.py): idle by its one rule, spend so far, $/h now
+  idle: boolean;
+  usd: number | null;
+  usd_per_hour: number | null;
 }
 
 export interface IRun {

@@ -1,14 +1,17 @@
 // Numbers as the sidebar and status bar write them; an unknown value is a dash or "unknown", never zero.
+// Money reads as gaudi_nb/formatting.py writes it in every other view: cents from $1 up and for $0, four decimals between.
 
 export function usd(value: number | null | undefined): string {
   if (value === null || value === undefined) {
     return 'unknown';
   }
-  return value < 10 ? `$${value.toFixed(value < 1 ? 3 : 2)}` : `$${value.toFixed(2)}`;
+  const digits = value !== 0 && Math.abs(value) < 1 ? 4 : 2;
+  const text = Math.abs(value).toLocaleString('en-US', { minimumFractionDigits: digits, maximumFractionDigits: digits });
+  return `${value < 0 ? '-' : ''}$${text}`;
 }
 
 export function perHour(value: number | null | undefined): string {
-  return value === null || value === undefined ? 'unknown' : `$${value.toFixed(2)}/h`;
+  return value === null || value === undefined ? 'unknown' : `${usd(value)}/h`;
 }
 
 export function rate(value: number | null | undefined): string {

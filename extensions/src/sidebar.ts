@@ -112,8 +112,8 @@ export class GaudiSidebar extends Widget {
     const row = el('div', 'gaudi-nb-node');
     row.dataset.node = node.name;
     row.dataset.state = node.state;
-    // a machine that bills by the hour and trains nothing: the money the status bar warns about
-    row.classList.toggle('gaudi-nb-idle-billing', !!node.provider && ['pending', 'running'].includes(node.state) && node.active_runs.length === 0);
+    // a machine that bills by the hour and is idle (billing's rule, judged by the server): the money the status bar warns about
+    row.classList.toggle('gaudi-nb-idle-billing', !!node.provider && node.state === 'running' && node.idle);
     const head = el('div', 'gaudi-nb-node-head');
     head.appendChild(el('span', 'gaudi-nb-node-name', node.name === 'local' ? 'this machine' : node.name));
     const what = [node.accelerator || (node.devices[0] && node.devices[0].kind) || 'accelerator unknown'];
@@ -208,7 +208,7 @@ export class GaudiSidebar extends Widget {
     field('loss').textContent = `loss ${loss(run.loss)}`;
     field('speed').textContent = rate(run.tokens_per_second);
     field('usd').textContent = usd(run.usd);
-    field('usd').title = run.budget_usd ? `budget $${run.budget_usd.toFixed(2)}` : 'no budget';
+    field('usd').title = run.budget_usd ? `budget ${usd(run.budget_usd)}` : 'no budget';
     const stop = field('stop') as HTMLButtonElement;
     stop.hidden = !active;
     stop.disabled = run.status === 'stopping';

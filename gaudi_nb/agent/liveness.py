@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional
 
 import psutil
 
-from ..events import EventWriter, read_events
+from ..events import EventWriter, has_ended, read_events, this_attempt
 from ..rundir import RunFolder, heartbeat_timeout_s
 
 
@@ -41,16 +41,6 @@ def is_lost(folder: RunFolder, now: Optional[float] = None) -> bool:
     if (now or time.time()) - last < heartbeat_timeout_s():
         return False
     return not agent_alive(folder)
-
-
-def _this_attempt(events: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
-    """The events since the last restart: a resumed run's earlier run_end belongs to an attempt that is over."""
-    starts = [i for i, e in enumerate(events) if e.get("type") == "restart"]
-    return events[starts[-1] + 1:] if starts else events
-
-
-def _ended(events: List[Dict[str, Any]]) -> bool:
-    return any(e.get("type") == "run_end" for e in _this_attempt(events))
 
 
 def rank_pids(events: List[Dict[str, Any]]) -> List[int]:
@@ -91,7 +81,7 @@ def end_run(folder: RunFolder, status: str, reason: str) -> bool:
     Returns False if the run already has a run_end (from its agent or another client).
     """
     events, _ = read_events(folder.events)
-    if _ended(events):
+    if has_ended(events):
         return False
     try:
         fd = os.open(folder.control / f"ended.{status}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
@@ -135,7 +125,7 @@ def mark_if_lost(folder: RunFolder) -> bool:
 def end_lost(folder: RunFolder) -> bool:
     """`gaudi-nb stop` on a lost run: it ends as stopped, and any rank left is killed."""
     events, _ = read_events(folder.events)
-    final = _last(_this_attempt(events), "run_end")
+    final = _last(this_attempt(events), "run_end")
     if final and final.get("status") != "lost":
         return False
     if final:  # already recorded as lost: record the stop after it (followers stopped at the first run_end)

@@ -14,6 +14,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
+from ..events import ended_in_file
 from ..rundir import RunFolder
 from . import liveness
 
@@ -70,24 +71,12 @@ def tail(path: Path, offset: int, *, follow: bool, folder: Optional[RunFolder] =
             out.write(chunk)
             out.flush()
             position += len(chunk)
-        elif not follow or _ended(folder):
+        elif not follow or ended_in_file(folder.events):
             if not _drained(path, position):
                 continue
             return
         else:
             time.sleep(poll_s)
-
-
-def _ended(folder: RunFolder) -> bool:
-    """The run has a run_end that no restart follows (`gaudi-nb resume` writes one before its agent starts)."""
-    try:
-        with open(folder.events, "rb") as fh:
-            fh.seek(max(0, folder.events.stat().st_size - 64 * 1024))
-            tail = fh.read()
-    except OSError:
-        return False
-    end = tail.rfind(b'"type":"run_end"')
-    return end >= 0 and tail.rfind(b'"type":"restart"') < end
 
 
 def _drained(path: Path, position: int) -> bool:

@@ -9,7 +9,7 @@ from typing import Any, Dict, Optional
 from pydantic import ValidationError
 
 from ..errors import SpecError
-from ..events import EventWriter, read_events
+from ..events import EventWriter, read_events, this_attempt
 from ..rundir import RunFolder
 from ..spec import RunSpec, describe_validation_error
 from . import liveness, node
@@ -35,7 +35,7 @@ def resume_run(folder: RunFolder, *, max_steps: Optional[int] = None, budget_usd
         raise SpecError(f"run {run_id} ran across nodes: resume works for runs on one node in this version; start a new run with --max-steps")
     liveness.mark_if_lost(folder)  # an agent that died unnoticed: the run is lost, and resumable
     events, _ = read_events(folder.events)
-    attempt_events = liveness._this_attempt(events)
+    attempt_events = this_attempt(events)
     end = next((e for e in reversed(attempt_events) if e.get("type") == "run_end"), None)
     if end is not None:
         wait_for_trackers(folder)

@@ -24,7 +24,7 @@ from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 import psutil
 
 from .. import accel
-from ..cost import catalog, meter
+from ..cost import billing, catalog
 from ..events import EventWriter, Tailer, read_events
 from ..launch import LaunchPlan, build_launch, pick_launcher
 from ..launch.cluster import cluster_launch_options
@@ -640,7 +640,7 @@ class Agent:
     def _emit_cost(self) -> Optional[float]:
         elapsed = self.metered_before_s + time.time() - self.started
         nodes = 1 if self.cluster is not None else self.spec.nodes  # across nodes each agent meters its own node
-        usd = meter.cost_so_far(elapsed, self.price_per_hour, nodes)
+        usd = billing.cost_so_far(elapsed, self.price_per_hour, nodes)
         self.last_cost = usd
         self.events.emit("cost", elapsed_s=elapsed, usd=usd, price_per_hour=self.price_per_hour, nodes=nodes, budget_usd=self.spec.budget_usd)
         return usd

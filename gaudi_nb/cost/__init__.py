@@ -1,6 +1,7 @@
-"""Cost: the price catalog as data (every row with a source and a date), lookup, pure meter functions and estimates."""
+"""Cost: the price catalog as data (every row with a source and a date), lookup, billing (money over time, idle), the run's outlook and estimates."""
 from __future__ import annotations
 
+from .billing import cost_so_far
 from .catalog import (
     Accelerator,
     Price,
@@ -11,7 +12,7 @@ from .catalog import (
     resolve_price_per_hour,
 )
 from .estimate import ASSUMPTIONS, Estimate, estimate, training_flops
-from .meter import budget_fraction, budget_left, cost_so_far, eta_seconds, projected_total, usd_per_million_tokens
+from .meter import budget_fraction, budget_left, eta_seconds, projected_total, usd_per_million_tokens
 
 __all__ = [
     "ASSUMPTIONS",

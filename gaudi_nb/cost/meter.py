@@ -1,16 +1,10 @@
-"""Pure cost-meter arithmetic; an unknown input (None) gives an unknown answer, never 0."""
+"""A run's cost outlook: $ per million tokens, ETA, projection and budget; an unknown input (None) gives an unknown
+answer, never 0. What a run has spent is billing's (cost_so_far: the agent's meter)."""
 from __future__ import annotations
 
 from typing import Optional
 
-SECONDS_PER_HOUR = 3600.0
-
-
-def cost_so_far(elapsed_s: float, price_per_hour: Optional[float], nodes: int = 1) -> Optional[float]:
-    """Dollars spent after elapsed_s of wall clock on `nodes` nodes billed at price_per_hour each."""
-    if price_per_hour is None:
-        return None
-    return max(0.0, elapsed_s) / SECONDS_PER_HOUR * price_per_hour * nodes
+from .billing import cost_so_far
 
 
 def usd_per_million_tokens(price_per_hour: Optional[float], nodes: int, tokens_per_second: Optional[float]) -> Optional[float]:
@@ -18,7 +12,7 @@ def usd_per_million_tokens(price_per_hour: Optional[float], nodes: int, tokens_p
     graph compilation makes the first steps slow and would inflate this)."""
     if price_per_hour is None or not tokens_per_second or tokens_per_second <= 0:
         return None
-    usd_per_second = price_per_hour * nodes / SECONDS_PER_HOUR
+    usd_per_second = cost_so_far(1.0, price_per_hour, nodes) or 0.0
     return usd_per_second / tokens_per_second * 1_000_000
 
 
@@ -51,4 +45,4 @@ def budget_fraction(budget_usd: Optional[float], spent_usd: Optional[float]) -> 
     return spent_usd / budget_usd
 
 
-__all__ = ["budget_fraction", "budget_left", "cost_so_far", "eta_seconds", "projected_total", "usd_per_million_tokens"]
+__all__ = ["budget_fraction", "budget_left", "eta_seconds", "projected_total", "usd_per_million_tokens"]

@@ -2,13 +2,11 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
 
@@ -16,17 +14,17 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import bindparam, select
 
+from .. import formatting
+from ..cost import billing
 from ..events import ACTIVE_STATUSES
-from ..nodes.provision import BILLED_STATES
 from ..notebook.panel import PanelState
 from ..store import EventRow, RunRow, RunStore
 from ..summary import public
 
 LOCAL_NODE = "local"
-# A device under this utilization (percent) for the last minute counts as idle; a node whose
-# devices are all idle while it costs money is what the Fleet page makes stand out.
-IDLE_UTILIZATION_PCT = 5.0
-IDLE_WINDOW_S = 60.0
+# The Fleet page's utilization column: the devices' mean over the last minute. Whether a node is idle is
+# billing's one rule (cost/billing.py), over the same history; a node idle while it costs money stands out.
+UTILIZATION_SHOWN_S = 60.0
 HEATMAP_WINDOW_S = 600.0
 HEATMAP_COLUMNS = 120  # 5 s bins over ten minutes: a 1024-device map stays an image of 1024 × 120 cells
 RUN_COLUMNS = ["run_id", "name", "status", "owner", "project", "target", "nodes", "devices", "model", "step", "max_steps", "tokens_per_second", "loss", "usd", "usd_per_million_tokens", "budget_usd", "created_at", "kind"]
@@ -96,45 +94,7 @@ def filter_runs(frame: pd.DataFrame, *, status: Optional[str] = None, owner: Opt
     return frame[keep].reset_index(drop=True)
 
 
-# -- money --------------------------------------------------------------------------------
-def _day(t: float) -> str:
-    return datetime.fromtimestamp(t, tz=timezone.utc).strftime("%Y-%m-%d")
-
-
-def spend_by_day(records: Sequence[Dict[str, Any]], now: Optional[float] = None) -> pd.DataFrame:
-    """Spend per UTC day: a run's dollars split over the days it ran, in proportion to its hours in each.
-
-    The meter charges price × wall clock, so a run's spend grows linearly with time and the split is exact
-    for one price; a run whose spend is unknown adds nothing (and is counted in `unknown_runs`).
-    """
-    now = time.time() if now is None else now
-    usd: Dict[str, float] = {}
-    unknown: Dict[str, int] = {}
-    for r in records:
-        spent = (r.get("cost") or {}).get("usd")
-        start = r.get("started_at") if r.get("started_at") is not None else r.get("created_at")
-        if start is None:
-            continue
-        end = r.get("ended_at")
-        if end is None:
-            end = now if r.get("status") in ACTIVE_STATUSES else (r.get("last_event_at") or start)
-        if spent is None:
-            unknown[_day(start)] = unknown.get(_day(start), 0) + 1
-            continue
-        span = max(float(end) - float(start), 0.0)
-        if span == 0:
-            usd[_day(start)] = usd.get(_day(start), 0.0) + float(spent)
-            continue
-        t = float(start)
-        while t < end:
-            midnight = (math.floor(t / 86400) + 1) * 86400
-            piece = min(midnight, end) - t
-            usd[_day(t)] = usd.get(_day(t), 0.0) + float(spent) * piece / span
-            t = midnight
-    days = sorted(set(usd) | set(unknown))
-    return pd.DataFrame({"day": days, "usd": [usd.get(d, 0.0) for d in days], "unknown_runs": [unknown.get(d, 0) for d in days]})
-
-
+# -- money (billing's: cost/billing.py) -----------------------------------------------------
 def spend_by(frame: pd.DataFrame, column: str) -> pd.DataFrame:
     """Dollars per owner or project (known spend summed; runs without a price counted apart), biggest first."""
     if not len(frame):
@@ -142,20 +102,6 @@ def spend_by(frame: pd.DataFrame, column: str) -> pd.DataFrame:
     grouped = frame.groupby(column, dropna=False)
     out = pd.DataFrame({"usd": grouped["usd"].sum(min_count=0), "runs": grouped.size(), "unknown_runs": grouped["usd"].apply(lambda s: int(s.isna().sum()))}).reset_index()
     return out.sort_values("usd", ascending=False, kind="stable").reset_index(drop=True)
-
-
-def burn_rate(records: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
-    """Dollars per hour that active runs cost now (price per node-hour × nodes); runs without a price are counted, not guessed."""
-    known, unknown = 0.0, 0
-    for r in records:
-        if r.get("status") not in ACTIVE_STATUSES:
-            continue
-        c = r.get("cost") or {}
-        if c.get("price_per_hour") is None:
-            unknown += 1
-        else:
-            known += float(c["price_per_hour"]) * int(c.get("nodes") or 1)
-    return {"usd_per_hour": known, "unknown_price_runs": unknown, "active_runs": sum(1 for r in records if r.get("status") in ACTIVE_STATUSES)}
 
 
 def budgets_frame(records: Sequence[Dict[str, Any]], team_budgets: Optional[Dict[str, Dict[str, float]]] = None, now: Optional[float] = None) -> pd.DataFrame:
@@ -168,8 +114,8 @@ def budgets_frame(records: Sequence[Dict[str, Any]], team_budgets: Optional[Dict
             continue
         spent = c.get("usd")
         rows.append({"budget": f"run {r['run_id']}", "scope": "run", "usd": spent, "budget_usd": float(c["budget_usd"]), "fraction": None if spent is None else float(spent) / float(c["budget_usd"]), "status": r.get("status")})
-    month = _day(time.time() if now is None else now)[:7]
-    this_month = [r for r in records if _day(r.get("created_at") or 0)[:7] == month]
+    month = billing.day_of(time.time() if now is None else now)[:7]
+    this_month = [r for r in records if billing.day_of(r.get("created_at") or 0)[:7] == month]
     for scope, key in (("users", "owner"), ("projects", "project")):
         for name, limit in ((team_budgets or {}).get(scope) or {}).items():
             mine = [r for r in this_month if (run_row(r)[key] == name)]
@@ -243,6 +189,15 @@ class DeviceHistory:
             self.kind = d.get("kind") or self.kind
         self.last_t = t if self.last_t is None else max(self.last_t, t)
 
+    def busiest(self, now: float, window_s: float) -> List[Tuple[float, Optional[float]]]:
+        """(end of bin, the busiest device's mean utilization in it) for each sampled bin of the last window_s: the
+        samples billing's idle rule reads (the node's autostop samples its busiest device too)."""
+        columns = max(1, int(round(window_s / self.width)))
+        means = self.window(0, now, columns)
+        first = int(now // self.width) - columns + 1
+        peak = np.where(np.isnan(means), -np.inf, means).max(axis=0, initial=-np.inf)
+        return [((first + column + 1) * self.width, float(value)) for column, value in enumerate(peak) if value != -np.inf]
+
     def window(self, metric: int, now: float, columns: Optional[int] = None) -> np.ndarray:
         """Device × bin means for the `columns` bins that end at `now` (NaN where nothing was sampled)."""
         columns = self.columns if columns is None else min(columns, self.columns)
@@ -279,7 +234,7 @@ def heatmap(histories: Dict[str, DeviceHistory], metric: str = "utilization", no
     return {"values": values, "rows": rows, "node_ticks": node_ticks, "start": now - window_s, "end": now, "metric": metric}
 
 
-def node_utilization(history: Optional[DeviceHistory], now: float, window_s: float = IDLE_WINDOW_S) -> Optional[float]:
+def node_utilization(history: Optional[DeviceHistory], now: float, window_s: float = UTILIZATION_SHOWN_S) -> Optional[float]:
     """Mean utilization of a node's devices over the last window; None when nothing was sampled."""
     if history is None or not history.labels:
         return None
@@ -288,34 +243,54 @@ def node_utilization(history: Optional[DeviceHistory], now: float, window_s: flo
     return None if np.isnan(means).all() else float(np.nanmean(means))
 
 
+def node_idle(active: Sequence[Dict[str, Any]], history: Optional[DeviceHistory], now: float, rule: billing.IdleRule = billing.IDLE) -> bool:
+    """billing's idle rule for a node from the store's view: the runs active on it and its telemetry (which only a
+    run's agent writes). A run that started less than the rule's window ago is not judged yet (warm-up is quiet)."""
+    starts = [float(r["started_at"] if r.get("started_at") is not None else r.get("created_at") or now) for r in active]
+    samples = history.busiest(now, rule.window_s) if history is not None and history.labels else []
+    return billing.is_idle(samples, now, active_runs=len(active), watched_since=max(starts) if starts else None, rule=rule)
+
+
+def active_on(records: Sequence[Dict[str, Any]]) -> Dict[str, List[Dict[str, Any]]]:
+    """The active runs on each node name ("local": this machine)."""
+    out: Dict[str, List[Dict[str, Any]]] = {}
+    for r in records:
+        if r.get("status") in ACTIVE_STATUSES:
+            for name in billing.run_targets(r):
+                out.setdefault(name, []).append(r)
+    return out
+
+
 def fleet_frame(node_records: Sequence[Dict[str, Any]], records: Sequence[Dict[str, Any]], histories: Dict[str, DeviceHistory], now: Optional[float] = None) -> pd.DataFrame:
     """Every node (this machine always, then attached ones and any a run reported from): what it has,
-    what runs on it, what it costs per hour, how busy it is, and whether it is idle while it costs money."""
+    what runs on it, what it costs per hour and has cost (billing's), how busy it is, and whether it is idle
+    (billing's rule) while it costs money."""
     now = time.time() if now is None else now
-    nodes: Dict[str, Dict[str, Any]] = {LOCAL_NODE: {"node": LOCAL_NODE, "address": "this machine", "accelerator": None, "devices": None, "price_per_hour": None}}
+    blank = {"address": None, "accelerator": None, "devices": None, "price_per_hour": None, "usd_per_hour": None, "usd": None}
+    nodes: Dict[str, Dict[str, Any]] = {LOCAL_NODE: {**blank, "node": LOCAL_NODE, "address": "this machine"}}
     down: Dict[str, str] = {}  # provisioned machines that are not running: billed for nothing (a terminated one is left out)
     for n in node_records:
         if n.get("state") == "terminated":
             continue
-        if n.get("provider") and n.get("state") not in BILLED_STATES:
+        if n.get("provider") and not billing.billed_now(n):
             down[str(n["name"])] = str(n.get("state") or "stopped")
+        spend = billing.machine_spend(n, now)
         nodes[str(n["name"])] = {
+            **blank,
             "node": str(n["name"]),
             "address": n.get("url") or n.get("host"),
             "accelerator": n.get("accelerator"),
             "devices": n.get("device_count"),
             "price_per_hour": n.get("price_per_hour"),  # provisioned nodes carry their price; attached ones may not
+            "usd_per_hour": spend["usd_per_hour"],
+            "usd": spend["usd"],
         }
     for name in histories:
-        nodes.setdefault(name, {"node": name, "address": None, "accelerator": None, "devices": None, "price_per_hour": None})
-    active: Dict[str, List[str]] = {name: [] for name in nodes}
-    for r in records:
-        if r.get("status") not in ACTIVE_STATUSES:
-            continue
-        where = [part.strip() for part in str(r.get("target") or LOCAL_NODE).split(",")]
-        for name in where:
-            nodes.setdefault(name, {"node": name, "address": None, "accelerator": None, "devices": None, "price_per_hour": None})
-            active.setdefault(name, []).append(r["run_id"])
+        nodes.setdefault(name, {**blank, "node": name})
+    active = active_on(records)
+    for name, runs in active.items():
+        nodes.setdefault(name, {**blank, "node": name})
+        for r in runs:
             c = r.get("cost") or {}
             if nodes[name]["price_per_hour"] is None and c.get("price_per_hour") is not None:
                 nodes[name]["price_per_hour"] = c["price_per_hour"]
@@ -328,13 +303,12 @@ def fleet_frame(node_records: Sequence[Dict[str, Any]], records: Sequence[Dict[s
             n["devices"] = len(history.labels)
         if n["accelerator"] is None and history is not None:
             n["accelerator"] = history.kind
-        utilization = node_utilization(history, now)
-        runs = active.get(name) or []
+        run_ids = [str(r["run_id"]) for r in active.get(name) or []]
         costs = n["price_per_hour"] is not None and float(n["price_per_hour"]) > 0 and name not in down
-        idle = not runs or (utilization is not None and utilization < IDLE_UTILIZATION_PCT)
+        idle = node_idle(active.get(name) or [], history, now)
         state = down.get(name) or (("idle, costs money" if costs else "idle") if idle else "busy")
-        rows.append(dict(n, runs=", ".join(runs), active_runs=len(runs), utilization_pct=utilization, state=state))
-    frame = pd.DataFrame(rows, columns=["node", "state", "address", "accelerator", "devices", "active_runs", "runs", "utilization_pct", "price_per_hour"])
+        rows.append(dict(n, runs=", ".join(run_ids), active_runs=len(run_ids), utilization_pct=node_utilization(history, now), state=state))
+    frame = pd.DataFrame(rows, columns=["node", "state", "address", "accelerator", "devices", "active_runs", "runs", "utilization_pct", "price_per_hour", "usd_per_hour", "usd"])
     order = frame["state"].map({"idle, costs money": 0, "busy": 1, "idle": 2}).fillna(3)  # then stopped machines
     return frame.assign(_order=order).sort_values(["_order", "node"], kind="stable").drop(columns="_order").reset_index(drop=True)
 
@@ -352,7 +326,7 @@ def event_text(e: Dict[str, Any]) -> str:
     if kind == "telemetry":
         return f"{e.get('source')}: {len(e.get('devices') or [])} devices"
     if kind == "cost":
-        return f"${_short(e.get('usd'), ',.4f')} after {_short(e.get('elapsed_s'), ',.0f')} s at ${_short(e.get('price_per_hour'), ',.2f')}/h"
+        return f"{formatting.money(e.get('usd'))} after {formatting.duration(e.get('elapsed_s'))} at {formatting.rate(e.get('price_per_hour'))}"
     if kind == "log":
         return f"{e.get('level')}: {e.get('message')}"
     if kind == "run_end":
@@ -635,14 +609,17 @@ class DashboardData:
         return heatmap(dict(self.histories), metric, now, self.window_s)
 
     def costs(self, now: Optional[float] = None) -> Dict[str, Any]:
-        records, frame = self.records, self.runs
+        """The Costs page: runs' spend by user and project (each run's meter), and what is billed (billing's: provisioned
+        machines by their hours, runs elsewhere by their meter) by day, in all and per hour now."""
+        records, frame, machines = self.records, self.runs, self.node_records
+        by_day = billing.spend_by_day(records, machines, now)
         return {
             "by_user": spend_by(frame, "owner"),
             "by_project": spend_by(frame, "project"),
-            "by_day": spend_by_day(records, now),
-            "burn": burn_rate(records),
+            "by_day": pd.DataFrame(by_day, columns=["day", "usd", "unknown"]),
+            "burn": billing.burn_rate(records, machines),
             "budgets": budgets_frame(records, self.team_budgets, now),
-            "total_usd": float(frame["usd"].sum()) if len(frame) else 0.0,
+            "total_usd": sum(row["usd"] for row in by_day),
         }
 
     # -- a thread that keeps it current (the server's; sessions only read) ---------------
@@ -669,4 +646,4 @@ class DashboardData:
             self._stop.wait(max(0.01, interval_s - (time.monotonic() - started)))
 
 
-__all__ = ["DashboardData", "RunDetail", "DeviceHistory", "runs_frame", "filter_runs", "fleet_frame", "heatmap", "spend_by", "spend_by_day", "burn_rate", "budgets_frame", "project_of"]
+__all__ = ["DashboardData", "RunDetail", "DeviceHistory", "runs_frame", "filter_runs", "fleet_frame", "node_idle", "active_on", "heatmap", "spend_by", "budgets_frame", "project_of"]

@@ -11,8 +11,9 @@ import pandas as pd
 import panel as pn
 import param
 
+from .. import formatting
 from ..events import ACTIVE_STATUSES
-from ..notebook.panel import STATUS_COLOURS, cost_html, failure_html, fmt_money, header_html, metrics_html
+from ..notebook.panel import STATUS_COLOURS, cost_html, failure_html, header_html, metrics_html
 from .data_store import DashboardData, RunDetail, filter_runs
 
 HEATMAP_HEIGHT = 520
@@ -119,12 +120,12 @@ def _heatmap_image(data: Dict[str, Any], title: str, unit: str) -> hv.Image:
 def fleet_page(state: DashboardState) -> pn.viewable.Viewable:
     banner = pn.pane.Alert("no nodes yet", alert_type="light", css_classes=["gaudi-nb-fleet-banner"])
     table = pn.widgets.Tabulator(
-        pd.DataFrame(columns=["node", "state", "address", "accelerator", "devices", "active_runs", "runs", "utilization_pct", "price_per_hour"]),
+        pd.DataFrame(columns=["node", "state", "address", "accelerator", "devices", "active_runs", "runs", "utilization_pct", "usd_per_hour", "usd"]),
         show_index=False,
         disabled=True,
         sizing_mode="stretch_width",
-        titles={"utilization_pct": "utilization % (1 min)", "price_per_hour": "$/h", "active_runs": "active runs"},
-        formatters={"price_per_hour": {"type": "money", "symbol": "$"}, "utilization_pct": {"type": "money", "symbol": "", "precision": 1}, "devices": {"type": "money", "symbol": "", "precision": 0}},
+        titles={"utilization_pct": "utilization % (1 min)", "usd_per_hour": "$/h now", "usd": "spent", "active_runs": "active runs"},
+        formatters={"utilization_pct": {"type": "money", "symbol": "", "precision": 1}, "devices": {"type": "money", "symbol": "", "precision": 0}},
         layout="fit_data_stretch",
         pagination="local",
         page_size=10,  # 128 nodes would push the heat maps off the page; idle nodes that cost money come first
@@ -136,10 +137,14 @@ def fleet_page(state: DashboardState) -> pn.viewable.Viewable:
         fleet = state.fleet
         if state.page != "fleet" or fleet is None or not len(fleet):
             return  # a hidden Tabulator given data throws in the browser: the open page only
-        shown = fleet.copy()
+        # money as every view writes it (gaudi_nb.formatting); a machine's $/h now, else the price its runs pay
+        shown = fleet.drop(columns=["price_per_hour"])
+        per_hour = [price if provisioned is None or pd.isna(provisioned) else provisioned for price, provisioned in zip(fleet["price_per_hour"], fleet["usd_per_hour"], strict=True)]
+        shown["usd_per_hour"] = [formatting.rate(None if pd.isna(v) else float(v)) for v in per_hour]
+        shown["usd"] = ["" if pd.isna(v) else formatting.money(float(v)) for v in fleet["usd"]]  # empty: an attached node's runs meter it
         # unknowns as empty cells, not NaN (object columns: a list with None would be read back as float NaN); device counts as whole numbers
         shown["devices"] = pd.Series([None if pd.isna(v) else int(v) for v in shown["devices"]], index=shown.index, dtype=object)
-        for column in ("utilization_pct", "price_per_hour"):
+        for column in ("utilization_pct",):
             shown[column] = pd.Series([None if pd.isna(v) else float(v) for v in shown[column]], index=shown.index, dtype=object)
         table.value = shown
         costly = fleet[fleet["state"] == "idle, costs money"]
@@ -149,7 +154,7 @@ def fleet_page(state: DashboardState) -> pn.viewable.Viewable:
             return
         per_hour = costly["price_per_hour"].astype(float).sum()
         names = ", ".join(costly["node"].astype(str))
-        banner.param.update(object=f"**{len(costly)} idle node(s) cost money: {fmt_money(per_hour)}/h** ({html.escape(names)}). Stop or detach them, or start a run.", alert_type="danger")
+        banner.param.update(object=f"**{len(costly)} idle node(s) cost money: {formatting.rate(per_hour)}** ({html.escape(names)}). Stop or detach them, or start a run.", alert_type="danger")
 
     state.param.watch(show, ["fleet", "page"])
     show()
@@ -356,7 +361,7 @@ def _budgets_html(frame: Optional[pd.DataFrame]) -> str:
         else:
             colour = "#2e7d32" if fraction < 0.75 else "#f39c12" if fraction < 1 else "#c62828"
             bar = f'<div style="width:220px;height:10px;background:#e8e8e8;border-radius:3px"><div style="width:{min(100.0, 100 * fraction):.1f}%;height:10px;background:{colour};border-radius:3px"></div></div> {100 * fraction:.0f}%'
-        rows.append(f"<tr><td>{html.escape(str(r['budget']))}</td><td>{fmt_money(None if pd.isna(r['usd']) else float(r['usd']))}</td><td>{fmt_money(float(r['budget_usd']))}</td><td style='display:flex;gap:6px;align-items:center'>{bar}</td></tr>")
+        rows.append(f"<tr><td>{html.escape(str(r['budget']))}</td><td>{formatting.money(None if pd.isna(r['usd']) else float(r['usd']))}</td><td>{formatting.money(float(r['budget_usd']))}</td><td style='display:flex;gap:6px;align-items:center'>{bar}</td></tr>")
     return "<table class='gaudi-nb-budgets' style='font-size:13px;border-collapse:collapse' cellpadding='4'><tr><th align=left>budget</th><th align=left>spent</th><th align=left>of</th><th align=left>how close</th></tr>" + "".join(rows) + "</table>"
 
 
@@ -369,8 +374,8 @@ def _bars(frame: pd.DataFrame, column: str, title: str) -> hv.Bars:
 
 def costs_page(state: DashboardState) -> pn.viewable.Viewable:
     """Components made once and updated in place: a page redrawn whole every second would flicker."""
-    burn = pn.indicators.Number(label="burn rate now", value=0, format="${value:,.2f}/h", font_size="28pt", title_size="11pt", css_classes=["gaudi-nb-burn"])
-    spent = pn.indicators.Number(label="spent, all runs", value=0, format="${value:,.2f}", font_size="28pt", title_size="11pt")
+    burn = pn.indicators.String(label="burn rate now", value=formatting.rate(0.0), font_size="28pt", title_size="11pt", css_classes=["gaudi-nb-burn"])
+    spent = pn.indicators.String(label="spent, machines and runs", value=formatting.money(0.0), font_size="28pt", title_size="11pt")
     active = pn.indicators.Number(label="active runs", value=0, format="{value}", font_size="28pt", title_size="11pt")
     unknown = pn.pane.Markdown("")
     pipes = {key: hv.streams.Pipe(data=pd.DataFrame()) for key in ("by_user", "by_project", "by_day")}
@@ -385,8 +390,8 @@ def costs_page(state: DashboardState) -> pn.viewable.Viewable:
         if state.page != "costs" or not costs:
             return
         b = costs["burn"]
-        burn.value, spent.value, active.value = round(b["usd_per_hour"], 2), round(costs["total_usd"], 2), b["active_runs"]
-        unknown.object = f"{b['unknown_price_runs']} active run(s) without a price (unknown, not zero)" if b["unknown_price_runs"] else ""
+        burn.value, spent.value, active.value = formatting.rate(b["usd_per_hour"]), formatting.money(costs["total_usd"]), b["active_runs"]
+        unknown.object = f"{b['unknown_prices']} machine(s) or active run(s) without a price (unknown, not zero)" if b["unknown_prices"] else ""
         for key, pipe in pipes.items():
             pipe.send(costs[key])
         budgets.object = _budgets_html(costs["budgets"])
@@ -394,7 +399,8 @@ def costs_page(state: DashboardState) -> pn.viewable.Viewable:
     state.param.watch(show, ["costs", "page"])
     show()
     return pn.Column(
-        pn.pane.Markdown("## Costs\nDollars are price × wall clock per node (the agent's meter). A run without a price counts as unknown, never as zero."),
+        pn.pane.Markdown("## Costs\nA provisioned machine is billed for the hours it runs, idle or not; a run elsewhere by its meter (price × wall clock per node). "
+                         "Users and projects: each run's meter. A price that is unknown counts as unknown, never as zero."),
         pn.Row(burn, spent, active, unknown),
         pn.Row(plots["by_user"], plots["by_project"], sizing_mode="stretch_width"),
         plots["by_day"],

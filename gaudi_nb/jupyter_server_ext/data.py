@@ -8,15 +8,15 @@ One run's record and events, stop and attach go through the public API. Calls he
 """
 from __future__ import annotations
 
-import calendar
 import getpass
 import os
 import threading
 import time
 from typing import TYPE_CHECKING, Any, Dict, List, Optional
 
+from .. import formatting
+from ..cost import billing
 from ..events import ACTIVE_STATUSES
-from ..nodes.provision import BILLED_STATES, billed_intervals
 from ..store import RunStore
 
 if TYPE_CHECKING:
@@ -24,8 +24,9 @@ if TYPE_CHECKING:
 
 # the utilization bar shows a device's mean over the last few seconds: steady, and still current
 UTILIZATION_WINDOW_S = 3.0
-# the reader keeps a minute of telemetry in half-second bins, and reads the store twice a second
-HISTORY_WINDOW_S, READ_INTERVAL_S = 60.0, 0.5
+# the reader keeps billing's idle window of telemetry (so the ticker judges idle as the dashboard does), and
+# reads the store twice a second
+HISTORY_WINDOW_S, READ_INTERVAL_S = billing.IDLE.window_s, 0.5
 # runs read for the sidebar and today's money (today's runs are among the newest)
 RUNS_READ = 200
 # a budget is "near its end" when less than this share of it is left
@@ -119,89 +120,59 @@ def _current_devices(source: "DashboardData", now: float) -> Dict[str, List[Dict
     return out
 
 
-def _targets(row: Dict[str, Any]) -> List[str]:
-    return [name.strip() for name in str(row.get("target") or "local").split(",") if name.strip()]
-
-
-def nodes(rows: List[Dict[str, Any]], node_records: List[Dict[str, Any]], devices: Dict[str, List[Dict[str, Any]]]) -> List[Dict[str, Any]]:
-    """Attached and provisioned nodes (terminated ones left out), and this machine while a local run is active."""
+def nodes(rows: List[Dict[str, Any]], node_records: List[Dict[str, Any]], devices: Dict[str, List[Dict[str, Any]]], idle: Optional[Dict[str, bool]] = None,
+          now: Optional[float] = None) -> List[Dict[str, Any]]:
+    """Attached and provisioned nodes (terminated ones left out), and this machine while a local run is active; each with
+    billing's spend so far, $/h now and whether it is idle (billing's rule, as `idle` says per node name)."""
+    now = time.time() if now is None else now
+    idle = idle or {}
     active = [row for row in rows if row["status"] in ACTIVE_STATUSES]
     out: List[Dict[str, Any]] = []
-    local = [r for r in active if _targets(r) == ["local"]]
+    local = [r for r in active if billing.run_targets(r) == ["local"]]
     if local:
         out.append({"name": "local", "url": None, "accelerator": next((r["accelerator"] for r in local if r["accelerator"]), None), "device_count": None,
-                    "provider": None, "state": "running", "price_per_hour": None, "active_runs": [r["run_id"] for r in local], "devices": devices.get("local", [])})
+                    "provider": None, "state": "running", "price_per_hour": None, "active_runs": [r["run_id"] for r in local], "devices": devices.get("local", []),
+                    "idle": idle.get("local", False), "usd": None, "usd_per_hour": None})
     for node in node_records:
         if node.get("state") == "terminated":
             continue
+        spend = billing.machine_spend(node, now)
         out.append({
             "name": node["name"], "url": node.get("url"), "accelerator": node.get("accelerator"), "device_count": node.get("device_count"),
             "provider": node.get("provider"), "instance_type": node.get("instance_type"), "state": node.get("state") or "attached",
             "price_per_hour": node.get("price_per_hour"), "owner": node.get("owner"), "budget_usd": node.get("budget_usd"), "launched_at": node.get("launched_at"),
-            "running_since": node.get("running_since"), "billed_intervals": node.get("billed_intervals"),
-            "active_runs": [r["run_id"] for r in active if node["name"] in _targets(r)],
+            "active_runs": [r["run_id"] for r in active if node["name"] in billing.run_targets(r)],
             "devices": devices.get(node["name"], []),
+            "idle": idle.get(node["name"], False), "usd": spend["usd"], "usd_per_hour": spend["usd_per_hour"],
         })
     return out
 
 
-def _billed(node: Dict[str, Any]) -> bool:
-    """A provisioned machine is billed while it is up, whether or not it trains."""
-    return bool(node.get("provider")) and node.get("state") in BILLED_STATES
+def costs(records: List[Dict[str, Any]], node_records: List[Dict[str, Any]], node_list: List[Dict[str, Any]], now: Optional[float] = None) -> Dict[str, Any]:
+    """The money now, as billing counts it for the team dashboard too: dollars per hour across the user's machines and
+    runs, today's total (a UTC day), and warnings (an idle machine that bills, a run near the end of its budget).
 
-
-def _overlap_hours(start: Optional[float], end: Optional[float], since: float, now: float) -> float:
-    if start is None:
-        return 0.0
-    return max(0.0, min(end or now, now) - max(start, since)) / 3600.0
-
-
-def costs(rows: List[Dict[str, Any]], node_list: List[Dict[str, Any]], now: Optional[float] = None) -> Dict[str, Any]:
-    """The money now: dollars per hour across the user's nodes, today's total, and warnings.
-
-    A provisioned node is billed by the hour whether it trains or not, so its price counts
-    once, and the runs on it are not counted again; a run elsewhere (this machine priced
-    with --price-per-hour, an attached node) counts at its own price while it is active.
-    An unknown price is counted as unknown, never as zero.
+    A provisioned machine is billed by the hour whether it trains or not, so its price counts once, and the runs
+    on it are not counted again; a run elsewhere counts at its own price while it is active. An unknown price is
+    counted as unknown, never as zero.
     """
     now = time.time() if now is None else now
-    midnight = float(calendar.timegm(time.gmtime(now)[:3] + (0, 0, 0)))  # a UTC day, as the team dashboard's days
     user = _user()
-    mine = [row for row in rows if row.get("owner") in (None, user)]
-    billed = {node["name"]: node for node in node_list if _billed(node) and node.get("owner") in (None, user)}
-    rate, today, unknown = 0.0, 0.0, 0
+    mine = [r for r in records if r.get("owner") in (None, user)]
+    machines = [m for m in node_records if m.get("owner") in (None, user)]
+    burn = billing.burn_rate(mine, machines)
     warnings: List[Dict[str, Any]] = []
-    for node in billed.values():
-        price = node.get("price_per_hour")
-        if price is None:
-            unknown += 1
-            continue
-        rate += float(price)
-        if not node["active_runs"]:
-            warnings.append({"kind": "idle_node", "node": node["name"], "message": f"{node['name']} is up and runs nothing: ${float(price):.2f}/h"})
-        if node.get("launched_at") is not None:  # the hours it ran today: not the time it was stopped in between
-            today += float(price) * sum(_overlap_hours(start, end, midnight, now) for start, end in billed_intervals(node, now))
-    for row in mine:
-        if any(name in billed for name in _targets(row)):
-            continue  # its node's hours are counted already
-        active = row["status"] in ACTIVE_STATUSES
-        price = row.get("price_per_hour")
-        if active:
-            if price is None and row["status"] in ("running", "stopping"):
-                unknown += 1
-            elif price is not None:
-                rate += float(price) * int(row.get("nodes") or 1)
-        started = row.get("started_at") or row.get("created_at")
-        if started is None:
-            continue
-        if started >= midnight:
-            today += float(row.get("usd") or 0.0)
-        elif price is not None:  # began before midnight: only today's hours of it
-            today += float(price) * int(row.get("nodes") or 1) * _overlap_hours(started, row.get("ended_at"), midnight, now)
-        budget, left = row.get("budget_usd"), row.get("budget_left_usd")
-        if active and budget and left is not None and float(left) <= BUDGET_WARNING_SHARE * float(budget):
-            warnings.append({"kind": "budget", "run_id": row["run_id"], "message": f"{row['run_id']}: ${float(left):.2f} of its ${float(budget):.2f} budget left"})
-    return {"usd_per_hour": rate, "today_usd": today, "unknown_prices": unknown, "warnings": warnings, "user": user, "t": now}
+    billed = {str(m["name"]) for m in machines if billing.billed_now(m)}
+    for node in node_list:
+        if node["name"] in billed and node.get("idle"):
+            warnings.append({"kind": "idle_node", "node": node["name"], "message": f"{node['name']} is up and idle: {formatting.rate(node.get('price_per_hour'))}"})
+    for record in mine:
+        c = record.get("cost") or {}
+        budget, left = c.get("budget_usd"), c.get("budget_left_usd")
+        if record.get("status") in ACTIVE_STATUSES and budget and left is not None and float(left) <= BUDGET_WARNING_SHARE * float(budget):
+            warnings.append({"kind": "budget", "run_id": record["run_id"], "message": f"{record['run_id']}: {formatting.money(left)} of its {formatting.money(budget)} budget left"})
+    today = billing.spend_on(billing.day_of(now), mine, machines, now)
+    return {"usd_per_hour": burn["usd_per_hour"], "today_usd": today, "unknown_prices": burn["unknown_prices"], "warnings": warnings, "user": user, "t": now}
 
 
 def follows(record: Dict[str, Any]) -> bool:
@@ -254,11 +225,21 @@ def source() -> "DashboardData":
 
 def snapshot(limit: int = RECENT_RUNS) -> Dict[str, Any]:
     """Everything the sidebar and status bar show, as one JSON-ready dict: newest runs, nodes, money."""
-    reader = source()
-    now = time.time()
-    every = [run_row(record) for record in reader.records]  # today's money needs more than the runs shown
-    node_list = nodes(every, list(reader.node_records), _current_devices(reader, now))
-    out = {"type": "snapshot", "t": now, "runs": every[:limit], "nodes": node_list, "costs": costs(every, node_list, now)}
+    return snapshot_of(source(), time.time(), limit)
+
+
+def snapshot_of(reader: "DashboardData", now: float, limit: int = RECENT_RUNS) -> Dict[str, Any]:
+    """snapshot() from a reader at a moment (pure but for the reader's state)."""
+    from ..dashboard.data_store import active_on, node_idle
+
+    records, node_records, histories = list(reader.records), list(reader.node_records), dict(reader.histories)
+    every = [run_row(record) for record in records]
+    active = active_on(records)
+    names = {"local", *(str(n["name"]) for n in node_records)}
+    idle = {name: node_idle(active.get(name) or [], histories.get(name), now) for name in names}
+    node_list = nodes(every, node_records, _current_devices(reader, now), idle, now)
+    # today's money needs more than the runs shown
+    out = {"type": "snapshot", "t": now, "runs": every[:limit], "nodes": node_list, "costs": costs(records, node_records, node_list, now)}
     if reader.last_error:
         out["error"] = reader.last_error
     return out

@@ -55,8 +55,9 @@ def list_command(
     as_json: bool = typer.Option(False, "--json", help="print the records as JSON, each with its cost"),
 ) -> None:
     """The nodes, from the store (a shared store shows the team's): attached ones, and provisioned machines with their state and cost."""
+    from ..cost.billing import with_spend
     from .attach import nodes
-    from .provision import refresh, with_spend
+    from .provision import refresh
 
     records = nodes()
     if refresh_states:
@@ -104,9 +105,9 @@ def node_cost(cost: Dict[str, Any]) -> str:
     """A provisioned machine's spend so far; '—' for a node only attached (its runs meter themselves)."""
     if cost.get("hours") is None:
         return "—"
-    if cost.get("usd") is None:
-        return "unknown"  # a footnote says where to set the price; the hours are in --json
-    return f"${cost['usd']:,.2f}"
+    from ..formatting import money
+
+    return money(cost.get("usd"))  # unknown: a footnote says where to set the price; the hours are in --json
 
 
 @nodes_app.command("provision")
@@ -126,7 +127,8 @@ def provision_command(
     as_json: bool = typer.Option(False, "--json", help="print the node records as JSON"),
 ) -> None:
     """Create cloud machines, record them as nodes (billed while they run), wait for SSH and attach them."""
-    from .provision import provision, with_spend
+    from ..cost.billing import with_spend
+    from .provision import provision
 
     started = time.monotonic()
     console = err if as_json else out
@@ -149,7 +151,8 @@ def down_command(
     as_json: bool = typer.Option(False, "--json", help="print the node records as JSON, each with its final cost"),
 ) -> None:
     """Terminate provisioned machines, wait until none runs, and remove the key pair and groups gaudi_nb made once nothing uses them."""
-    from .provision import down, with_spend
+    from ..cost.billing import with_spend
+    from .provision import down
 
     console = err if as_json else out
     records = with_spend(down(name, progress=lambda message: console.print(Text(message, style="dim"), soft_wrap=True)))
@@ -167,7 +170,8 @@ def start_command(
     as_json: bool = typer.Option(False, "--json", help="print the node records as JSON, each with its cost"),
 ) -> None:
     """Start provisioned machines that were stopped (by autostop, or in the cloud's console) again, and attach them at their new address."""
-    from .provision import start, with_spend
+    from ..cost.billing import with_spend
+    from .provision import start
 
     console = err if as_json else out
     records = with_spend(start(name, progress=lambda message: console.print(Text(message, style="dim"), soft_wrap=True), attach=not no_attach))

@@ -1,5 +1,5 @@
 """Provision cloud machines as nodes, start stopped ones again and take them down: validate, create, record, attach, start
-autostop, follow what the cloud says of them; and what a node has cost (the time it ran, not the time it was stopped)."""
+autostop, follow what the cloud says of them: their state and running intervals (what they cost is cost/billing.py's)."""
 from __future__ import annotations
 
 import ipaddress
@@ -10,6 +10,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 
+from .. import formatting
+from ..cost import billing
 from ..errors import GaudiNbError, NotFoundError, SpecError
 from .attach import check_name
 
@@ -201,7 +203,7 @@ def provision(
     request = ProvisionRequest(provider=provider_name, instance_type=instance_type, count=count, region=region, name=group, ssh_from=ssh_from,
                                public_key=public_key, owner=owner, image=image, spot=spot, idle_minutes=idle_minutes, budget_usd=budget_usd)
     say(f"{provider_name} {region}: {count}× {instance_type}{' (spot)' if spot else ''} as {group}, SSH from {ssh_from}; "
-        f"{'$%.2f/h each' % price_per_hour if price_per_hour is not None else 'price unknown'}")
+        f"{formatting.rate(price_per_hour) + ' each' if price_per_hour is not None else 'price unknown'}")
     resources = cloud.bootstrap_instances(request)
     for warning in resources.network.get("warnings") or []:
         say(f"warning: {warning}")
@@ -253,9 +255,6 @@ def _update_from(store: "RunStore", cloud: "Provider", instance: "Instance") -> 
 
 
 # -- what the cloud says now: state, address, billed time ------------------------------------
-BILLED_STATES = ("running",)  # EC2 and IBM VPC bill a machine's compute while it runs, not while pending or stopped
-
-
 def follow(store: "RunStore", cloud: "Provider", record: Dict[str, Any], instance: "Instance", now: Optional[float] = None) -> Dict[str, Any]:
     """Write down what the cloud says of one machine: its state, its address after a start (a stopped EC2
     machine loses its public address), and its billed time. A running interval closes when the cloud says
@@ -265,7 +264,7 @@ def follow(store: "RunStore", cloud: "Provider", record: Dict[str, Any], instanc
     if instance.state != record.get("state"):
         fields["state"] = instance.state
     since = record.get("running_since")
-    if instance.state in BILLED_STATES:
+    if instance.state in billing.BILLED_STATES:
         if since is None:
             # EC2's LaunchTime is the last start; a cloud that does not move it on a start: from when it was seen running
             launched = instance.launched_at
@@ -280,7 +279,7 @@ def follow(store: "RunStore", cloud: "Provider", record: Dict[str, Any], instanc
         if instance.state == "terminated":
             fields["terminated_at"] = until
     if instance.state == "terminated" and record.get("cost_usd") is None:
-        fields["cost_usd"] = spend({**record, **fields}, now)["usd"]
+        fields["cost_usd"] = billing.machine_spend({**record, **fields}, now)["usd"]
         fields.setdefault("terminated_at", now)
     return store.update_node(record["name"], **fields) if fields else record
 
@@ -403,13 +402,19 @@ def _attach(store: "RunStore", record: Dict[str, Any], private_key: Path, say: C
     return record
 
 
-def _start_autostop(record: Dict[str, Any], say: Callable[[str], None], action: str) -> None:
-    from .watchdog import start_on_node
-
+def autostop_settings(record: Dict[str, Any]) -> Dict[str, Any]:
+    """The watchdog's settings for a provisioned machine's record: its limits, price and billed time so far."""
     config: Dict[str, Any] = {key: record.get(key) for key in ("idle_minutes", "budget_usd", "price_per_hour", "provider", "region", "instance_id", "launched_at")}
     if record.get("running_since") is not None:  # started again after a stop: the budget counts the time it ran, not the time it was stopped
         config["launched_at"] = record["running_since"]
         config["billed_before_s"] = sum(float(end) - float(start) for start, end in record.get("billed_intervals") or [])
+    return config
+
+
+def _start_autostop(record: Dict[str, Any], say: Callable[[str], None], action: str) -> None:
+    from .watchdog import start_on_node
+
+    config = autostop_settings(record)
     # where this client reaches the cloud's API, when it is not the public one (never credentials:
     # the machine has its own, from an instance role)
     config["environment"] = {name: os.environ[name] for name in ENDPOINT_VARIABLES if os.environ.get(name)}
@@ -453,7 +458,7 @@ def down(name: str, progress: Progress = None, *, store: "Optional[RunStore]" = 
         ended = time.time()
         for record in group_records:
             if record.get("terminated_at") is None:
-                store.update_node(record["name"], state="terminated", terminated_at=ended, cost_usd=spend(record, now=ended)["usd"])
+                store.update_node(record["name"], state="terminated", terminated_at=ended, cost_usd=billing.machine_spend(record, now=ended)["usd"])
         seen = set()
         for record in group_records:
             stored = record.get("resources") or {}
@@ -470,40 +475,4 @@ def down(name: str, progress: Progress = None, *, store: "Optional[RunStore]" = 
     return [r for r in store.list_nodes() if r["name"] in names]
 
 
-# -- cost ------------------------------------------------------------------------------------
-def spend(record: Dict[str, Any], now: Optional[float] = None) -> Dict[str, Any]:
-    """What a provisioned node has cost: its rate from launch to termination (or now), run or no run.
-
-    `usd` is None when the price is unknown (never 0), and for a node that was only attached
-    (runs on it are metered by the runs themselves)."""
-    if not record.get("provider") or record.get("launched_at") is None:
-        return {"usd": None, "hours": None, "price_per_hour": None, "source": "not provisioned by gaudi_nb: runs on it meter their own cost"}
-    end = float(record.get("terminated_at") or (now if now is not None else time.time()))
-    hours = sum(max(0.0, min(end, b) - a) for a, b in billed_intervals(record, end)) / 3600.0
-    price = record.get("price_per_hour")
-    if record.get("terminated_at") and record.get("cost_usd") is not None:
-        usd: Optional[float] = record["cost_usd"]
-    else:
-        usd = None if price is None else price * hours
-    return {"usd": usd, "hours": hours, "price_per_hour": price, "source": record.get("price_source") or "unknown"}
-
-
-def billed_intervals(record: Dict[str, Any], now: float) -> List[Tuple[float, float]]:
-    """The (start, end) intervals a provisioned machine was billed for: the ones it ran before, and the
-    current one to `now` while it runs."""
-    since = record.get("running_since")
-    if record.get("billed_intervals") is None and since is None:  # recorded before revision 0006: billed from launch to its end
-        return [(float(record["launched_at"]), float(record.get("terminated_at") or now))]
-    intervals = [(float(a), float(b)) for a, b in record.get("billed_intervals") or []]
-    if since is not None:
-        intervals.append((float(since), float(record.get("terminated_at") or now)))
-    return intervals
-
-
-def with_spend(records: List[Dict[str, Any]], now: Optional[float] = None) -> List[Dict[str, Any]]:
-    """Records with their `cost` (as `spend` computes it), as `gaudi-nb nodes list --json` prints them."""
-    now = time.time() if now is None else now
-    return [dict(record, cost=spend(record, now)) for record in records]
-
-
-__all__ = ["billed_intervals", "down", "ensure_key", "provision", "public_address", "refresh", "spend", "start", "with_spend"]
+__all__ = ["autostop_settings", "down", "ensure_key", "provision", "public_address", "refresh", "start"]

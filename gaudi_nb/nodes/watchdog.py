@@ -18,7 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Set, Tuple
 
+from ..cost import billing
 from ..errors import GaudiNbError, SpecError
+from ..formatting import money, rate
 
 ACTIONS = ("stop", "terminate")
 WATCHDOG_DIR = "watchdog"  # under the node's GAUDI_NB_HOME
@@ -137,11 +139,19 @@ def utilization_of(sample: Any) -> Optional[float]:
     return float(sample.host.cpu_percent) if sample.host is not None else None
 
 
+def billed_s(config: WatchdogConfig, now: float) -> float:
+    """The seconds this machine has been billed: the time it ran before, and since its last start."""
+    return float(config.billed_before_s) + max(0.0, now - float(config.launched_at))
+
+
 def spend_usd(config: WatchdogConfig, now: float) -> Optional[float]:
-    """The node's spend at its hourly price: the time it ran before, and since its last start; None where the price is unknown."""
-    if config.price_per_hour is None:
-        return None
-    return (float(config.billed_before_s) + max(0.0, now - float(config.launched_at))) / 3600.0 * float(config.price_per_hour)
+    """The node's spend at its hourly price (billing's rule, as every view counts it); None where the price is unknown."""
+    return billing.cost_so_far(billed_s(config, now), config.price_per_hour)
+
+
+def idle_rule(config: WatchdogConfig) -> "billing.IdleRule":
+    """billing's one idle rule, with this machine's thresholds from its settings."""
+    return billing.IdleRule(utilization_below_pct=float(config.utilization_threshold_pct), window_s=float(config.utilization_window_s))
 
 
 def over_budget(state: WatchdogState, now: float) -> bool:
@@ -161,17 +171,9 @@ def idle_for_s(state: WatchdogState, now: float) -> float:
     return max(0.0, now - max(state.started_at, state.last_run_at or state.started_at))
 
 
-def utilization_low(state: WatchdogState, now: float) -> bool:
-    """Every readable sample of the whole window is below the threshold, and the watchdog has watched that long.
-
-    A window whose samples are all unreadable counts as low: a broken hl-smi must not keep an
-    idle machine billed forever, and the runs still decide.
-    """
-    window = float(state.config.utilization_window_s)
-    if now - state.started_at < window:
-        return False
-    recent = [u for t, u in state.samples if t >= now - window and u is not None]
-    return all(u < float(state.config.utilization_threshold_pct) for u in recent)
+def machine_idle(state: WatchdogState, now: float) -> bool:
+    """billing.is_idle over what this watchdog has sampled since it started (a reboot starts the window again)."""
+    return billing.is_idle(state.samples, now, active_runs=len(state.active_runs), watched_since=state.started_at, rule=idle_rule(state.config))
 
 
 def _minutes(seconds: float) -> str:
@@ -188,10 +190,9 @@ def decide(state: WatchdogState, now: float) -> Optional[str]:
     if state.acted_at is not None and now - state.acted_at < config.act_again_after_s:
         return None  # asked already; the machine is going down
     if budget_due(state, now):
-        spent = spend_usd(config, now) or 0.0
         why = (
-            f"budget: the node has spent ${spent:.2f} of its ${float(config.budget_usd or 0):.2f} budget "
-            f"({(float(config.billed_before_s) + now - config.launched_at) / 3600:.2f} h at ${float(config.price_per_hour or 0):.2f}/h)"
+            f"budget: the node has spent {money(spend_usd(config, now))} of its {money(config.budget_usd)} budget "
+            f"({billed_s(config, now) / 3600:.2f} h at {rate(config.price_per_hour)})"
         )
         if not state.active_runs:
             return why
@@ -200,9 +201,9 @@ def decide(state: WatchdogState, now: float) -> Optional[str]:
             return f"{why}; {len(state.active_runs)} run(s) still going {_minutes(config.stop_grace_s)} after being asked to stop ({', '.join(state.active_runs)})"
         return None  # the runs save a checkpoint and stop first
     if config.idle_minutes is None or state.active_runs:
-        return None
+        return None  # a run holds the machine: its agent ends it (warm-up looks idle to the cards)
     idle = idle_for_s(state, now)
-    if idle >= float(config.idle_minutes) * 60 and utilization_low(state, now):
+    if idle >= float(config.idle_minutes) * 60 and machine_idle(state, now):
         return (
             f"idle: no run for {_minutes(idle)} (idle_minutes {float(config.idle_minutes):g}) and accelerator "
             f"utilization below {float(config.utilization_threshold_pct):g}% over the last {_minutes(config.utilization_window_s)}"
@@ -211,15 +212,6 @@ def decide(state: WatchdogState, now: float) -> Optional[str]:
 
 
 # -- what the node has: runs and utilization ---------------------------------------------------
-
-
-def _has_run_end(events: Path) -> bool:
-    try:
-        with open(events, "rb") as fh:
-            fh.seek(max(0, events.stat().st_size - 64 * 1024))
-            return b'"type":"run_end"' in fh.read()
-    except OSError:
-        return False
 
 
 def _newest_mtime(folder: Path) -> float:
@@ -236,6 +228,7 @@ def active_runs(home: "str | Path", now: Optional[float] = None) -> List[str]:
     """The run ids under <home>/runs that are going: their agent is alive (warm-up included),
     or they have no agent yet, no run_end and wrote something in the last AGENTLESS_QUIET_S."""
     from ..agent.liveness import agent_alive
+    from ..events import ended_in_file
     from ..rundir import RunFolder
 
     now = now or time.time()
@@ -252,7 +245,7 @@ def active_runs(home: "str | Path", now: Optional[float] = None) -> List[str]:
         if folder.agent_process_id() is not None:
             if agent_alive(folder):
                 found.append(entry.name)
-        elif not _has_run_end(folder.events) and now - _newest_mtime(entry) < AGENTLESS_QUIET_S:
+        elif not ended_in_file(folder.events) and now - _newest_mtime(entry) < AGENTLESS_QUIET_S:
             found.append(entry.name)
     return found
 
@@ -413,9 +406,8 @@ class Watchdog:
                 self.log(f"could not ask run {run_id} to stop: {exc}")
         if self.state.runs_asked_to_stop_at is None:
             self.state.runs_asked_to_stop_at = now  # the grace counts from the first request
-        spent = spend_usd(self.config, now) or 0.0
         self.log(
-            f"the node's budget of ${float(self.config.budget_usd or 0):.2f} is spent (${spent:.2f}); asked {len(new)} run(s) "
+            f"the node's budget of {money(self.config.budget_usd)} is spent ({money(spend_usd(self.config, now))}); asked {len(new)} run(s) "
             f"to stop after a checkpoint ({', '.join(new)}), {self.config.stop_grace_s:g} s grace before the {self.config.action}"
         )
 
@@ -480,7 +472,7 @@ class Watchdog:
                 "active_runs": state.active_runs,
                 "idle_s": idle_for_s(state, now),
                 "utilization_pct": last,
-                "utilization_low": utilization_low(state, now),
+                "idle": machine_idle(state, now),
                 "telemetry_source": self.utilization.name,
                 "spend_usd": spend_usd(self.config, now),
                 "budget_usd": self.config.budget_usd,

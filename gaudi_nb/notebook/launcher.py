@@ -5,7 +5,7 @@ import html
 import typing
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
-from .. import api
+from .. import api, formatting
 from ..errors import GaudiNbError
 from ..spec import RunSpec
 
@@ -41,7 +41,7 @@ def instance_choices() -> List[Tuple[str, str]]:
 
     rows: List[Tuple[str, str]] = [("none: price unknown unless set below", "")]
     for p in catalog.load_catalog():
-        rate = "price unknown" if p.on_demand_per_hour is None else f"${p.on_demand_per_hour:,.2f}/h"
+        rate = "price unknown" if p.on_demand_per_hour is None else formatting.rate(p.on_demand_per_hour)
         rows.append((f"{p.instance_type} · {p.accelerator_count}× {p.accelerator} · {rate}", p.instance_type))
     return rows
 

@@ -12,7 +12,7 @@ from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from traitlets import Enum, Float, Int, Unicode
 
-from .. import api
+from .. import api, formatting
 from ..errors import GaudiNbError
 from ..spec import RunSpec, TargetAddress, option_fields, parse_mapping
 from ..spec import parse_target as spec_parse_target
@@ -39,7 +39,7 @@ def describe_target(parsed: TargetAddress) -> str:
 
         try:
             price = catalog.lookup(parsed.instance_type or "")
-            rate = "price unknown" if price.on_demand_per_hour is None else f"${price.on_demand_per_hour:,.2f}/h on demand, as of {price.as_of}"
+            rate = "price unknown" if price.on_demand_per_hour is None else f"{formatting.rate(price.on_demand_per_hour)} on demand, as of {price.as_of}"
             return f"an AWS {price.instance_type} ({price.accelerator_count}× {price.accelerator}, {rate})"
         except GaudiNbError:
             return f"an AWS {parsed.instance_type} (not in the price catalog)"
@@ -424,16 +424,11 @@ class GaudiMagics(Magics):
                 raise _one_line(exc) from None
             display(HTML(run_cost_html(record)))
             return
-        display(HTML(catalog_html(self.defaults()) + machines_html()))
+        summary = money_now()
+        display(HTML(money_now_html(summary) + catalog_html(self.defaults()) + machines_html(summary)))
 
 
 # -- HTML for %gaudi_runs and %gaudi_cost ---------------------------------------------------
-def _money(value: Optional[float]) -> str:
-    from .panel import fmt_money
-
-    return fmt_money(value)
-
-
 def _html_table(head: List[str], rows: List[List[str]], css_class: str) -> str:
     th = "".join(f'<th style="text-align:left">{html.escape(h)}</th>' for h in head)
     body = "".join("<tr>" + "".join(f'<td style="text-align:left">{html.escape(c)}</td>' for c in row) + "</tr>" for row in rows)
@@ -454,7 +449,7 @@ class RunList(list):  # type: ignore[type-arg]
                 r["run_id"], r["status"], progress,
                 "—" if m.get("final_loss") is None else f"{m['final_loss']:.4f}",
                 f"{m['tokens_per_second']:,.0f}" if m.get("tokens_per_second") else "—",
-                _money((r.get("cost") or {}).get("usd")), str(r.get("target") or "local"),
+                formatting.money((r.get("cost") or {}).get("usd")), str(r.get("target") or "local"),
             ])
         return out
 
@@ -474,48 +469,68 @@ class RunList(list):  # type: ignore[type-arg]
 def catalog_html(defaults: Dict[str, Any]) -> str:
     from ..cost import catalog
 
-    rows = [[p.provider, p.instance_type, p.region or "—", f"{p.accelerator_count}× {p.accelerator}", _money(p.on_demand_per_hour), p.as_of, p.source] for p in catalog.load_catalog()]
+    rows = [[p.provider, p.instance_type, p.region or "—", f"{p.accelerator_count}× {p.accelerator}", formatting.money(p.on_demand_per_hour), p.as_of, p.source] for p in catalog.load_catalog()]
     price, source = catalog.resolve_price_per_hour(defaults.get("price_per_hour"), defaults.get("instance_type"))
     session = (
-        f"<p>this session: price {_money(price)}{'/h' if price is not None else ''} ({html.escape(source)}); "
-        f"budget {_money(defaults.get('budget_usd')) if defaults.get('budget_usd') is not None else 'none'}. "
+        f"<p>this session: price {formatting.rate(price)} ({html.escape(source)}); "
+        f"budget {formatting.money(defaults.get('budget_usd')) if defaults.get('budget_usd') is not None else 'none'}. "
         "Set them with <code>%config GaudiMagics.price_per_hour = 13.11</code> or <code>--price-per-hour</code>.</p>"
     )
     return session + _html_table(["provider", "instance type", "region", "accelerators", "on-demand $/h", "as of", "source"], rows, "gaudi-nb-catalog")
 
 
-def machines_html() -> str:
-    """The provisioned machines that still run and what each has cost so far (billed run or no run); '' when there are none."""
-    from ..nodes.provision import with_spend
+MONEY_RUNS_READ = 500  # the runs read for today's money (today's are among the newest), as the dashboard reads
+
+
+def money_now(store: Any = None, now: Optional[float] = None) -> Dict[str, Any]:
+    """What %gaudi_cost says of the money now, from billing as every view counts it: $/h now, today's and all billed
+    dollars, and each provisioned machine (not terminated) with its spend so far and $/h now."""
+    from ..cost import billing
     from ..store import RunStore
 
-    records = [r for r in with_spend(RunStore().list_nodes()) if r.get("provider") and r.get("state") != "terminated"]
+    store = store or RunStore()
+    machines = store.list_nodes()
+    summary = billing.money_now(store.list(limit=MONEY_RUNS_READ), machines, now)
+    summary["machines"] = [r for r in billing.with_spend(machines, now) if r.get("provider") and r.get("state") != "terminated"]
+    return summary
+
+
+def money_now_html(summary: Optional[Dict[str, Any]] = None) -> str:
+    s = summary or money_now()
+    unknown = f"; {s['unknown_prices']} price(s) unknown (not counted as zero)" if s["unknown_prices"] else ""
+    return (f"<p class=\"gaudi-nb-money-now\">now <b>{formatting.rate(s['usd_per_hour'])}</b> across {s['billed_machines']} billed machine(s) and "
+            f"{s['active_runs']} active run(s){unknown}; today {formatting.money(s['today_usd'])}, in all {formatting.money(s['total_usd'])}.</p>")
+
+
+def machines_html(summary: Optional[Dict[str, Any]] = None) -> str:
+    """The provisioned machines that are not terminated and what each has cost so far (run or no run); '' when there are none."""
+    records = (summary or money_now())["machines"]
     if not records:
         return ""
     rows = []
     for r in records:
         cost = r["cost"]
-        price = "unknown" if cost["price_per_hour"] is None else f"{_money(cost['price_per_hour'])}/h"
-        rows.append([r["name"], f"{r['provider']} {r['instance_type']} {r['region']}", str(r.get("state")), price, "unknown" if cost["usd"] is None else _money(cost["usd"]), f"{cost['hours']:.2f}"])
+        rows.append([r["name"], f"{r['provider']} {r['instance_type']} {r['region']}", str(r.get("state")), formatting.rate(cost["price_per_hour"]),
+                     formatting.rate(cost["usd_per_hour"]), formatting.money(cost["usd"]), f"{cost['hours']:.2f}"])
     unknown = [r["name"] for r in records if r["cost"]["usd"] is None]
     note = ""
     if unknown:
         from ..cost.catalog import user_prices_path
 
         note = f"<p>cost unknown for {html.escape(', '.join(unknown))}: set the instance type's price in <code>{html.escape(str(user_prices_path()))}</code></p>"
-    table = _html_table(["machine", "where", "state", "price", "spent", "hours"], rows, "gaudi-nb-machines")
-    return f"<p>provisioned machines (billed from launch until <code>gaudi-nb nodes down</code>):</p>{table}{note}"
+    table = _html_table(["machine", "where", "state", "price", "$/h now", "spent", "hours"], rows, "gaudi-nb-machines")
+    return f"<p>provisioned machines (billed while they run, idle or not, until <code>gaudi-nb nodes down</code>):</p>{table}{note}"
 
 
 def run_cost_html(record: Dict[str, Any]) -> str:
     c = record["cost"]
     rows = [
-        ["spent", _money(c.get("usd"))],
-        ["price", f"{_money(c.get('price_per_hour'))}/h ({c.get('price_source') or 'unknown'})"],
-        ["$ per 1M tokens", _money(c.get("usd_per_million_tokens"))],
-        ["projected", _money(c.get("projected_usd"))],
-        ["budget", _money(c.get("budget_usd")) if c.get("budget_usd") is not None else "none"],
-        ["budget left", _money(c.get("budget_left_usd")) if c.get("budget_usd") is not None else "—"],
+        ["spent", formatting.money(c.get("usd"))],
+        ["price", f"{formatting.rate(c.get('price_per_hour'))} ({c.get('price_source') or 'unknown'})"],
+        ["$ per 1M tokens", formatting.money(c.get("usd_per_million_tokens"))],
+        ["projected", formatting.money(c.get("projected_usd"))],
+        ["budget", formatting.money(c.get("budget_usd")) if c.get("budget_usd") is not None else "none"],
+        ["budget left", formatting.money(c.get("budget_left_usd")) if c.get("budget_usd") is not None else "—"],
     ]
     return f"<b>{html.escape(record['run_id'])}</b> ({html.escape(record['status'])})" + _html_table(["", ""], rows, "gaudi-nb-run-cost")
 
@@ -529,7 +544,7 @@ def estimate_html(parameters: Optional[float], model: Optional[str], tokens: flo
         raise _one_line(exc) from None
     table = _html_table(
         ["instance type", "accelerators", "hours", "dollars", "$/h", "price as of"],
-        [[r.instance_type, f"{r.accelerator_count}× {r.accelerator}", "unknown" if r.hours is None else f"{r.hours:,.1f}", _money(r.usd), _money(r.price_per_hour), r.as_of] for r in rows],
+        [[r.instance_type, f"{r.accelerator_count}× {r.accelerator}", "unknown" if r.hours is None else f"{r.hours:,.1f}", formatting.money(r.usd), formatting.money(r.price_per_hour), r.as_of] for r in rows],
         "gaudi-nb-estimate",
     )
     return f"<p>{parameters:.3g} parameters × {tokens:.3g} tokens, MFU {mfu:.0%}</p>{table}<pre>{html.escape(ASSUMPTIONS)}</pre>"

@@ -7,6 +7,7 @@ import threading
 import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from .. import formatting
 from ..cost import meter
 from ..events import TERMINAL_STATUSES
 from ..summary import empty_summary, fold
@@ -146,21 +147,6 @@ class PanelState:
 
 
 # -- pure HTML rendering (the view sets these strings on widgets) -------------------
-def fmt_money(value: Optional[float]) -> str:
-    if value is None:
-        return "unknown"
-    return f"${value:,.4f}" if abs(value) < 1 else f"${value:,.2f}"
-
-
-def fmt_duration(seconds: Optional[float]) -> str:
-    if seconds is None:
-        return "unknown"
-    seconds = int(round(seconds))
-    h, rest = divmod(seconds, 3600)
-    m, s = divmod(rest, 60)
-    return f"{h}:{m:02d}:{s:02d}" if h else f"{m}:{s:02d}"
-
-
 def fmt_num(value: Optional[float], digits: int = 4) -> str:
     return "—" if value is None else f"{value:.{digits}f}"
 
@@ -252,7 +238,7 @@ def header_html(state: PanelState) -> str:
         f'<span class="gaudi-nb-status" data-status="{status}" style="background:{colour};color:#fff;border-radius:3px;padding:1px 7px;font-weight:600">{html.escape(status)}</span>'
         f'<span class="gaudi-nb-run-id" style="font-family:monospace">{html.escape(state.run_id)}</span>'
         f'<span class="gaudi-nb-step" data-step="{state.step}" data-max-steps="{max_steps or ""}" style="font-variant-numeric:tabular-nums"><b>step {state.step}</b> / {max_steps or "?"}</span>'
-        f'<span class="gaudi-nb-eta">ETA {"done" if state.done else fmt_duration(eta)}</span>'
+        f'<span class="gaudi-nb-eta">ETA {"done" if state.done else formatting.duration(eta)}</span>'
         f'<span class="gaudi-nb-device" style="color:#555">{html.escape(device)}{" (" + html.escape(extras) + ")" if extras else ""}</span>'
         f"{attempt_html(state)}"
         "</div>"
@@ -321,10 +307,10 @@ def cost_html(state: PanelState) -> str:
     c = state.summary["cost"]
     price = c.get("price_per_hour")
     rows = [
-        ("spent", f'<span class="gaudi-nb-usd">{fmt_money(c.get("usd"))}</span>'),
-        ("$ per 1M tokens", fmt_money(c.get("usd_per_million_tokens"))),
-        ("projected", fmt_money(c.get("projected_usd")) if not state.done else fmt_money(c.get("usd")) + " (final)"),
-        ("price", f"{fmt_money(price)}/h" + (f" × {c.get('nodes')} nodes" if (c.get("nodes") or 1) > 1 else "") if price is not None else "unknown: set price_per_hour or instance_type"),
+        ("spent", f'<span class="gaudi-nb-usd">{formatting.money(c.get("usd"))}</span>'),
+        ("$ per 1M tokens", formatting.money(c.get("usd_per_million_tokens"))),
+        ("projected", formatting.money(c.get("projected_usd")) if not state.done else formatting.money(c.get("usd")) + " (final)"),
+        ("price", formatting.rate(price) + (f" × {c.get('nodes')} nodes" if (c.get("nodes") or 1) > 1 else "") if price is not None else "unknown: set price_per_hour or instance_type"),
     ]
     source = c.get("price_source")
     if source and price is not None:
@@ -334,11 +320,11 @@ def cost_html(state: PanelState) -> str:
     if budget is None:
         bar = '<div style="color:#666">no budget set</div>'
     elif fraction is None:
-        bar = f'<div style="color:#666">budget {fmt_money(budget)} · spend unknown (no price)</div>'
+        bar = f'<div style="color:#666">budget {formatting.money(budget)} · spend unknown (no price)</div>'
     else:
         colour = "#2e7d32" if fraction < 0.75 else "#f39c12" if fraction < 1 else "#c62828"
         bar = (
-            f'<div class="gaudi-nb-budget" data-fraction="{fraction:.4f}">budget {fmt_money(budget)} · {fmt_money(c.get("budget_left_usd"))} left ({100 * fraction:.0f}% spent)'
+            f'<div class="gaudi-nb-budget" data-fraction="{fraction:.4f}">budget {formatting.money(budget)} · {formatting.money(c.get("budget_left_usd"))} left ({100 * fraction:.0f}% spent)'
             f'<div style="height:8px;background:#e8e8e8;border-radius:3px;margin-top:2px;width:220px"><div style="height:8px;width:{min(100.0, 100 * fraction):.1f}%;background:{colour};border-radius:3px"></div></div></div>'
         )
     return '<div class="gaudi-nb-cost"><div style="font-weight:600;font-size:12px">cost</div>' + _table(rows, "", raw=True) + bar + "</div>"

@@ -5,7 +5,8 @@ import io
 import math
 from typing import List
 
-from .panel import PanelState, fmt_duration, fmt_money, fmt_num
+from .. import formatting
+from .panel import PanelState, fmt_num
 
 
 def text_summary(state: PanelState) -> str:
@@ -17,13 +18,13 @@ def text_summary(state: PanelState) -> str:
         f"accelerator: {s.get('accelerator') or 'unknown'} × {s.get('device_count') or '?'} ({s.get('precision') or '?'}, {s.get('trainer') or '?'})",
         f"loss: {fmt_num(m.get('first_loss'))} → {fmt_num(m.get('final_loss'))}; eval loss {fmt_num(m.get('eval_loss'))}",
         "throughput: " + (f"{m['tokens_per_second']:,.0f} tokens/s (warmup left out)" if m.get("tokens_per_second") else "unknown"),
-        f"cost: {fmt_money(c.get('usd'))}" + (f" at {fmt_money(c.get('price_per_hour'))}/h" if c.get("price_per_hour") is not None else " (no price: set price_per_hour or instance_type)"),
-        f"$ per 1M tokens: {fmt_money(c.get('usd_per_million_tokens'))}",
+        f"cost: {formatting.money(c.get('usd'))}" + (f" at {formatting.rate(c.get('price_per_hour'))}" if c.get("price_per_hour") is not None else " (no price: set price_per_hour or instance_type)"),
+        f"$ per 1M tokens: {formatting.money(c.get('usd_per_million_tokens'))}",
     ]
     if c.get("budget_usd") is not None:
-        lines.append(f"budget: {fmt_money(c['budget_usd'])}, left {fmt_money(c.get('budget_left_usd'))}")
+        lines.append(f"budget: {formatting.money(c['budget_usd'])}, left {formatting.money(c.get('budget_left_usd'))}")
     if c.get("elapsed_s") is not None:
-        lines.append(f"wall clock: {fmt_duration(c['elapsed_s'])}")
+        lines.append(f"wall clock: {formatting.duration(c['elapsed_s'])}")
     if state.devices:
         from .device_grid import grid_summary
 

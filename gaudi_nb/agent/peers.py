@@ -89,9 +89,11 @@ class Peers:
             self._connections.clear()
         for sock in connections + ([self._server] if self._server is not None else []):
             try:
-                sock.close()
+                # shutdown first: a reader's makefile() holds the socket open, and the other end must see it go
+                sock.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+            sock.close()
 
     # -- node 0 -------------------------------------------------------------------------
     def _accept(self) -> None:

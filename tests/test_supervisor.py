@@ -346,3 +346,23 @@ def test_sigterm_ends_an_agent_whose_ranks_wait_for_a_node_that_never_comes(tmp_
     assert took <= 20, f"the agent took {took:.1f} s"
     wait_until(lambda: not _alive(launcher), timeout=5)
     print(f"\nSIGTERM to node {node_rank}'s agent in rendezvous: run_end and exit {took:.1f} s later")
+
+
+def test_a_tracker_that_cannot_start_is_left_behind_and_keeps_nothing(tmp_path):
+    folder = RunFolder(tmp_path / "run").create()
+    writer = EventWriter(folder.events, "r1")
+    feed = EventFeed(folder.events)
+
+    def refuse(name, path):
+        raise ConnectionError("tracker down")
+
+    thread = TrackerThread("down", folder, "r1", "local", {}, feed, make=refuse)
+    feed.poll()
+    thread.start()
+    thread.join(10)
+    for step in range(1, 50):
+        writer.emit("step", step=step)
+        feed.poll()
+    assert not thread.is_alive() and thread.inbox.take() == []  # nothing queued for a reader that is gone
+    (warning,) = of_type(folder, "log")
+    assert "cannot start a tracker run (ConnectionError: tracker down)" in warning["message"]

@@ -7,6 +7,7 @@ slow keeps its own queue (a tracker does): the feed never waits for it.
 """
 from __future__ import annotations
 
+import queue
 import sys
 import threading
 import traceback
@@ -77,6 +78,42 @@ class EventFeed:
         if self._thread is not None:
             self._thread.join(timeout=10)
         self.poll()
+
+
+class Inbox:
+    """A subscriber that queues each batch for a thread that takes them at its own pace (a tracker)."""
+
+    def __init__(self, feed: EventFeed) -> None:
+        self._queue: "queue.Queue[Events]" = queue.Queue()
+        self._open = True
+        feed.subscribe(self._put)
+
+    def _put(self, events: Events) -> None:
+        if self._open:  # on the feed's reader: queue, never wait
+            self._queue.put(events)
+
+    def first(self, poll_s: float, given_up: threading.Event) -> Events:
+        """The first batch (what was written before the feed's first read); [] if `given_up` is set before it comes."""
+        while True:
+            try:
+                return self._queue.get(timeout=poll_s)
+            except queue.Empty:
+                if given_up.is_set():
+                    return []
+
+    def take(self) -> Events:
+        """Every batch queued so far, as one list."""
+        events: Events = []
+        while True:
+            try:
+                events.extend(self._queue.get_nowait())
+            except queue.Empty:
+                return events
+
+    def close(self) -> None:
+        """Its reader is done: what comes later is dropped (a dead tracker's queue must not grow for the rest of the run)."""
+        self._open = False
+        self.take()
 
 
 def _deliver(subscriber: _Subscriber, events: Events) -> None:

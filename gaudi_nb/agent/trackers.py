@@ -12,13 +12,12 @@ through the trackers' own client libraries here, with the same names.
 
 How events reach a tracker: the agent reads events.jsonl once a tick (agent/feed.py) and puts the
 new events in each tracker thread's own queue; the thread takes them at its own pace, so a slow
-tracker lags behind and a dead one is left behind; neither touches the agent's loop. A call that fails warns once (a `log` event) and its values are
-dropped; a tracker that cannot be reached at the start is off for the run.
+tracker lags behind and a dead one is left behind; neither touches the agent's loop. A call that
+fails warns once (a `log` event) and its values are dropped; a tracker that cannot be reached at the start is off for the run.
 """
 from __future__ import annotations
 
 import os
-import queue
 import sys
 import threading
 import time
@@ -29,7 +28,7 @@ from ..events import EventWriter
 from ..rundir import RunFolder
 from ..spec import RunSpec
 from ..summary import empty_summary, fold
-from .feed import EventFeed
+from .feed import EventFeed, Inbox
 
 POLL_S = 1.0
 # What each tracker's library reads from the environment, as docs/training.md lists it. A run on a
@@ -293,8 +292,7 @@ class TrackerThread(threading.Thread):
         self.spec = spec  # the agent's: run_start may not be written yet when the thread starts
         self.backend: Optional[Backend] = None
         self.record: Dict[str, Any] = empty_summary(run_id)
-        self.inbox: "queue.Queue[List[Dict[str, Any]]]" = queue.Queue()  # batches from the feed, the history first
-        feed.subscribe(self.inbox.put)
+        self.inbox = Inbox(feed)  # batches from the feed, the history first
         self.closing = threading.Event()
         self.ended = False  # run_end seen: nothing more goes into the run's events
         self.warned = False
@@ -310,6 +308,7 @@ class TrackerThread(threading.Thread):
             opened = self.backend.start(self._run_name(), tags, previous)
         except Exception as exc:  # unreachable, not installed, refused: the run goes on without it
             self._warn(f"{self.tracker}: cannot start a tracker run ({_short(exc)}): this run is not logged to {self.tracker}")
+            self.inbox.close()
             self.writer.close()
             return
         self.writer.emit("tracker", tracker=self.tracker, **opened)
@@ -321,6 +320,7 @@ class TrackerThread(threading.Thread):
             closing = self.closing.wait(POLL_S)
             if not self._poll() and closing:
                 break  # the agent is done and nothing more is coming
+        self.inbox.close()
         self._finish()
 
     def close(self, timeout: float) -> None:
@@ -332,7 +332,7 @@ class TrackerThread(threading.Thread):
     # -- steps of it -------------------------------------------------------
     def _catch_up(self) -> Optional[str]:
         """Take what the run wrote before the agent started; returns the tracker run an earlier agent opened (a resumed run)."""
-        events = self._first_batch()
+        events = self.inbox.first(POLL_S, self.closing)
         self.record = fold(self.record, events, in_place=True)  # the thread owns it: no copy each second
         earlier = [e for e in events if e.get("type") == "tracker" and e.get("tracker") == self.tracker]
         self._history = events
@@ -349,25 +349,8 @@ class TrackerThread(threading.Thread):
         history, self._history = self._history, []
         self._log(history)
 
-    def _first_batch(self) -> List[Dict[str, Any]]:
-        """The feed's first batch: everything written before its first read (possibly nothing)."""
-        while True:
-            try:
-                return self.inbox.get(timeout=POLL_S)
-            except queue.Empty:
-                if self.closing.is_set():
-                    return []
-
-    def _take(self) -> List[Dict[str, Any]]:
-        events: List[Dict[str, Any]] = []
-        while True:
-            try:
-                events.extend(self.inbox.get_nowait())
-            except queue.Empty:
-                return events
-
     def _poll(self) -> bool:
-        events = self._take()
+        events = self.inbox.take()
         if events:
             self.record = fold(self.record, events, in_place=True)  # the thread owns it: no copy each second
             self._log(events)
@@ -467,10 +450,8 @@ class Trackers:
     @classmethod
     def start_named(cls, names: List[str], spec: Dict[str, Any], folder: RunFolder, run_id: str, node: str = "local",
                     feed: Optional[EventFeed] = None) -> Optional["Trackers"]:
-        """Also for a notebook run (gaudi_nb.batch), whose spec is its notebook and parameters.
-
-        `feed`: the agent's, which it polls each tick; without one the trackers get a feed of their own
-        that reads the events once a second on its own thread."""
+        """Also for a notebook run (gaudi_nb.batch), whose spec is its notebook and parameters; without
+        the agent's `feed` (polled each tick), one of their own that reads the events on its own thread."""
         if not names:
             return None
         own = feed is None

@@ -366,3 +366,33 @@ def test_a_tracker_that_cannot_start_is_left_behind_and_keeps_nothing(tmp_path):
     assert not thread.is_alive() and thread.inbox.take() == []  # nothing queued for a reader that is gone
     (warning,) = of_type(folder, "log")
     assert "cannot start a tracker run (ConnectionError: tracker down)" in warning["message"]
+
+
+POLITE = """import time
+from gaudi_nb.worker.script import checkpoint_dir, checkpoint_saved, report, should_stop
+for step in range(1, 10000):
+    time.sleep(0.2)
+    report(step=step, loss=1.0)
+    if should_stop():
+        (checkpoint_dir(step) / "state.txt").write_text(str(step))
+        checkpoint_saved(step, reason="stopped")
+        break
+"""
+
+
+@pytest.mark.slow
+def test_sigterm_to_an_agent_whose_ranks_step_is_a_clean_stop_with_a_checkpoint(tmp_path, monkeypatch):
+    folder = RunFolder(tmp_path / "run").create()
+    folder.spec.write_text(RunSpec(script=str(folder.script), devices=1, max_steps=10000).model_dump_json())
+    folder.script.write_text(POLITE)
+    folder.run.write_text(json.dumps({"run_id": "r1", "node": "local", "target": "local"}))
+    monkeypatch.setenv("GAUDI_NB_METRICS_PORT", "off")
+    agent = node.start_agent(folder)
+    wait_until(lambda: len(of_type(folder, "step")) >= 2, timeout=120, poll_s=0.2)
+    signalled = time.monotonic()
+    os.kill(agent, signal.SIGTERM)
+    wait_until(lambda: not _alive(agent), timeout=30, poll_s=0.2)
+    (end,) = of_type(folder, "run_end")
+    assert end["status"] == "stopped" and end["reason"] == "stopped on request: stopped after a checkpoint", end
+    assert folder.last_checkpoint() is not None and folder.last_checkpoint().step == end["steps_completed"]
+    print(f"\nSIGTERM to a stepping run's agent: stopped with a checkpoint {time.monotonic() - signalled:.1f} s later")

@@ -82,7 +82,7 @@ class Meter:
 class SideServices:
     """Started before the ranks, ticked once a loop, closed after run_end."""
 
-    def __init__(self, folder: RunFolder, events: EventWriter, spec: RunSpec, run_id: str, node: str, observer: RunObserver, meter_: Meter) -> None:
+    def __init__(self, folder: RunFolder, events: EventWriter, spec: RunSpec, run_id: str, node: str, observer: RunObserver, meter_: Meter, feed: EventFeed) -> None:
         self.folder = folder
         self.events = events
         self.spec = spec
@@ -90,7 +90,7 @@ class SideServices:
         self.node = node
         self.observer = observer
         self.meter = meter_
-        self.feed = EventFeed(folder.events)
+        self.feed = feed
         self.exporter: Any = None
         self.telemetry: Any = None
         self.trackers: Optional[Trackers] = None

@@ -25,6 +25,7 @@ from ..rundir import RunFolder
 from ..spec import RunSpec
 from ..worker.trainers import pick_trainer
 from .attempts import Attempts, Ending, final_status, tail_lines
+from .feed import EventFeed
 from .ranks import RankGroup
 from .services import Meter, RunObserver, SideServices
 from .stop import make_policy
@@ -48,9 +49,10 @@ class Agent:
         self.ranks = RankGroup(self.folder)
         self.observer = RunObserver(self.node)
         self.attempts = Attempts(self.folder, self.spec.max_restarts, self.node)
-        self.services = SideServices(self.folder, self.events, self.spec, self.run_id, self.node, self.observer, Meter(self.events, self.price_per_hour, 1, self.spec.budget_usd))
-        self.policy = make_policy(self.folder, self.events, self.spec, self.observer, self.ranks, node=self.node, cluster=cluster, refresh=self.services.feed.poll)
-        self.services.meter.nodes = self.policy.nodes_metered
+        feed = EventFeed(self.folder.events)  # the one reader of this run's events in the agent
+        self.policy = make_policy(self.folder, self.events, self.spec, self.observer, self.ranks, node=self.node, cluster=cluster, refresh=feed.poll)
+        meter = Meter(self.events, self.price_per_hour, self.policy.nodes_metered, self.spec.budget_usd)
+        self.services = SideServices(self.folder, self.events, self.spec, self.run_id, self.node, self.observer, meter, feed)
 
     # -- lifecycle -------------------------------------------------------
     def run_to_end(self) -> str:

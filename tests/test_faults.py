@@ -270,7 +270,7 @@ Root Cause (first observed failure):
 
 
 def test_a_crash_names_the_rank_and_the_signal_from_the_launchers_summary_of_this_attempt():
-    from gaudi_nb.agent.supervisor import crash_details
+    from gaudi_nb.agent.attempts import crash_details
 
     lines = TORCHRUN_SUMMARY.splitlines()
     assert crash_details(lines, 1) == {"rank": 1, "exit_code": -9, "signal": "SIGKILL", "reason": "rank 1 was killed by SIGKILL"}

@@ -13,7 +13,8 @@ import pytest
 from conftest import BIN
 
 import gaudi_nb
-from gaudi_nb.agent.supervisor import cluster_plan, stop_step
+from gaudi_nb.agent.placement import cluster_plan
+from gaudi_nb.agent.stop import stop_step
 from gaudi_nb.errors import SpecError
 from gaudi_nb.nodes.link import MergedStream, combine_ends
 from gaudi_nb.paths import run_dir as local_run_dir

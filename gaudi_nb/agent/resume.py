@@ -13,7 +13,7 @@ from ..events import EventWriter, read_events, this_attempt
 from ..rundir import RunFolder
 from ..spec import RunSpec, describe_validation_error
 from . import liveness, node
-from .supervisor import STOP_NODES
+from .stop import STOP_NODES
 from .trackers import flush_seconds
 
 

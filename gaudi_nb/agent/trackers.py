@@ -10,10 +10,10 @@ per process start (a restart would make a second one), and know nothing of dolla
 The values they log (the spec as parameters, loss, learning rate, grad norm, eval loss) go
 through the trackers' own client libraries here, with the same names.
 
-Why no queue: events.jsonl is already the buffer. Each tracker's thread reads it from an
-offset at its own pace, so a slow tracker lags behind and a dead one is left behind; neither
-touches the agent's loop. A call that fails warns once (a `log` event) and its values are
-dropped; a tracker that cannot be reached at the start is off for the run.
+How events reach a tracker: the agent reads events.jsonl once a tick (agent/feed.py) and puts the
+new events in each tracker thread's own queue; the thread takes them at its own pace, so a slow
+tracker lags behind and a dead one is left behind; neither touches the agent's loop. A call that
+fails warns once (a `log` event) and its values are dropped; a tracker that cannot be reached at the start is off for the run.
 """
 from __future__ import annotations
 
@@ -24,10 +24,11 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
-from ..events import EventWriter, read_events
+from ..events import EventWriter
 from ..rundir import RunFolder
 from ..spec import RunSpec
 from ..summary import empty_summary, fold
+from .feed import EventFeed, Inbox
 
 POLL_S = 1.0
 # What each tracker's library reads from the environment, as docs/training.md lists it. A run on a
@@ -279,9 +280,9 @@ def directory_mb(path: Path) -> float:
 
 
 class TrackerThread(threading.Thread):
-    """Follows events.jsonl from the start and logs to one tracker until the run ends."""
+    """Logs the run's events, as its feed hands them over from the start, to one tracker until the run ends."""
 
-    def __init__(self, name: str, folder: RunFolder, run_id: str, node: str, spec: Dict[str, Any], make: Any = make_backend) -> None:
+    def __init__(self, name: str, folder: RunFolder, run_id: str, node: str, spec: Dict[str, Any], feed: EventFeed, make: Any = make_backend) -> None:
         super().__init__(name=f"gaudi-nb-{name}", daemon=True)
         self.tracker = name
         self.folder = folder
@@ -291,7 +292,7 @@ class TrackerThread(threading.Thread):
         self.spec = spec  # the agent's: run_start may not be written yet when the thread starts
         self.backend: Optional[Backend] = None
         self.record: Dict[str, Any] = empty_summary(run_id)
-        self.offset = 0
+        self.inbox = Inbox(feed)  # batches from the feed, the history first
         self.closing = threading.Event()
         self.ended = False  # run_end seen: nothing more goes into the run's events
         self.warned = False
@@ -307,6 +308,7 @@ class TrackerThread(threading.Thread):
             opened = self.backend.start(self._run_name(), tags, previous)
         except Exception as exc:  # unreachable, not installed, refused: the run goes on without it
             self._warn(f"{self.tracker}: cannot start a tracker run ({_short(exc)}): this run is not logged to {self.tracker}")
+            self.inbox.close()
             self.writer.close()
             return
         self.writer.emit("tracker", tracker=self.tracker, **opened)
@@ -318,6 +320,7 @@ class TrackerThread(threading.Thread):
             closing = self.closing.wait(POLL_S)
             if not self._poll() and closing:
                 break  # the agent is done and nothing more is coming
+        self.inbox.close()
         self._finish()
 
     def close(self, timeout: float) -> None:
@@ -328,8 +331,8 @@ class TrackerThread(threading.Thread):
 
     # -- steps of it -------------------------------------------------------
     def _catch_up(self) -> Optional[str]:
-        """Read what the run wrote so far; returns the tracker run an earlier agent opened (a resumed run)."""
-        events, self.offset = read_events(self.folder.events, 0)
+        """Take what the run wrote before the agent started; returns the tracker run an earlier agent opened (a resumed run)."""
+        events = self.inbox.first(POLL_S, self.closing)
         self.record = fold(self.record, events, in_place=True)  # the thread owns it: no copy each second
         earlier = [e for e in events if e.get("type") == "tracker" and e.get("tracker") == self.tracker]
         self._history = events
@@ -347,7 +350,7 @@ class TrackerThread(threading.Thread):
         self._log(history)
 
     def _poll(self) -> bool:
-        events, self.offset = read_events(self.folder.events, self.offset)
+        events = self.inbox.take()
         if events:
             self.record = fold(self.record, events, in_place=True)  # the thread owns it: no copy each second
             self._log(events)
@@ -435,26 +438,40 @@ def _short(exc: BaseException) -> str:
 class Trackers:
     """The agent's handle on its tracker threads: started once per agent, closed after run_end."""
 
-    def __init__(self, threads: List[TrackerThread]) -> None:
+    def __init__(self, threads: List[TrackerThread], feed: EventFeed, own_feed: bool) -> None:
         self.threads = threads
+        self.feed = feed
+        self.own_feed = own_feed
 
     @classmethod
-    def start(cls, spec: RunSpec, folder: RunFolder, run_id: str, node: str) -> Optional["Trackers"]:
-        return cls.start_named(spec.trackers(), spec.to_json_dict(), folder, run_id, node)
+    def start(cls, spec: RunSpec, folder: RunFolder, run_id: str, node: str, feed: Optional[EventFeed] = None) -> Optional["Trackers"]:
+        return cls.start_named(spec.trackers(), spec.to_json_dict(), folder, run_id, node, feed=feed)
 
     @classmethod
-    def start_named(cls, names: List[str], spec: Dict[str, Any], folder: RunFolder, run_id: str, node: str = "local") -> Optional["Trackers"]:
-        """Also for a notebook run (gaudi_nb.batch), whose spec is its notebook and parameters."""
+    def start_named(cls, names: List[str], spec: Dict[str, Any], folder: RunFolder, run_id: str, node: str = "local",
+                    feed: Optional[EventFeed] = None) -> Optional["Trackers"]:
+        """Also for a notebook run (gaudi_nb.batch), whose spec is its notebook and parameters; without
+        the agent's `feed` (polled each tick), one of their own that reads the events on its own thread."""
         if not names:
             return None
-        threads = [TrackerThread(name, folder, run_id, node, spec) for name in names]
+        own = feed is None
+        feed = feed or EventFeed(folder.events)
+        threads = [TrackerThread(name, folder, run_id, node, spec, feed) for name in names]
         for thread in threads:
             thread.start()
-        return cls(threads)
+        if own:
+            feed.poll()  # the history, at once: the threads wait for it
+            feed.start(POLL_S)
+        return cls(threads, feed, own)
 
-    def close(self) -> None:
-        """After run_end: let each thread log the end and the final checkpoint, for at most GAUDI_NB_TRACKER_FLUSH_S together."""
-        deadline = time.monotonic() + flush_seconds()
+    def close(self, flush_s: Optional[float] = None) -> None:
+        """After run_end: let each thread log the end and the final checkpoint, for at most
+        `flush_s` (GAUDI_NB_TRACKER_FLUSH_S unless told) together."""
+        if self.own_feed:
+            self.feed.stop()
+        else:
+            self.feed.poll()  # the run_end written just before
+        deadline = time.monotonic() + (flush_seconds() if flush_s is None else flush_s)
         for thread in self.threads:
             thread.closing.set()
         for thread in self.threads:

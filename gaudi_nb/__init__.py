@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 # Eager, not lazy: importing any gaudi_nb.batch.* module sets the package attribute `batch` to the
 # subpackage, which would hide a lazy name; the function's module costs ~25 ms of standard library.
 from .batch.execute import batch
-
 from .version import __version__
 
 # public name -> (module, attribute); attribute None means the module itself

@@ -5,8 +5,8 @@ import re
 import time
 from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional
 
-from ..version import __version__
 from ..errors import NotFoundError, SpecError
+from ..version import __version__
 from .bootstrap import Probe, ensure_env, probe
 from .ssh import SshAddress, open_connection, parse_ssh_url, run_sync
 

@@ -20,8 +20,8 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from .. import paths
-from ..version import __version__
 from ..errors import GaudiNbError, SpecError
+from ..version import __version__
 from .ssh import CommandResult, run_command
 
 DIST = "gaudi_nb"

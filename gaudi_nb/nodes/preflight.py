@@ -4,8 +4,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
-from ..version import __version__
 from ..errors import SpecError
+from ..version import __version__
 from .bootstrap import Probe, client_build, probe
 from .ssh import open_connection, run_sync
 

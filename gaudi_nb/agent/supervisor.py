@@ -33,6 +33,7 @@ from ..spec import RunSpec
 from ..worker.trainers import pick_trainer
 from ..worker.watchdog import agent_environment
 from .liveness import process_alive
+from .observer import AgentObserver
 from .trackers import Trackers
 
 # After a stop request the ranks finish two steps and save a checkpoint; a run that
@@ -320,6 +321,7 @@ class Agent:
         self.telemetry: Any = None
         self.run_modules: Optional[str] = None  # HABANA_VISIBLE_MODULES of a partial-node Gaudi run
         self._tailer = Tailer(self.folder.events)
+        self._observer = AgentObserver(self)  # what the tailer reads, through the one fold
         # several nodes (run.json's "cluster"; None for one node)
         self.cluster: Optional[Dict[str, Any]] = self.run.get("cluster")
         self.peers: Optional[Peers] = None
@@ -646,20 +648,7 @@ class Agent:
         return usd
 
     def _observe_events(self) -> None:
-        for event in self._tailer.poll():
-            if event.get("type") == "step":
-                self.last_step = max(self.last_step, int(event["step"]))
-                if event.get("step_time_s"):
-                    self._step_times = (self._step_times + [float(event["step_time_s"])])[-10:]
-                    self.fastest_step_s = min(self._step_times)
-            elif event.get("type") == "worker_start" and event.get("pid") and event.get("node", self.node) == self.node:
-                self.rank_pids[int(event.get("rank") or 0)] = int(event["pid"])
-            elif event.get("type") == "worker_error":
-                self.rank_errors.setdefault(int(event.get("rank") or 0), str(event.get("error")))
-                if self.worker_error is None:
-                    self.worker_error = f"rank {event.get('rank')}: {event.get('error')}"
-            if self.exporter is not None:
-                self.exporter.observe(event)
+        self._observer.apply(self._tailer.poll())
 
     def _poll(self) -> Optional[int]:
         """The launcher's exit code once it has ended; on a node whose ranks node 0's launcher

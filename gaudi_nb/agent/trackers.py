@@ -281,8 +281,9 @@ def directory_mb(path: Path) -> float:
 
 class TrackerFold(RecordFold):
     """What a tracker logs from a batch of events, read through the record's fold (the thread's record,
-    folded in place: it owns it). A step of an attempt a restart replaced is not logged; a step the new
-    attempt replays is logged again at its step (W&B: at the newest step seen, its steps only grow)."""
+    folded in place: it owns it). A late step of an attempt a restart replaced is not logged, nor are the
+    steps a restart lost before they were sent; a step the new attempt runs again is logged again at its
+    step (W&B: at the newest step seen, its steps only grow)."""
 
     def __init__(self, record: Dict[str, Any]) -> None:
         super().__init__(record)
@@ -327,6 +328,8 @@ class TrackerFold(RecordFold):
     def on_restart(self, e: Event, from_step: int) -> None:
         super().on_restart(e, from_step)
         self.ended = False
+        for step in [s for s in self.by_step if s > from_step]:  # not sent yet, and lost with the attempt
+            del self.by_step[step]
 
 
 class TrackerThread(threading.Thread):

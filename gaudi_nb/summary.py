@@ -93,9 +93,8 @@ def fold(summary: Dict[str, Any], events: Iterable[Dict[str, Any]], *, in_place:
     """Apply events to a summary (returns a new dict; the input is not changed unless in_place,
     which the store uses for a summary it has just read: the copy was most of an ingest's time)."""
     s = summary if in_place else copy.deepcopy(summary)
-    record = RecordFold(s)
-    record.apply(events)
-    record.derive()
+    RecordFold(s).apply(events)
+    _derive(s)
     return s
 
 
@@ -108,7 +107,7 @@ class RecordFold(Fold):
 
     @property  # type: ignore[override]
     def attempt(self) -> int:
-        return int(self.summary.get("attempt") or 1)
+        return self.summary["attempt"]  # type: ignore[no-any-return]
 
     @attempt.setter
     def attempt(self, value: int) -> None:
@@ -116,7 +115,7 @@ class RecordFold(Fold):
 
     @property  # type: ignore[override]
     def step(self) -> int:
-        return int(self.summary["steps_completed"])
+        return self.summary["steps_completed"]  # type: ignore[no-any-return]
 
     @step.setter
     def step(self, value: int) -> None:

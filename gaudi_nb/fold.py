@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Iterable, Mapping, Optional
 
-Event = Mapping[str, Any]
+Event = Dict[str, Any]
 
 
 class Fold:
@@ -87,8 +87,12 @@ class Fold:
 
 def run_spend(per_node: Mapping[str, Optional[float]]) -> Optional[float]:
     """The run's dollars: the sum of each node's latest spend, unknown if any node's is (money is never guessed)."""
-    spent = list(per_node.values())
-    return None if any(usd is None for usd in spent) else sum(float(usd) for usd in spent)  # type: ignore[arg-type]
+    total = 0.0
+    for usd in per_node.values():
+        if usd is None:
+            return None
+        total += float(usd)
+    return total
 
 
 __all__ = ["Event", "Fold", "run_spend"]

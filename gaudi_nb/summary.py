@@ -259,10 +259,14 @@ def _apply_step(s: Dict[str, Any], e: Event, step: int) -> None:
 def _loss_at(s: Dict[str, Any], step: int) -> Optional[List[Any]]:
     """[step, loss] of the newest step at or before `step` that reported a loss, as far as the record still knows it."""
     known = [(int(k), v[4]) for k, v in s.get("_replayable", {}).items() if int(k) <= step and len(v) > 4 and v[4] is not None]
-    for kept in (s.get("_checkpoint_loss"), [s.get("_final_loss_step"), s["metrics"]["final_loss"]]):
-        if kept is not None and kept[0] is not None and kept[1] is not None and int(kept[0]) <= step:
-            known.append((int(kept[0]), kept[1]))
-    return list(max(known, key=lambda pair: pair[0])) if known else None
+    candidates: List[Any] = [s.get("_checkpoint_loss") or [None, None], [s.get("_final_loss_step"), s["metrics"]["final_loss"]]]
+    for at, loss in candidates:
+        if at is not None and loss is not None and int(at) <= step:
+            known.append((int(at), loss))
+    if not known:
+        return None
+    at, loss = max(known, key=lambda pair: pair[0])
+    return [at, loss]
 
 
 def _apply_model(s: Dict[str, Any], e: Dict[str, Any]) -> None:

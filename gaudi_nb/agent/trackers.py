@@ -280,10 +280,8 @@ def directory_mb(path: Path) -> float:
 
 
 class TrackerFold(RecordFold):
-    """What a tracker logs from a batch of events, read through the record's fold (the thread's record,
-    folded in place: it owns it). A late step of an attempt a restart replaced is not logged, nor are the
-    steps a restart lost before they were sent; a step the new attempt runs again is logged again at its
-    step (W&B: at the newest step seen, its steps only grow)."""
+    """What a tracker logs from a batch of events, through the record's fold (the thread's record, in place).
+    Not logged: a late step of a replaced attempt, steps a restart lost before they were sent."""
 
     def __init__(self, record: Dict[str, Any]) -> None:
         super().__init__(record)

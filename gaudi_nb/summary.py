@@ -2,10 +2,11 @@
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict, Iterable
+from typing import Any, Dict, Iterable, List, Optional
 
 from .cost import meter
 from .cost import mfu as mfu_math
+from .fold import Event, Fold, run_spend
 
 
 def empty_summary(run_id: str) -> Dict[str, Any]:
@@ -75,6 +76,8 @@ def empty_summary(run_id: str) -> Dict[str, Any]:
         "_counted_step": 0,
         "_forgotten_step": 0,  # the newest step dropped from _replayable by its size limit
         "_first_loss_step": None,
+        "_final_loss_step": None,  # and the loss a restart goes back to: [step, loss] at the last checkpoint
+        "_checkpoint_loss": None,
         "_replayable": {},
     }
 
@@ -90,16 +93,43 @@ def fold(summary: Dict[str, Any], events: Iterable[Dict[str, Any]], *, in_place:
     """Apply events to a summary (returns a new dict; the input is not changed unless in_place,
     which the store uses for a summary it has just read: the copy was most of an ingest's time)."""
     s = summary if in_place else copy.deepcopy(summary)
-    for event in events:
-        _apply(s, event)
+    RecordFold(s).apply(events)
     _derive(s)
     return s
 
 
-def _apply(s: Dict[str, Any], e: Dict[str, Any]) -> None:
-    kind = e.get("type")
-    s["last_event_at"] = e.get("t", s["last_event_at"])
-    if kind == "run_start":
+class RecordFold(Fold):
+    """The run record as a fold over a plain dict (the store keeps it as JSON between ingests): the
+    attempt and the run's step live in the dict, so a fold can go on from a record read back."""
+
+    def __init__(self, summary: Dict[str, Any]) -> None:
+        self.summary = summary
+
+    @property  # type: ignore[override]
+    def attempt(self) -> int:
+        return self.summary["attempt"]  # type: ignore[no-any-return]
+
+    @attempt.setter
+    def attempt(self, value: int) -> None:
+        self.summary["attempt"] = value
+
+    @property  # type: ignore[override]
+    def step(self) -> int:
+        return self.summary["steps_completed"]  # type: ignore[no-any-return]
+
+    @step.setter
+    def step(self, value: int) -> None:
+        self.summary["steps_completed"] = value
+
+    def derive(self) -> None:
+        _derive(self.summary)
+
+    def seen(self, e: Event) -> None:
+        s = self.summary
+        s["last_event_at"] = e.get("t", s["last_event_at"])
+
+    def on_run_start(self, e: Event) -> None:
+        s = self.summary
         spec = e.get("spec") or {}
         s.update(
             # the agent is up; the run is running once a rank has started (a batch notebook runs at once)
@@ -125,61 +155,82 @@ def _apply(s: Dict[str, Any], e: Dict[str, Any]) -> None:
                 manifest_path=e.get("manifest_path"),
             )
         s["cost"].update(price_per_hour=e.get("price_per_hour"), price_source=e.get("price_source"), nodes=spec.get("nodes", 1), budget_usd=spec.get("budget_usd"))
-    elif kind == "worker_start":
+
+    def on_worker_start(self, e: Event) -> None:
+        s = self.summary
         if s["status"] == "starting":
             s["status"] = "running"
         if e.get("rank") == 0:
             s.update(trainer=e.get("trainer"), precision=e.get("precision"), accelerator=e.get("accelerator"), device_count=e.get("world_size"), execution_mode=e.get("execution_mode"))
             _apply_batch_and_rate(s, e)
             _apply_model(s, e)
-    elif kind == "step":
-        if int(e.get("attempt") or 1) < int(s.get("attempt") or 1):
-            return  # a late line from an attempt that a restart already replaced
+
+    def on_step(self, e: Event, step: int, replayed: bool) -> None:
+        s = self.summary
         if s["status"] == "starting":  # a script run whose rank 0 started silently
             s["status"] = "running"
-        _apply_step(s, e)
-    elif kind == "eval":
-        s["metrics"]["eval_loss"] = e.get("eval_loss")
-    elif kind == "checkpoint":
+        _apply_step(s, e, step)
+
+    def on_eval(self, e: Event) -> None:
+        self.summary["metrics"]["eval_loss"] = e.get("eval_loss")
+
+    def on_checkpoint(self, e: Event) -> None:
+        s = self.summary
         s["checkpoints"].append({"step": e.get("step"), "path": e.get("path"), "reason": e.get("reason")})
-        # steps up to a complete checkpoint are never replayed: forget what they added
+        # steps up to a complete checkpoint are never replayed: forget what they added, and keep the
+        # loss a restart from this checkpoint goes back to
         done = int(e.get("step") or 0)
         replayable = s.setdefault("_replayable", {})
+        kept = _loss_at(s, done)
+        if kept is not None:
+            s["_checkpoint_loss"] = kept
         for key in [k for k in replayable if int(k) <= done]:
             del replayable[key]
-    elif kind == "restart":
-        _apply_restart(s, e)
-    elif kind == "batch_size":
+
+    def on_restart(self, e: Event, from_step: int) -> None:
+        _apply_restart(self.summary, e, from_step)
+
+    def on_batch_size(self, e: Event) -> None:
+        s = self.summary
         found = {"per_device": e.get("size"), "how": e.get("how"), "trials": len(e.get("trials") or []), "search_s": e.get("seconds"), "memory_fraction": e.get("memory_fraction")}
         s["batch_size"] = {**(s.get("batch_size") or {}), **found}
-    elif kind == "telemetry":
-        s["telemetry_samples"] += 1
-    elif kind == "cost":
-        _apply_cost(s, e)
-    elif kind == "tracker":
-        s.setdefault("trackers", {})[str(e.get("tracker"))] = {k: e.get(k) for k in ("tracker_run_id", "url", "experiment")}
-    elif kind in ("cell", "result"):
-        _apply_batch(s, e)
-    elif kind == "stop_requested":
+
+    def on_telemetry(self, e: Event) -> None:
+        self.summary["telemetry_samples"] += 1
+
+    def on_cost(self, e: Event) -> None:
+        _apply_cost(self.summary, e)
+
+    def on_tracker(self, e: Event) -> None:
+        self.summary.setdefault("trackers", {})[str(e.get("tracker"))] = {k: e.get(k) for k in ("tracker_run_id", "url", "experiment")}
+
+    def on_cell(self, e: Event) -> None:
+        _apply_batch(self.summary, e)
+
+    on_result = on_cell
+
+    def on_stop_requested(self, e: Event) -> None:
+        s = self.summary
         if s["status"] in ("starting", "running"):
             s["status"] = "stopping"
-    elif kind == "run_end":
+
+    def on_run_end(self, e: Event) -> None:
+        s = self.summary
         s["status"] = e.get("status", "failed")
         s["ended_at"] = e.get("t")
         s["exit"] = {k: e.get(k) for k in ("exit_code", "reason", "last_log_lines")}
 
 
-def _apply_step(s: Dict[str, Any], e: Dict[str, Any]) -> None:
+def _apply_step(s: Dict[str, Any], e: Event, step: int) -> None:
     """Count a step once: a step replayed after a restart replaces the earlier attempt's (its tokens,
-    its throughput sample); the loss shown is the newest attempt's."""
+    its throughput sample); the loss shown is the newest attempt's, of the newest step that reported one."""
     m = s["metrics"]
-    step = int(e["step"])
     tokens, samples = int(e.get("tokens") or 0), int(e.get("samples") or 0)
     measured = not e.get("warmup") and bool(e.get("step_time_s"))
     seconds = float(e["step_time_s"]) if measured else 0.0
     replayable = s.setdefault("_replayable", {})
     earlier = replayable.pop(str(step), None)
-    if earlier is not None:  # [tokens, measured tokens, measured samples, measured seconds] of the replaced step
+    if earlier is not None:  # [tokens, measured tokens, measured samples, measured seconds, loss] of the replaced step
         m["tokens_seen"] -= earlier[0]
         s["_measured_tokens"] -= earlier[1]
         s["_measured_samples"] -= earlier[2]
@@ -187,21 +238,35 @@ def _apply_step(s: Dict[str, Any], e: Dict[str, Any]) -> None:
     if earlier is not None or step > s.get("_counted_step", 0):
         m["tokens_seen"] += tokens
     s["_counted_step"] = max(s.get("_counted_step", 0), step)
-    s["steps_completed"] = max(s["steps_completed"], step)
-    if m["first_loss"] is None or step <= (s.get("_first_loss_step") or step):
-        m["first_loss"] = e.get("loss")
-        s["_first_loss_step"] = step
-    m["final_loss"] = e.get("loss")
+    loss = e.get("loss")
+    if loss is not None:
+        if m["first_loss"] is None or step <= (s.get("_first_loss_step") or step):
+            m["first_loss"] = loss
+            s["_first_loss_step"] = step
+        m["final_loss"], s["_final_loss_step"] = loss, step
     m["step_time_s"] = e.get("step_time_s")
     if measured:
         s["_measured_tokens"] += tokens
         s["_measured_samples"] += samples
         s["_measured_seconds"] += seconds
-    replayable[str(step)] = [tokens, tokens if measured else 0, samples if measured else 0, seconds]
+    replayable[str(step)] = [tokens, tokens if measured else 0, samples if measured else 0, seconds, loss]
     if len(replayable) > REPLAYABLE_STEPS:
         oldest = min(replayable, key=int)
         del replayable[oldest]
         s["_forgotten_step"] = max(s.get("_forgotten_step", 0), int(oldest))
+
+
+def _loss_at(s: Dict[str, Any], step: int) -> Optional[List[Any]]:
+    """[step, loss] of the newest step at or before `step` that reported a loss, as far as the record still knows it."""
+    known = [(int(k), v[4]) for k, v in s.get("_replayable", {}).items() if int(k) <= step and len(v) > 4 and v[4] is not None]
+    candidates: List[Any] = [s.get("_checkpoint_loss") or [None, None], [s.get("_final_loss_step"), s["metrics"]["final_loss"]]]
+    for at, loss in candidates:
+        if at is not None and loss is not None and int(at) <= step:
+            known.append((int(at), loss))
+    if not known:
+        return None
+    at, loss = max(known, key=lambda pair: pair[0])
+    return [at, loss]
 
 
 def _apply_model(s: Dict[str, Any], e: Dict[str, Any]) -> None:
@@ -224,23 +289,24 @@ def _apply_batch_and_rate(s: Dict[str, Any], e: Dict[str, Any]) -> None:
     s["learning_rate"] = {"base": e.get("base_learning_rate"), "scaled": e.get("learning_rate"), "scaling": e.get("lr_scaling"), "base_batch_size": e.get("base_batch_size")}
 
 
-def _apply_restart(s: Dict[str, Any], e: Dict[str, Any]) -> None:
-    """A new attempt of the run: it goes on from `from_step` (the last complete checkpoint, or 0);
-    a resumed run is active again, and its final status will be this attempt's."""
-    from_step = int(e.get("from_step") or 0)
-    s["attempt"] = int(e.get("attempt") or int(s.get("attempt") or 1) + 1)
+def _apply_restart(s: Dict[str, Any], e: Event, from_step: int) -> None:
+    """A new attempt of the run (the fold has set `attempt` and gone back to `from_step`, the last complete
+    checkpoint or 0); a resumed run is active again, and its final status will be this attempt's."""
     s.setdefault("restarts", []).append({k: e.get(k) for k in ("attempt", "cause", "from_step", "checkpoint", "reason", "t")})
-    s["steps_completed"] = min(s["steps_completed"], from_step)
     # the steps after from_step are lost with the attempt that ran them: uncount them now, so a
     # record read before they are replayed (or if they never are) counts what the run keeps
     m = s["metrics"]
     replayable = s.setdefault("_replayable", {})
-    for key in [k for k in replayable if int(k) > from_step]:
-        tokens, measured_tokens, measured_samples, seconds = replayable.pop(key)
-        m["tokens_seen"] -= tokens
-        s["_measured_tokens"] -= measured_tokens
-        s["_measured_samples"] -= measured_samples
-        s["_measured_seconds"] -= seconds
+    lost = [k for k in replayable if int(k) > from_step]
+    if (s.get("_final_loss_step") or 0) > from_step:
+        kept = _loss_at(s, from_step)  # the loss shown goes back with the step
+        m["final_loss"] = kept[1] if kept else None
+    for key in lost:
+        earlier = replayable.pop(key)
+        m["tokens_seen"] -= earlier[0]
+        s["_measured_tokens"] -= earlier[1]
+        s["_measured_samples"] -= earlier[2]
+        s["_measured_seconds"] -= earlier[3]
     # a forgotten step after from_step stays counted, so its replay must not count it again
     s["_counted_step"] = min(s.get("_counted_step", 0), max(from_step, s.get("_forgotten_step", 0)))
     if (s.get("_first_loss_step") or 0) > from_step:
@@ -264,11 +330,10 @@ def _apply_cost(s: Dict[str, Any], e: Dict[str, Any]) -> None:
     cost event (unknown if any node's is), its elapsed time the longest."""
     per_node = s.setdefault("_node_costs", {})
     per_node[str(e.get("node"))] = {"usd": e.get("usd"), "elapsed_s": e.get("elapsed_s"), "nodes": e.get("nodes") or 1}
-    spent = [c["usd"] for c in per_node.values()]
     elapsed = [c["elapsed_s"] for c in per_node.values() if c["elapsed_s"] is not None]
     metered = sum(int(c["nodes"]) for c in per_node.values())
     s["cost"].update(
-        usd=None if any(u is None for u in spent) else sum(float(u) for u in spent),
+        usd=run_spend({node: c["usd"] for node, c in per_node.items()}),
         elapsed_s=max(elapsed) if elapsed else None,
         price_per_hour=e.get("price_per_hour"),
         nodes=max(metered, int((s.get("spec") or {}).get("nodes") or 1)),

@@ -12,21 +12,25 @@ from typing import Any, Dict, List, Optional
 
 from ..cost import billing
 from ..events import EventWriter
+from ..fold import Fold
 from ..rundir import RunFolder
 from ..spec import RunSpec
 from .feed import EventFeed
 from .ranks import RankGroup
 from .trackers import Trackers
 
+PACE_STEPS = 10  # the fastest of the last ten steps sets how far ahead a stop across nodes lands
 
-class RunObserver:
-    """What the agent's loop acts on, from this attempt's events: the last step, the step time,
-    the ranks' pids and their errors. Fed on the loop's own thread (the feed is polled there)."""
+
+class RunObserver(Fold):
+    """What the agent's loop acts on, from this attempt's events, through the one fold: the last step,
+    the step time, the ranks' pids and their errors. A step of a replaced attempt is read past; a restart
+    takes the step back to where the new attempt goes on. Fed on the loop's own thread (the feed is polled there)."""
 
     def __init__(self, node: str) -> None:
         self.node = node
         self.last_step = 0
-        self.fastest_step_s: Optional[float] = None  # of the last ten steps
+        self.fastest_step_s: Optional[float] = None  # of the last PACE_STEPS steps: how far ahead a stop across nodes lands
         self.stepped = False  # a step of this attempt was seen
         self.worker_error: Optional[str] = None
         self.rank_errors: Dict[int, str] = {}  # this attempt's, by rank: a crash names the failed rank's own error
@@ -34,28 +38,40 @@ class RunObserver:
         self._step_times: List[float] = []
 
     def take(self, events: List[Dict[str, Any]]) -> None:
-        for event in events:
-            kind = event.get("type")
-            if kind == "step":
-                self.last_step = max(self.last_step, int(event["step"]))
-                self.stepped = True
-                if event.get("step_time_s"):
-                    self._step_times = (self._step_times + [float(event["step_time_s"])])[-10:]
-                    self.fastest_step_s = min(self._step_times)
-            elif kind == "worker_start" and event.get("pid") and event.get("node", self.node) == self.node:
-                self.rank_pids[int(event.get("rank") or 0)] = int(event["pid"])
-            elif kind == "worker_error":
-                self.rank_errors.setdefault(int(event.get("rank") or 0), str(event.get("error")))
-                if self.worker_error is None:
-                    self.worker_error = f"rank {event.get('rank')}: {event.get('error')}"
+        self.apply(events)
+
+    def on_step(self, event: Dict[str, Any], step: int, replayed: bool) -> None:
+        self.last_step = max(self.last_step, step)
+        self.stepped = True
+        if event.get("step_time_s"):
+            self._step_times = (self._step_times + [float(event["step_time_s"])])[-PACE_STEPS:]
+            self.fastest_step_s = min(self._step_times)
+
+    def on_worker_start(self, event: Dict[str, Any]) -> None:
+        if event.get("pid") and event.get("node", self.node) == self.node:
+            self.rank_pids[int(event.get("rank") or 0)] = int(event["pid"])
+
+    def on_worker_error(self, event: Dict[str, Any]) -> None:
+        self.rank_errors.setdefault(int(event.get("rank") or 0), str(event.get("error")))
+        if self.worker_error is None:
+            self.worker_error = f"rank {event.get('rank')}: {event.get('error')}"
+
+    def on_restart(self, event: Dict[str, Any], from_step: int) -> None:
+        self._forget_attempt(self.step)
 
     def next_attempt(self, from_step: int) -> None:
-        """A restart: the next attempt's ranks start from `from_step`, with nothing of the last attempt's."""
-        self.last_step = from_step
+        """A restart this agent makes: the next attempt's ranks start from `from_step`, with nothing of the
+        last attempt's; its late lines are read past from now on, before the restart event comes back."""
+        self.attempt += 1
+        self.step = min(self.step, from_step)
+        self._forget_attempt(from_step)
+        self.rank_pids = {}
+
+    def _forget_attempt(self, step: int) -> None:
+        self.last_step = step
         self.stepped = False
         self.worker_error = None
         self.rank_errors = {}
-        self.rank_pids = {}
         self._step_times = []
 
 

@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional
 
 from ..events import EventWriter
+from ..fold import Event
 from ..rundir import RunFolder
 from ..spec import RunSpec
-from ..summary import empty_summary, fold
+from ..summary import RecordFold, empty_summary
 from .feed import EventFeed, Inbox
 
 POLL_S = 1.0
@@ -279,6 +280,57 @@ def directory_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in files) / 1e6
 
 
+class TrackerFold(RecordFold):
+    """What a tracker logs from a batch of events, through the record's fold (the thread's record, in place).
+    Not logged: a late step of a replaced attempt, steps a restart lost before they were sent."""
+
+    def __init__(self, record: Dict[str, Any]) -> None:
+        super().__init__(record)
+        self.by_step: Dict[int, Dict[str, float]] = {}
+        self.costs = False
+        self.utilization: Dict[str, float] = {}
+        self.artifacts: List[Path] = []
+        self.ended: Optional[bool] = None  # run_end seen (True), or a restart after it (False: a resumed run)
+
+    def on_step(self, e: Event, step: int, replayed: bool) -> None:
+        super().on_step(e, step, replayed)
+        self.by_step.setdefault(step, {}).update(step_metrics(e))
+
+    def on_eval(self, e: Event) -> None:
+        super().on_eval(e)
+        if e.get("eval_loss") is not None:
+            self.by_step.setdefault(int(e.get("step") or 0), {})["eval_loss"] = float(e["eval_loss"])
+
+    def on_cost(self, e: Event) -> None:
+        super().on_cost(e)
+        self.costs = True
+
+    def on_telemetry(self, e: Event) -> None:
+        super().on_telemetry(e)
+        self.utilization = utilization_metrics(e)
+
+    def on_result(self, e: Event) -> None:  # a notebook run's record() values
+        super().on_result(e)
+        results = {str(k): float(v) for k, v in (e.get("values") or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        if results:
+            self.by_step.setdefault(int(self.summary.get("steps_completed") or 0), {}).update(results)
+
+    def on_run_start(self, e: Event) -> None:
+        super().on_run_start(e)
+        if e.get("manifest_path") and Path(str(e["manifest_path"])).is_file():
+            self.artifacts.append(Path(str(e["manifest_path"])))
+
+    def on_run_end(self, e: Event) -> None:
+        super().on_run_end(e)
+        self.ended = True
+
+    def on_restart(self, e: Event, from_step: int) -> None:
+        super().on_restart(e, from_step)
+        self.ended = False
+        for step in [s for s in self.by_step if s > from_step]:  # not sent yet, and lost with the attempt
+            del self.by_step[step]
+
+
 class TrackerThread(threading.Thread):
     """Logs the run's events, as its feed hands them over from the start, to one tracker until the run ends."""
 
@@ -333,12 +385,15 @@ class TrackerThread(threading.Thread):
     def _catch_up(self) -> Optional[str]:
         """Take what the run wrote before the agent started; returns the tracker run an earlier agent opened (a resumed run)."""
         events = self.inbox.first(POLL_S, self.closing)
-        self.record = fold(self.record, events, in_place=True)  # the thread owns it: no copy each second
         earlier = [e for e in events if e.get("type") == "tracker" and e.get("tracker") == self.tracker]
         self._history = events
         if earlier:  # the earlier attempts were logged by their agent: only this attempt's events are new
             restarts = [i for i, e in enumerate(events) if e.get("type") == "restart"]
-            self._history = events[restarts[-1]:] if restarts else []
+            split = restarts[-1] if restarts else len(events)
+            logged = RecordFold(self.record)  # the record still counts them: fold them without logging
+            logged.apply(events[:split])
+            logged.derive()
+            self._history = events[split:]
         return str(earlier[-1]["tracker_run_id"]) if earlier else None
 
     def _run_name(self) -> str:
@@ -352,43 +407,26 @@ class TrackerThread(threading.Thread):
     def _poll(self) -> bool:
         events = self.inbox.take()
         if events:
-            self.record = fold(self.record, events, in_place=True)  # the thread owns it: no copy each second
             self._log(events)
         return bool(events)
 
     def _log(self, events: List[Dict[str, Any]]) -> None:
         assert self.backend is not None
-        by_step: Dict[int, Dict[str, float]] = {}
-        costs = False
-        utilization: Dict[str, float] = {}
-        for e in events:
-            kind = e.get("type")
-            if kind == "step" and e.get("step") is not None:
-                by_step.setdefault(int(e["step"]), {}).update(step_metrics(e))
-            elif kind == "eval" and e.get("eval_loss") is not None:
-                by_step.setdefault(int(e.get("step") or 0), {})["eval_loss"] = float(e["eval_loss"])
-            elif kind == "cost":
-                costs = True
-            elif kind == "telemetry":
-                utilization = utilization_metrics(e)
-            elif kind == "result":  # a notebook run's record() values
-                results = {str(k): float(v) for k, v in (e.get("values") or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
-                if results:
-                    by_step.setdefault(int(self.record.get("steps_completed") or 0), {}).update(results)
-            elif kind == "run_start" and e.get("manifest_path") and Path(str(e["manifest_path"])).is_file():
-                self._call(self.backend.log_artifact, Path(str(e["manifest_path"])), "batch_manifest")
-            elif kind == "run_end":
-                self.ended = True
-            elif kind == "restart":  # a resumed run: the run_end read before it was the last attempt's
-                self.ended = False
-        for step, metrics in sorted(by_step.items()):
+        read = TrackerFold(self.record)
+        read.apply(events)
+        read.derive()
+        for path in read.artifacts:
+            self._call(self.backend.log_artifact, path, "batch_manifest")
+        if read.ended is not None:
+            self.ended = read.ended
+        for step, metrics in sorted(read.by_step.items()):
             if metrics:
                 self._call(self.backend.log_metrics, metrics, step)
         now = int(self.record.get("steps_completed") or 0)
-        if costs or by_step:
-            self._call(self.backend.log_metrics, {**record_metrics(self.record), **utilization}, now)
-        elif utilization:
-            self._call(self.backend.log_metrics, utilization, now)
+        if read.costs or read.by_step:
+            self._call(self.backend.log_metrics, {**record_metrics(self.record), **read.utilization}, now)
+        elif read.utilization:
+            self._call(self.backend.log_metrics, read.utilization, now)
         tags = record_tags(self.record)
         if tags != self._tags:
             if self._call(self.backend.set_tags, {k: v for k, v in tags.items() if self._tags.get(k) != v}):

@@ -5,21 +5,18 @@ import json
 import os
 import threading
 import time
-from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Deque, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import pandas as pd
 from sqlalchemy import bindparam, select
 
-from .. import formatting
 from ..cost import billing
 from ..events import ACTIVE_STATUSES
-from ..notebook.panel import PanelState
 from ..store import EventRow, RunRow, RunStore
 from ..summary import public
+from .run_detail import RunDetail
 
 LOCAL_NODE = "local"
 # The Fleet page's utilization column: the devices' mean over the last minute. Whether a node is idle is
@@ -28,10 +25,8 @@ UTILIZATION_SHOWN_S = 60.0
 HEATMAP_WINDOW_S = 600.0
 HEATMAP_COLUMNS = 120  # 5 s bins over ten minutes: a 1024-device map stays an image of 1024 × 120 cells
 RUN_COLUMNS = ["run_id", "name", "status", "owner", "project", "target", "nodes", "devices", "model", "step", "max_steps", "tokens_per_second", "loss", "usd", "usd_per_million_tokens", "budget_usd", "created_at", "kind"]
-EVENT_TAIL = 200
 LIVENESS_CHECK_S = 2.0
 REMOTE_SYNC_S = 0.5
-LOG_TAIL_LINES = 200
 
 
 def project_of(record: Dict[str, Any]) -> str:
@@ -311,102 +306,6 @@ def fleet_frame(node_records: Sequence[Dict[str, Any]], records: Sequence[Dict[s
     frame = pd.DataFrame(rows, columns=["node", "state", "address", "accelerator", "devices", "active_runs", "runs", "utilization_pct", "price_per_hour", "usd_per_hour", "usd"])
     order = frame["state"].map({"idle, costs money": 0, "busy": 1, "idle": 2}).fillna(3)  # then stopped machines
     return frame.assign(_order=order).sort_values(["_order", "node"], kind="stable").drop(columns="_order").reset_index(drop=True)
-
-
-# -- one run in detail --------------------------------------------------------------------
-def _short(value: Any, spec: str = ".4g") -> str:
-    return "unknown" if value is None else format(value, spec) if isinstance(value, (int, float)) else str(value)
-
-
-def event_text(e: Dict[str, Any]) -> str:
-    """A short line for the events table."""
-    kind = e.get("type")
-    if kind == "step":
-        return f"step {e.get('step')} · loss {_short(e.get('loss'))} · {_short(e.get('tokens_per_second'), ',.0f')} tokens/s"
-    if kind == "telemetry":
-        return f"{e.get('source')}: {len(e.get('devices') or [])} devices"
-    if kind == "cost":
-        return f"{formatting.money(e.get('usd'))} after {formatting.duration(e.get('elapsed_s'))} at {formatting.rate(e.get('price_per_hour'))}"
-    if kind == "log":
-        return f"{e.get('level')}: {e.get('message')}"
-    if kind == "run_end":
-        return f"{e.get('status')}: {e.get('reason') or ''}".strip(": ")
-    if kind == "worker_error":
-        return str(e.get("error"))
-    keys = [k for k in e if k not in ("v", "type", "t", "run_id", "node", "rank", "spec", "traceback", "last_log_lines")]
-    return ", ".join(f"{k}={e[k]}" for k in keys[:6])
-
-
-@dataclass
-class RunDetail:
-    """Curves, events, logs and the manifest of one run, kept current from a sequence cursor.
-
-    `state` is the notebook panel's own PanelState (pure: no widgets), so the dashboard's run page and
-    the notebook's panel fold the same events the same way (loss, throughput, ETA, failure).
-    """
-
-    run_id: str
-    record: Dict[str, Any] = field(default_factory=dict)
-    state: PanelState = field(init=False)
-    utilization: List[Tuple[float, float]] = field(default_factory=list)  # (t, mean device utilization %)
-    cost: List[Tuple[float, float]] = field(default_factory=list)  # (t, usd)
-    events: Deque[Dict[str, Any]] = field(default_factory=lambda: deque(maxlen=EVENT_TAIL))
-    seq: int = -1
-
-    def __post_init__(self) -> None:
-        self.state = PanelState(self.run_id)
-
-    @property
-    def loss(self) -> List[Tuple[int, float]]:
-        return self.state.loss
-
-    @property
-    def eval_loss(self) -> List[Tuple[int, float]]:
-        return self.state.eval_loss
-
-    @property
-    def throughput(self) -> List[Tuple[int, float]]:
-        return self.state.throughput
-
-    def apply(self, events: Sequence[Dict[str, Any]]) -> None:
-        self.state.apply(events)
-        for e in events:
-            kind, t = e.get("type"), float(e.get("t") or 0)
-            if kind == "telemetry":
-                values = [d["utilization_pct"] for d in e.get("devices") or [] if d.get("utilization_pct") is not None]
-                if values:
-                    self.utilization.append((t, float(np.mean(values))))
-            elif kind == "cost" and e.get("usd") is not None:
-                self.cost.append((t, float(e["usd"])))
-            rank = e.get("rank")
-            self.events.append({"time": pd.Timestamp(t, unit="s", tz="UTC"), "type": kind, "node": e.get("node"), "rank": "" if rank is None else str(rank), "what": event_text(e)})
-
-    def events_frame(self) -> pd.DataFrame:
-        return pd.DataFrame(list(self.events)[::-1], columns=["time", "type", "node", "rank", "what"])
-
-    def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
-        """The end of the run's training log on this machine (remote runs: the mirrored copy, where there is one)."""
-        run_dir = self.record.get("run_dir")
-        if not run_dir:
-            return ""
-        path = Path(run_dir) / "logs" / "train.log"
-        try:
-            with open(path, "rb") as fh:
-                fh.seek(0, os.SEEK_END)
-                fh.seek(max(0, fh.tell() - 64 * 1024))
-                return "\n".join(fh.read().decode(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return ""
-
-    def manifest(self) -> Optional[Dict[str, Any]]:
-        """The batch run's reproducibility manifest, where it exists."""
-        path = (self.record.get("batch") or {}).get("manifest_path")
-        if not path:
-            return None
-        try:
-            return dict(json.loads(Path(path).read_text()))
-        except (OSError, ValueError):
-            return None
 
 
 # -- the whole dashboard ------------------------------------------------------------------

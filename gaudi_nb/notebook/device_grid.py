@@ -48,7 +48,7 @@ def grid_summary(devices: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     kinds = sorted({str(d.get("kind") or "device") for d in devices})
     util = [float(d["utilization_pct"]) for d in devices if d.get("utilization_pct") is not None]
     used = [int(d["memory_used_bytes"]) for d in devices if d.get("memory_used_bytes") is not None]
-    total = [int(d["memory_total_bytes"]) for d in devices if d.get("memory_total_bytes")]
+    total = memory_total(devices)
     out: Dict[str, Any] = {"count": n, "kinds": kinds}
     parts = [f"{n} × {'/'.join(kinds)}"]
     if util:
@@ -63,14 +63,33 @@ def grid_summary(devices: Sequence[Dict[str, Any]]) -> Dict[str, Any]:
     if used:
         out["memory_used_bytes"] = sum(used)
         mem = f"memory {sum(used) / GIB:,.1f} GB"
-        if total and len(total) == len(used):
-            out["memory_total_bytes"] = sum(total)
-            mem += f" of {sum(total) / GIB:,.0f} GB"
+        if total is not None:
+            out["memory_total_bytes"] = total
+            mem += f" of {total / GIB:,.0f} GB"
         parts.append(mem)
     if len(util) < n:
         parts.append(f"{n - len(util)} unknown")
     out["text"] = " · ".join(parts)
     return out
+
+
+def memory_total(devices: Sequence[Dict[str, Any]]) -> Optional[int]:
+    """The memory the devices have together, or None where one of them does not say.
+
+    A host sample's "device" is a rank process whose total is its host's memory: the ranks of one node
+    share it, so it counts once per node (two ranks on a 24 GB machine have 24 GB, not 48)."""
+    total, hosts = 0, set()
+    for d in devices:
+        if d.get("memory_used_bytes") is None:
+            continue
+        if not d.get("memory_total_bytes"):
+            return None
+        if d.get("kind") == "cpu":
+            if d.get("node") in hosts:
+                continue
+            hosts.add(d.get("node"))
+        total += int(d["memory_total_bytes"])
+    return total or None
 
 
 class DeviceGrid(anywidget.AnyWidget):
@@ -99,4 +118,4 @@ class DeviceGrid(anywidget.AnyWidget):
                 setattr(self, key, value)
 
 
-__all__ = ["DeviceGrid", "grid_summary", "grid_values", "widgets_dir"]
+__all__ = ["DeviceGrid", "grid_summary", "grid_values", "memory_total", "widgets_dir"]

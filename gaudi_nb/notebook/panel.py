@@ -1,4 +1,4 @@
-"""The live run panel: PanelState (events folded into what the panel shows) and RunPanel (the ipywidgets view)."""
+"""The live run panel: its HTML (pure functions of a PanelState) and RunPanel (the ipywidgets view)."""
 from __future__ import annotations
 
 import html
@@ -9,8 +9,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .. import formatting
 from ..cost import meter
-from ..events import TERMINAL_STATUSES
-from ..summary import empty_summary, fold
+from .panel_state import PanelState
 
 # Points drawn in the loss and throughput plots; the state keeps every step.
 PLOT_POINTS = 400
@@ -27,123 +26,6 @@ STATUS_COLOURS = {
     "failed": "#c62828",
     "lost": "#6a1b9a",  # the agent died: nobody metered the run after its last heartbeat
 }
-
-
-class PanelState:
-    """Everything the panel shows, folded from a run's events; pure (no widgets, no I/O), so it
-    can be fed synthetic events by tests and benchmarks."""
-
-    def __init__(self, run_id: str) -> None:
-        self.run_id = run_id
-        self.summary: Dict[str, Any] = empty_summary(run_id)
-        self.loss: List[Tuple[int, float]] = []
-        self.eval_loss: List[Tuple[int, float]] = []
-        self.throughput: List[Tuple[int, float]] = []  # measured (non-warmup) steps only
-        self.devices: List[Dict[str, Any]] = []
-        self.device_source: Optional[str] = None
-        self.host: Optional[Dict[str, Any]] = None
-        self.worker_errors: List[str] = []
-        self.last_memory_bytes: Optional[int] = None
-        self.events_seen = 0
-        self._first_step: Optional[Tuple[int, float]] = None  # (step, t) of the first measured step
-        self._last_step: Optional[Tuple[int, float]] = None
-        self.last_event_t: Optional[float] = None
-        self.attempt = 1  # the charts show the newest attempt's values for each step
-
-    @classmethod
-    def from_events(cls, run_id: str, events: Sequence[Dict[str, Any]]) -> "PanelState":
-        state = cls(run_id)
-        state.apply(events)
-        return state
-
-    def apply(self, events: Sequence[Dict[str, Any]]) -> bool:
-        """Fold new events in; True if any arrived."""
-        if not events:
-            return False
-        for e in events:
-            kind = e.get("type")
-            t = e.get("t")
-            if t is not None:
-                self.last_event_t = float(t)
-            if kind == "step":
-                step = int(e["step"])
-                if int(e.get("attempt") or 1) < self.attempt:
-                    continue  # a late line from an attempt a restart replaced
-                if self.loss and self.loss[-1][0] >= step or self.throughput and self.throughput[-1][0] >= step:
-                    self._forget_after(step - 1)  # a step replayed after a restart: its new values replace the old
-                if e.get("loss") is not None:
-                    self.loss.append((step, float(e["loss"])))
-                if not e.get("warmup") and e.get("tokens_per_second"):
-                    self.throughput.append((step, float(e["tokens_per_second"])))
-                    if self._first_step is None and t is not None:
-                        self._first_step = (step, float(t))
-                if t is not None:
-                    self._last_step = (step, float(t))
-                memory = e.get("memory") or {}
-                if isinstance(memory, dict) and memory.get("in_use_bytes") is not None:
-                    self.last_memory_bytes = int(memory["in_use_bytes"])
-            elif kind == "eval" and e.get("eval_loss") is not None:
-                self.eval_loss.append((int(e.get("step") or 0), float(e["eval_loss"])))
-            elif kind == "telemetry":
-                # ranks vanish from a host sample one by one as they exit at the end: keep the last
-                # sample that had all of them (a rank's tile must not disappear from a finished run)
-                fewer_ranks = e.get("source") == "host" and len(e.get("devices") or []) < len(self.devices)
-                if (e.get("devices") and not fewer_ranks) or not self.devices:
-                    self.devices = list(e.get("devices") or [])
-                    self.device_source = e.get("source")
-                self.host = e.get("host")
-            elif kind == "worker_error":
-                self.worker_errors.append(f"rank {e.get('rank')}: {e.get('error')}")
-            elif kind == "restart":
-                self.attempt = int(e.get("attempt") or self.attempt + 1)
-                self._forget_after(int(e.get("from_step") or 0))
-                self.worker_errors = []  # the crashed attempt's; the restart event keeps the reason
-                self._first_step = self._last_step = None  # the ETA follows the new attempt's pace
-        self.summary = fold(self.summary, events)
-        self.events_seen += len(events)
-        return True
-
-    def _forget_after(self, step: int) -> None:
-        self.loss = [p for p in self.loss if p[0] <= step]
-        self.throughput = [p for p in self.throughput if p[0] <= step]
-        self.eval_loss = [p for p in self.eval_loss if p[0] <= step]
-
-    # -- derived values ----------------------------------------------------
-    @property
-    def status(self) -> str:
-        return str(self.summary["status"])
-
-    @property
-    def done(self) -> bool:
-        return self.status in TERMINAL_STATUSES
-
-    @property
-    def step(self) -> int:
-        return int(self.summary["steps_completed"])
-
-    @property
-    def max_steps(self) -> Optional[int]:
-        value = self.summary.get("max_steps")
-        return int(value) if value else None
-
-    def eta_seconds(self) -> Optional[float]:
-        """Seconds left at the pace of the measured steps so far (startup and warmup left out)."""
-        if self.done or not self.max_steps:
-            return None if not self.done else 0.0
-        if self._first_step and self._last_step and self._last_step[0] > self._first_step[0]:
-            steps = self._last_step[0] - self._first_step[0]
-            return meter.eta_seconds(self._last_step[1] - self._first_step[1], steps, self.max_steps - self._first_step[0])
-        return None
-
-    def tokens_per_second_now(self) -> Optional[float]:
-        return self.throughput[-1][1] if self.throughput else None
-
-    def failure(self) -> Optional[Dict[str, Any]]:
-        """Reason and last log lines of a run that ended badly (or a rank's error while it runs)."""
-        exit_info = self.summary.get("exit") or {}
-        if self.status in ("failed", "lost") or (self.worker_errors and not self.done):
-            return {"reason": exit_info.get("reason") or (self.worker_errors[0] if self.worker_errors else "failed"), "last_log_lines": exit_info.get("last_log_lines") or []}
-        return None
 
 
 # -- pure HTML rendering (the view sets these strings on widgets) -------------------

@@ -1,9 +1,11 @@
 """A Prometheus /metrics endpoint fed from gaudi_nb events (step, telemetry, cost), named by Prometheus conventions."""
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
+
+from ..fold import Event, Fold
 
 RUN = ["run_id", "node"]
 DEVICE = ["run_id", "node", "device", "kind"]
@@ -49,6 +51,53 @@ def metric_names() -> List[str]:
     return names
 
 
+class MetricsFold(Fold):
+    """One run's events on one node as metrics."""
+
+    def __init__(self, metrics: Dict[str, Any], run: Tuple[str, str]) -> None:
+        self.metrics = metrics
+        self.run = run
+
+    def seen(self, event: Event) -> None:
+        kind = event.get("type")
+        if kind:
+            self.metrics["gaudi_nb_events"].labels(*self.run, str(kind)).inc()
+
+    def on_step(self, event: Event, step: int, replayed: bool) -> None:
+        self._set("gaudi_nb_run_step", step)
+        self._set("gaudi_nb_run_loss", event.get("loss"))
+        self._set("gaudi_nb_run_tokens_per_second", event.get("tokens_per_second"))
+        self._set("gaudi_nb_run_step_seconds", event.get("step_time_s"))
+        if event.get("tokens") and step > self.highest_step:  # each step counts once across attempts
+            self.metrics["gaudi_nb_run_tokens"].labels(*self.run).inc(float(event["tokens"]))
+
+    def on_restart(self, event: Event, from_step: int) -> None:
+        self._set("gaudi_nb_run_step", self.step)  # back to the step the new attempt goes on from
+
+    def on_telemetry(self, event: Event) -> None:
+        for device in event.get("devices") or []:
+            labels = (*self.run, str(device.get("label", device.get("index"))), str(device.get("kind", "")))
+            utilization = device.get("utilization_pct")
+            self._set("gaudi_nb_device_utilization_ratio", None if utilization is None else float(utilization) / 100.0, *labels)
+            self._set("gaudi_nb_device_memory_used_bytes", device.get("memory_used_bytes"), *labels)
+            self._set("gaudi_nb_device_memory_total_bytes", device.get("memory_total_bytes"), *labels)
+            self._set("gaudi_nb_device_power_watts", device.get("power_w"), *labels)
+            self._set("gaudi_nb_device_temperature_celsius", device.get("temperature_c"), *labels)
+
+    def on_cost(self, event: Event) -> None:
+        self._set("gaudi_nb_run_cost_dollars", event.get("usd"))
+        self._set("gaudi_nb_run_budget_dollars", event.get("budget_usd"))
+        self._set("gaudi_nb_run_elapsed_seconds", event.get("elapsed_s"))
+        self._set("gaudi_nb_price_dollars_per_hour", event.get("price_per_hour"))
+
+    def on_run_start(self, event: Event) -> None:
+        self._set("gaudi_nb_price_dollars_per_hour", event.get("price_per_hour"))
+
+    def _set(self, name: str, value: Optional[float], *labels: str) -> None:
+        if value is not None:
+            self.metrics[name].labels(*(labels or self.run)).set(float(value))
+
+
 class MetricsExporter:
     """Serves /metrics from its own CollectorRegistry, so two exporters (or a test)
     in one process never collide on the global registry. Binds loopback by default:
@@ -60,45 +109,21 @@ class MetricsExporter:
         self.address = address
         self._server, self._thread = start_http_server(port, addr=address, registry=self.registry)
         self.port: int = int(self._server.server_port)
+        self._folds: Dict[Tuple[str, str], MetricsFold] = {}  # one per run and node: each node's stream is its own
 
     @property
     def url(self) -> str:
         return f"http://{self.address}:{self.port}/metrics"
 
     def observe(self, event: Dict[str, Any]) -> None:
-        """Update metrics from one event; unknown types and missing fields are ignored,
-        and an unknown value (None) leaves the gauge as it was rather than writing 0."""
+        """Update metrics from one event, read through the one fold (a late step of a replaced attempt
+        changes nothing; a replayed step's tokens are not counted again); unknown types and missing fields
+        are ignored, and an unknown value (None) leaves the gauge as it was rather than writing 0."""
         run = (str(event.get("run_id") or ""), str(event.get("node") or "local"))
-        kind = event.get("type")
-        if kind:
-            self.metrics["gaudi_nb_events"].labels(*run, str(kind)).inc()
-        if kind == "step":
-            self._set("gaudi_nb_run_step", event.get("step"), *run)
-            self._set("gaudi_nb_run_loss", event.get("loss"), *run)
-            self._set("gaudi_nb_run_tokens_per_second", event.get("tokens_per_second"), *run)
-            self._set("gaudi_nb_run_step_seconds", event.get("step_time_s"), *run)
-            if event.get("tokens"):
-                self.metrics["gaudi_nb_run_tokens"].labels(*run).inc(float(event["tokens"]))
-        elif kind == "telemetry":
-            for device in event.get("devices") or []:
-                labels = (*run, str(device.get("label", device.get("index"))), str(device.get("kind", "")))
-                utilization = device.get("utilization_pct")
-                self._set("gaudi_nb_device_utilization_ratio", None if utilization is None else float(utilization) / 100.0, *labels)
-                self._set("gaudi_nb_device_memory_used_bytes", device.get("memory_used_bytes"), *labels)
-                self._set("gaudi_nb_device_memory_total_bytes", device.get("memory_total_bytes"), *labels)
-                self._set("gaudi_nb_device_power_watts", device.get("power_w"), *labels)
-                self._set("gaudi_nb_device_temperature_celsius", device.get("temperature_c"), *labels)
-        elif kind == "cost":
-            self._set("gaudi_nb_run_cost_dollars", event.get("usd"), *run)
-            self._set("gaudi_nb_run_budget_dollars", event.get("budget_usd"), *run)
-            self._set("gaudi_nb_run_elapsed_seconds", event.get("elapsed_s"), *run)
-            self._set("gaudi_nb_price_dollars_per_hour", event.get("price_per_hour"), *run)
-        elif kind == "run_start":
-            self._set("gaudi_nb_price_dollars_per_hour", event.get("price_per_hour"), *run)
-
-    def _set(self, name: str, value: Optional[float], *labels: str) -> None:
-        if value is not None:
-            self.metrics[name].labels(*labels).set(float(value))
+        fold = self._folds.get(run)
+        if fold is None:
+            fold = self._folds[run] = MetricsFold(self.metrics, run)
+        fold.dispatch(event)
 
     def close(self) -> None:
         self._server.shutdown()

@@ -331,6 +331,7 @@ class FakeTracker:
 
 
 def run_tracker(tmp_path, events: List[Dict[str, Any]]) -> Tuple[FakeTracker, Any]:
+    from gaudi_nb.agent.feed import EventFeed
     from gaudi_nb.agent.trackers import TrackerThread
     from gaudi_nb.events import EventWriter
     from gaudi_nb.rundir import RunFolder
@@ -341,9 +342,12 @@ def run_tracker(tmp_path, events: List[Dict[str, Any]]) -> Tuple[FakeTracker, An
         writer.write(event)
     writer.close()
     backend = FakeTracker()
-    thread = TrackerThread("fake", folder, "r", "local", {"name": "tracked"}, make=lambda name, path: backend)
+    feed = EventFeed(folder.events)
+    thread = TrackerThread("fake", folder, "r", "local", {"name": "tracked"}, feed, make=lambda name, path: backend)
     thread.start()
+    feed.start(poll_s=0.05)  # the agent's one read, fanned out
     thread.join(30)
+    feed.stop()
     assert not thread.is_alive()
     return backend, thread
 

@@ -11,16 +11,7 @@ from typing import Any, ClassVar, Dict, List, Literal, Mapping, Optional, Tuple,
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-# The version every event's `v` carries: the stream's format. A class's `version` changes with its own fields.
-SCHEMA_VERSION = 1
-
-# Every event has these keys; the rest depends on the type.
-COMMON_KEYS = ("v", "type", "t", "run_id", "node", "rank")
-
-# The run states (docs/architecture.md): a run is active until one of the terminal ones.
-# `lost`: the agent stopped beating and its process is gone (see agent/liveness.py).
-ACTIVE_STATUSES = ("pending", "starting", "running", "stopping")
-TERMINAL_STATUSES = ("succeeded", "failed", "stopped", "budget_exceeded", "lost")
+from .head import ACTIVE_STATUSES, COMMON_KEYS, SCHEMA_VERSION, TERMINAL_STATUSES  # noqa: F401  (part of the contract)
 
 Number = float  # strict float still takes an int (a price of 36, a loss of 2): JSON does not tell them apart
 EndStatus = Literal["succeeded", "failed", "stopped", "budget_exceeded", "lost"]  # TERMINAL_STATUSES

@@ -8,17 +8,24 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
 from .. import jsontext
-from .contract import SCHEMA_VERSION, check
+from .head import SCHEMA_VERSION
+
+_check: Optional[Callable[[Dict[str, Any]], None]] = None  # the contract's check, loaded with pydantic on the first event
 
 
 def make_event(type: str, run_id: str, *, node: str = "local", rank: Optional[int] = None, t: Optional[float] = None, **fields: Any) -> Dict[str, Any]:
     """An event as a dict, checked against the contract: ValueError naming the field for one that breaks it."""
+    global _check
     event = {"v": SCHEMA_VERSION, "type": type, "t": time.time() if t is None else t, "run_id": run_id, "node": node, "rank": rank}
     event.update(fields)
-    check(event)
+    if _check is None:
+        from .contract import check
+
+        _check = check
+    _check(event)
     return event
 
 

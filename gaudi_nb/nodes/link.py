@@ -305,21 +305,22 @@ def _for_the_run(line: bytes, leader: str) -> Tuple[bytes, Optional[Dict[str, An
         status, reason = event.get("status"), event.get("reason")
         message = f"node {node} ended {status}" + (f": {reason}" if reason else "")
         details = {k: v for k, v in event.items() if k not in COMMON_KEYS}
-        return _as_log(line, event, level="info" if status in _ENDED_WELL else "error", message=message, node_end=details), event
+        return _as_log(event, level="info" if status in _ENDED_WELL else "error", message=message, node_end=details), event
     if kind == "run_start" and node != leader:
         details = {k: v for k, v in event.items() if k not in COMMON_KEYS and k != "spec"}
         message = f"node {node}: agent started ({event.get('command')})"
-        return _as_log(line, event, level="info", message=message, node_start=details), None
+        return _as_log(event, level="info", message=message, node_start=details), None
     return line, None
 
 
-def _as_log(line: bytes, event: Dict[str, Any], **fields: Any) -> bytes:
+def _as_log(event: Dict[str, Any], **fields: Any) -> bytes:
     """A node's event as a log event of the run with the node's head (its t: the same line on every pass).
-    A node line without a valid head is carried as it came; the contract's check reports it."""
+    A node line whose head breaks the contract still becomes a log line with that head, so a node's end is
+    never read as the run's; the contract's check reports it, the merge goes on."""
     try:
         return _dump(make_event("log", event["run_id"], node=event["node"], rank=event.get("rank"), t=event["t"], **fields))
     except (KeyError, ValueError):
-        return line
+        return _dump({**{key: event.get(key) for key in COMMON_KEYS}, "type": "log", **fields})
 
 
 class MergedStream:

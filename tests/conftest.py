@@ -37,6 +37,36 @@ REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
+@pytest.fixture(autouse=True)
+def events_follow_the_contract(request, tmp_path):
+    """After each test, every complete line of every events.jsonl under its tmp_path (GAUDI_NB_HOME lives
+    there: runs, node mirrors, merged streams) must parse through the event contract. A test that writes a
+    broken line on purpose says so with @pytest.mark.breaks_event_contract."""
+    yield
+    if request.node.get_closest_marker("breaks_event_contract") is not None:
+        return
+    broken = [problem for path in sorted(tmp_path.rglob("events.jsonl")) if (problem := first_broken_event(path)) is not None]
+    if broken:
+        pytest.fail("events that break the contract (gaudi_nb/events/contract.py):\n" + "\n".join(broken), pytrace=False)
+
+
+def first_broken_event(path: Path) -> str | None:
+    """'path:line: why' for the first complete line of an events file that breaks the contract, or None."""
+    from gaudi_nb import jsontext
+    from gaudi_nb.events import parse
+
+    data = path.read_bytes()
+    complete = data[: data.rfind(b"\n") + 1]  # a line still being written is not checked
+    for number, line in enumerate(complete.splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            parse(jsontext.loads(line))
+        except ValueError as exc:  # JSONDecodeError is a ValueError too
+            return f"{path}:{number}: {exc}"
+    return None
+
+
 @pytest.fixture
 def gaudi_home(tmp_path, monkeypatch):
     home = tmp_path / "gaudi_home"

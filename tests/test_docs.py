@@ -203,8 +203,7 @@ def test_architecture_page_names_every_event_type_and_run_state():
     from gaudi_nb import events
 
     page = _architecture()
-    missing = [t for t in events.EVENT_TYPES if f"`{t}`" not in page]
-    assert not missing, f"event types in gaudi_nb/events.py that docs/architecture.md does not describe: {missing}"
+    assert "(events.md)" in page  # the event types are described there, generated from the contract (tests/test_events.py)
     states = {"pending", "starting", "running", "stopping", *getattr(events, "ACTIVE_STATUSES", ()), *events.TERMINAL_STATUSES, "lost"}
     line = "pending → starting → running → succeeded | failed | stopped | budget_exceeded | lost"
     assert line in page

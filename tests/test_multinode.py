@@ -100,8 +100,8 @@ def _append(path: Path, text: str) -> None:
 
 def test_the_merge_survives_a_crash_between_append_and_commit_and_a_torn_line(tmp_path):
     stream = MergedStream(tmp_path, ["na", "nb"], "r")
-    _append(stream.node_events("na"), _line("na", "run_start", 1.0, command="x") + _line("na", "cost", 2.0, usd=1.0))
-    _append(stream.node_events("nb"), _line("nb", "run_start", 1.5, command="y") + _line("nb", "cost", 2.5, usd=2.0) + '{"v":1,"ty')
+    _append(stream.node_events("na"), _line("na", "run_start", 1.0, command="x", spec={}) + _line("na", "cost", 2.0, usd=1.0))
+    _append(stream.node_events("nb"), _line("nb", "run_start", 1.5, command="y", spec={}) + _line("nb", "cost", 2.5, usd=2.0) + '{"v":1,"ty')
     stream.merge()
     first = stream.events.read_bytes()
     kinds = [(e["node"], e["type"]) for e in map(json.loads, first.splitlines())]

@@ -96,13 +96,13 @@ def test_events_read_from_a_stream_are_stored_as_written(store_url, tmp_path):
     writer = EventWriter(tmp_path / "events.jsonl", "w1")
     for e in _events("w1"):
         writer.write(e)
-    writer.write(make_event("log", "w1", line="loss is NaN here"))  # the word, not the number: kept
+    writer.write(make_event("log", "w1", message="loss is NaN here"))  # the word, not the number: kept
     writer.close()
     events, end = read_events(tmp_path / "events.jsonl", 0)
     assert store.ingest("w1", events, 0, end) == 9
     stored = store.events("w1")
     assert [e["type"] for e in stored] == [e["type"] for e in events]
-    assert stored[6]["loss"] is None and stored[3]["loss"] == 6.0 and stored[-1]["line"] == "loss is NaN here"
+    assert stored[6]["loss"] is None and stored[3]["loss"] == 6.0 and stored[-1]["message"] == "loss is NaN here"
     assert store.get("w1")["metrics"]["first_loss"] == 7.0
 
 

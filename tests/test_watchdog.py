@@ -11,6 +11,7 @@ import pytest
 from conftest import free_port
 
 from gaudi_nb.errors import SpecError
+from gaudi_nb.events import EventWriter
 from gaudi_nb.nodes import watchdog
 from gaudi_nb.nodes.watchdog import WatchdogConfig, WatchdogState, decide
 from gaudi_nb.telemetry.base import DeviceSample, HostSample, Sample
@@ -150,7 +151,9 @@ def test_active_runs_reads_agents_and_run_ends(tmp_path):
     (runs / "dead" / "agent.pid").write_text("999999999")
     (runs / "pending").mkdir()  # the client is still copying its inputs: no agent yet
     (runs / "ended").mkdir()
-    (runs / "ended" / "events.jsonl").write_text('{"type":"run_end","status":"failed"}\n')
+    writer = EventWriter(runs / "ended" / "events.jsonl", "ended")
+    writer.emit("run_end", status="failed")
+    writer.close()
     assert watchdog.active_runs(tmp_path) == ["pending"]
     assert watchdog.active_runs(tmp_path, now=time.time() + watchdog.AGENTLESS_QUIET_S + 1) == []
 

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, Awaitable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 from ..errors import GaudiNbError
+from ..events import COMMON_KEYS, make_event
 
 T = TypeVar("T")
 
@@ -300,17 +301,26 @@ def _for_the_run(line: bytes, leader: str) -> Tuple[bytes, Optional[Dict[str, An
     if not isinstance(event, dict):
         return line, None
     kind, node = event.get("type"), event.get("node")
-    head = {k: event.get(k) for k in ("v", "t", "run_id", "node", "rank")}
     if kind == "run_end":
         status, reason = event.get("status"), event.get("reason")
         message = f"node {node} ended {status}" + (f": {reason}" if reason else "")
-        details = {k: v for k, v in event.items() if k not in head and k != "type"}
-        return _dump({**head, "type": "log", "level": "info" if status in _ENDED_WELL else "error", "message": message, "node_end": details}), event
+        details = {k: v for k, v in event.items() if k not in COMMON_KEYS}
+        return _as_log(event, level="info" if status in _ENDED_WELL else "error", message=message, node_end=details), event
     if kind == "run_start" and node != leader:
-        details = {k: v for k, v in event.items() if k not in head and k not in ("type", "spec")}
+        details = {k: v for k, v in event.items() if k not in COMMON_KEYS and k != "spec"}
         message = f"node {node}: agent started ({event.get('command')})"
-        return _dump({**head, "type": "log", "level": "info", "message": message, "node_start": details}), None
+        return _as_log(event, level="info", message=message, node_start=details), None
     return line, None
+
+
+def _as_log(event: Dict[str, Any], **fields: Any) -> bytes:
+    """A node's event as a log event of the run with the node's head (its t: the same line on every pass).
+    A node line whose head breaks the contract still becomes a log line with that head, so a node's end is
+    never read as the run's; the contract's check reports it, the merge goes on."""
+    try:
+        return _dump(make_event("log", event["run_id"], node=event["node"], rank=event.get("rank"), t=event["t"], **fields))
+    except (KeyError, ValueError):
+        return _dump({**{key: event.get(key) for key in COMMON_KEYS}, "type": "log", **fields})
 
 
 class MergedStream:
@@ -414,7 +424,7 @@ class MergedStream:
                 if not state["final"] and all(name in state["ends"] for name in self.names):
                     final = combine_ends(state["ends"], self.names)
                     t = max(float(e.get("t") or 0.0) for e in state["ends"].values())
-                    out.append(_dump({"v": 1, "type": "run_end", "t": t, "run_id": self.run_id, "node": ",".join(self.names), "rank": None, **final}))
+                    out.append(_dump(make_event("run_end", self.run_id, node=",".join(self.names), t=t, **final)))
                     state["final"] = True
                 if out:
                     data = b"".join(out)

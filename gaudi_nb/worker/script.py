@@ -169,7 +169,7 @@ def report(step: int, loss: Optional[float] = None, *, tokens: Optional[int] = N
 def report_eval(step: int, eval_loss: float) -> None:
     ctx = _ctx()
     if ctx.writer is not None:
-        ctx.writer.emit("eval", step=int(step), eval_loss=float(eval_loss))
+        ctx.writer.emit("eval", attempt=current_attempt(), step=int(step), eval_loss=float(eval_loss))
 
 
 def attempt() -> int:

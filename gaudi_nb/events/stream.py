@@ -1,4 +1,4 @@
-"""The event stream: versioned schema, an append-only JSONL writer, a reader and a tailer with offsets."""
+"""The event stream: events built through the contract, an append-only JSONL writer, a reader and a tailer with offsets."""
 from __future__ import annotations
 
 import json
@@ -8,43 +8,24 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional, Tuple
+from typing import Any, Callable, Dict, Iterator, List, Optional, Tuple
 
-from . import jsontext
+from .. import jsontext
+from .head import SCHEMA_VERSION
 
-SCHEMA_VERSION = 1
-
-# Every event has these keys; the rest depends on the type.
-COMMON_KEYS = ("v", "type", "t", "run_id", "node", "rank")
-
-EVENT_TYPES = (
-    "run_start",  # agent: spec, run_dir, pid, accelerator, trainer, launcher, argv
-    "worker_start",  # rank: accelerator, device, precision, trainer, world_size, parameters
-    "worker_error",  # any rank: error, traceback (the exception that ended it)
-    "step",  # rank 0: attempt, step, loss, learning_rate, grad_norm, step_time_s, tokens, tokens_per_second, samples_per_second, memory_bytes, warmup
-    "eval",  # rank 0: step, eval_loss
-    "checkpoint",  # rank 0: step, path, reason
-    "telemetry",  # agent: source, devices [..], host {..}
-    "cost",  # agent: elapsed_s, usd, price_per_hour, nodes, budget_usd
-    "stop_requested",  # agent: reason, stop_at_step
-    "restart",  # agent (a crash) or `gaudi-nb resume`: attempt, cause (crash|resume), from_step, checkpoint, reason; later events belong to that attempt
-    "cell",  # batch: index, phase (start/end/error), duration_s, error
-    "result",  # batch: values {name: scalar} a notebook recorded with record() from gaudi_nb.batch
-    "log",  # agent: level, message
-    "batch_size",  # rank 0, --batch-size auto: size, how (searched|cached), trials [{size, fits, peak_bytes, why}], seconds, memory_fraction, device_memory_bytes
-    "tracker",  # agent: tracker (mlflow|wandb), tracker_run_id, url, experiment: where --report-to logs this run
-    "run_end",  # agent (or a client, for a lost agent: ended_by=client): status, exit_code, reason, last_log_lines, steps_completed
-)
-
-# The run states (docs/architecture.md): a run is active until one of the terminal ones.
-# `lost`: the agent stopped beating and its process is gone (see agent/liveness.py).
-ACTIVE_STATUSES = ("pending", "starting", "running", "stopping")
-TERMINAL_STATUSES = ("succeeded", "failed", "stopped", "budget_exceeded", "lost")
+_check: Optional[Callable[[Dict[str, Any]], None]] = None  # the contract's check, loaded with pydantic on the first event
 
 
 def make_event(type: str, run_id: str, *, node: str = "local", rank: Optional[int] = None, t: Optional[float] = None, **fields: Any) -> Dict[str, Any]:
+    """An event as a dict, checked against the contract: ValueError naming the field for one that breaks it."""
+    global _check
     event = {"v": SCHEMA_VERSION, "type": type, "t": time.time() if t is None else t, "run_id": run_id, "node": node, "rank": rank}
     event.update(fields)
+    if _check is None:
+        from .contract import check
+
+        _check = check
+    _check(event)
     return event
 
 

@@ -110,7 +110,7 @@ class Stream:
         node = self.rng.choice(self.nodes)
         devices = [{"index": r, "kind": "cpu", "label": f"cpu rank {r}", "utilization_pct": 90.0, "memory_used_bytes": 700 * 1024**2, "memory_total_bytes": HOST_MEMORY} for r in range(self.ranks)]
         self.truth.telemetry_nodes.add(node)
-        self.emit("telemetry", node=node, source="host", devices=devices, host={"memory_total_bytes": HOST_MEMORY})
+        self.emit("telemetry", node=node, source="host", devices=devices, host={"cpu_percent": 50.0, "memory_used_bytes": 1400 * 1024**2, "memory_total_bytes": HOST_MEMORY, "process_rss_bytes": 300 * 1024**2})
 
     def restart(self, cause: str) -> None:
         """A crash (or a resume after run_end): the next attempt goes on from the last checkpoint; lines the
@@ -267,7 +267,7 @@ def test_a_fold_dispatches_on_type_and_applies_the_rules_before_a_view_sees_a_st
 
     steps = Steps()
     steps.apply([make_event("step", "r", step=1, attempt=1), make_event("step", "r", step=2, attempt=1), make_event("step", "r", step=2, attempt=1),
-                 make_event("restart", "r", attempt=2, from_step=1), make_event("step", "r", step=5, attempt=1), make_event("step", "r", step=2, attempt=2),
+                 make_event("restart", "r", attempt=2, cause="crash", from_step=1), make_event("step", "r", step=5, attempt=1), make_event("step", "r", step=2, attempt=2),
                  make_event("cost", "r", usd=0.5), make_event("log", "r", message="no handler: ignored")])
     assert seen == [("step", 1, False), ("step", 2, False), ("step", 2, True), ("restart", 2, 1, 1), ("step", 2, False), ("cost", 0.5)]
     assert steps.highest_step == 2 and Fold().highest_step == 0  # the class defaults stay untouched
@@ -289,7 +289,7 @@ def test_a_record_stored_before_the_fold_goes_on_from_where_it_was():
     old["_replayable"] = {k: v[:4] for k, v in old["_replayable"].items()}
     for key in ("_final_loss_step", "_checkpoint_loss"):
         del old[key]
-    record = fold(old, [make_event("restart", "r", attempt=2, from_step=0), make_event("step", "r", step=1, attempt=2, loss=7.0, tokens=10)])
+    record = fold(old, [make_event("restart", "r", attempt=2, cause="crash", from_step=0), make_event("step", "r", step=1, attempt=2, loss=7.0, tokens=10)])
     assert record["steps_completed"] == 1 and record["metrics"]["final_loss"] == 7.0 and record["metrics"]["tokens_seen"] == 10
 
 
@@ -361,7 +361,7 @@ def test_a_tracker_logs_each_step_of_the_attempt_that_ran_it_and_not_a_late_one(
         return make_event("step", "r", rank=0, step=n, attempt=attempt, loss=loss, tokens=100, step_time_s=0.1, tokens_per_second=1000.0)
 
     events = [make_event("run_start", "r", spec={"max_steps": 6}, price_per_hour=3.6), *[step(n, 1, 5.0 - n / 10) for n in (1, 2, 3, 4)],
-              make_event("restart", "r", attempt=2, from_step=2), step(7, 1, LATE_LOSS), step(3, 2, 3.3), step(4, 2, 3.4),
+              make_event("restart", "r", attempt=2, cause="crash", from_step=2), step(7, 1, LATE_LOSS), step(3, 2, 3.3), step(4, 2, 3.4),
               make_event("cost", "r", usd=0.25, elapsed_s=250.0, price_per_hour=3.6, nodes=1), make_event("run_end", "r", status="succeeded", exit_code=0)]
     backend, thread = run_tracker(tmp_path, events)  # read in one go: the lost attempt's steps 3 and 4 never reach it
     assert tracked_steps(backend) == [(1, 4.9), (2, 4.8), (3, 3.3), (4, 3.4)]

@@ -219,7 +219,7 @@ def test_the_feed_reads_the_file_once_a_poll_whatever_the_number_of_subscribers(
     real = feed_module.read_events
     monkeypatch.setattr(feed_module, "read_events", lambda path, offset=0: reads.append(offset) or real(path, offset))
     writer = EventWriter(tmp_path / "events.jsonl", "r1")
-    writer.emit("run_start")
+    writer.emit("run_start", spec={})
     writer.emit("step", step=1)
     feed = EventFeed(tmp_path / "events.jsonl")
     got: Dict[str, List[List[str]]] = {"a": [], "b": [], "c": [], "new": []}

@@ -11,16 +11,15 @@ from ..spec import RunSpec
 
 
 def target_choices() -> List[Tuple[str, str]]:
-    """(label, value): this machine, every attached node (gaudi-nb nodes attach), then the planned targets marked as such."""
+    """(label, value): this machine, then every attached node (gaudi-nb nodes attach, or the Machines tab)."""
     from ..store import RunStore
-    from ..targets import PLANNED, targets
+    from ..targets import targets
 
     choices = [(name if name != "local" else "local (this machine)", name) for name in targets.names()]
     list_nodes = getattr(RunStore(), "list_nodes", None)
     for node in list_nodes() if list_nodes is not None else []:
         detail = f"{node.get('accelerator') or '?'} × {node.get('device_count') or '?'}"
         choices.append((f"{node['name']} ({node.get('user')}@{node.get('host')}, {detail})", node["name"]))
-    choices += [(f"{kind} — not available yet", kind) for kind in PLANNED if kind not in targets]
     return choices
 
 
@@ -114,10 +113,6 @@ class Launcher:
 
     def options(self) -> Dict[str, Any]:
         """The form as gaudi_nb.train() keywords."""
-        from ..targets import PLANNED
-
-        if self.target.value in PLANNED:
-            raise GaudiNbError(f"{PLANNED[self.target.value]} is not available yet in this version: pick local")
         return {
             "target": self.target.value,
             "model": self.model.value.strip(),

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO
 from jupyterlab_server import jupyterlab
-from test_jupyterlab import CHROMIUM, CHROMIUM_ARGS, add_notebook, kernel_idle, menu, run_all
+from test_jupyterlab import CHROMIUM, CHROMIUM_ARGS, add_notebook, kernel_idle, run_all
 
 pytestmark = pytest.mark.slow
 SCREENSHOTS = REPO / "out" / "screenshots"

@@ -4,8 +4,8 @@ from __future__ import annotations
 import shlex
 
 import pytest
-from IPython.core.error import UsageError
 from IPython import get_ipython
+from IPython.core.error import UsageError
 from IPython.testing.globalipapp import start_ipython
 
 from gaudi_nb.errors import SpecError

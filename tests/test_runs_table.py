@@ -4,7 +4,6 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from test_dashboard import add_run
 
 from gaudi_nb import api

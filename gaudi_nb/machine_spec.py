@@ -102,5 +102,30 @@ class ProvisionSpec(_DoorSpec):
             raise ValueError("must not be empty: an instance type from gaudi-nb cost catalog")
         return value.strip()
 
+    def quote(self) -> Dict[str, Any]:
+        """What this request would cost, before anything is made (provision() prices it the same way): the region it
+        goes to, the hourly rate of one machine (None: unknown) and of all, and where the rate comes from. SpecError on a miss."""
+        from .errors import NotFoundError
+        from .nodes.providers import provider_class, providers
+        from .nodes.provision import catalog_rows, choose_region, rate
+
+        try:
+            default_region = getattr(provider_class(self.provider), "default_region", None)
+        except NotFoundError as exc:
+            raise SpecError(str(exc)) from None
+        name = providers._aliases.get(self.provider, self.provider)  # the canonical name, as the catalog says it
+        region, price = choose_region(name, self.instance_type, self.region, catalog_rows(name, self.instance_type), default_region)
+        per_machine, source = rate(price, self.spot)
+        return {"region": region, "instance_type": price.instance_type, "accelerator": f"{price.accelerator_count}× {price.accelerator}",
+                "price_per_hour": per_machine, "total_per_hour": None if per_machine is None else per_machine * self.count, "source": source}
+
+    def autostop(self) -> str:
+        """The autostop settings in words, as the Machines tab shows them before anything is made."""
+        limits = [f"after {self.idle_minutes:g} idle minutes" if self.idle_minutes else "", f"at ${self.budget_usd:,.2f} spent" if self.budget_usd else ""]
+        given = " or ".join(limit for limit in limits if limit)
+        if not given:
+            return "autostop off: billed until Down (gaudi-nb nodes down)"
+        return f"autostop: {self.autostop_action} {given}" + ("" if self.attach else " (starts once attached)")
+
 
 __all__ = ["AUTOSTOP_ACTIONS", "AttachSpec", "MAX_MACHINES", "ProvisionSpec"]

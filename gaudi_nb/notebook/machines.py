@@ -209,14 +209,13 @@ class MachinesTab:
         where = f"{record.get('user')}@{record.get('host')}"
         label = w.HTML(f'<span class="gaudi-nb-machine" data-name="{html.escape(record["name"])}" data-state="{html.escape(state)}"><b>{html.escape(record["name"])}</b> '
                        f"{html.escape(where)} · {html.escape(state)} · spent {spent}{price}</span>", layout=w.Layout(width="560px"))
-        buttons: List[Any] = []
+        row = w.HBox([label], layout=w.Layout(align_items="center"))
         if record.get("provider"):
             start = w.Button(description="Start", icon="play", disabled=state != "stopped", layout=w.Layout(width="90px"))
             down = w.Button(description="Down", icon="power-off", button_style="danger", disabled=state == "terminated", layout=w.Layout(width="90px"))
             start.on_click(lambda _: self._off_thread(lambda: self._machine_verb("start", record["name"])))
             down.on_click(lambda _: self._ask_down(record["name"], row))
-            buttons = [start, down]
-        row = w.HBox([label, *buttons], layout=w.Layout(align_items="center"))
+            row.children = (label, start, down)
         return row
 
     def _ask_down(self, name: str, row: Any) -> None:

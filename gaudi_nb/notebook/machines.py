@@ -35,9 +35,17 @@ def field_widget(field: OptionField, choices: Optional[List[Any]] = None) -> Any
     if options is not None:
         values = [o[1] if isinstance(o, tuple) else o for o in options]
         value = field.default if field.default in values else (values[0] if field.required and values else None)
-        return w.Dropdown(options=options, value=value, description=label, tooltip=field.help, style=STYLE, layout=w.Layout(width="420px"))
+        return w.Dropdown(options=options, value=value, description=label, tooltip=field.help, style=STYLE, layout=w.Layout(width="480px"))
     text = "" if field.default is None else str(field.default)
-    return w.Text(value=text, placeholder=field.help[:60], description=label, tooltip=field.help, style=STYLE, layout=w.Layout(width="420px"))
+    return w.Text(value=text, placeholder=placeholder(field.help), description=label, tooltip=field.help, style=STYLE, layout=w.Layout(width="480px"))
+
+
+def placeholder(help_text: str) -> str:
+    """What an empty box means, short enough to read in it: the default where the help names one, else its first clause."""
+    if "default: " in help_text:
+        shown = "default: " + help_text.split("default: ", 1)[1]
+        return shown.rstrip(")") if shown.count(")") > shown.count("(") else shown
+    return help_text.removeprefix("autostop: ").split(";")[0].split(": ")[0].split(" (")[0]
 
 
 def form_values(widgets: Dict[str, Any], spec: Any) -> Dict[str, Any]:
@@ -222,7 +230,8 @@ class MachinesTab:
         """Down asks first: it terminates the machines (the disk goes) and stops their bill."""
         import ipywidgets as w
 
-        question = w.HTML(f'<span class="gaudi-nb-confirm">terminate {html.escape(name)}? its disk is deleted</span>')
+        question = w.HTML(f'<span class="gaudi-nb-confirm" style="white-space:nowrap">terminate {html.escape(name)}? its disk is deleted</span>',
+                          layout=w.Layout(width="auto", margin="0 8px"))
         yes = w.Button(description="Yes, down", button_style="danger", layout=w.Layout(width="100px"))
         no = w.Button(description="Cancel", layout=w.Layout(width="80px"))
         before = row.children

@@ -35,7 +35,9 @@ export async function stopOverServer(runId) {
   } catch (error) {
     return null;
   }
-  if (response.status === 404 && !(response.headers.get("Content-Type") || "").includes("json")) return null; // no gaudi_nb server extension
+  // 404: no gaudi_nb server extension here, or a server whose store lacks this run (another GAUDI_NB_HOME);
+  // 403: this user may not stop runs through the server (a JupyterHub scope). The kernel can still ask.
+  if (response.status === 404 || response.status === 403) return null;
   let body = {};
   try {
     body = await response.json();

@@ -86,3 +86,26 @@ def test_stop_works_while_a_cell_waits_for_the_run(browser, lab):
         assert [e["status"] for e in events if e["type"] == "run_end"] == ["stopped"]
     finally:
         page.close()
+
+
+def test_the_launchers_machines_tab_shows_the_price_before_anything_is_made(browser, lab):
+    page = open_page(browser, lab, "machines.ipynb")
+    try:
+        run_all(page)
+        launcher = page.locator(".gaudi-nb-launcher").first
+        launcher.wait_for(timeout=60_000)
+        launcher.locator(".lm-TabBar-tab", has_text="Machines").first.click()
+        machines = launcher.locator(".gaudi-nb-machines")
+        quote = machines.locator(".gaudi-nb-quote")
+        quote.wait_for(timeout=30_000)
+        assert "dl1.24xlarge" in quote.inner_text() and "$13.11/h each" in quote.inner_text() and "autostop off" in quote.inner_text()
+        # a bad value: the line the CLI prints, in place of the price
+        count = machines.locator(".widget-text", has_text="count").locator("input")
+        count.fill("0")
+        count.press("Enter")
+        machines.locator(".gaudi-nb-error", has_text="error: count: input should be greater than or equal to 1 (got 0)").wait_for(timeout=30_000)
+        assert "no machines yet" in machines.inner_text()
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        machines.screenshot(path=str(SCREENSHOTS / "jupyterlab_machines_tab.png"))
+    finally:
+        page.close()

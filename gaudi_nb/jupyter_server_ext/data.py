@@ -67,7 +67,10 @@ def attach(url: str, name: Optional[str] = None, trust_new_host: bool = False) -
     """Attach a node over SSH (gaudi_nb.attach: checks, installs gaudi_nb there, records it)."""
     import gaudi_nb
 
-    record: Dict[str, Any] = gaudi_nb.attach(url, name=name or None, trust_new_host=trust_new_host, store=_store())
+    from ..machine_spec import AttachSpec
+
+    spec = AttachSpec.from_options(url=url, name=name or None, trust_new_host=trust_new_host)  # what the CLI and the magics take
+    record: Dict[str, Any] = gaudi_nb.attach(**spec.keywords(), store=_store())
     return record
 
 

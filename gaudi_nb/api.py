@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import secrets
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
@@ -54,10 +55,11 @@ def load_spec_file(path: Union[str, Path], *, local_paths: bool = True) -> Dict[
     return resolve_paths(options, path.resolve().parent) if local_paths else options
 
 
-def build_spec(spec: Union[RunSpec, Dict[str, Any], None] = None, **options: Any) -> RunSpec:
-    """A validated RunSpec from a spec or a mapping plus keyword options (None means "not given"); relative paths made absolute."""
+def build_spec(spec: Union[RunSpec, Dict[str, Any], None] = None, *, defaults: Optional[Dict[str, Any]] = None, **options: Any) -> RunSpec:
+    """A validated RunSpec from defaults, then a spec or a mapping, then keyword options (None means "not given");
+    relative paths made absolute."""
     base = spec.model_dump(exclude_unset=True) if isinstance(spec, RunSpec) else dict(spec or {})
-    merged = {**base, **{k.replace("-", "_"): v for k, v in options.items() if v is not None}}
+    merged = {**(defaults or {}), **base, **{k.replace("-", "_"): v for k, v in options.items() if v is not None}}
     return RunSpec.from_options(**resolve_paths(merged))
 
 
@@ -229,9 +231,12 @@ def train(spec: Union[RunSpec, Dict[str, Any], None] = None, *, store: Optional[
     """Start a training run (detached: it survives this process) and return its Run.
 
     Options are RunSpec's fields: gaudi_nb.train(model="tiny-llama", devices=2, max_steps=50).
-    Relative paths are read from the working directory.
+    Relative paths are read from the working directory. Defaults come from [tool.gaudi_nb] in the
+    project's pyproject.toml, as for `gaudi-nb train` and `%gaudi_train`.
     """
-    spec = build_spec(spec, **options)
+    from .project import run_defaults
+
+    spec = build_spec(spec, defaults=run_defaults(), **options)
     check(spec)
     store = store or RunStore()
     run_id = new_run_id(spec)
@@ -247,6 +252,41 @@ def train(spec: Union[RunSpec, Dict[str, Any], None] = None, *, store: Optional[
         raise GaudiNbError(f"run {run_id} could not start: {exc}") from exc
     return Run(run_id, store)
 
+
+@dataclass(frozen=True)
+class StopAnswer:
+    """What asking a run to stop did: every door prints `line()` (the CLI, %gaudi_stop, the panel, the server's route)."""
+
+    run_id: str
+    outcome: str  # already_ended | ended (its agent was gone: ended here) | requested
+    status: str
+    first: bool = False  # a request that was the first one
+    reason: Optional[str] = None
+
+    def line(self, then: str = "") -> str:
+        if self.outcome == "already_ended":
+            return f"{self.run_id} already ended: {self.status}"
+        if self.outcome == "ended":
+            return f"{self.run_id} ended: {self.status} ({self.reason or ''})"
+        return f"stop requested for {self.run_id}" + ("" if self.first else " (a stop was already requested)") + (f"; {then}" if then else "")
+
+
+def stop(run_id: str, reason: str = "stopped", store: Optional[RunStore] = None) -> StopAnswer:
+    """Ask a run to stop after a checkpoint (see Run.stop). An ended run is left as it is, except a lost one,
+    which is ended here (its leftover ranks are killed)."""
+    run = Run(run_id, store)
+    status = run.status
+    if status in TERMINAL_STATUSES and status != "lost":
+        return StopAnswer(run.run_id, "already_ended", status)
+    first = run.stop(reason)
+    record = run.record()
+    if record["status"] in TERMINAL_STATUSES:  # its agent was gone: the run was ended here
+        return StopAnswer(run.run_id, "ended", record["status"], first, (record.get("exit") or {}).get("reason"))
+    return StopAnswer(run.run_id, "requested", record["status"], first)
+
+
+# the statuses an ended run can go on from (with a checkpoint): the panel's Resume, gaudi-nb resume
+RESUMABLE_STATUSES = ("stopped", "failed", "lost", "budget_exceeded")
 
 # what resume's options mean, for `gaudi-nb resume` and %gaudi_resume alike
 RESUME_OPTIONS = {

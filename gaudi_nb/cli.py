@@ -13,7 +13,7 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from . import api
+from . import api, runs_table
 from .cli_options import with_spec_options
 from .errors import GaudiNbError, SpecError
 from .events import TERMINAL_STATUSES
@@ -208,19 +208,10 @@ def runs(
     if as_json:
         out.print_json(json.dumps(records))
         return
-    table = compact_table("run", "status", "progress", "loss", "tokens/s", "cost", "target")
-    for r in records:
-        m = r["metrics"]
-        table.add_row(r["run_id"], r["status"], progress(r), _num(m.get("final_loss")), f"{m['tokens_per_second']:,.0f}" if m.get("tokens_per_second") else "—", money(r["cost"].get("usd")), str(r.get("target")))
+    table = compact_table(*runs_table.HEAD)
+    for record in records:
+        table.add_row(*runs_table.row_cells(runs_table.run_row(record)))
     out.print(table)
-
-
-def progress(record: Dict[str, Any]) -> str:
-    """steps for a training run, cells for a batch notebook"""
-    batch = record.get("batch")
-    if record.get("kind") == "batch" and batch:
-        return f"cells {batch.get('cells_done', 0)}/{batch.get('cells_total') or '?'}"
-    return f"step {record['steps_completed']}/{record.get('max_steps') or '?'}"
 
 
 @app.command()
@@ -285,16 +276,8 @@ def export(
 @app.command()
 def stop(run_id: str = typer.Argument(..., help="run id")) -> None:
     """Ask a run to stop cleanly: the ranks finish two steps and save a checkpoint."""
-    run = api.get_run(run_id)
-    if run.done and run.status != "lost":  # a lost run is ended here: its leftover ranks are killed
-        out.print(f"{run.run_id} already ended: {run.status}")
-        return
-    first = run.stop()
-    if run.done:  # its agent was gone: the run was ended here
-        reason = (run.record().get("exit") or {}).get("reason") or ""
-        out.print(f"{run.run_id} ended: {run.status} ({reason})", highlight=False, markup=False)
-        return
-    out.print(f"stop requested for {run.run_id}" + ("" if first else " (a stop was already requested)") + f"; gaudi-nb show {run.run_id}")
+    answer = api.stop(run_id)
+    out.print(answer.line(then=f"gaudi-nb show {answer.run_id}"), highlight=False, markup=False)
 
 
 @app.command()

@@ -18,13 +18,13 @@ LrScaling = Literal["none", "linear", "sqrt"]  # how the learning rate follows t
 LauncherName = Literal["auto", "torchrun", "torch.distributed.run", "mpirun", "deepspeed"]
 
 _SSH = re.compile(r"^ssh://(?P<user>[^@/\s:]+)@(?P<host>[^:/\s@]+)(?::(?P<port>\d+))?$")
-_AWS = re.compile(r"^aws:(?P<instance_type>[\w.\-]+)$")
+_PROVIDER = re.compile(r"^(?P<provider>aws|ibm|ibm-cloud):(?P<instance_type>[\w.\-]+)$")  # the old aws:TYPE form: refused, naming provision
 _NODE = re.compile(r"^[A-Za-z][\w.\-]*$")
 _NODES = re.compile(r"^[A-Za-z][\w.\-]*(?:\s*,\s*[A-Za-z][\w.\-]*)+$")  # NAME1,NAME2: one run across attached nodes
 TRACKERS = ("mlflow", "wandb")  # --report-to
 LORA_TRAINERS = ("auto", "transformers", "optimum-habana")  # trainers that take a peft model
 ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")  # what --env takes: a variable's name, never its value
-TARGET_FORMS = "local, an attached node's name, ssh://user@host[:port] or aws:INSTANCE_TYPE"
+TARGET_FORMS = "local, an attached node's name (gaudi-nb nodes list) or NAME1,NAME2"
 _DATA_SUFFIXES = (".txt", ".text", ".json", ".jsonl", ".parquet", ".csv")
 
 
@@ -37,6 +37,11 @@ def tracker_names(value: Optional[str]) -> List[str]:
     return list(dict.fromkeys(names))
 
 
+def attach_first(url: str) -> str:
+    """What every door answers to --target ssh://USER@HOST: a run goes to an attached node, by name."""
+    return f"{url} is not attached: gaudi-nb nodes attach {url} --name NAME (or %gaudi_attach), then --target NAME"
+
+
 def looks_like_path(value: str) -> bool:
     """A model or dataset name the user meant as a file: has a path separator prefix or a data suffix."""
     return value.startswith(("/", "./", "../", "~")) or value.lower().endswith(_DATA_SUFFIXES)
@@ -46,17 +51,17 @@ def looks_like_path(value: str) -> bool:
 class TargetAddress:
     """A parsed target string: where a run executes."""
 
-    kind: str  # local | node (attached, by name) | nodes (NAME1,NAME2: several attached nodes, node 0 first) | ssh | aws
+    kind: str  # local | node (attached, by name) | nodes (NAME1,NAME2: several attached nodes, node 0 first) | ssh (attach it first)
     text: str
     user: Optional[str] = None
     host: Optional[str] = None
     port: Optional[int] = None
-    instance_type: Optional[str] = None
 
 
 def parse_target(text: str) -> TargetAddress:
-    """local | NODE (a name from `gaudi-nb nodes list`) | NODE1,NODE2 (several; node 0 first) | ssh://user@host[:port] |
-    aws:INSTANCE_TYPE; a ValueError names the forms."""
+    """local | NODE (a name from `gaudi-nb nodes list`) | NODE1,NODE2 (several; node 0 first) | ssh://user@host[:port]
+    (parsed, so a door can say to attach it); a ValueError names the forms. A cloud machine is made by
+    `gaudi-nb nodes provision`, not named as a target: aws:TYPE is refused with that command."""
     text = text.strip()
     if text == "local":
         return TargetAddress("local", text)
@@ -66,9 +71,9 @@ def parse_target(text: str) -> TargetAddress:
         if not 0 < port < 65536:
             raise ValueError(f"{text}: port must be between 1 and 65535")
         return TargetAddress("ssh", text, user=match["user"], host=match["host"], port=port)
-    match = _AWS.match(text)
+    match = _PROVIDER.match(text)
     if match:
-        return TargetAddress("aws", text, instance_type=match["instance_type"])
+        raise ValueError(f"{text}: make the machine first, then train on it by name: gaudi-nb nodes provision {match['provider']} --instance-type {match['instance_type']} --name NAME, then --target NAME-0")
     if _NODE.match(text):
         return TargetAddress("node", text, host=text)
     if _NODES.match(text):
@@ -79,7 +84,7 @@ def parse_target(text: str) -> TargetAddress:
         if twice:
             raise ValueError(f"{text}: {', '.join(twice)} is named twice: name each node once")
         return TargetAddress("nodes", ",".join(names), host=",".join(names))
-    raise ValueError(f"unknown target '{text}': use {TARGET_FORMS} (aws:dl1.24xlarge)")
+    raise ValueError(f"unknown target '{text}': use {TARGET_FORMS}")
 
 
 class NodeSpec(BaseModel):
@@ -159,7 +164,8 @@ class RunSpec(BaseModel):
     @field_validator("target")
     @classmethod
     def _target_form(cls, value: str) -> str:
-        parse_target(value)
+        if parse_target(value).kind == "ssh":
+            raise ValueError(attach_first(value.strip()))
         return value.strip()
 
     @model_validator(mode="after")
@@ -234,21 +240,30 @@ PATH_FIELDS = ("model", "dataset", "script", "workdir")
 
 @dataclass(frozen=True)
 class OptionField:
-    """One RunSpec field as a command-line option: the CLI, the magics and `gaudi-nb k8s render` build theirs from these."""
+    """One spec field as a command-line option: the CLI, the magics, the launcher and `gaudi-nb k8s render`
+    build theirs from these (RunSpec's, AttachSpec's, ProvisionSpec's)."""
 
     name: str
     flag: str  # --max-steps
     type: Any  # bool | int | float | str
     choices: Optional[Tuple[str, ...]]
     help: str
+    default: Any = None
+    required: bool = False
+    positional: bool = False  # an argument (the node's address, the provider), not an --option
 
 
-def option_fields() -> List[OptionField]:
+def option_fields(model: Any = None) -> List[OptionField]:
+    """A spec's fields as options (RunSpec's by default), in the order the spec declares them."""
     fields = []
-    for name, field in RunSpec.model_fields.items():
+    for name, field in (model or RunSpec).model_fields.items():
         py_type, choices = _option_type(field.annotation)
-        default_help = "" if field.default is None else f" (default {field.default})"
-        fields.append(OptionField(name, "--" + name.replace("_", "-"), py_type, choices, (field.description or name) + default_help))
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        required = field.is_required()
+        default = None if required else field.default
+        default_help = "" if default is None or extra.get("positional") else f" (default {default})"
+        fields.append(OptionField(name, "--" + name.replace("_", "-"), py_type, choices, (field.description or name) + default_help,
+                                  default, required, bool(extra.get("positional"))))
     return fields
 
 
@@ -289,10 +304,13 @@ def describe_validation_error(exc: ValidationError) -> str:
     message = err["msg"].removeprefix("Value error, ")
     if err["type"] == "extra_forbidden":
         return f"unknown option '{field}': see gaudi-nb train --help for the options"
+    if err["type"] == "missing":
+        return f"{field}: required: give --{field.replace('_', '-')}"
     if err["type"] == "literal_error":
         expected = err.get("ctx", {}).get("expected", "")
         return f"{field}: must be one of {expected} (got {err.get('input')!r})"
     got = err.get("input")
-    suffix = f" (got {got!r})" if got is not None and not isinstance(got, dict) else ""
+    said = got is not None and isinstance(got, str) and got.strip() in message  # the message names it already
+    suffix = f" (got {got!r})" if got is not None and not isinstance(got, dict) and not said else ""
     more = f"; and {len(exc.errors()) - 1} more problem(s)" if len(exc.errors()) > 1 else ""
     return f"{field}: {message[:1].lower()}{message[1:]}{suffix}{more}"

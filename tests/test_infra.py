@@ -196,12 +196,58 @@ def test_outputs_are_what_gaudi_nb_needs_to_attach(tf):
     assert "ssh://${var.ssh_user}@${ip}" in outputs["targets"]["value"]
 
 
-def test_target_form_is_one_the_run_spec_accepts():
-    from gaudi_nb.spec import RunSpec
+def _hand_off_commands() -> List[str]:
+    """The README's hand-off block: its gaudi-nb lines, in order."""
+    readme = (TF_DIR / "README.md").read_text()
+    section = readme[readme.index("## Hand-off to gaudi-nb"):]
+    block = section[section.index("```bash") + len("```bash"):]
+    block = block[: block.index("```")]
+    return [line.strip() for line in block.splitlines() if line.strip().startswith("gaudi-nb ")]
 
-    # What the targets output yields for port 22 and for another port.
-    for target in ("ssh://ubuntu@198.51.100.20", "ssh://ubuntu@198.51.100.20:2222"):
-        assert RunSpec(target=target).target == target
+
+def _cli(capsys, line: str, target: str) -> Tuple[int, str, str]:
+    import shlex
+
+    from gaudi_nb.cli import main
+
+    capsys.readouterr()
+    try:
+        main(shlex.split(line.replace('"$TARGET"', target))[1:])
+        code = 0
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def test_the_readmes_hand_off_works_as_written(node_install, gaudi_home, ssh_home, sshd, capsys, monkeypatch):
+    """The documented commands, with a `targets` output (an sshd here: ssh://USER@IP:PORT) as $TARGET."""
+    from gaudi_nb import api
+    from gaudi_nb.store import RunStore
+
+    (ssh_home / ".ssh" / "known_hosts").unlink()  # a machine Terraform just made: its host key is new here
+    attach, train = _hand_off_commands()
+    assert attach.startswith('gaudi-nb nodes attach "$TARGET"') and train.startswith("gaudi-nb train --target ")
+    code, out, err = _cli(capsys, attach, sshd.url)
+    assert code == 0, err
+    name = RunStore().get_node(attach.split("--name ")[1].split()[0])["name"]
+    assert f"attached {name} ({sshd.url})" in out
+
+    # the train line, up to the launch: every check a run makes (the spec, the node by name, its preflight over SSH)
+    checked = []
+
+    def check_only(base, **options):
+        api.check(api.build_spec(base, **options))  # raises, one line, where the run would not start
+        checked.append(options["target"])
+        raise SystemExit(0)
+
+    monkeypatch.setattr(api, "train", check_only)
+    code, _, err = _cli(capsys, train, sshd.url)
+    assert code == 0 and checked == [name], err
+
+    # the address itself is no target: one line that says how to attach it
+    code, _, err = _cli(capsys, f"gaudi-nb train --target {sshd.url} --devices 8", sshd.url)
+    assert code == 2 and err.strip() == f"error: target: {sshd.url} is not attached: gaudi-nb nodes attach {sshd.url} --name NAME (or %gaudi_attach), then --target NAME"
 
 
 def test_readme_shows_the_hand_off():

@@ -327,7 +327,7 @@ def test_the_magic_attaches_a_node_and_makes_it_the_target(gaudi_home, ssh_home,
         assert magics.target == "nb-node" and "attached: nb-node" in out.stdout
         with pytest.raises(UsageError, match="no node 'nope' is attached"):
             shell.run_line_magic("gaudi_attach", "nope")
-        with pytest.raises(UsageError, match="not available yet"):
+        with pytest.raises(UsageError, match="gaudi-nb nodes provision aws"):
             shell.run_line_magic("gaudi_attach", "aws:dl1.24xlarge")
         shell.run_line_magic("gaudi_attach", "local")
         assert magics.target == "local"

@@ -197,7 +197,7 @@ def test_api_spot_group_goes_down_one_machine_then_the_rest(aws):
     assert {i.get("InstanceLifecycle") for i in instances} == {"spot"}
     group_id = records[0]["resources"]["security_group"]
 
-    with pytest.raises(SpecError, match="autostop_action is 'explode': use stop"):
+    with pytest.raises(SpecError, match="autostop_action: must be one of 'stop' or 'terminate' \\(got 'explode'\\)"):
         gaudi_nb.provision("aws", instance_type="dl1.24xlarge", name="other", ssh_from=SSH_FROM, image=image, attach=False, autostop_action="explode")
     with pytest.raises(SpecError, match="a node named 'spotty-0' is in the store already"):
         gaudi_nb.provision("aws", instance_type="dl1.24xlarge", name="spotty", ssh_from=SSH_FROM, image=image, attach=False)

@@ -12,8 +12,10 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import bindparam, select
 
+from .. import runs_table
 from ..cost import billing
 from ..events import ACTIVE_STATUSES
+from ..runs_table import project_of
 from ..store import EventRow, RunRow, RunStore
 from ..summary import public
 from .run_detail import RunDetail
@@ -29,42 +31,13 @@ LIVENESS_CHECK_S = 2.0
 REMOTE_SYNC_S = 0.5
 
 
-def project_of(record: Dict[str, Any]) -> str:
-    """The run's project: the spec's `project` where given, else a batch run's notebook, else the run's name."""
-    spec = record.get("spec") or {}
-    if spec.get("project"):
-        return str(spec["project"])
-    batch = record.get("batch") or {}
-    if batch.get("notebook"):
-        return Path(str(batch["notebook"])).stem
-    return str(record.get("name") or "(no project)")
-
-
 def run_row(record: Dict[str, Any]) -> Dict[str, Any]:
-    """One line of the Runs table from a run record."""
-    spec = record.get("spec") or {}
-    m, c = record.get("metrics") or {}, record.get("cost") or {}
-    created = record.get("created_at")
-    return {
-        "run_id": record["run_id"],
-        "name": record.get("name"),
-        "status": record.get("status"),
-        "owner": record.get("owner") or "unknown",
-        "project": project_of(record),
-        "target": record.get("target") or spec.get("target") or LOCAL_NODE,
-        "nodes": int(c.get("nodes") or spec.get("nodes") or 1),
-        "devices": record.get("device_count") or spec.get("devices"),
-        "model": spec.get("model") or ("notebook" if record.get("kind") == "batch" else None),
-        "step": int(record.get("steps_completed") or 0),
-        "max_steps": record.get("max_steps"),
-        "tokens_per_second": m.get("tokens_per_second"),
-        "loss": m.get("final_loss"),
-        "usd": c.get("usd"),
-        "usd_per_million_tokens": c.get("usd_per_million_tokens"),
-        "budget_usd": c.get("budget_usd"),
-        "created_at": pd.Timestamp(created, unit="s", tz="UTC") if created else pd.NaT,
-        "kind": record.get("kind") or "train",
-    }
+    """One line of the Runs table: the row every runs table shows (gaudi_nb.runs_table), as the frame's columns."""
+    row = {column: value for column, value in runs_table.run_row(record).items() if column in RUN_COLUMNS}
+    row["owner"] = row["owner"] or "unknown"
+    created = row["created_at"]
+    row["created_at"] = pd.Timestamp(created, unit="s", tz="UTC") if created else pd.NaT
+    return row
 
 
 def runs_frame(records: Sequence[Dict[str, Any]]) -> pd.DataFrame:

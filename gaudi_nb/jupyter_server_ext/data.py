@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Dict, List, Optional
 from .. import formatting
 from ..cost import billing
 from ..events import ACTIVE_STATUSES
+from ..runs_table import run_row
 from ..store import RunStore
 
 if TYPE_CHECKING:
@@ -46,34 +47,6 @@ def _store() -> RunStore:
     return RunStore()
 
 
-def run_row(record: Dict[str, Any]) -> Dict[str, Any]:
-    """The part of a run record the sidebar shows (a record carries its whole spec and events summary)."""
-    metrics, cost = record.get("metrics") or {}, record.get("cost") or {}
-    return {
-        "run_id": record["run_id"],
-        "name": record.get("name"),
-        "status": record.get("status"),
-        "target": record.get("target"),
-        "kind": record.get("kind"),
-        "owner": record.get("owner"),
-        "accelerator": record.get("accelerator"),
-        "device_count": record.get("device_count"),
-        "step": record.get("steps_completed") or 0,
-        "max_steps": record.get("max_steps"),
-        "loss": metrics.get("final_loss"),
-        "tokens_per_second": metrics.get("tokens_per_second"),
-        "usd": cost.get("usd"),
-        "price_per_hour": cost.get("price_per_hour"),
-        "nodes": cost.get("nodes") or 1,
-        "budget_usd": cost.get("budget_usd"),
-        "budget_left_usd": cost.get("budget_left_usd"),
-        "created_at": record.get("created_at"),
-        "started_at": record.get("started_at"),
-        "ended_at": record.get("ended_at"),
-        "reason": (record.get("exit") or {}).get("reason"),
-    }
-
-
 def run(run_id: str, events: int = 50) -> Dict[str, Any]:
     """One run's full record and its last `events` events, as the store has them (see `follows`)."""
     store = _store()
@@ -87,16 +60,18 @@ def stop(run_id: str) -> Dict[str, Any]:
     """Ask a run to stop after a checkpoint, as the panel's Stop and `gaudi-nb stop` do."""
     from .. import api
 
-    handle = api.get_run(run_id, store=_store())
-    first = handle.stop()
-    return {"run_id": handle.run_id, "first": first, "status": handle.status}
+    answer = api.stop(run_id, store=_store())
+    return {"run_id": answer.run_id, "first": answer.first, "status": answer.status, "outcome": answer.outcome, "message": answer.line()}
 
 
 def attach(url: str, name: Optional[str] = None, trust_new_host: bool = False) -> Dict[str, Any]:
     """Attach a node over SSH (gaudi_nb.attach: checks, installs gaudi_nb there, records it)."""
     import gaudi_nb
 
-    record: Dict[str, Any] = gaudi_nb.attach(url, name=name or None, trust_new_host=trust_new_host, store=_store())
+    from ..machine_spec import AttachSpec
+
+    spec = AttachSpec.from_options(url=url, name=name or None, trust_new_host=trust_new_host)  # what the CLI and the magics take
+    record: Dict[str, Any] = gaudi_nb.attach(**spec.keywords(), store=_store())
     return record
 
 

@@ -3,12 +3,15 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List
 
 import typer
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
+
+from ..cli_options import with_spec_options
+from ..machine_spec import AttachSpec, ProvisionSpec
 
 nodes_app = typer.Typer(help="Nodes reached over SSH: attach, list, check, detach; cloud machines: provision, start, down.", no_args_is_help=True)
 
@@ -17,22 +20,18 @@ err = Console(stderr=True)
 
 
 @nodes_app.command("attach")
+@with_spec_options(model=AttachSpec)
 def attach_command(
-    url: str = typer.Argument(..., metavar="ssh://USER@HOST[:PORT]", help="the node's SSH address; HOST may be a Host from ~/.ssh/config"),
-    name: Optional[str] = typer.Option(None, "--name", help="what runs call the node (--target NAME); default: its host name"),
-    identity_file: Optional[str] = typer.Option(None, "--identity-file", help="private key to log in with (default: ~/.ssh keys and the SSH agent)"),
-    jump: Optional[str] = typer.Option(None, "--jump", help="bastion to go through: ssh://USER@BASTION[:PORT]"),
-    python: Optional[str] = typer.Option(None, "--python", help="an interpreter on the node that has this gaudi_nb version; default: install it into ~/.gaudi_nb/env there"),
-    trust_new_host: bool = typer.Option(False, "--trust-new-host", help="record the host key of a node not yet in ~/.ssh/known_hosts"),
     as_json: bool = typer.Option(False, "--json", help="print the node's record as JSON"),
+    **options: Any,
 ) -> None:
     """Attach a node over SSH: check its host key, make sure this gaudi_nb is there, record what it has."""
     from .attach import attach
 
+    spec = AttachSpec.from_options(**options)
     started = time.monotonic()
     console = err if as_json else out
-    record = attach(url, name=name, identity_file=identity_file, jump=jump, python=python, trust_new_host=trust_new_host,
-                    progress=lambda message: console.print(Text(message, style="dim")))
+    record = attach(**spec.keywords(), progress=lambda message: console.print(Text(message, style="dim")))
     if as_json:
         out.print_json(json.dumps(record))
         return
@@ -111,30 +110,20 @@ def node_cost(cost: Dict[str, Any]) -> str:
 
 
 @nodes_app.command("provision")
+@with_spec_options(model=ProvisionSpec)
 def provision_command(
-    provider: str = typer.Argument(..., metavar="PROVIDER", help="aws or ibm"),
-    instance_type: str = typer.Option(..., "--instance-type", help="from the price catalog: dl1.24xlarge (AWS), gx3d-160x1792x8gaudi3 (IBM)"),
-    count: int = typer.Option(1, "--count", min=1, help="how many machines (the group's machines are NAME-0, NAME-1, ...)"),
-    region: Optional[str] = typer.Option(None, "--region", help="default: the first region the price catalog lists for the type"),
-    image: Optional[str] = typer.Option(None, "--image", help="image id; default: the newest Habana/Gaudi deep learning image"),
-    name: Optional[str] = typer.Option(None, "--name", help="the group's name (gaudi-nb nodes down NAME); default: PROVIDER-xxxxxx"),
-    ssh_from: Optional[str] = typer.Option(None, "--ssh-from", metavar="CIDR", help="where SSH is admitted from; default: this machine's public address"),
-    spot: bool = typer.Option(False, "--spot", help="spot machines: cheaper, and the cloud may take them back"),
-    idle_minutes: Optional[float] = typer.Option(None, "--idle-minutes", help="autostop: stop a machine after this many idle minutes"),
-    budget_usd: Optional[float] = typer.Option(None, "--budget-usd", help="autostop: stop a machine when its spend reaches this"),
-    autostop_action: str = typer.Option("stop", "--autostop-action", help="what autostop does: stop (the disk is kept) or terminate"),
-    no_attach: bool = typer.Option(False, "--no-attach", help="return once the machines run (do not wait for SSH or attach)"),
     as_json: bool = typer.Option(False, "--json", help="print the node records as JSON"),
+    **options: Any,
 ) -> None:
     """Create cloud machines, record them as nodes (billed while they run), wait for SSH and attach them."""
     from ..cost.billing import with_spend
     from .provision import provision
 
+    spec = ProvisionSpec.from_options(**options)
+    no_attach = not spec.attach
     started = time.monotonic()
     console = err if as_json else out
-    records = provision(provider, instance_type, count=count, region=region, image=image, name=name, ssh_from=ssh_from, spot=spot,
-                        idle_minutes=idle_minutes, budget_usd=budget_usd, attach=not no_attach, autostop_action=autostop_action,
-                        progress=lambda message: console.print(Text(message, style="dim"), soft_wrap=True))
+    records = provision(**spec.keywords(), progress=lambda message: console.print(Text(message, style="dim"), soft_wrap=True))
     if as_json:
         out.print_json(json.dumps(with_spend(records)))
         return

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Tuple
 from .. import formatting
 from ..cost import billing
 from ..errors import GaudiNbError, NotFoundError, SpecError
+from ..machine_spec import ProvisionSpec
 from .attach import check_name
 
 if TYPE_CHECKING:
@@ -25,7 +26,6 @@ KEY_FILE = "gaudi_nb_ed25519"  # under $GAUDI_NB_HOME/keys: the one key gaudi_nb
 WAIT_RUNNING_S = 900.0
 WAIT_TERMINATED_S = 900.0
 WAIT_SSH_S = 600.0
-AUTOSTOP_ACTIONS = ("stop", "terminate")
 ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_EC2", "VPC_URL")
 
 Progress = Optional[Callable[[str], None]]
@@ -168,13 +168,9 @@ def provision(
         provider_name = providers._aliases.get(provider.lower(), provider.lower())
     except NotFoundError as exc:
         raise SpecError(str(exc)) from None
-    if not isinstance(count, int) or count < 1:
-        raise SpecError(f"count must be a whole number of machines, 1 or more (got {count!r})")
-    for label, value in (("idle_minutes", idle_minutes), ("budget_usd", budget_usd)):
-        if value is not None and value <= 0:
-            raise SpecError(f"{label} must be positive (got {value})")
-    if autostop_action not in AUTOSTOP_ACTIONS:
-        raise SpecError(f"autostop_action is {autostop_action!r}: use stop (the disk is kept) or terminate (nothing is kept)")
+    # the doors' rules (ProvisionSpec), for a Python caller too: one place says what a request may be
+    ProvisionSpec.from_options(provider=provider, instance_type=instance_type, count=count, region=region, image=image, name=name, ssh_from=ssh_from,
+                               spot=spot, idle_minutes=idle_minutes, budget_usd=budget_usd, autostop_action=autostop_action, attach=attach)
     rows = catalog_rows(provider_name, instance_type)
     region, price = choose_region(provider_name, instance_type, region, rows, getattr(cls, "default_region", None))
     instance_type = price.instance_type

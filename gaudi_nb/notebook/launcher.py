@@ -1,4 +1,5 @@
-"""The launcher widget: a form whose choices come from the registries and the price catalog; Launch shows the run panel below."""
+"""The launcher widget: Train (a form whose choices come from the registries and the price catalog; Launch shows the run
+panel below) and Machines (attach, provision, the machines list: notebook/machines.py)."""
 from __future__ import annotations
 
 import html
@@ -11,16 +12,15 @@ from ..spec import RunSpec
 
 
 def target_choices() -> List[Tuple[str, str]]:
-    """(label, value): this machine, every attached node (gaudi-nb nodes attach), then the planned targets marked as such."""
+    """(label, value): this machine, then every attached node (gaudi-nb nodes attach, or the Machines tab)."""
     from ..store import RunStore
-    from ..targets import PLANNED, targets
+    from ..targets import targets
 
     choices = [(name if name != "local" else "local (this machine)", name) for name in targets.names()]
     list_nodes = getattr(RunStore(), "list_nodes", None)
     for node in list_nodes() if list_nodes is not None else []:
         detail = f"{node.get('accelerator') or '?'} × {node.get('device_count') or '?'}"
         choices.append((f"{node['name']} ({node.get('user')}@{node.get('host')}, {detail})", node["name"]))
-    choices += [(f"{kind} — not available yet", kind) for kind in PLANNED if kind not in targets]
     return choices
 
 
@@ -88,7 +88,7 @@ class Launcher:
         self._callbacks: List[Callable[[api.Run], None]] = []
         form = w.VBox(
             [
-                w.HTML('<b>gaudi_nb · launch a training run</b>'),
+                w.HTML("<b>gaudi_nb · launch a training run</b>"),
                 self.target, self.model, self.dataset,
                 w.HBox([self.devices, self.precision, self.max_steps]),
                 self.instance_type,
@@ -97,8 +97,21 @@ class Launcher:
             ],
             layout=w.Layout(border="1px solid #ddd", padding="6px 10px"),
         )
-        self.widget = w.VBox([form, self.panels])
+        from .machines import MachinesTab
+
+        # the Machines tab attaches and provisions from the same specs as gaudi-nb nodes; a new node is a target here at once
+        self.machines = MachinesTab(on_change=self._targets_changed)
+        self.tabs = w.Tab(children=[form, self.machines.widget])
+        self.tabs.set_title(0, "Train")
+        self.tabs.set_title(1, "Machines")
+        self.widget = w.VBox([self.tabs, self.panels])
         self.widget.add_class("gaudi-nb-launcher")
+
+    def _targets_changed(self) -> None:
+        chosen = self.target.value
+        self.target.options = target_choices()
+        if chosen in [value for _, value in self.target.options]:
+            self.target.value = chosen
 
     def _ipython_display_(self) -> None:
         from IPython.display import display
@@ -114,10 +127,6 @@ class Launcher:
 
     def options(self) -> Dict[str, Any]:
         """The form as gaudi_nb.train() keywords."""
-        from ..targets import PLANNED
-
-        if self.target.value in PLANNED:
-            raise GaudiNbError(f"{PLANNED[self.target.value]} is not available yet in this version: pick local")
         return {
             "target": self.target.value,
             "model": self.model.value.strip(),

@@ -12,14 +12,13 @@ from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from traitlets import Enum, Float, Int, Unicode
 
-from .. import api, formatting
+from .. import api, formatting, runs_table
 from ..errors import GaudiNbError
+from ..machine_spec import AttachSpec, ProvisionSpec
+from ..project import project_settings, run_defaults
 from ..spec import RunSpec, TargetAddress, option_fields, parse_mapping
 from ..spec import parse_target as spec_parse_target
 from .panel import UPDATE_INTERVAL_S
-
-# Keys of [tool.gaudi_nb] that are not RunSpec fields but settings of the magics.
-MAGIC_SETTINGS = ("panel", "update_interval_s")
 
 
 # -- targets -------------------------------------------------------------------------
@@ -34,15 +33,6 @@ def parse_target(text: str) -> TargetAddress:
 def describe_target(parsed: TargetAddress) -> str:
     if parsed.kind == "ssh":
         return f"{parsed.user}@{parsed.host} port {parsed.port} over SSH"
-    if parsed.kind == "aws":
-        from ..cost import catalog
-
-        try:
-            price = catalog.lookup(parsed.instance_type or "")
-            rate = "price unknown" if price.on_demand_per_hour is None else f"{formatting.rate(price.on_demand_per_hour)} on demand, as of {price.as_of}"
-            return f"an AWS {price.instance_type} ({price.accelerator_count}× {price.accelerator}, {rate})"
-        except GaudiNbError:
-            return f"an AWS {parsed.instance_type} (not in the price catalog)"
     if parsed.kind == "node":
         return f"the attached node {parsed.text}"
     if parsed.kind == "nodes":
@@ -50,54 +40,41 @@ def describe_target(parsed: TargetAddress) -> str:
     return "this machine"
 
 
-# -- options: the CLI's, taken from RunSpec ---------------------------------------------
-def spec_options(func: Callable[..., Any]) -> Callable[..., Any]:
-    """Add every RunSpec field as --option (the CLI's names, from spec.option_fields) to a @magic_arguments magic."""
-    for field in reversed(option_fields()):
-        if field.name == "script":
-            continue  # the magic's own --script flag: the cell body is the script
-        kwargs: Dict[str, Any] = {"dest": field.name, "default": None, "help": field.help}
-        if field.type is bool:
-            kwargs["action"] = argparse.BooleanOptionalAction
-        elif field.choices:
-            kwargs.update(type=field.type, choices=list(field.choices))
-        else:
-            kwargs.update(type=field.type, metavar=field.name.upper())
-        func = argument(field.flag, **kwargs)(func)
-    return func
+# -- options: the CLI's, taken from the specs ---------------------------------------------
+def spec_arguments(model: Any = None, skip: Tuple[str, ...] = ()) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Add every field of a spec (RunSpec by default) as --option, its positional fields as arguments (the CLI's
+    names, from spec.option_fields) to a @magic_arguments magic. Values are checked by the spec, as the CLI's are."""
+
+    def decorate(func: Callable[..., Any]) -> Callable[..., Any]:
+        for field in reversed(option_fields(model)):
+            if field.name in skip:
+                continue
+            if field.positional:
+                func = argument(field.name, help=field.help)(func)
+                continue
+            # choices are the spec's to check (one line, as the CLI says it), and the help's to list
+            kwargs: Dict[str, Any] = {"dest": field.name, "default": None, "help": field.help + (f" (one of {', '.join(field.choices)})" if field.choices else "")}
+            if field.type is bool:
+                kwargs["action"] = argparse.BooleanOptionalAction
+            else:
+                kwargs.update(type=field.type, metavar=field.name.upper())
+            func = argument(field.flag, **kwargs)(func)
+        return func
+
+    return decorate
 
 
-def find_pyproject(start: Optional[Path] = None) -> Optional[Path]:
-    here = (start or Path.cwd()).resolve()
-    for folder in (here, *here.parents):
-        candidate = folder / "pyproject.toml"
-        if candidate.is_file():
-            return candidate
-    return None
+def given(args: argparse.Namespace, model: Any) -> Dict[str, Any]:
+    """The spec's fields the magic's line gave (None: not given)."""
+    return {name: getattr(args, name) for name in model.model_fields if getattr(args, name, None) is not None}
 
 
 def pyproject_defaults(start: Optional[Path] = None) -> Dict[str, Any]:
-    """[tool.gaudi_nb] of the nearest pyproject.toml (walking up from the working directory)."""
-    path = find_pyproject(start)
-    if path is None:
-        return {}
+    """[tool.gaudi_nb] of the nearest pyproject.toml (gaudi_nb.project), with a UsageError for the magics."""
     try:
-        import tomllib  # type: ignore[import-not-found,unused-ignore]
-    except ImportError:  # Python 3.10
-        try:
-            import tomli as tomllib  # type: ignore[no-redef,import-not-found,unused-ignore]
-        except ImportError:
-            return {}
-    try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, ValueError) as exc:
-        raise UsageError(f"{path}: cannot read [tool.gaudi_nb] ({exc})") from None
-    table = data.get("tool", {}).get("gaudi_nb", {}) or {}
-    values = {str(k).replace("-", "_"): v for k, v in table.items()}
-    unknown = sorted(set(values) - set(RunSpec.model_fields) - set(MAGIC_SETTINGS))
-    if unknown:
-        raise UsageError(f"{path}: [tool.gaudi_nb] has unknown keys {', '.join(unknown)}: use RunSpec fields (devices, budget_usd, price_per_hour, target, ...)")
-    return values
+        return project_settings(start)
+    except GaudiNbError as exc:
+        raise _one_line(exc) from None
 
 
 def _one_line(exc: BaseException) -> UsageError:
@@ -105,12 +82,12 @@ def _one_line(exc: BaseException) -> UsageError:
 
 
 def _attach_node(args: argparse.Namespace) -> Dict[str, Any]:
-    """gaudi_nb.attach with the magic's options; its progress printed, its errors one UsageError line."""
+    """gaudi_nb.attach with the magic's options (AttachSpec's); its progress printed, its errors one UsageError line."""
     from ..nodes.attach import attach
 
     try:
-        return attach(args.target, name=args.name, identity_file=args.identity_file, jump=args.jump, python=args.python,
-                      trust_new_host=args.trust_new_host, progress=print)
+        spec = AttachSpec.from_options(url=args.target, **given(args, AttachSpec))
+        return attach(**spec.keywords(), progress=print)
     except GaudiNbError as exc:
         raise _one_line(exc) from None
 
@@ -140,7 +117,7 @@ class GaudiMagics(Magics):
     the cell's YAML body, then the magic's options.
     """
 
-    target = Unicode(None, allow_none=True, help="where runs start: local, ssh://user@host[:port] or aws:INSTANCE_TYPE (%gaudi_attach sets it)").tag(config=True)
+    target = Unicode(None, allow_none=True, help="where runs start: local or an attached node's name (%gaudi_attach and %gaudi_provision set it)").tag(config=True)
     model = Unicode(None, allow_none=True, help="default model preset, local folder or hub id").tag(config=True)
     dataset = Unicode(None, allow_none=True, help="default dataset").tag(config=True)
     devices = Int(None, allow_none=True, help="default devices (ranks) per node").tag(config=True)
@@ -162,7 +139,10 @@ class GaudiMagics(Magics):
     # -- settings ----------------------------------------------------------
     def defaults(self) -> Dict[str, Any]:
         """The options every run starts from (see the class docstring for the order)."""
-        values = pyproject_defaults()
+        try:
+            values = run_defaults()
+        except GaudiNbError as exc:
+            raise _one_line(exc) from None
         for name in self.SPEC_TRAITS:
             value = getattr(self, name)
             if value is not None:
@@ -206,28 +186,23 @@ class GaudiMagics(Magics):
     # -- %gaudi_attach -------------------------------------------------------
     @line_magic
     @magic_arguments()
-    @argument("target", help="local, ssh://user@host[:port] (attaches that node), an attached node's name, or aws:INSTANCE_TYPE")
-    @argument("--name", default=None, help="(ssh://) what runs call the node; default: its host name")
-    @argument("--identity-file", dest="identity_file", default=None, help="(ssh://) private key to log in with (default: ~/.ssh keys and the SSH agent)")
-    @argument("--jump", default=None, help="(ssh://) bastion to go through: ssh://user@bastion[:port]")
-    @argument("--python", default=None, help="(ssh://) an interpreter on the node that has this gaudi_nb version; default: install it into ~/.gaudi_nb/env there")
-    @argument("--trust-new-host", dest="trust_new_host", action="store_true", help="(ssh://) record the host key of a node not yet in ~/.ssh/known_hosts")
+    @argument("target", help="local, ssh://user@host[:port] (attaches that node), or an attached node's name")
+    @spec_arguments(AttachSpec, skip=("url",))
     def gaudi_attach(self, line: str) -> None:
         """Choose where %gaudi_train starts runs: this machine, or a node attached over SSH (ssh://user@host[:port])."""
         args = parse_argstring(self.gaudi_attach, line)
-        parsed = parse_target(args.target)
-        ssh_options = [f"--{key.replace('_', '-')}" for key in ("name", "identity_file", "jump", "python", "trust_new_host") if getattr(args, key)]
-        if parsed.kind != "ssh" and ssh_options:
+        over_ssh = args.target.strip().startswith("ssh://")  # AttachSpec checks the address, as gaudi-nb nodes attach does
+        parsed = None if over_ssh else parse_target(args.target)
+        ssh_options = [f"--{key.replace('_', '-')}" for key in given(args, AttachSpec)]
+        if parsed is not None and ssh_options:
             raise UsageError(f"{', '.join(ssh_options)}: only with an ssh://user@host[:port] address")
-        if parsed.kind == "ssh":
+        if parsed is None:
             record = _attach_node(args)
             self.target = record["name"]
             print(f"attached: {record['name']} ({record['url']}: {_node_summary(record)}); %gaudi_train starts runs there")
             return
-        from ..targets import PLANNED, target_for
+        from ..targets import target_for
 
-        if parsed.kind in PLANNED:
-            raise UsageError(f"{args.target}: understood as {describe_target(parsed)}, but {PLANNED[parsed.kind]} is not available yet in this version; %gaudi_attach local trains on this machine")
         if parsed.kind == "node":
             record = _known_node(parsed.text)
             self.target = record["name"]
@@ -246,7 +221,7 @@ class GaudiMagics(Magics):
     @argument("--script", action="store_true", help="(cell form) the cell body is a Python training script every rank runs in a fresh process; it uses gaudi_nb.worker.script: device(), precision(), report(step=..., loss=...)")
     @argument("--spec-file", dest="spec_file", default=None, help="YAML or JSON file of RunSpec fields; options override it")
     @argument("--quiet", action="store_true", help="start the run without showing its panel")
-    @spec_options
+    @spec_arguments(skip=("script",))  # the magic's own --script flag: the cell body is the script
     def gaudi_train(self, line: str, cell: Optional[str] = None) -> api.Run:
         """Start a training run and show its live panel; returns the Run (run = _).
 
@@ -330,16 +305,10 @@ class GaudiMagics(Magics):
         args = parse_argstring(self.gaudi_stop, line)
         run = self._run(args.run_id)
         try:
-            if run.done and run.status != "lost":  # a lost run is ended here: its leftover ranks are killed
-                print(f"{run.run_id} already ended: {run.status}")
-                return
-            first = run.stop()
-            if run.done:
-                print(f"{run.run_id} ended: {run.status} ({(run.record().get('exit') or {}).get('reason')})")
-                return
+            answer = api.stop(run.run_id, store=run.store)
         except GaudiNbError as exc:
             raise _one_line(exc) from None
-        print(f"stop requested for {run.run_id}" + ("" if first else " (a stop was already requested)") + "; its panel shows when it has stopped")
+        print(answer.line(then="its panel shows when it has stopped"))
 
     # -- %gaudi_resume ----------------------------------------------------------------
     @line_magic
@@ -366,31 +335,19 @@ class GaudiMagics(Magics):
     # -- %gaudi_provision ------------------------------------------------------------------
     @line_magic
     @magic_arguments()
-    @argument("provider", help="aws or ibm")
-    @argument("--instance-type", dest="instance_type", required=True, help="from the price catalog: dl1.24xlarge (AWS), gx3d-160x1792x8gaudi3 (IBM)")
-    @argument("--count", type=int, default=1, help="how many machines (NAME-0, NAME-1, ...)")
-    @argument("--region", default=None, help="default: the first region the price catalog lists for the type")
-    @argument("--image", default=None, help="image id; default: the newest Habana/Gaudi deep learning image")
-    @argument("--name", default=None, help="the group's name (gaudi-nb nodes down NAME); default: PROVIDER-xxxxxx")
-    @argument("--ssh-from", dest="ssh_from", default=None, metavar="CIDR", help="where SSH is admitted from; default: this machine's public address")
-    @argument("--spot", action="store_true", help="spot machines: cheaper, and the cloud may take them back")
-    @argument("--idle-minutes", dest="idle_minutes", type=float, default=None, help="autostop: stop a machine after this many idle minutes")
-    @argument("--budget-usd", dest="budget_usd", type=float, default=None, help="autostop: stop a machine when its spend reaches this")
-    @argument("--autostop-action", dest="autostop_action", choices=["stop", "terminate"], default="stop", help="what autostop does: stop (the disk is kept) or terminate")
-    @argument("--no-attach", dest="no_attach", action="store_true", help="return once the machines run (do not wait for SSH or attach)")
+    @spec_arguments(ProvisionSpec)
     def gaudi_provision(self, line: str) -> List[Dict[str, Any]]:
         """Create cloud machines as nodes (billed from launch until gaudi-nb nodes down NAME), attach them, and make them the target."""
         from ..nodes.provision import provision
 
         args = parse_argstring(self.gaudi_provision, line)
         try:
-            records = provision(args.provider, args.instance_type, count=args.count, region=args.region, image=args.image, name=args.name,
-                                ssh_from=args.ssh_from, spot=args.spot, idle_minutes=args.idle_minutes, budget_usd=args.budget_usd,
-                                attach=not args.no_attach, progress=print, autostop_action=args.autostop_action)
+            spec = ProvisionSpec.from_options(**given(args, ProvisionSpec))
+            records = provision(**spec.keywords(), progress=print)
         except GaudiNbError as exc:
             raise _one_line(exc) from None
         names = [r["name"] for r in records]
-        if args.no_attach:
+        if not spec.attach:
             print(f"running: {', '.join(names)}; attach them with %gaudi_attach ssh://… --name NAME --identity-file {records[0]['identity_file']}")
         elif len(names) == 1:
             self.target = names[0]
@@ -438,20 +395,10 @@ def _html_table(head: List[str], rows: List[List[str]], css_class: str) -> str:
 class RunList(list):  # type: ignore[type-arg]
     """Run records that show as a table (HTML in a notebook, text elsewhere)."""
 
-    HEAD = ["run", "status", "progress", "loss", "tokens/s", "cost", "target"]
+    HEAD = runs_table.HEAD
 
     def rows(self) -> List[List[str]]:
-        out = []
-        for r in self:
-            m = r.get("metrics") or {}
-            progress = f"cells {(r.get('batch') or {}).get('cells_done', 0)}" if r.get("kind") == "batch" else f"step {r.get('steps_completed')}/{r.get('max_steps') or '?'}"
-            out.append([
-                r["run_id"], r["status"], progress,
-                "—" if m.get("final_loss") is None else f"{m['final_loss']:.4f}",
-                f"{m['tokens_per_second']:,.0f}" if m.get("tokens_per_second") else "—",
-                formatting.money((r.get("cost") or {}).get("usd")), str(r.get("target") or "local"),
-            ])
-        return out
+        return [runs_table.row_cells(runs_table.run_row(record)) for record in self]
 
     def _repr_html_(self) -> str:
         if not self:

@@ -8,6 +8,7 @@ import time
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .. import formatting
+from ..api import RESUMABLE_STATUSES  # the API says what can go on; the button only shows it
 from ..cost import meter
 from .panel_state import PanelState
 
@@ -266,7 +267,7 @@ BUTTON_LOOKS = {
     "resuming": ("resuming…", "play", "success", True, "starting the next attempt"),
     "ended": ("ended", "check", "", True, "the run has ended"),
 }
-RESUMABLE_STATUSES = ("stopped", "failed", "lost", "budget_exceeded")
+
 
 
 class RunPanel:
@@ -278,6 +279,7 @@ class RunPanel:
         import ipywidgets as w
 
         from .device_grid import DeviceGrid
+        from .run_button import RunButton
 
         self.run = run
         self.interval_s = interval_s
@@ -299,7 +301,7 @@ class RunPanel:
         self.failure = w.HTML()
         self.note = w.HTML()
         self._button = "stop"
-        self.stop_button = w.Button(layout=w.Layout(width="100px"))  # Stop, or Resume once the run can go on
+        self.stop_button = RunButton(run_id=run.run_id)  # Stop (through the server while the kernel is busy), or Resume once the run can go on
         self.stop_button.on_click(self._on_button)
         right = w.VBox([self.metrics, self.cost], layout=w.Layout(min_width="300px", padding="0 0 0 12px"))
         charts = w.VBox([self.loss_plot, self.throughput_plot])
@@ -392,7 +394,8 @@ class RunPanel:
         if mode == "ended":
             icon = "check" if self.state.status == "succeeded" else "stop"
         button = self.stop_button
-        button.description, button.icon, button.button_style, button.disabled, button.tooltip = description, icon, style, disabled, tooltip
+        with button.hold_sync():
+            button.mode, button.description, button.icon, button.button_style, button.disabled, button.tooltip = mode, description, icon, style, disabled, tooltip
 
     def _on_button(self, _button: Any = None) -> None:
         if self._button == "resume":

@@ -1,19 +1,14 @@
-"""Where runs execute: a registry of targets (local now; ssh and aws plug in here)."""
+"""Where runs execute: a registry of targets (local), and attached nodes by name over SSH."""
 from __future__ import annotations
 
-from ..errors import GaudiNbError, SpecError
+from ..errors import SpecError
 from ..registry import Registry
-from ..spec import parse_target
+from ..spec import attach_first, parse_target
 from .base import Target
 from .local import LocalTarget
 
 targets: Registry = Registry("targets")
 targets.register("local", LocalTarget)
-
-# Accepted by the spec so plans and configs can name them; not runnable yet.
-PLANNED = {
-    "aws": "provisioning a node on AWS (aws:INSTANCE_TYPE)",
-}
 
 
 def target_for(target: str) -> Target:
@@ -27,11 +22,7 @@ def target_for(target: str) -> Target:
 
         return SshTarget(target.strip())
     if kind == "ssh":
-        raise SpecError(f"target: attach the node first: gaudi-nb nodes attach {target.strip()} --name NAME (or %gaudi_attach), then --target NAME")
-    if kind in targets:
-        return targets.get(kind)()
-    if kind in PLANNED:
-        raise GaudiNbError(f"target '{target}': {PLANNED[kind]} is not available in this version yet; use --target local")
+        raise SpecError(f"target: {attach_first(target.strip())}")
     return targets.get(kind)()
 
 

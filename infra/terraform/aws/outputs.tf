@@ -6,7 +6,7 @@ locals {
 }
 
 output "targets" {
-  description = "One gaudi-nb target per node, ssh://USER@IP[:PORT]; pass one to `gaudi-nb train --target` or %gaudi_attach."
+  description = "One SSH address per node, ssh://USER@IP[:PORT]; attach one with `gaudi-nb nodes attach ADDRESS --name NAME` or %gaudi_attach, then train with --target NAME."
   value       = [for ip in local.reach_ips : "ssh://${var.ssh_user}@${ip}${local.port_suffix}"]
 }
 
@@ -61,6 +61,6 @@ output "efa_enabled" {
 }
 
 output "gaudi_nb_train_command" {
-  description = "A command that trains on the first node with all its devices."
-  value       = length(local.reach_ips) == 0 ? null : "gaudi-nb train --target ssh://${var.ssh_user}@${local.reach_ips[0]}${local.port_suffix} --devices 8 --instance-type ${var.instance_type}"
+  description = "Commands that attach the first node (as node-0) and train on it with all its devices."
+  value       = length(local.reach_ips) == 0 ? null : "gaudi-nb nodes attach ssh://${var.ssh_user}@${local.reach_ips[0]}${local.port_suffix} --name node-0 --trust-new-host && gaudi-nb train --target node-0 --devices 8 --instance-type ${var.instance_type}"
 }

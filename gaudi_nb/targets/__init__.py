@@ -1,10 +1,10 @@
-"""Where runs execute: a registry of targets (local now; ssh and aws plug in here)."""
+"""Where runs execute: a registry of targets (base.py: the seam each way of reaching machines implements)."""
 from __future__ import annotations
 
 from ..errors import GaudiNbError, SpecError
 from ..registry import Registry
 from ..spec import parse_target
-from .base import Target
+from .base import Part, Target
 from .local import LocalTarget
 
 targets: Registry = Registry("targets")
@@ -23,9 +23,9 @@ def target_for(target: str) -> Target:
     except ValueError as exc:
         raise SpecError(f"target: {exc}") from None
     if kind in ("node", "nodes"):  # NAME, or NAME1,NAME2: one run across attached nodes, node 0 first
-        from .ssh import SshTarget
+        from .ssh import ssh_target
 
-        return SshTarget(target.strip())
+        return ssh_target(target.strip())
     if kind == "ssh":
         raise SpecError(f"target: attach the node first: gaudi-nb nodes attach {target.strip()} --name NAME (or %gaudi_attach), then --target NAME")
     if kind in targets:
@@ -35,4 +35,4 @@ def target_for(target: str) -> Target:
     return targets.get(kind)()
 
 
-__all__ = ["LocalTarget", "Target", "target_for", "targets"]
+__all__ = ["LocalTarget", "Part", "Target", "target_for", "targets"]

@@ -158,7 +158,7 @@ class Target:
             folder.spec.write_text(spec.model_dump_json(indent=2))
             folder.run.write_text(json.dumps(self.local_run(parts, runs)))
             sent = self.sent_files(spec)
-            for part, node_spec, run in zip(parts, specs, runs):  # node 0 first: it hosts the rendezvous
+            for part, node_spec, run in zip(parts, specs, runs, strict=True):  # node 0 first: it hosts the rendezvous
                 files = {"spec.json": {"text": node_spec.model_dump_json(indent=2)}, "run.json": {"text": json.dumps(run)}, **sent}
                 self.node_call(part, "start", "--run-dir", part.path, "--files-stdin", files=files)
             self.follow(run_id)

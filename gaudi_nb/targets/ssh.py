@@ -190,7 +190,7 @@ class SshNodes(SshTarget):
             "token": secrets.token_hex(16),  # only this run's agents talk to each other
             "hosts": [part.node["host"] for part in parts],  # DeepSpeed's hostfile, node 0 first
         }
-        return [{**run, "cluster": {**cluster, "node_rank": part.rank}} for part, run in zip(parts, super().node_runs(parts, run_id, created))]
+        return [{**run, "cluster": {**cluster, "node_rank": part.rank}} for part, run in zip(parts, super().node_runs(parts, run_id, created), strict=True)]
 
     def local_run(self, parts: List[Part], runs: List[Dict[str, Any]]) -> Dict[str, Any]:
         public = {k: v for k, v in runs[0]["cluster"].items() if k not in ("token", "node_rank")}

@@ -14,7 +14,7 @@ ends the run as failed when any of that raises; `stop()`, `resume()`, `check_los
   node_call(part, *argv, files) run `python -m gaudi_nb.agent.node ARGV` on the node (files: written
                                 into the run folder in the same call); its JSON answer, SpecError for
                                 a refusal, UnreachableError when the node does not answer
-  follow(run_id)                (re)start bringing every part's events.jsonl here (mirror_of)
+  follow(run_id, parts)         (re)start bringing these parts' events.jsonl here (mirror_of)
   fetch_log(run_id, part, path) bring a part's train.log to `path`; wait_fetched(path, s) waits for it
 
 and, where several nodes need more than one node's plan: node_runs() (each node's run.json),
@@ -83,7 +83,7 @@ class Target:
     def node_call(self, part: Part, *argv: str, files: Optional[Files] = None, timeout: float = 120.0) -> Dict[str, Any]:
         raise NotImplementedError
 
-    def follow(self, run_id: str) -> None:
+    def follow(self, run_id: str, parts: List[Part]) -> None:
         """Nothing to bring: the run's folder is here."""
 
     def mirror_of(self, run_id: str, part: Part) -> Path:
@@ -161,7 +161,7 @@ class Target:
             for part, node_spec, run in zip(parts, specs, runs, strict=True):  # node 0 first: it hosts the rendezvous
                 files = {"spec.json": {"text": node_spec.model_dump_json(indent=2)}, "run.json": {"text": json.dumps(run)}, **sent}
                 self.node_call(part, "start", "--run-dir", part.path, "--files-stdin", files=files)
-            self.follow(run_id)
+            self.follow(run_id, parts)
         except Exception as exc:
             self.fail_launch(run_id, f"the run could not start: {type(exc).__name__}: {exc}")
             raise
@@ -194,9 +194,9 @@ class Target:
     def read_events(self, run_id: str, offset: int) -> Tuple[List[Dict[str, Any]], int]:
         """Complete events from a byte offset, and the offset to resume from; brings what the nodes wrote first."""
         self.gather(run_id)
-        parts = self.place(run_id)
-        if not all(self.part_ended(run_id, part) for part in parts):
-            self.follow(run_id)  # a new process (a restarted kernel, another CLI call) resumes every mirror from its size
+        going = [part for part in self.place(run_id) if not self.part_ended(run_id, part)]
+        if going:
+            self.follow(run_id, going)  # a new process (a restarted kernel, another CLI call) resumes each mirror from its size
         return read_events(self.folder(run_id).events, offset)
 
     def check_lost(self, run_id: str) -> bool:
@@ -246,7 +246,7 @@ class Target:
         changes = {k: v for k, v in (("max_steps", max_steps), ("budget_usd", budget_usd)) if v is not None}
         if changes:  # this machine's copy of the spec says what the node's now says
             folder.spec.write_text(spec.model_copy(update=changes).model_dump_json(indent=2))
-        self.follow(run_id)
+        self.follow(run_id, [part])
         return request
 
     def log_path(self, run_id: str, node: Optional[str] = None, wait_s: float = 0.0) -> Path:

@@ -116,9 +116,9 @@ class SshTarget(Target):
         answer: Dict[str, Any] = json.loads(out.strip().splitlines()[-1])
         return answer
 
-    def follow(self, run_id: str) -> None:
+    def follow(self, run_id: str, parts: List[Part]) -> None:
         links = self._links()
-        for part in self.place(run_id):
+        for part in parts:
             links.mirror(part.node, f"{part.path}/events.jsonl", self.mirror_of(run_id, part))
 
     def fetch_log(self, run_id: str, part: Part, path: Path) -> None:

@@ -8,11 +8,15 @@ sessions run this machine's Python, attached with --python (nothing to install).
 
 Measured for both, in seconds from the moment train() is called:
   returned_s    train() returned (the run is launched)
+  agent_s       the agent's run_start (it runs on the node; what follows is the same for both arms)
   first_step_s  the first `step` event's own time (written by rank 0 on the node)
   seen_s        the first step is in this client's store (what a panel or `run.wait()` sees)
   done_s        the run's run_end is in this client's store
 Arms alternate (local, remote, remote, local, ...) after one untimed warm-up each; the
-figures are medians, and `remote_minus_local` is the difference of the medians.
+figures are medians, and `remote_minus_local` is the difference of the medians. On a busy
+machine the ranks' start (torch, the launcher) varies by seconds from run to run; agent_s and
+seen_s - first_step_s are what the remote path adds, so `remote_overhead_s` (the difference in
+agent_s plus the difference in how long a step takes to be seen) is the steadier figure.
 
     python benchmarks/remote_startup.py            # 5 repetitions
     python benchmarks/remote_startup.py --reps 3 --steps 3
@@ -63,8 +67,10 @@ def one_run(target: str, script: Path, poll_s: float = 0.02) -> Dict[str, float]
     if record["status"] != "succeeded":
         raise RuntimeError(f"run {run.run_id} on {target} ended {record['status']}: {record['exit']}")
     steps = run.events(types=["step"])
+    (run_start,) = run.events(types=["run_start"])
     return {
         "returned_s": round(returned - started, 3),
+        "agent_s": round(float(run_start["t"]) - started, 3),
         "first_step_s": round(float(steps[0]["t"]) - started, 3),
         "seen_s": round((seen or now) - started, 3),
         "done_s": round(now - started, 3),
@@ -116,6 +122,7 @@ def main() -> None:
             "local": local,
             "remote": remote,
             "remote_minus_local": {key: round(remote[key] - local[key], 3) for key in local},
+            "remote_overhead_s": round((remote["agent_s"] - local["agent_s"]) + (remote["seen_s"] - remote["first_step_s"]) - (local["seen_s"] - local["first_step_s"]), 3),
             "samples": results,
         }, indent=1))
     finally:

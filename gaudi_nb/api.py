@@ -245,9 +245,8 @@ def train(spec: Union[RunSpec, Dict[str, Any], None] = None, *, store: Optional[
     # that costs money is always visible to every view.
     store.register(run_id, spec=spec.to_json_dict(), target=spec.target, run_dir=str(target.run_dir(run_id)))
     try:
-        target.launch(spec, run_id)
+        target.launch(spec, run_id)  # one that raises has ended the run as failed (Target.fail_launch)
     except Exception as exc:
-        target.fail_launch(run_id, f"the run could not start: {type(exc).__name__}: {exc}")
         Run(run_id, store).sync()
         raise GaudiNbError(f"run {run_id} could not start: {exc}") from exc
     return Run(run_id, store)

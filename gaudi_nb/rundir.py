@@ -8,7 +8,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Dict, List, NamedTuple, Optional
+from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
 # Written into a checkpoint folder after everything else in it is on disk: a folder without it
 # is half-written (a rank died while saving) and is never resumed from.
@@ -34,6 +34,24 @@ class Checkpoint(NamedTuple):
 def heartbeat_timeout_s() -> float:
     """Seconds without an agent heartbeat (and no agent process) before a run counts as lost; one setting."""
     return float(os.environ.get("GAUDI_NB_HEARTBEAT_TIMEOUT_S", "15"))
+
+
+def node_run_folders(runs: Path) -> List[Tuple[str, "RunFolder"]]:
+    """Every run's folder under a node's runs/, each with its name there: runs/<run_id>, or for a run
+    across nodes this node's runs/<run_id>/nodes/<name> (named "<run_id>/nodes/<name>"): nodes that
+    share a home (NFS) each keep their own folder under the run's."""
+    found: List[Tuple[str, RunFolder]] = []
+    try:
+        entries = sorted(p for p in Path(runs).iterdir() if p.is_dir())
+    except OSError:
+        return found
+    for entry in entries:
+        parts = sorted(p for p in (entry / "nodes").glob("*") if (p / "run.json").exists())
+        if (entry / "run.json").exists() or not parts:
+            found.append((entry.name, RunFolder(entry)))
+        else:
+            found.extend((f"{entry.name}/nodes/{p.name}", RunFolder(p)) for p in parts)
+    return found
 
 
 @dataclass(frozen=True)

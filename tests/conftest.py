@@ -234,20 +234,56 @@ def netns_sshds(two_hosts, tmp_path_factory):
             server.stop()
 
 
-@pytest.fixture
-def two_nodes(gaudi_home, netns_sshds, tmp_path, monkeypatch):
-    """Both hosts attached (with this venv's Python, as the one-node tests do) as nodes `na` and `nb`; the client's HOME trusts both."""
+@pytest.fixture(scope="session")
+def shared_home_sshds(two_hosts, tmp_path_factory):
+    """One more sshd in each namespace whose sessions share one GAUDI_NB_HOME: two machines with one NFS home."""
+    import sshd as sshd_module
+
+    home = tmp_path_factory.mktemp("shared_node_home")
+    servers = [
+        sshd_module.Sshd(tmp_path_factory.mktemp(f"sshd-shared{i}"), address=address, netns=namespace, node_home=home)
+        for i, (address, namespace) in enumerate(zip(two_hosts.addresses, two_hosts.namespaces, strict=True))
+    ]
+    servers[1].authorized_keys.write_text(servers[0].client_key.with_suffix(".pub").read_text())
+    try:
+        for server in servers:
+            server.start()
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
+
+
+def _attach_both(servers, names, tmp_path, monkeypatch):
     import gaudi_nb
     from gaudi_nb.nodes import link
 
-    first, second = netns_sshds
+    first, second = servers
     home = first.client_home(tmp_path / "client_home")
     (home / ".ssh" / "known_hosts").write_text(first.host_key_line() + second.host_key_line())
     monkeypatch.setenv("HOME", str(home))
     monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
     link._links = None
-    gaudi_nb.attach(first.url, name="na", python=sys.executable)
-    gaudi_nb.attach(second.url, name="nb", python=sys.executable)
+    for server, name in zip(servers, names, strict=True):
+        gaudi_nb.attach(server.url, name=name, python=sys.executable)
+
+
+@pytest.fixture
+def two_nodes_one_home(gaudi_home, shared_home_sshds, tmp_path, monkeypatch):
+    """Both hosts attached as `sa` and `sb`, their sessions sharing one GAUDI_NB_HOME."""
+    from gaudi_nb.nodes import link
+
+    _attach_both(shared_home_sshds, ["sa", "sb"], tmp_path, monkeypatch)
+    yield ["sa", "sb"]
+    link._links = None
+
+
+@pytest.fixture
+def two_nodes(gaudi_home, netns_sshds, tmp_path, monkeypatch):
+    """Both hosts attached (with this venv's Python, as the one-node tests do) as nodes `na` and `nb`; the client's HOME trusts both."""
+    from gaudi_nb.nodes import link
+
+    _attach_both(netns_sshds, ["na", "nb"], tmp_path, monkeypatch)
     yield ["na", "nb"]
     link._links = None  # the next test starts with fresh links (its HOME differs)
 

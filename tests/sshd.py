@@ -113,7 +113,8 @@ class Sshd:
                     "MaxStartups 100:30:200",
                     "MaxSessions 100",
                     "LogLevel ERROR",
-                    f"SetEnv GAUDI_NB_HOME={self.node_home} PATH={node_path}",
+                    # PYTHONPATH: a checkout put first on the client's path (a worktree) is the node's gaudi_nb too
+                    f"SetEnv GAUDI_NB_HOME={self.node_home} PATH={node_path}" + (f" PYTHONPATH={os.environ['PYTHONPATH']}" if os.environ.get("PYTHONPATH") else ""),
                     "",
                 ]
             )

@@ -167,10 +167,10 @@ def test_resume_refuses_in_one_line_with_exit_2(gaudi_home):
         lines = [line for line in result.stderr.splitlines() if line.strip()]
         assert result.returncode == 2 and len(lines) == 1 and expected in lines[0], result.stderr
     assert gaudi_nb.get_run("no-checkpoint").status == "stopped"  # nothing changed
-    from gaudi_nb.targets.ssh import SshTarget
+    from gaudi_nb.targets.ssh import ssh_target
 
     with pytest.raises(SpecError, match="ran across nodes .nb1,nb2.: resume works for runs on one node"):
-        SshTarget("nb1,nb2").resume("across")  # refused before any node is asked
+        ssh_target("nb1,nb2").resume("across")  # refused before any node is asked
     assert not [e for e in read_events(gaudi_home / "runs" / "finished" / "events.jsonl")[0] if e["type"] == "restart"]
 
 

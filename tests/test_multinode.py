@@ -18,6 +18,7 @@ from gaudi_nb.agent.stop import stop_step
 from gaudi_nb.errors import SpecError
 from gaudi_nb.nodes.link import MergedStream, combine_ends
 from gaudi_nb.paths import run_dir as local_run_dir
+from gaudi_nb.rundir import RunFolder, node_run_folders
 from gaudi_nb.spec import RunSpec, parse_target
 from gaudi_nb.summary import empty_summary, fold
 
@@ -154,7 +155,60 @@ def test_the_cost_is_the_sum_of_each_nodes_latest():
     assert s["cost"]["usd"] == pytest.approx(0.025) and s["cost"]["elapsed_s"] == 2 and s["cost"]["nodes"] == 2
 
 
+# -- where each node keeps its part of a run ---------------------------------------------------------
+
+
+def test_each_node_has_its_own_folder_under_the_runs_and_a_node_finds_its_own(tmp_path):
+    from gaudi_nb.targets.ssh import SshNode, SshNodes
+
+    record = {"name": "na", "home": "/shared/home"}
+    assert SshNode("na").folder_on(record, "r1") == "/shared/home/runs/r1"
+    assert SshNodes("na,nb").folder_on(record, "r1") == "/shared/home/runs/r1/nodes/na"
+    assert SshNodes("na,nb").folder_on({**record, "name": "nb"}, "r1") != SshNodes("na,nb").folder_on(record, "r1")
+    # what a node's watchdog sees in one shared home: each node's part of a run across nodes, and a one-node run
+    runs = tmp_path / "runs"
+    for part in ("r1/nodes/na", "r1/nodes/nb", "r2"):
+        RunFolder(runs / part).create().run.write_text("{}")
+    (runs / "r3" / "nodes" / "na").mkdir(parents=True)  # a client's mirror of a run across nodes: its own run.json on top
+    (runs / "r3" / "run.json").write_text("{}")
+    assert [name for name, _ in node_run_folders(runs)] == ["r1/nodes/na", "r1/nodes/nb", "r2", "r3"]
+
+
 # -- two real nodes ----------------------------------------------------------------------------------
+
+SHARED_SCRIPT = """
+import torch
+import torch.distributed as dist
+from gaudi_nb.worker.script import init_distributed, report
+
+init_distributed()
+total = torch.tensor([float(dist.get_rank() + 1)])
+dist.all_reduce(total)  # both ranks met: 1 + 2
+report(step=1, loss=float(total.item()), tokens=1, samples=1)
+"""
+
+
+@pytest.mark.slow
+def test_nodes_that_share_a_home_each_keep_their_own_run_folder(two_nodes_one_home, shared_home_sshds, tmp_path):
+    """Two machines with one NFS home: before, both wrote ~/.gaudi_nb/runs/<id>, the second run.json overwrote the
+    first, both agents started torchrun as node rank 1 and the run waited for ever."""
+    script = tmp_path / "meet.py"
+    script.write_text(SHARED_SCRIPT)
+    run = gaudi_nb.train(target="sa,sb", nodes=2, devices=1, max_steps=1, script=str(script))
+    run.wait(timeout=240)
+    record = run.record()
+    assert record["status"] == "succeeded", record["exit"]
+    assert [e["loss"] for e in run.events(types=["step"])] == [3.0]  # rank 0 on sa and rank 1 on sb met
+    home = shared_home_sshds[0].node_home
+    folders = {name: home / "runs" / run.run_id / "nodes" / name for name in ("sa", "sb")}
+    ranks = {name: json.loads((folder / "run.json").read_text())["cluster"]["node_rank"] for name, folder in folders.items()}
+    assert ranks == {"sa": 0, "sb": 1}  # each node's own run.json, in its own folder
+    (run_start,) = run.events(types=["run_start"])
+    (other,) = [e["node_start"] for e in run.events() if "node_start" in e]
+    assert (run_start["run_dir"], other["run_dir"]) == (str(folders["sa"]), str(folders["sb"]))
+    assert {e["node"] for e in run.events(types=["run_end"])} == {"sa,sb"}
+
+
 
 def _alive(pid):
     try:

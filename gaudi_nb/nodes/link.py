@@ -14,15 +14,17 @@ import fcntl
 import heapq
 import json
 import os
+import posixpath
 import shlex
 import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Awaitable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Awaitable, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
 from ..errors import GaudiNbError
 from ..events import COMMON_KEYS, make_event
+from .ssh import UnreachableError  # the one error for a node that does not answer, wherever it is raised
 
 T = TypeVar("T")
 
@@ -36,14 +38,9 @@ class LinkState:
     error: Optional[str] = None
 
 
-class UnreachableError(GaudiNbError):
-    """The node does not answer now; what was recorded is kept and the link is retried."""
-
-
-def node_address(node: Dict[str, Any]) -> Any:
-    from .ssh import SshAddress
-
-    return SshAddress(user=node["user"], host=node["host"], port=int(node.get("port") or 22), identity_file=node.get("identity_file"), jump=node.get("jump"))
+def _lost_link(exc: BaseException) -> bool:
+    """The link failed, not the command: the OS's errors, EOF, asyncssh's ChannelOpenError and ConnectionLost."""
+    return isinstance(exc, (OSError, EOFError)) or type(exc).__module__.startswith("asyncssh")
 
 
 def node_command(node: Dict[str, Any], *args: str) -> str:
@@ -68,9 +65,24 @@ class Links:
     def call(self, coroutine: Awaitable[T], timeout: Optional[float] = None) -> T:
         return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result(timeout)  # type: ignore[arg-type]
 
-    def run(self, node: Dict[str, Any], command: str, timeout: float = 120.0) -> Tuple[int, str, str]:
-        """Run a command on the node; (exit status, stdout, stderr). UnreachableError if the node does not answer."""
-        return self.call(self._run(node, command, timeout), timeout + 30)
+    def run(self, node: Dict[str, Any], command: str, timeout: float = 120.0, input: Optional[str] = None) -> Tuple[int, str, str]:
+        """Run a command on the node (`input`: its stdin); (exit status, stdout, stderr). UnreachableError if the node does not answer."""
+        return self.call(self._run(node, command, timeout, input), timeout + 30)
+
+    def over(self, node: Dict[str, Any], work: Callable[[Any], Awaitable[T]], timeout: float = 300.0) -> T:
+        """Run `work(connection)` on the node's link (preflight's probe, say): no connection of its own to open."""
+
+        async def go() -> T:
+            connection = await self._connection(node)
+            try:
+                return await work(connection)
+            except Exception as exc:
+                if not _lost_link(exc):
+                    raise
+                self._forget(node["name"], connection, exc)
+                raise UnreachableError(f"node {node['name']} stopped answering: {exc}") from None
+
+        return self.call(go(), timeout)
 
     def put_text(self, node: Dict[str, Any], remote_path: str, text: str, mode: Optional[int] = None) -> None:
         self.put_bytes(node, remote_path, text.encode(), mode)
@@ -116,6 +128,7 @@ class Links:
 
     # -- on the loop ---------------------------------------------------------------------
     async def _connection(self, node: Dict[str, Any]) -> Any:
+        from .attach import address_of
         from .ssh import open_connection
 
         name = node["name"]
@@ -125,7 +138,7 @@ class Links:
             if connection is not None and not connection.is_closed():
                 return connection
             try:
-                connection = await open_connection(node_address(node), connect_timeout=10.0)
+                connection = await open_connection(address_of(node), connect_timeout=10.0)
             except (OSError, asyncio.TimeoutError, GaudiNbError) as exc:
                 self._mark(name, up=False, error=str(exc))
                 raise UnreachableError(f"node {name} is unreachable: {exc}") from None
@@ -139,18 +152,15 @@ class Links:
             state.since = time.time()
         state.up, state.error = up, error
 
-    async def _run(self, node: Dict[str, Any], command: str, timeout: float) -> Tuple[int, str, str]:
+    async def _run(self, node: Dict[str, Any], command: str, timeout: float, input: Optional[str] = None) -> Tuple[int, str, str]:
         connection = await self._connection(node)
         try:
-            result = await asyncio.wait_for(connection.run(command, check=False), timeout)
-        except (OSError, asyncio.TimeoutError, EOFError) as exc:
+            result = await asyncio.wait_for(connection.run(command, check=False, input=input), timeout)
+        except Exception as exc:
+            if not (_lost_link(exc) or isinstance(exc, asyncio.TimeoutError)):
+                raise
             self._forget(node["name"], connection, exc)
             raise UnreachableError(f"node {node['name']} stopped answering: {exc}") from None
-        except Exception as exc:  # asyncssh's ChannelOpenError / ConnectionLost: the link, not the command
-            if type(exc).__module__.startswith("asyncssh"):
-                self._forget(node["name"], connection, exc)
-                raise UnreachableError(f"node {node['name']} stopped answering: {exc}") from None
-            raise
         return int(result.exit_status or 0), str(result.stdout or ""), str(result.stderr or "")
 
     def _forget(self, name: str, connection: Any, exc: BaseException) -> None:
@@ -165,12 +175,14 @@ class Links:
         connection = await self._connection(node)
         attrs = asyncssh.SFTPAttrs(permissions=mode) if mode is not None else asyncssh.SFTPAttrs()
         async with connection.start_sftp_client() as sftp:
+            await sftp.makedirs(posixpath.dirname(remote_path), exist_ok=True)
             async with sftp.open(remote_path, "wb", attrs) as fh:
                 await fh.write(data)
 
     async def _put_file(self, node: Dict[str, Any], local_path: Path, remote_path: str) -> None:
         connection = await self._connection(node)
         async with connection.start_sftp_client() as sftp:
+            await sftp.makedirs(posixpath.dirname(remote_path), exist_ok=True)
             await sftp.put(str(local_path), remote_path)
 
     async def _mirror(self, node: Dict[str, Any], remote_path: str, local_path: Path, remote_run_dir: Optional[str]) -> None:

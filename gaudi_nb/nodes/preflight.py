@@ -7,7 +7,6 @@ from typing import Any, Dict, List, Optional
 from ..errors import SpecError
 from ..version import __version__
 from .bootstrap import Probe, client_build, probe
-from .ssh import open_connection, run_sync
 
 # Checkpoints, logs and the env itself live in the node's GAUDI_NB_HOME: below this a run
 # would likely die on its first checkpoint, after the node was paid for.
@@ -89,7 +88,10 @@ def _cards(record: Dict[str, Any], found: Probe, wanted: int) -> NodeCheck:
 async def check_over(connection: Any, record: Dict[str, Any], spec: Any = None) -> List[NodeCheck]:
     """Run the checks on an open connection (the link manager's, say)."""
     python = record.get("python")
-    found = await probe(connection, python, "modules") if python else None
+    # the cards' state is hl-smi's (and imports the launch package there): asked of Gaudi nodes only,
+    # which keeps a CPU or CUDA node's preflight to one short Python start
+    extras = ("modules",) if record.get("accelerator") == "hpu" else ()
+    found = await probe(connection, python, *extras) if python else None
     return evaluate(record, found, spec, client_build_id=client_build()[1])
 
 
@@ -101,24 +103,12 @@ def failure_line(record: Dict[str, Any], checks: List[NodeCheck]) -> Optional[st
     return f"node {name}: " + "; ".join(f"{check.name}: {check.found}: {check.hint}" for check in failed)
 
 
-async def preflight_over(connection: Any, record: Dict[str, Any], spec: Any = None) -> None:
-    line = failure_line(record, await check_over(connection, record, spec))
-    if line:
-        raise SpecError(line)
-
-
 def check(node_record: Dict[str, Any], spec: Any = None) -> List[NodeCheck]:
-    """Connect to the node and run every check (what `gaudi-nb nodes check NAME` prints)."""
-    from .attach import address_of
+    """Run every check on the node over its link (what `gaudi-nb nodes check NAME` prints); a launch
+    that follows uses the same connection."""
+    from .link import links
 
-    async def go() -> List[NodeCheck]:
-        connection = await open_connection(address_of(node_record))
-        try:
-            return await check_over(connection, node_record, spec)
-        finally:
-            connection.close()
-
-    return run_sync(go)
+    return links().over(node_record, lambda connection: check_over(connection, node_record, spec))
 
 
 def preflight(node_record: Dict[str, Any], spec: Any = None) -> None:

@@ -41,7 +41,9 @@ class KeyRefusedError(SshError):
 
 
 class UnreachableError(SshError):
-    """No SSH server answered at the address (refused, timed out, unknown name, dropped during the handshake)."""
+    """The node does not answer: no SSH server at the address (refused, timed out, unknown name, dropped during
+    the handshake), or a link that stopped answering (nodes/link.py). The one such error: what was recorded is
+    kept, and a link retries."""
 
 
 @dataclass(frozen=True)

@@ -225,28 +225,20 @@ def _newest_mtime(folder: Path) -> float:
 
 
 def active_runs(home: "str | Path", now: Optional[float] = None) -> List[str]:
-    """The run ids under <home>/runs that are going: their agent is alive (warm-up included),
+    """The runs under <home>/runs that are going (their folders' names there: rundir.node_run_folders): their agent is alive (warm-up included),
     or they have no agent yet, no run_end and wrote something in the last AGENTLESS_QUIET_S."""
     from ..agent.liveness import agent_alive
     from ..events import ended_in_file
-    from ..rundir import RunFolder
+    from ..rundir import node_run_folders
 
     now = now or time.time()
-    runs = Path(home) / "runs"
     found: List[str] = []
-    try:
-        entries = sorted(runs.iterdir())
-    except OSError:
-        return found
-    for entry in entries:
-        if not entry.is_dir():
-            continue
-        folder = RunFolder(entry)
+    for name, folder in node_run_folders(Path(home) / "runs"):  # a run across nodes: this node's own folder
         if folder.agent_process_id() is not None:
             if agent_alive(folder):
-                found.append(entry.name)
-        elif not ended_in_file(folder.events) and now - _newest_mtime(entry) < AGENTLESS_QUIET_S:
-            found.append(entry.name)
+                found.append(name)
+        elif not ended_in_file(folder.events) and now - _newest_mtime(folder.path) < AGENTLESS_QUIET_S:
+            found.append(name)
     return found
 
 
@@ -738,8 +730,7 @@ def start_on_node(record: Dict[str, Any], config: "WatchdogConfig | Dict[str, An
     `reboot`: also make it start at boot (a systemd unit, else an @reboot crontab line).
     Returns the node's answer: {pid, started, survives_reboot, how, note, log}.
     """
-    from .attach import address_of
-    from .ssh import run_sync
+    from .link import links
 
     data = config.to_dict() if isinstance(config, WatchdogConfig) else dict(config)
     home = data.get("home") or record.get("home")
@@ -753,32 +744,13 @@ def start_on_node(record: Dict[str, Any], config: "WatchdogConfig | Dict[str, An
         [f"GAUDI_NB_HOME={shlex.quote(home)}", shlex.quote(record.get("python") or "python3"), "-m", MARKER, "start", "--config", shlex.quote(str(target)), "--config-stdin", *([] if reboot else ["--no-reboot"])]
     )
     text = json.dumps(data, indent=1)
-    status, stdout, stderr = run_sync(lambda: _run_over_ssh(address_of(record), command, text, timeout_s))
+    status, stdout, stderr = links().run(record, command, timeout=timeout_s, input=text)
     lines = [line for line in stdout.splitlines() if line.strip().startswith("{")]
     if status != 0 or not lines:
         last = next((line for line in reversed((stderr or stdout).splitlines()) if line.strip()), f"exit status {status}")
         raise GaudiNbError(f"the watchdog could not be started on node {record.get('name')}: {last.strip()[:300]}")
     answer: Dict[str, Any] = json.loads(lines[-1])
     return answer
-
-
-async def _run_over_ssh(address: Any, command: str, text: str, timeout_s: float) -> Tuple[int, str, str]:
-    import asyncio
-
-    from .ssh import SshError, open_connection
-
-    connection = await open_connection(address)
-    try:
-        try:
-            result = await asyncio.wait_for(connection.run(command, input=text, check=False), timeout_s)
-        except asyncio.TimeoutError:
-            raise SshError(f"starting the watchdog did not finish on the node in {timeout_s:g} s: check the node's load and disk") from None
-        out = result.stdout.decode(errors="replace") if isinstance(result.stdout, bytes) else str(result.stdout or "")
-        err = result.stderr.decode(errors="replace") if isinstance(result.stderr, bytes) else str(result.stderr or "")
-        return int(result.exit_status if result.exit_status is not None else -1), out, err
-    finally:
-        connection.close()
-        await connection.wait_closed()
 
 
 # -- command line (run on the node) -------------------------------------------------------------

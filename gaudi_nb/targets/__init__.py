@@ -1,10 +1,10 @@
-"""Where runs execute: a registry of targets (local), and attached nodes by name over SSH."""
+"""Where runs execute: a registry of targets (base.py: the seam each way of reaching machines implements; local, and attached nodes by name over SSH)."""
 from __future__ import annotations
 
 from ..errors import SpecError
 from ..registry import Registry
 from ..spec import attach_first, parse_target
-from .base import Target
+from .base import Part, Target
 from .local import LocalTarget
 
 targets: Registry = Registry("targets")
@@ -18,12 +18,12 @@ def target_for(target: str) -> Target:
     except ValueError as exc:
         raise SpecError(f"target: {exc}") from None
     if kind in ("node", "nodes"):  # NAME, or NAME1,NAME2: one run across attached nodes, node 0 first
-        from .ssh import SshTarget
+        from .ssh import ssh_target
 
-        return SshTarget(target.strip())
+        return ssh_target(target.strip())
     if kind == "ssh":
         raise SpecError(f"target: {attach_first(target.strip())}")
     return targets.get(kind)()
 
 
-__all__ = ["LocalTarget", "Target", "target_for", "targets"]
+__all__ = ["LocalTarget", "Part", "Target", "target_for", "targets"]

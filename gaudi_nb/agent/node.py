@@ -98,7 +98,7 @@ def free_ports(count: int) -> List[int]:
 def stop_all(folder: RunFolder, reason: str) -> Dict[str, bool]:
     """Node 0 of a run across nodes: ask its agent to stop every node (it picks the step; the first request
     wins). `alive` False: the agent is gone, and the client asks each node to end its own part."""
-    from .supervisor import STOP_NODES
+    from .stop import STOP_NODES
 
     alive, first = liveness.agent_alive(folder), False
     if alive:

@@ -16,8 +16,7 @@ import json
 import os
 import shlex
 import threading
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
@@ -31,7 +30,6 @@ BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)  # then every 8 s
 @dataclass
 class LinkState:
     up: bool = True
-    since: float = field(default_factory=time.time)
     error: Optional[str] = None
 
 
@@ -134,8 +132,6 @@ class Links:
 
     def _mark(self, name: str, *, up: bool, error: Optional[str] = None) -> None:
         state = self.state(name)
-        if state.up != up:
-            state.since = time.time()
         state.up, state.error = up, error
 
     async def _run(self, node: Dict[str, Any], command: str, timeout: float) -> Tuple[int, str, str]:

@@ -101,12 +101,6 @@ def failure_line(record: Dict[str, Any], checks: List[NodeCheck]) -> Optional[st
     return f"node {name}: " + "; ".join(f"{check.name}: {check.found}: {check.hint}" for check in failed)
 
 
-async def preflight_over(connection: Any, record: Dict[str, Any], spec: Any = None) -> None:
-    line = failure_line(record, await check_over(connection, record, spec))
-    if line:
-        raise SpecError(line)
-
-
 def check(node_record: Dict[str, Any], spec: Any = None) -> List[NodeCheck]:
     """Connect to the node and run every check (what `gaudi-nb nodes check NAME` prints)."""
     from .attach import address_of

@@ -5,7 +5,7 @@ import html
 import os
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ..cost import meter
 from ..events import TERMINAL_STATUSES
@@ -43,10 +43,8 @@ class PanelState:
         self.host: Optional[Dict[str, Any]] = None
         self.worker_errors: List[str] = []
         self.last_memory_bytes: Optional[int] = None
-        self.events_seen = 0
         self._first_step: Optional[Tuple[int, float]] = None  # (step, t) of the first measured step
         self._last_step: Optional[Tuple[int, float]] = None
-        self.last_event_t: Optional[float] = None
         self.attempt = 1  # the charts show the newest attempt's values for each step
 
     @classmethod
@@ -62,8 +60,6 @@ class PanelState:
         for e in events:
             kind = e.get("type")
             t = e.get("t")
-            if t is not None:
-                self.last_event_t = float(t)
             if kind == "step":
                 step = int(e["step"])
                 if int(e.get("attempt") or 1) < self.attempt:
@@ -99,7 +95,6 @@ class PanelState:
                 self.worker_errors = []  # the crashed attempt's; the restart event keeps the reason
                 self._first_step = self._last_step = None  # the ETA follows the new attempt's pace
         self.summary = fold(self.summary, events)
-        self.events_seen += len(events)
         return True
 
     def _forget_after(self, step: int) -> None:
@@ -420,7 +415,6 @@ class RunPanel:
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._lock = threading.Lock()
-        self._callbacks: List[Callable[["RunPanel"], None]] = []
 
         self.header = w.HTML()
         self.loss_plot = w.HTML()
@@ -463,12 +457,6 @@ class RunPanel:
     def live(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def on_update(self, callback: Callable[["RunPanel"], None], remove: bool = False) -> None:
-        if remove:
-            self._callbacks.remove(callback)
-        else:
-            self._callbacks.append(callback)
-
     def _loop(self) -> None:
         while not self._stop.is_set():
             started = time.monotonic()
@@ -489,8 +477,6 @@ class RunPanel:
             changed = self.state.apply(fresh)
             if changed:
                 self.render()
-            for callback in list(self._callbacks):
-                callback(self)
             return changed
 
     # -- view ---------------------------------------------------------------

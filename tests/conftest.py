@@ -265,3 +265,33 @@ def script_runs(gaudi_home, tmp_path, monkeypatch):
 
     monkeypatch.setenv("GAUDI_NB_ACCELERATOR", "cpu")  # detect() would otherwise import torch to ask about CUDA
     return scriptrun.ScriptRuns(tmp_path)
+
+
+# -- notebook 01, executed once per session: every check of the quickstart reads this output ------
+
+
+@pytest.fixture(scope="session")
+def quickstart(tmp_path_factory):
+    """notebooks/01_quickstart.ipynb as shipped (2 CPU ranks, 30 steps, no price), executed once by papermill
+    with the panel live, as in JupyterLab: %gaudi_train returns at once and the cells after it run while the
+    ranks train. The executed notebook's path; test_notebooks and test_jupyterlab read its outputs."""
+    import papermill as pm
+
+    out = tmp_path_factory.mktemp("quickstart") / "01_quickstart.ipynb"
+    notebooks = REPO / "notebooks"
+    values = {"GAUDI_NB_HOME": str(tmp_path_factory.mktemp("quickstart_home")), "GAUDI_NB_PANEL": "live", "GAUDI_NB_STORE_URL": None}
+    saved = {name: os.environ.get(name) for name in values}
+    for name, value in values.items():  # the kernel papermill starts inherits them
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    try:
+        pm.execute_notebook(str(notebooks / "01_quickstart.ipynb"), str(out), progress_bar=False, kernel_name="python3", cwd=str(notebooks))
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    return out

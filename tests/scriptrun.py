@@ -13,8 +13,8 @@ from typing import Any
 
 import gaudi_nb
 
-# Steps at a fixed pace; a checkpoint every spec().save_steps and one when asked to stop (with the
-# stop's reason: stopped, budget_exceeded), as the built-in trainer does; a resumed attempt goes on
+# Steps at a fixed pace; a checkpoint every spec().save_steps, one when asked to stop (with the
+# stop's reason: stopped, budget_exceeded) and a final one, as the built-in trainer does; a resumed attempt goes on
 # from the step of its checkpoint. 2 sequences of 32 tokens a step (tokens are counted for the cost
 # views). The rank never imports torch.
 LOOP = """\
@@ -24,18 +24,25 @@ from gaudi_nb.rundir import RunFolder
 from gaudi_nb.worker.script import checkpoint_dir, checkpoint_saved, report, resume_from, run_dir, should_stop, spec
 
 STEP_S = {step_s!r}
+
+
+def save(step, reason):
+    (checkpoint_dir(step) / "state.txt").write_text(str(step))
+    checkpoint_saved(step, reason=reason)
+
+
 start = int(resume_from().name.split("-")[-1]) if resume_from() else 0
 every = spec().save_steps
 for step in range(start + 1, spec().max_steps + 1):
     time.sleep(STEP_S)
     report(step=step, loss=10.0 / step, tokens=64, samples=2)
     if should_stop():
-        (checkpoint_dir(step) / "state.txt").write_text(str(step))
-        checkpoint_saved(step, reason=RunFolder(run_dir()).stop_reason() or "stopped")
+        save(step, RunFolder(run_dir()).stop_reason() or "stopped")
         break
-    if every and step % every == 0:
-        (checkpoint_dir(step) / "state.txt").write_text(str(step))
-        checkpoint_saved(step)
+    if every and step % every == 0 and step < spec().max_steps:
+        save(step, "periodic")
+else:
+    save(spec().max_steps, "final")
 """
 
 

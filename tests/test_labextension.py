@@ -61,10 +61,13 @@ def lab(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def run(lab):
-    """A real tiny local run, long enough to still be training while the tests look; stopped at the end whatever happened."""
+    """A local torch-free run (tests/scriptrun.py), still stepping while the tests look; stopped at the end whatever happened."""
+    import scriptrun
+
     import gaudi_nb
 
-    handle = gaudi_nb.train(devices=1, max_steps=100_000, batch_size=2, sequence_length=32, warmup_steps=2, price_per_hour=PRICE, budget_usd=50.0)
+    loop = scriptrun.write_loop(lab["root"], step_s=0.2)
+    handle = gaudi_nb.train(script=str(loop), devices=1, max_steps=100_000, warmup_steps=2, price_per_hour=PRICE, budget_usd=50.0)
     yield handle
     if not handle.done:
         handle.stop()
@@ -117,9 +120,8 @@ def test_the_sidebar_lists_the_run_and_its_step_advances(page, run):
         arg=run.run_id, timeout=120_000)
     step = row.locator(".gaudi-nb-step")
     first = int(step.get_attribute("data-step"))
-    time.sleep(2.5)
-    second = int(step.get_attribute("data-step"))
-    assert second > first, f"the sidebar's step did not advance: {first} then {second}"
+    page.wait_for_function(  # the sidebar moves without a reload
+        "([id, n]) => +document.querySelector(`.gaudi-nb-run[data-run-id='${id}'] .gaudi-nb-step`).dataset.step > n", arg=[run.run_id, first], timeout=60_000)
     assert row.get_attribute("data-status") == "running"
     assert re.search(r"loss \d+\.\d+", row.inner_text()) and "tok/s" in row.inner_text() and "$" in row.inner_text()
     # this machine is a node while it trains, with a utilization bar per device

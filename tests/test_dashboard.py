@@ -192,7 +192,7 @@ def live(request, tmp_path_factory):
             pytest.skip("no PostgreSQL server on 127.0.0.1:5432 (./scripts/setup-and-test starts one)")
         reset_postgres(url)
         os.environ["GAUDI_NB_STORE_URL"] = url
-    loop = scriptrun.write_loop(home, step_s=0.2)
+    loop = scriptrun.write_loop(home, step_s=0.5)  # about a CPU run's pace: the pages are not flooded with events
     run = gaudi_nb.train(script=str(loop), devices=1, max_steps=100_000, warmup_steps=2, price_per_hour=3.6, budget_usd=50.0)
     port = free_port()
     server = serve(address="127.0.0.1", port=port, threaded=True)

@@ -65,7 +65,7 @@ def run(lab):
 
     import gaudi_nb
 
-    loop = scriptrun.write_loop(lab["root"], step_s=0.2)
+    loop = scriptrun.write_loop(lab["root"], step_s=0.5)  # about a CPU run's pace
     handle = gaudi_nb.train(script=str(loop), devices=1, max_steps=100_000, warmup_steps=2, price_per_hour=PRICE, budget_usd=50.0)
     yield handle
     if not handle.done:

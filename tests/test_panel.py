@@ -181,35 +181,30 @@ def test_panel_thread_updates_at_least_once_a_second_and_stops_at_run_end():
         panel.close()
 
 
-def wait_until(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not predicate() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return predicate()
-
-
 def test_the_button_resumes_a_stopped_run_with_a_checkpoint_and_the_panel_follows_the_new_attempt():
     stopped = [run_start(), step(1, 101.0, loss=2.0), step(2, 102.0, loss=1.5), make_event("checkpoint", RUN, t=102.5, step=2, path="/c/checkpoint-2", reason="stopped"),
                make_event("run_end", RUN, t=103.0, status="stopped", exit_code=0, reason="stopped on request")]
     run = FakeRun(stopped)
     panel = RunPanel(run, interval_s=0.1).start()
     try:
-        assert wait_until(lambda: not panel.live)
+        wait_for(lambda: not panel.live, timeout=10, poll_s=0.05, what="the panel to stop")
         button = panel.stop_button
         assert (button.description, button.disabled, button.icon) == ("Resume", False, "play")
         run.refuse = "run r1 has spent $1.0000 of its $1 budget: resume with a higher --budget-usd"
         button.click()
-        assert wait_until(lambda: "resume with a higher --budget-usd" in panel.note.value) and button.description == "Resume" and not button.disabled
+        wait_for(lambda: "resume with a higher --budget-usd" in panel.note.value, timeout=10, poll_s=0.05, what="the refusal under the button")
+        assert button.description == "Resume" and not button.disabled
         run.refuse = None
         button.click()
-        assert wait_until(lambda: panel.live and button.description == "Stop")  # attempt 2 runs: the button stops it again
+        wait_for(lambda: panel.live and button.description == "Stop", timeout=10, poll_s=0.05, what="attempt 2 live, its button a Stop again")
         assert run.resumed == 2 and panel.state.attempt == 2 and not button.disabled
         run.all.append(step(3, 111.0, loss=1.2, attempt=2))
-        assert wait_until(lambda: panel.state.step == 3) and 'data-attempt="2"' in panel.header.value
+        wait_for(lambda: panel.state.step == 3, timeout=10, poll_s=0.05, what="attempt 2's step on the panel")
+        assert 'data-attempt="2"' in panel.header.value
         button.click()
         assert run.stopped and button.description == "stopping…" and button.disabled
         run.all.append(make_event("run_end", RUN, t=112.0, status="succeeded", exit_code=0))
-        assert wait_until(lambda: not panel.live) and (button.description, button.disabled, button.icon) == ("ended", True, "check")
+        wait_for(lambda: not panel.live, timeout=10, poll_s=0.05, what="the panel to stop") and (button.description, button.disabled, button.icon) == ("ended", True, "check")
     finally:
         panel.close()
 
@@ -218,7 +213,7 @@ def test_a_stopped_run_without_a_checkpoint_has_nothing_to_resume():
     run = FakeRun([run_start(), step(1, 101.0), make_event("run_end", RUN, t=103.0, status="stopped", exit_code=0, reason="stopped on request")])
     panel = RunPanel(run, interval_s=0.1).start()
     try:
-        assert wait_until(lambda: not panel.live)
+        wait_for(lambda: not panel.live, timeout=10, poll_s=0.05, what="the panel to stop")
         assert (panel.stop_button.description, panel.stop_button.disabled) == ("ended", True)
     finally:
         panel.close()

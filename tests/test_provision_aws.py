@@ -70,6 +70,7 @@ def cli(*args: str, env: Dict[str, str] | None = None, timeout: float = 60) -> s
 # -- the acceptance: two dl1.24xlarge through the CLI, then down ----------------------------------
 
 
+@pytest.mark.slow  # the whole flow through a dozen CLI processes; the API-level tests here stay in the fast lane
 def test_two_dl1_machines_through_the_cli_then_down_leaves_nothing(aws, gaudi_home):
     image = habana_image()  # no --image: the name filter finds it
     before = time.time()

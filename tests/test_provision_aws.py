@@ -296,6 +296,7 @@ def test_ec2_states_map_to_the_base_words_and_a_node_costs_its_lifetime_at_its_r
     assert spend({**restarted, "running_since": None}, now=9999.0)["hours"] == pytest.approx(600 / 3600)  # stopped: the bill stands still
 
 
+@pytest.mark.slow  # seven CLI processes and 3 s of billing on purpose; the list's own tests stay in the fast lane
 def test_a_machine_stopped_behind_the_clients_back_stops_costing_and_nodes_start_brings_it_back(aws):
     import gaudi_nb
 

@@ -117,6 +117,7 @@ def test_a_remote_agent_that_dies_is_lost_only_because_the_node_says_so(node, sc
     assert record["status"] == "lost" and "stopped beating" in record["exit"]["reason"]
 
 
+@pytest.mark.slow  # the fast lane has the local snapshot (test_workdir) and a run on the node (stop)
 def test_the_working_directory_goes_to_the_node_as_git_would_keep_it(node, sshd, tmp_path, monkeypatch):
     from test_workdir import make_project
 

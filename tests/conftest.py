@@ -8,7 +8,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pytest
 
@@ -32,6 +32,20 @@ def wait_for_http(url: str, process: "subprocess.Popen[Any]", log: Path, what: s
                 process.kill()
                 raise RuntimeError(f"{what} did not start:\n" + log.read_text(errors="replace")[-3000:]) from None
             time.sleep(0.5)
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 120, poll_s: float = 0.1, what: str = "the condition") -> Any:
+    """Poll until predicate() returns something true and return it; fail naming `what` after timeout seconds.
+    Tests wait on a condition, never for a fixed time: a loaded machine is slower, never wrong."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
+        time.sleep(poll_s)
+
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
@@ -305,3 +319,45 @@ def moto_server():
     server.start()
     yield f"http://127.0.0.1:{port}"
     server.stop()
+
+
+# -- torch-free runs for plumbing tests (tests/scriptrun.py) ------------------------------------
+
+
+@pytest.fixture
+def script_runs(gaudi_home, tmp_path, monkeypatch):
+    """Real runs whose training is a plain loop (tests/scriptrun.py): `script_runs.train(max_steps=...)`."""
+    import scriptrun
+
+    monkeypatch.setenv("GAUDI_NB_ACCELERATOR", "cpu")  # detect() would otherwise import torch to ask about CUDA
+    return scriptrun.ScriptRuns(tmp_path)
+
+
+# -- notebook 01, executed once per session: every check of the quickstart reads this output ------
+
+
+@pytest.fixture(scope="session")
+def quickstart(tmp_path_factory):
+    """notebooks/01_quickstart.ipynb as shipped (2 CPU ranks, 30 steps, no price), executed once by papermill
+    with the panel live, as in JupyterLab: %gaudi_train returns at once and the cells after it run while the
+    ranks train. The executed notebook's path; test_notebooks and test_jupyterlab read its outputs."""
+    import papermill as pm
+
+    out = tmp_path_factory.mktemp("quickstart") / "01_quickstart.ipynb"
+    notebooks = REPO / "notebooks"
+    values = {"GAUDI_NB_HOME": str(tmp_path_factory.mktemp("quickstart_home")), "GAUDI_NB_PANEL": "live", "GAUDI_NB_STORE_URL": None}
+    saved = {name: os.environ.get(name) for name in values}
+    for name, value in values.items():  # the kernel papermill starts inherits them
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    try:
+        pm.execute_notebook(str(notebooks / "01_quickstart.ipynb"), str(out), progress_bar=False, kernel_name="python3", cwd=str(notebooks))
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+    return out

@@ -176,10 +176,11 @@ def test_spend_by_day_never_guesses_an_unknown_price():
 
 @pytest.fixture(scope="module", params=["sqlite", "postgresql"])
 def live(request, tmp_path_factory):
-    """A real tiny local run (it trains until the module ends) and the dashboard served in-process over its store:
-    the default SQLite file, then a real PostgreSQL server through the same code."""
+    """A local torch-free run (tests/scriptrun.py; it steps until the module ends) and the dashboard served in-process
+    over its store: the default SQLite file, then a real PostgreSQL server through the same code."""
     import os
 
+    import scriptrun
     from conftest import postgres_url, reset_postgres
 
     pytest.importorskip("panel", reason="the dashboard needs the dashboard extra")
@@ -188,8 +189,9 @@ def live(request, tmp_path_factory):
     from gaudi_nb.dashboard.app import serve, stop_shared
 
     home = tmp_path_factory.mktemp("dashboard_home")
-    saved = {name: os.environ.get(name) for name in ("GAUDI_NB_HOME", "GAUDI_NB_STORE_URL")}
+    saved = {name: os.environ.get(name) for name in ("GAUDI_NB_HOME", "GAUDI_NB_STORE_URL", "GAUDI_NB_ACCELERATOR")}
     os.environ["GAUDI_NB_HOME"] = str(home)
+    os.environ["GAUDI_NB_ACCELERATOR"] = "cpu"  # the rank need not import torch to learn there is no GPU
     os.environ.pop("GAUDI_NB_STORE_URL", None)
     if request.param == "postgresql":
         url = postgres_url()
@@ -197,7 +199,8 @@ def live(request, tmp_path_factory):
             pytest.skip("no PostgreSQL server on 127.0.0.1:5432 (./scripts/setup-and-test starts one)")
         reset_postgres(url)
         os.environ["GAUDI_NB_STORE_URL"] = url
-    run = gaudi_nb.train(devices=1, max_steps=100_000, batch_size=2, sequence_length=32, warmup_steps=2, price_per_hour=3.6, budget_usd=50.0)
+    loop = scriptrun.write_loop(home, step_s=0.5)  # about a CPU run's pace: the pages are not flooded with events
+    run = gaudi_nb.train(script=str(loop), devices=1, max_steps=100_000, warmup_steps=2, price_per_hour=3.6, budget_usd=50.0)
     port = free_port()
     server = serve(address="127.0.0.1", port=port, threaded=True)
     listening(port)

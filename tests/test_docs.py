@@ -27,17 +27,9 @@ def _hook_module():
     return module
 
 
-def _require_cli() -> None:
-    try:
-        import gaudi_nb.cli  # noqa: F401
-    except Exception as exc:  # the lead's CLI may not import yet
-        pytest.skip(f"gaudi_nb.cli does not import yet ({type(exc).__name__}: {exc}); the CLI reference is generated from it")
-
-
 @pytest.fixture(scope="module")
 def site(tmp_path_factory) -> Path:
     pytest.importorskip("material", reason="mkdocs-material builds the docs (dev extra)")
-    _require_cli()
     out = tmp_path_factory.mktemp("site")
     result = subprocess.run(
         [sys.executable, "-m", "mkdocs", "build", "--strict", "-f", str(ROOT / "mkdocs.yml"), "-d", str(out)],

@@ -1,15 +1,16 @@
-"""Real runs on this machine: torchrun, 2 CPU ranks, the detached agent, the store."""
+"""Runs on this machine: torchrun, CPU ranks, the detached agent, the store.
+
+The lifecycle (a client that goes away, stop, budget, a lost agent) is tested with torch-free script runs
+(tests/scriptrun.py); a few real transformers runs, marked slow, are the canaries of the trainer path."""
 import json
 import os
 import subprocess
-import time
 
 import pytest
-from conftest import BIN
+from conftest import BIN, wait_for
 
 import gaudi_nb
 
-pytestmark = pytest.mark.slow
 GAUDI_NB = str(BIN / "gaudi-nb")
 
 
@@ -20,18 +21,21 @@ def step_numbers(run):
 def scrape_metrics_while_running(run, min_step=5, timeout=180):
     import urllib.request
 
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        record = run.record()
-        if record["steps_completed"] >= min_step:
-            port = run.events(types=["run_start"])[0]["metrics_port"]
-            metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
-            if "gaudi_nb_run_step{" in metrics:  # the agent reads the stream once a second: /metrics may be a tick behind
-                return metrics
-        time.sleep(0.5)
-    raise AssertionError("the run did not reach step %d on /metrics" % min_step)
+    def scraped():
+        if run.record()["steps_completed"] < min_step:
+            return None
+        port = run.events(types=["run_start"])[0]["metrics_port"]
+        metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10).read().decode()
+        return metrics if "gaudi_nb_run_step{" in metrics else None  # the agent reads the stream once a second: /metrics may be a tick behind
+
+    return wait_for(scraped, timeout, poll_s=0.5, what=f"step {min_step} on /metrics")
 
 
+def reached(run, step):
+    return lambda: run.record()["steps_completed"] >= step
+
+
+@pytest.mark.slow
 def test_two_ranks_train_and_the_loss_falls(gaudi_home):
     run = gaudi_nb.train(model="tiny-llama", devices=2, max_steps=30, trainer="transformers", eval_steps=15)
     metrics = scrape_metrics_while_running(run)
@@ -52,6 +56,7 @@ def test_two_ranks_train_and_the_loss_falls(gaudi_home):
     assert record["cost"]["usd"] is None  # no price given: unknown, never 0
 
 
+@pytest.mark.slow
 def test_optimum_habana_trainer_runs_on_cpu_with_the_same_events(gaudi_home):
     result = subprocess.run(
         [GAUDI_NB, "train", "--model", "tiny-llama", "--devices", "2", "--max-steps", "12", "--trainer", "optimum-habana", "--json"],
@@ -71,19 +76,16 @@ def test_optimum_habana_trainer_runs_on_cpu_with_the_same_events(gaudi_home):
 
 
 @pytest.mark.parametrize("detach", [False, True])
-def test_killing_the_client_leaves_the_run_going(gaudi_home, detach):
-    args = [GAUDI_NB, "train", "--devices", "2", "--max-steps", "25"] + (["--detach"] if detach else [])
+def test_killing_the_client_leaves_the_run_going(script_runs, detach):
+    args = [GAUDI_NB, "train", "--script", str(script_runs.script()), "--devices", "2", "--max-steps", "25"] + (["--detach"] if detach else [])
     client = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    deadline = time.time() + 120
-    run = None
-    while time.time() < deadline:
+
+    def two_steps_in():
         runs = gaudi_nb.runs()
-        if runs:
-            run = gaudi_nb.get_run(runs[0]["run_id"])
-            if run.record()["steps_completed"] >= 2:
-                break
-        time.sleep(0.5)
-    assert run is not None, "the run never started"
+        run = gaudi_nb.get_run(runs[0]["run_id"]) if runs else None
+        return run if run is not None and run.record()["steps_completed"] >= 2 else None
+
+    run = wait_for(two_steps_in, what="the run's second step")
     client.kill()
     client.wait()
     run.wait(timeout=240)
@@ -91,17 +93,20 @@ def test_killing_the_client_leaves_the_run_going(gaudi_home, detach):
     assert step_numbers(run) == list(range(1, 26))  # every step once, none lost, none twice
 
 
-def test_budget_stops_the_run_with_a_checkpoint(gaudi_home):
-    result = subprocess.run([GAUDI_NB, "train", "--devices", "2", "--max-steps", "200", "--price-per-hour", "36", "--budget-usd", "0.01", "--json"], capture_output=True, text=True, timeout=300)
+def test_budget_stops_the_run_with_a_checkpoint(script_runs):
+    script = str(script_runs.script())
+    result = subprocess.run([GAUDI_NB, "train", "--script", script, "--devices", "2", "--max-steps", "100000", "--price-per-hour", "36", "--budget-usd", "0.01", "--json"],
+                            capture_output=True, text=True, timeout=300)
     record = json.loads(result.stdout)
     assert record["status"] == "budget_exceeded"
-    assert record["steps_completed"] < 200
+    assert record["steps_completed"] < 100000
     checkpoint = record["checkpoints"][-1]
     assert checkpoint["reason"] == "budget_exceeded" and checkpoint["step"] == record["steps_completed"]
     assert os.path.isdir(checkpoint["path"])
     assert record["cost"]["usd"] >= 0.01 and record["cost"]["price_per_hour"] == 36.0
 
 
+@pytest.mark.slow
 def test_a_failing_run_says_why(gaudi_home, tmp_path):
     data = tmp_path / "short.txt"
     data.write_text("too short")
@@ -113,19 +118,18 @@ def test_a_failing_run_says_why(gaudi_home, tmp_path):
     assert record["exit"]["last_log_lines"]
 
 
-def test_stop_request_ends_cleanly_with_a_checkpoint(gaudi_home):
-    run = gaudi_nb.train(devices=1, max_steps=500)
-    deadline = time.time() + 120
-    while run.record()["steps_completed"] < 3 and time.time() < deadline:
-        time.sleep(0.5)
+def test_stop_request_ends_cleanly_with_a_checkpoint(script_runs):
+    run = script_runs.train(devices=1, max_steps=100000)
+    wait_for(reached(run, 3), what="step 3")
     assert run.stop() is True and run.stop() is False  # the first request wins
     run.wait(timeout=240)
     record = run.record()
-    assert record["status"] == "stopped" and record["steps_completed"] < 500
+    assert record["status"] == "stopped" and record["steps_completed"] < 100000
     assert record["checkpoints"][-1]["reason"] == "stopped"
     assert step_numbers(run) == list(range(1, record["steps_completed"] + 1))
 
 
+@pytest.mark.slow
 def test_jsonl_dataset_through_datasets(gaudi_home, tmp_path):
     data = tmp_path / "train.jsonl"
     from gaudi_nb.presets import sample_text_path
@@ -145,20 +149,15 @@ def alive(pid):
         return False
 
 
-def test_killing_the_agent_leaves_no_rank_and_the_run_ends_lost(gaudi_home, monkeypatch):
+def test_killing_the_agent_leaves_no_rank_and_the_run_ends_lost(script_runs, monkeypatch):
     monkeypatch.setenv("GAUDI_NB_HEARTBEAT_TIMEOUT_S", "5")  # the default is 15 s; the test need not wait that long
-    run = gaudi_nb.train(devices=2, max_steps=2000)
-    deadline = time.time() + 180
-    while run.record()["steps_completed"] < 2 and time.time() < deadline:
-        time.sleep(0.5)
+    run = script_runs.train(devices=2, max_steps=100000)
+    wait_for(lambda: reached(run, 2)() and len(run.events(types=["worker_start"])) == 2, what="step 2 and both ranks started")
     agent = run.events(types=["run_start"])[0]["pid"]
     ranks = [e["pid"] for e in run.events(types=["worker_start"])]
     assert len(ranks) == 2 and all(alive(p) for p in ranks)
     os.kill(agent, 9)  # what the OOM killer does
-    killed_at = time.time()
-    while any(alive(p) for p in ranks) and time.time() - killed_at < 30:
-        time.sleep(0.5)
-    assert not any(alive(p) for p in ranks), "ranks outlived their agent by 30 s: training unmetered"
+    wait_for(lambda: not any(alive(p) for p in ranks), timeout=30, poll_s=0.5, what="the ranks to end with their agent (else training goes on unmetered)")
     run.wait(timeout=30)  # returns: a lost run is an ended run
     shown = json.loads(subprocess.run([GAUDI_NB, "show", run.run_id, "--json"], capture_output=True, text=True, timeout=60).stdout)
     assert shown["status"] == "lost" and f"agent (pid {agent})" in shown["exit"]["reason"]
@@ -169,24 +168,20 @@ def test_killing_the_agent_leaves_no_rank_and_the_run_ends_lost(gaudi_home, monk
     assert steps == list(range(1, len(steps) + 1))  # what was recorded stays recorded
 
 
-def test_stop_right_after_the_agent_died_ends_the_run_at_once(gaudi_home):
-    run = gaudi_nb.train(devices=1, max_steps=2000)
-    deadline = time.time() + 180
-    while not run.events(types=["worker_start"]) and time.time() < deadline:
-        time.sleep(0.5)
-    rank = run.events(types=["worker_start"])[0]["pid"]
+def test_stop_right_after_the_agent_died_ends_the_run_at_once(script_runs):
+    run = script_runs.train(devices=1, max_steps=100000)
+    rank = wait_for(lambda: run.events(types=["worker_start"]), what="the rank's start")[0]["pid"]
     agent = run.events(types=["run_start"])[0]["pid"]
     os.kill(agent, 9)
-    while alive(agent):  # the kernel takes a moment to end it
-        time.sleep(0.05)
+    wait_for(lambda: not alive(agent), timeout=30, poll_s=0.05, what="the kernel to end the agent")
     run.stop()  # within the heartbeat timeout: the agent is known dead by its pid
     assert run.status == "stopped" and not alive(rank)
 
 
-def test_an_agent_error_after_run_start_ends_the_run_failed_with_the_reason(gaudi_home, monkeypatch):
+def test_an_agent_error_after_run_start_ends_the_run_failed_with_the_reason(script_runs, monkeypatch):
     # a node without Open MPI (only the venv on PATH): the launcher cannot start, and the agent says so
     monkeypatch.setenv("PATH", str(BIN))
-    run = gaudi_nb.train(devices=1, max_steps=5, launcher="mpirun").wait(timeout=120)
+    run = script_runs.train(devices=1, max_steps=5, launcher="mpirun").wait(timeout=120)
     record = run.record()
     assert record["status"] == "failed", record
     assert "mpirun" in record["exit"]["reason"] and "agent failed" in record["exit"]["reason"]
@@ -201,20 +196,19 @@ for step in range(1, 10000):
 """
 
 
-def test_a_stop_that_needed_a_kill_says_so(gaudi_home, tmp_path, monkeypatch):
+def test_a_stop_that_needed_a_kill_says_so(script_runs, tmp_path, monkeypatch):
     monkeypatch.setenv("GAUDI_NB_STOP_GRACE_S", "2")
     script = tmp_path / "stubborn.py"
     script.write_text(STUBBORN)
     run = gaudi_nb.train(script=str(script), devices=1, max_steps=10000)
-    deadline = time.time() + 120
-    while run.record()["steps_completed"] < 2 and time.time() < deadline:
-        time.sleep(0.5)
+    wait_for(reached(run, 2), what="step 2")
     run.stop()
     run.wait(timeout=120)
     reason = run.record()["exit"]["reason"]
     assert run.status == "stopped" and "killed with SIGTERM" in reason and "no checkpoint" in reason, reason
 
 
+@pytest.mark.slow
 def test_a_relative_dataset_path_from_its_folder_trains(gaudi_home, tmp_path):
     from gaudi_nb.presets import sample_text_path
 

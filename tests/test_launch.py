@@ -488,6 +488,7 @@ def test_describe_is_one_shell_line():
 
 # ---- one real launch -----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_real_torchrun_starts_both_ranks(tmp_path):
     script = tmp_path / "show_rank.py"
     script.write_text(textwrap.dedent("""
@@ -502,6 +503,7 @@ def test_real_torchrun_starts_both_ranks(tmp_path):
     assert p.argv[0] == sys.executable
 
 
+@pytest.mark.slow
 def test_two_torch_distributed_run_launches_at_once(tmp_path):
     # optimum-habana's own form, started twice at the same moment with the ports the agent picks
     script = tmp_path / "rendezvous.py"
@@ -549,9 +551,23 @@ def _master_port(run) -> int:
     return int(match.group(1))
 
 
+# the ranks join a process group on the port the agent picked, as a trainer's do, then report 3 steps (no model)
+JOINS_THE_GROUP = """
+from gaudi_nb.worker.script import init_distributed, report
+import torch.distributed as dist
+
+init_distributed()
+for step in range(1, 4):
+    dist.barrier()
+    report(step=step, loss=1.0, tokens=8)
+"""
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("launcher", CONCURRENT_FORMS)
-def test_two_runs_started_at_once_on_one_node_both_succeed(gaudi_home, launcher):
+def test_two_runs_started_at_once_on_one_node_both_succeed(gaudi_home, tmp_path, launcher):
+    script = tmp_path / "joins_the_group.py"
+    script.write_text(JOINS_THE_GROUP)
     barrier = threading.Barrier(2)
     runs: list = []
     errors: list = []
@@ -559,7 +575,7 @@ def test_two_runs_started_at_once_on_one_node_both_succeed(gaudi_home, launcher)
     def start() -> None:
         barrier.wait()
         try:
-            runs.append(gaudi_nb.train(model="tiny-llama", devices=2, max_steps=3, launcher=launcher))
+            runs.append(gaudi_nb.train(script=str(script), devices=2, max_steps=3, launcher=launcher))
         except BaseException as exc:  # reported below, not lost in the thread
             errors.append(exc)
 

@@ -185,6 +185,9 @@ def test_script_runner_runs_the_script_on_every_rank_in_fresh_processes(gaudi_ho
     assert steps[0]["warmup"] and not steps[1]["warmup"] and steps[1]["tokens_per_second"] > 0
 
 
+# a rank of a script that does not import torch starts without it (accel.detect would import it to ask about CUDA)
+NO_GPU = {**os.environ, "GAUDI_NB_ACCELERATOR": "cpu"}
+
 ENDS_WITH_LOOSE_ENDS = textwrap.dedent(
     """
     import atexit, sys, threading, time
@@ -200,7 +203,6 @@ ENDS_WITH_LOOSE_ENDS = textwrap.dedent(
 )
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("how", ["runs to its end", "calls sys.exit(0)"])
 def test_a_script_that_ends_cleanly_exits_0_with_what_it_left_finished(gaudi_home, tmp_path, how):
     # a clean end skips the interpreter's teardown (a backend thread can abort the rank there, see
@@ -210,7 +212,7 @@ def test_a_script_that_ends_cleanly_exits_0_with_what_it_left_finished(gaudi_hom
     (folder / "run.json").write_text(json.dumps({"run_id": "script-run", "node": "local"}))
     (folder / "spec.json").write_text(RunSpec(max_steps=1).model_dump_json())
     (folder / "script.py").write_text(ENDS_WITH_LOOSE_ENDS + ("sys.exit(0)\n" if how == "calls sys.exit(0)" else ""))
-    result = subprocess.run([sys.executable, "-m", "gaudi_nb.worker.script", "--run-dir", str(folder)], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-m", "gaudi_nb.worker.script", "--run-dir", str(folder)], capture_output=True, text=True, timeout=120, env=NO_GPU)
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.endswith("last words")
     assert (folder / "atexit.txt").read_text() == "exit handler ran"
@@ -218,14 +220,35 @@ def test_a_script_that_ends_cleanly_exits_0_with_what_it_left_finished(gaudi_hom
     assert (folder / "unclosed.txt").read_text() == "written by the script"
 
 
-@pytest.mark.slow
+def test_a_script_that_does_not_import_torch_runs_without_it(gaudi_home, tmp_path):
+    # a plain loop (and the suite's plumbing runs) starts in well under a second: torch takes seconds to import
+    folder = tmp_path / "run"
+    folder.mkdir()
+    (folder / "run.json").write_text(json.dumps({"run_id": "script-run", "node": "local"}))
+    (folder / "spec.json").write_text(RunSpec(max_steps=1).model_dump_json())
+    (folder / "script.py").write_text(textwrap.dedent("""
+        import sys
+        from pathlib import Path
+        from gaudi_nb.worker.script import report
+        report(step=1, loss=1.0, tokens=8)
+        Path(sys.argv[0]).with_name("torch_loaded.txt").write_text(str("torch" in sys.modules))
+    """))
+    result = subprocess.run([sys.executable, "-m", "gaudi_nb.worker.script", "--run-dir", str(folder)], capture_output=True, text=True, timeout=120, env=NO_GPU)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (folder / "torch_loaded.txt").read_text() == "False"
+    events = [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines()]
+    (start,) = [e for e in events if e["type"] == "worker_start"]
+    assert start["torch_version"] and start["trainer"] == "script"  # still says which torch the node has
+    assert [e["step"] for e in events if e["type"] == "step"] == [1]
+
+
 def test_script_runner_reports_the_scripts_exception(gaudi_home, tmp_path):
     folder = tmp_path / "run"
     folder.mkdir()
     (folder / "run.json").write_text(json.dumps({"run_id": "script-run", "node": "local"}))
     (folder / "spec.json").write_text(RunSpec(max_steps=5).model_dump_json())
     (folder / "script.py").write_text("raise ValueError('bad batch')\n")
-    result = subprocess.run([sys.executable, "-m", "gaudi_nb.worker.script", "--run-dir", str(folder)], capture_output=True, text=True, timeout=120)
+    result = subprocess.run([sys.executable, "-m", "gaudi_nb.worker.script", "--run-dir", str(folder)], capture_output=True, text=True, timeout=120, env=NO_GPU)
     assert result.returncode != 0
     errors = [json.loads(line) for line in (folder / "events.jsonl").read_text().splitlines() if '"worker_error"' in line]
     assert errors and errors[0]["error"] == "ValueError: bad batch"

@@ -7,9 +7,8 @@ import time
 import urllib.request
 from typing import Dict, List, Set
 
-import pytest
 import yaml
-from conftest import REPO
+from conftest import REPO, wait_for
 
 from gaudi_nb.telemetry.prometheus import METRICS, metric_names
 
@@ -100,11 +99,9 @@ def scrape(url: str) -> Dict[str, float]:
     return values
 
 
-@pytest.mark.slow
-def test_metrics_of_a_real_run_change_while_it_trains(gaudi_home):
-    import gaudi_nb
-
-    run = gaudi_nb.train(devices=1, max_steps=100_000, batch_size=2, sequence_length=32, warmup_steps=2, price_per_hour=3.6, budget_usd=50.0)
+def test_metrics_of_a_real_run_change_while_it_trains(script_runs):
+    run = script_runs.train(devices=1, max_steps=100_000, warmup_steps=2, price_per_hour=3.6, budget_usd=50.0, step_s=0.1)
+    moving = ("gaudi_nb_run_step", "gaudi_nb_run_cost_dollars", "gaudi_nb_run_elapsed_seconds", "gaudi_nb_run_tokens_total")
     try:
         deadline = time.time() + 120
         while run.record()["steps_completed"] < 3:
@@ -117,13 +114,17 @@ def test_metrics_of_a_real_run_change_while_it_trains(gaudi_home):
         while step_series not in (first := scrape(url)):  # the agent reads the stream once a second: it may be a tick behind
             assert time.time() < deadline, sorted(first)
             time.sleep(0.3)
-        time.sleep(2.5)  # a telemetry sample and a cost event a second, several steps
-        second = scrape(url)
+        label = f'node="local",run_id="{run.run_id}"'
+
+        def moved():  # a telemetry sample and a cost event a second, a step every 0.1 s
+            now = scrape(url)
+            return now if all(now.get(f"{name}{{{label}}}", 0) > first.get(f"{name}{{{label}}}", 0) for name in moving) else None
+
+        second = wait_for(moved, timeout=60, poll_s=0.5, what="every run series on /metrics to move")
     finally:
         run.stop()
         run.wait(timeout=120)
-    label = f'node="local",run_id="{run.run_id}"'
-    for name in ("gaudi_nb_run_step", "gaudi_nb_run_cost_dollars", "gaudi_nb_run_elapsed_seconds", "gaudi_nb_run_tokens_total"):
+    for name in moving:
         series = f"{name}{{{label}}}"
         assert series in first and series in second, (name, sorted(first))
         assert second[series] > first[series], f"{name} did not move: {first[series]} -> {second[series]}"

@@ -264,6 +264,7 @@ def test_host_aliases_from_ssh_config_and_jump_hosts(gaudi_home, ssh_home, sshd,
     assert code == 0 and "FAIL" not in out
 
 
+@pytest.mark.slow  # builds this client's wheel and installs it, with torch, into a fresh venv on the node
 def test_attach_without_python_installs_this_build_once_and_reuses_it(node_install, gaudi_home, ssh_home, sshd, capsys):
     first = node_install["record"]
     env_python = str(sshd.node_home / "env" / "bin" / "python")

@@ -8,6 +8,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
+from conftest import wait_for
 
 from gaudi_nb.events import make_event
 from gaudi_nb.notebook import panel as panel_module
@@ -163,26 +164,21 @@ def test_panel_thread_updates_at_least_once_a_second_and_stops_at_run_end():
     run = FakeRun([run_start(), step(1, 101.0)])
     panel = RunPanel(run, interval_s=0.2).start()
     try:
-        time.sleep(0.5)
-        assert panel.state.step == 1 and panel.live
+        wait_for(lambda: panel.state.step == 1, timeout=10, poll_s=0.02, what="the first step on the panel")
+        assert panel.live
         run.all.append(step(2, 102.0))
-        time.sleep(0.6)
-        assert panel.state.step == 2 and 'data-step="2"' in panel.header.value
+        # once a second at the latest: measured from the step's arrival, however loaded the machine
+        arrived = time.monotonic()
+        wait_for(lambda: 'data-step="2"' in panel.header.value, timeout=10, poll_s=0.02, what="step 2 on the panel")
+        assert time.monotonic() - arrived < 1.0 and panel.state.step == 2
         panel._on_stop()
         assert run.stopped and panel.stop_button.disabled
         run.all.append(make_event("run_end", RUN, t=103.0, status="stopped", exit_code=0, reason="stopped on request"))
-        time.sleep(0.6)
-        assert not panel.live and panel.state.status == "stopped"
+        wait_for(lambda: not panel.live, timeout=10, poll_s=0.02, what="the panel to stop at the run's end")
+        assert panel.state.status == "stopped"
         assert "stopped on request" in panel.failure.value
     finally:
         panel.close()
-
-
-def wait_until(predicate, timeout=5.0):
-    deadline = time.monotonic() + timeout
-    while not predicate() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return predicate()
 
 
 def test_the_button_resumes_a_stopped_run_with_a_checkpoint_and_the_panel_follows_the_new_attempt():
@@ -191,22 +187,24 @@ def test_the_button_resumes_a_stopped_run_with_a_checkpoint_and_the_panel_follow
     run = FakeRun(stopped)
     panel = RunPanel(run, interval_s=0.1).start()
     try:
-        assert wait_until(lambda: not panel.live)
+        wait_for(lambda: not panel.live, timeout=10, poll_s=0.05, what="the panel to stop")
         button = panel.stop_button
         assert (button.description, button.disabled, button.icon) == ("Resume", False, "play")
         run.refuse = "run r1 has spent $1.0000 of its $1 budget: resume with a higher --budget-usd"
         button.click()
-        assert wait_until(lambda: "resume with a higher --budget-usd" in panel.note.value) and button.description == "Resume" and not button.disabled
+        wait_for(lambda: "resume with a higher --budget-usd" in panel.note.value, timeout=10, poll_s=0.05, what="the refusal under the button")
+        assert button.description == "Resume" and not button.disabled
         run.refuse = None
         button.click()
-        assert wait_until(lambda: panel.live and button.description == "Stop")  # attempt 2 runs: the button stops it again
+        wait_for(lambda: panel.live and button.description == "Stop", timeout=10, poll_s=0.05, what="attempt 2 live, its button a Stop again")
         assert run.resumed == 2 and panel.state.attempt == 2 and not button.disabled
         run.all.append(step(3, 111.0, loss=1.2, attempt=2))
-        assert wait_until(lambda: panel.state.step == 3) and 'data-attempt="2"' in panel.header.value
+        wait_for(lambda: panel.state.step == 3, timeout=10, poll_s=0.05, what="attempt 2's step on the panel")
+        assert 'data-attempt="2"' in panel.header.value
         button.click()
         assert run.stopped and button.description == "stopping…" and button.disabled
         run.all.append(make_event("run_end", RUN, t=112.0, status="succeeded", exit_code=0))
-        assert wait_until(lambda: not panel.live) and (button.description, button.disabled, button.icon) == ("ended", True, "check")
+        wait_for(lambda: not panel.live, timeout=10, poll_s=0.05, what="the panel to stop") and (button.description, button.disabled, button.icon) == ("ended", True, "check")
     finally:
         panel.close()
 
@@ -215,7 +213,7 @@ def test_a_stopped_run_without_a_checkpoint_has_nothing_to_resume():
     run = FakeRun([run_start(), step(1, 101.0), make_event("run_end", RUN, t=103.0, status="stopped", exit_code=0, reason="stopped on request")])
     panel = RunPanel(run, interval_s=0.1).start()
     try:
-        assert wait_until(lambda: not panel.live)
+        wait_for(lambda: not panel.live, timeout=10, poll_s=0.05, what="the panel to stop")
         assert (panel.stop_button.description, panel.stop_button.disabled) == ("ended", True)
     finally:
         panel.close()
@@ -235,44 +233,36 @@ def _execute(kc, code: str, timeout: float = 120) -> str:
     return "".join(out)
 
 
-@pytest.mark.slow
-def test_watch_after_a_kernel_restart_shows_the_whole_history_and_keeps_updating(gaudi_home, tmp_path):
+def test_watch_after_a_kernel_restart_shows_the_whole_history_and_keeps_updating(script_runs, gaudi_home, tmp_path):
     from jupyter_client.manager import KernelManager
 
-    import gaudi_nb
-
+    run = script_runs.train(devices=1, max_steps=100_000, step_s=0.2)  # started by an earlier kernel, say
     km = KernelManager(kernel_name="python3")
     km.start_kernel(env={**os.environ, "GAUDI_NB_HOME": str(gaudi_home), "GAUDI_NB_PANEL": "live"}, cwd=str(tmp_path))
     kc = km.client()
     kc.start_channels()
-    run_id = None
     try:
         kc.wait_for_ready(timeout=60)
-        out = _execute(kc, "%load_ext gaudi_nb\nrun = %gaudi_train --devices 1 --max-steps 200 --quiet\nprint('RUN', run.run_id)")
-        run_id = re.search(r"RUN (\S+)", out).group(1)
-        run = gaudi_nb.get_run(run_id)
-        deadline = time.monotonic() + 120
-        while run.record()["steps_completed"] < 6:
-            assert time.monotonic() < deadline, "the run did not start training"
-            time.sleep(1)
-
+        wait_for(lambda: run.record()["steps_completed"] >= 6, what="step 6 of the run")
         km.restart_kernel(now=True)
         kc.wait_for_ready(timeout=60)
         probe = (
             "p = get_ipython().magics_manager.registry['GaudiMagics'].last_panel\n"
             "import json; print('STATE', json.dumps({'steps': [s for s, _ in p.state.loss], 'step': p.state.step, 'updates': p.updates, 'live': p.live}))"
         )
-        out = _execute(kc, f"%load_ext gaudi_nb\nrun = %gaudi_watch {run_id[:18]}\nimport time; time.sleep(1.5)\n" + probe)
-        first = json.loads(re.search(r"STATE (.*)", out).group(1))
+
+        def state():
+            return json.loads(re.search(r"STATE (.*)", _execute(kc, probe)).group(1))
+
+        _execute(kc, f"%load_ext gaudi_nb\nrun = %gaudi_watch {run.run_id[:18]}")
+        first = wait_for(lambda: (s := state())["step"] >= 6 and s, timeout=60, poll_s=0.2, what="the replayed history on the panel")
         assert first["steps"] == list(range(1, first["step"] + 1)), "the panel lacks part of the loss history"
-        assert first["step"] >= 6 and first["live"]
-        time.sleep(3)
-        second = json.loads(re.search(r"STATE (.*)", _execute(kc, probe)).group(1))
-        assert second["step"] > first["step"] and second["updates"] > first["updates"]
+        assert first["live"]
+        second = wait_for(lambda: (s := state())["step"] > first["step"] and s["updates"] > first["updates"] and s, timeout=60, poll_s=0.2,
+                          what="the panel to go on updating")
         assert second["steps"] == list(range(1, second["step"] + 1))
     finally:
-        if run_id:
-            gaudi_nb.get_run(run_id).stop()
+        run.stop()
         kc.stop_channels()
         km.shutdown_kernel(now=True)
 

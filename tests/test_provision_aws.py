@@ -70,6 +70,7 @@ def cli(*args: str, env: Dict[str, str] | None = None, timeout: float = 60) -> s
 # -- the acceptance: two dl1.24xlarge through the CLI, then down ----------------------------------
 
 
+@pytest.mark.slow  # the whole flow through a dozen CLI processes; the API-level tests here stay in the fast lane
 def test_two_dl1_machines_through_the_cli_then_down_leaves_nothing(aws, gaudi_home):
     image = habana_image()  # no --image: the name filter finds it
     before = time.time()
@@ -295,6 +296,7 @@ def test_ec2_states_map_to_the_base_words_and_a_node_costs_its_lifetime_at_its_r
     assert spend({**restarted, "running_since": None}, now=9999.0)["hours"] == pytest.approx(600 / 3600)  # stopped: the bill stands still
 
 
+@pytest.mark.slow  # seven CLI processes and 3 s of billing on purpose; the list's own tests stay in the fast lane
 def test_a_machine_stopped_behind_the_clients_back_stops_costing_and_nodes_start_brings_it_back(aws):
     import gaudi_nb
 

@@ -257,6 +257,7 @@ def test_a_real_user_reaches_the_region_endpoint_with_an_api_key(monkeypatch, tm
         provider("ibm", "eu-de").bootstrap_instances(request("v6", seed=8, ssh_from="2001:db8::/32"))
 
 
+@pytest.mark.slow  # the whole flow through CLI processes; the API-level tests here stay in the fast lane
 def test_cli_provision_list_and_down_one_gaudi3(server, tmp_path):
     """The issue's acceptance: `gaudi-nb nodes provision ibm ... --no-attach`, listed, `down` deletes the instance and its floating IP."""
     import subprocess

@@ -1,4 +1,8 @@
-"""Runs on an attached node over a real sshd: the agent there, the events mirrored here, links that drop and return."""
+"""Runs on an attached node over a real sshd: the agent there, the events mirrored here, links that drop and return.
+
+The link, the mirror, stop, lost and resume are tested with torch-free script runs (tests/scriptrun.py); one real
+transformers run, marked slow, is the canary of training on a node. Tests that wait out a dropped link or a
+heartbeat are slow too."""
 import json
 import subprocess
 import sys
@@ -6,11 +10,10 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import BIN
+from conftest import BIN, wait_for
 
 import gaudi_nb
 
-pytestmark = pytest.mark.slow
 VENV_PYTHON = sys.executable
 GAUDI_NB = str(BIN / "gaudi-nb")
 
@@ -28,6 +31,11 @@ def steps_of(run):
     return [e["step"] for e in run.events(types=["step"])]
 
 
+def reached(run, step):
+    return lambda: run.record()["steps_completed"] >= step
+
+
+@pytest.mark.slow
 def test_a_run_on_an_attached_node_is_complete_here(node, sshd, tmp_path):
     data = tmp_path / "corpus.txt"
     from gaudi_nb.presets import sample_text_path
@@ -56,11 +64,10 @@ def test_a_run_on_an_attached_node_is_complete_here(node, sshd, tmp_path):
     assert log.returncode == 0 and on_node and log.stdout == on_node  # a fresh process copies an ended run's log whole first
 
 
-def test_a_dropped_link_is_unreachable_then_resumes_with_every_event_once(node, sshd):
-    run = gaudi_nb.train(target=node, devices=1, max_steps=60)
-    deadline = time.monotonic() + 180
-    while run.record()["steps_completed"] < 3 and time.monotonic() < deadline:
-        time.sleep(0.5)
+@pytest.mark.slow
+def test_a_dropped_link_is_unreachable_then_resumes_with_every_event_once(node, sshd, script_runs):
+    run = script_runs.train(target=node, devices=1, max_steps=60, step_s=0.2)
+    wait_for(reached(run, 3), what="step 3")
     killed = sshd.kill_sessions()  # the children serving this client's connection: the link drops
     assert killed
     time.sleep(1.0)
@@ -81,11 +88,9 @@ def test_a_dropped_link_is_unreachable_then_resumes_with_every_event_once(node, 
     assert steps_of(run) == list(range(1, 61))  # nothing lost, nothing doubled
 
 
-def test_stop_reaches_the_node(node):
-    run = gaudi_nb.train(target=node, devices=1, max_steps=2000)
-    deadline = time.monotonic() + 180
-    while run.record()["steps_completed"] < 2 and time.monotonic() < deadline:
-        time.sleep(0.5)
+def test_stop_reaches_the_node(node, script_runs):
+    run = script_runs.train(target=node, devices=1, max_steps=100_000)
+    wait_for(reached(run, 2), what="step 2")
     result = subprocess.run([GAUDI_NB, "stop", run.run_id], capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     run.wait(timeout=180)
@@ -99,20 +104,20 @@ def test_an_unknown_node_is_one_line_and_nothing_starts(gaudi_home):
     assert gaudi_nb.runs() == []
 
 
-def test_a_remote_agent_that_dies_is_lost_only_because_the_node_says_so(node, monkeypatch):
+@pytest.mark.slow
+def test_a_remote_agent_that_dies_is_lost_only_because_the_node_says_so(node, script_runs, monkeypatch):
     import os
 
     monkeypatch.setenv("GAUDI_NB_HEARTBEAT_TIMEOUT_S", "5")  # the client's side of the check; the node's own is the default
-    run = gaudi_nb.train(target=node, devices=1, max_steps=2000)
-    deadline = time.monotonic() + 180
-    while run.record()["steps_completed"] < 2 and time.monotonic() < deadline:
-        time.sleep(0.5)
+    run = script_runs.train(target=node, devices=1, max_steps=100_000)
+    wait_for(reached(run, 2), what="step 2")
     os.kill(run.events(types=["run_start"])[0]["pid"], 9)  # the agent on the node (this machine, in the test)
     run.wait(timeout=90)
     record = run.record()
     assert record["status"] == "lost" and "stopped beating" in record["exit"]["reason"]
 
 
+@pytest.mark.slow  # the fast lane has the local snapshot (test_workdir) and a run on the node (stop)
 def test_the_working_directory_goes_to_the_node_as_git_would_keep_it(node, sshd, tmp_path, monkeypatch):
     from test_workdir import make_project
 
@@ -137,6 +142,7 @@ report(step=1, loss=1.0, tokens=1, samples=1, token_seen=os.environ.get("GAUDI_N
 """
 
 
+@pytest.mark.slow
 def test_a_run_on_a_node_gets_what_the_client_sends_and_the_spec_keeps_only_names(node, sshd, tmp_path, monkeypatch):
     """The node's SSH session has none of the notebook's environment: --report-to's settings and --env's variables
     go with the run, in a file only its owner reads, gone once the agent has started; the spec holds the names only."""
@@ -160,12 +166,11 @@ def test_a_run_on_a_node_gets_what_the_client_sends_and_the_spec_keeps_only_name
     assert unset.returncode == 2 and "GAUDI_NB_TEST_TOKEN is not set here" in unset.stderr and len(unset.stderr.strip().splitlines()) == 1
 
 
-def test_a_stopped_run_on_a_node_resumes_there_with_what_the_client_sends(node, sshd, monkeypatch):
+@pytest.mark.slow
+def test_a_stopped_run_on_a_node_resumes_there_with_what_the_client_sends(node, sshd, script_runs, monkeypatch):
     monkeypatch.setenv("GAUDI_NB_TEST_TOKEN", "sent-again")
-    run = gaudi_nb.train(target=node, devices=1, max_steps=200, save_steps=5, keep_checkpoints=1, env="GAUDI_NB_TEST_TOKEN")
-    deadline = time.monotonic() + 180
-    while not run.events(types=["checkpoint"]) and time.monotonic() < deadline:
-        time.sleep(0.5)
+    run = script_runs.train(target=node, devices=1, max_steps=100_000, save_steps=5, keep_checkpoints=1, env="GAUDI_NB_TEST_TOKEN")
+    wait_for(lambda: run.events(types=["checkpoint"]), what="the first checkpoint")
     stop = subprocess.run([GAUDI_NB, "stop", run.run_id], capture_output=True, text=True, timeout=60)
     assert stop.returncode == 0, stop.stderr
     run.wait(timeout=180)

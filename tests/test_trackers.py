@@ -13,7 +13,6 @@ from typing import Any, Dict, Iterator, List
 import pytest
 from conftest import BIN, free_port, wait_for_http
 
-pytestmark = pytest.mark.slow
 GAUDI_NB = str(BIN / "gaudi-nb")
 # what gaudi_nb logs besides the step metrics: dollars, dollars per million tokens, TFLOP/s
 OWN_METRICS = {"usd", "usd_per_million_tokens", "tokens_per_second_mean", "tflops", "tokens_seen"}
@@ -58,6 +57,7 @@ def tracked_run(mlflow_server, tmp_path_factory):
     return train(home, env, "--max-steps", "8", "--eval-steps", "4", "--price-per-hour", "12", "--report-to", "mlflow,wandb", "--name", "tracked")
 
 
+@pytest.mark.slow  # real training or a batch notebook, logged to a live MLflow server
 def test_the_mlflow_server_holds_the_run_its_metrics_and_dollars(mlflow_server, tracked_run):
     from mlflow.tracking import MlflowClient
 
@@ -111,6 +111,7 @@ def wandb_records(path: str) -> Iterator[bytes]:
             pending = b""
 
 
+@pytest.mark.slow  # real training or a batch notebook, logged to a live MLflow server
 def test_wandb_offline_history_holds_the_same_metrics(tracked_run):
     from wandb.proto import wandb_internal_pb2
 
@@ -133,6 +134,7 @@ def test_wandb_offline_history_holds_the_same_metrics(tracked_run):
     assert tracked_run["trackers"]["wandb"]["tracker_run_id"] in files[0]
 
 
+@pytest.mark.slow  # real training or a batch notebook, logged to a live MLflow server
 def test_an_unreachable_tracker_warns_once_and_the_run_goes_on(tracked_run, tmp_path):
     record = train(tmp_path / "home", {"MLFLOW_TRACKING_URI": "http://127.0.0.1:9"}, "--max-steps", "8", "--eval-steps", "4", "--price-per-hour", "12", "--report-to", "mlflow")
     assert record["status"] == "succeeded" and record["steps_completed"] == 8
@@ -151,6 +153,7 @@ def test_an_unknown_tracker_is_one_line_exit_2(tmp_path):
     assert "unknown tracker 'neptune': use mlflow, wandb" in result.stderr and len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.slow  # real training or a batch notebook, logged to a live MLflow server
 def test_a_notebook_run_logs_its_results_and_its_manifest(mlflow_server, tmp_path):
     from mlflow.tracking import MlflowClient
 
@@ -178,6 +181,7 @@ def test_a_notebook_run_with_an_unknown_tracker_is_one_line_exit_2(tmp_path):
     assert result.returncode == 2 and "unknown tracker 'comet'" in result.stderr and len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
+@pytest.mark.slow  # real training or a batch notebook, logged to a live MLflow server
 def test_a_resumed_run_goes_on_in_the_same_tracker_run(mlflow_server, tmp_path):
     """And a LoRA run resumes from its adapter-only checkpoint."""
     from mlflow.tracking import MlflowClient

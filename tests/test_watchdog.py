@@ -273,17 +273,10 @@ def test_an_idle_node_stops_itself_with_no_client_connected(gaudi_home, ssh_home
     assert again["started"] == "kept" and again["pid"] == answer["pid"]
 
 
-def tiny_run(**options):
-    import gaudi_nb
-    from gaudi_nb.presets import sample_text_path
-
-    return gaudi_nb.train(dataset=str(sample_text_path()), devices=1, **options)
-
-
-def test_a_live_run_keeps_the_machine_warm_up_included(gaudi_home, machine, ec2_endpoint, stop_watchdogs):
+def test_a_live_run_keeps_the_machine_warm_up_included(script_runs, gaudi_home, machine, ec2_endpoint, stop_watchdogs):
     instance, state_of = machine
     stop_watchdogs(gaudi_home)
-    run = tiny_run(max_steps=5)
+    run = script_runs.train(devices=1, max_steps=5)
     answer = start_here(gaudi_home, node_config(gaudi_home, ec2_endpoint, instance))
     assert answer["started"] == "started" and answer["survives_reboot"] is False
     seen_busy_before_first_step = False
@@ -295,16 +288,16 @@ def test_a_live_run_keeps_the_machine_warm_up_included(gaudi_home, machine, ec2_
         time.sleep(0.5)
     ended = time.time()
     assert run.record()["status"] == "succeeded"
-    assert seen_busy_before_first_step  # graph-compilation warm-up counted as busy
+    assert seen_busy_before_first_step  # the warm-up before the first step (a graph compiling, on a Gaudi) counted as busy
     assert wait_for(lambda: state_of() == "stopped", 30), log_of(gaudi_home)
     last = watchdog.read_last_action(gaudi_home)
     assert last["kind"] == "idle" and last["t"] >= ended - 1.0
 
 
-def test_a_spent_budget_stops_the_run_cleanly_then_terminates_the_machine(gaudi_home, machine, ec2_endpoint, stop_watchdogs):
+def test_a_spent_budget_stops_the_run_cleanly_then_terminates_the_machine(script_runs, gaudi_home, machine, ec2_endpoint, stop_watchdogs):
     instance, state_of = machine
     stop_watchdogs(gaudi_home)
-    run = tiny_run(max_steps=2000)
+    run = script_runs.train(devices=1, max_steps=2000)
     assert wait_for(lambda: run.record()["steps_completed"] >= 1 or run.done, 120)
     values = node_config(gaudi_home, ec2_endpoint, instance, action="terminate", idle_minutes=None, launched_at=time.time() - 3600, price_per_hour=2.0, budget_usd=1.5, stop_grace_s=60.0)
     start_here(gaudi_home, values)

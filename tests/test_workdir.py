@@ -58,8 +58,7 @@ def test_workdir_without_a_script_is_one_line(gaudi_home, tmp_path):
         gaudi_nb.train(workdir=str(tmp_path))
 
 
-@pytest.mark.slow
-def test_a_local_script_runs_in_its_snapshot(gaudi_home, tmp_path, monkeypatch):
+def test_a_local_script_runs_in_its_snapshot(script_runs, tmp_path, monkeypatch):
     root = make_project(tmp_path / "project")
     monkeypatch.chdir(root)
     run = gaudi_nb.train(script="train.py", workdir=".", max_steps=3)

@@ -305,7 +305,6 @@ class DashboardData:
         self.histories: Dict[str, DeviceHistory] = {}
         self.details: Dict[str, RunDetail] = {}
         self.version = 0
-        self.last_refresh_s = 0.0
         self.last_error: Optional[str] = None
         self._counts: Dict[str, int] = {}  # events read per run (telemetry cursor)
         self._handles: Dict[str, Any] = {}
@@ -394,7 +393,6 @@ class DashboardData:
     def refresh(self) -> bool:
         """Bring every snapshot up to date; True if anything changed."""
         with self._lock:
-            started = time.perf_counter()
             if self.follow and not self.records:
                 self._read_runs()
             if self.follow:
@@ -407,7 +405,6 @@ class DashboardData:
                 changed = True
             if changed:
                 self.version += 1
-            self.last_refresh_s = time.perf_counter() - started
             return changed
 
     def _read_runs(self) -> bool:

@@ -28,7 +28,6 @@ SUPPORTED_SETS: Dict[int, Tuple[Tuple[int, ...], ...]] = {
     4: ((0, 1, 2, 3), (4, 5, 6, 7)),
     8: (ALL_MODULES,),
 }
-SUPPORTED_COUNTS = tuple(sorted(SUPPORTED_SETS))
 SETS_IN_WORDS = "1, 2, 4 or 8 cards per node (pairs 0,1 2,3 4,5 6,7; quads 0,1,2,3 4,5,6,7)"
 
 

@@ -351,7 +351,3 @@ async def _create_env(connection: Any, base: Probe, env: str) -> None:
     if pip_ok.exit_status != 0:
         await _check(connection, [f"{env}/bin/python", "-m", "ensurepip", "--default-pip"], "ensurepip",
                      "install pip for that Python (Debian: apt-get install python3-pip python3-venv)")
-
-
-def env_python_of(home: str) -> str:
-    return f"{home}/{ENV_DIR}/bin/python"

@@ -17,8 +17,7 @@ import os
 import posixpath
 import shlex
 import threading
-import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Awaitable, Callable, Dict, Iterator, List, Optional, Sequence, Tuple, TypeVar
 
@@ -34,7 +33,6 @@ BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)  # then every 8 s
 @dataclass
 class LinkState:
     up: bool = True
-    since: float = field(default_factory=time.time)
     error: Optional[str] = None
 
 
@@ -148,8 +146,6 @@ class Links:
 
     def _mark(self, name: str, *, up: bool, error: Optional[str] = None) -> None:
         state = self.state(name)
-        if state.up != up:
-            state.since = time.time()
         state.up, state.error = up, error
 
     async def _run(self, node: Dict[str, Any], command: str, timeout: float, input: Optional[str] = None) -> Tuple[int, str, str]:

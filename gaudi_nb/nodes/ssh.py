@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import shlex
 import socket
 import threading
@@ -347,7 +346,3 @@ def run_sync(make: Callable[[], Awaitable[T]]) -> T:
 
 async def _awaited(make: Callable[[], Awaitable[T]]) -> T:
     return await make()
-
-
-def default_known_hosts() -> str:
-    return os.path.expanduser(DEFAULT_KNOWN_HOSTS)

@@ -5,7 +5,7 @@ import html
 import os
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from .. import formatting
 from ..api import RESUMABLE_STATUSES  # the API says what can go on; the button only shows it
@@ -290,7 +290,6 @@ class RunPanel:
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None
         self._lock = threading.Lock()
-        self._callbacks: List[Callable[["RunPanel"], None]] = []
 
         self.header = w.HTML()
         self.loss_plot = w.HTML()
@@ -333,12 +332,6 @@ class RunPanel:
     def live(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def on_update(self, callback: Callable[["RunPanel"], None], remove: bool = False) -> None:
-        if remove:
-            self._callbacks.remove(callback)
-        else:
-            self._callbacks.append(callback)
-
     def _loop(self) -> None:
         while not self._stop.is_set():
             started = time.monotonic()
@@ -359,8 +352,6 @@ class RunPanel:
             changed = self.state.apply(fresh)
             if changed:
                 self.render()
-            for callback in list(self._callbacks):
-                callback(self)
             return changed
 
     # -- view ---------------------------------------------------------------

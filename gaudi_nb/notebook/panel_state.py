@@ -27,11 +27,9 @@ class PanelState(RecordFold):
         self.host: Optional[Dict[str, Any]] = None
         self.worker_errors: List[str] = []
         self.last_memory_bytes: Optional[int] = None
-        self.events_seen = 0
         self._first_step: Optional[Tuple[int, float]] = None  # (step, t) of the first measured step
         self._last_step: Optional[Tuple[int, float]] = None
         self._node_devices: Dict[str, List[Dict[str, Any]]] = {}
-        self.last_event_t: Optional[float] = None
 
     @classmethod
     def from_events(cls, run_id: str, events: Sequence[Dict[str, Any]]) -> "PanelState":
@@ -45,16 +43,9 @@ class PanelState(RecordFold):
             return False
         super().apply(events)
         self.derive()
-        self.events_seen += len(events)
         return True
 
     # -- the panel's part of the fold (each calls the record's first) -------------------------
-    def seen(self, e: Event) -> None:
-        super().seen(e)
-        t = e.get("t")
-        if t is not None:
-            self.last_event_t = float(t)
-
     def on_step(self, e: Event, step: int, replayed: bool) -> None:
         super().on_step(e, step, replayed)
         if replayed:

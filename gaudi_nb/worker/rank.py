@@ -43,9 +43,9 @@ def leave_process_group() -> None:
     """Leave torch.distributed before the interpreter exits. A group left to interpreter teardown can abort the
     rank (SIGABRT: "terminate called without an active exception") when a peer, on this node or another, has
     already exited, turning a clean stop (or a script that ran to its end) into a failed exit code."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
+    dist = sys.modules.get("torch.distributed")
+    # never imported: this rank joined no group (and importing torch only to learn that costs seconds)
+    if dist is not None and dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
 

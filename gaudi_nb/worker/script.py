@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.abc
+import importlib.metadata
 import importlib.util
 import os
 import runpy
@@ -209,6 +210,15 @@ def should_stop() -> bool:
     return _ctx().folder.stop_request.exists()
 
 
+def _installed_version(package: str) -> Optional[str]:
+    """The installed version, read from its metadata: a script that never imports torch (a plain Python
+    loop, a test's plumbing run) does not pay the seconds importing it costs."""
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
 def _plain(value: Any) -> Any:
     try:
         return value.item()  # a tensor or numpy scalar
@@ -279,8 +289,6 @@ def main(argv: Optional[List[str]] = None) -> None:
     ctx = helpers._ctx()
     try:
         path = script_path(folder, ctx.spec)
-        import torch
-
         # every rank says it started (its pid lets a client kill ranks that outlive a lost agent)
         start_writer = ctx.writer or writer_for(ctx.folder, ctx.rank)
         start_writer.emit(
@@ -294,7 +302,7 @@ def main(argv: Optional[List[str]] = None) -> None:
                 precision_chosen_by="spec" if ctx.spec.precision != "auto" else f"default for {ctx.accelerator.name}",
                 trainer="script",
                 script=str(path),
-                torch_version=torch.__version__,
+                torch_version=_installed_version("torch"),
             )
         if start_writer is not ctx.writer:
             start_writer.close()

@@ -102,7 +102,7 @@ class AwsProvider:
 
     name = "aws"
     ssh_user = SSH_USER
-    capabilities = Capabilities(spot=True, placement_groups=True, stop=True, fast_network="efa", credentials_help=CREDENTIALS_HELP)
+    capabilities = Capabilities(spot=True, placement_groups=True, stop=True, credentials_help=CREDENTIALS_HELP)
 
     def __init__(self, region: str) -> None:
         self.region = region

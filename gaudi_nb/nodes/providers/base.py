@@ -19,7 +19,6 @@ class Capabilities:
     spot: bool
     placement_groups: bool
     stop: bool  # machines can be stopped (disk kept, compute not billed) as well as terminated
-    fast_network: Optional[str]  # "efa" on AWS where the type supports it
     credentials_help: str  # one line: how to give this provider credentials
 
 

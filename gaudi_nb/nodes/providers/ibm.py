@@ -74,7 +74,6 @@ class IbmProvider:
         # closeness for training is a cluster network, which this provider does not create.
         placement_groups=False,
         stop=True,
-        fast_network=None,
         credentials_help=CREDENTIALS_HELP,
     )
 

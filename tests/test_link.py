@@ -10,6 +10,7 @@ import sys
 import pytest
 from conftest import wait_for
 
+from gaudi_nb.events import make_event
 from gaudi_nb.nodes.link import Links, UnreachableError
 
 
@@ -69,12 +70,12 @@ def test_a_mirror_goes_on_from_its_own_size_after_the_link_drops(linked, sshd, t
         with open(remote, "a") as fh:
             fh.writelines(json.dumps(e, separators=(",", ":")) + "\n" for e in events)  # compact, as EventWriter writes
 
-    append(*({"type": "step", "step": n} for n in range(1, 4)))
+    append(*(make_event("step", "mirrored", rank=0, step=n) for n in range(1, 4)))
     local = tmp_path / "mirror" / "events.jsonl"
     links.mirror(record, str(remote), local, remote_run_dir=str(run_dir))
     wait_for(lambda: local.exists() and local.read_bytes() == remote.read_bytes(), timeout=60, what="the first lines mirrored")
     assert sshd.kill_sessions()  # the link drops mid-follow
-    append(*({"type": "step", "step": n} for n in range(4, 8)), {"type": "run_end", "status": "succeeded"})  # written while it was down
+    append(*(make_event("step", "mirrored", rank=0, step=n) for n in range(4, 8)), make_event("run_end", "mirrored", status="succeeded"))  # written while it was down
     assert links.wait_mirrored(local, timeout=60), "the mirror did not finish after the link came back"
     assert local.read_bytes() == remote.read_bytes()  # every byte once, in order
     assert not links.mirroring(local)

@@ -44,7 +44,7 @@ def test_status_follows_the_run_from_pending_to_its_end_with_the_reason():
 def test_a_script_run_is_running_at_its_first_step_and_a_batch_run_at_once():
     silent = fold(empty_summary(RUN), [start(), step(1, 102.0)])  # rank 0 of a script said nothing before reporting
     assert silent["status"] == "running" and silent["steps_completed"] == 1
-    batch = fold(empty_summary(RUN), [make_event("run_start", RUN, t=100.0, kind="batch", spec={"notebook": "a.ipynb", "parameters": {"lr": 1}}, cells=[0, 1, 2])])
+    batch = fold(empty_summary(RUN), [make_event("run_start", RUN, t=100.0, kind="batch", spec={"notebook": "a.ipynb", "parameters": {"lr": 1}}, cells=[{"index": i, "source_preview": "x = 1", "tags": []} for i in range(3)])])
     assert batch["status"] == "running" and batch["batch"]["cells_total"] == 3 and batch["batch"]["parameters"] == {"lr": 1}
     batch = fold(batch, [make_event("cell", RUN, t=101.0, phase="start", index=0), make_event("cell", RUN, t=102.0, phase="end", index=0),
                          make_event("cell", RUN, t=103.0, phase="start", index=1), make_event("cell", RUN, t=104.0, phase="error", index=1, error="ZeroDivisionError"),

@@ -119,7 +119,7 @@ class SideServices:
         self.exporter = start_exporter(self.events)
         self.feed.subscribe(self.observer.take, history=not resumed)
         if self.exporter is not None:
-            self.feed.subscribe(self.exporter.observe, history=not resumed)
+            self.feed.subscribe(self.exporter.observe_all, history=not resumed)
         self.feed.poll()
 
     def tick(self) -> Optional[float]:

@@ -1,7 +1,7 @@
 """A Prometheus /metrics endpoint fed from gaudi_nb events (step, telemetry, cost), named by Prometheus conventions."""
 from __future__ import annotations
 
-from typing import Any, Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
@@ -124,6 +124,11 @@ class MetricsExporter:
         if fold is None:
             fold = self._folds[run] = MetricsFold(self.metrics, run)
         fold.dispatch(event)
+
+    def observe_all(self, events: Sequence[Dict[str, Any]]) -> None:
+        """A batch of events, in order (the agent's feed hands them over a tick at a time)."""
+        for event in events:
+            self.observe(event)
 
     def close(self) -> None:
         self._server.shutdown()

@@ -7,8 +7,7 @@ from pathlib import Path
 from typing import Any, Dict, Optional
 
 from .errors import GaudiNbError
-from .rundir import RunFolder
-from .worker.lora import BASE_MODEL_DIR, TOKENIZER_DIR  # where the ranks put the base and the tokenizer (imports no torch)
+from .rundir import BASE_MODEL_DIR, TOKENIZER_DIR, RunFolder
 
 # What a Trainer checkpoint holds besides the model: left out of an export.
 TRAINING_STATE = ("optimizer.pt", "scheduler.pt", "trainer_state.json", "training_args.bin", "scaler.pt")

@@ -20,6 +20,19 @@ _CHECKPOINT_NAME = re.compile(r"^checkpoint-(\d+)$")  # the HF Trainer's naming,
 # attempt continues a run, the complete checkpoint to resume from (a user --script reads it too).
 ATTEMPT_ENV = "GAUDI_NB_ATTEMPT"
 RESUME_FROM_ENV = "GAUDI_NB_RESUME_FROM"
+# ...and who its agent is, so the rank can end itself when the agent is gone (worker/agent_watch.py).
+AGENT_PID_ENV = "GAUDI_NB_AGENT_PID"
+AGENT_HOST_ENV = "GAUDI_NB_AGENT_HOST"  # a launcher may forward the variables to other nodes: a pid means nothing there
+# Where a LoRA run's checkpoint keeps its base model and tokenizer (the ranks write them, export reads them).
+BASE_MODEL_DIR = "base_model"
+TOKENIZER_DIR = "tokenizer"
+
+
+def agent_environment() -> Dict[str, str]:
+    """The variables the agent gives its launcher, so the ranks can watch it."""
+    import socket
+
+    return {AGENT_PID_ENV: str(os.getpid()), AGENT_HOST_ENV: socket.gethostname()}
 
 
 def current_attempt() -> int:

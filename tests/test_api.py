@@ -71,7 +71,7 @@ def test_the_client_never_imports_torch_to_check_or_count(tmp_path):
     code = (
         "import sys, gaudi_nb.api as api; api.check(api.build_spec(model='tiny-llama')); "
         "api.estimate_cost(1e9, model='tiny-llama'); "
-        "import gaudi_nb.notebook.launcher; "
+        "import gaudi_nb.notebook.form; "
         "print('torch' in sys.modules, 'transformers' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={"GAUDI_NB_HOME": str(tmp_path), "PATH": "/usr/bin:/bin"})

@@ -14,8 +14,8 @@ from typing import Any, Dict, List
 import psutil
 import pytest
 
+from gaudi_nb.agent import commands, stop
 from gaudi_nb.agent import feed as feed_module
-from gaudi_nb.agent import node, stop
 from gaudi_nb.agent.attempts import Ending, final_status
 from gaudi_nb.agent.feed import EventFeed
 from gaudi_nb.agent.ranks import RankGroup
@@ -332,7 +332,7 @@ def test_sigterm_ends_an_agent_whose_ranks_wait_for_a_node_that_never_comes(tmp_
     name = cluster["nodes"][node_rank]
     folder.run.write_text(json.dumps({"run_id": "r1", "node": name, "target": "na,nb", "cluster": cluster}))
     monkeypatch.setenv("GAUDI_NB_METRICS_PORT", "off")
-    agent = node.start_agent(folder)
+    agent = commands.start_agent(folder)
     wait_until(lambda: (folder.path / "launcher.pid").exists(), timeout=60)
     launcher = int((folder.path / "launcher.pid").read_text())
     time.sleep(3)  # torchrun is up and waiting for the other node
@@ -387,7 +387,7 @@ def test_sigterm_to_an_agent_whose_ranks_step_is_a_clean_stop_with_a_checkpoint(
     folder.script.write_text(POLITE)
     folder.run.write_text(json.dumps({"run_id": "r1", "node": "local", "target": "local"}))
     monkeypatch.setenv("GAUDI_NB_METRICS_PORT", "off")
-    agent = node.start_agent(folder)
+    agent = commands.start_agent(folder)
     wait_until(lambda: len(of_type(folder, "step")) >= 2, timeout=120, poll_s=0.2)
     signalled = time.monotonic()
     os.kill(agent, signal.SIGTERM)

@@ -1,4 +1,4 @@
-"""The Target seam (targets/base.py) and the node CLI every target's node commands go to (agent/node.py), without a node."""
+"""The Target seam (targets/base.py) and the node CLI every target's node commands go to (agent/commands.py), without a node."""
 import json
 import os
 import stat
@@ -8,7 +8,7 @@ import sys
 import pytest
 
 import gaudi_nb
-from gaudi_nb.agent import node
+from gaudi_nb.agent import commands
 from gaudi_nb.errors import GaudiNbError, SpecError
 from gaudi_nb.events import read_events
 from gaudi_nb.rundir import RunFolder
@@ -16,7 +16,7 @@ from gaudi_nb.targets import LocalTarget, Part
 
 
 def node_cli(*argv, stdin=None):
-    result = subprocess.run([sys.executable, "-m", "gaudi_nb.agent.node", *argv], input=stdin, capture_output=True, text=True, timeout=60)
+    result = subprocess.run([sys.executable, "-m", "gaudi_nb.agent.commands", *argv], input=stdin, capture_output=True, text=True, timeout=60)
     return result.returncode, result.stdout, result.stderr
 
 
@@ -29,12 +29,12 @@ def test_free_ports_are_two_ports_free_now():
 
 def test_files_sent_with_a_command_stay_inside_the_run_folder_and_a_secret_is_its_owners(tmp_path):
     folder = RunFolder(tmp_path / "r1")
-    node.write_files(folder, {"spec.json": {"text": "{}"}, "control/environment.json": {"text": '{"K": "v"}', "mode": 0o600}})
+    commands.write_files(folder, {"spec.json": {"text": "{}"}, "control/environment.json": {"text": '{"K": "v"}', "mode": 0o600}})
     assert (folder.path / "spec.json").read_text() == "{}"
     assert stat.S_IMODE(folder.sent_environment.stat().st_mode) == 0o600
     for bad in ("../escape.json", "/etc/passwd", ""):
         with pytest.raises(ValueError, match="not a path inside the run folder"):
-            node.write_files(folder, {bad: {"text": "x"}})
+            commands.write_files(folder, {bad: {"text": "x"}})
     assert not (tmp_path / "escape.json").exists()
 
 
@@ -56,7 +56,7 @@ def test_a_refused_resume_is_one_line_with_its_exit_status_and_nothing_sent_stay
     folder.run.write_text(json.dumps({"run_id": "r1", "node": "na", "cluster": {"nodes": ["na", "nb"]}}))
     secret = json.dumps({"control/environment.json": {"text": '{"TOKEN": "s"}', "mode": 0o600}})
     code, out, err = node_cli("resume", "--run-dir", str(folder.path), "--files-stdin", stdin=secret)
-    assert code == node.REFUSED and out == "" and len(err.strip().splitlines()) == 1 and "ran across nodes" in err
+    assert code == commands.REFUSED and out == "" and len(err.strip().splitlines()) == 1 and "ran across nodes" in err
     assert not folder.sent_environment.exists()
 
 

@@ -12,8 +12,7 @@ from typing import Any, Dict, Mapping, Optional
 import psutil
 
 from ..launch import LaunchPlan
-from ..rundir import ATTEMPT_ENV, RESUME_FROM_ENV, RunFolder
-from ..worker.watchdog import agent_environment
+from ..rundir import ATTEMPT_ENV, RESUME_FROM_ENV, RunFolder, agent_environment
 from .attempts import ATTEMPT_MARK
 from .liveness import process_alive
 
@@ -37,7 +36,7 @@ class RankGroup:
                 log.flush()
             self.process = subprocess.Popen(
                 plan.argv,
-                # the ranks watch this pid and stop when the agent is gone (see worker/watchdog.py)
+                # the ranks watch this pid and stop when the agent is gone (see worker/agent_watch.py)
                 env=env,
                 cwd=self.folder.path,
                 stdin=subprocess.DEVNULL,

@@ -12,7 +12,7 @@ from ..errors import SpecError
 from ..events import EventWriter, read_events, this_attempt
 from ..rundir import RunFolder
 from ..spec import RunSpec, describe_validation_error
-from . import liveness, node
+from . import commands, liveness
 from .stop import STOP_NODES
 from .trackers import flush_seconds
 
@@ -81,5 +81,5 @@ def resume_run(folder: RunFolder, *, max_steps: Optional[int] = None, budget_usd
     writer.emit("restart", attempt=attempt, cause="resume", from_step=checkpoint.step, checkpoint=str(checkpoint.path), reason=f"resumed after it ended {status}",
                 max_steps=spec.max_steps, budget_usd=spec.budget_usd)
     writer.close()
-    node.start_agent(folder)
+    commands.start_agent(folder)
     return request

@@ -15,7 +15,7 @@ from tornado.ioloop import PeriodicCallback
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
 from ..errors import GaudiNbError, NotFoundError
-from . import data
+from . import payloads
 
 URL_PATH = "gaudi-nb"
 # what a custom authorizer (JupyterHub's scopes, say) is asked about: reading runs, or stopping and attaching (write)
@@ -64,7 +64,7 @@ class NodesHandler(GaudiHandler):
     @tornado.web.authenticated
     @authorized
     async def get(self) -> None:
-        await self.answer(lambda: {"nodes": data.snapshot()["nodes"]})
+        await self.answer(lambda: {"nodes": payloads.snapshot()["nodes"]})
 
     @tornado.web.authenticated
     @authorized
@@ -74,15 +74,15 @@ class NodesHandler(GaudiHandler):
         url = str(body.get("url") or "").strip()
         if not url:
             return self.reply({"message": "give the node's address: ssh://user@host[:port]"}, 400)
-        await self.answer(data.attach, url, (body.get("name") or "").strip() or None, bool(body.get("trust_new_host")))
+        await self.answer(payloads.attach, url, (body.get("name") or "").strip() or None, bool(body.get("trust_new_host")))
 
 
 class RunsHandler(GaudiHandler):
     @tornado.web.authenticated
     @authorized
     async def get(self) -> None:
-        limit = self.number("limit", data.RECENT_RUNS)
-        await self.answer(lambda: {"runs": data.runs(limit=max(1, min(limit, data.RUNS_READ)))})
+        limit = self.number("limit", payloads.RECENT_RUNS)
+        await self.answer(lambda: {"runs": payloads.runs(limit=max(1, min(limit, payloads.RUNS_READ)))})
 
 
 class RunHandler(GaudiHandler):
@@ -90,21 +90,21 @@ class RunHandler(GaudiHandler):
     @authorized
     async def get(self, run_id: str) -> None:
         events = self.number("events", 50)
-        await self.answer(data.run, run_id, max(0, min(events, 1000)))
+        await self.answer(payloads.run, run_id, max(0, min(events, 1000)))
 
 
 class StopHandler(GaudiHandler):
     @tornado.web.authenticated
     @authorized
     async def post(self, run_id: str) -> None:
-        await self.answer(data.stop, run_id)
+        await self.answer(payloads.stop, run_id)
 
 
 class CostsHandler(GaudiHandler):
     @tornado.web.authenticated
     @authorized
     async def get(self) -> None:
-        await self.answer(lambda: data.snapshot()["costs"])
+        await self.answer(lambda: payloads.snapshot()["costs"])
 
 
 class ConfigHandler(GaudiHandler):
@@ -113,7 +113,7 @@ class ConfigHandler(GaudiHandler):
     async def get(self) -> None:
         from ..version import __version__
 
-        self.reply({"version": __version__, "dashboard_url": data.dashboard_url(), "interval_ms": 1000})
+        self.reply({"version": __version__, "dashboard_url": payloads.dashboard_url(), "interval_ms": 1000})
 
 
 class UpdatesHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):  # type: ignore[misc]
@@ -173,7 +173,7 @@ class UpdatesHandler(WebSocketMixin, WebSocketHandler, JupyterHandler):  # type:
             return
         self._sending = True
         try:
-            snapshot = await off_loop(data.snapshot)
+            snapshot = await off_loop(payloads.snapshot)
         except Exception as exc:  # the socket stays; the sidebar shows why there are no numbers
             self.log.warning("gaudi_nb: snapshot failed: %s", exc)
             snapshot = {"type": "error", "message": f"{type(exc).__name__}: {exc}"}

@@ -42,9 +42,9 @@ def _lost_link(exc: BaseException) -> bool:
 
 
 def node_command(node: Dict[str, Any], *args: str) -> str:
-    """`GAUDI_NB_HOME=... python -m gaudi_nb.agent.node ARGS` for the node's own interpreter and home."""
+    """`GAUDI_NB_HOME=... python -m gaudi_nb.agent.commands ARGS` for the node's own interpreter and home."""
     env = f"GAUDI_NB_HOME={shlex.quote(node['home'])}" if node.get("home") else ""
-    return " ".join(p for p in (env, shlex.quote(node.get("python") or "python3"), "-m", "gaudi_nb.agent.node", *map(shlex.quote, args)) if p)
+    return " ".join(p for p in (env, shlex.quote(node.get("python") or "python3"), "-m", "gaudi_nb.agent.commands", *map(shlex.quote, args)) if p)
 
 
 class Links:

@@ -6,7 +6,7 @@ from typing import Any
 
 def launcher(**defaults: Any) -> Any:
     """A form to start a run (target, model, dataset, devices, precision, budget, price) whose panel appears below it."""
-    from .launcher import Launcher
+    from .form import Launcher
 
     return Launcher(**defaults)
 

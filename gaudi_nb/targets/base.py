@@ -11,7 +11,7 @@ ends the run as failed when any of that raises; `stop()`, `resume()`, `check_los
                                 share a filesystem
   put_file(part, local, rel)    copy a file into the node's run folder (made if missing)
   put_bytes(part, rel, data)    write bytes there
-  node_call(part, *argv, files) run `python -m gaudi_nb.agent.node ARGV` on the node (files: written
+  node_call(part, *argv, files) run `python -m gaudi_nb.agent.commands ARGV` on the node (files: written
                                 into the run folder in the same call); its JSON answer, SpecError for
                                 a refusal, UnreachableError when the node does not answer
   follow(run_id, parts)         (re)start bringing these parts' events.jsonl here (mirror_of)
@@ -40,7 +40,7 @@ from ..paths import run_dir
 from ..rundir import RunFolder, heartbeat_timeout_s
 from ..spec import RunSpec
 
-Files = Dict[str, Dict[str, Any]]  # relative path in a node's run folder -> {"text": ..., "mode": ...} (agent/node.py)
+Files = Dict[str, Dict[str, Any]]  # relative path in a node's run folder -> {"text": ..., "mode": ...} (agent/commands.py)
 
 
 def sent_environment(spec: RunSpec) -> Dict[str, str]:
@@ -113,7 +113,7 @@ class Target:
     def put_workdir(self, part: Part, root: Path) -> None:
         """The working directory as git would keep it: one archive that the node unpacks into code/ when it starts the agent."""
         archive, _ = workdir.pack(root)
-        self.put_bytes(part, "code.tar", archive)  # agent/node.py's CODE_ARCHIVE
+        self.put_bytes(part, "code.tar", archive)  # agent/commands.py's CODE_ARCHIVE
 
     def sent_files(self, spec: RunSpec) -> Files:
         """What the run's agent gets from this client's environment (--report-to's settings, --env's variables),

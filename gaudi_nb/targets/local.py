@@ -1,7 +1,7 @@
 """This machine: the run's folder is here, and its agent runs here, detached in its own session.
 
 The transport is the identity: files are copied, and a node command is the node CLI's own
-function called in this process (agent/node.py), so a local run pays no process start for it.
+function called in this process (agent/commands.py), so a local run pays no process start for it.
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from .. import workdir
-from ..agent import node
+from ..agent import commands
 from ..spec import RunSpec
 from .base import Files, Part, Target
 
@@ -36,7 +36,7 @@ class LocalTarget(Target):
         workdir.copy_into(root, workdir.code_dir(Path(part.path)))
 
     def node_call(self, part: Part, *argv: str, files: Optional[Files] = None, timeout: float = 120.0) -> Dict[str, Any]:
-        return node.answer(list(argv), files)
+        return commands.answer(list(argv), files)
 
     def sent_files(self, spec: RunSpec) -> Files:
         return {}  # the agent starts from this process: it has this environment already

@@ -2,7 +2,7 @@
 
 Every view reads the local mirror (runs/<run_id>/events.jsonl here) exactly as for a local
 run; the node's own file stays the source of truth. Every command goes through this process's
-links (nodes/link.py: one connection per node), as a node CLI command (agent/node.py).
+links (nodes/link.py: one connection per node), as a node CLI command (agent/commands.py).
 
 `SshNode` (`--target NAME`): the run's folder on the node is <home>/runs/<run_id>.
 `SshNodes` (`--target NAME1,NAME2 --nodes 2`): one training across them, node 0 (the first
@@ -103,7 +103,7 @@ class SshTarget(Target):
         self._links().put_bytes(part.node, posixpath.join(part.path, relative), data)
 
     def node_call(self, part: Part, *argv: str, files: Optional[Files] = None, timeout: float = 120.0) -> Dict[str, Any]:
-        from ..agent.node import REFUSED
+        from ..agent.commands import REFUSED
         from ..nodes.link import node_command
 
         what = argv[0] if argv else ""

@@ -4,12 +4,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
+# In the run folder (names in rundir, which export reads too): the base weights a LoRA run trained on when they
+# exist nowhere else (a local preset is randomly initialised, so its base cannot be fetched again), and the
+# run's tokenizer, for `gaudi-nb export`.
+from ..rundir import BASE_MODEL_DIR, TOKENIZER_DIR
 from ..spec import RunSpec
-
-# In the run folder: the base weights a LoRA run trained on when they exist nowhere else (a local preset is
-# randomly initialised, so its base cannot be fetched again), and the run's tokenizer, for `gaudi-nb export`.
-BASE_MODEL_DIR = "base_model"
-TOKENIZER_DIR = "tokenizer"
 
 
 def target_modules(spec: RunSpec, model: Any) -> List[str]:

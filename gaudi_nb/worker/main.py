@@ -11,8 +11,8 @@ from ..events import BackgroundEventWriter
 from ..presets import model_presets
 from ..rundir import CHECKPOINT_COMPLETE, RESUME_FROM_ENV, RunFolder
 from ..spec import RunSpec
+from . import agent_watch, compat, lora
 from . import batch_size as batch_size_room
-from . import compat, lora, watchdog
 from .callback import EventCallback
 from .data import BlockDataset, pack, read_texts, split_blocks
 from .models import build_model_and_tokenizer
@@ -160,7 +160,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m gaudi_nb.worker", description="Run one rank of a gaudi_nb run.")
     parser.add_argument("--run-dir", required=True, type=Path)
     args = parser.parse_args(argv)
-    watchdog.start()
+    agent_watch.start()
     folder = RunFolder(args.run_dir.resolve())
     try:
         train(folder.path)

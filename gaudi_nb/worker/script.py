@@ -34,7 +34,7 @@ from typing import Any, Callable, Dict, List, Optional
 from ..events import BackgroundEventWriter, EventWriter
 from ..rundir import RESUME_FROM_ENV, RunFolder, current_attempt, mark_checkpoint_complete, prune_checkpoints
 from ..spec import RunSpec
-from . import watchdog
+from . import agent_watch
 from .rank import exit_cleanly, rank_info, report_error, writer_for
 
 RUN_DIR_ENV = "GAUDI_NB_RUN_DIR"
@@ -282,7 +282,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     args = parser.parse_args(argv)
     folder = args.run_dir.resolve()
     os.environ[RUN_DIR_ENV] = str(folder)
-    watchdog.start()
+    agent_watch.start()
     # Import the helpers as the script will (python -m runs this file as __main__, a second copy).
     from gaudi_nb.worker import script as helpers
 

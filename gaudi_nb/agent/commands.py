@@ -1,4 +1,4 @@
-"""python -m gaudi_nb.agent.node COMMAND: what a client asks of a node, run on the node.
+"""python -m gaudi_nb.agent.commands COMMAND: what a client asks of a node, run on the node.
 
 Every command answers one JSON line on stdout (except `tail`, which streams a file's bytes),
 so the client never parses prose. A target runs these commands over its transport (SSH: one
@@ -168,7 +168,7 @@ def _drained(path: Path, position: int) -> bool:
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m gaudi_nb.agent.node", description="Node-side commands of gaudi_nb (a client runs them over SSH).")
+    parser = argparse.ArgumentParser(prog="python -m gaudi_nb.agent.commands", description="Node-side commands of gaudi_nb (a client runs them over SSH).")
     commands = parser.add_subparsers(dest="command", required=True)
 
     def command(name: str, help: str, *, run_dir: bool = True, reason: Optional[str] = None, files: bool = False) -> argparse.ArgumentParser:

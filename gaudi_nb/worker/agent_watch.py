@@ -14,8 +14,8 @@ from typing import Optional
 
 import psutil
 
-AGENT_PID_ENV = "GAUDI_NB_AGENT_PID"
-AGENT_HOST_ENV = "GAUDI_NB_AGENT_HOST"  # a launcher may forward the variables to other nodes: a pid means nothing there
+from ..rundir import AGENT_HOST_ENV, AGENT_PID_ENV
+
 CHECK_EVERY_S = 2.0
 EXIT_CODE = 75  # EX_TEMPFAIL: not the training's fault
 
@@ -63,7 +63,3 @@ def _exit(pid: Optional[int]) -> None:
     sys.stderr.flush()
     os._exit(EXIT_CODE)
 
-
-def agent_environment() -> dict:
-    """The variables the agent gives its launcher, so the ranks can watch it."""
-    return {AGENT_PID_ENV: str(os.getpid()), AGENT_HOST_ENV: socket.gethostname()}

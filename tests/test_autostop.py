@@ -353,6 +353,36 @@ def test_start_survives_a_reboot_by_crontab_where_there_is_no_systemd_and_is_ide
     assert table.read_text().count("@reboot") == 1  # one line per home, replaced
 
 
+def test_start_ends_and_uninstalls_the_daemon_from_before_the_rename(gaudi_home, tmp_path, monkeypatch, stop_autostop):
+    # a machine provisioned when autostop was gaudi_nb.nodes.watchdog: its process, its pid file and its @reboot line
+    bare = tmp_path / "bin"
+    bare.mkdir()
+    monkeypatch.setattr(autostop_service, "_systemd_is_init", lambda: False)  # never this machine's systemd
+    monkeypatch.setenv("PATH", str(bare))
+    table = tmp_path / "crontab.txt"
+    (bare / "crontab").write_text(f'#!/bin/sh\nif [ "$1" = "-l" ]; then /bin/cat {table} 2>/dev/null || exit 1; else /bin/cat > {table}; fi\n')
+    (bare / "crontab").chmod(0o755)
+    other_home = "@reboot cd /x && python -m gaudi_nb.nodes.watchdog run --config /x/c.json # gaudi_nb watchdog /elsewhere"
+    table.write_text(f"MAILTO=x\n@reboot cd /y && python -m gaudi_nb.nodes.watchdog run --config /y/c.json # gaudi_nb watchdog {gaudi_home}\n{other_home}\n")
+    old = subprocess.Popen([VENV_PYTHON, "-c", "import time; time.sleep(60)", "gaudi_nb.nodes.watchdog"])
+    try:
+        (gaudi_home / "watchdog").mkdir(parents=True)
+        (gaudi_home / "watchdog" / "watchdog.pid").write_text(json.dumps({"pid": old.pid}))
+        stop_autostop(gaudi_home)
+        path = autostop.config_path(gaudi_home)
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps(dict(provider="aws", region=REGION, instance_id="i-x", launched_at=time.time(), check_interval_s=0.5)))
+        answer = autostop_service.start(path)
+        assert old.wait(timeout=15) is not None  # the old daemon was ended
+        lines = table.read_text().splitlines()
+        assert answer["how"] == "crontab" and lines[0] == "MAILTO=x" and other_home in lines  # another home's line is kept
+        assert not any(line.endswith(f"# gaudi_nb watchdog {gaudi_home}") for line in lines)
+        assert [line for line in lines if line.endswith(f"# gaudi_nb autostop {gaudi_home}")]
+    finally:
+        old.kill()
+        old.wait()
+
+
 def test_over_budget_every_run_is_asked_to_stop_once_a_later_one_too(gaudi_home):
     from gaudi_nb.rundir import RunFolder
 

@@ -22,6 +22,11 @@ from .autostop import MARKER, Autostop, AutostopConfig, autostop_dir, load_confi
 
 UNIT = "gaudi-nb-autostop.service"
 CRON_MARKER = "# gaudi_nb autostop"
+# Before it had its name, autostop was gaudi_nb.nodes.watchdog, with its files under <home>/watchdog/, this unit
+# and this crontab marker: start() ends and uninstalls that one, so a machine provisioned then runs one daemon, not two.
+OLD_MARKER = "gaudi_nb.nodes.watchdog"
+OLD_UNIT = "gaudi-nb-watchdog.service"
+OLD_CRON_MARKER = "# gaudi_nb watchdog"
 
 
 # -- one per home -------------------------------------------------------------------------------
@@ -71,7 +76,7 @@ def _running(home: Path) -> Optional[Dict[str, Any]]:
     return None
 
 
-def _end(pid: int, grace_s: float = 5.0) -> None:
+def _end(pid: int, grace_s: float = 5.0, marker: str = MARKER) -> None:
     from .liveness import process_alive
 
     for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -80,9 +85,9 @@ def _end(pid: int, grace_s: float = 5.0) -> None:
         except OSError:
             return
         deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and process_alive(pid, MARKER):
+        while time.monotonic() < deadline and process_alive(pid, marker):
             time.sleep(0.1)
-        if not process_alive(pid, MARKER):
+        if not process_alive(pid, marker):
             return
 
 
@@ -170,6 +175,28 @@ def _install_cron(python: str, path: Path, home: Path) -> Tuple[Optional[str], s
     return "crontab", "an @reboot line in the user's crontab"
 
 
+def _retire_watchdog(home: Path) -> None:
+    """End and uninstall this home's daemon from before the rename (OLD_MARKER), where the machine has one."""
+    from .liveness import process_alive
+
+    info = read_json(home / "watchdog" / "watchdog.pid")
+    if info and process_alive(int(info.get("pid") or 0), OLD_MARKER):
+        _end(int(info["pid"]), marker=OLD_MARKER)
+    old_line = f"{OLD_CRON_MARKER} {home}"
+    listed = _quiet(["crontab", "-l"]) if shutil.which("crontab") else None
+    if listed is not None and listed.returncode == 0 and any(row.rstrip().endswith(old_line) for row in listed.stdout.splitlines()):
+        kept = [row for row in listed.stdout.splitlines() if not row.rstrip().endswith(old_line)]
+        _quiet(["crontab", "-"], input="".join(f"{row}\n" for row in kept))
+    root = os.geteuid() == 0
+    unit_path = (Path("/etc/systemd/system") if root else Path("~/.config/systemd/user").expanduser()) / OLD_UNIT
+    if unit_path.exists() and shutil.which("systemctl"):
+        _quiet(["systemctl", *([] if root else ["--user"]), "disable", "--now", OLD_UNIT])
+        try:
+            unit_path.unlink()
+        except OSError:
+            pass
+
+
 def _start_detached(python: str, path: Path, home: Path) -> int:
     folder = autostop_dir(home)
     with open(folder / "autostop.log", "ab") as log:
@@ -211,6 +238,7 @@ def start(path: "str | Path", *, python: Optional[str] = None, reboot: bool = Tr
     python = python or sys.executable
     lock = _take_lock(autostop_dir(home), "start.lock", blocking=True)  # two starts at once: one after the other
     try:
+        _retire_watchdog(home)
         how, note = (None, "not asked to survive a reboot")
         if reboot:
             how, note = _install_systemd(python, path, home) if _systemd_is_init() else (None, "systemd is not PID 1")

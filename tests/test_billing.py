@@ -42,7 +42,7 @@ def test_every_view_shows_the_same_dollars_and_the_same_rate(gaudi_home):
     from gaudi_nb.dashboard.data_store import DashboardData
     from gaudi_nb.jupyter_server_ext.payloads import snapshot_of
     from gaudi_nb.nodes.provision import autostop_settings
-    from gaudi_nb.nodes.watchdog import WatchdogConfig, WatchdogState, machine_idle, spend_usd
+    from gaudi_nb.agent.autostop import AutostopConfig, AutostopState, machine_idle, spend_usd
     from gaudi_nb.notebook.magics import machines_html, money_now, money_now_html
 
     now = time.time()
@@ -86,10 +86,10 @@ def test_every_view_shows_the_same_dollars_and_the_same_rate(gaudi_home):
     for text in (formatting.rate(per_hour), formatting.money(today), formatting.money(spare), formatting.money(napper)):
         assert text in page
 
-    # the autostop watchdog on the idle machine, set up as provisioning sets it up
-    config = WatchdogConfig.from_dict({**autostop_settings(store.get_node("spare-0")), "home": str(gaudi_home)})
+    # autostop on the idle machine, set up as provisioning sets it up
+    config = AutostopConfig.from_dict({**autostop_settings(store.get_node("spare-0")), "home": str(gaudi_home)})
     assert spend_usd(config, now) == pytest.approx(spare)
-    quiet = WatchdogState(config=config, started_at=now - HOUR, samples=[(now - s, 0.0) for s in range(0, 600, 30)])
+    quiet = AutostopState(config=config, started_at=now - HOUR, samples=[(now - s, 0.0) for s in range(0, 600, 30)])
     assert machine_idle(quiet, now)  # the same rule the dashboard and ticker judged it idle by
 
 
@@ -172,7 +172,7 @@ def test_a_restart_after_run_end_means_not_ended(tmp_path):
 
 
 def test_autostop_counts_a_resumed_run_as_active(tmp_path):
-    from gaudi_nb.nodes.watchdog import active_runs
+    from gaudi_nb.agent.autostop import active_runs
 
     folder = tmp_path / "runs" / "resumed"
     writer = EventWriter(folder / "events.jsonl", "resumed")

@@ -408,7 +408,7 @@ def autostop_settings(record: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def _start_autostop(record: Dict[str, Any], say: Callable[[str], None], action: str) -> None:
-    from .watchdog import start_on_node
+    from .autostop import start_on_node
 
     config = autostop_settings(record)
     # where this client reaches the cloud's API, when it is not the public one (never credentials:

@@ -175,7 +175,7 @@ resource "aws_iam_role" "node" {
   tags               = local.tags
 }
 
-# The autostop watchdog runs on the node (not on the laptop, which may be
+# Autostop runs on the node (not on the laptop, which may be
 # asleep) and calls ec2:StopInstances on its own instance when the node is
 # idle or over budget. One role serves every node of the group, so the policy
 # cannot name an instance id: listing the group's ids would let any node stop
@@ -244,7 +244,7 @@ resource "aws_instance" "node" {
   placement_group      = aws_placement_group.node.id
   iam_instance_profile = aws_iam_instance_profile.node.name
 
-  # Stop (not terminate) when the OS shuts down, so a watchdog's `shutdown`
+  # Stop (not terminate) when the OS shuts down, so an autostop `shutdown`
   # keeps the disk with its checkpoints.
   instance_initiated_shutdown_behavior = "stop"
 

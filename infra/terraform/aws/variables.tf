@@ -156,7 +156,7 @@ variable "root_volume_type" {
 }
 
 variable "autostop_idle_minutes" {
-  description = "Written to /etc/gaudi-nb/autostop on each node for the gaudi-nb agent's watchdog: stop the node after this many idle minutes. 0 disables it."
+  description = "Written to /etc/gaudi-nb/autostop on each node for gaudi-nb's autostop: stop the node after this many idle minutes. 0 disables it."
   type        = number
   default     = 60
 }

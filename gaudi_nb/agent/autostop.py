@@ -1,18 +1,9 @@
-"""Autostop on the node: a watchdog that stops or terminates its own machine when idle or over budget (python -m gaudi_nb.nodes.watchdog)."""
+"""Autostop, the daemon on a provisioned machine: it stops or terminates its own machine when idle or over budget (python -m gaudi_nb.agent.autostop)."""
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import fcntl
-import hashlib
 import json
 import os
-import pwd
-import shlex
-import shutil
-import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +14,8 @@ from ..errors import GaudiNbError, SpecError
 from ..formatting import money, rate
 
 ACTIONS = ("stop", "terminate")
-WATCHDOG_DIR = "watchdog"  # under the node's GAUDI_NB_HOME
-UNIT = "gaudi-nb-watchdog.service"
-CRON_MARKER = "# gaudi_nb watchdog"
-MARKER = "gaudi_nb.nodes.watchdog"  # in the process's command line: a reused pid is not the watchdog
+AUTOSTOP_DIR = "autostop"  # under the node's GAUDI_NB_HOME
+MARKER = "gaudi_nb.agent.autostop"  # in the process's command line: a reused pid is not autostop
 # Where the provider can tag a machine, the reason goes on it too: a terminated machine's disk
 # (and its last_action.json) is gone, its tags are still listed for a while.
 TAG_AUTOSTOP = "gaudi_nb:autostop"
@@ -39,8 +28,8 @@ AGENTLESS_QUIET_S = 600.0
 
 
 @dataclass
-class WatchdogConfig:
-    """What the watchdog on one machine watches for; written to <home>/watchdog/config.json by start_on_node."""
+class AutostopConfig:
+    """What autostop on one machine watches for; written to <home>/autostop/config.json by start_on_node."""
 
     provider: str  # "aws" | "ibm": the registry name in nodes.providers
     region: str
@@ -64,17 +53,17 @@ class WatchdogConfig:
     environment: Dict[str, str] = field(default_factory=dict)
 
     @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> "WatchdogConfig":
+    def from_dict(cls, data: Dict[str, Any]) -> "AutostopConfig":
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - names)
         if unknown:
-            raise SpecError(f"unknown watchdog setting(s) {', '.join(unknown)}: the settings are {', '.join(sorted(names))}")
+            raise SpecError(f"unknown autostop setting(s) {', '.join(unknown)}: the settings are {', '.join(sorted(names))}")
         missing = [name for name in ("provider", "region", "instance_id", "launched_at") if data.get(name) in (None, "")]
         if missing:
-            raise SpecError(f"the watchdog needs {', '.join(missing)}")
+            raise SpecError(f"autostop needs {', '.join(missing)}")
         config = cls(**data)
         if config.action not in ACTIONS:
-            raise SpecError(f"the watchdog's action is '{config.action}': use stop (the disk is kept) or terminate (nothing is kept)")
+            raise SpecError(f"autostop's action is '{config.action}': use stop (the disk is kept) or terminate (nothing is kept)")
         for name in ("idle_minutes", "budget_usd", "price_per_hour"):
             value = getattr(config, name)
             if value is not None and float(value) < 0:
@@ -87,34 +76,34 @@ class WatchdogConfig:
         return dataclasses.asdict(self)
 
 
-def watchdog_dir(home: "str | Path") -> Path:
-    return Path(home) / WATCHDOG_DIR
+def autostop_dir(home: "str | Path") -> Path:
+    return Path(home) / AUTOSTOP_DIR
 
 
 def config_path(home: "str | Path") -> Path:
-    return watchdog_dir(home) / "config.json"
+    return autostop_dir(home) / "config.json"
 
 
-def load_config(path: "str | Path") -> WatchdogConfig:
+def load_config(path: "str | Path") -> AutostopConfig:
     path = Path(path)
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise SpecError(f"cannot read the watchdog's config {path} ({exc}): start it again with start_on_node") from None
-    config = WatchdogConfig.from_dict(data)
+        raise SpecError(f"cannot read autostop's config {path} ({exc}): start it again with start_on_node") from None
+    config = AutostopConfig.from_dict(data)
     if not config.home:
         config.home = str(path.resolve().parent.parent)
     return config
 
 
-# -- the pure part: what the watchdog knows, and what it decides ------------------------------
+# -- the pure part: what autostop knows, and what it decides ------------------------------
 
 
 @dataclass
-class WatchdogState:
+class AutostopState:
     """What the loop has seen so far; decide() reads only this and the time."""
 
-    config: WatchdogConfig
+    config: AutostopConfig
     started_at: float
     active_runs: List[str] = field(default_factory=list)
     last_run_at: Optional[float] = None  # the last tick at which a run was active
@@ -139,40 +128,40 @@ def utilization_of(sample: Any) -> Optional[float]:
     return float(sample.host.cpu_percent) if sample.host is not None else None
 
 
-def billed_s(config: WatchdogConfig, now: float) -> float:
+def billed_s(config: AutostopConfig, now: float) -> float:
     """The seconds this machine has been billed: the time it ran before, and since its last start."""
     return float(config.billed_before_s) + max(0.0, now - float(config.launched_at))
 
 
-def spend_usd(config: WatchdogConfig, now: float) -> Optional[float]:
+def spend_usd(config: AutostopConfig, now: float) -> Optional[float]:
     """The node's spend at its hourly price (billing's rule, as every view counts it); None where the price is unknown."""
     return billing.cost_so_far(billed_s(config, now), config.price_per_hour)
 
 
-def idle_rule(config: WatchdogConfig) -> "billing.IdleRule":
+def idle_rule(config: AutostopConfig) -> "billing.IdleRule":
     """billing's one idle rule, with this machine's thresholds from its settings."""
     return billing.IdleRule(utilization_below_pct=float(config.utilization_threshold_pct), window_s=float(config.utilization_window_s))
 
 
-def over_budget(state: WatchdogState, now: float) -> bool:
+def over_budget(state: AutostopState, now: float) -> bool:
     spent = spend_usd(state.config, now)
     return state.config.budget_usd is not None and spent is not None and spent >= float(state.config.budget_usd)
 
 
-def budget_due(state: WatchdogState, now: float) -> bool:
+def budget_due(state: AutostopState, now: float) -> bool:
     """Over budget and not in the hold a machine gets when started again after a budget stop."""
     return over_budget(state, now) and not (state.budget_hold_until is not None and now < state.budget_hold_until)
 
 
-def idle_for_s(state: WatchdogState, now: float) -> float:
-    """Seconds without an active run (counted from the watchdog's start, so a reboot restarts the clock)."""
+def idle_for_s(state: AutostopState, now: float) -> float:
+    """Seconds without an active run (counted from autostop's start, so a reboot restarts the clock)."""
     if state.active_runs:
         return 0.0
     return max(0.0, now - max(state.started_at, state.last_run_at or state.started_at))
 
 
-def machine_idle(state: WatchdogState, now: float) -> bool:
-    """billing.is_idle over what this watchdog has sampled since it started (a reboot starts the window again)."""
+def machine_idle(state: AutostopState, now: float) -> bool:
+    """billing.is_idle over what autostop has sampled since it started (a reboot starts the window again)."""
     return billing.is_idle(state.samples, now, active_runs=len(state.active_runs), watched_since=state.started_at, rule=idle_rule(state.config))
 
 
@@ -180,7 +169,7 @@ def _minutes(seconds: float) -> str:
     return f"{seconds / 60:.1f} min" if seconds >= 60 else f"{seconds:.0f} s"
 
 
-def decide(state: WatchdogState, now: float) -> Optional[str]:
+def decide(state: AutostopState, now: float) -> Optional[str]:
     """Why the machine should go now ("budget: ..." or "idle: ..."), or None to keep it.
 
     A run whose agent is alive is busy whatever the cards do, so graph-compilation warm-up
@@ -227,7 +216,7 @@ def _newest_mtime(folder: Path) -> float:
 def active_runs(home: "str | Path", now: Optional[float] = None) -> List[str]:
     """The runs under <home>/runs that are going (their folders' names there: rundir.node_run_folders): their agent is alive (warm-up included),
     or they have no agent yet, no run_end and wrote something in the last AGENTLESS_QUIET_S."""
-    from ..agent.liveness import agent_alive
+    from .liveness import agent_alive
     from ..events import ended_in_file
     from ..rundir import node_run_folders
 
@@ -274,7 +263,7 @@ class Utilization:
 # -- files the client reads ----------------------------------------------------------------
 
 
-def _write_json(path: Path, data: Dict[str, Any]) -> None:
+def write_json(path: Path, data: Dict[str, Any]) -> None:
     """Atomically, so a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}")
@@ -282,7 +271,7 @@ def _write_json(path: Path, data: Dict[str, Any]) -> None:
     os.replace(tmp, path)
 
 
-def _read_json(path: Path) -> Optional[Dict[str, Any]]:
+def read_json(path: Path) -> Optional[Dict[str, Any]]:
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
@@ -291,17 +280,17 @@ def _read_json(path: Path) -> Optional[Dict[str, Any]]:
 
 
 def read_last_action(home: "str | Path") -> Optional[Dict[str, Any]]:
-    """What the watchdog last did (or tried) to this machine and why; None if it never acted.
+    """What autostop last did (or tried) to this machine and why; None if it never acted.
 
     Keys: kind ("idle" | "budget"), reason, action ("stop" | "terminate"), t (epoch), when (UTC),
     spend_usd, provider, region, instance_id, node, status ("acting", "requested" or "failed"), error.
     """
-    return _read_json(watchdog_dir(home) / "last_action.json")
+    return read_json(autostop_dir(home) / "last_action.json")
 
 
 def read_status(home: "str | Path") -> Optional[Dict[str, Any]]:
-    """The watchdog's latest tick (written every check): idle time, spend, active runs, utilization, pid."""
-    return _read_json(watchdog_dir(home) / "status.json")
+    """Autostop's latest tick (written every check): idle time, spend, active runs, utilization, pid."""
+    return read_json(autostop_dir(home) / "status.json")
 
 
 def _utc(t: float) -> str:
@@ -311,15 +300,15 @@ def _utc(t: float) -> str:
 # -- the loop ----------------------------------------------------------------------------------
 
 
-class Watchdog:
+class Autostop:
     """One node's loop: look at runs and cards, decide, act through the provider; never crash."""
 
-    def __init__(self, config: WatchdogConfig, now: Optional[float] = None, config_file: Optional[Path] = None) -> None:
+    def __init__(self, config: AutostopConfig, now: Optional[float] = None, config_file: Optional[Path] = None) -> None:
         self.config = config
         self.home = Path(config.home or os.environ.get("GAUDI_NB_HOME") or "~/.gaudi_nb").expanduser()
-        self.dir = watchdog_dir(self.home)
+        self.dir = autostop_dir(self.home)
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.state = WatchdogState(config=config, started_at=now or time.time())
+        self.state = AutostopState(config=config, started_at=now or time.time())
         self.utilization = Utilization(config.telemetry_source)
         self._said: Dict[str, str] = {}  # a message said once per topic until it changes
         self._asked: Set[str] = set()  # runs asked to stop for the budget (one started later is asked too)
@@ -355,7 +344,7 @@ class Watchdog:
         self.log(f"settings read again from {self.config_file}: {config.action} after {config.idle_minutes} idle min, budget {config.budget_usd}")
 
     def log(self, message: str) -> None:
-        with open(self.dir / "watchdog.log", "a") as fh:
+        with open(self.dir / "autostop.log", "a") as fh:
             fh.write(f"{_utc(time.time())} {message}\n")
 
     def _say_once(self, topic: str, message: Optional[str]) -> None:
@@ -423,7 +412,9 @@ class Watchdog:
         self._record(record)
         self.log(f"{config.action} {config.instance_id} ({config.provider} {config.region}): {reason}")
         try:
-            from .providers import provider
+            # The cloud's API, as the client's provisioning reaches it: the one client-side package the
+            # node side imports (nodes/__init__ imports nothing; the SDK is the machine's own extra).
+            from ..nodes.providers import provider
 
             cloud = provider(config.provider, config.region)
             tag = getattr(cloud, "tag_instances", None)
@@ -448,14 +439,14 @@ class Watchdog:
         return True
 
     def _record(self, record: Dict[str, Any]) -> None:
-        _write_json(self.dir / "last_action.json", record)
+        write_json(self.dir / "last_action.json", record)
         with open(self.dir / "actions.jsonl", "a") as fh:
             fh.write(json.dumps(record) + "\n")
 
     def _write_status(self, now: float, reason: Optional[str]) -> None:
         state = self.state
         last = state.samples[-1][1] if state.samples else None
-        _write_json(
+        write_json(
             self.dir / "status.json",
             {
                 "pid": os.getpid(),
@@ -488,311 +479,9 @@ class Watchdog:
             time.sleep(max(0.0, float(self.config.check_interval_s) - (time.monotonic() - started)))
 
 
-def _take_lock(directory: Path, name: str, blocking: bool) -> Optional[Any]:
-    directory.mkdir(parents=True, exist_ok=True)
-    handle = open(directory / name, "a")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | (0 if blocking else fcntl.LOCK_NB))
-    except OSError:
-        handle.close()
-        return None
-    return handle
-
-
-def run(path: "str | Path") -> int:
-    """The node-side loop (`run --config PATH`); one per home (a lock), until killed."""
-    config = load_config(path)
-    os.environ.update({str(k): str(v) for k, v in (config.environment or {}).items()})
-    home = Path(config.home or ".")
-    lock = _take_lock(watchdog_dir(home), "run.lock", blocking=False)
-    if lock is None:
-        sys.stderr.write(f"a watchdog already runs for {home}; not starting another\n")
-        return 0
-    _write_json(watchdog_dir(home) / "watchdog.pid", {"pid": os.getpid(), "config_sha256": _sha(Path(path)), "started_at": time.time(), "python": sys.executable})
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    Watchdog(config, config_file=Path(path)).run_forever()
-    return 0
-
-
-def _sha(path: Path) -> str:
-    try:
-        return hashlib.sha256(path.read_bytes()).hexdigest()
-    except OSError:
-        return ""
-
-
-# -- starting it on the node: detached now, and again after a reboot ---------------------------------
-
-
-def _running(home: Path) -> Optional[Dict[str, Any]]:
-    from ..agent.liveness import process_alive
-
-    info = _read_json(watchdog_dir(home) / "watchdog.pid")
-    if info and process_alive(int(info.get("pid") or 0), MARKER):
-        return info
-    return None
-
-
-def _end(pid: int, grace_s: float = 5.0) -> None:
-    from ..agent.liveness import process_alive
-
-    for sig in (signal.SIGTERM, signal.SIGKILL):
-        try:
-            os.kill(pid, sig)
-        except OSError:
-            return
-        deadline = time.monotonic() + grace_s
-        while time.monotonic() < deadline and process_alive(pid, MARKER):
-            time.sleep(0.1)
-        if not process_alive(pid, MARKER):
-            return
-
-
-def _run_argv(python: str, path: Path) -> List[str]:
-    return [python, "-m", MARKER, "run", "--config", str(path)]
-
-
-def _quiet(argv: List[str], **options: Any) -> "subprocess.CompletedProcess[str]":
-    return subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False, **options)
-
-
-def _systemd_is_init() -> bool:
-    try:
-        return Path("/proc/1/comm").read_text().strip() == "systemd" and shutil.which("systemctl") is not None
-    except OSError:
-        return False
-
-
-def systemd_unit(python: str, path: Path, home: Path, *, user_unit: bool) -> str:
-    """The unit that starts the watchdog at boot and again if it ever exits with an error."""
-    command = " ".join(shlex.quote(p) for p in _run_argv(python, path))
-    return (
-        "[Unit]\n"
-        "Description=gaudi_nb watchdog: stops this machine when idle or over budget\n"
-        "After=network-online.target\n"
-        "Wants=network-online.target\n\n"
-        "[Service]\n"
-        f"Environment=GAUDI_NB_HOME={home}\n"
-        f"WorkingDirectory={watchdog_dir(home)}\n"
-        f"ExecStart={command}\n"
-        "Restart=on-failure\n"
-        "RestartSec=10\n\n"
-        "[Install]\n"
-        f"WantedBy={'default.target' if user_unit else 'multi-user.target'}\n"
-    )
-
-
-def cron_line(python: str, path: Path, home: Path) -> str:
-    """An @reboot line for the user's crontab; the marker names the home, so one line per home is kept."""
-    folder = watchdog_dir(home)
-    command = " ".join(shlex.quote(p) for p in _run_argv(python, path))
-    return f"@reboot cd {shlex.quote(str(folder))} && GAUDI_NB_HOME={shlex.quote(str(home))} {command} >> {shlex.quote(str(folder / 'watchdog.log'))} 2>&1 {CRON_MARKER} {home}"
-
-
-def with_cron_line(crontab: str, line: str, home: Path) -> str:
-    """The crontab with this home's watchdog line replaced (other lines kept as they are)."""
-    kept = [row for row in crontab.splitlines() if not row.rstrip().endswith(f"{CRON_MARKER} {home}")]
-    return "\n".join([*kept, line]) + "\n"
-
-
-def _install_systemd(python: str, path: Path, home: Path) -> Tuple[Optional[str], str]:
-    """(how, note): "systemd" once the unit is enabled, else None and why not."""
-    root = os.geteuid() == 0
-    scope: List[str] = [] if root else ["--user"]
-    if root:
-        unit_path = Path("/etc/systemd/system") / UNIT
-    else:
-        user = pwd.getpwuid(os.getuid()).pw_name
-        linger = _quiet(["loginctl", "show-user", user, "--property=Linger"]) if shutil.which("loginctl") else None
-        if linger is None or "Linger=yes" not in linger.stdout:
-            # a user's units start at boot only with lingering on; a user may be allowed to turn it on
-            if shutil.which("loginctl") is None or _quiet(["loginctl", "enable-linger", user]).returncode != 0:
-                return None, "systemd runs, but user units do not start at boot here (loginctl enable-linger was refused)"
-        unit_path = Path("~/.config/systemd/user").expanduser() / UNIT
-    try:
-        unit_path.parent.mkdir(parents=True, exist_ok=True)
-        unit_path.write_text(systemd_unit(python, path, home, user_unit=not root))
-    except OSError as exc:
-        return None, f"cannot write the systemd unit {unit_path} ({exc})"
-    for argv in (["systemctl", *scope, "daemon-reload"], ["systemctl", *scope, "enable", UNIT]):
-        done = _quiet(argv)
-        if done.returncode != 0:
-            return None, f"{' '.join(argv)} failed ({(done.stderr or done.stdout).strip()[:200]})"
-    return "systemd", f"systemd unit {unit_path} (enabled)"
-
-
-def _install_cron(python: str, path: Path, home: Path) -> Tuple[Optional[str], str]:
-    if shutil.which("crontab") is None:
-        return None, "no crontab on this node"
-    listed = _quiet(["crontab", "-l"])
-    current = listed.stdout if listed.returncode == 0 else ""  # exit 1: no crontab yet
-    done = _quiet(["crontab", "-"], input=with_cron_line(current, cron_line(python, path, home), home))
-    if done.returncode != 0:
-        return None, f"crontab refused the @reboot line ({(done.stderr or done.stdout).strip()[:200]})"
-    return "crontab", "an @reboot line in the user's crontab"
-
-
-def _start_detached(python: str, path: Path, home: Path) -> int:
-    folder = watchdog_dir(home)
-    with open(folder / "watchdog.log", "ab") as log:
-        process = subprocess.Popen(
-            _run_argv(python, path),
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # its own session: the SSH session's end does not reach it
-            close_fds=True,
-            # python -m puts the working folder first on the import path: a folder holding a
-            # `gaudi_nb` directory (a checkout) must not replace the installed package
-            cwd=str(folder),
-            env={**os.environ, "GAUDI_NB_HOME": str(home)},
-        )
-    return process.pid
-
-
-def _wait_for_pid(home: Path, timeout_s: float = 15.0, not_pid: Optional[int] = None) -> Optional[Dict[str, Any]]:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        info = _running(home)
-        if info and info.get("pid") != not_pid:
-            return info
-        time.sleep(0.1)
-    return None
-
-
-def start(path: "str | Path", *, python: Optional[str] = None, reboot: bool = True) -> Dict[str, Any]:
-    """Node side of start_on_node: start the watchdog for the config at `path`, and make it start at boot.
-
-    Idempotent: a watchdog already running with the same config and Python is kept; one with
-    another config is replaced. Returns {pid, started: "started" | "kept" | "replaced",
-    survives_reboot, how ("systemd" | "crontab" | None), note, log}.
-    """
-    path = Path(path).resolve()
-    config = load_config(path)
-    home = Path(config.home or path.parent.parent)
-    python = python or sys.executable
-    lock = _take_lock(watchdog_dir(home), "start.lock", blocking=True)  # two starts at once: one after the other
-    try:
-        how, note = (None, "not asked to survive a reboot")
-        if reboot:
-            how, note = _install_systemd(python, path, home) if _systemd_is_init() else (None, "systemd is not PID 1")
-            if how is None:
-                cron_how, cron_note = _install_cron(python, path, home)
-                how, note = cron_how, (cron_note if cron_how else f"{note}; {cron_note}")
-            if how is None:
-                note += f": the watchdog will not start again after a reboot (start it again with {MARKER} start --config {path})"
-        current = _running(home)
-        started = "started"
-        if current is not None:
-            if current.get("config_sha256") == _sha(path) and current.get("python") == python:
-                return _answer(current, "kept", how, note, home)
-            _end(int(current["pid"]))
-            started = "replaced"
-        if how == "systemd":
-            scope = [] if os.geteuid() == 0 else ["--user"]
-            done = _quiet(["systemctl", *scope, "restart", UNIT])
-            if done.returncode != 0:
-                note += f"; systemctl restart failed ({done.stderr.strip()[:200]}), started detached instead"
-                _start_detached(python, path, home)
-        else:
-            _start_detached(python, path, home)
-        info = _wait_for_pid(home)
-        if info is None:
-            raise GaudiNbError(f"the watchdog did not start on this node: see {watchdog_dir(home) / 'watchdog.log'}")
-        return _answer(info, started, how, note, home)
-    finally:
-        if lock is not None:
-            lock.close()
-
-
-def _answer(info: Dict[str, Any], started: str, how: Optional[str], note: str, home: Path) -> Dict[str, Any]:
-    return {"pid": info.get("pid"), "started": started, "survives_reboot": how is not None, "how": how, "note": note, "log": str(watchdog_dir(home) / "watchdog.log")}
-
-
-def stop(home: "str | Path") -> Dict[str, Any]:
-    """End the running watchdog (it starts again at boot if start installed that)."""
-    info = _running(Path(home))
-    if info is None:
-        return {"stopped": False}
-    _end(int(info["pid"]))
-    return {"stopped": True, "pid": info["pid"]}
-
-
-# -- the client side: start it on a node over SSH ---------------------------------------------
-
-
-def start_on_node(record: Dict[str, Any], config: "WatchdogConfig | Dict[str, Any]", *, reboot: bool = True, timeout_s: float = 120.0) -> Dict[str, Any]:
-    """Write the watchdog's config on the node and start it there, detached and again at every boot.
-
-    `record`: the node's store record (user, host, port, identity_file, jump, python, home).
-    `config`: a WatchdogConfig or its dict (provider, region, instance_id, launched_at, action,
-    idle_minutes, budget_usd, price_per_hour, ...); `home` defaults to the record's.
-    `reboot`: also make it start at boot (a systemd unit, else an @reboot crontab line).
-    Returns the node's answer: {pid, started, survives_reboot, how, note, log}.
-    """
-    from .link import links
-
-    data = config.to_dict() if isinstance(config, WatchdogConfig) else dict(config)
-    home = data.get("home") or record.get("home")
-    if not home:
-        raise SpecError(f"node {record.get('name')} has no home in its record: attach it again")
-    data["home"] = home
-    data.setdefault("node", record.get("name"))
-    WatchdogConfig.from_dict(data)  # a bad setting stops here, not on the node
-    target = config_path(home)
-    command = " ".join(
-        [f"GAUDI_NB_HOME={shlex.quote(home)}", shlex.quote(record.get("python") or "python3"), "-m", MARKER, "start", "--config", shlex.quote(str(target)), "--config-stdin", *([] if reboot else ["--no-reboot"])]
-    )
-    text = json.dumps(data, indent=1)
-    status, stdout, stderr = links().run(record, command, timeout=timeout_s, input=text)
-    lines = [line for line in stdout.splitlines() if line.strip().startswith("{")]
-    if status != 0 or not lines:
-        last = next((line for line in reversed((stderr or stdout).splitlines()) if line.strip()), f"exit status {status}")
-        raise GaudiNbError(f"the watchdog could not be started on node {record.get('name')}: {last.strip()[:300]}")
-    answer: Dict[str, Any] = json.loads(lines[-1])
-    return answer
-
-
-# -- command line (run on the node) -------------------------------------------------------------
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    parser = argparse.ArgumentParser(prog=f"python -m {MARKER}", description="The node's watchdog: stop or terminate this machine when idle or over budget.")
-    commands = parser.add_subparsers(dest="command", required=True)
-    loop = commands.add_parser("run", help="watch in the foreground (what start runs detached)")
-    loop.add_argument("--config", required=True, type=Path)
-    begin = commands.add_parser("start", help="start the watchdog detached and at every boot; prints one JSON line")
-    begin.add_argument("--config", required=True, type=Path)
-    begin.add_argument("--config-stdin", action="store_true", help="write the config read from stdin to --config first")
-    begin.add_argument("--no-reboot", action="store_true", help="do not install a systemd unit or crontab line")
-    for name, text in (("status", "the latest check, one JSON line"), ("last-action", "what it last did and why, one JSON line"), ("stop", "end the running watchdog")):
-        sub = commands.add_parser(name, help=text)
-        sub.add_argument("--home", type=Path, default=None, help="the node's GAUDI_NB_HOME (default: $GAUDI_NB_HOME)")
-    args = parser.parse_args(argv)
-
-    if args.command == "run":
-        return run(args.config)
-    if args.command == "start":
-        if args.config_stdin:
-            data = json.loads(sys.stdin.read())
-            WatchdogConfig.from_dict(data)
-            _write_json(args.config, data)
-        answer: Any = start(args.config, reboot=not args.no_reboot)
-    else:
-        home = (args.home or Path(os.environ.get("GAUDI_NB_HOME", "~/.gaudi_nb"))).expanduser()
-        if args.command == "status":
-            answer = {**(read_status(home) or {}), "running": _running(home) is not None}
-        elif args.command == "last-action":
-            answer = read_last_action(home)
-        else:
-            answer = stop(home)
-    sys.stdout.write(json.dumps(answer) + "\n")
-    return 0
-
-
 if __name__ == "__main__":
-    try:
-        sys.exit(main())
-    except GaudiNbError as exc:
-        sys.stderr.write(f"{exc}\n")
-        sys.exit(2)
+    # The command line (run, start, status, last-action, stop) and the process it manages live in
+    # autostop_service; this module stays the daemon's logic.
+    from .autostop_service import command_line
+
+    command_line()

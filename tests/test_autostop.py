@@ -10,10 +10,10 @@ import time
 import pytest
 from conftest import free_port
 
-from gaudi_nb.errors import SpecError
-from gaudi_nb.events import EventWriter
 from gaudi_nb.agent import autostop, autostop_service
 from gaudi_nb.agent.autostop import AutostopConfig, AutostopState, decide
+from gaudi_nb.errors import SpecError
+from gaudi_nb.events import EventWriter
 from gaudi_nb.nodes.autostop import start_on_node
 from gaudi_nb.telemetry.base import DeviceSample, HostSample, Sample
 

@@ -39,11 +39,11 @@ def build_store(now: float) -> RunStore:
 
 
 def test_every_view_shows_the_same_dollars_and_the_same_rate(gaudi_home):
+    from gaudi_nb.agent.autostop import AutostopConfig, AutostopState, machine_idle, spend_usd
     from gaudi_nb.dashboard.data_store import DashboardData
     from gaudi_nb.jupyter_server_ext.payloads import snapshot_of
     from gaudi_nb.nodes.provision import autostop_settings
-    from gaudi_nb.agent.autostop import AutostopConfig, AutostopState, machine_idle, spend_usd
-    from gaudi_nb.notebook.magics import machines_html, money_now, money_now_html
+    from gaudi_nb.notebook.magic_output import machines_html, money_now, money_now_html
 
     now = time.time()
     store = build_store(now)

@@ -15,7 +15,7 @@ def test_every_view_lists_the_same_runs_with_the_same_values(gaudi_home, capsys)
     from gaudi_nb.cli import main
     from gaudi_nb.dashboard.data_store import DashboardData
     from gaudi_nb.jupyter_server_ext import payloads as server_data
-    from gaudi_nb.notebook.magics import RunList
+    from gaudi_nb.notebook.magic_output import RunList
 
     store = RunStore()
     now = time.time()

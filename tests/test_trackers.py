@@ -204,7 +204,7 @@ def test_a_resumed_run_goes_on_in_the_same_tracker_run(mlflow_server, tmp_path):
 
 
 def test_a_node_gets_the_settings_of_the_trackers_named_and_every_one_is_documented():
-    from gaudi_nb.agent.trackers import SETTINGS, settings_for
+    from gaudi_nb.agent.tracker_backends import SETTINGS, settings_for
 
     environ = {"MLFLOW_TRACKING_URI": "http://mlflow:5000", "WANDB_PROJECT": "p", "WANDB_DIR": "/home/me/wandb", "HF_TOKEN": "secret", "WANDB_ENTITY": ""}
     assert settings_for(["wandb"], environ) == {"WANDB_PROJECT": "p"}  # not a folder of the client's, not an empty value, not another tool's key

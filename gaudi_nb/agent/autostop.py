@@ -216,9 +216,9 @@ def _newest_mtime(folder: Path) -> float:
 def active_runs(home: "str | Path", now: Optional[float] = None) -> List[str]:
     """The runs under <home>/runs that are going (their folders' names there: rundir.node_run_folders): their agent is alive (warm-up included),
     or they have no agent yet, no run_end and wrote something in the last AGENTLESS_QUIET_S."""
-    from .liveness import agent_alive
     from ..events import ended_in_file
     from ..rundir import node_run_folders
+    from .liveness import agent_alive
 
     now = now or time.time()
     found: List[str] = []

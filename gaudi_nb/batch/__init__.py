@@ -16,9 +16,10 @@ papermill, store or torch until a notebook runs). Eagerly, because importing any
 sets the package attribute `gaudi_nb.batch` to this module, so a lazy PEP 562 name would be
 shadowed whenever the room was imported first. The room's other names are imported from here.
 """
-from .execute import NotebookFailed, batch, batch_sweep, compare, compare_table, junit_xml, prepare, record, write_junit
+from .execute import NotebookFailed, batch, batch_sweep, prepare
 from .manifest import build_manifest
 from .parameters import Parameter, expand_grid, notebook_parameters, validate
+from .results import compare, compare_table, junit_xml, record, write_junit
 
 __all__ = [
     "NotebookFailed",

@@ -117,7 +117,7 @@ def batch_command(
 ) -> None:
     """Run a notebook as a batch job with papermill: typed parameters, live cell progress, a reproducibility manifest."""
     skip_unused_imports()
-    from . import execute
+    from . import execute, results
 
     notebook, values = split_notebook(arguments)
     params = parse_parameters(pair_parameters(parameter, values))
@@ -127,12 +127,12 @@ def batch_command(
         console.print(f"sweep: {len(prepared.grid)} runs", highlight=False)
     runs = execute.batch_sweep(notebook, prepared=prepared, on_event=Progress(console), report_to=report_to)
     if ci or junit:
-        path = execute.write_junit(runs, junit or execute.default_junit_path(runs[0]))
+        path = results.write_junit(runs, junit or results.default_junit_path(runs[0]))
         console.print(f"JUnit XML: {escape(str(path))}", highlight=False, soft_wrap=True)
     records = [r.record() for r in runs]
     if compare:
         wide = console if console.is_terminal else Console(file=console.file, width=240)  # CI logs: no squeezed columns
-        wide.print(execute.compare_table(execute.compare(runs)))
+        wide.print(results.compare_table(results.compare(runs)))
     if as_json:
         out.print_json(json.dumps(records[0] if len(records) == 1 else records, default=str))
     failed = [r for r in records if r["status"] != "succeeded"]

@@ -205,7 +205,7 @@ def snapshot(limit: int = RECENT_RUNS) -> Dict[str, Any]:
 
 def snapshot_of(reader: "DashboardData", now: float, limit: int = RECENT_RUNS) -> Dict[str, Any]:
     """snapshot() from a reader at a moment (pure but for the reader's state)."""
-    from ..dashboard.data_store import active_on, node_idle
+    from ..dashboard.fleet import active_on, node_idle
 
     records, node_records, histories = list(reader.records), list(reader.node_records), dict(reader.histories)
     every = [run_row(record) for record in records]

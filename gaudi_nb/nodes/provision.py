@@ -159,15 +159,9 @@ def provision(
     `autostop_action`s the machine: "stop" (the disk is kept) or "terminate". Returns the node records.
     """
     from ..store import RunStore, _current_user
-    from .providers import provider_class, providers
 
     say = progress or (lambda message: None)
-    try:
-        cls = provider_class(provider)
-        # the canonical name ("ibm" for "ibm-cloud"): what the catalog and the store say
-        provider_name = providers._aliases.get(provider.lower(), provider.lower())
-    except NotFoundError as exc:
-        raise SpecError(str(exc)) from None
+    cls, provider_name = _provider_named(provider)
     # the doors' rules (ProvisionSpec), for a Python caller too: one place says what a request may be
     ProvisionSpec.from_options(provider=provider, instance_type=instance_type, count=count, region=region, image=image, name=name, ssh_from=ssh_from,
                                spot=spot, idle_minutes=idle_minutes, budget_usd=budget_usd, autostop_action=autostop_action, attach=attach)
@@ -178,13 +172,7 @@ def provision(
     group = check_name(name or default_name(provider_name))
     names = [check_name(f"{group}-{index}") for index in range(count)]
     store = store or RunStore()
-    for node in names:
-        try:
-            existing = store.get_node(node)
-        except NotFoundError:
-            continue
-        kept = " (its cost history is kept)" if existing.get("terminated_at") else ""
-        raise SpecError(f"a node named '{node}' is in the store already{kept}: pick another --name, or gaudi-nb nodes detach {node}")
+    _refuse_names_in_store(store, names)
     ssh_from = check_cidr(ssh_from) if ssh_from else public_address()
 
     cloud: Provider = cls(region)
@@ -200,15 +188,7 @@ def provision(
                                public_key=public_key, owner=owner, image=image, spot=spot, idle_minutes=idle_minutes, budget_usd=budget_usd)
     say(f"{provider_name} {region}: {count}× {instance_type}{' (spot)' if spot else ''} as {group}, SSH from {ssh_from}; "
         f"{formatting.rate(price_per_hour) + ' each' if price_per_hour is not None else 'price unknown'}")
-    resources = cloud.bootstrap_instances(request)
-    for warning in resources.network.get("warnings") or []:
-        say(f"warning: {warning}")
-    try:
-        instances = cloud.run_instances(request, resources)
-    except BaseException:
-        # nothing runs, so nothing should stay behind either
-        cloud.cleanup(resources)
-        raise
+    resources, instances = _start_instances(cloud, request, say)
     launched = time.time()
     records = [_record(store, request, cloud, resources, instance, private_key, price_per_hour, price_source, launched) for instance in instances]
     say("started " + ", ".join(f"{r['name']} ({r['instance_id']})" for r in records) + "; waiting until they run")
@@ -223,6 +203,42 @@ def provision(
             say("autostop: not started without attaching; attach each node (gaudi-nb nodes attach) to start it")
         return records
     return [_attach(store, record, private_key, say, autostop_action) for record in records]
+
+
+def _provider_named(provider: str) -> Tuple[Any, str]:
+    """The provider's class and its canonical name ("ibm" for "ibm-cloud"): what the catalog and the store say."""
+    from .providers import provider_class, providers
+
+    try:
+        return provider_class(provider), providers._aliases.get(provider.lower(), provider.lower())
+    except NotFoundError as exc:
+        raise SpecError(str(exc)) from None
+
+
+def _refuse_names_in_store(store: "RunStore", names: List[str]) -> None:
+    """A machine's name must be new to the store: a terminated machine's record stays, with its cost history."""
+    for node in names:
+        try:
+            existing = store.get_node(node)
+        except NotFoundError:
+            continue
+        kept = " (its cost history is kept)" if existing.get("terminated_at") else ""
+        raise SpecError(f"a node named '{node}' is in the store already{kept}: pick another --name, or gaudi-nb nodes detach {node}")
+
+
+def _start_instances(cloud: "Provider", request: Any, say: Callable[[str], None]) -> Tuple["Resources", List["Instance"]]:
+    """The group's shared resources (key pair, security group, placement group), then its machines; when the
+    machines cannot start, the resources made for them are removed again."""
+    resources = cloud.bootstrap_instances(request)
+    for warning in resources.network.get("warnings") or []:
+        say(f"warning: {warning}")
+    try:
+        instances = cloud.run_instances(request, resources)
+    except BaseException:
+        # nothing runs, so nothing should stay behind either
+        cloud.cleanup(resources)
+        raise
+    return resources, instances
 
 
 def _record(store: "RunStore", request: Any, cloud: "Provider", resources: "Resources", instance: "Instance", private_key: Path,

@@ -48,9 +48,9 @@ def sent_environment(spec: RunSpec) -> Dict[str, str]:
     of the trackers --report-to names, and the variables --env names."""
     import os
 
-    from ..agent import trackers
+    from ..agent import tracker_backends
 
-    return {**trackers.settings_for(spec.trackers()), **{name: os.environ[name] for name in spec.env_names() if name in os.environ}}
+    return {**tracker_backends.settings_for(spec.trackers()), **{name: os.environ[name] for name in spec.env_names() if name in os.environ}}
 
 
 @dataclass(frozen=True)

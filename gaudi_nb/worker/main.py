@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import os
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import Any, List, NamedTuple, Optional
 
 from .. import accel as accel_room
 from ..events import BackgroundEventWriter
@@ -51,6 +51,68 @@ def resume_checkpoint() -> Optional[str]:
     return path
 
 
+class ModelAndData(NamedTuple):
+    model: Any
+    lora_info: Optional[dict]  # the LoRA adapter's figures with --lora, else None
+    parameters: int  # the base model's weights, before any adapter: MFU counts these (6N per token)
+    train_blocks: list
+    eval_blocks: list
+
+
+def load_model_and_data(folder: RunFolder, spec: RunSpec, trainer_name: str, accelerator: str, is_main: bool) -> ModelAndData:
+    """The dataset packed into blocks (a tenth held out for eval with --eval-steps), the model, and its LoRA
+    adapter with --lora; rank 0 first saves what `gaudi-nb export` needs of the base model."""
+    texts = read_texts(spec.dataset)
+    prepare_transformers(trainer_name, accelerator)  # before any model exists (see its docstring)
+    model, tokenizer = build_model_and_tokenizer(spec, texts)
+    blocks = pack(texts, tokenizer, spec.sequence_length)
+    if not blocks:
+        raise ValueError(f"the dataset has fewer than {spec.sequence_length} tokens: use a shorter --sequence-length or more text")
+    train_blocks, eval_blocks = split_blocks(blocks, 0.1 if spec.eval_steps else 0.0)
+    parameters = sum(p.numel() for p in model.parameters())
+    lora_info: Optional[dict] = None
+    if is_main:
+        lora.save_for_export(folder.path, spec, model, tokenizer, local_base=spec.model in model_presets and model_presets.get(spec.model).local)
+    if spec.lora:
+        model, lora_info = lora.apply_lora(spec, model)
+    return ModelAndData(model, lora_info, parameters, train_blocks, eval_blocks)
+
+
+def trainer_inputs(folder: RunFolder, spec: RunSpec, model: Any, train_blocks: list, eval_blocks: list, accelerator: Any, precision: str,
+                   batch_size: int, learning_rate: float, world_size: int, writer: Optional[BackgroundEventWriter], is_main: bool,
+                   extra_callbacks: Optional[list]) -> TrainerInputs:
+    """What the chosen trainer is built from, with the callback that writes this rank's steps (rank 0's writer; None on the others)."""
+    callback = EventCallback(
+        writer,
+        folder,
+        tokens_per_step=batch_size * spec.sequence_length * world_size,
+        samples_per_step=batch_size * world_size,
+        warmup_steps=spec.warmup_steps,
+        max_steps=spec.max_steps,
+        memory_stats=accelerator.memory_stats,
+        is_main=is_main,
+        keep_checkpoints=spec.keep_checkpoints,
+    )
+    return TrainerInputs(
+        model=model,
+        train_dataset=BlockDataset(train_blocks),
+        eval_dataset=BlockDataset(eval_blocks) if eval_blocks else None,
+        output_dir=str(folder.checkpoints),
+        accelerator=accelerator.name,
+        precision=precision,
+        batch_size=batch_size,
+        max_steps=spec.max_steps,
+        learning_rate=learning_rate,
+        seed=spec.seed,
+        warmup_steps=spec.warmup_steps,
+        lazy_mode=spec.lazy_mode,
+        eval_steps=spec.eval_steps,
+        save_steps=spec.save_steps,
+        keep_checkpoints=spec.keep_checkpoints,
+        callbacks=[callback, *(extra_callbacks or [])],
+    )
+
+
 def train(run_dir: Path, *, writer: Optional[BackgroundEventWriter] = None, extra_callbacks: Optional[list] = None) -> int:
     """Train the spec in run_dir on this rank; returns the last global step."""
     import torch
@@ -70,19 +132,7 @@ def train(run_dir: Path, *, writer: Optional[BackgroundEventWriter] = None, extr
     if writer is None:
         writer = BackgroundEventWriter(folder.events, run["run_id"], node=run.get("node", "local"), rank=rank)
 
-    texts = read_texts(spec.dataset)
-    prepare_transformers(trainer_name, accelerator.name)  # before any model exists (see its docstring)
-    model, tokenizer = build_model_and_tokenizer(spec, texts)
-    blocks = pack(texts, tokenizer, spec.sequence_length)
-    if not blocks:
-        raise ValueError(f"the dataset has fewer than {spec.sequence_length} tokens: use a shorter --sequence-length or more text")
-    train_blocks, eval_blocks = split_blocks(blocks, 0.1 if spec.eval_steps else 0.0)
-    parameters = sum(p.numel() for p in model.parameters())
-    lora_info: Optional[dict] = None
-    if is_main:
-        lora.save_for_export(folder.path, spec, model, tokenizer, local_base=spec.model in model_presets and model_presets.get(spec.model).local)
-    if spec.lora:
-        model, lora_info = lora.apply_lora(spec, model)
+    model, lora_info, parameters, train_blocks, eval_blocks = load_model_and_data(folder, spec, trainer_name, accelerator.name, is_main)
     # --batch-size auto: found (or read from the cache) before training; every later use takes this number
     batch_size = spec.batch_size if isinstance(spec.batch_size, int) else batch_size_room.for_run(
         spec, model, accelerator, precision, trainer_name, writer if is_main else None, train_sequences=len(train_blocks))
@@ -114,34 +164,9 @@ def train(run_dir: Path, *, writer: Optional[BackgroundEventWriter] = None, extr
         base_batch_size=spec.base_batch_size,
     )
 
-    callback = EventCallback(
-        writer if is_main else None,
-        folder,
-        tokens_per_step=batch_size * spec.sequence_length * world_size,
-        samples_per_step=batch_size * world_size,
-        warmup_steps=spec.warmup_steps,
-        max_steps=spec.max_steps,
-        memory_stats=accelerator.memory_stats,
-        is_main=is_main,
-        keep_checkpoints=spec.keep_checkpoints,
-    )
-    inputs = TrainerInputs(
-        model=model,
-        train_dataset=BlockDataset(train_blocks),
-        eval_dataset=BlockDataset(eval_blocks) if eval_blocks else None,
-        output_dir=str(folder.checkpoints),
-        accelerator=accelerator.name,
-        precision=precision,
-        batch_size=batch_size,
-        max_steps=spec.max_steps,
-        learning_rate=learning_rate,
-        seed=spec.seed,
-        warmup_steps=spec.warmup_steps,
-        lazy_mode=spec.lazy_mode,
-        eval_steps=spec.eval_steps,
-        save_steps=spec.save_steps,
-        keep_checkpoints=spec.keep_checkpoints,
-        callbacks=[callback, *(extra_callbacks or [])],
+    inputs = trainer_inputs(
+        folder, spec, model, train_blocks, eval_blocks, accelerator, precision, batch_size, learning_rate,
+        world_size, writer if is_main else None, is_main, extra_callbacks,
     )
     trainer = build_trainer(trainer_name, inputs)
     resume_from = resume_checkpoint()

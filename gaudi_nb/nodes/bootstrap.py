@@ -102,9 +102,7 @@ true
 
 
 def _package_dir() -> Path:
-    import gaudi_nb
-
-    return Path(gaudi_nb.__file__).resolve().parent
+    return Path(__file__).resolve().parents[1]  # gaudi_nb/ (not `import gaudi_nb`: the package root imports every room)
 
 
 def _package_files() -> List[Tuple[str, Path]]:

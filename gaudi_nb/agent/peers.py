@@ -22,7 +22,7 @@ import json
 import socket
 import threading
 import time
-from typing import Any, Callable, Dict, List, Optional
+from typing import Any, Callable, Dict, List, Optional, Set
 
 _sending = threading.Lock()  # one line at a time on any connection: the loop and the peers' threads both send
 
@@ -51,6 +51,7 @@ class Peers:
         self.on_message = on_message
         self._lock = threading.Lock()
         self._connections: Dict[str, socket.socket] = {}  # node 0: the others, by name; elsewhere: node 0
+        self._accepted: Set[socket.socket] = set()  # node 0: every connection it took, before and after its hello
         self._sticky: List[Dict[str, Any]] = []  # node 0: what every (re)connecting node gets first
         self._server: Optional[socket.socket] = None
         self._closed = False
@@ -85,8 +86,10 @@ class Peers:
     def close(self) -> None:
         self._closed = True
         with self._lock:
-            connections = list(self._connections.values())
+            # every socket, said hello or not: one still in its hello would otherwise outlive the close
+            connections = list(set(self._connections.values()) | self._accepted)
             self._connections.clear()
+            self._accepted.clear()
         for sock in connections + ([self._server] if self._server is not None else []):
             try:
                 # shutdown first: a reader's makefile() holds the socket open, and the other end must see it go
@@ -103,6 +106,11 @@ class Peers:
                 sock, _ = self._server.accept()
             except OSError:
                 return
+            with self._lock:
+                if self._closed:
+                    sock.close()
+                    return
+                self._accepted.add(sock)
             threading.Thread(target=self._serve, args=(sock,), daemon=True).start()
 
     def _serve(self, sock: socket.socket) -> None:
@@ -116,6 +124,8 @@ class Peers:
             sock.settimeout(None)
             name = str(hello["node"])
             with self._lock:
+                if self._closed:
+                    return
                 self._connections[name] = sock
                 for message in self._sticky:
                     _send(sock, message)
@@ -126,6 +136,7 @@ class Peers:
             with self._lock:
                 if name is not None and self._connections.get(name) is sock:
                     del self._connections[name]
+                self._accepted.discard(sock)
             sock.close()
 
     # -- the other nodes ---------------------------------------------------------------------

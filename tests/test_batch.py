@@ -228,6 +228,7 @@ def test_bad_parameter_is_refused_before_anything_runs(gaudi_home, capsys):
     assert RunStore().list() == []
 
 
+@pytest.mark.slow  # several papermill runs; the fast lane runs one notebook
 def test_sweep_runs_a_grid_and_compares(gaudi_home, tmp_path, capsys):
     out = tmp_path / "out"
     assert cli(["batch", str(GOOD), "-p", "learning_rate", "1e-4,3e-4,1e-3", "-p", "epochs", "1", "--output", str(out), "--compare"]) == 0

@@ -75,7 +75,7 @@ def test_optimum_habana_trainer_runs_on_cpu_with_the_same_events(gaudi_home):
     assert show == record
 
 
-@pytest.mark.parametrize("detach", [False, True])
+@pytest.mark.parametrize("detach", [pytest.param(False, marks=pytest.mark.slow), True])  # the fast lane keeps the detached form
 def test_killing_the_client_leaves_the_run_going(script_runs, detach):
     args = [GAUDI_NB, "train", "--script", str(script_runs.script()), "--devices", "2", "--max-steps", "25"] + (["--detach"] if detach else [])
     client = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -196,6 +196,7 @@ for step in range(1, 10000):
 """
 
 
+@pytest.mark.slow  # a stubborn rank waits out a grace: seconds the fast lane spends elsewhere
 def test_a_stop_that_needed_a_kill_says_so(script_runs, tmp_path, monkeypatch):
     monkeypatch.setenv("GAUDI_NB_STOP_GRACE_S", "2")
     script = tmp_path / "stubborn.py"

@@ -154,6 +154,8 @@ class Agent:
         except Exception:  # the run_end below matters more than a last cost event
             cost = self.services.meter.last_usd
         stop = self.policy.end_reason()
+        if stop:  # a rank may see the request before this agent's tick does: the stream still says it was asked
+            self.policy.note(stop)
         status, fields = final_status(Ending(
             exit_code,
             steps=self.observer.last_step,

@@ -229,13 +229,12 @@ def two_hosts():
     hosts.close()
 
 
-@pytest.fixture(scope="session")
-def netns_sshds(two_hosts, tmp_path_factory):
+def _sshd_in_each_namespace(two_hosts, tmp_path_factory, prefix, **options):
     """One sshd in each namespace, listening on its address there; both accept the first one's client key."""
     import sshd as sshd_module
 
     servers = [
-        sshd_module.Sshd(tmp_path_factory.mktemp(f"sshd-host{i}"), address=address, netns=namespace)
+        sshd_module.Sshd(tmp_path_factory.mktemp(f"{prefix}{i}"), address=address, netns=namespace, **options)
         for i, (address, namespace) in enumerate(zip(two_hosts.addresses, two_hosts.namespaces, strict=True))
     ]
     servers[1].authorized_keys.write_text(servers[0].client_key.with_suffix(".pub").read_text())
@@ -246,26 +245,18 @@ def netns_sshds(two_hosts, tmp_path_factory):
     finally:
         for server in servers:
             server.stop()
+
+
+@pytest.fixture(scope="session")
+def netns_sshds(two_hosts, tmp_path_factory):
+    """One sshd in each namespace, listening on its address there; both accept the first one's client key."""
+    yield from _sshd_in_each_namespace(two_hosts, tmp_path_factory, "sshd-host")
 
 
 @pytest.fixture(scope="session")
 def shared_home_sshds(two_hosts, tmp_path_factory):
     """One more sshd in each namespace whose sessions share one GAUDI_NB_HOME: two machines with one NFS home."""
-    import sshd as sshd_module
-
-    home = tmp_path_factory.mktemp("shared_node_home")
-    servers = [
-        sshd_module.Sshd(tmp_path_factory.mktemp(f"sshd-shared{i}"), address=address, netns=namespace, node_home=home)
-        for i, (address, namespace) in enumerate(zip(two_hosts.addresses, two_hosts.namespaces, strict=True))
-    ]
-    servers[1].authorized_keys.write_text(servers[0].client_key.with_suffix(".pub").read_text())
-    try:
-        for server in servers:
-            server.start()
-        yield servers
-    finally:
-        for server in servers:
-            server.stop()
+    yield from _sshd_in_each_namespace(two_hosts, tmp_path_factory, "sshd-shared", node_home=tmp_path_factory.mktemp("shared_node_home"))
 
 
 def _attach_both(servers, names, tmp_path, monkeypatch):

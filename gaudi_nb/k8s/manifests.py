@@ -1,0 +1,159 @@
+"""render(): every object one run submits, for the job kind a cluster has; the one builder behind
+`gaudi-nb k8s render` and the Kubernetes target.
+
+What is refused here is refused before anything reaches a cluster, in one line: a launcher the launch
+builders would refuse at run time, a launcher the kind cannot start, several nodes without a shared volume.
+"""
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+from pathlib import Path
+from typing import Any, Dict, List, Mapping, Optional
+
+from ..errors import SpecError
+from ..launch.habana import check_nodes
+from ..spec import RunSpec
+from .facts import ClusterFacts, check_kind
+from .kinds import BUILDERS
+from .pod import Doc, RunPods
+
+# A ConfigMap holds at most 1 MiB; the spec and the keys' names need some of it.
+MAX_FILES_BYTES = 900 * 1024
+_MAX_NAME = 52  # the operators add "-launcher", "-worker-12" and the like within 63
+_LABEL = re.compile(r"[^a-z0-9-]+")
+
+
+def object_name(run_id: str) -> str:
+    """A DNS-1123 label (starting with a letter) for the run's objects, from its id."""
+    slug = _LABEL.sub("-", run_id.lower()).strip("-") or "run"
+    if not slug[0].isalpha():
+        slug = f"r-{slug}"
+    return slug[:_MAX_NAME].rstrip("-")
+
+
+def pod_launcher(spec: RunSpec, kind: str) -> str:
+    """The launcher the pods run, resolved here: a pod's agent would otherwise pick by what it detects
+    (a cardless MPIJob launcher detects a CPU; torchrun pods on Gaudi would pick DeepSpeed)."""
+    launcher = spec.launcher
+    check_nodes(spec, launcher)  # the launch builders' own refusal, at render time (mpirun across nodes, ...)
+    if kind == "mpijob":
+        if spec.nodes == 1:
+            raise SpecError("kind mpijob: its launcher pod has no card, so one node would train on nothing: use --kind job for one node")
+        if launcher not in ("auto", "deepspeed"):
+            raise SpecError(f"kind mpijob starts the ranks from its launcher through DeepSpeed over ssh, not {launcher}: use --launcher deepspeed (or auto), or --kind pytorchjob|trainjob|job for torchrun")
+        return "deepspeed"
+    if launcher == "deepspeed" and spec.nodes > 1:
+        raise SpecError(f"launcher deepspeed starts every node from node 0 over ssh, which only an MPIJob sets up: use --kind mpijob, or --launcher torchrun with --kind {kind}")
+    return "torchrun" if launcher == "auto" else launcher
+
+
+def _claim(run_name: str, spec: RunSpec, facts: ClusterFacts) -> Optional[str]:
+    """The run volume's claim: the cluster's shared one, else one made for this run (None: render it)."""
+    if facts.claim:
+        return facts.claim
+    if spec.nodes > 1 and not facts.storage_class:
+        raise SpecError("across nodes every pod reads the run folder, so the run needs a ReadWriteMany volume: give --storage-class SC (a class that makes ReadWriteMany claims) or --claim NAME (one already there)")
+    return None
+
+
+def _labels(name: str, run_id: str) -> Dict[str, str]:
+    return {"app.kubernetes.io/name": "gaudi-nb", "app.kubernetes.io/managed-by": "gaudi-nb",
+            "app.kubernetes.io/instance": name, "gaudi-nb/run": name}
+
+
+def _secret(r: RunPods, environ: Mapping[str, str]) -> Optional[Doc]:
+    if not r.env_names:
+        return None
+    unset = [name for name in r.env_names if name not in environ]
+    if unset:
+        raise SpecError(f"--env {','.join(unset)}: not set in this environment; set it here (the value travels in the run's Secret), or leave it out of --env")
+    data = {name: base64.b64encode(environ[name].encode()).decode() for name in r.env_names}
+    return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+            "metadata": {"name": r.secret, "namespace": r.facts.namespace, "labels": dict(r.labels)}, "data": data}
+
+
+def _files(r: RunPods, spec: RunSpec) -> Doc:
+    """The ConfigMap every pod copies its run folder's inputs from: the spec, and the script and the
+    working directory's archive when they fit (a bigger working directory goes on the run volume)."""
+    data = {"spec.json": json.dumps(r.spec.to_json_dict(), indent=2, sort_keys=True) + "\n"}
+    binary: Dict[str, str] = {}
+    size = len(data["spec.json"])
+    if spec.script:
+        data["script.py"] = _read(spec.script, "--script")
+        size += len(data["script.py"].encode())
+    if spec.workdir:
+        from .. import workdir
+
+        archive, _ = workdir.pack(Path(spec.workdir).expanduser())
+        binary["code.tar"] = base64.b64encode(archive).decode()
+        size += len(archive)
+    if size > MAX_FILES_BYTES:
+        raise SpecError(f"the script and --workdir come to {size // 1024} KiB, more than a ConfigMap holds ({MAX_FILES_BYTES // 1024} KiB): "
+                        "keep large files out of the working directory (.gitignore), or put them on the run's claim and read them from there")
+    doc: Doc = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": r.files, "namespace": r.facts.namespace, "labels": dict(r.labels)}, "data": data}
+    if binary:
+        doc["binaryData"] = binary
+    return doc
+
+
+def _read(path: str, option: str) -> str:
+    try:
+        return Path(path).expanduser().read_text()
+    except OSError as exc:
+        raise SpecError(f"{option} {path}: cannot read it here ({exc.strerror}); give a file on this machine") from None
+
+
+def _volume_claim(r: RunPods, spec: RunSpec) -> Doc:
+    claim: Doc = {
+        "apiVersion": "v1",
+        "kind": "PersistentVolumeClaim",
+        "metadata": {"name": r.claim, "namespace": r.facts.namespace, "labels": dict(r.labels)},
+        # several pods on several nodes mount it at once; one node's pods need only ReadWriteOnce
+        "spec": {"accessModes": ["ReadWriteMany" if spec.nodes > 1 else "ReadWriteOnce"], "resources": {"requests": {"storage": r.facts.volume_size}}},
+    }
+    if r.facts.storage_class:
+        claim["spec"]["storageClassName"] = r.facts.storage_class
+    return claim
+
+
+def render(spec: RunSpec, run_id: str, *, kind: str, cluster: Optional[ClusterFacts] = None,
+           environ: Optional[Mapping[str, str]] = None) -> List[Dict[str, Any]]:
+    """Every object to submit for one run, in the order to create them: the Secret with --env's values, the
+    ConfigMap with the run's inputs, the run volume's claim (unless the cluster's is given), then the workload
+    (with its Service or TrainingRuntime). `environ`: where --env's values are read (default: this process's)."""
+    facts = cluster or ClusterFacts()
+    kind = check_kind(kind)
+    image = (facts.image or "").strip()
+    if not image:
+        raise SpecError("image: give a container image with gaudi_nb installed, e.g. --image registry.example.com/gaudi-nb:0.1.0 (infra/docker builds one)")
+    if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", facts.namespace):
+        raise SpecError(f"namespace: must be a DNS-1123 label (lower-case letters, digits, '-'), got {facts.namespace!r}")
+    name = object_name(run_id)
+    launcher = pod_launcher(spec, kind)
+    claim = _claim(name, spec, facts)
+    # inside a pod the run executes where it is (target local), with the launcher chosen here
+    pod_spec = spec.model_copy(update={"target": "local", "launcher": launcher})
+    r = RunPods(name=name, run_id=run_id, spec=pod_spec, facts=facts, image=image, labels=_labels(name, run_id),
+                claim=claim or f"{name}-runs", env_names=spec.env_names())
+    objects = [doc for doc in (_secret(r, os.environ if environ is None else environ), _files(r, spec)) if doc]
+    if claim is None:
+        objects.append(_volume_claim(r, spec))
+    return objects + BUILDERS[kind](r)
+
+
+def to_yaml(manifests: List[Dict[str, Any]]) -> str:
+    """One YAML stream (documents separated by ``---``) ready for ``kubectl apply -f -``."""
+    import yaml
+
+    class _Dumper(yaml.SafeDumper):
+        pass
+
+    def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
+        # the spec JSON and the pods' start script read as blocks, not as escaped lines
+        return dumper.represent_scalar("tag:yaml.org,2002:str", value, style="|" if "\n" in value else None)
+
+    _Dumper.add_representer(str, _str)
+    return yaml.dump_all(manifests, Dumper=_Dumper, sort_keys=False, default_flow_style=False, width=1000)

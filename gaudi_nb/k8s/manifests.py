@@ -59,7 +59,7 @@ def _claim(run_name: str, spec: RunSpec, facts: ClusterFacts) -> Optional[str]:
     return None
 
 
-def _labels(name: str, run_id: str) -> Dict[str, str]:
+def _labels(name: str) -> Dict[str, str]:
     return {"app.kubernetes.io/name": "gaudi-nb", "app.kubernetes.io/managed-by": "gaudi-nb",
             "app.kubernetes.io/instance": name, "gaudi-nb/run": name}
 
@@ -104,6 +104,8 @@ def _read(path: str, option: str) -> str:
         return Path(path).expanduser().read_text()
     except OSError as exc:
         raise SpecError(f"{option} {path}: cannot read it here ({exc.strerror}); give a file on this machine") from None
+    except UnicodeDecodeError:
+        raise SpecError(f"{option} {path}: not a text file; give the Python script") from None
 
 
 def _volume_claim(r: RunPods, spec: RunSpec) -> Doc:
@@ -131,12 +133,14 @@ def render(spec: RunSpec, run_id: str, *, kind: str, cluster: Optional[ClusterFa
         raise SpecError("image: give a container image with gaudi_nb installed, e.g. --image registry.example.com/gaudi-nb:0.1.0 (infra/docker builds one)")
     if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", facts.namespace):
         raise SpecError(f"namespace: must be a DNS-1123 label (lower-case letters, digits, '-'), got {facts.namespace!r}")
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}", run_id or ""):
+        raise SpecError(f"run id {run_id!r}: letters, digits, '.', '_' and '-' only (it names the run's folder in every pod)")
     name = object_name(run_id)
     launcher = pod_launcher(spec, kind)
     claim = _claim(name, spec, facts)
     # inside a pod the run executes where it is (target local), with the launcher chosen here
     pod_spec = spec.model_copy(update={"target": "local", "launcher": launcher})
-    r = RunPods(name=name, run_id=run_id, spec=pod_spec, facts=facts, image=image, labels=_labels(name, run_id),
+    r = RunPods(name=name, run_id=run_id, spec=pod_spec, facts=facts, image=image, labels=_labels(name),
                 claim=claim or f"{name}-runs", env_names=spec.env_names())
     objects = [doc for doc in (_secret(r, os.environ if environ is None else environ), _files(r, spec)) if doc]
     if claim is None:

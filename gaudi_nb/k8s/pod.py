@@ -43,15 +43,17 @@ class RunPods:
         return f"{self.name}-files"
 
 
-def run_folder(run_id: str) -> str:
-    """Where a pod keeps its part of the run on the shared volume: one folder per pod, as SSH nodes keep one per node."""
-    return f"{HOME_DIR}/runs/{run_id}/nodes/$HOSTNAME"
+def run_folder(run_id: str, home: str = HOME_DIR) -> str:
+    """Where a pod keeps its part of the run on the shared volume: one folder per pod (named by the pod), as
+    SSH nodes keep one per node."""
+    return f"{home}/runs/{run_id}/nodes/$HOSTNAME"
 
 
 def start_command(r: RunPods, before: Optional[List[str]] = None) -> List[str]:
     """The pod's command: lay out its run folder from the ConfigMap, then run the node agent in the foreground
-    (the pod lives as long as the run). `before`: shell lines that set the node's place (RANK, MASTER_ADDR)."""
-    folder = run_folder(r.run_id)
+    (the pod lives as long as the run). `before`: shell lines that set the node's place (RANK, MASTER_ADDR).
+    Paths come from the container's environment (GAUDI_NB_HOME, GAUDI_NB_FILES), so a stand-in that runs the
+    command as a local process can point them elsewhere."""
     run_json = (
         f'printf \'{{"run_id": "%s", "node": "%s", "hostname": "%s", "target": "k8s"}}\\n\' '
         f'{shlex.quote(r.run_id)} "$HOSTNAME" "$HOSTNAME" > "$run/run.json"'
@@ -60,11 +62,11 @@ def start_command(r: RunPods, before: Optional[List[str]] = None) -> List[str]:
     if r.facts.setup:
         lines.append(r.facts.setup)
     lines += [
-        f'run="{folder}"',
+        f'run="{run_folder(r.run_id, "$GAUDI_NB_HOME")}"',
         'mkdir -p "$run/logs" "$run/control"',
-        f'cp {FILES_DIR}/spec.json "$run/spec.json"',
-        f'if [ -f {FILES_DIR}/script.py ]; then cp {FILES_DIR}/script.py "$run/script.py"; fi',
-        f'if [ -f {FILES_DIR}/code.tar ]; then mkdir -p "$run/code" && tar -xf {FILES_DIR}/code.tar -C "$run/code"; fi',
+        'cp "$GAUDI_NB_FILES/spec.json" "$run/spec.json"',
+        'if [ -f "$GAUDI_NB_FILES/script.py" ]; then cp "$GAUDI_NB_FILES/script.py" "$run/script.py"; fi',
+        'if [ -f "$GAUDI_NB_FILES/code.tar" ]; then mkdir -p "$run/code" && tar -xf "$GAUDI_NB_FILES/code.tar" -C "$run/code"; fi',
         run_json,
         'exec python3 -m gaudi_nb.agent --run-dir "$run"',
     ]
@@ -74,6 +76,7 @@ def start_command(r: RunPods, before: Optional[List[str]] = None) -> List[str]:
 def environment(r: RunPods, extra: Optional[Dict[str, str]] = None, *, cards: bool = True) -> List[Doc]:
     values = {
         "GAUDI_NB_HOME": HOME_DIR,
+        "GAUDI_NB_FILES": FILES_DIR,
         # loopback only: /metrics has no auth; `kubectl port-forward pod/NAME PORT` reaches it (docs/kubernetes.md)
         "GAUDI_NB_METRICS_HOST": "127.0.0.1",
         "GAUDI_NB_METRICS_PORT": str(r.facts.metrics_port),
@@ -93,9 +96,9 @@ def uses_cards(r: RunPods, role_has_cards: bool = True) -> bool:
     return role_has_cards and r.facts.gaudi_nodes
 
 
-def resources(r: RunPods, cards: bool) -> Doc:
-    """Limits (requests follow them): the cards, hugepages and memory on a card pod; a little for a cardless launcher."""
-    if not cards:
+def resources(r: RunPods, node: bool) -> Doc:
+    """Limits (requests follow them): the cards, hugepages and memory on a node's pod; a little for a cardless launcher."""
+    if not node:
         return {"limits": {"cpu": "2", "memory": "8Gi"}}
     limits: Doc = {"memory": r.facts.memory}
     if r.facts.gaudi_nodes:
@@ -106,7 +109,8 @@ def resources(r: RunPods, cards: bool) -> Doc:
 
 
 def container(r: RunPods, name: str, command: List[str], *, cards: bool = True, root: bool = False, env: Optional[Dict[str, str]] = None) -> Doc:
-    cards = uses_cards(r, cards)
+    """`cards`: this pod trains (a node); False for the MPIJob's launcher, which only starts the ranks."""
+    node, cards = cards, uses_cards(r, cards)
     mounts = [
         {"name": "files", "mountPath": FILES_DIR, "readOnly": True},
         {"name": "runs", "mountPath": HOME_DIR},
@@ -125,7 +129,7 @@ def container(r: RunPods, name: str, command: List[str], *, cards: bool = True, 
         "imagePullPolicy": "IfNotPresent",
         "command": command,
         "env": environment(r, env, cards=cards),
-        "resources": resources(r, cards),
+        "resources": resources(r, node),
         "volumeMounts": mounts,
         "securityContext": security,
     }

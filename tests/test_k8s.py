@@ -278,6 +278,18 @@ def test_script_and_workdir_travel_in_the_config_map_and_the_pod_lays_them_out(t
     assert k8s.run_folder(RUN_ID, str(home)).replace("$HOSTNAME", "pod-0") == str(folder)
 
 
+def test_trackers_settings_travel_in_the_secret_as_they_do_to_an_ssh_node():
+    import base64
+
+    environ = {"MLFLOW_TRACKING_URI": "http://mlflow.ml.svc:5000", "HF_TOKEN": "hf_x", "UNRELATED": "no"}
+    docs = _by_kind(render(RunSpec(report_to="mlflow", env="HF_TOKEN"), RUN_ID, kind="job", cluster=FACTS, environ=environ))
+    secret = docs["Secret"]["data"]
+    assert {k: base64.b64decode(v).decode() for k, v in secret.items()} == {"MLFLOW_TRACKING_URI": "http://mlflow.ml.svc:5000", "HF_TOKEN": "hf_x"}
+    env = _env(docs["Job"]["spec"]["template"]["spec"]["containers"][0])
+    assert env["MLFLOW_TRACKING_URI"] == {"secretKeyRef": {"name": docs["Secret"]["metadata"]["name"], "key": "MLFLOW_TRACKING_URI"}}
+    assert "UNRELATED" not in env and "Secret" not in _by_kind(render(RunSpec(), RUN_ID, kind="job", cluster=FACTS, environ=environ))
+
+
 def test_a_working_directory_too_big_for_a_config_map_is_refused(tmp_path):
     (tmp_path / "big.bin").write_bytes(os.urandom(1024 * 1024))
     (tmp_path / "train.py").write_text("print('hi')\n")

@@ -101,6 +101,8 @@ def mpijob(r: RunPods) -> List[Doc]:
             "slotsPerWorker": r.spec.devices,
             "mpiImplementation": "OpenMPI",
             "sshAuthMountPath": "/root/.ssh",
+            # DeepSpeed dials every worker at once: the launcher starts when they are ready, not before
+            "launcherCreationPolicy": "WaitForWorkersReady",
             "runPolicy": {"cleanPodPolicy": "None", "backoffLimit": 0},
             "mpiReplicaSpecs": {
                 "Launcher": {"replicas": 1, "restartPolicy": "Never",

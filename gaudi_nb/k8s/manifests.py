@@ -64,13 +64,21 @@ def _labels(name: str) -> Dict[str, str]:
             "app.kubernetes.io/instance": name, "gaudi-nb/run": name}
 
 
-def _secret(r: RunPods, environ: Mapping[str, str]) -> Optional[Doc]:
-    if not r.env_names:
-        return None
-    unset = [name for name in r.env_names if name not in environ]
+def sent_values(spec: RunSpec, environ: Mapping[str, str]) -> Dict[str, str]:
+    """What the run takes from this environment, as an SSH node gets it: --env's variables and the settings of
+    the trackers --report-to names (MLFLOW_TRACKING_URI, WANDB_API_KEY, ...)."""
+    from ..agent.tracker_backends import settings_for
+
+    unset = [name for name in spec.env_names() if name not in environ]
     if unset:
         raise SpecError(f"--env {','.join(unset)}: not set in this environment; set it here (the value travels in the run's Secret), or leave it out of --env")
-    data = {name: base64.b64encode(environ[name].encode()).decode() for name in r.env_names}
+    return {**settings_for(spec.trackers(), environ), **{name: environ[name] for name in spec.env_names()}}
+
+
+def _secret(r: RunPods, values: Mapping[str, str]) -> Optional[Doc]:
+    if not values:
+        return None
+    data = {name: base64.b64encode(value.encode()).decode() for name, value in values.items()}
     return {"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
             "metadata": {"name": r.secret, "namespace": r.facts.namespace, "labels": dict(r.labels)}, "data": data}
 
@@ -123,7 +131,8 @@ def _volume_claim(r: RunPods, spec: RunSpec) -> Doc:
 
 def render(spec: RunSpec, run_id: str, *, kind: str, cluster: Optional[ClusterFacts] = None,
            environ: Optional[Mapping[str, str]] = None) -> List[Dict[str, Any]]:
-    """Every object to submit for one run, in the order to create them: the Secret with --env's values, the
+    """Every object to submit for one run, in the order to create them: the Secret with --env's values (and the
+    trackers' settings), the
     ConfigMap with the run's inputs, the run volume's claim (unless the cluster's is given), then the workload
     (with its Service or TrainingRuntime). `environ`: where --env's values are read (default: this process's)."""
     facts = cluster or ClusterFacts()
@@ -140,9 +149,10 @@ def render(spec: RunSpec, run_id: str, *, kind: str, cluster: Optional[ClusterFa
     claim = _claim(name, spec, facts)
     # inside a pod the run executes where it is (target local), with the launcher chosen here
     pod_spec = spec.model_copy(update={"target": "local", "launcher": launcher})
+    sent = sent_values(spec, os.environ if environ is None else environ)
     r = RunPods(name=name, run_id=run_id, spec=pod_spec, facts=facts, image=image, labels=_labels(name),
-                claim=claim or f"{name}-runs", env_names=spec.env_names())
-    objects = [doc for doc in (_secret(r, os.environ if environ is None else environ), _files(r, spec)) if doc]
+                claim=claim or f"{name}-runs", env_names=list(sent))
+    objects = [doc for doc in (_secret(r, sent), _files(r, spec)) if doc]
     if claim is None:
         objects.append(_volume_claim(r, spec))
     return objects + BUILDERS[kind](r)

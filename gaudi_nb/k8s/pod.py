@@ -32,7 +32,7 @@ class RunPods:
     image: str
     labels: Dict[str, str]
     claim: str
-    env_names: List[str] = field(default_factory=list)  # --env names, each a key of the run's Secret
+    env_names: List[str] = field(default_factory=list)  # what the run takes from the client (--env, trackers' settings): the Secret's keys
 
     @property
     def secret(self) -> str:
@@ -87,7 +87,7 @@ def environment(r: RunPods, extra: Optional[Dict[str, str]] = None, *, cards: bo
         values["PT_HPU_LAZY_MODE"] = "1" if r.spec.lazy_mode else "0"
     values.update(extra or {})
     env: List[Doc] = [{"name": key, "value": value} for key, value in values.items()]
-    # --env: the values live in the run's Secret, never in this manifest
+    # --env and the trackers' settings: the values live in the run's Secret, never in the workload
     env += [{"name": name, "valueFrom": {"secretKeyRef": {"name": r.secret, "key": name}}} for name in r.env_names]
     return env
 

@@ -245,22 +245,26 @@ def test_validation_names_a_field_no_schema_knows(rendered, check):
 # ------------------------------------------------------- what travels with a run --
 
 
-def test_script_and_workdir_travel_in_the_config_map_and_the_pod_lays_them_out(tmp_path):
+def test_script_dataset_and_workdir_travel_in_the_config_map_and_the_pod_lays_them_out(tmp_path):
     """The pods' start command, run here by bash with the paths pointed at folders: it lays out the run
-    folder the agent reads (spec.json, run.json, script.py, code/) and execs the agent on it."""
+    folder the agent reads (spec.json, run.json, script.py, code/, inputs/) and execs the agent on it."""
     work = tmp_path / "work"
     (work / "pkg").mkdir(parents=True)
     (work / "pkg" / "helper.py").write_text("X = 1\n")
     script = work / "train.py"
     script.write_text("print('hi')\n")
-    docs = _by_kind(render(RunSpec(script=str(script), workdir=str(work)), RUN_ID, kind="job", cluster=FACTS))
+    data = tmp_path / "my corpus.txt"
+    data.write_text("hello gaudi\n")
+    spec = RunSpec(script=str(script), workdir=str(work), dataset=str(data))
+    docs = _by_kind(render(spec, RUN_ID, kind="job", cluster=FACTS))
     files = tmp_path / "files"
     files.mkdir()
     for key, value in docs["ConfigMap"]["data"].items():
         (files / key).write_text(value)
     import base64
 
-    (files / "code.tar").write_bytes(base64.b64decode(docs["ConfigMap"]["binaryData"]["code.tar"]))
+    for key, value in docs["ConfigMap"]["binaryData"].items():
+        (files / key).write_bytes(base64.b64decode(value))
     fake = tmp_path / "bin"
     fake.mkdir()
     (fake / "python3").write_text('#!/bin/sh\necho "$@" > "$GAUDI_NB_HOME/agent-argv"\n')
@@ -272,7 +276,9 @@ def test_script_and_workdir_travel_in_the_config_map_and_the_pod_lays_them_out(t
     folder = home / "runs" / RUN_ID / "nodes" / "pod-0"
     assert (home / "agent-argv").read_text().split() == ["-m", "gaudi_nb.agent", "--run-dir", str(folder)]
     assert json.loads((folder / "run.json").read_text()) == {"run_id": RUN_ID, "node": "pod-0", "hostname": "pod-0", "target": "k8s"}
-    assert RunSpec.model_validate_json((folder / "spec.json").read_text()).target == "local"
+    carried = RunSpec.model_validate_json((folder / "spec.json").read_text())
+    assert carried.target == "local" and carried.dataset == "inputs/0-my-corpus.txt"  # the ranks run in the run folder
+    assert (folder / carried.dataset).read_text() == "hello gaudi\n"
     assert (folder / "script.py").read_text() == "print('hi')\n"
     assert (folder / "code" / "pkg" / "helper.py").read_text() == "X = 1\n"
     assert k8s.run_folder(RUN_ID, str(home)).replace("$HOSTNAME", "pod-0") == str(folder)

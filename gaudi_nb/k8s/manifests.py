@@ -11,11 +11,11 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Dict, List, Mapping, Optional
+from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from ..errors import SpecError
 from ..launch.habana import check_nodes
-from ..spec import RunSpec
+from ..spec import RunSpec, looks_like_path
 from .facts import ClusterFacts, check_kind
 from .kinds import BUILDERS
 from .pod import Doc, RunPods
@@ -24,6 +24,7 @@ from .pod import Doc, RunPods
 MAX_FILES_BYTES = 900 * 1024
 _MAX_NAME = 52  # the operators add "-launcher", "-worker-12" and the like within 63
 _LABEL = re.compile(r"[^a-z0-9-]+")
+_KEY = re.compile(r"[^-._a-zA-Z0-9]+")  # what a ConfigMap key may not hold
 
 
 def object_name(run_id: str) -> str:
@@ -83,12 +84,29 @@ def _secret(r: RunPods, values: Mapping[str, str]) -> Optional[Doc]:
             "metadata": {"name": r.secret, "namespace": r.facts.namespace, "labels": dict(r.labels)}, "data": data}
 
 
-def _files(r: RunPods, spec: RunSpec) -> Doc:
-    """The ConfigMap every pod copies its run folder's inputs from: the spec, and the script and the
-    working directory's archive when they fit (a bigger working directory goes on the run volume)."""
+def local_inputs(spec: RunSpec) -> Tuple[Dict[str, Any], Dict[str, bytes]]:
+    """Dataset files on this machine travel with the run, as they do to an SSH node: (the spec's changes,
+    the ConfigMap's `input-<i>-<name>` keys). Each pod copies them into its run folder's inputs/, where the
+    ranks (whose working directory is the run folder) read them; a path not on this machine is the container's."""
+    parts = [p.strip() for p in spec.dataset.split(",")]
+    files: Dict[str, bytes] = {}
+    named = []
+    for i, part in enumerate(parts):
+        local = Path(part).expanduser()
+        if looks_like_path(part) and local.is_file():
+            name = f"{i}-{_KEY.sub('-', local.name)}"
+            files[f"input-{name}"] = local.read_bytes()
+            part = f"inputs/{name}"
+        named.append(part)
+    return ({"dataset": ",".join(named)} if files else {}), files
+
+
+def _files(r: RunPods, spec: RunSpec, inputs: Dict[str, bytes]) -> Doc:
+    """The ConfigMap every pod copies its run folder's inputs from: the spec, and the script, the dataset files
+    and the working directory's archive when they fit (a ConfigMap holds 1 MiB)."""
     data = {"spec.json": json.dumps(r.spec.to_json_dict(), indent=2, sort_keys=True) + "\n"}
-    binary: Dict[str, str] = {}
-    size = len(data["spec.json"])
+    binary = {key: base64.b64encode(value).decode() for key, value in inputs.items()}
+    size = len(data["spec.json"]) + sum(len(v) for v in inputs.values())
     if spec.script:
         data["script.py"] = _read(spec.script, "--script")
         size += len(data["script.py"].encode())
@@ -99,8 +117,8 @@ def _files(r: RunPods, spec: RunSpec) -> Doc:
         binary["code.tar"] = base64.b64encode(archive).decode()
         size += len(archive)
     if size > MAX_FILES_BYTES:
-        raise SpecError(f"the script and --workdir come to {size // 1024} KiB, more than a ConfigMap holds ({MAX_FILES_BYTES // 1024} KiB): "
-                        "keep large files out of the working directory (.gitignore), or put them on the run's claim and read them from there")
+        raise SpecError(f"the script, dataset files and --workdir come to {size // 1024} KiB, more than a ConfigMap holds ({MAX_FILES_BYTES // 1024} KiB): "
+                        "keep large files out of the working directory (.gitignore), or put them on the run's claim and give their path there")
     doc: Doc = {"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": r.files, "namespace": r.facts.namespace, "labels": dict(r.labels)}, "data": data}
     if binary:
         doc["binaryData"] = binary
@@ -148,11 +166,12 @@ def render(spec: RunSpec, run_id: str, *, kind: str, cluster: Optional[ClusterFa
     launcher = pod_launcher(spec, kind)
     claim = _claim(name, spec, facts)
     # inside a pod the run executes where it is (target local), with the launcher chosen here
-    pod_spec = spec.model_copy(update={"target": "local", "launcher": launcher})
+    changes, inputs = local_inputs(spec)
+    pod_spec = spec.model_copy(update={"target": "local", "launcher": launcher, **changes})
     sent = sent_values(spec, os.environ if environ is None else environ)
     r = RunPods(name=name, run_id=run_id, spec=pod_spec, facts=facts, image=image, labels=_labels(name),
                 claim=claim or f"{name}-runs", env_names=list(sent))
-    objects = [doc for doc in (_secret(r, sent), _files(r, spec)) if doc]
+    objects = [doc for doc in (_secret(r, sent), _files(r, spec, inputs)) if doc]
     if claim is None:
         objects.append(_volume_claim(r, spec))
     return objects + BUILDERS[kind](r)

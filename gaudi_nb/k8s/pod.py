@@ -67,6 +67,7 @@ def start_command(r: RunPods, before: Optional[List[str]] = None) -> List[str]:
         'cp "$GAUDI_NB_FILES/spec.json" "$run/spec.json"',
         'if [ -f "$GAUDI_NB_FILES/script.py" ]; then cp "$GAUDI_NB_FILES/script.py" "$run/script.py"; fi',
         'if [ -f "$GAUDI_NB_FILES/code.tar" ]; then mkdir -p "$run/code" && tar -xf "$GAUDI_NB_FILES/code.tar" -C "$run/code"; fi',
+        'for f in "$GAUDI_NB_FILES"/input-*; do if [ -f "$f" ]; then mkdir -p "$run/inputs" && cp "$f" "$run/inputs/${f##*/input-}"; fi; done',
         run_json,
         'exec python3 -m gaudi_nb.agent --run-dir "$run"',
     ]

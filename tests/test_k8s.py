@@ -14,6 +14,7 @@ from typing import Any, Dict, Iterator, List, Tuple
 import pytest
 import typer
 import yaml
+from conftest import wait_for
 from typer.testing import CliRunner
 
 from gaudi_nb import k8s
@@ -88,7 +89,7 @@ def test_every_kind_passes_the_real_schemas_and_gives_every_pod_what_gaudi_needs
     assert "HABANA_VISIBLE_DEVICES" not in text  # the device plugin's to set: a value here overrides its allocation
     assert SECRET_VALUE not in text.replace(_by_kind(docs)["Secret"]["data"]["HF_TOKEN"], "")  # only base64, only in the Secret
     kinds = _by_kind(docs)
-    assert all(d["metadata"]["namespace"] == "ml" for d in docs)
+    assert all(d["metadata"]["namespace"] == "ml" and d["metadata"]["labels"][k8s.RUN_LABEL] == RUN_ID for d in docs)
     claim = kinds["PersistentVolumeClaim"]
     assert claim["spec"]["accessModes"] == ["ReadWriteMany"] and claim["spec"]["storageClassName"] == "nfs-rwx"
     workload = kinds[WORKLOAD[kind]]
@@ -97,7 +98,12 @@ def test_every_kind_passes_the_real_schemas_and_gives_every_pod_what_gaudi_needs
     for role, pod in pods:
         volumes = {v["name"]: v for v in pod["volumes"]}
         assert volumes["runs"]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]  # one shared run folder
-        (container,) = pod["containers"]
+        container, *sidecars = pod["containers"]
+        if role != "Worker" or kind != "mpijob":  # an MPIJob's workers run only sshd; every other pod runs an agent
+            (log,) = sidecars
+            assert container["name"] == k8s.AGENT_CONTAINER[kind] and log["name"] == k8s.LOG_CONTAINER
+            assert "events.jsonl" in container["command"][-1] and "train.log" in log["command"][-1]
+            assert log["securityContext"]["allowPrivilegeEscalation"] is False and "habana.ai/gaudi" not in log["resources"]["limits"]
         mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
         env = _env(container)
         assert mounts["runs"] == env["GAUDI_NB_HOME"] == k8s.HOME_DIR
@@ -122,6 +128,7 @@ def test_processes_per_node_are_explicit_in_each_kind(rendered):
     assert train["TrainJob"]["spec"]["runtimeRef"] == {"apiGroup": "trainer.kubeflow.org", "kind": "TrainingRuntime", "name": train["TrainingRuntime"]["metadata"]["name"]}
     torch_job = _by_kind(rendered["pytorchjob"][1])["PyTorchJob"]["spec"]
     assert torch_job["nprocPerNode"] == "8"
+    assert torch_job["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["ports"][0]["name"] == "pytorchjob-port"
     assert torch_job["pytorchReplicaSpecs"]["Master"]["replicas"] == 1 and torch_job["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1
     assert _by_kind(rendered["mpijob"][1])["MPIJob"]["spec"]["slotsPerWorker"] == 8
     job = _by_kind(rendered["job"][1])["Job"]["spec"]
@@ -133,14 +140,14 @@ def test_processes_per_node_are_explicit_in_each_kind(rendered):
 def test_mpijob_launcher_trains_on_gaudi_through_deepspeed(rendered):
     docs = rendered["mpijob"][1]
     spec = _by_kind(docs)["MPIJob"]["spec"]
-    (launcher,) = spec["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"]
+    launcher, _ = spec["mpiReplicaSpecs"]["Launcher"]["template"]["spec"]["containers"]
     env = _env(launcher)
     assert env["GAUDI_NB_ACCELERATOR"] == "hpu"  # it has no card: detecting would say cpu, and auto would be torchrun there
     assert env["GAUDI_NB_HOSTFILE"] == "/etc/mpi/hostfile"
     assert "habana.ai/gaudi" not in launcher["resources"]["limits"]
     assert json.loads(_by_kind(docs)["ConfigMap"]["data"]["spec.json"])["launcher"] == "deepspeed"
     assert "python3 -m gaudi_nb.agent" in launcher["command"][-1]
-    (worker,) = spec["mpiReplicaSpecs"]["Worker"]["template"]["spec"]["containers"]
+    (worker,) = spec["mpiReplicaSpecs"]["Worker"]["template"]["spec"]["containers"]  # only sshd: no agent, no log
     assert "sshd" in worker["command"][-1] and spec["mpiReplicaSpecs"]["Worker"]["replicas"] == 2
 
 
@@ -267,21 +274,42 @@ def test_script_dataset_and_workdir_travel_in_the_config_map_and_the_pod_lays_th
         (files / key).write_bytes(base64.b64decode(value))
     fake = tmp_path / "bin"
     fake.mkdir()
-    (fake / "python3").write_text('#!/bin/sh\necho "$@" > "$GAUDI_NB_HOME/agent-argv"\n')
+    (fake / "python3").write_text('#!/bin/sh\necho "$@" >> "$GAUDI_NB_HOME/calls"\n')
     (fake / "python3").chmod(0o755)
     home = tmp_path / "home"
-    container = docs["Job"]["spec"]["template"]["spec"]["containers"][0]
-    env = {"PATH": f"{fake}:{os.environ['PATH']}", "HOSTNAME": "pod-0", "GAUDI_NB_HOME": str(home), "GAUDI_NB_FILES": str(files), "JOB_COMPLETION_INDEX": "0"}
+    container, log = docs["Job"]["spec"]["template"]["spec"]["containers"]
+    env = {"PATH": f"{fake}:{os.environ['PATH']}", "HOSTNAME": "pod-x", "GAUDI_NB_HOME": str(home), "GAUDI_NB_FILES": str(files), "JOB_COMPLETION_INDEX": "0"}
     subprocess.run(container["command"], env=env, check=True, timeout=30)
-    folder = home / "runs" / RUN_ID / "nodes" / "pod-0"
-    assert (home / "agent-argv").read_text().split() == ["-m", "gaudi_nb.agent", "--run-dir", str(folder)]
-    assert json.loads((folder / "run.json").read_text()) == {"run_id": RUN_ID, "node": "pod-0", "hostname": "pod-0", "target": "k8s"}
+    subprocess.run(log["command"], env=env, check=True, timeout=30)
+    folder = Path(k8s.part_path(RUN_ID, 0, str(home)))
+    calls = wait_for(lambda: len((home / "calls").read_text().splitlines()) == 3 and (home / "calls").read_text().splitlines(), timeout=30)
+    events, agent, train_log = sorted(calls, key=lambda c: ("events" not in c, "train.log" in c))
+    assert agent.split() == ["-m", "gaudi_nb.agent", "--run-dir", str(folder)]  # started in the background
+    assert events.split() == ["-m", "gaudi_nb.agent.commands", "tail", "--path", f"{folder}/events.jsonl", "--offset", "0", "--follow", "--run-dir", str(folder)]
+    assert train_log.split()[:4] == ["-m", "gaudi_nb.agent.commands", "tail", "--path"] and train_log.split()[4] == f"{folder}/logs/train.log"
+    assert json.loads((folder / "run.json").read_text()) == {"run_id": RUN_ID, "node": f"{k8s.object_name(RUN_ID)}-0", "hostname": "pod-x", "target": "k8s"}
     carried = RunSpec.model_validate_json((folder / "spec.json").read_text())
     assert carried.target == "local" and carried.dataset == "inputs/0-my-corpus.txt"  # the ranks run in the run folder
     assert (folder / carried.dataset).read_text() == "hello gaudi\n"
     assert (folder / "script.py").read_text() == "print('hi')\n"
     assert (folder / "code" / "pkg" / "helper.py").read_text() == "X = 1\n"
-    assert k8s.run_folder(RUN_ID, str(home)).replace("$HOSTNAME", "pod-0") == str(folder)
+
+
+def test_each_node_gets_the_run_json_the_client_wrote_for_it(tmp_path):
+    runs = [{"run_id": RUN_ID, "node": f"n{i}", "cluster": {"node_rank": i, "master_port": 29501}} for i in range(2)]
+    docs = _by_kind(render(RunSpec(devices=8, nodes=2), RUN_ID, kind="job", cluster=FACTS, runs=runs))
+    files = tmp_path / "files"
+    files.mkdir()
+    for key, value in docs["ConfigMap"]["data"].items():
+        (files / key).write_text(value)
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "python3").write_text("#!/bin/sh\nexit 0\n")
+    (fake / "python3").chmod(0o755)
+    command = docs["Job"]["spec"]["template"]["spec"]["containers"][0]["command"]
+    env = {"PATH": f"{fake}:{os.environ['PATH']}", "GAUDI_NB_HOME": str(tmp_path / "home"), "GAUDI_NB_FILES": str(files), "JOB_COMPLETION_INDEX": "1"}
+    subprocess.run(command, env=env, check=True, timeout=30)
+    assert json.loads(Path(k8s.part_path(RUN_ID, 1, str(tmp_path / "home")), "run.json").read_text()) == runs[1]
 
 
 def test_trackers_settings_travel_in_the_secret_as_they_do_to_an_ssh_node():

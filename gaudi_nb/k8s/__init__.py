@@ -5,10 +5,15 @@ picks the kind a cluster has. Pure: nothing here imports a Kubernetes client (ch
 real schemas, with the k8s extra).
 """
 from .facts import GAUDI_RESOURCE, HUGEPAGES_2MI, HUGEPAGES_2MI_MIB, INTEL_IMAGE, KINDS, MEMORY, ClusterFacts, choose_kind
-from .manifests import object_name, render, to_yaml
-from .pod import FILES_DIR, HOME_DIR, MPI_HOSTFILE, run_folder
+from .kinds import AGENT_CONTAINER
+from .manifests import render, to_yaml
+from .names import RUN_LABEL, object_name
+from .pod import FILES_DIR, HOME_DIR, LOG_CONTAINER, MPI_HOSTFILE, part_path
 
 __all__ = [
+    "AGENT_CONTAINER",
+    "LOG_CONTAINER",
+    "RUN_LABEL",
     "FILES_DIR",
     "GAUDI_RESOURCE",
     "HOME_DIR",
@@ -22,6 +27,6 @@ __all__ = [
     "choose_kind",
     "object_name",
     "render",
-    "run_folder",
+    "part_path",
     "to_yaml",
 ]

@@ -9,10 +9,17 @@ from __future__ import annotations
 
 from typing import Any, Dict, List
 
-from .pod import MPI_HOSTFILE, RENDEZVOUS_PORT, Doc, RunPods, container, pod_template, start_command
+from .names import RUN_LABEL
+from .pod import MPI_HOSTFILE, RENDEZVOUS_PORT, Doc, RunPods, container, log_container, pod_template, start_command
 
 TRAINER_GROUP = "trainer.kubeflow.org"
 NODE = "node"  # Trainer v2's name for the training container and its replicated job
+# The container whose log is a node's event stream, in each kind (the operators fix some of the names);
+# every such pod also has the "log" sidecar (pod.LOG_CONTAINER).
+AGENT_CONTAINER = {"trainjob": NODE, "pytorchjob": "pytorch", "mpijob": "launcher", "job": "agent"}
+# Where each kind's pod finds its node index: the Job controller's completion index (a JobSet's jobs are
+# indexed too), the Training Operator's RANK, and the MPIJob's one agent on its launcher.
+NODE_INDEX = {"trainjob": "$JOB_COMPLETION_INDEX", "pytorchjob": "$RANK", "mpijob": "0", "job": "$JOB_COMPLETION_INDEX"}
 
 
 def _metadata(r: RunPods, name: str) -> Doc:
@@ -25,8 +32,8 @@ def trainjob(r: RunPods) -> List[Doc]:
     Trainer v2's `auto` counts only resource names with "gpu" in them, so it would start one process per CPU."""
     # Trainer v2's torch plugin names the node's place PET_*; launch/cluster.py reads the operators' names
     place = ['export RANK="$PET_NODE_RANK" MASTER_ADDR="$PET_MASTER_ADDR" MASTER_PORT="$PET_MASTER_PORT" WORLD_SIZE="$PET_NNODES"']
-    node = container(r, NODE, start_command(r, place))
-    template = pod_template(r, [node], role="node")
+    node = container(r, NODE, start_command(r, NODE_INDEX["trainjob"], place))
+    template = pod_template(r, [node, log_container(r, NODE_INDEX["trainjob"])], role="node")
     runtime = {
         "apiVersion": f"{TRAINER_GROUP}/v1alpha1",
         "kind": "TrainingRuntime",
@@ -65,8 +72,10 @@ def pytorchjob(r: RunPods) -> List[Doc]:
     container name "pytorch" and sets RANK (the node rank), MASTER_ADDR, MASTER_PORT and WORLD_SIZE."""
 
     def replica(count: int, role: str) -> Doc:
-        node = container(r, "pytorch", start_command(r))
-        return {"replicas": count, "restartPolicy": "Never", "template": pod_template(r, [node], role=role)}
+        node = container(r, AGENT_CONTAINER["pytorchjob"], start_command(r, NODE_INDEX["pytorchjob"]))
+        # the operator reads MASTER_PORT from this port (a missing one fails the job where no webhook adds it)
+        node["ports"] = [{"name": "pytorchjob-port", "containerPort": 23456, "protocol": "TCP"}]
+        return {"replicas": count, "restartPolicy": "Never", "template": pod_template(r, [node, log_container(r, NODE_INDEX["pytorchjob"])], role=role)}
 
     replicas = {"Master": replica(1, "master")}
     if r.spec.nodes > 1:
@@ -91,7 +100,7 @@ def mpijob(r: RunPods) -> List[Doc]:
     env = {"GAUDI_NB_HOSTFILE": MPI_HOSTFILE}
     if r.facts.gaudi_nodes:
         env["GAUDI_NB_ACCELERATOR"] = "hpu"
-    launcher = container(r, "launcher", start_command(r), cards=False, root=True, env=env)
+    launcher = container(r, AGENT_CONTAINER["mpijob"], start_command(r, NODE_INDEX["mpijob"]), cards=False, root=True, env=env)
     worker = container(r, "worker", ["/bin/bash", "-c", "/usr/bin/ssh-keygen -A && exec /usr/sbin/sshd -De"], root=True)
     return [{
         "apiVersion": "kubeflow.org/v2beta1",
@@ -106,7 +115,7 @@ def mpijob(r: RunPods) -> List[Doc]:
             "runPolicy": {"cleanPodPolicy": "None", "backoffLimit": 0},
             "mpiReplicaSpecs": {
                 "Launcher": {"replicas": 1, "restartPolicy": "Never",
-                             "template": pod_template(r, [launcher], role="launcher", cards=False, root=True)},
+                             "template": pod_template(r, [launcher, log_container(r, NODE_INDEX["mpijob"])], role="launcher", cards=False, root=True)},
                 "Worker": {"replicas": r.spec.nodes, "restartPolicy": "Never",
                            "template": pod_template(r, [worker], role="worker", root=True)},
             },
@@ -118,8 +127,8 @@ def job(r: RunPods) -> List[Doc]:
     """An indexed Job: one pod per node, each pod's index its node rank, node 0 reached by name through a
     headless Service (a pod of an indexed Job with a subdomain is `<job>-<index>.<service>`)."""
     env = {"MASTER_ADDR": f"{r.name}-0.{r.name}", "MASTER_PORT": str(RENDEZVOUS_PORT), "WORLD_SIZE": str(r.spec.nodes)}
-    node = container(r, "node", start_command(r, ['export RANK="$JOB_COMPLETION_INDEX"']), env=env if r.spec.nodes > 1 else None)
-    template = pod_template(r, [node], role="node")
+    node = container(r, AGENT_CONTAINER["job"], start_command(r, NODE_INDEX["job"], ['export RANK="$JOB_COMPLETION_INDEX"']), env=env if r.spec.nodes > 1 else None)
+    template = pod_template(r, [node, log_container(r, NODE_INDEX["job"])], role="node")
     template["spec"]["subdomain"] = r.name
     workload: Dict[str, Any] = {
         "apiVersion": "batch/v1",
@@ -140,7 +149,7 @@ def job(r: RunPods) -> List[Doc]:
         "metadata": _metadata(r, r.name),
         "spec": {
             "clusterIP": "None",
-            "selector": {"gaudi-nb/run": r.labels["gaudi-nb/run"]},
+            "selector": {RUN_LABEL: r.run_id},
             # node 0's name must resolve before it is ready: the other nodes dial it at once
             "publishNotReadyAddresses": True,
             "ports": [{"name": "rendezvous", "port": RENDEZVOUS_PORT}],

@@ -18,21 +18,12 @@ from ..launch.habana import check_nodes
 from ..spec import RunSpec, looks_like_path
 from .facts import ClusterFacts, check_kind
 from .kinds import BUILDERS
+from .names import RUN_LABEL, check_run_id, object_name
 from .pod import Doc, RunPods
 
 # A ConfigMap holds at most 1 MiB; the spec and the keys' names need some of it.
 MAX_FILES_BYTES = 900 * 1024
-_MAX_NAME = 52  # the operators add "-launcher", "-worker-12" and the like within 63
-_LABEL = re.compile(r"[^a-z0-9-]+")
 _KEY = re.compile(r"[^-._a-zA-Z0-9]+")  # what a ConfigMap key may not hold
-
-
-def object_name(run_id: str) -> str:
-    """A DNS-1123 label (starting with a letter) for the run's objects, from its id."""
-    slug = _LABEL.sub("-", run_id.lower()).strip("-") or "run"
-    if not slug[0].isalpha():
-        slug = f"r-{slug}"
-    return slug[:_MAX_NAME].rstrip("-")
 
 
 def pod_launcher(spec: RunSpec, kind: str) -> str:
@@ -60,9 +51,9 @@ def _claim(run_name: str, spec: RunSpec, facts: ClusterFacts) -> Optional[str]:
     return None
 
 
-def _labels(name: str) -> Dict[str, str]:
+def _labels(name: str, run_id: str) -> Dict[str, str]:
     return {"app.kubernetes.io/name": "gaudi-nb", "app.kubernetes.io/managed-by": "gaudi-nb",
-            "app.kubernetes.io/instance": name, "gaudi-nb/run": name}
+            "app.kubernetes.io/instance": name, RUN_LABEL: run_id}
 
 
 def sent_values(spec: RunSpec, environ: Mapping[str, str]) -> Dict[str, str]:
@@ -101,12 +92,13 @@ def local_inputs(spec: RunSpec) -> Tuple[Dict[str, Any], Dict[str, bytes]]:
     return ({"dataset": ",".join(named)} if files else {}), files
 
 
-def _files(r: RunPods, spec: RunSpec, inputs: Dict[str, bytes]) -> Doc:
+def _files(r: RunPods, spec: RunSpec, inputs: Dict[str, bytes], runs: List[Dict[str, Any]]) -> Doc:
     """The ConfigMap every pod copies its run folder's inputs from: the spec, and the script, the dataset files
     and the working directory's archive when they fit (a ConfigMap holds 1 MiB)."""
     data = {"spec.json": json.dumps(r.spec.to_json_dict(), indent=2, sort_keys=True) + "\n"}
+    data.update({f"run-{i}.json": json.dumps(run, sort_keys=True) + "\n" for i, run in enumerate(runs)})
     binary = {key: base64.b64encode(value).decode() for key, value in inputs.items()}
-    size = len(data["spec.json"]) + sum(len(v) for v in inputs.values())
+    size = sum(len(v.encode()) for v in data.values()) + sum(len(v) for v in inputs.values())
     if spec.script:
         data["script.py"] = _read(spec.script, "--script")
         size += len(data["script.py"].encode())
@@ -148,11 +140,12 @@ def _volume_claim(r: RunPods, spec: RunSpec) -> Doc:
 
 
 def render(spec: RunSpec, run_id: str, *, kind: str, cluster: Optional[ClusterFacts] = None,
-           environ: Optional[Mapping[str, str]] = None) -> List[Dict[str, Any]]:
+           environ: Optional[Mapping[str, str]] = None, runs: Optional[List[Dict[str, Any]]] = None) -> List[Dict[str, Any]]:
     """Every object to submit for one run, in the order to create them: the Secret with --env's values (and the
     trackers' settings), the
     ConfigMap with the run's inputs, the run volume's claim (unless the cluster's is given), then the workload
-    (with its Service or TrainingRuntime). `environ`: where --env's values are read (default: this process's)."""
+    (with its Service or TrainingRuntime). `environ`: where --env's values are read (default: this process's).
+    `runs`: each node's run.json as the client writes it (node 0 first); without, each pod writes a one-node one."""
     facts = cluster or ClusterFacts()
     kind = check_kind(kind)
     image = (facts.image or "").strip()
@@ -160,8 +153,7 @@ def render(spec: RunSpec, run_id: str, *, kind: str, cluster: Optional[ClusterFa
         raise SpecError("image: give a container image with gaudi_nb installed, e.g. --image registry.example.com/gaudi-nb:0.1.0 (infra/docker builds one)")
     if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", facts.namespace):
         raise SpecError(f"namespace: must be a DNS-1123 label (lower-case letters, digits, '-'), got {facts.namespace!r}")
-    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}", run_id or ""):
-        raise SpecError(f"run id {run_id!r}: letters, digits, '.', '_' and '-' only (it names the run's folder in every pod)")
+    check_run_id(run_id)
     name = object_name(run_id)
     launcher = pod_launcher(spec, kind)
     claim = _claim(name, spec, facts)
@@ -169,9 +161,9 @@ def render(spec: RunSpec, run_id: str, *, kind: str, cluster: Optional[ClusterFa
     changes, inputs = local_inputs(spec)
     pod_spec = spec.model_copy(update={"target": "local", "launcher": launcher, **changes})
     sent = sent_values(spec, os.environ if environ is None else environ)
-    r = RunPods(name=name, run_id=run_id, spec=pod_spec, facts=facts, image=image, labels=_labels(name),
+    r = RunPods(name=name, run_id=run_id, spec=pod_spec, facts=facts, image=image, labels=_labels(name, run_id),
                 claim=claim or f"{name}-runs", env_names=list(sent))
-    objects = [doc for doc in (_secret(r, sent), _files(r, spec, inputs)) if doc]
+    objects = [doc for doc in (_secret(r, sent), _files(r, spec, inputs, runs or [])) if doc]
     if claim is None:
         objects.append(_volume_claim(r, spec))
     return objects + BUILDERS[kind](r)

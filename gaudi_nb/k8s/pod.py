@@ -12,11 +12,13 @@ from typing import Any, Dict, List, Optional
 
 from ..spec import RunSpec
 from .facts import GAUDI_RESOURCE, ClusterFacts
+from .names import object_name
 
 FILES_DIR = "/etc/gaudi-nb"  # the run's ConfigMap: spec.json, and the script and working directory when small
 HOME_DIR = "/var/lib/gaudi-nb"  # GAUDI_NB_HOME on the run volume, shared by every pod of the run
 MPI_HOSTFILE = "/etc/mpi/hostfile"  # where the MPI operator mounts the hostfile on the launcher
 RENDEZVOUS_PORT = 29500  # torchrun's static rendezvous on node 0 (indexed Job)
+LOG_CONTAINER = "log"  # every agent pod's sidecar: its log is the node's train.log
 
 Doc = Dict[str, Any]
 
@@ -43,41 +45,61 @@ class RunPods:
         return f"{self.name}-files"
 
 
-def run_folder(run_id: str, home: str = HOME_DIR) -> str:
-    """Where a pod keeps its part of the run on the shared volume: one folder per pod (named by the pod), as
-    SSH nodes keep one per node."""
-    return f"{home}/runs/{run_id}/nodes/$HOSTNAME"
+def part_path(run_id: str, index: int, home: str = HOME_DIR) -> str:
+    """Node `index`'s part of the run on the shared volume, as its pods see it: one folder per node, as SSH
+    nodes keep one each (the MPIJob's launcher is node 0, where every rank of the run writes)."""
+    return f"{home}/runs/{run_id}/nodes/{object_name(run_id)}-{index}"
 
 
-def start_command(r: RunPods, before: Optional[List[str]] = None) -> List[str]:
-    """The pod's command: lay out its run folder from the ConfigMap, then run the node agent in the foreground
-    (the pod lives as long as the run). `before`: shell lines that set the node's place (RANK, MASTER_ADDR).
-    Paths come from the container's environment (GAUDI_NB_HOME, GAUDI_NB_FILES), so a stand-in that runs the
-    command as a local process can point them elsewhere."""
-    run_json = (
+def _folder_line(r: RunPods, node: str) -> List[str]:
+    # `node`: the shell expression of this pod's node index, which the operator or the Job controller sets
+    return [f'node="{node}"', f'run="$GAUDI_NB_HOME/runs/{r.run_id}/nodes/{r.name}-$node"']
+
+
+def start_command(r: RunPods, node: str, before: Optional[List[str]] = None) -> List[str]:
+    """The training container's command: lay out this node's run folder from the ConfigMap, start the node
+    agent, and stream the node's events.jsonl on stdout until the run has ended there (the container's log is
+    the node's event stream). `before`: shell lines that set the node's place (RANK, MASTER_ADDR). Paths come
+    from the container's environment (GAUDI_NB_HOME, GAUDI_NB_FILES)."""
+    minimal_run = (
         f'printf \'{{"run_id": "%s", "node": "%s", "hostname": "%s", "target": "k8s"}}\\n\' '
-        f'{shlex.quote(r.run_id)} "$HOSTNAME" "$HOSTNAME" > "$run/run.json"'
+        f'{shlex.quote(r.run_id)} "{r.name}-$node" "$HOSTNAME" > "$run/run.json"'
     )
-    lines = ["set -eu"] + list(before or [])
-    if r.facts.setup:
-        lines.append(r.facts.setup)
-    lines += [
-        f'run="{run_folder(r.run_id, "$GAUDI_NB_HOME")}"',
+    lines = ["set -eu"] + list(before or []) + ([r.facts.setup] if r.facts.setup else []) + _folder_line(r, node) + [
         'mkdir -p "$run/logs" "$run/control"',
         'cp "$GAUDI_NB_FILES/spec.json" "$run/spec.json"',
+        # each node's run.json as the client wrote it (the agents' shared settings), else the one-node form
+        f'if [ -f "$GAUDI_NB_FILES/run-$node.json" ]; then cp "$GAUDI_NB_FILES/run-$node.json" "$run/run.json"; else {minimal_run}; fi',
         'if [ -f "$GAUDI_NB_FILES/script.py" ]; then cp "$GAUDI_NB_FILES/script.py" "$run/script.py"; fi',
         'if [ -f "$GAUDI_NB_FILES/code.tar" ]; then mkdir -p "$run/code" && tar -xf "$GAUDI_NB_FILES/code.tar" -C "$run/code"; fi',
         'for f in "$GAUDI_NB_FILES"/input-*; do if [ -f "$f" ]; then mkdir -p "$run/inputs" && cp "$f" "$run/inputs/${f##*/input-}"; fi; done',
-        run_json,
-        'exec python3 -m gaudi_nb.agent --run-dir "$run"',
+        'python3 -m gaudi_nb.agent --run-dir "$run" >> "$run/logs/agent.log" 2>&1 &',
+        'exec python3 -m gaudi_nb.agent.commands tail --path "$run/events.jsonl" --offset 0 --follow --run-dir "$run"',
     ]
     return ["/bin/bash", "-c", "\n".join(lines)]
+
+
+def log_container(r: RunPods, node: str) -> Doc:
+    """A sidecar whose log is the node's train.log (`gaudi-nb logs`), until the run has ended there."""
+    lines = _folder_line(r, node) + ['exec python3 -m gaudi_nb.agent.commands tail --path "$run/logs/train.log" --offset 0 --follow --run-dir "$run"']
+    security: Doc = {"allowPrivilegeEscalation": False}
+    return {
+        "name": LOG_CONTAINER,
+        "image": r.image,
+        "imagePullPolicy": "IfNotPresent",
+        "command": ["/bin/bash", "-c", "\n".join(lines)],
+        "env": [{"name": "GAUDI_NB_HOME", "value": HOME_DIR}, {"name": "PYTHONUNBUFFERED", "value": "1"}],
+        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu": "500m", "memory": "256Mi"}},
+        "volumeMounts": [{"name": "runs", "mountPath": HOME_DIR}],
+        "securityContext": security,
+    }
 
 
 def environment(r: RunPods, extra: Optional[Dict[str, str]] = None, *, cards: bool = True) -> List[Doc]:
     values = {
         "GAUDI_NB_HOME": HOME_DIR,
         "GAUDI_NB_FILES": FILES_DIR,
+        "PYTHONUNBUFFERED": "1",
         # loopback only: /metrics has no auth; `kubectl port-forward pod/NAME PORT` reaches it (docs/kubernetes.md)
         "GAUDI_NB_METRICS_HOST": "127.0.0.1",
         "GAUDI_NB_METRICS_PORT": str(r.facts.metrics_port),

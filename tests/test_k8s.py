@@ -180,6 +180,7 @@ def test_non_root_where_the_image_allows_it(rendered):
 @pytest.mark.parametrize("args, says", [
     (["--launcher", "mpirun"], "launcher 'mpirun' starts one node"),  # the launch builder's own words
     (["--launcher", "torch.distributed.run"], "starts one node"),
+    (["--devices", "3"], "devices=3 on a Gaudi node: Intel supports"),  # the module chooser's words
     (["--kind", "mpijob", "--launcher", "torchrun"], "DeepSpeed over ssh"),
     (["--kind", "pytorchjob", "--launcher", "deepspeed"], "--kind mpijob"),
     (["--kind", "cronjob"], "trainjob, pytorchjob, mpijob, job"),

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Tuple
 
 from ..errors import SpecError
+from ..launch import choose_modules
 from ..launch.habana import check_nodes
 from ..spec import RunSpec, looks_like_path
 from .facts import ClusterFacts, check_kind
@@ -156,6 +157,8 @@ def render(spec: RunSpec, run_id: str, *, kind: str, cluster: Optional[ClusterFa
     check_run_id(run_id)
     name = object_name(run_id)
     launcher = pod_launcher(spec, kind)
+    if facts.gaudi_nodes:
+        choose_modules(spec.devices)  # a card count Intel does not support is refused on the node at run time: here, before
     claim = _claim(name, spec, facts)
     # inside a pod the run executes where it is (target local), with the launcher chosen here
     changes, inputs = local_inputs(spec)
@@ -174,7 +177,8 @@ def to_yaml(manifests: List[Dict[str, Any]]) -> str:
     import yaml
 
     class _Dumper(yaml.SafeDumper):
-        pass
+        def ignore_aliases(self, data: Any) -> bool:  # a shared dict is written out twice, never as &id001
+            return True
 
     def _str(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
         # the spec JSON and the pods' start script read as blocks, not as escaped lines

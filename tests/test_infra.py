@@ -301,6 +301,17 @@ def test_gaudi_image_is_intels_pytorch_image_with_the_version_as_build_argument(
     assert "gaudi_nb[habana" in parser.content.replace("/opt/", "")
 
 
+def test_gaudi_image_runs_the_projects_default_mode_and_has_pdsh_for_several_nodes():
+    from gaudi_nb.spec import RunSpec
+
+    parser = _dockerfile("Dockerfile")
+    env = dict(pair for i in parser.structure if i["instruction"] == "ENV" for pair in _assignments(i["value"]))
+    assert env["PT_HPU_LAZY_MODE"] == ("1" if RunSpec().lazy_mode else "0")  # eager, as every run by default
+    installs = [i["value"] for i in parser.structure if i["instruction"] == "RUN" and "apt-get install" in i["value"]]
+    assert any(re.search(r"\bpdsh\b", line) for line in installs)  # DeepSpeed's multi-node launcher
+    assert "optimum-habana" in parser.content.replace("/opt/", "")  # --trainer optimum-habana keeps working in the image
+
+
 def test_cpu_image_installs_torch_from_the_cpu_index():
     content = _dockerfile("Dockerfile.cpu").content
     assert "https://download.pytorch.org/whl/cpu" in content

@@ -17,6 +17,7 @@ from .callback import EventCallback
 from .data import BlockDataset, pack, read_texts, split_blocks
 from .models import build_model_and_tokenizer
 from .rank import exit_cleanly, rank_info, report_error
+from ..gaudi_stack import trainer_support
 from .trainers import TrainerInputs, build_trainer, execution_mode, pick_trainer, prepare_transformers
 
 
@@ -147,6 +148,7 @@ def train(run_dir: Path, *, writer: Optional[BackgroundEventWriter] = None, extr
         precision=precision,
         precision_chosen_by="spec" if spec.precision != "auto" else f"default for {accelerator.name}",
         trainer=trainer_name,
+        trainer_support=trainer_support(trainer_name),
         execution_mode=execution_mode(accelerator.name, spec.lazy_mode, trainer_name),
         parameters=parameters,
         # trainable: every weight, or only the LoRA adapter's; MFU counts all `parameters` (6N per token)

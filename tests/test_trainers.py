@@ -187,9 +187,9 @@ def test_pyproject_requires_the_accelerate_transformers_needs_to_see_a_gaudi_car
     # transformers' is_torch_hpu_available() returns False below this accelerate (its torch_hpu_min_accelerate_version):
     # the Trainer would then train on CPU without a word
     import re
-    import tomllib
     from pathlib import Path
 
+    import tomllib
     import transformers.utils.import_utils as import_utils
     from packaging.requirements import Requirement
     from packaging.version import Version

@@ -8,6 +8,7 @@ from typing import Any, List, NamedTuple, Optional
 
 from .. import accel as accel_room
 from ..events import BackgroundEventWriter
+from ..gaudi_stack import trainer_support
 from ..presets import model_presets
 from ..rundir import CHECKPOINT_COMPLETE, RESUME_FROM_ENV, RunFolder
 from ..spec import RunSpec
@@ -17,7 +18,6 @@ from .callback import EventCallback
 from .data import BlockDataset, pack, read_texts, split_blocks
 from .models import build_model_and_tokenizer
 from .rank import exit_cleanly, rank_info, report_error
-from ..gaudi_stack import trainer_support
 from .trainers import TrainerInputs, build_trainer, execution_mode, pick_trainer, prepare_transformers
 
 

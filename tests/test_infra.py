@@ -95,6 +95,18 @@ def test_inputs_cover_what_a_user_chooses(tf):
     assert variables["instance_type"]["default"] == "dl1.24xlarge"
 
 
+def test_terraform_and_the_provider_look_for_the_same_image_and_say_dl1_is_out_of_support(tf):
+    from gaudi_nb.nodes.providers.aws import IMAGE_NAME
+
+    variables = _variables(tf)
+    # one pattern: what `gaudi-nb nodes provision aws` finds, Terraform finds (neither names an Ubuntu release AWS may not publish)
+    assert variables["ami_name_filter"]["default"] == IMAGE_NAME and "22.04" not in IMAGE_NAME
+    assert "could not be confirmed" in variables["ami_name_filter"]["description"]
+    assert "1.22" in variables["instance_type"]["description"] and "unsupported" in variables["instance_type"]["description"]
+    readme = (Path(__file__).parents[1] / "infra" / "terraform" / "aws" / "README.md").read_text()
+    assert "First-generation Gaudi is out of support" in readme and "could not be confirmed" in readme
+
+
 def test_ssh_cidr_has_no_default_and_refuses_the_whole_internet(tf):
     cidr = _variables(tf)["allowed_ssh_cidr"]
     assert "default" not in cidr, "allowed_ssh_cidr must be chosen by the user"

@@ -103,6 +103,7 @@ def test_terraform_and_the_provider_look_for_the_same_image_and_say_dl1_is_out_o
     assert variables["ami_name_filter"]["default"] == IMAGE_NAME and "22.04" not in IMAGE_NAME
     assert "could not be confirmed" in variables["ami_name_filter"]["description"]
     assert "1.22" in variables["instance_type"]["description"] and "unsupported" in variables["instance_type"]["description"]
+    assert "apt-get install -y pdsh" in (Path(__file__).parents[1] / "infra" / "terraform" / "aws" / "main.tf").read_text()  # first boot
     readme = (Path(__file__).parents[1] / "infra" / "terraform" / "aws" / "README.md").read_text()
     assert "First-generation Gaudi is out of support" in readme and "could not be confirmed" in readme
 

@@ -266,6 +266,7 @@ def test_the_run_request_for_a_dl1_cluster_has_every_efa_interface_the_placement
     sent = run_request(request, resources)
     assert (sent["ImageId"], sent["InstanceType"], sent["MinCount"], sent["MaxCount"], sent["KeyName"]) == ("ami-1", "dl1.24xlarge", 2, 2, "gaudi_nb-ada-1")
     assert sent["Placement"] == {"GroupName": "gaudi_nb-big"}
+    assert "apt-get install -y pdsh" in sent["UserData"]  # node 0 of a multi-node run needs it for DeepSpeed
     assert [(n["NetworkCardIndex"], n["DeviceIndex"], n["InterfaceType"], n["Groups"], n["SubnetId"]) for n in sent["NetworkInterfaces"]] == [
         (0, 0, "efa", ["sg-1"], "subnet-1"), (1, 1, "efa", ["sg-1"], "subnet-1"), (2, 1, "efa", ["sg-1"], "subnet-1"), (3, 1, "efa", ["sg-1"], "subnet-1")]
     assert not any("AssociatePublicIpAddress" in n for n in sent["NetworkInterfaces"])  # EC2 refuses it with several interfaces

@@ -23,6 +23,9 @@ SSH_USER = "ubuntu"  # the Habana AMIs are Ubuntu
 # EFA interfaces an instance type takes (one per network card). DL1 has four 100 Gbps EFA ENIs:
 # https://aws.amazon.com/blogs/compute/amazon-ec2-dl1-instances-deep-dive/
 EFA_INTERFACES = {"dl1.24xlarge": 4}
+# What a machine runs at its first boot, as root: pdsh, which DeepSpeed's launcher needs on node 0 of a run
+# across nodes (a non-root bootstrap over SSH cannot install it). Best effort: the image may have no apt.
+FIRST_BOOT = "#!/bin/bash\n(apt-get update && apt-get install -y pdsh) >/var/log/gaudi-nb-first-boot.log 2>&1 || true\n"
 # an IAM instance profile (name or ARN) for the machines: what they act as, e.g. when autostop stops them
 INSTANCE_PROFILE_VARIABLE = "GAUDI_NB_AWS_INSTANCE_PROFILE"
 PREFIX = "gaudi_nb-"
@@ -84,6 +87,7 @@ def run_request(request: ProvisionRequest, resources: Resources) -> Dict[str, An
     }
     if resources.placement_group:
         arguments["Placement"] = {"GroupName": resources.placement_group}
+    arguments["UserData"] = FIRST_BOOT  # boto3 base64-encodes it
     profile = resources.network.get("instance_profile")
     if profile:
         # the machine's own credentials (the autostop watchdog stops it with them)

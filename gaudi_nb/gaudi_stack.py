@@ -14,8 +14,9 @@ OPTIMUM_HABANA_EOS = (
     "Gaudi software 1.24, transformers 4.55.x)"
 )
 # What --trainer transformers (transformers' Trainer with accelerate's native Gaudi support) lacks that
-# GaudiTrainer has: GaudiConfig's fused AdamW and fused clip-norm, accelerate's fast_ddp and fp8
-# minimize_memory, which accelerate enables only through optimum-habana.
+# GaudiTrainer has: GaudiConfig's fused AdamW and fused clip-norm (habana's FusedAdamW, FusedClipNorm),
+# and GaudiTrainingArguments' distribution_strategy="fast_ddp" and fp8 minimize_memory, which live in
+# optimum-habana's own training arguments and accelerate fork (accelerate 1.10.1 has neither).
 GIVEN_UP = "fused AdamW and fused clip-norm, fast_ddp, fp8 minimize_memory"
 # The trainer --trainer auto picks on Gaudi: transformers' Trainer detects the HPU natively (accelerate >= 1.5).
 SUPPORTED_HPU_TRAINER = "transformers"

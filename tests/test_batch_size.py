@@ -86,9 +86,11 @@ def test_the_key_says_which_program_and_world_the_size_was_measured_for():
     eager = batch_size.trial_program("hpu", False, "transformers")
     lazy = batch_size.trial_program("hpu", True, "transformers")
     fused = batch_size.trial_program("hpu", False, "optimum-habana")
-    assert (eager.execution_mode, eager.compile_backend, eager.fused_adamw) == ("eager+compile", "hpu_backend", False)
-    assert (lazy.execution_mode, lazy.compile_backend) == ("lazy", None) and fused.fused_adamw
-    assert batch_size.trial_program("cpu", True, "optimum-habana") == batch_size.TrialProgram("eager", False)
+    # transformers' Trainer builds torch's fused AdamW (its default optim with torch >= 2.8), GaudiTrainer habana's FusedAdamW
+    assert (eager.execution_mode, eager.compile_backend, eager.optimizer) == ("eager+compile", "hpu_backend", "torch AdamW fused")
+    assert (lazy.execution_mode, lazy.compile_backend) == ("lazy", None) and fused.optimizer == "habana FusedAdamW"
+    assert batch_size.trial_program("cpu", True, "optimum-habana") == batch_size.TrialProgram("eager", "torch AdamW fused")
+    assert batch_size.trial_program("hpu", False, "lightning") == batch_size.TrialProgram("eager", "torch AdamW")
 
     def key(program, world):
         return batch_size.run_cache_key(spec, "hpu", 96 << 30, "bf16", "transformers", program, world)
@@ -141,11 +143,18 @@ def fake_gaudi_stack(monkeypatch):
     import torch
 
     made = {"optimizers": [], "compiled": []}
+    plain = torch.optim.AdamW.__init__
 
-    class FusedAdamW(torch.optim.AdamW):
+    def adamw(self, params, lr, fused=None, **kwargs):
+        made["optimizers"].append("torch AdamW fused" if fused else "torch AdamW")
+        plain(self, params, lr=lr, fused=fused, **kwargs)
+
+    class FusedAdamW(torch.optim.Adam):  # habana's: its own class, not torch's AdamW
         def __init__(self, params, lr):
-            made["optimizers"].append("FusedAdamW")
+            made["optimizers"].append("habana FusedAdamW")
             super().__init__(params, lr=lr)
+
+    monkeypatch.setattr(torch.optim.AdamW, "__init__", adamw)
 
     modules = {name: types.ModuleType(name) for name in (
         "habana_frameworks", "habana_frameworks.torch", "habana_frameworks.torch.hpu", "habana_frameworks.torch.hpex",
@@ -160,7 +169,8 @@ def fake_gaudi_stack(monkeypatch):
 
 
 @pytest.mark.parametrize("trainer, lazy, fused, compiled", [
-    ("optimum-habana", False, ["FusedAdamW"], ["hpu_backend"]), ("transformers", True, [], []), ("transformers", False, [], ["hpu_backend"]),
+    # the other combinations are trial_program's, pinned above without a trial
+    ("optimum-habana", False, ["habana FusedAdamW"], ["hpu_backend"]), ("transformers", True, ["torch AdamW fused"], []),
 ])
 def test_on_gaudi_the_trials_run_the_training_program_and_bisect_past_a_workspace_oom(monkeypatch, trainer, lazy, fused, compiled):
     made = fake_gaudi_stack(monkeypatch)

@@ -186,27 +186,40 @@ class TrialProgram:
     fused AdamW each take memory of their own."""
 
     execution_mode: str  # eager | eager+compile | lazy (worker.trainers.execution_mode)
-    fused_adamw: bool  # GaudiTrainer on HPU: GaudiConfig(use_fused_adam=True), habana's FusedAdamW
+    optimizer: str  # OPTIMIZERS' names: the one the run's trainer builds
 
     @property
     def compile_backend(self) -> Optional[str]:
         return "hpu_backend" if self.execution_mode == "eager+compile" else None
 
 
+HABANA_FUSED_ADAMW = "habana FusedAdamW"  # GaudiTrainer on HPU: GaudiConfig(use_fused_adam=True)
+TORCH_ADAMW_FUSED = "torch AdamW fused"  # transformers' Trainer: optim adamw_torch_fused, its default with torch >= 2.8
+TORCH_ADAMW = "torch AdamW"  # the Lightning module's configure_optimizers, and older transformers' default
+
+
 def trial_program(accelerator: str, lazy_mode: bool, trainer: str) -> TrialProgram:
     from .trainers import execution_mode
 
-    return TrialProgram(execution_mode(accelerator, lazy_mode, trainer), accelerator == "hpu" and trainer == "optimum-habana")
+    if accelerator == "hpu" and trainer == "optimum-habana":
+        optimizer = HABANA_FUSED_ADAMW
+    elif trainer == "lightning":
+        optimizer = TORCH_ADAMW
+    else:
+        from transformers import TrainingArguments
+
+        optimizer = TORCH_ADAMW_FUSED if TrainingArguments.default_optim == "adamw_torch_fused" else TORCH_ADAMW
+    return TrialProgram(execution_mode(accelerator, lazy_mode, trainer), optimizer)
 
 
 def _optimizer(program: TrialProgram, parameters: List[Any]) -> Any:
-    if program.fused_adamw:
+    if program.optimizer == HABANA_FUSED_ADAMW:
         from habana_frameworks.torch.hpex.optimizers import FusedAdamW  # as GaudiTrainer.create_optimizer imports it
 
         return FusedAdamW(parameters, lr=0.0)
     import torch
 
-    return torch.optim.AdamW(parameters, lr=0.0)
+    return torch.optim.AdamW(parameters, lr=0.0, fused=program.optimizer == TORCH_ADAMW_FUSED or None)
 
 
 def trial_steps(model: Any, accelerator: Any, precision: str, sequence_length: int, local_rank: int, memory_fraction: float,
@@ -272,7 +285,7 @@ def run_cache_key(spec: Any, accelerator: str, device_memory: int, precision: st
     return cache_key(model=spec.model, sequence_length=spec.sequence_length, accelerator=accelerator, device_memory=device_memory,
                      precision=precision, trainer=trainer, memory_fraction=spec.memory_fraction,
                      lora=bool(getattr(spec, "lora", False)) and int(getattr(spec, "lora_rank", 0) or 0),
-                     execution_mode=program.execution_mode, fused_adamw=program.fused_adamw, world_size=world_size)
+                     execution_mode=program.execution_mode, optimizer=program.optimizer, world_size=world_size)
 
 
 def cache_path() -> Path:

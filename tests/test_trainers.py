@@ -121,6 +121,18 @@ def test_auto_on_gaudi_picks_transformers_trainer_the_supported_stack(tmp_path, 
     assert calls == ["build"]  # transformers' Trainer: nothing of optimum-habana's is applied
 
 
+def test_gaudi_nb_show_says_a_gaudi_trainer_run_used_a_stack_past_end_of_support():
+    from gaudi_nb.cli import accelerator_line
+    from gaudi_nb.gaudi_stack import trainer_support
+
+    record = {"accelerator": "hpu", "device_count": 8, "precision": "bf16", "trainer": "optimum-habana", "execution_mode": "eager+compile",
+              "trainer_support": trainer_support("optimum-habana")}
+    assert accelerator_line(record) == ("hpu × 8 (bf16, optimum-habana, eager+compile) · optimum-habana 1.21.2 is past end of support "
+                                        "(its final release; support ended 2026-10-31, Gaudi software 1.24, transformers 4.55.x)")
+    supported = dict(record, trainer="transformers", trainer_support=trainer_support("transformers"))
+    assert accelerator_line(supported) == "hpu × 8 (bf16, transformers, eager+compile)"
+
+
 def fake_htcore(monkeypatch):
     import sys
     import types

@@ -178,7 +178,10 @@ def accelerator_line(record: Dict[str, Any]) -> str:
         where = record.get("accelerator")
         return f"{where}: ranks not started yet" if where else "not started yet"
     details = ", ".join(str(v) for v in (record.get("precision"), record.get("trainer"), record.get("execution_mode")) if v)
-    return f"{record.get('accelerator')} × {record.get('device_count')} ({details})"
+    from .gaudi_stack import OPTIMUM_HABANA_EOS
+
+    past = f" · {OPTIMUM_HABANA_EOS}" if record.get("trainer") == "optimum-habana" else ""  # said where the trainer is named
+    return f"{record.get('accelerator')} × {record.get('device_count')} ({details}){past}"
 
 
 def flops_line(m: Dict[str, Any]) -> str:

@@ -2,7 +2,9 @@
 
 On a Gaudi node it also reports what decides whether a run will work there: the driver and
 firmware, the Gaudi PyTorch plugin against the release optimum-habana was validated with,
-lazy or eager mode, which modules are free, Intel's DeepSpeed fork, and hugepages.
+lazy or eager mode, which modules are free, Intel's DeepSpeed fork, hugepages, the card's
+generation and whether the installed software supports it, pdsh for runs across nodes, and
+the trainer stack's support state (optimum-habana is past end of support).
 """
 from __future__ import annotations
 
@@ -138,6 +140,45 @@ def gaudi_checks(check: Check, on_gaudi: bool, state: Any, validated: Optional[s
         check("hugepages", f"{found} ({no_card}: not needed)", True)
 
 
+def card_name() -> Optional[str]:
+    """The first card's name as hl-smi prints it (HL-205, HL-225, HL-325L); None without hl-smi."""
+    import subprocess
+
+    if shutil.which("hl-smi") is None:
+        return None
+    try:
+        done = subprocess.run(["hl-smi", "-Q", "name", "-f", "csv,noheader"], capture_output=True, text=True, timeout=15,
+                              env={**os.environ, "ENABLE_CONSOLE": "true"})
+    except (OSError, subprocess.SubprocessError):
+        return None
+    lines = [line.strip() for line in done.stdout.splitlines() if line.strip()]
+    return lines[0] if done.returncode == 0 and lines else None
+
+
+def stack_checks(check: Check, on_gaudi: bool, card: Optional[str], software: Optional[str], trainer_installed: bool, pdsh: Optional[str]) -> None:
+    """The card's generation against the installed Gaudi software, pdsh for runs on several nodes, and
+    the trainer stack's support state (optimum-habana is past end of support)."""
+    from . import gaudi_stack
+
+    if not on_gaudi:
+        check("Gaudi generation", "no Gaudi card here", True)
+    else:
+        label = gaudi_stack.generation(card) or f"unknown ({card or 'hl-smi gave no name'})"
+        supported = gaudi_stack.generation_supported(card, software)
+        release = f"Gaudi software {software}" if software else "Gaudi software of unknown release"
+        verdict = {True: f"supported by {release}", False: f"NOT supported by {release}", None: "support unknown"}[supported]
+        check("Gaudi generation", f"{label}, {verdict}", supported is not False, gaudi_stack.FIRST_GEN_NOTE)
+    if on_gaudi:
+        check("pdsh", pdsh or "missing", pdsh is not None,
+              "runs on several Gaudi nodes start every node through DeepSpeed's pdsh: apt-get install pdsh (one node needs none)")
+    else:
+        check("pdsh", (pdsh or "missing") + " (needed only on node 0 of a run on several Gaudi nodes)", True)
+    line = f"--trainer auto on Gaudi: {gaudi_stack.SUPPORTED_HPU_TRAINER}, {gaudi_stack.trainer_support(gaudi_stack.SUPPORTED_HPU_TRAINER)}"
+    if trainer_installed:
+        line += f"; --trainer optimum-habana: {gaudi_stack.OPTIMUM_HABANA_EOS}"
+    check("trainer stack", line, True)
+
+
 def report() -> Dict[str, Any]:
     from .launch.modules import read_module_state
     from .telemetry.base import SOURCE_ORDER, telemetry_sources
@@ -154,7 +195,7 @@ def report() -> Dict[str, Any]:
     for dist, _extra, hint in (
         ("torch", None, "pip install torch"),
         ("transformers", None, "pip install 'transformers>=4.55,<4.56'"),
-        ("optimum-habana", "habana", "pip install 'gaudi_nb[habana]' (GaudiTrainer; optimum-habana 1.21.2)"),
+        ("optimum-habana", "optimum-habana", "optional, past end of support: pip install 'gaudi_nb[optimum-habana]' for --trainer optimum-habana (GaudiTrainer)"),
         ("habana-torch-plugin", None, "comes with Intel Gaudi software 1.24 (Docker image or installer), not PyPI"),
         ("habana-pyhlml", "habana", "pip install 'gaudi_nb[habana]' (HLML telemetry)"),
         ("nvidia-ml-py", "nvidia", "pip install 'gaudi_nb[nvidia]' (NVML telemetry)"),
@@ -174,7 +215,10 @@ def report() -> Dict[str, Any]:
         meminfo = Path("/proc/meminfo").read_text()
     except OSError:
         meminfo = ""
-    gaudi_checks(check, accelerator == "hpu" or state is not None, state, validated, os.environ, meminfo)
+    on_gaudi = accelerator == "hpu" or state is not None
+    gaudi_checks(check, on_gaudi, state, validated, os.environ, meminfo)
+    software = _version("habana-torch-plugin") or (state.driver_version if state is not None else None)
+    stack_checks(check, on_gaudi, card_name() if on_gaudi else None, software, _version("optimum-habana") is not None, shutil.which("pdsh"))
     available = [name for name in SOURCE_ORDER if telemetry_sources.get(name).available()]
     check("telemetry source", available[0] if available else "none", bool(available), "psutil missing")
     check("GAUDI_NB_HOME", str(paths.home()), True)

@@ -4,13 +4,18 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from .errors import GaudiNbError
 from .rundir import BASE_MODEL_DIR, TOKENIZER_DIR, RunFolder
 
-# What a Trainer checkpoint holds besides the model: left out of an export.
-TRAINING_STATE = ("optimizer.pt", "scheduler.pt", "trainer_state.json", "training_args.bin", "scaler.pt")
+# What a Trainer checkpoint holds besides the model: left out of an export. gaudi_config.json is
+# GaudiTrainer's training configuration (fused optimizer, autocast): no serving engine reads it.
+TRAINING_STATE = ("optimizer.pt", "scheduler.pt", "trainer_state.json", "training_args.bin", "scaler.pt", "gaudi_config.json")
+# optimum-habana's model classes are transformers' own with this prefix (GaudiLlamaForCausalLM); a
+# checkpoint GaudiTrainer saved on HPU names them in config.json, and vLLM and TGI, which resolve a
+# model by `architectures`, reject those names (HabanaAI/vllm-fork #511).
+GAUDI_CLASS_PREFIX = "Gaudi"
 
 
 def export_run(record: Dict[str, Any], output: Optional[Path] = None) -> Dict[str, Any]:
@@ -36,11 +41,25 @@ def export_run(record: Dict[str, Any], output: Optional[Path] = None) -> Dict[st
     else:
         _copy_model(source, target)
         kind = "model"
+    architectures = upstream_architectures(target / "config.json")
     tokenizer = run_dir / TOKENIZER_DIR
     if tokenizer.is_dir():
         for item in tokenizer.iterdir():
             shutil.copy2(item, target / item.name)
-    return {"run_id": run_id, "checkpoint": str(source), "step": checkpoint.step, "output": str(target), "kind": kind, "tokenizer": tokenizer.is_dir()}
+    return {"run_id": run_id, "checkpoint": str(source), "step": checkpoint.step, "output": str(target), "kind": kind,
+            "tokenizer": tokenizer.is_dir(), "architectures": architectures}
+
+
+def upstream_architectures(config_path: Path) -> List[str]:
+    """Rewrite config.json's `architectures` to transformers' own class names (GaudiLlamaForCausalLM →
+    LlamaForCausalLM), the names serving engines look up; returns them."""
+    config = json.loads(config_path.read_text())
+    names = [str(name) for name in config.get("architectures") or []]
+    upstream = [name[len(GAUDI_CLASS_PREFIX):] if name.startswith(GAUDI_CLASS_PREFIX) else name for name in names]
+    if upstream != names:
+        config["architectures"] = upstream
+        config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    return upstream
 
 
 def _copy_model(source: Path, target: Path) -> None:

@@ -114,7 +114,7 @@ class RunSpec(BaseModel):
     lr_scaling: LrScaling = Field("none", description="scale the learning rate with the global batch (per-device batch × devices × nodes): linear or sqrt, from --base-batch-size")
     base_batch_size: Optional[int] = Field(None, ge=1, description="the global batch --learning-rate was tuned for (with --lr-scaling)")
     seed: int = Field(42, ge=0)
-    trainer: TrainerName = Field("auto", description="auto picks optimum-habana where Gaudi software is present")
+    trainer: TrainerName = Field("auto", description="auto picks transformers' Trainer, on Gaudi too; optimum-habana (GaudiTrainer) is past end of support")
     launcher: LauncherName = Field("auto", description="auto picks torchrun (one node) or deepspeed (several Gaudi nodes); torch.distributed.run is optimum-habana's single-node form")
     lazy_mode: bool = Field(False, description="HPU lazy mode (PT_HPU_LAZY_MODE=1, the legacy path); by default eager mode with torch.compile, Intel's default since Gaudi software 1.21")
     warmup_steps: int = Field(3, ge=0, description="first steps left out of throughput and cost per token")

@@ -24,6 +24,7 @@ def empty_summary(run_id: str) -> Dict[str, Any]:
         "accelerator": None,
         "device_count": None,
         "trainer": None,
+        "trainer_support": None,  # the trainer stack's support state (gaudi_stack.trainer_support)
         "precision": None,
         "execution_mode": None,  # eager | eager+compile | lazy (HPU)
         "launcher": None,
@@ -161,7 +162,8 @@ class RecordFold(Fold):
         if s["status"] == "starting":
             s["status"] = "running"
         if e.get("rank") == 0:
-            s.update(trainer=e.get("trainer"), precision=e.get("precision"), accelerator=e.get("accelerator"), device_count=e.get("world_size"), execution_mode=e.get("execution_mode"))
+            s.update(trainer=e.get("trainer"), precision=e.get("precision"), accelerator=e.get("accelerator"), device_count=e.get("world_size"), execution_mode=e.get("execution_mode"),
+                     trainer_support=e.get("trainer_support"))
             _apply_batch_and_rate(s, e)
             _apply_model(s, e)
 

@@ -55,6 +55,8 @@ def test_a_trial_says_why_a_size_did_not_fit():
     (RuntimeError("FATAL ERROR :: MODULE:PT_DEVMEM Allocation failed for size::1073741824 (1024)MB"), True),
     (RuntimeError("synStatus=26 [Generic failure] PT_DEVMEM Allocation failed"), True),
     (RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB"), True),
+    # Gaudi's graph-workspace form (Model-References #10, #13)
+    (RuntimeError("FATAL ERROR :: MODULE:SYNHELPER workspace Allocation of size ::12884901888 failed"), True),
     (RuntimeError("mat1 and mat2 shapes cannot be multiplied"), False),
     (ValueError("out of memory"), False),
 ])
@@ -77,6 +79,106 @@ def test_the_cache_is_keyed_by_what_changes_the_answer(gaudi_home):
     batch_size.remember_size(key, {"size": 12})
     assert batch_size.cached_size(key)["size"] == 12 and batch_size.cached_size(other) is None
     assert batch_size.cache_path().parent.parent == gaudi_home
+
+
+def test_the_key_says_which_program_and_world_the_size_was_measured_for():
+    spec = RunSpec(model="tiny-llama", sequence_length=64)
+    eager = batch_size.trial_program("hpu", False, "transformers")
+    lazy = batch_size.trial_program("hpu", True, "transformers")
+    fused = batch_size.trial_program("hpu", False, "optimum-habana")
+    # transformers' Trainer builds torch's fused AdamW (its default optim with torch >= 2.8), GaudiTrainer habana's FusedAdamW
+    assert (eager.execution_mode, eager.compile_backend, eager.optimizer) == ("eager+compile", "hpu_backend", "torch AdamW fused")
+    assert (lazy.execution_mode, lazy.compile_backend) == ("lazy", None) and fused.optimizer == "habana FusedAdamW"
+    assert batch_size.trial_program("cpu", True, "optimum-habana") == batch_size.TrialProgram("eager", "torch AdamW fused")
+    assert batch_size.trial_program("hpu", False, "lightning") == batch_size.TrialProgram("eager", "torch AdamW")
+
+    def key(program, world):
+        return batch_size.run_cache_key(spec, "hpu", 96 << 30, "bf16", "transformers", program, world)
+
+    assert len({key(eager, 8), key(lazy, 8), key(fused, 8), key(eager, 16)}) == 4
+
+
+class FakeHPU:
+    """The accelerator a rank sees on a Gaudi node, its device the CPU (there is no card here)."""
+
+    name = "hpu"
+
+    def device_string(self, local_rank):
+        return "cpu"
+
+    def mark_step(self):
+        pass
+
+
+class TinyLM:
+    """Enough of a causal LM for the trials; sizes from `oom_from` on fail with Gaudi's graph-workspace message."""
+
+    def __init__(self, oom_from):
+        import torch
+
+        self.torch, self.oom_from = torch, oom_from
+        self.layer = torch.nn.Embedding(32, 32)
+        self.config = type("Config", (), {"vocab_size": 32})()
+
+    def to(self, device):
+        return self
+
+    def train(self):
+        return self
+
+    def parameters(self):
+        return self.layer.parameters()
+
+    def __call__(self, input_ids, labels):
+        if input_ids.shape[0] >= self.oom_from:
+            raise RuntimeError("FATAL ERROR :: MODULE:SYNHELPER workspace Allocation of size ::12884901888 failed")
+        return type("Out", (), {"loss": self.layer(input_ids).float().pow(2).mean()})()
+
+
+def fake_gaudi_stack(monkeypatch):
+    """habana_frameworks as a rank imports it for the trials (its memory limit, FusedAdamW), and torch.hpu's peak."""
+    import sys
+    import types
+
+    import torch
+
+    made = {"optimizers": [], "compiled": []}
+    plain = torch.optim.AdamW.__init__
+
+    def adamw(self, params, lr, fused=None, **kwargs):
+        made["optimizers"].append("torch AdamW fused" if fused else "torch AdamW")
+        plain(self, params, lr=lr, fused=fused, **kwargs)
+
+    class FusedAdamW(torch.optim.Adam):  # habana's: its own class, not torch's AdamW
+        def __init__(self, params, lr):
+            made["optimizers"].append("habana FusedAdamW")
+            super().__init__(params, lr=lr)
+
+    monkeypatch.setattr(torch.optim.AdamW, "__init__", adamw)
+
+    modules = {name: types.ModuleType(name) for name in (
+        "habana_frameworks", "habana_frameworks.torch", "habana_frameworks.torch.hpu", "habana_frameworks.torch.hpex",
+        "habana_frameworks.torch.hpex.optimizers")}
+    modules["habana_frameworks.torch.hpu"].memory_stats = lambda: {"Limit": 96 << 30}
+    modules["habana_frameworks.torch.hpex.optimizers"].FusedAdamW = FusedAdamW
+    for name, module in modules.items():
+        monkeypatch.setitem(sys.modules, name, module)
+    monkeypatch.setattr(torch, "hpu", types.SimpleNamespace(reset_peak_memory_stats=lambda: None, max_memory_allocated=lambda: 1 << 20), raising=False)
+    monkeypatch.setattr(torch, "compile", lambda model, backend=None: made["compiled"].append(backend) or model)
+    return made
+
+
+@pytest.mark.parametrize("trainer, lazy, fused, compiled", [
+    # the other combinations are trial_program's, pinned above without a trial
+    ("optimum-habana", False, ["habana FusedAdamW"], ["hpu_backend"]), ("transformers", True, ["torch AdamW fused"], []),
+])
+def test_on_gaudi_the_trials_run_the_training_program_and_bisect_past_a_workspace_oom(monkeypatch, trainer, lazy, fused, compiled):
+    made = fake_gaudi_stack(monkeypatch)
+    program = batch_size.trial_program("hpu", lazy, trainer)
+    fits = batch_size.trial_steps(TinyLM(oom_from=6), FakeHPU(), "fp32", 8, 0, 0.9, 8, program)
+    result = search(fits, limit=64)
+    assert made["optimizers"] == fused and made["compiled"] == compiled
+    assert result.largest_fit == 5 and [t.why for t in result.trials if not t.fits] == ["out of memory"] * 2  # 8, then 6: bisected
 
 
 # -- learning-rate scaling: pure --------------------------------------------------------------

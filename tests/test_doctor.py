@@ -141,3 +141,48 @@ def test_hugepages_where_intel_requires_them():
     assert bare_metal["ok"] is True and bare_metal["found"].startswith("0 MiB")
     assert doctor.hugepages_mib("MemTotal: 1 kB\n") is None
 
+
+
+def stack_rows(on_gaudi, card=None, software=None, optimum_habana=True, pdsh=None):
+    checks: List[Dict[str, Any]] = []
+
+    def check(name: str, found: Any, ok: bool, hint: str = "") -> None:
+        checks.append({"name": name, "found": found, "ok": ok, "hint": "" if ok else hint})
+
+    doctor.stack_checks(check, on_gaudi, card, software, optimum_habana, pdsh)
+    return {row["name"]: row for row in checks}
+
+
+@pytest.mark.parametrize("card, software, found, ok", [
+    ("HL-325L", "1.24.0.272", "Gaudi 3, supported by Gaudi software 1.24.0.272", True),
+    ("HL-225", "1.24.0.272", "Gaudi 2, supported by Gaudi software 1.24.0.272", True),
+    ("HL-205", "1.24.0.272", "Gaudi (first generation), NOT supported by Gaudi software 1.24.0.272", False),
+    ("HL-205", "1.21.4", "Gaudi (first generation), supported by Gaudi software 1.21.4", True),  # the last stack that has it
+    ("HL-205", None, "Gaudi (first generation), support unknown", True),
+])
+def test_the_card_generation_and_whether_the_installed_software_supports_it(card, software, found, ok):
+    row = stack_rows(True, card, software)["Gaudi generation"]
+    assert (row["found"], row["ok"]) == (found, ok)
+    if not ok:
+        assert "1.22" in row["hint"] and "dl1.24xlarge" in row["hint"] and "Gaudi 2 / Gaudi 3" in row["hint"]
+
+
+def test_pdsh_and_the_trainer_stacks_support_state():
+    on_gaudi = stack_rows(True, "HL-225", "1.24.0", pdsh=None)
+    assert on_gaudi["pdsh"]["ok"] is False and "apt-get install pdsh" in on_gaudi["pdsh"]["hint"]
+    assert stack_rows(True, "HL-225", "1.24.0", pdsh="/usr/bin/pdsh")["pdsh"] == {"name": "pdsh", "found": "/usr/bin/pdsh", "ok": True, "hint": ""}
+    assert stack_rows(False)["pdsh"]["ok"] is True and stack_rows(False)["Gaudi generation"]["found"] == "no Gaudi card here"
+    stack = on_gaudi["trainer stack"]["found"]
+    assert stack.startswith("--trainer auto on Gaudi: transformers, supported")
+    assert "--trainer optimum-habana: optimum-habana 1.21.2 is past end of support" in stack
+    assert "optimum-habana" not in stack_rows(True, "HL-225", "1.24.0", optimum_habana=False)["trainer stack"]["found"]
+
+
+def test_on_a_dl1_node_doctor_says_first_generation_is_out_of_the_installed_softwares_support(gaudi_home, monkeypatch, tmp_path):
+    install_fake_hlsmi(tmp_path, monkeypatch, query_csv="HL-205\nHL-205\n")  # `hl-smi -Q name` on dl1.24xlarge
+    install_distribution(tmp_path / "site", "habana-torch-plugin", "1.24.0.272")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    report = rows(doctor.report())
+    assert report["Gaudi generation"]["found"] == "Gaudi (first generation), NOT supported by Gaudi software 1.24.0.272"
+    assert report["Gaudi generation"]["ok"] is False
+    assert "past end of support" in report["trainer stack"]["found"] and report["pdsh"]["ok"] is False

@@ -95,6 +95,19 @@ def test_inputs_cover_what_a_user_chooses(tf):
     assert variables["instance_type"]["default"] == "dl1.24xlarge"
 
 
+def test_terraform_and_the_provider_look_for_the_same_image_and_say_dl1_is_out_of_support(tf):
+    from gaudi_nb.nodes.providers.aws import IMAGE_NAME
+
+    variables = _variables(tf)
+    # one pattern: what `gaudi-nb nodes provision aws` finds, Terraform finds (neither names an Ubuntu release AWS may not publish)
+    assert variables["ami_name_filter"]["default"] == IMAGE_NAME and "22.04" not in IMAGE_NAME
+    assert "could not be confirmed" in variables["ami_name_filter"]["description"]
+    assert "1.22" in variables["instance_type"]["description"] and "unsupported" in variables["instance_type"]["description"]
+    assert "apt-get install -y pdsh" in (Path(__file__).parents[1] / "infra" / "terraform" / "aws" / "main.tf").read_text()  # first boot
+    readme = (Path(__file__).parents[1] / "infra" / "terraform" / "aws" / "README.md").read_text()
+    assert "First-generation Gaudi is out of support" in readme and "could not be confirmed" in readme
+
+
 def test_ssh_cidr_has_no_default_and_refuses_the_whole_internet(tf):
     cidr = _variables(tf)["allowed_ssh_cidr"]
     assert "default" not in cidr, "allowed_ssh_cidr must be chosen by the user"
@@ -299,6 +312,17 @@ def test_gaudi_image_is_intels_pytorch_image_with_the_version_as_build_argument(
     from_line = next(i["value"] for i in parser.structure if i["instruction"] == "FROM")
     assert "${GAUDI_VERSION}" in from_line and "${BASE_TAG}" in from_line
     assert "gaudi_nb[habana" in parser.content.replace("/opt/", "")
+
+
+def test_gaudi_image_runs_the_projects_default_mode_and_has_pdsh_for_several_nodes():
+    from gaudi_nb.spec import RunSpec
+
+    parser = _dockerfile("Dockerfile")
+    env = dict(pair for i in parser.structure if i["instruction"] == "ENV" for pair in _assignments(i["value"]))
+    assert env["PT_HPU_LAZY_MODE"] == ("1" if RunSpec().lazy_mode else "0")  # eager, as every run by default
+    installs = [i["value"] for i in parser.structure if i["instruction"] == "RUN" and "apt-get install" in i["value"]]
+    assert any(re.search(r"\bpdsh\b", line) for line in installs)  # DeepSpeed's multi-node launcher
+    assert "optimum-habana" in parser.content.replace("/opt/", "")  # --trainer optimum-habana keeps working in the image
 
 
 def test_cpu_image_installs_torch_from_the_cpu_index():

@@ -229,16 +229,28 @@ def test_deepspeed_multi_node_hostfile_and_env(deepspeed_fork):
 
 
 def test_deepspeed_explicit_master_and_errors(deepspeed_fork):
-    p = plan("deepspeed", devices=4, nodes=2, accelerator="hpu", hosts=["a", "b"], master_addr="10.1.1.1")
+    p = plan("deepspeed", devices=8, nodes=2, accelerator="hpu", hosts=["a", "b"], master_addr="10.1.1.1")
     assert p.argv[3:5] == ["--master_addr", "10.1.1.1"]
-    assert p.files[".deepspeed_env"] == "PT_HPU_LAZY_MODE=1\nHABANA_VISIBLE_MODULES=0,1,2,3\n"
+    assert p.files[".deepspeed_env"] == "PT_HPU_LAZY_MODE=1\n"  # whole nodes: HABANA_VISIBLE_MODULES unset means every card
     with pytest.raises(SpecError, match="hosts="):
-        plan("deepspeed", nodes=2, accelerator="hpu")
+        plan("deepspeed", devices=8, nodes=2, accelerator="hpu")
     with pytest.raises(SpecError, match="node 0 only"):
-        plan("deepspeed", nodes=2, accelerator="hpu", hosts=["a", "b"], node_rank=1)
+        plan("deepspeed", devices=8, nodes=2, accelerator="hpu", hosts=["a", "b"], node_rank=1)
     with pytest.raises(SpecError, match="shell-safe|without spaces"):
         deepspeed_env_text({"X": "a b"})
     assert hostfile_text(["h"], 2) == "h slots=2\n"
+
+
+@pytest.mark.parametrize("launcher, devices", [("deepspeed", 4), ("deepspeed", 2), ("torchrun", 4), ("deepspeed", 1)])
+def test_across_gaudi_nodes_a_run_takes_whole_nodes(deepspeed_fork, launcher, devices):
+    # Intel's scale-out rule: HABANA_VISIBLE_MODULES names every card of the server; node 0's free quad
+    # would otherwise travel to every node in .deepspeed_env
+    with pytest.raises(SpecError) as caught:
+        plan(launcher, devices=devices, nodes=2, accelerator="hpu", hosts=["a", "b"], free_modules=list(range(8)))
+    assert "\n" not in str(caught.value) and "every card of each node" in str(caught.value) and "devices=8" in str(caught.value)
+    # one node keeps its pairs and quads; off Gaudi, any count
+    assert plan(launcher, devices=devices, accelerator="hpu", free_modules=list(range(8))).env["PT_HPU_LAZY_MODE"] == "1"
+    assert plan(launcher, devices=devices, nodes=2, hosts=["a", "b"]).launcher == launcher
 
 
 def test_one_node_launchers_refuse_several_nodes():

@@ -60,6 +60,62 @@ def test_without_lightning_habana_gaudi_gets_one_line_naming_the_other_trainers(
         "devices": 2, "num_nodes": 1, "accelerator": "cpu", "strategy": "ddp", "precision": "32-true"}
 
 
+DEEPSPEED_NODE_1 = {"WORLD_SIZE": "16", "RANK": "9", "LOCAL_RANK": "1", "LOCAL_SIZE": "8", "CROSS_RANK": "1", "CROSS_SIZE": "2"}
+LAUNCHER_VARIABLES = ("WORLD_SIZE", "RANK", "LOCAL_RANK", "LOCAL_SIZE", "CROSS_RANK", "CROSS_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK",
+                      "NODE_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE")
+
+
+@pytest.mark.parametrize("environ, placement", [
+    (DEEPSPEED_NODE_1, (8, 2, 1)),  # DeepSpeed's launcher (deepspeed/launcher/launch.py) sets no LOCAL_WORLD_SIZE nor GROUP_RANK
+    ({"WORLD_SIZE": "16", "LOCAL_WORLD_SIZE": "8", "GROUP_RANK": "1"}, (8, 2, 1)),  # torchrun
+    ({"OMPI_COMM_WORLD_SIZE": "4", "OMPI_COMM_WORLD_LOCAL_SIZE": "4"}, (4, 1, 0)),  # mpirun, one node
+    ({}, (1, 1, 0)),
+])
+def test_each_launchers_variables_give_the_ranks_per_node_and_the_nodes_rank(environ, placement):
+    from gaudi_nb.worker.rank import node_placement
+
+    assert node_placement(environ) == placement
+
+
+def test_a_world_that_is_not_whole_nodes_is_one_line():
+    from gaudi_nb.worker.rank import node_placement
+
+    with pytest.raises(GaudiNbError) as caught:
+        node_placement({"WORLD_SIZE": "12", "LOCAL_SIZE": "8", "CROSS_SIZE": "2", "CROSS_RANK": "0"})
+    assert "\n" not in str(caught.value) and "same number of ranks" in str(caught.value)
+
+
+def test_under_deepspeed_across_gaudi_nodes_lightning_gets_the_nodes_and_this_nodes_rank(monkeypatch, tmp_path):
+    # 2 nodes × 8 cards: not devices=16 on one node with every node claiming node rank 0
+    import os
+    from types import SimpleNamespace
+
+    for name in LAUNCHER_VARIABLES:
+        monkeypatch.setenv(name, "")  # recorded, so that the NODE_RANK the run sets is undone after the test
+        monkeypatch.delenv(name)
+    for name, value in DEEPSPEED_NODE_1.items():
+        monkeypatch.setenv(name, value)
+    asked = {}
+
+    class Built(Exception):
+        pass
+
+    def trainer_devices(choice, devices, num_nodes):
+        asked.update(strategy=choice.strategy, devices=devices, num_nodes=num_nodes)
+        raise Built
+
+    monkeypatch.setattr(lightning_trainer, "trainer_devices", trainer_devices)
+    run = lightning_trainer.LightningRun.__new__(lightning_trainer.LightningRun)
+    run.inputs = SimpleNamespace(accelerator="hpu", precision="bf16")
+    with pytest.raises(Built):
+        run.train()
+    assert asked == {"strategy": "hpu_ddp", "devices": 8, "num_nodes": 2}
+    assert os.environ["NODE_RANK"] == "1"  # what Lightning's environment reads: its global ranks start at 8 here
+    from lightning.fabric.plugins.environments import LightningEnvironment
+
+    assert LightningEnvironment().node_rank() == 1
+
+
 def test_both_trainers_callbacks_share_one_progress(tmp_path):
     from gaudi_nb.rundir import RunFolder
 

@@ -136,6 +136,29 @@ def test_preflight_says_in_one_line_what_is_wrong():
     assert "gaudi_nb: missing in /n/env/bin/python" in missing
 
 
+def test_preflight_across_gaudi_nodes_wants_whole_nodes_and_pdsh_on_node_0():
+    record = {"name": "g1", "url": "ssh://root@g1:22", "python": "/n/env/bin/python", "accelerator": "hpu"}
+    gaudi = {"present": list(range(8)), "busy": {}, "driver_version": "1.24.0", "firmware_version": "x"}
+    across = {"devices": 8, "nodes": 2, "launcher": "auto"}
+    assert failure_line(record, evaluate(record, _probe(modules=gaudi, pdsh="/usr/bin/pdsh"), across)) is None
+    line = failure_line(record, evaluate(record, _probe(modules=gaudi, pdsh=None), across))
+    assert line.startswith("node g1: pdsh: missing: DeepSpeed starts the other nodes") and "apt-get install pdsh" in line and "\n" not in line
+    assert failure_line(record, evaluate(record, _probe(modules=gaudi, pdsh=None), across, first=False)) is None  # only node 0 runs pdsh
+    assert failure_line(record, evaluate(record, _probe(modules=gaudi, pdsh=None), dict(across, launcher="torchrun"))) is None
+    assert failure_line(record, evaluate(record, _probe(modules=gaudi, pdsh=None), {"devices": 8})) is None  # one node: no pdsh
+    quad = failure_line(record, evaluate(record, _probe(modules=gaudi, pdsh="/usr/bin/pdsh"), dict(across, devices=4)))
+    assert "Gaudi cards" in quad and "every card of each node" in quad and "--devices 8" in quad
+    cpu = dict(record, accelerator="cpu")
+    assert failure_line(cpu, evaluate(cpu, _probe(pdsh=None), dict(across, devices=2))) is None
+    # the node's probe says where pdsh is (None: not on its PATH, as on this machine)
+    import shutil
+    import subprocess
+    import sys
+
+    printed = subprocess.run([sys.executable, "-c", bootstrap.PROBE], capture_output=True, text=True, timeout=60).stdout
+    assert json.loads(printed.split("GAUDI_NB_PROBE ", 1)[1])["pdsh"] == shutil.which("pdsh")
+
+
 # -- attach, list, check, detach over a real sshd -------------------------------------------------
 
 

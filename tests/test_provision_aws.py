@@ -78,6 +78,8 @@ def test_two_dl1_machines_through_the_cli_then_down_leaves_nothing(aws, gaudi_ho
     made = cli("nodes", "provision", "aws", "--instance-type", "dl1.24xlarge", "--count", "2", "--name", "pair", "--ssh-from", SSH_FROM, "--no-attach", "--json")
     provision_s = time.monotonic() - started
     assert made.returncode == 0, made.stderr
+    # DL1 is AWS's only Gaudi and out of Intel's support from Gaudi software 1.22: said before anything starts
+    assert "warning: dl1.24xlarge: first-generation Gaudi (HL-205, AWS dl1.24xlarge) is out of Intel's support matrix from Gaudi software 1.22" in made.stderr
     records = json.loads(made.stdout)
     assert [r["name"] for r in records] == ["pair-0", "pair-1"]
     assert {(r["provider"], r["region"], r["instance_type"], r["group"], r["state"]) for r in records} == {("aws", "us-west-2", "dl1.24xlarge", "pair", "running")}
@@ -153,7 +155,7 @@ def test_two_dl1_machines_through_the_cli_then_down_leaves_nothing(aws, gaudi_ho
         (["--instance-type", "dl1.24xlarge", "--region", "eu-west-1"], {}, "dl1.24xlarge is not offered in eu-west-1 (the price catalog lists us-west-2, us-east-1)"),
         (["--instance-type", "dl1.24xlarge"], {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""}, "no AWS credentials found: set AWS_ACCESS_KEY_ID"),
         (["--instance-type", "dl1.24xlarge"], {"AWS_PROFILE": "nope", "AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""}, "The config profile (nope) could not be found"),
-        (["--instance-type", "dl1.24xlarge", "--region", "us-east-1"], {}, "no Habana deep learning image"),
+        (["--instance-type", "dl1.24xlarge", "--region", "us-east-1"], {}, "that AWS still publishes one could not be confirmed: pass --image AMI_ID"),
         (["--instance-type", "dl1.24xlarge", "--ssh-from", "not-an-address"], {}, "--ssh-from 'not-an-address' is not an address range"),
         (["--instance-type", "dl1.24xlarge", "--count", "2", "--name", "bad name"], {}, "'bad name' cannot name a node"),
     ],
@@ -264,6 +266,7 @@ def test_the_run_request_for_a_dl1_cluster_has_every_efa_interface_the_placement
     sent = run_request(request, resources)
     assert (sent["ImageId"], sent["InstanceType"], sent["MinCount"], sent["MaxCount"], sent["KeyName"]) == ("ami-1", "dl1.24xlarge", 2, 2, "gaudi_nb-ada-1")
     assert sent["Placement"] == {"GroupName": "gaudi_nb-big"}
+    assert "apt-get install -y pdsh" in sent["UserData"]  # node 0 of a multi-node run needs it for DeepSpeed
     assert [(n["NetworkCardIndex"], n["DeviceIndex"], n["InterfaceType"], n["Groups"], n["SubnetId"]) for n in sent["NetworkInterfaces"]] == [
         (0, 0, "efa", ["sg-1"], "subnet-1"), (1, 1, "efa", ["sg-1"], "subnet-1"), (2, 1, "efa", ["sg-1"], "subnet-1"), (3, 1, "efa", ["sg-1"], "subnet-1")]
     assert not any("AssociatePublicIpAddress" in n for n in sent["NetworkInterfaces"])  # EC2 refuses it with several interfaces

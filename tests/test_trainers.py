@@ -103,3 +103,112 @@ def test_plain_trainer_on_hpu_compiles_with_the_hpu_backend_too():
 
     args = {**trainers._common_arguments(inputs("hpu")), **trainers._hpu_mode_arguments(inputs("hpu"))}
     assert args["torch_compile_backend"] == "hpu_backend" and set(args) <= set(inspect.signature(TrainingArguments).parameters)
+
+
+def test_auto_on_gaudi_picks_transformers_trainer_the_supported_stack(tmp_path, monkeypatch):
+    # optimum-habana is installed here: auto still leaves it (past end of support); asking for it by name still works
+    from gaudi_nb.gaudi_stack import trainer_support
+
+    assert trainers.pick_trainer("auto", "hpu") == "transformers" and trainers.pick_trainer("optimum-habana", "hpu") == "optimum-habana"
+    assert "past end of support" in trainer_support("optimum-habana") and "fused AdamW" in trainer_support("optimum-habana")
+    assert "past end of support" not in trainer_support("transformers")
+    calls = []
+    monkeypatch.setattr(worker_main.accel_room, "detect", lambda: FakeHPU())
+    monkeypatch.setattr(compat, "adapt_transformers_to_gaudi", lambda: calls.append("adapt"))
+    monkeypatch.setattr(worker_main, "build_model_and_tokenizer", lambda spec, texts: (calls.append("build"), (_ for _ in ()).throw(Built))[1])
+    with pytest.raises(Built):
+        worker_main.train(run_folder(tmp_path, trainer="auto"))
+    assert calls == ["build"]  # transformers' Trainer: nothing of optimum-habana's is applied
+
+
+def test_gaudi_nb_show_says_a_gaudi_trainer_run_used_a_stack_past_end_of_support():
+    from gaudi_nb.cli import accelerator_line
+    from gaudi_nb.gaudi_stack import trainer_support
+
+    record = {"accelerator": "hpu", "device_count": 8, "precision": "bf16", "trainer": "optimum-habana", "execution_mode": "eager+compile",
+              "trainer_support": trainer_support("optimum-habana")}
+    assert accelerator_line(record) == ("hpu × 8 (bf16, optimum-habana, eager+compile) · optimum-habana 1.21.2 is past end of support "
+                                        "(its final release; support ended 2026-10-31, Gaudi software 1.24, transformers 4.55.x)")
+    supported = dict(record, trainer="transformers", trainer_support=trainer_support("transformers"))
+    assert accelerator_line(supported) == "hpu × 8 (bf16, transformers, eager+compile)"
+
+
+def fake_htcore(monkeypatch):
+    import sys
+    import types
+
+    marks = []
+    core = types.ModuleType("habana_frameworks.torch.core")
+    core.mark_step = lambda: marks.append("mark_step")
+    for name in ("habana_frameworks", "habana_frameworks.torch"):
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    monkeypatch.setitem(sys.modules, "habana_frameworks.torch.core", core)
+    return marks
+
+
+def test_lazy_mode_with_transformers_trainer_marks_each_step_after_backward_and_after_the_optimizer(monkeypatch, tmp_path):
+    import torch
+    from transformers import Trainer, TrainingArguments
+
+    from gaudi_nb.worker.callback import LazyModeMarkStep
+
+    marks = []  # habana's mark_step stands in below (test_the_mark_step_is_habanas_own pins that it is called)
+    assert not any(isinstance(c, LazyModeMarkStep) for c in trainers.transformers_callbacks(inputs("hpu")))  # eager needs none
+    assert not any(isinstance(c, LazyModeMarkStep) for c in trainers.transformers_callbacks(inputs("cpu", lazy_mode=True)))
+    callbacks = trainers.transformers_callbacks(inputs("hpu", lazy_mode=True))
+    assert isinstance(callbacks[0], LazyModeMarkStep)
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.ones(2))
+
+        def forward(self, x, labels=None):
+            return {"loss": (self.weight * x).sum()}
+
+    order = []
+
+    class Step(torch.optim.SGD):
+        def step(self, closure=None):
+            order.append("optimizer")
+            return super().step(closure)
+
+    model = Tiny()
+    args = TrainingArguments(output_dir=str(tmp_path), max_steps=3, per_device_train_batch_size=1, use_cpu=True, report_to=[],
+                             disable_tqdm=True, save_strategy="no", logging_strategy="no")
+    marks_in_order = []
+    monkeypatch.setattr(callbacks[0], "_mark_step", lambda: marks_in_order.append(f"mark after {order[-1] if order else 'backward'}") or marks.append(1))
+    trainer = Trainer(model=model, args=args, train_dataset=[{"x": torch.ones(2)}] * 3, callbacks=callbacks,
+                      optimizers=(Step(model.parameters(), lr=0.1), None))
+    order.clear()
+    trainer.train()
+    assert len(marks) == 6 and order == ["optimizer"] * 3  # two mark_steps per optimizer step, the Trainer's own hooks
+    assert marks_in_order[:2] == ["mark after backward", "mark after optimizer"]
+
+
+def test_the_mark_step_is_habanas_own(monkeypatch):
+    from gaudi_nb.worker.callback import LazyModeMarkStep
+
+    marks = fake_htcore(monkeypatch)
+    LazyModeMarkStep().on_pre_optimizer_step(None, None, None)
+    LazyModeMarkStep().on_optimizer_step(None, None, None)
+    assert marks == ["mark_step", "mark_step"]
+
+
+def test_pyproject_requires_the_accelerate_transformers_needs_to_see_a_gaudi_card():
+    # transformers' is_torch_hpu_available() returns False below this accelerate (its torch_hpu_min_accelerate_version):
+    # the Trainer would then train on CPU without a word
+    import re
+    from pathlib import Path
+
+    import tomllib
+    import transformers.utils.import_utils as import_utils
+    from packaging.requirements import Requirement
+    from packaging.version import Version
+
+    needed = Version(re.search(r'torch_hpu_min_accelerate_version = "([\d.]+)"', inspect.getsource(import_utils)).group(1))
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    accelerate = next(Requirement(r) for r in project["dependencies"] if r.startswith("accelerate"))
+    assert needed == Version("1.5.0") and not accelerate.specifier.contains("1.4.0") and accelerate.specifier.contains("1.5.0")
+    extra = project["optional-dependencies"]["optimum-habana"]
+    assert "optimum-habana==1.21.2" in extra and "optimum-habana==1.21.2" not in project["optional-dependencies"]["habana"]

@@ -79,6 +79,7 @@ class WorkerStart(Event):
     precision: Optional[str] = None
     precision_chosen_by: Optional[str] = None
     trainer: Optional[str] = None
+    trainer_support: Optional[str] = Field(None, description="the trainer stack's support state (optimum-habana is past end of support)")
     script: Optional[str] = Field(None, description="a --script run's script")
     execution_mode: Optional[str] = Field(None, description="eager, eager+compile or lazy")
     parameters: Optional[int] = Field(None, description="the model's parameter count")

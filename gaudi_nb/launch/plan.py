@@ -11,7 +11,7 @@ from ..errors import SpecError
 from ..registry import Registry
 from ..spec import RunSpec
 from .cpus import CpuTopology
-from .modules import choose_modules, read_module_state, visible_from_environ
+from .modules import MODULES_PER_NODE, choose_modules, read_module_state, visible_from_environ
 
 ACCELERATORS = ("hpu", "cuda", "cpu")
 
@@ -72,6 +72,11 @@ def launch_env(spec: RunSpec, ctx: LaunchContext) -> Dict[str, str]:
     """The variables every rank on every node needs, beyond what it inherits."""
     env: Dict[str, str] = {}
     if ctx.accelerator == "hpu":
+        if spec.nodes > 1 and spec.devices != MODULES_PER_NODE:
+            # Intel's scale-out rule: HABANA_VISIBLE_MODULES names every card of the server; a pair or quad
+            # chosen on node 0 would also travel to every node in .deepspeed_env
+            raise SpecError(f"devices={spec.devices} across {spec.nodes} Gaudi nodes: a run across nodes takes every card of "
+                            f"each node (Intel's scale-out rule): use devices={MODULES_PER_NODE}, or one node")
         env["PT_HPU_LAZY_MODE"] = "1" if spec.lazy_mode else "0"
         visible, mounted = visible_from_environ(ctx.environ)
         modules = choose_modules(spec.devices, free=ctx.free_modules, visible=visible, mounted=mounted)

@@ -38,6 +38,7 @@ out = {"executable": sys.executable, "python_version": platform.python_version()
        "python_ok": sys.version_info >= (3, 10), "venv": sys.prefix != sys.base_prefix, "prefix": sys.prefix}
 home = os.path.abspath(os.path.expanduser(os.environ.get("GAUDI_NB_HOME") or "~/.gaudi_nb"))
 out["home"] = home
+out["pdsh"] = shutil.which("pdsh")  # DeepSpeed's launcher across nodes starts them through it
 existing = home
 while not os.path.isdir(existing) and os.path.dirname(existing) != existing:
     existing = os.path.dirname(existing)

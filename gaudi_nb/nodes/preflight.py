@@ -25,15 +25,21 @@ class NodeCheck:
         return f"{'ok  ' if self.ok else 'FAIL'} {self.name:<16} {self.found}" + ("" if self.ok else f" — {self.hint}")
 
 
-def _devices(spec: Any) -> int:
+def _field(spec: Any, name: str, default: Any) -> Any:
     if spec is None:
-        return 1
-    value = spec.get("devices") if isinstance(spec, dict) else getattr(spec, "devices", None)
-    return int(value or 1)
+        return default
+    value = spec.get(name) if isinstance(spec, dict) else getattr(spec, name, None)
+    return default if value is None else value
 
 
-def evaluate(record: Dict[str, Any], found: Optional[Probe], spec: Any = None, *, client_version: str = __version__, client_build_id: Optional[str] = None) -> List[NodeCheck]:
-    """The checks, pure: the node's record, what its Python reported (None: it did not run), the run's spec."""
+def _devices(spec: Any) -> int:
+    return int(_field(spec, "devices", 1) or 1)
+
+
+def evaluate(record: Dict[str, Any], found: Optional[Probe], spec: Any = None, *, first: bool = True, client_version: str = __version__,
+             client_build_id: Optional[str] = None) -> List[NodeCheck]:
+    """The checks, pure: the node's record, what its Python reported (None: it did not run), the run's spec;
+    `first`: this is node 0 of the run (the node DeepSpeed's launcher starts the others from)."""
     name, python = record.get("name") or record.get("host"), record.get("python") or "(none recorded)"
     attach_again = f"gaudi-nb nodes attach {record.get('url')} --name {name}"
     checks: List[NodeCheck] = []
@@ -60,11 +66,17 @@ def evaluate(record: Dict[str, Any], found: Optional[Probe], spec: Any = None, *
         checks.append(NodeCheck("disk", gib >= MIN_FREE_GIB, f"{gib:,.1f} GiB free in {home}",
                                 f"runs need at least {MIN_FREE_GIB:g} GiB there for checkpoints and logs: free some space, or set GAUDI_NB_HOME on the node to a larger disk and attach again"))
 
-    checks.append(_cards(record, found, _devices(spec)))
+    nodes = int(_field(spec, "nodes", 1) or 1)
+    checks.append(_cards(record, found, _devices(spec), nodes))
+    if first and nodes > 1 and record.get("accelerator") == "hpu" and _field(spec, "launcher", "auto") in ("auto", "deepspeed"):
+        pdsh = found.get("pdsh")
+        checks.append(NodeCheck("pdsh", bool(pdsh), pdsh or "missing",
+                                "DeepSpeed starts the other nodes of a run across Gaudi nodes through pdsh from node 0: "
+                                "apt-get install pdsh there (Intel's image has it: infra/docker/Dockerfile)"))
     return checks
 
 
-def _cards(record: Dict[str, Any], found: Probe, wanted: int) -> NodeCheck:
+def _cards(record: Dict[str, Any], found: Probe, wanted: int, nodes: int = 1) -> NodeCheck:
     modules = found.get("modules")
     accelerator = record.get("accelerator")
     if modules is None:
@@ -79,20 +91,24 @@ def _cards(record: Dict[str, Any], found: Probe, wanted: int) -> NodeCheck:
     found_text = f"{len(free)} of {len(present)} free" + (f"; busy: {held}" if held else "")
     if wanted > len(present):
         return NodeCheck("Gaudi cards", False, found_text, f"the run asks for {wanted} cards and the node has {len(present)}: ask for fewer --devices")
+    if nodes > 1 and wanted != len(present):
+        # Intel's scale-out rule: HABANA_VISIBLE_MODULES names every card of the server ("Gaudi-to-process Assignment")
+        return NodeCheck("Gaudi cards", False, found_text,
+                         f"a run across Gaudi nodes takes every card of each node (Intel's scale-out rule): ask for --devices {len(present)}")
     if len(free) < wanted:
         return NodeCheck("Gaudi cards", False, found_text,
                          f"the run needs {wanted} and another process holds the rest: wait for it to end (hl-smi lists them), or ask for fewer --devices")
     return NodeCheck("Gaudi cards", True, found_text)
 
 
-async def check_over(connection: Any, record: Dict[str, Any], spec: Any = None) -> List[NodeCheck]:
+async def check_over(connection: Any, record: Dict[str, Any], spec: Any = None, *, first: bool = True) -> List[NodeCheck]:
     """Run the checks on an open connection (the link manager's, say)."""
     python = record.get("python")
     # the cards' state is hl-smi's (and imports the launch package there): asked of Gaudi nodes only,
     # which keeps a CPU or CUDA node's preflight to one short Python start
     extras = ("modules",) if record.get("accelerator") == "hpu" else ()
     found = await probe(connection, python, *extras) if python else None
-    return evaluate(record, found, spec, client_build_id=client_build()[1])
+    return evaluate(record, found, spec, first=first, client_build_id=client_build()[1])
 
 
 def failure_line(record: Dict[str, Any], checks: List[NodeCheck]) -> Optional[str]:
@@ -103,16 +119,16 @@ def failure_line(record: Dict[str, Any], checks: List[NodeCheck]) -> Optional[st
     return f"node {name}: " + "; ".join(f"{check.name}: {check.found}: {check.hint}" for check in failed)
 
 
-def check(node_record: Dict[str, Any], spec: Any = None) -> List[NodeCheck]:
+def check(node_record: Dict[str, Any], spec: Any = None, *, first: bool = True) -> List[NodeCheck]:
     """Run every check on the node over its link (what `gaudi-nb nodes check NAME` prints); a launch
     that follows uses the same connection."""
     from .link import links
 
-    return links().over(node_record, lambda connection: check_over(connection, node_record, spec))
+    return links().over(node_record, lambda connection: check_over(connection, node_record, spec, first=first))
 
 
-def preflight(node_record: Dict[str, Any], spec: Any = None) -> None:
-    """Before a launch: SpecError, in one line, naming every check that fails on the node."""
-    line = failure_line(node_record, check(node_record, spec))
+def preflight(node_record: Dict[str, Any], spec: Any = None, *, first: bool = True) -> None:
+    """Before a launch: SpecError, in one line, naming every check that fails on the node (`first`: node 0 of the run)."""
+    line = failure_line(node_record, check(node_record, spec, first=first))
     if line:
         raise SpecError(line)

@@ -77,8 +77,8 @@ class SshTarget(Target):
         if len(kinds) > 1:
             found = ", ".join(f"{record['name']}: {record.get('accelerator')}" for record in self.nodes)
             raise SpecError(f"target: the nodes of one run need the same accelerator ({found}): pick nodes of one kind")
-        for record in self.nodes:
-            preflight(record, spec)
+        for index, record in enumerate(self.nodes):
+            preflight(record, spec, first=index == 0)  # node 0 starts DeepSpeed's other nodes (pdsh)
 
     # -- the transport hooks ---------------------------------------------------------------
     def place(self, run_id: str) -> List[Part]:

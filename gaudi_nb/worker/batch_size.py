@@ -5,6 +5,7 @@ import gc
 import hashlib
 import json
 import os
+import re
 import threading
 import time
 from dataclasses import dataclass, field
@@ -67,10 +68,15 @@ def search(fits: Callable[[int], Any], *, limit: int = 65536, margin: float = MA
     return SearchResult(max(1, largest - int(largest * margin)), largest, trials, capped=failed is None)
 
 
+# Gaudi's graph-workspace form of out of memory: "MODULE:SYNHELPER workspace Allocation of size ::N failed"
+# (Model-References #10, #13), which neither accelerate's matcher nor the device-memory form catch.
+_GAUDI_WORKSPACE_OOM = re.compile(r"SYNHELPER workspace Allocation of size\b.*\bfailed", re.S)
+
+
 def is_out_of_memory(exc: BaseException) -> bool:
-    """Out of memory on CPU, CUDA or Gaudi (accelerate's matcher, and Gaudi's message however it is prefixed)."""
+    """Out of memory on CPU, CUDA or Gaudi (accelerate's matcher, and Gaudi's two messages however they are prefixed)."""
     text = str(exc)
-    if "PT_DEVMEM Allocation failed" in text or "DefaultCPUAllocator: can't allocate" in text:
+    if "PT_DEVMEM Allocation failed" in text or "DefaultCPUAllocator: can't allocate" in text or _GAUDI_WORKSPACE_OOM.search(text):
         return True
     try:
         import torch
@@ -174,10 +180,53 @@ class _PeakSampler:
 
 
 # -- trials: real steps of the run's model ---------------------------------------------------
+@dataclass(frozen=True)
+class TrialProgram:
+    """What the trials run, which must be what the run trains with: a compiled graph, a lazy one, or
+    fused AdamW each take memory of their own."""
+
+    execution_mode: str  # eager | eager+compile | lazy (worker.trainers.execution_mode)
+    optimizer: str  # OPTIMIZERS' names: the one the run's trainer builds
+
+    @property
+    def compile_backend(self) -> Optional[str]:
+        return "hpu_backend" if self.execution_mode == "eager+compile" else None
+
+
+HABANA_FUSED_ADAMW = "habana FusedAdamW"  # GaudiTrainer on HPU: GaudiConfig(use_fused_adam=True)
+TORCH_ADAMW_FUSED = "torch AdamW fused"  # transformers' Trainer: optim adamw_torch_fused, its default with torch >= 2.8
+TORCH_ADAMW = "torch AdamW"  # the Lightning module's configure_optimizers, and older transformers' default
+
+
+def trial_program(accelerator: str, lazy_mode: bool, trainer: str) -> TrialProgram:
+    from .trainers import execution_mode
+
+    if accelerator == "hpu" and trainer == "optimum-habana":
+        optimizer = HABANA_FUSED_ADAMW
+    elif trainer == "lightning":
+        optimizer = TORCH_ADAMW
+    else:
+        from transformers import TrainingArguments
+
+        optimizer = TORCH_ADAMW_FUSED if TrainingArguments.default_optim == "adamw_torch_fused" else TORCH_ADAMW
+    return TrialProgram(execution_mode(accelerator, lazy_mode, trainer), optimizer)
+
+
+def _optimizer(program: TrialProgram, parameters: List[Any]) -> Any:
+    if program.optimizer == HABANA_FUSED_ADAMW:
+        from habana_frameworks.torch.hpex.optimizers import FusedAdamW  # as GaudiTrainer.create_optimizer imports it
+
+        return FusedAdamW(parameters, lr=0.0)
+    import torch
+
+    return torch.optim.AdamW(parameters, lr=0.0, fused=program.optimizer == TORCH_ADAMW_FUSED or None)
+
+
 def trial_steps(model: Any, accelerator: Any, precision: str, sequence_length: int, local_rank: int, memory_fraction: float,
-                local_world_size: int) -> Callable[[int], Trial]:
+                local_world_size: int, program: TrialProgram) -> Callable[[int], Trial]:
     """fits(size): STEPS_PER_TRIAL forward, backward and optimizer steps at `size` sequences, on this
-    rank's device. The optimizer's learning rate is 0, so the weights the run starts from do not move."""
+    rank's device, run as `program` says (compiled, lazy, fused AdamW). The optimizer's learning rate
+    is 0, so the weights the run starts from do not move."""
     import torch
 
     device = torch.device(accelerator.device_string(local_rank))
@@ -185,7 +234,9 @@ def trial_steps(model: Any, accelerator: Any, precision: str, sequence_length: i
     model.train()
     probe = MemoryProbe(accelerator.name, local_world_size)
     allowed = memory_fraction * probe.device_memory
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=0.0)
+    optimizer = _optimizer(program, [p for p in model.parameters() if p.requires_grad])
+    # the Trainer compiles the model the same way (torch_compile_backend); the run's own model stays uncompiled
+    step_model = torch.compile(model, backend=program.compile_backend) if program.compile_backend else model
     vocab = int(getattr(model.config, "vocab_size", 0) or 256)
     autocast_device = "hpu" if accelerator.name == "hpu" else ("cuda" if accelerator.name == "cuda" else "cpu")
 
@@ -195,7 +246,7 @@ def trial_steps(model: Any, accelerator: Any, precision: str, sequence_length: i
             for _ in range(STEPS_PER_TRIAL):
                 ids = torch.randint(0, vocab, (size, sequence_length), device=device)
                 with torch.autocast(autocast_device, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                    loss = model(input_ids=ids, labels=ids).loss
+                    loss = step_model(input_ids=ids, labels=ids).loss
                 loss.backward()
                 accelerator.mark_step()
                 optimizer.step()
@@ -226,6 +277,15 @@ def trial_steps(model: Any, accelerator: Any, precision: str, sequence_length: i
 # -- the cache under $GAUDI_NB_HOME ----------------------------------------------------------
 def cache_key(**parts: Any) -> str:
     return json.dumps(parts, sort_keys=True)
+
+
+def run_cache_key(spec: Any, accelerator: str, device_memory: int, precision: str, trainer: str, program: TrialProgram, world_size: int) -> str:
+    """What the size was measured for: the model and its input, the device, and the program (execution
+    mode, optimizer) and world size it trains with (DDP's gradient buckets take memory of their own)."""
+    return cache_key(model=spec.model, sequence_length=spec.sequence_length, accelerator=accelerator, device_memory=device_memory,
+                     precision=precision, trainer=trainer, memory_fraction=spec.memory_fraction,
+                     lora=bool(getattr(spec, "lora", False)) and int(getattr(spec, "lora_rank", 0) or 0),
+                     execution_mode=program.execution_mode, optimizer=program.optimizer, world_size=world_size)
 
 
 def cache_path() -> Path:
@@ -276,7 +336,7 @@ def resolve(spec: Any, model: Any, accelerator: Any, precision: str, trainer: st
         _join_process_group(accelerator, local_rank)
     answer: List[Any] = [None]
     if rank == 0:
-        answer[0] = _resolve_here(spec, model, accelerator, precision, trainer, local_rank, local_world_size, limit, started)
+        answer[0] = _resolve_here(spec, model, accelerator, precision, trainer, local_rank, local_world_size, world_size, limit, started)
     if world_size > 1:
         import torch.distributed as dist
 
@@ -288,13 +348,12 @@ def resolve(spec: Any, model: Any, accelerator: Any, precision: str, trainer: st
     return resolved
 
 
-def _resolve_here(spec: Any, model: Any, accelerator: Any, precision: str, trainer: str, local_rank: int, local_world_size: int, limit: int,
+def _resolve_here(spec: Any, model: Any, accelerator: Any, precision: str, trainer: str, local_rank: int, local_world_size: int, world_size: int, limit: int,
                   started: float) -> Any:
-    fits = trial_steps(model, accelerator, precision, spec.sequence_length, local_rank, spec.memory_fraction, local_world_size)
+    program = trial_program(accelerator.name, bool(getattr(spec, "lazy_mode", False)), trainer)
+    fits = trial_steps(model, accelerator, precision, spec.sequence_length, local_rank, spec.memory_fraction, local_world_size, program)
     device_memory = int(fits.device_memory)  # type: ignore[attr-defined]
-    key = cache_key(model=spec.model, sequence_length=spec.sequence_length, accelerator=accelerator.name, device_memory=device_memory,
-                    precision=precision, trainer=trainer, memory_fraction=spec.memory_fraction,
-                    lora=bool(getattr(spec, "lora", False)) and int(getattr(spec, "lora_rank", 0) or 0))
+    key = run_cache_key(spec, accelerator.name, device_memory, precision, trainer, program, world_size)
     digest = hashlib.sha256(key.encode()).hexdigest()[:12]
     known = cached_size(key)
     if known is not None:
@@ -341,10 +400,10 @@ def event_fields(resolved: Resolved, spec: Any) -> Dict[str, Any]:
 
 def for_run(spec: Any, model: Any, accelerator: Any, precision: str, trainer: str, writer: Any, *, train_sequences: int) -> int:
     """The per-device batch of an --batch-size auto run, on every rank; rank 0 writes the batch_size event."""
-    from .rank import rank_info
+    from .rank import node_placement, rank_info
 
     rank, local_rank, world_size = rank_info()
-    local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE") or max(1, world_size // max(1, int(getattr(spec, "nodes", 1)))))
+    local_world_size = node_placement(os.environ)[0]
     # a batch larger than a rank's share of the data would only repeat it
     limit = max(1, min(65536, train_sequences // max(1, world_size)))
     resolved = resolve(spec, model, accelerator, precision, trainer, rank=rank, local_rank=local_rank, world_size=world_size,

@@ -168,3 +168,21 @@ def _float(value: Any) -> Optional[float]:
         return None if value is None else float(value)
     except (TypeError, ValueError):
         return None
+
+
+class LazyModeMarkStep(TrainerCallback):
+    """Gaudi's lazy mode runs the accumulated graph only at htcore.mark_step(), which GaudiTrainer calls after
+    backward and after the optimizer step and transformers' Trainer does not. Its on_pre_optimizer_step comes
+    after backward (and gradient clipping), on_optimizer_step after the optimizer's step (transformers 4.55,
+    trainer.py's inner loop): the same two places."""
+
+    def _mark_step(self) -> None:
+        import habana_frameworks.torch.core as htcore  # only in lazy mode on a Gaudi node
+
+        htcore.mark_step()
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._mark_step()
+
+    def on_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._mark_step()

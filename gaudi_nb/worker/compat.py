@@ -27,10 +27,10 @@ def import_optimum_habana() -> types.ModuleType:
     if "optimum.habana" not in sys.modules:
         spec = importlib.util.find_spec("optimum")
         if spec is None or spec.submodule_search_locations is None:
-            raise ImportError("optimum-habana is not installed: pip install 'gaudi_nb[habana]'")
+            raise ImportError("optimum-habana is not installed: pip install 'gaudi_nb[optimum-habana]'")
         base = os.path.join(list(spec.submodule_search_locations)[0], "habana")
         if not os.path.isdir(base):
-            raise ImportError("optimum-habana is not installed: pip install 'gaudi_nb[habana]'")
+            raise ImportError("optimum-habana is not installed: pip install 'gaudi_nb[optimum-habana]'")
         package = types.ModuleType("optimum.habana")
         package.__path__ = [base]
         package.__file__ = os.path.join(base, "__init__.py")
@@ -38,13 +38,6 @@ def import_optimum_habana() -> types.ModuleType:
     import optimum.habana.transformers as oh_transformers
 
     return oh_transformers
-
-
-def optimum_habana_installed() -> bool:
-    spec = importlib.util.find_spec("optimum")
-    if spec is None or spec.submodule_search_locations is None:
-        return False
-    return any(os.path.isdir(os.path.join(p, "habana")) for p in spec.submodule_search_locations)
 
 
 def patch_trainer_off_hpu(trainer: Any) -> None:

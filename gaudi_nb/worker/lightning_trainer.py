@@ -12,6 +12,7 @@ from typing import Any, Dict, List, Optional
 from ..errors import GaudiNbError
 from ..rundir import RESUME_FROM_ENV
 from .callback import EventCallback, RankProgress
+from .rank import node_placement
 
 try:
     import lightning.pytorch as pl
@@ -322,9 +323,12 @@ class LightningRun:
 
         inputs = self.inputs
         world_size = int(os.environ.get("WORLD_SIZE", 1))
-        devices = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+        devices, num_nodes, node_rank = node_placement(os.environ)
+        # Lightning's own environment reads the node's rank from NODE_RANK (or GROUP_RANK): DeepSpeed's
+        # launcher sets CROSS_RANK only, and without this every node would claim node 0's global ranks
+        os.environ.setdefault("NODE_RANK", str(node_rank))
         choice = choose(inputs.accelerator, world_size, inputs.precision)
-        placement = trainer_devices(choice, devices, max(1, world_size // devices))
+        placement = trainer_devices(choice, devices, num_nodes)
         pl.seed_everything(inputs.seed, verbose=False)
         logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # its banner lines would fill train.log
         evaluate = bool(inputs.eval_steps and inputs.eval_dataset is not None)

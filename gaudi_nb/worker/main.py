@@ -8,6 +8,7 @@ from typing import Any, List, NamedTuple, Optional
 
 from .. import accel as accel_room
 from ..events import BackgroundEventWriter
+from ..gaudi_stack import trainer_support
 from ..presets import model_presets
 from ..rundir import CHECKPOINT_COMPLETE, RESUME_FROM_ENV, RunFolder
 from ..spec import RunSpec
@@ -147,6 +148,7 @@ def train(run_dir: Path, *, writer: Optional[BackgroundEventWriter] = None, extr
         precision=precision,
         precision_chosen_by="spec" if spec.precision != "auto" else f"default for {accelerator.name}",
         trainer=trainer_name,
+        trainer_support=trainer_support(trainer_name),
         execution_mode=execution_mode(accelerator.name, spec.lazy_mode, trainer_name),
         parameters=parameters,
         # trainable: every weight, or only the LoRA adapter's; MFU counts all `parameters` (6N per token)

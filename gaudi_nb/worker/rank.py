@@ -7,8 +7,9 @@ import os
 import sys
 import threading
 import traceback
-from typing import NoReturn, Tuple
+from typing import Mapping, NoReturn, Tuple
 
+from ..errors import GaudiNbError
 from ..events import EventWriter
 from ..rundir import RunFolder
 
@@ -22,6 +23,21 @@ def rank_info() -> Tuple[int, int, int]:
         env["WORLD_SIZE"] = env["OMPI_COMM_WORLD_SIZE"]
         env["LOCAL_RANK"] = env.get("OMPI_COMM_WORLD_LOCAL_RANK", "0")
     return int(env.get("RANK", 0)), int(env.get("LOCAL_RANK", 0)), int(env.get("WORLD_SIZE", 1))
+
+
+def node_placement(environ: Mapping[str, str]) -> Tuple[int, int, int]:
+    """(ranks on this node, nodes, this node's rank) from whichever launcher started the rank: torchrun sets
+    LOCAL_WORLD_SIZE and GROUP_RANK; DeepSpeed's launcher (the default across Gaudi nodes) sets LOCAL_SIZE,
+    CROSS_SIZE and CROSS_RANK instead (deepspeed/launcher/launch.py); Open MPI its OMPI_COMM_WORLD_LOCAL_SIZE.
+    A launcher that says nothing means one node. A world that is not nodes × ranks per node is refused."""
+    world = int(environ.get("WORLD_SIZE") or environ.get("OMPI_COMM_WORLD_SIZE") or 1)
+    local = int(environ.get("LOCAL_WORLD_SIZE") or environ.get("LOCAL_SIZE") or environ.get("OMPI_COMM_WORLD_LOCAL_SIZE") or world)
+    nodes = int(environ.get("CROSS_SIZE") or max(1, world // max(1, local)))
+    node_rank = int(environ.get("GROUP_RANK") or environ.get("NODE_RANK") or environ.get("CROSS_RANK") or 0)
+    if local * nodes != world or not 0 <= node_rank < nodes:
+        raise GaudiNbError(f"the launcher started {world} rank(s) as {nodes} node(s) of {local} with this node's rank {node_rank}: "
+                           "every node must run the same number of ranks (give each node the same --devices)")
+    return local, nodes, node_rank
 
 
 def writer_for(folder: RunFolder, rank: int) -> EventWriter:

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional
 
+from ..gaudi_stack import SUPPORTED_HPU_TRAINER
 from ..registry import Registry
 from . import compat
 
@@ -68,8 +69,18 @@ def transformers_trainer(inputs: TrainerInputs) -> Any:
         args=TrainingArguments(**arguments),
         train_dataset=inputs.train_dataset,
         eval_dataset=inputs.eval_dataset,
-        callbacks=inputs.callbacks,
+        callbacks=transformers_callbacks(inputs),
     )
+
+
+def transformers_callbacks(inputs: TrainerInputs) -> List[Any]:
+    """The run's callbacks, and in lazy mode on HPU the mark_step GaudiTrainer would insert: transformers'
+    Trainer never calls it, and without it the lazy graph grows until the step's end."""
+    if execution_mode(inputs.accelerator, inputs.lazy_mode, "transformers") != "lazy":
+        return list(inputs.callbacks)
+    from .callback import LazyModeMarkStep
+
+    return [LazyModeMarkStep(), *inputs.callbacks]
 
 
 def execution_mode(accelerator: str, lazy_mode: bool, trainer: str = "") -> str:
@@ -157,12 +168,11 @@ trainers.register("lightning", lightning_trainer, aliases=("pytorch-lightning",)
 
 
 def pick_trainer(requested: str, accelerator: str) -> str:
-    """auto → optimum-habana on a Gaudi node with optimum-habana installed, transformers otherwise."""
+    """auto → transformers' Trainer everywhere: on Gaudi it is the supported stack (accelerate >= 1.5 sees the
+    HPU), while optimum-habana is past end of support (gaudi_stack); --trainer optimum-habana still asks for it."""
     if requested != "auto":
         return requested
-    if accelerator == "hpu" and compat.optimum_habana_installed():
-        return "optimum-habana"
-    return "transformers"
+    return SUPPORTED_HPU_TRAINER if accelerator == "hpu" else "transformers"
 
 
 def build_trainer(name: str, inputs: TrainerInputs) -> Any:

@@ -9,17 +9,23 @@ import time
 from typing import Any, Dict, List, Optional, Tuple
 
 from ...errors import GaudiNbError, SpecError, require
+from ...gaudi_stack import FIRST_GEN_NOTE
 from .base import TAG_GROUP, TAG_MANAGED, TAG_NODE, TAG_OWNER, Capabilities, Instance, ProvisionRequest, Resources
 
-# The Habana deep-learning AMIs AWS publishes ("Deep Learning AMI Habana PyTorch 1.x SynapseAI 1.y
+# The Habana deep-learning AMIs AWS has published ("Deep Learning AMI Habana PyTorch 1.x SynapseAI 1.y
 # (Ubuntu 20.04) DATE"); the newest match wins. Owners: Amazon's own, or a copy in the caller's
-# account; never any public image that merely carries the name.
-IMAGE_NAME = "*Deep Learning AMI Habana PyTorch*SynapseAI*(Ubuntu*"
+# account; never any public image that merely carries the name. Terraform's ami_name_filter is the
+# same pattern (tests/test_infra.py). Whether AWS still publishes one could not be confirmed (no
+# Ubuntu 22.04 Habana DLAMI was found), hence no Ubuntu release in the pattern and --image.
+IMAGE_NAME = "*Deep Learning AMI Habana PyTorch*SynapseAI*"
 IMAGE_OWNERS = ["amazon", "self"]
 SSH_USER = "ubuntu"  # the Habana AMIs are Ubuntu
 # EFA interfaces an instance type takes (one per network card). DL1 has four 100 Gbps EFA ENIs:
 # https://aws.amazon.com/blogs/compute/amazon-ec2-dl1-instances-deep-dive/
 EFA_INTERFACES = {"dl1.24xlarge": 4}
+# What a machine runs at its first boot, as root: pdsh, which DeepSpeed's launcher needs on node 0 of a run
+# across nodes (a non-root bootstrap over SSH cannot install it). Best effort: the image may have no apt.
+FIRST_BOOT = "#!/bin/bash\n(apt-get update && apt-get install -y pdsh) >/var/log/gaudi-nb-first-boot.log 2>&1 || true\n"
 # an IAM instance profile (name or ARN) for the machines: what they act as, e.g. when autostop stops them
 INSTANCE_PROFILE_VARIABLE = "GAUDI_NB_AWS_INSTANCE_PROFILE"
 PREFIX = "gaudi_nb-"
@@ -81,6 +87,7 @@ def run_request(request: ProvisionRequest, resources: Resources) -> Dict[str, An
     }
     if resources.placement_group:
         arguments["Placement"] = {"GroupName": resources.placement_group}
+    arguments["UserData"] = FIRST_BOOT  # boto3 base64-encodes it
     profile = resources.network.get("instance_profile")
     if profile:
         # the machine's own credentials (the autostop watchdog stops it with them)
@@ -146,7 +153,8 @@ class AwsProvider:
         """Find or make what the group's machines need; nothing is created before the image and network are found."""
         image = request.image or self.find_image()
         vpc, subnet = self._network(request.instance_type)
-        resources = Resources(network={"image": image, "vpc": vpc, "subnet": subnet, "group": request.name, "warnings": [],
+        warnings = [f"{request.instance_type}: {FIRST_GEN_NOTE}"] if request.instance_type.startswith("dl1.") else []
+        resources = Resources(network={"image": image, "vpc": vpc, "subnet": subnet, "group": request.name, "warnings": warnings,
                                        "instance_profile": os.environ.get(INSTANCE_PROFILE_VARIABLE) or None})
         try:
             resources.key = self._key_pair(request, resources)
@@ -164,7 +172,8 @@ class AwsProvider:
             {"Name": "name", "Values": [IMAGE_NAME]}, {"Name": "state", "Values": ["available"]},
         ]).get("Images", [])
         if not images:
-            raise SpecError(f"no Habana deep learning image (name like '{IMAGE_NAME}') in {self.region}: pass --image AMI_ID")
+            raise SpecError(f"no Habana deep learning image (name like '{IMAGE_NAME}') in {self.region}; that AWS still publishes one "
+                            "could not be confirmed: pass --image AMI_ID of an image with the Gaudi driver (SynapseAI 1.21 or older for DL1)")
         return max(images, key=lambda image: image.get("CreationDate") or "")["ImageId"]
 
     def _network(self, instance_type: str) -> Tuple[str, str]:

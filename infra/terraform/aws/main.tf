@@ -277,6 +277,8 @@ resource "aws_instance" "node" {
     printf '%s\n' '${var.cluster_name}' > /etc/gaudi-nb/cluster
     printf '%s\n' '${var.region}' > /etc/gaudi-nb/region
     printf '%s\n' '${var.autostop_idle_minutes}' > /etc/gaudi-nb/autostop_idle_minutes
+    # pdsh: DeepSpeed's launcher starts the other nodes of a multi-node run through it (best effort)
+    (apt-get update && apt-get install -y pdsh) >/var/log/gaudi-nb-first-boot.log 2>&1 || true
   EOT
 
   tags = merge(local.tags, { Name = "${var.cluster_name}-node-${count.index}" })

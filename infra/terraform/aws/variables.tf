@@ -47,7 +47,7 @@ variable "availability_zone" {
 }
 
 variable "instance_type" {
-  description = "EC2 instance type of each node. dl1.24xlarge carries 8 first-generation Gaudi cards (the only Gaudi type on AWS)."
+  description = "EC2 instance type of each node. dl1.24xlarge carries 8 first-generation Gaudi cards (the only Gaudi type on AWS), which Intel's support matrix leaves out from Gaudi software 1.22 on: gaudi_nb targets 1.24, so DL1 runs on the older stack of its image, unsupported."
   type        = string
   default     = "dl1.24xlarge"
 }
@@ -70,9 +70,9 @@ variable "ami_id" {
 }
 
 variable "ami_name_filter" {
-  description = "Name pattern used to find the image when ami_id is null (Amazon-owned images only)."
+  description = "Name pattern used to find the image when ami_id is null (Amazon-owned images only); the same as gaudi-nb nodes provision aws. That AWS still publishes a Habana DLAMI could not be confirmed (none for Ubuntu 22.04 was found): if none matches, set ami_id."
   type        = string
-  default     = "Deep Learning AMI Habana PyTorch*Ubuntu 22.04*"
+  default     = "*Deep Learning AMI Habana PyTorch*SynapseAI*"
 }
 
 variable "ssh_user" {

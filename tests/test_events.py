@@ -169,29 +169,6 @@ def test_make_event_and_emit_refuse_a_broken_event(tmp_path):
     assert (tmp_path / "events.jsonl").read_bytes() == b""  # nothing broken reached the stream
 
 
-def test_checking_a_step_costs_less_than_writing_it():
-    """The rank checks each event as it builds it: a few µs on a quiet machine, less than the json.dumps its
-    writer does anyway (compared, not timed alone, so a busy machine does not make the test fail)."""
-    import time
-
-    from gaudi_nb.events.contract import check
-
-    event = make_event("step", "r", rank=0, **PRODUCED["step"])
-
-    def best_of_five(work):
-        best = float("inf")
-        for _ in range(5):
-            started = time.perf_counter()
-            for _ in range(1000):
-                work()
-            best = min(best, (time.perf_counter() - started) / 1000)
-        return best
-
-    checking = best_of_five(lambda: check(event))
-    writing = best_of_five(lambda: json.dumps(event, separators=(",", ":"), default=str))
-    assert checking < writing, f"checking a step took {checking * 1e6:.1f} µs, writing it {writing * 1e6:.1f} µs"
-
-
 def test_the_suite_check_names_the_file_line_and_field(tmp_path):
     from conftest import first_broken_event
 

@@ -324,6 +324,15 @@ def script_runs(gaudi_home, tmp_path, monkeypatch):
     return scriptrun.ScriptRuns(tmp_path)
 
 
+def checked_outputs(nb: dict) -> list:
+    """The text of each cell tagged nbval-check-output, as nbval --nbval-lax compares them with the stored ones."""
+    def text_of(output: dict) -> str:
+        value = output.get("text") if output.get("output_type") == "stream" else output.get("data", {}).get("text/plain", "")
+        return "".join(value) if isinstance(value, list) else value
+
+    return [[text_of(o) for o in c.get("outputs", [])] for c in nb["cells"] if "nbval-check-output" in c.get("metadata", {}).get("tags", [])]
+
+
 # -- notebook 01, executed once per session: every check of the quickstart reads this output ------
 
 

@@ -251,6 +251,7 @@ def shown_step(page, run_id) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.postgres
 def test_every_page_of_the_live_dashboard_in_chromium(live, browser):
     run_id = live["run"].run_id
     deadline = time.time() + 120
@@ -333,6 +334,7 @@ def test_the_fleet_page_at_1024_devices(browser, tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.postgres
 def test_with_a_login_nothing_is_served_before_it(live, browser):
     from gaudi_nb.dashboard.app import serve
 

@@ -326,10 +326,14 @@ def test_launcher_choices_come_from_the_registries_and_catalog(gaudi_home):
     assert not launcher.runs
 
 
-@pytest.mark.slow
-def test_gaudi_resume_continues_the_stopped_run_from_its_checkpoint_and_shows_its_panel(ip):
+def test_gaudi_resume_continues_the_stopped_run_from_its_checkpoint_and_shows_its_panel(ip, monkeypatch):
+    """The door's part of resume, on a torch-free loop (tests/scriptrun.py): that a real trainer picks up its
+    checkpoint is test_faults' real run."""
+    import scriptrun
+
+    monkeypatch.setenv("GAUDI_NB_ACCELERATOR", "cpu")  # the rank need not import torch to learn there is no GPU
     with capture_output():
-        run = ip.run_line_magic("gaudi_train", "--quiet --max-steps 500 --save-steps 3 --batch-size 2 --sequence-length 32 --warmup-steps 1")
+        run = ip.run_cell_magic("gaudi_train", "--script --quiet --max-steps 500 --save-steps 3 --warmup-steps 1", scriptrun.LOOP.format(step_s=0.05))
     deadline = time.monotonic() + 120
     while not run.events(types=["checkpoint"]) and time.monotonic() < deadline:
         time.sleep(0.3)

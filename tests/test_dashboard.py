@@ -275,20 +275,20 @@ def test_every_page_of_the_live_dashboard_in_chromium(live, browser):
     runs_row(page, run_id).locator("[tabulator-field='run_id']").click()  # a click opens the run's detail
     page.locator(".gaudi-nb-detail-header .gaudi-nb-run-id", has_text=run_id).wait_for(state="visible", timeout=20_000)
     page.get_by_text("loss", exact=True).first.wait_for(timeout=20_000)
-    page.wait_for_timeout(2000)
+    page.wait_for_timeout(1000)  # the charts' first draw, for the screenshot
     page.screenshot(path=str(SCREENSHOTS / "dashboard_run_detail.png"), full_page=True)
 
     page.goto(f"{live['base']}/?page=fleet")
     page.locator(".gaudi-nb-fleet-table .tabulator-row", has_text="local").first.wait_for(timeout=30_000)
     page.get_by_text("Each row of a map is one device").first.wait_for(timeout=30_000)
     page.locator(".gaudi-nb-heatmap canvas").first.wait_for(timeout=30_000)  # the maps are drawn on canvases
-    page.wait_for_timeout(2500)  # the heat maps redraw once a second
+    page.wait_for_timeout(1200)  # the heat maps redraw once a second
     page.screenshot(path=str(SCREENSHOTS / "dashboard_fleet.png"), full_page=True)
 
     page.goto(f"{live['base']}/?page=costs")
     page.get_by_text("burn rate now").first.wait_for(timeout=30_000)
     page.locator(".gaudi-nb-budgets", has_text=f"run {run_id}").first.wait_for(timeout=30_000)  # its budget, and how close
-    page.wait_for_timeout(1000)
+    page.wait_for_timeout(500)
     page.screenshot(path=str(SCREENSHOTS / "dashboard_costs.png"), full_page=True)
     assert page.problems == [], "\n".join(page.problems)
     page.close()
@@ -321,7 +321,7 @@ def test_the_fleet_page_at_1024_devices(browser, tmp_path):
         first_row = page.locator(".gaudi-nb-fleet-table .tabulator-row").first
         assert "idle, costs money" in first_row.inner_text()
         page.locator(".gaudi-nb-heatmap canvas").first.wait_for(timeout=30_000)
-        page.wait_for_timeout(2000)
+        page.wait_for_timeout(1200)  # drawn once, for the screenshot
         page.screenshot(path=str(SCREENSHOTS / "dashboard_fleet_1024_devices.png"), full_page=True)
         assert page.problems == [], "\n".join(page.problems)
         page.close()

@@ -233,6 +233,7 @@ def browser():
 def open_page(browser):
     """A page that records what must not happen: console errors, page errors, failed scripts, requests that leave this machine."""
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    page.set_default_navigation_timeout(90_000)  # the first render of a page waits on a busy machine (the suite runs on two workers)
     page.problems = []
     page.on("console", lambda m: m.type == "error" and page.problems.append(f"console: {m.text}"))
     page.on("pageerror", lambda e: page.problems.append(f"page error on {page.url}: {e}"))
@@ -279,15 +280,15 @@ def test_every_page_of_the_live_dashboard_in_chromium(live, browser):
     page.screenshot(path=str(SCREENSHOTS / "dashboard_run_detail.png"), full_page=True)
 
     page.goto(f"{live['base']}/?page=fleet")
-    page.locator(".gaudi-nb-fleet-table .tabulator-row", has_text="local").first.wait_for(timeout=30_000)
-    page.get_by_text("Each row of a map is one device").first.wait_for(timeout=30_000)
-    page.locator(".gaudi-nb-heatmap canvas").first.wait_for(timeout=30_000)  # the maps are drawn on canvases
+    page.locator(".gaudi-nb-fleet-table .tabulator-row", has_text="local").first.wait_for(timeout=60_000)
+    page.get_by_text("Each row of a map is one device").first.wait_for(timeout=60_000)
+    page.locator(".gaudi-nb-heatmap canvas").first.wait_for(timeout=60_000)  # the maps are drawn on canvases
     page.wait_for_timeout(1200)  # the heat maps redraw once a second
     page.screenshot(path=str(SCREENSHOTS / "dashboard_fleet.png"), full_page=True)
 
     page.goto(f"{live['base']}/?page=costs")
-    page.get_by_text("burn rate now").first.wait_for(timeout=30_000)
-    page.locator(".gaudi-nb-budgets", has_text=f"run {run_id}").first.wait_for(timeout=30_000)  # its budget, and how close
+    page.get_by_text("burn rate now").first.wait_for(timeout=60_000)
+    page.locator(".gaudi-nb-budgets", has_text=f"run {run_id}").first.wait_for(timeout=60_000)  # its budget, and how close
     page.wait_for_timeout(500)
     page.screenshot(path=str(SCREENSHOTS / "dashboard_costs.png"), full_page=True)
     assert page.problems == [], "\n".join(page.problems)
@@ -320,7 +321,7 @@ def test_the_fleet_page_at_1024_devices(browser, tmp_path):
         page.locator(".gaudi-nb-fleet-banner", has_text="13 idle node(s) cost money").first.wait_for(timeout=60_000)
         first_row = page.locator(".gaudi-nb-fleet-table .tabulator-row").first
         assert "idle, costs money" in first_row.inner_text()
-        page.locator(".gaudi-nb-heatmap canvas").first.wait_for(timeout=30_000)
+        page.locator(".gaudi-nb-heatmap canvas").first.wait_for(timeout=60_000)
         page.wait_for_timeout(1200)  # drawn once, for the screenshot
         page.screenshot(path=str(SCREENSHOTS / "dashboard_fleet_1024_devices.png"), full_page=True)
         assert page.problems == [], "\n".join(page.problems)

@@ -404,3 +404,7 @@ def pytest_collection_modifyitems(config, items):
     for item, keys in zip(items, keys_of, strict=True):
         if keys:
             item.add_marker(pytest.mark.xdist_group(root(keys[0])))
+    # the groups first (the longest units of work), the single tests after them to fill the gaps: a group
+    # handed out last would leave the other worker idle at the end; the order within each part is kept
+    grouped = {id(item) for item, keys in zip(items, keys_of, strict=True) if keys}
+    items.sort(key=lambda item: id(item) not in grouped)

@@ -234,6 +234,7 @@ def open_page(browser):
     """A page that records what must not happen: console errors, page errors, failed scripts, requests that leave this machine."""
     page = browser.new_page(viewport={"width": 1400, "height": 1000})
     page.set_default_navigation_timeout(90_000)  # the first render of a page waits on a busy machine (the suite runs on two workers)
+    page.set_default_timeout(60_000)
     page.problems = []
     page.on("console", lambda m: m.type == "error" and page.problems.append(f"console: {m.text}"))
     page.on("pageerror", lambda e: page.problems.append(f"page error on {page.url}: {e}"))

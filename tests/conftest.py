@@ -324,6 +324,15 @@ def script_runs(gaudi_home, tmp_path, monkeypatch):
     return scriptrun.ScriptRuns(tmp_path)
 
 
+def checked_outputs(nb: dict) -> list:
+    """The text of each cell tagged nbval-check-output, as nbval --nbval-lax compares them with the stored ones."""
+    def text_of(output: dict) -> str:
+        value = output.get("text") if output.get("output_type") == "stream" else output.get("data", {}).get("text/plain", "")
+        return "".join(value) if isinstance(value, list) else value
+
+    return [[text_of(o) for o in c.get("outputs", [])] for c in nb["cells"] if "nbval-check-output" in c.get("metadata", {}).get("tags", [])]
+
+
 # -- notebook 01, executed once per session: every check of the quickstart reads this output ------
 
 
@@ -352,3 +361,50 @@ def quickstart(tmp_path_factory):
             else:
                 os.environ[name] = value
     return out
+
+
+# -- the suite on two processes (pytest-xdist: `-n 2 --dist loadgroup`, in scripts/setup-and-test) ----------
+# Many tests mostly wait (on ranks, agents, sshd, a browser), so two workers finish sooner even on 2 cores.
+# Tests that share something run in one worker, one after the other: a module's own fixtures (a JupyterLab, a
+# live dashboard, a browser, a tracker server), the session's expensive runs (notebook 01, the node install, the
+# two hosts) and the one PostgreSQL test database, which the store tests empty and fill. The others go to
+# whichever worker is free. A group is the set of tests linked through any of these, named after its first key.
+SHARED_SESSION_FIXTURES = {"quickstart": "quickstart", "node_install": "node_install", "two_hosts": "two_hosts", "store_url": "postgresql"}
+
+
+def _shared_keys(item: pytest.Item) -> set:
+    keys = {key for name, key in SHARED_SESSION_FIXTURES.items() if name in item.fixturenames}
+    if item.get_closest_marker("postgres") is not None:
+        keys.add("postgresql")
+    definitions = getattr(item, "_fixtureinfo", None)
+    for name in item.fixturenames:
+        defs = definitions.name2fixturedefs.get(name) if definitions is not None else None
+        if defs and defs[-1].scope in ("module", "class", "package"):
+            keys.add(f"{Path(str(item.fspath)).stem}.{name}")
+    return keys
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the group into the test's id
+def pytest_collection_modifyitems(config, items):
+    if getattr(config.option, "dist", "no") != "loadgroup":
+        return
+    parent: dict = {}
+
+    def root(key: str) -> str:
+        while parent.setdefault(key, key) != key:
+            key = parent[key]
+        return key
+
+    keys_of = [sorted(_shared_keys(item)) for item in items]
+    for keys in keys_of:
+        for key in keys[1:]:
+            a, b = root(keys[0]), root(key)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    for item, keys in zip(items, keys_of, strict=True):
+        if keys:
+            item.add_marker(pytest.mark.xdist_group(root(keys[0])))
+    # the groups first (the longest units of work), the single tests after them to fill the gaps: a group
+    # handed out last would leave the other worker idle at the end; the order within each part is kept
+    grouped = {id(item) for item, keys in zip(items, keys_of, strict=True) if keys}
+    items.sort(key=lambda item: id(item) not in grouped)

@@ -106,18 +106,6 @@ def test_budget_stops_the_run_with_a_checkpoint(script_runs):
     assert record["cost"]["usd"] >= 0.01 and record["cost"]["price_per_hour"] == 36.0
 
 
-@pytest.mark.slow
-def test_a_failing_run_says_why(gaudi_home, tmp_path):
-    data = tmp_path / "short.txt"
-    data.write_text("too short")
-    run = gaudi_nb.train(dataset=str(data), max_steps=5).wait(timeout=240)
-    record = run.record()
-    assert record["status"] == "failed"
-    assert record["exit"]["exit_code"] != 0
-    assert "fewer than 128 tokens" in record["exit"]["reason"]
-    assert record["exit"]["last_log_lines"]
-
-
 def test_stop_request_ends_cleanly_with_a_checkpoint(script_runs):
     run = script_runs.train(devices=1, max_steps=100000)
     wait_for(reached(run, 3), what="step 3")
@@ -210,14 +198,17 @@ def test_a_stop_that_needed_a_kill_says_so(script_runs, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_a_relative_dataset_path_from_its_folder_trains(gaudi_home, tmp_path):
-    from gaudi_nb.presets import sample_text_path
-
-    (tmp_path / "data.txt").write_text(sample_text_path().read_text())
-    result = subprocess.run([GAUDI_NB, "train", "--dataset", "./data.txt", "--max-steps", "3", "--json"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
+def test_a_relative_dataset_path_is_read_from_its_folder_and_a_failing_run_says_why(gaudi_home, tmp_path):
+    """./short.txt from the folder the command ran in: the ranks read that file (too short to train on), and the run
+    ends failed with the reason and the log's last lines; a missing file is refused before anything starts."""
+    (tmp_path / "short.txt").write_text("too short")
+    result = subprocess.run([GAUDI_NB, "train", "--dataset", "./short.txt", "--max-steps", "5", "--json"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
     record = json.loads(result.stdout)
-    assert record["status"] == "succeeded" and record["spec"]["dataset"] == str(tmp_path / "data.txt")
+    assert record["spec"]["dataset"] == str(tmp_path / "short.txt")
+    assert record["status"] == "failed", record["exit"]
+    assert record["exit"]["exit_code"] != 0
+    assert "fewer than 128 tokens" in record["exit"]["reason"]
+    assert record["exit"]["last_log_lines"]
     missing = subprocess.run([GAUDI_NB, "train", "--dataset", "./nothing.txt"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1 and "nothing.txt" in missing.stderr
     assert len(gaudi_nb.runs()) == 1  # the refused one wrote nothing

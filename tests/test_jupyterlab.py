@@ -183,7 +183,7 @@ def test_quickstart_panel_is_live_and_the_kernel_stays_free(pages, lab):
     # wait for telemetry in the grid and a few more steps so the screenshot shows a live run
     page.wait_for_selector(".gaudi-nb-panel .gnb-cell", timeout=30_000)
     page.locator(".gaudi-nb-panel").first.scroll_into_view_if_needed()
-    time.sleep(2)
+    time.sleep(1)
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     page.locator(".gaudi-nb-panel").first.screenshot(path=str(SCREENSHOTS / "jupyterlab_panel.png"))
     page.screenshot(path=str(SCREENSHOTS / "jupyterlab_quickstart.png"))

@@ -515,28 +515,6 @@ def test_real_torchrun_starts_both_ranks(tmp_path):
     assert p.argv[0] == sys.executable
 
 
-@pytest.mark.slow
-def test_two_torch_distributed_run_launches_at_once(tmp_path):
-    # optimum-habana's own form, started twice at the same moment with the ports the agent picks
-    script = tmp_path / "rendezvous.py"
-    script.write_text(textwrap.dedent("""
-        import torch.distributed as dist
-        dist.init_process_group("gloo")
-        print(f"rank={dist.get_rank()} world={dist.get_world_size()}", flush=True)
-        dist.barrier()
-        dist.destroy_process_group()
-    """))
-    plans = [build_launch(RunSpec(devices=2), [str(script)], launcher="torch.distributed.run",
-                          master_port=free_port(), cpus=2, environ={}) for _ in range(2)]
-    assert plans[0].argv[5] != plans[1].argv[5] and plans[0].argv[5].startswith("--master_port=")
-    procs = [subprocess.Popen(p.argv, env={**os.environ, **p.env}, cwd=tmp_path, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True) for p in plans]
-    outputs = [proc.communicate(timeout=120)[0] for proc in procs]
-    for proc, output in zip(procs, outputs, strict=True):
-        assert proc.returncode == 0, output
-        assert "rank=0 world=2" in output and "rank=1 world=2" in output
-
-
 # ---- two runs started at the same moment on one node ----------------------------------------------
 
 def _selectable(name: str) -> bool:

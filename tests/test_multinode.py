@@ -270,55 +270,26 @@ def test_a_run_across_two_nodes_has_both_in_one_stream(two_nodes, netns_sshds, t
 
 
 @pytest.mark.slow
-def test_a_stop_ends_both_nodes_at_the_same_step(two_nodes, netns_sshds):
+def test_the_budget_counts_both_nodes_and_its_stop_ends_both_at_the_same_step(two_nodes):
+    """From the CLI: $2 per second per node, so the budget is reached by both nodes' spend together. Node 0's agent
+    picks the step, both nodes' agents have it, every rank stops there with a checkpoint, and nothing of the run
+    is left on either node. (A stop from `gaudi-nb stop` takes the same road from node 0's agent on: it reaches
+    node 0 as on one node, test_ssh_target, and the followers through the peers, test_peers.)"""
     started = time.monotonic()
-    run = gaudi_nb.train(target="na,nb", nodes=2, devices=1, max_steps=5000)
-    deadline = time.monotonic() + 300
-    while run.record()["steps_completed"] < 2 and time.monotonic() < deadline and not run.done:
-        time.sleep(0.5)
-    asked = time.monotonic()
-    result = subprocess.run([GAUDI_NB, "stop", run.run_id], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    run.wait(timeout=240)
-    stopped_in = time.monotonic() - asked
-    record = run.record()
-    events = run.events()
-    assert record["status"] == "stopped", record["exit"]
-    ends = [e for e in events if e["type"] == "run_end"]
-    assert len(ends) == 1 and {name: (n["status"], n["exit_code"]) for name, n in ends[0]["nodes"].items()} == {"na": ("stopped", 0), "nb": ("stopped", 0)}
-    # node 0's agent picked the step and both nodes' agents had it; every rank stopped there
-    asked_events = [e for e in events if e["type"] == "stop_requested"]
-    assert {e["node"] for e in asked_events} == {"na", "nb"}
-    (stop_at,) = {e["stop_at"] for e in asked_events}
-    assert record["steps_completed"] == stop_at and record["checkpoints"][-1] == {"step": stop_at, "path": record["checkpoints"][-1]["path"], "reason": "stopped"}
-    other_dir = Path([e["node_start"]["run_dir"] for e in events if "node_start" in e][0])
-    assert (other_dir / "checkpoints" / f"checkpoint-{stop_at}" / "rng_state_1.pth").exists()  # rank 1 (node nb) saved at the same step
-    # nothing of the run is left on either node: ranks, launchers, agents
-    pids = [e["pid"] for e in events if e["type"] == "worker_start"] + [e["pid"] for e in events if e["type"] == "run_start"]
-    pids += [e["node_start"]["pid"] for e in events if "node_start" in e]
-    deadline = time.monotonic() + 30
-    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not [pid for pid in pids if _alive(pid)]
-    print(f"\ntwo-node stop: stop_at={stop_at}, ended {stopped_in:.1f} s after gaudi-nb stop; whole run {time.monotonic() - started:.1f} s")
-
-
-
-@pytest.mark.slow
-def test_the_budget_counts_both_nodes_and_its_stop_reaches_both(two_nodes):
-    """From the CLI: $1 per second per node, so the budget is reached by both nodes' spend together."""
-    started = time.monotonic()
+    per_tick = 2 * 2.5  # $ the two meters may lag the spend by: a tick each at $2 per second
     result = subprocess.run([GAUDI_NB, "train", "--target", "na,nb", "--nodes", "2", "--devices", "1", "--max-steps", "500",
-                             "--price-per-hour", "3600", "--budget-usd", "48", "--json"], capture_output=True, text=True, timeout=400)
+                             "--price-per-hour", "7200", "--budget-usd", "48", "--json"], capture_output=True, text=True, timeout=400)
     record = json.loads(result.stdout)
     assert record["status"] == "budget_exceeded", (record["exit"], result.stderr[-2000:])
     events = gaudi_nb.get_run(record["run_id"]).events()
     asked = [e for e in events if e["type"] == "stop_requested"]
     assert {(e["node"], e["reason"]) for e in asked} == {("na", "budget_exceeded"), ("nb", "budget_exceeded")}
     (stop_at,) = {e["stop_at"] for e in asked}
-    assert record["steps_completed"] == stop_at and record["checkpoints"][-1]["reason"] == "budget_exceeded"
+    assert record["steps_completed"] == stop_at and record["checkpoints"][-1] == {"step": stop_at, "path": record["checkpoints"][-1]["path"], "reason": "budget_exceeded"}
+    other_dir = Path([e["node_start"]["run_dir"] for e in events if "node_start" in e][0])
+    assert (other_dir / "checkpoints" / f"checkpoint-{stop_at}" / "rng_state_1.pth").exists()  # rank 1 (node nb) saved at the same step
     (end,) = [e for e in events if e["type"] == "run_end"]
-    assert {name: node["status"] for name, node in end["nodes"].items()} == {"na": "budget_exceeded", "nb": "budget_exceeded"}
+    assert {name: (node["status"], node["exit_code"]) for name, node in end["nodes"].items()} == {"na": ("budget_exceeded", 0), "nb": ("budget_exceeded", 0)}
     latest = {}
     for e in events:
         if e["type"] == "cost":
@@ -328,8 +299,15 @@ def test_the_budget_counts_both_nodes_and_its_stop_reaches_both(two_nodes):
     for e in events:
         if e["type"] == "cost" and e["t"] <= asked[0]["t"]:
             spent_when_asked[e["node"]] = e["usd"]
-    assert max(spent_when_asked.values()) < 48 <= sum(spent_when_asked.values()) + 2.5  # within a tick of the meters
+    assert max(spent_when_asked.values()) < 48 <= sum(spent_when_asked.values()) + per_tick  # within a tick of the meters
     assert record["cost"]["usd"] == pytest.approx(sum(latest.values())) and record["cost"]["usd"] >= 48
+    # nothing of the run is left on either node: ranks, launchers, agents
+    pids = [e["pid"] for e in events if e["type"] == "worker_start"] + [e["pid"] for e in events if e["type"] == "run_start"]
+    pids += [e["node_start"]["pid"] for e in events if "node_start" in e]
+    deadline = time.monotonic() + 30
+    while any(_alive(pid) for pid in pids) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert not [pid for pid in pids if _alive(pid)]
     print(f"\ntwo-node budget stop: stop_at={stop_at}, ${record['cost']['usd']:.0f} spent, {time.monotonic() - started:.1f} s from the CLI")
 
 

@@ -3,7 +3,7 @@ import json
 import subprocess
 
 import pytest
-from conftest import BIN, REPO
+from conftest import BIN, REPO, checked_outputs
 
 pytestmark = pytest.mark.slow
 NOTEBOOK = str(REPO / "notebooks" / "04_batch_sweep.ipynb")
@@ -23,6 +23,8 @@ def test_sweep_notebook_as_a_ci_batch_job(gaudi_home):
     assert output["metadata"]["gaudi_nb"]["manifest"]["parameters"]["learning_rate"] == 1e-3
     assert manifest["accelerator"] == "cpu" and manifest["git"]["commit"]
     assert (folder / "junit.xml").exists()
+    # what nbval checks: the tagged cells show what the notebook stores
+    assert checked_outputs(output) == checked_outputs(json.loads(open(NOTEBOOK).read()))
     # the notebook swept itself: two more batch runs, each with its trial's result
     listed = json.loads(subprocess.run([str(BIN / "gaudi-nb"), "runs", "--json"], capture_output=True, text=True).stdout)
     trials = [r for r in listed if r.get("kind") == "batch" and r["run_id"] != record["run_id"]]

@@ -90,7 +90,7 @@ def parse_target(text: str) -> TargetAddress:
 class NodeSpec(BaseModel):
     """One node a run uses: where it is and what it costs."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     target: str = "local"
     devices: int = Field(1, ge=1, le=1024)
 
@@ -98,7 +98,9 @@ class NodeSpec(BaseModel):
 class RunSpec(BaseModel):
     """A training run. Field names are the keywords of gaudi_nb.train(), the CLI and the magics."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: a NaN budget or price compares false with everything, so a meter or an
+    # autostop given one would never act; every door refuses it here, in one line
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     name: Optional[str] = Field(None, description="a label for the run")
     model: str = Field("tiny-llama", description="preset name, local path or hub id (org/name)")

@@ -144,6 +144,11 @@ def test_a_bad_setting_is_one_line():
         config(action="shutdown")
     with pytest.raises(SpecError, match="unknown autostop setting"):
         config(idle_mins=3)
+    for name in ("idle_minutes", "budget_usd", "price_per_hour"):  # nan is never reached: a watchdog that cannot act
+        with pytest.raises(SpecError, match=f"{name} is nan: give a number of 0 or more"):
+            config(**{name: float("nan")})
+    with pytest.raises(SpecError, match="check_interval_s is nan"):
+        config(check_interval_s=float("nan"))
 
 
 def test_active_runs_reads_agents_and_run_ends(tmp_path):

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -66,9 +67,9 @@ class AutostopConfig:
             raise SpecError(f"autostop's action is '{config.action}': use stop (the disk is kept) or terminate (nothing is kept)")
         for name in ("idle_minutes", "budget_usd", "price_per_hour"):
             value = getattr(config, name)
-            if value is not None and float(value) < 0:
+            if value is not None and not (math.isfinite(float(value)) and float(value) >= 0):  # nan would never be reached
                 raise SpecError(f"{name} is {value}: give a number of 0 or more, or leave it out")
-        if config.check_interval_s <= 0:
+        if not config.check_interval_s > 0:  # nan too
             raise SpecError(f"check_interval_s is {config.check_interval_s}: give a positive number of seconds")
         return config
 

@@ -4,17 +4,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .private import private_dir
+
 
 def home() -> Path:
-    path = Path(os.environ.get("GAUDI_NB_HOME", "~/.gaudi_nb")).expanduser()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    """$GAUDI_NB_HOME (default ~/.gaudi_nb); made owner-only (0700) when gaudi_nb makes it: it holds the store and every run."""
+    return private_dir(Path(os.environ.get("GAUDI_NB_HOME", "~/.gaudi_nb")).expanduser())
 
 
 def runs_dir() -> Path:
-    path = home() / "runs"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return private_dir(home() / "runs")
 
 
 def run_dir(run_id: str) -> Path:

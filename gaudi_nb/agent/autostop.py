@@ -13,6 +13,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 from ..cost import billing
 from ..errors import GaudiNbError, SpecError
 from ..formatting import money, rate
+from ..private import write_atomic
 
 ACTIONS = ("stop", "terminate")
 AUTOSTOP_DIR = "autostop"  # under the node's GAUDI_NB_HOME
@@ -267,9 +268,7 @@ class Utilization:
 def write_json(path: Path, data: Dict[str, Any]) -> None:
     """Atomically, so a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=1) + "\n")
 
 
 def read_json(path: Path) -> Optional[Dict[str, Any]]:

@@ -441,6 +441,23 @@ def test_a_provision_that_fails_after_run_instances_leaves_nothing_running_or_un
     assert cloud_state() == before
 
 
+def test_an_autostop_that_cannot_act_is_one_line_not_watching(monkeypatch):
+    from gaudi_nb.nodes import autostop as node_autostop
+    from gaudi_nb.nodes.provision import _start_autostop
+
+    answer = {"pid": 7, "survives_reboot": True, "may_act": False, "cannot_act": "AWS stop_instances in us-west-2: UnauthorizedOperation: not allowed"}
+    monkeypatch.setattr(node_autostop, "start_on_node", lambda record, config: answer)  # what the machine answered
+    said: List[str] = []
+    record = {"name": "g-0", "group": "g", "provider": "aws", "region": "us-west-2", "instance_id": "i-1", "launched_at": 0.0, "idle_minutes": 30, "price_per_hour": 13.11}
+    _start_autostop(record, said.append, "stop")
+    assert said == ["g-0: autostop cannot stop this machine (AWS stop_instances in us-west-2: UnauthorizedOperation: not allowed); it tries again at every "
+                    "check: give the machine a role that may (see Autostop's Permissions in docs/nodes.md), or gaudi-nb nodes down g yourself"]
+    answer.update(may_act=True, cannot_act=None)
+    said.clear()
+    _start_autostop(record, said.append, "stop")
+    assert said == ["g-0: autostop (stop) watching, idle minutes 30"]
+
+
 def test_a_role_that_may_only_terminate_still_terminates(aws, monkeypatch):
     from gaudi_nb.nodes.providers.aws import AwsProvider
 

@@ -207,10 +207,12 @@ def test_a_machine_deleted_elsewhere_leaves_a_floating_ip_that_release_addresses
     resources = ibm.bootstrap_instances(wanted)
     (instance,) = ibm.wait_instances([i.id for i in ibm.run_instances(wanted, resources)], "running", timeout_s=10)
     floating_id = instance.extra["floating_ip"]
+    assert ibm.may_act(instance.id, "stop") is None  # autostop's proof on the machine: a token that reads itself
     ibm.vpc.delete_instance(instance.id)  # the console, or autostop on the machine: its floating IP stays, unbound and billed
     assert ibm.wait_instances([instance.id], "terminated", timeout_s=10) == []
     assert floating_id in server.floating_ips and not server.floating_ips[floating_id].get("target")
     assert ibm.release_addresses([instance.id], [instance.node]) == [floating_id]
+    assert "get_instance failed (404)" in ibm.may_act(instance.id, "stop")
     assert floating_id not in server.floating_ips
     ibm.cleanup(resources)
 

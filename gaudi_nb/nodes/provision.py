@@ -456,6 +456,10 @@ def _start_autostop(record: Dict[str, Any], say: Callable[[str], None], action: 
         config["environment"]["VPC_AUTH_TYPE"] = "vpc"
     config["action"] = action
     answer = start_on_node(record, config)
+    if answer.get("may_act") is False:  # reported as watching, it would leave the machine billing when it should stop it
+        say(f"{record['name']}: autostop cannot {action} this machine ({answer.get('cannot_act')}); it tries again at every check: give the machine "
+            f"a role that may (see Autostop's Permissions in docs/nodes.md), or gaudi-nb nodes down {record.get('group') or record['name']} yourself")
+        return
     say(f"{record['name']}: autostop ({action}) watching" + "".join(f", {label} {record[key]:g}" for key, label in (("idle_minutes", "idle minutes"), ("budget_usd", "budget $")) if record.get(key) is not None))
     if not answer.get("survives_reboot"):
         say(f"{record['name']}: autostop {answer.get('note') or 'will not survive a reboot of the machine'}")

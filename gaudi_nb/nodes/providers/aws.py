@@ -357,6 +357,17 @@ class AwsProvider:
                 released.append(address["AllocationId"])
         return released
 
+    def may_act(self, instance_id: str, action: str) -> Optional[str]:
+        """EC2's own answer, without acting: the call with DryRun=True says DryRunOperation where it would have succeeded."""
+        operation = "terminate_instances" if action == "terminate" else "stop_instances"
+        try:
+            self._call(operation, InstanceIds=[instance_id], DryRun=True)
+        except AwsError as exc:
+            return None if exc.code == "DryRunOperation" else str(exc)[:300]
+        except SpecError as exc:  # no credentials on the machine (no instance role)
+            return str(exc)
+        return None
+
     def cleanup(self, resources: Resources) -> List[Tuple[str, str]]:
         """Remove what gaudi_nb created once no live machine uses it: the group's placement and security groups, then the key pair."""
         removed: List[Tuple[str, str]] = []

@@ -94,6 +94,11 @@ class Provider(Protocol):
         also when the machines are already gone: an address outlives its machine and is billed on its own."""
         ...
 
+    def may_act(self, instance_id: str, action: str) -> Optional[str]:
+        """Asked on the machine itself before autostop says it watches: None when the machine's own credentials may
+        `action` ("stop" | "terminate") it, else why not in one line (an autostop that cannot act must not look like one that can)."""
+        ...
+
     def cleanup(self, resources: Resources) -> List[Tuple[str, str]]:
         """Remove what gaudi_nb created for the group once no machine uses it; returns what was removed."""
         ...

@@ -59,14 +59,9 @@ class IbmProvider:
     default_region = "us-east"
     # IBM's stock Linux images log in as root.
     ssh_user = "root"
-    capabilities = Capabilities(
-        spot=True,  # availability class `spot`, where the profile offers it (checked per request)
-        # IBM placement groups only spread machines apart (host_spread, power_spread);
-        # closeness for training is a cluster network, which this provider does not create.
-        placement_groups=False,
-        stop=True,
-        credentials_help=CREDENTIALS_HELP,
-    )
+    # spot: availability class `spot`, where the profile offers it (checked per request). No placement groups:
+    # IBM's only spread machines apart; closeness for training is a cluster network, which this provider does not create.
+    capabilities = Capabilities(spot=True, placement_groups=False, stop=True, credentials_help=CREDENTIALS_HELP)
 
     def __init__(self, region: str) -> None:
         self.region = region
@@ -435,6 +430,13 @@ class IbmProvider:
         for floating_id in left:
             self._call("delete_floating_ip", floating_id, missing_ok=True)
         return left
+
+    def may_act(self, instance_id: str, action: str) -> Optional[str]:
+        """IBM has no dry run: a token (the machine's trusted profile) that reads this instance is what can be proven."""
+        try:
+            return None if self._call("get_instance", instance_id) else "IBM Cloud does not know this instance"
+        except GaudiNbError as exc:
+            return str(exc)[:300]
 
     # ---- cleanup ------------------------------------------------------------------------
 

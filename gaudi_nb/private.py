@@ -1,4 +1,4 @@
-"""Files and folders only their owner reads, and files written whole.
+"""Files and folders only their owner reads, files written whole, and secrets that never sit on a command line.
 
 A shared host (a login node, a team's Gaudi box) has other users: what gaudi_nb keeps (the store, run
 folders with events, checkpoints, code and the token a multi-node run's agents share) is theirs to
@@ -11,6 +11,8 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Union
+
+from .errors import SpecError
 
 FOLDER_MODE = 0o700
 FILE_MODE = 0o600
@@ -64,4 +66,25 @@ def write_atomic(path: Union[str, Path], data: Union[str, bytes], mode: int = FI
     return path
 
 
-__all__ = ["FILE_MODE", "FOLDER_MODE", "private_dir", "private_file", "write_atomic"]
+SECRET_FORMS = "env:VAR or file:PATH"
+
+
+def secret_value(text: str, what: str) -> str:
+    """A secret option's value: env:VAR reads the variable here, file:PATH the file (stripped); other text is the value itself.
+
+    A value typed on a command line is in `ps` for every user of the host and in shell history; these forms keep it out."""
+    if text.startswith("env:"):
+        value = os.environ.get(text[4:])
+        if not value:
+            raise SpecError(f"{what}: {text}: the variable {text[4:]} is not set here: export it, or give file:PATH")
+        return value
+    if text.startswith("file:"):
+        path = Path(text[5:]).expanduser()
+        try:
+            return path.read_text().strip()
+        except OSError as exc:
+            raise SpecError(f"{what}: cannot read {path} ({exc.strerror or exc}): give a readable file:PATH, or env:VAR") from None
+    return text
+
+
+__all__ = ["FILE_MODE", "FOLDER_MODE", "SECRET_FORMS", "private_dir", "private_file", "secret_value", "write_atomic"]

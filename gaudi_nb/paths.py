@@ -4,7 +4,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from .private import private_dir
+from .private import private_dir, secret_value
 
 
 def home() -> Path:
@@ -21,5 +21,6 @@ def run_dir(run_id: str) -> Path:
 
 
 def store_url() -> str:
-    """The SQLAlchemy URL of the store: $GAUDI_NB_STORE_URL, else SQLite under the home."""
-    return os.environ.get("GAUDI_NB_STORE_URL") or f"sqlite:///{home() / 'store.db'}"
+    """The SQLAlchemy URL of the store: $GAUDI_NB_STORE_URL (a URL with a password may be file:PATH), else SQLite under the home."""
+    given = os.environ.get("GAUDI_NB_STORE_URL")
+    return secret_value(given, "GAUDI_NB_STORE_URL") if given else f"sqlite:///{home() / 'store.db'}"

@@ -35,3 +35,19 @@ def test_a_failed_write_leaves_the_old_file_whole_and_nothing_beside_it(tmp_path
     with pytest.raises(TypeError):
         write_atomic(target, None)  # type: ignore[arg-type]
     assert target.read_text() == '{"run_id": "a"}' and sorted(p.name for p in tmp_path.iterdir()) == ["logs", "run.json"]
+
+
+def test_a_secret_comes_from_a_variable_or_a_file_never_the_command_line(tmp_path, monkeypatch):
+    from gaudi_nb import paths
+    from gaudi_nb.errors import SpecError
+    from gaudi_nb.private import secret_value
+
+    (tmp_path / "url").write_text("postgresql+psycopg://team:pw@db/gaudi\n")
+    monkeypatch.setenv("GAUDI_NB_TEST_SECRET", "s3cret")
+    assert secret_value("env:GAUDI_NB_TEST_SECRET", "--oauth-secret") == "s3cret"
+    assert secret_value(f"file:{tmp_path / 'url'}", "--store") == "postgresql+psycopg://team:pw@db/gaudi"
+    assert secret_value("plain", "--basic-auth") == "plain"
+    with pytest.raises(SpecError, match="^--cookie-secret: env:GAUDI_NB_UNSET: the variable GAUDI_NB_UNSET is not set here: export it, or give file:PATH$"):
+        secret_value("env:GAUDI_NB_UNSET", "--cookie-secret")
+    monkeypatch.setenv("GAUDI_NB_STORE_URL", f"file:{tmp_path / 'url'}")
+    assert paths.store_url() == "postgresql+psycopg://team:pw@db/gaudi"

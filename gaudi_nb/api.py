@@ -302,6 +302,7 @@ def resume(run_id: str, *, max_steps: Optional[int] = None, budget_usd: Optional
     max_steps extends a run (also one that succeeded); budget_usd raises the budget of one that
     spent it. Runs on one node (this machine or an attached one), in this version.
     """
+    RunSpec.from_options(max_steps=max_steps, budget_usd=budget_usd)  # the run's own rules (no NaN budget), before a node is asked
     run = Run(run_id, store)
     target = run._target(run.store.get(run.run_id))  # asked before any sync: a remote node may not answer
     record = run.record()

@@ -25,7 +25,8 @@ def _argument(description: str) -> Any:
 
 
 class _DoorSpec(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # a NaN or infinite --idle-minutes/--budget-usd would leave autostop watching a limit it can never reach
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     @classmethod
     def from_options(cls, **options: Any) -> Any:

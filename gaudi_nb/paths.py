@@ -4,17 +4,16 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .private import private_dir, secret_value
+
 
 def home() -> Path:
-    path = Path(os.environ.get("GAUDI_NB_HOME", "~/.gaudi_nb")).expanduser()
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    """$GAUDI_NB_HOME (default ~/.gaudi_nb); made owner-only (0700) when gaudi_nb makes it: it holds the store and every run."""
+    return private_dir(Path(os.environ.get("GAUDI_NB_HOME", "~/.gaudi_nb")).expanduser())
 
 
 def runs_dir() -> Path:
-    path = home() / "runs"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return private_dir(home() / "runs")
 
 
 def run_dir(run_id: str) -> Path:
@@ -22,5 +21,6 @@ def run_dir(run_id: str) -> Path:
 
 
 def store_url() -> str:
-    """The SQLAlchemy URL of the store: $GAUDI_NB_STORE_URL, else SQLite under the home."""
-    return os.environ.get("GAUDI_NB_STORE_URL") or f"sqlite:///{home() / 'store.db'}"
+    """The SQLAlchemy URL of the store: $GAUDI_NB_STORE_URL (a URL with a password may be file:PATH), else SQLite under the home."""
+    given = os.environ.get("GAUDI_NB_STORE_URL")
+    return secret_value(given, "GAUDI_NB_STORE_URL") if given else f"sqlite:///{home() / 'store.db'}"

@@ -10,6 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
+from .private import FOLDER_MODE, private_dir
+
 # Written into a checkpoint folder after everything else in it is on disk: a folder without it
 # is half-written (a rank died while saving) and is never resumed from.
 CHECKPOINT_COMPLETE = "gaudi_nb_complete.json"
@@ -155,8 +157,11 @@ class RunFolder:
         return self.path / "heartbeat"
 
     def create(self) -> "RunFolder":
-        """Make a new run folder; refuses one that exists (run ids are unique)."""
-        self.logs.mkdir(parents=True, exist_ok=False)
+        """Make a new run folder, owner-only (its events, checkpoints and code are the user's); refuses one that exists (run ids are unique)."""
+        private_dir(self.path.parent)
+        self.path.mkdir(mode=FOLDER_MODE)
+        os.chmod(self.path, FOLDER_MODE)
+        self.logs.mkdir()
         self.control.mkdir()
         return self
 

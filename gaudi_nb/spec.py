@@ -90,7 +90,7 @@ def parse_target(text: str) -> TargetAddress:
 class NodeSpec(BaseModel):
     """One node a run uses: where it is and what it costs."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     target: str = "local"
     devices: int = Field(1, ge=1, le=1024)
 
@@ -98,7 +98,9 @@ class NodeSpec(BaseModel):
 class RunSpec(BaseModel):
     """A training run. Field names are the keywords of gaudi_nb.train(), the CLI and the magics."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # allow_inf_nan=False: a NaN budget or price compares false with everything, so a meter or an
+    # autostop given one would never act; every door refuses it here, in one line
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
     name: Optional[str] = Field(None, description="a label for the run")
     model: str = Field("tiny-llama", description="preset name, local path or hub id (org/name)")
@@ -135,6 +137,7 @@ class RunSpec(BaseModel):
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="dropout on the LoRA path")
     lora_target_modules: Optional[str] = Field(None, description="comma-separated module names LoRA adapts; default per model (Llama-style: q_proj,v_proj; GPT-2: c_attn)")
     report_to: Optional[str] = Field(None, description="experiment trackers, comma-separated: mlflow, wandb (settings from MLFLOW_TRACKING_URI, WANDB_PROJECT, ...)")
+    report_checkpoint: bool = Field(False, description="also upload the final checkpoint (the model's weights) to the --report-to trackers; by default only its path is logged")
     env: Optional[str] = Field(None, description="environment variables the run takes from here, comma-separated names (HF_TOKEN,...): a node gets their values with the run; only the names are in its spec")
 
     @field_validator("model", "dataset")
@@ -175,6 +178,8 @@ class RunSpec(BaseModel):
             object.__setattr__(self, "warmup_steps", max(0, self.max_steps - 1))
         if self.lr_scaling != "none" and self.base_batch_size is None:
             raise ValueError(f"--lr-scaling {self.lr_scaling} needs --base-batch-size B: the global batch --learning-rate was tuned for")
+        if self.report_checkpoint and not self.report_to:
+            raise ValueError("--report-checkpoint uploads the final checkpoint to a tracker: add --report-to mlflow or wandb")
         if self.batch_size == "auto" and self.script:
             raise ValueError("--batch-size auto sizes the built-in trainer's batch: a --script run picks its own (give a number, or drop --script)")
         return self

@@ -111,6 +111,7 @@ _SUMMARIES_KEPT = 4096
 def _engine(url: str) -> Engine:
     if url not in _engines:
         if url.startswith("sqlite"):
+            _private_database(url)
             engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 30}, json_serializer=dumps_for_store, json_deserializer=loads)
 
             @event.listens_for(engine, "connect")
@@ -130,6 +131,21 @@ def _engine(url: str) -> Engine:
             raise
         _engines[url] = engine
     return _engines[url]
+
+
+def _private_database(url: str) -> None:
+    """A new SQLite store is made owner-only (0600) before SQLite opens it; its -wal and -shm files take that mode."""
+    from sqlalchemy.engine import make_url
+
+    database = make_url(url).database
+    if database and database != ":memory:" and not database.startswith("file:"):
+        from pathlib import Path
+
+        from .private import private_dir, private_file
+
+        path = Path(database).expanduser()
+        private_dir(path.parent)
+        private_file(path)
 
 
 # pg_advisory_xact_lock's key: one per database, held only while a migration runs

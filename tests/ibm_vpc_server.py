@@ -531,6 +531,11 @@ class IbmVpcServer:
                 continue
             if target == "gone":
                 del self.instances[instance_id]
+                # as IBM does: the instance's interfaces go with it, and a floating IP bound to one stays, unbound (and billed)
+                nics = {n.get("id") for n in [instance["primary_network_interface"], *(instance.get("network_interfaces") or [])]}
+                for floating in self.floating_ips.values():
+                    if (floating.get("target") or {}).get("id") in nics:
+                        del floating["target"]
                 subnet = self.subnets.get(instance["primary_network_interface"]["subnet"]["id"])
                 if subnet:
                     subnet["available_ipv4_address_count"] += 1

@@ -144,6 +144,11 @@ def test_a_bad_setting_is_one_line():
         config(action="shutdown")
     with pytest.raises(SpecError, match="unknown autostop setting"):
         config(idle_mins=3)
+    for name in ("idle_minutes", "budget_usd", "price_per_hour"):  # nan is never reached: a watchdog that cannot act
+        with pytest.raises(SpecError, match=f"{name} is nan: give a number of 0 or more"):
+            config(**{name: float("nan")})
+    with pytest.raises(SpecError, match="check_interval_s is nan"):
+        config(check_interval_s=float("nan"))
 
 
 def test_active_runs_reads_agents_and_run_ends(tmp_path):
@@ -261,10 +266,12 @@ def test_an_idle_node_stops_itself_with_no_client_connected(gaudi_home, ssh_home
     started = time.monotonic()
     answer = start_on_node({**record, "home": str(home)}, node_config(home, ec2_endpoint, instance), reboot=False)
     assert answer["started"] == "started" and answer["pid"]
+    assert (answer["may_act"], answer["cannot_act"]) == (True, None)  # EC2's StopInstances with DryRun=True said it would succeed
     # the SSH session is closed; nothing of this client is connected while autostop works
     assert wait_for(lambda: state_of() == "stopped", 30), log_of(home)
     seconds = time.monotonic() - started
-    last = autostop.read_last_action(home)
+    # the machine may stop before autostop has written down that the call returned
+    last = wait_for(lambda: (autostop.read_last_action(home) or {}).get("status") == "requested" and autostop.read_last_action(home), 10) or autostop.read_last_action(home)
     assert last["kind"] == "idle" and last["action"] == "stop" and last["status"] == "requested", last
     assert last["reason"].startswith("idle: no run for") and last["instance_id"] == instance
     assert "stop requested" in log_of(home)
@@ -326,6 +333,17 @@ def test_a_failing_provider_call_is_recorded_and_retried_next_check(gaudi_home, 
     assert dog.tick() is None  # asked already: not again until act_again_after_s
     attempts = [json.loads(line)["status"] for line in (autostop.autostop_dir(gaudi_home) / "actions.jsonl").read_text().splitlines()]
     assert attempts == ["acting", "failed", "acting", "requested"]
+
+
+def test_autostop_that_cannot_act_says_why_before_it_is_reported_watching(machine, ec2_endpoint, monkeypatch):
+    instance, state_of = machine
+    unreachable = {**aws_environment(f"http://127.0.0.1:{free_port()}"), "AWS_MAX_ATTEMPTS": "1"}
+    for name, value in unreachable.items():
+        monkeypatch.setenv(name, value)  # restored after the test: cannot_act puts the config's environment in place
+    config = AutostopConfig.from_dict(node_config("/nowhere", ec2_endpoint, instance, environment=unreachable, action="terminate"))
+    assert "AWS terminate_instances in us-west-2" in autostop_service.cannot_act(config)
+    assert autostop_service.cannot_act(AutostopConfig.from_dict(node_config("/nowhere", ec2_endpoint, instance))) is None
+    assert state_of() == "running"  # a dry run: nothing was stopped
 
 
 def test_start_survives_a_reboot_by_crontab_where_there_is_no_systemd_and_is_idempotent(gaudi_home, tmp_path, monkeypatch, stop_autostop):

@@ -157,6 +157,14 @@ def test_secret_looking_values_are_masked_in_source():
     source = '# Parameters\nlearning_rate = 0.001\napi_token = "tok-1=2"\nHF_TOKEN: str = \'x\'\nkeys_seen = 3\n'
     assert manifest_mod.mask_source(source) == '# Parameters\nlearning_rate = 0.001\napi_token = "***"\nHF_TOKEN: str = "***"\nkeys_seen = "***"\n'
     assert manifest_mod.mask_source("api_key == x\n") == "api_key == x\n"  # a comparison, not an assignment
+    assert manifest_mod.mask_source("endpoint = 'https://x'\n", ["endpoint"]) == 'endpoint = "***"\n'  # given as env:VAR or file:PATH
+
+
+def test_masking_covers_nested_values_common_names_and_values_given_from_the_environment():
+    given = {"db_dsn": "postgresql://u:p@h/db", "slack_webhook": "https://hooks", "db_pwd": "p", "hook": manifest_mod.SecretValue("https://x"),
+             "config": {"auth": {"password": "p", "user": "ada"}, "servers": [{"api_key": "k", "port": 1}]}, "lr": 0.1}
+    assert manifest_mod.mask(given) == {"db_dsn": "***", "slack_webhook": "***", "db_pwd": "***", "hook": "***",
+                                        "config": {"auth": "***", "servers": [{"api_key": "***", "port": 1}]}, "lr": 0.1}
 
 
 def test_hlsmi_query_parsing():
@@ -297,8 +305,9 @@ def secret_notebook(folder: Path) -> Path:
 
     nb = {
         "cells": [
-            code('api_token = ""\nsteps = 1\n', tags=["parameters"]),
-            code("import hashlib\nfrom gaudi_nb.batch import record\nrecord(token_sha256=hashlib.sha256(api_token.encode()).hexdigest(), steps=steps)\n"),
+            code('api_token = ""\nendpoint = ""\nsteps = 1\n', tags=["parameters"]),
+            code("import hashlib\nfrom gaudi_nb.batch import record\nrecord(token_sha256=hashlib.sha256(api_token.encode()).hexdigest(), "
+                 "endpoint_sha256=hashlib.sha256(endpoint.encode()).hexdigest(), steps=steps)\n"),
         ],
         "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}, "language_info": {"name": "python"}},
         "nbformat": 4,
@@ -309,16 +318,21 @@ def secret_notebook(folder: Path) -> Path:
     return path
 
 
-def test_secret_parameters_reach_the_notebook_and_nothing_else(gaudi_home, tmp_path, capsys):
+def test_secret_parameters_reach_the_notebook_and_nothing_else(gaudi_home, tmp_path, capsys, monkeypatch):
     secret = "s3cr3t-" + "Zq81xVw"  # built, so that this file's bytes never matter
+    hook = "https://hooks.example/" + "T0k3n" + "Qx9"  # a name that does not look secret, given as env:VAR: masked by where it came from
     notebook = secret_notebook(tmp_path)
-    assert cli(["batch", str(notebook), "-p", "api_token", secret, "-p", "steps", "2", "--compare", "--json"]) == 0
+    (tmp_path / "token.txt").write_text(secret + "\n")
+    monkeypatch.setenv("GAUDI_NB_TEST_HOOK", hook)
+    # from a file and from a variable: neither value is on the command line (ps, shell history)
+    assert cli(["batch", str(notebook), "-p", "api_token", f"file:{tmp_path / 'token.txt'}", "-p", "endpoint", "env:GAUDI_NB_TEST_HOOK", "-p", "steps", "2", "--compare", "--json"]) == 0
     printed = capsys.readouterr()
     [rec] = RunStore().list(kind="batch")
     assert rec["status"] == "succeeded"
-    assert rec["batch"]["results"] == {"token_sha256": hashlib.sha256(secret.encode()).hexdigest(), "steps": 2}  # the kernel got the real value
-    assert rec["batch"]["parameters"] == {"api_token": "***", "steps": 2}
-    assert secret not in printed.out and secret not in printed.err  # progress, compare table, JSON record
+    assert rec["batch"]["results"] == {"token_sha256": hashlib.sha256(secret.encode()).hexdigest(), "endpoint_sha256": hashlib.sha256(hook.encode()).hexdigest(), "steps": 2}  # the kernel got the real values
+    assert rec["batch"]["parameters"] == {"api_token": "***", "endpoint": "***", "steps": 2}
+    for value in (secret, hook):
+        assert value not in printed.out and value not in printed.err  # progress, compare table, JSON record
     assert "api_token=***" in printed.err and "(injected parameters) api_token = \"***\"" in printed.err
 
     folder = gaudi_home / "runs" / rec["run_id"]
@@ -326,16 +340,18 @@ def test_secret_parameters_reach_the_notebook_and_nothing_else(gaudi_home, tmp_p
     assert secret not in events_text and '"api_token":"***"' in events_text
     for path in folder.rglob("*"):  # events, manifest, output notebook, logs
         if path.is_file():
-            assert secret.encode() not in path.read_bytes(), path
+            assert secret.encode() not in path.read_bytes() and hook.encode() not in path.read_bytes(), path
     output = json.loads((folder / "output.ipynb").read_text())
-    assert output["metadata"]["papermill"]["parameters"] == {"api_token": "***", "steps": 2}
+    assert output["metadata"]["papermill"]["parameters"] == {"api_token": "***", "endpoint": "***", "steps": 2}
 
     store_files = list(gaudi_home.glob("store.db*"))  # the database and its write-ahead log
-    assert store_files and all(secret.encode() not in p.read_bytes() for p in store_files)
+    assert store_files and all(secret.encode() not in p.read_bytes() and hook.encode() not in p.read_bytes() for p in store_files)
     with sqlite3.connect(gaudi_home / "store.db") as db:
         tables = [row[0] for row in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
         rows = [repr(row) for table in tables for row in db.execute(f"SELECT * FROM {table}")]
-    assert rows and not any(secret in row for row in rows)
+    assert rows and not any(secret in row or hook in row for row in rows)
+    assert cli(["batch", str(notebook), "-p", "endpoint", "env:GAUDI_NB_NOT_SET"]) == 2  # one line, nothing runs
+    assert "-p endpoint: env:GAUDI_NB_NOT_SET: the variable GAUDI_NB_NOT_SET is not set here" in capsys.readouterr().err
 
 
 def test_a_bad_secret_value_is_not_printed(tmp_path):

@@ -18,6 +18,7 @@ def run_cli(*args, env=None, timeout=120):
         (["--model", "tiny-lama"], "model: unknown preset 'tiny-lama'"),
         (["--devices", "0"], "devices: input should be greater than or equal to 1"),
         (["--budget-usd", "-1"], "budget_usd: input should be greater than 0"),
+        (["--budget-usd", "nan"], "budget_usd: input should be a finite number (got nan)"),
         (["--dataset", "no/such/file.jsonl"], "/no/such/file.jsonl: give an existing"),
         (["--instance-type", "x9.huge"], "instance_type: no price for instance type 'x9.huge'"),
     ],

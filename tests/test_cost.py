@@ -22,7 +22,7 @@ from gaudi_nb.cost import (
     resolve_price_per_hour,
     usd_per_million_tokens,
 )
-from gaudi_nb.errors import NotFoundError
+from gaudi_nb.errors import NotFoundError, SpecError
 
 
 @pytest.fixture(autouse=True)
@@ -83,6 +83,16 @@ def test_user_prices_replace_and_add(isolated_home: Path) -> None:
     assert lookup("gx3d-160x1792x8gaudi3").on_demand_per_hour == 60.5
     assert lookup("my-box").source == "user"
     assert sum((p.instance_type, p.region) == ("dl1.24xlarge", "us-west-2") for p in load_catalog()) == 1  # replaced, not added
+
+
+@pytest.mark.parametrize("cell", ["nan", "-1", "inf"])
+def test_a_price_that_no_budget_could_reach_is_refused_with_its_row(isolated_home: Path, cell: str) -> None:
+    (isolated_home / "prices.csv").write_text(
+        "provider,instance_type,region,accelerator,accelerator_count,on_demand_per_hour,spot_per_hour,source,as_of,notes\n"
+        f"lab,my-box,,Gaudi 2,8,{cell},,,2026-01-01,\n"
+    )
+    with pytest.raises(SpecError, match=f"bad price row .*a price must be a number of 0 or more, not '{cell}'"):
+        lookup("my-box")
 
 
 def test_resolve_price_per_hour() -> None:

@@ -5,6 +5,7 @@ The lifecycle (a client that goes away, stop, budget, a lost agent) is tested wi
 import json
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 from conftest import BIN, wait_for
@@ -93,7 +94,7 @@ def test_killing_the_client_leaves_the_run_going(script_runs, detach):
     assert step_numbers(run) == list(range(1, 26))  # every step once, none lost, none twice
 
 
-def test_budget_stops_the_run_with_a_checkpoint(script_runs):
+def test_budget_stops_the_run_with_a_checkpoint(script_runs, gaudi_home):
     script = str(script_runs.script())
     result = subprocess.run([GAUDI_NB, "train", "--script", script, "--devices", "2", "--max-steps", "100000", "--price-per-hour", "36", "--budget-usd", "0.01", "--json"],
                             capture_output=True, text=True, timeout=300)
@@ -104,6 +105,12 @@ def test_budget_stops_the_run_with_a_checkpoint(script_runs):
     assert checkpoint["reason"] == "budget_exceeded" and checkpoint["step"] == record["steps_completed"]
     assert os.path.isdir(checkpoint["path"])
     assert record["cost"]["usd"] >= 0.01 and record["cost"]["price_per_hour"] == 36.0
+    # a fresh $GAUDI_NB_HOME on a shared host: the store, the run, its events and checkpoints are the user's alone
+    run_dir = gaudi_home / "runs" / record["run_id"]
+    modes = {path: oct(path.stat().st_mode & 0o777) for path in (gaudi_home, gaudi_home / "store.db", run_dir, run_dir / "events.jsonl", run_dir / "spec.json",
+                                                                 run_dir / "run.json", run_dir / "agent.pid", Path(checkpoint["path"]))}
+    assert modes == {**{path: "0o700" for path in (gaudi_home, run_dir, Path(checkpoint["path"]))},
+                     **{path: "0o600" for path in (gaudi_home / "store.db", run_dir / "events.jsonl", run_dir / "spec.json", run_dir / "run.json", run_dir / "agent.pid")}}
 
 
 def test_stop_request_ends_cleanly_with_a_checkpoint(script_runs):

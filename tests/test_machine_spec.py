@@ -72,6 +72,9 @@ PROVISION_LINES = [
     ("aws --instance-type dl1.24xlarge --autostop-action hibernate", "autostop_action: must be one of 'stop' or 'terminate' (got 'hibernate')"),
     ("aws --instance-type dl1.24xlarge --idle-minutes -5", "idle_minutes: input should be greater than 0 (got -5.0)"),
     ("aws --instance-type dl1.24xlarge --budget-usd 0", "budget_usd: input should be greater than 0 (got 0.0)"),
+    # nan compares false with every limit: autostop would report watching and never act
+    ("aws --instance-type dl1.24xlarge --idle-minutes nan", "idle_minutes: input should be a finite number (got nan)"),
+    ("aws --instance-type dl1.24xlarge --budget-usd inf", "budget_usd: input should be a finite number (got inf)"),
     ("gcp --instance-type a3", "provider: unknown provider 'gcp': use aws or ibm"),
     ("aws", "instance_type: required: give --instance-type"),
 ]

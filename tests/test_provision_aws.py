@@ -11,7 +11,7 @@ from typing import Any, Dict, List, Tuple
 
 import pytest
 
-from gaudi_nb.errors import SpecError
+from gaudi_nb.errors import GaudiNbError, SpecError
 
 BIN = Path(sys.executable).parent
 SSH_FROM = "203.0.113.7/32"  # TEST-NET-3: an address no real client has
@@ -274,6 +274,7 @@ def test_the_run_request_for_a_dl1_cluster_has_every_efa_interface_the_placement
     tagged = {spec["ResourceType"]: {t["Key"]: t["Value"] for t in spec["Tags"]} for spec in sent["TagSpecifications"]}
     assert set(tagged) == {"instance", "volume", "network-interface"}
     assert tagged["instance"] == {"gaudi_nb": "true", "gaudi_nb:owner": "ada", "gaudi_nb:group": "big", "Name": "big"}
+    assert sent["MetadataOptions"]["HttpTokens"] == "required"  # IMDSv2: the role's credentials are not one GET away
 
     assert "IamInstanceProfile" not in sent
     with_role = Resources(**{**resources.__dict__, "network": {**resources.network, "instance_profile": "gaudi-nb-autostop"}})
@@ -387,16 +388,86 @@ def test_a_machine_with_several_interfaces_gets_an_elastic_ip_that_terminating_r
     assert not [a for a in client.describe_addresses()["Addresses"] if a["AllocationId"] == address["AllocationId"]]  # an idle Elastic IP is billed
 
 
-def test_down_after_autostop_terminated_the_machine_closes_the_record_and_cleans_up(aws):
+def test_down_after_autostop_terminated_the_machine_closes_the_record_releases_its_address_and_cleans_up(aws):
+    import dataclasses
+
     import gaudi_nb
+    from gaudi_nb.nodes.providers.aws import AwsProvider
 
     (record,) = gaudi_nb.provision("aws", instance_type="dl1.24xlarge", name="gone", ssh_from=SSH_FROM, image=habana_image(), attach=False)
     client = ec2()
+    cloud = AwsProvider("us-west-2")
+    (machine,) = cloud.query_instances(ids=[record["instance_id"]])
+    cloud._give_public_addresses([dataclasses.replace(machine, public_ip=None, extra={**machine.extra, "interfaces": 4})])  # an Elastic IP, as a cluster's machine has
     client.terminate_instances(InstanceIds=[record["instance_id"]])  # as the watchdog on the machine does, behind the client's back
+    (address,) = [a for a in client.describe_addresses()["Addresses"] if {"Key": "gaudi_nb:instance", "Value": record["instance_id"]} in a.get("Tags", [])]
     said: List[str] = []
     (ended,) = gaudi_nb.down("gone", progress=said.append)
     assert ended["state"] == "terminated" and ended["cost_usd"] is not None and not any(line.startswith("terminating") for line in said)
+    assert f"released {address['AllocationId']}" in said  # an idle Elastic IP bills on its own
+    assert not [a for a in client.describe_addresses()["Addresses"] if a["AllocationId"] == address["AllocationId"]]
     assert not [g for g in client.describe_security_groups()["SecurityGroups"] if g["GroupId"] == record["resources"]["security_group"]]
+
+
+def _failing(monkeypatch, operation: str, code: str) -> None:
+    """EC2 answers `operation` with `code` (what moto cannot be made to do: CreateTags before the new id is known, throttling)."""
+    from gaudi_nb.nodes.providers import aws as aws_module
+
+    real = aws_module.AwsProvider._call
+
+    def call(self, name, **arguments):
+        if name == operation:
+            raised = aws_module.AwsError(f"AWS {name} in {self.region}: {code}: refused")
+            raised.code = code
+            raise raised
+        return real(self, name, **arguments)
+
+    monkeypatch.setattr(aws_module.AwsProvider, "_call", call)
+
+
+def test_a_provision_that_fails_after_run_instances_leaves_nothing_running_or_unrecorded(aws, monkeypatch):
+    import gaudi_nb
+    from gaudi_nb.store import RunStore
+
+    image = habana_image()
+    before = cloud_state()
+    with monkeypatch.context() as patch:
+        _failing(patch, "create_tags", "RequestLimitExceeded")
+        with pytest.raises(GaudiNbError, match="create_tags in us-west-2: RequestLimitExceeded"):
+            gaudi_nb.provision("aws", instance_type="dl1.24xlarge", count=2, name="untagged", ssh_from=SSH_FROM, image=image, attach=False)
+    assert cloud_state() == before and RunStore().list_nodes() == []
+    # the store refuses the record: the machine it could not write down goes again
+    with monkeypatch.context() as patch:
+        patch.setattr(RunStore, "add_node", lambda self, record: (_ for _ in ()).throw(GaudiNbError("the store is read-only")))
+        with pytest.raises(GaudiNbError, match=r"the store is read-only; the machines just made \(i-\w+\) were terminated"):
+            gaudi_nb.provision("aws", instance_type="dl1.24xlarge", name="unrecorded", ssh_from=SSH_FROM, image=image, attach=False)
+    assert cloud_state() == before
+
+
+def test_an_autostop_that_cannot_act_is_one_line_not_watching(monkeypatch):
+    from gaudi_nb.nodes import autostop as node_autostop
+    from gaudi_nb.nodes.provision import _start_autostop
+
+    answer = {"pid": 7, "survives_reboot": True, "may_act": False, "cannot_act": "AWS stop_instances in us-west-2: UnauthorizedOperation: not allowed"}
+    monkeypatch.setattr(node_autostop, "start_on_node", lambda record, config: answer)  # what the machine answered
+    said: List[str] = []
+    record = {"name": "g-0", "group": "g", "provider": "aws", "region": "us-west-2", "instance_id": "i-1", "launched_at": 0.0, "idle_minutes": 30, "price_per_hour": 13.11}
+    _start_autostop(record, said.append, "stop")
+    assert said == ["g-0: autostop cannot stop this machine (AWS stop_instances in us-west-2: UnauthorizedOperation: not allowed); it tries again at every "
+                    "check: give the machine a role that may (see Autostop's Permissions in docs/nodes.md), or gaudi-nb nodes down g yourself"]
+    answer.update(may_act=True, cannot_act=None)
+    said.clear()
+    _start_autostop(record, said.append, "stop")
+    assert said == ["g-0: autostop (stop) watching, idle minutes 30"]
+
+
+def test_a_role_that_may_only_terminate_still_terminates(aws, monkeypatch):
+    from gaudi_nb.nodes.providers.aws import AwsProvider
+
+    launched = ec2().run_instances(ImageId=habana_image(), InstanceType="dl1.24xlarge", MinCount=1, MaxCount=1)["Instances"][0]["InstanceId"]
+    _failing(monkeypatch, "describe_addresses", "UnauthorizedOperation")  # autostop's role: ec2:TerminateInstances on itself only
+    AwsProvider("us-west-2").terminate_instances([launched])
+    assert ec2().describe_instances(InstanceIds=[launched])["Reservations"][0]["Instances"][0]["State"]["Name"] in ("shutting-down", "terminated")
 
 
 def test_nodes_list_where_the_cloud_cannot_be_asked_shows_the_machines_as_last_recorded(gaudi_home, monkeypatch):

@@ -202,6 +202,21 @@ def test_a_failure_midway_leaves_nothing_running_or_billed(server, ibm):
     assert sorted(ibm.cleanup(resources)) == sorted(resources.created)
 
 
+def test_a_machine_deleted_elsewhere_leaves_a_floating_ip_that_release_addresses_deletes(server, ibm):
+    wanted = request("elsewhere", seed=9)
+    resources = ibm.bootstrap_instances(wanted)
+    (instance,) = ibm.wait_instances([i.id for i in ibm.run_instances(wanted, resources)], "running", timeout_s=10)
+    floating_id = instance.extra["floating_ip"]
+    assert ibm.may_act(instance.id, "stop") is None  # autostop's proof on the machine: a token that reads itself
+    ibm.vpc.delete_instance(instance.id)  # the console, or autostop on the machine: its floating IP stays, unbound and billed
+    assert ibm.wait_instances([instance.id], "terminated", timeout_s=10) == []
+    assert floating_id in server.floating_ips and not server.floating_ips[floating_id].get("target")
+    assert ibm.release_addresses([instance.id], [instance.node]) == [floating_id]
+    assert "get_instance failed (404)" in ibm.may_act(instance.id, "stop")
+    assert floating_id not in server.floating_ips
+    ibm.cleanup(resources)
+
+
 def test_a_group_name_in_use_is_refused(server, ibm):
     wanted = request("taken", seed=6)
     resources = ibm.bootstrap_instances(wanted)

@@ -14,6 +14,10 @@ def test_defaults_are_a_small_cpu_friendly_run():
     [
         ({"devices": 0}, "devices: input should be greater than or equal to 1 (got 0)"),
         ({"budget_usd": -1}, "budget_usd: input should be greater than 0"),
+        ({"budget_usd": float("nan")}, "budget_usd: input should be a finite number (got nan)"),
+        ({"price_per_hour": -1}, "price_per_hour: input should be greater than or equal to 0 (got -1)"),
+        ({"price_per_hour": float("inf")}, "price_per_hour: input should be a finite number (got inf)"),
+        ({"idle_minutes": "nan"}, "idle_minutes: input should be a finite number"),
         ({"precision": "fp16"}, "precision: must be one of 'auto', 'bf16' or 'fp32' (got 'fp16')"),
         ({"target": "gcp:a3"}, "target: unknown target 'gcp:a3': use local, an attached node's name (gaudi-nb nodes list) or NAME1,NAME2"),
         ({"target": "aws:dl1.24xlarge"}, "target: aws:dl1.24xlarge: make the machine first, then train on it by name: gaudi-nb nodes provision aws --instance-type dl1.24xlarge"),

@@ -96,6 +96,9 @@ def test_stop_reaches_the_node(node, script_runs):
     run.wait(timeout=180)
     record = run.record()
     assert record["status"] == "stopped" and record["checkpoints"][-1]["reason"] == "stopped"
+    remote = Path(run.events(types=["run_start"])[0]["run_dir"])  # on the node: owner-only, as a run here is
+    assert {oct(p.stat().st_mode & 0o777) for p in (remote, Path(record["checkpoints"][-1]["path"]))} == {"0o700"}
+    assert {oct(p.stat().st_mode & 0o777) for p in (remote / "run.json", remote / "spec.json", remote / "events.jsonl")} == {"0o600"}
 
 
 def test_an_unknown_node_is_one_line_and_nothing_starts(gaudi_home):

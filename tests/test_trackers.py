@@ -53,8 +53,10 @@ def events(record: Dict[str, Any]) -> List[Dict[str, Any]]:
 def tracked_run(mlflow_server, tmp_path_factory):
     """One run reporting to both trackers: the MLflow server, and W&B offline beside the run."""
     home = tmp_path_factory.mktemp("tracked") / "home"
-    env = {"MLFLOW_TRACKING_URI": mlflow_server, "MLFLOW_EXPERIMENT_NAME": "gaudi-nb-tests", "WANDB_MODE": "offline", "WANDB_PROJECT": "gaudi-nb-tests"}
-    return train(home, env, "--max-steps", "8", "--eval-steps", "4", "--price-per-hour", "12", "--report-to", "mlflow,wandb", "--name", "tracked")
+    # a user and password in the URI (the server has no login: it ignores them) must never be written down
+    with_login = mlflow_server.replace("http://", "http://ada:" + "pw" + "Secr3t@")
+    env = {"MLFLOW_TRACKING_URI": with_login, "MLFLOW_EXPERIMENT_NAME": "gaudi-nb-tests", "WANDB_MODE": "offline", "WANDB_PROJECT": "gaudi-nb-tests"}
+    return train(home, env, "--max-steps", "8", "--eval-steps", "4", "--price-per-hour", "12", "--report-to", "mlflow,wandb", "--report-checkpoint", "--name", "tracked")
 
 
 @pytest.mark.slow  # real training or a batch notebook, logged to a live MLflow server
@@ -81,6 +83,20 @@ def test_the_mlflow_server_holds_the_run_its_metrics_and_dollars(mlflow_server, 
     # and the way back: the gaudi_nb record names the MLflow run and its page
     linked = tracked_run["trackers"]["mlflow"]
     assert linked["tracker_run_id"] == run.info.run_id and linked["url"].startswith(mlflow_server)
+    assert "pwSecr3t" not in json.dumps(tracked_run) and "pwSecr3t" not in Path(tracked_run["run_dir"], "events.jsonl").read_text()
+
+
+def test_a_tracking_uri_is_written_down_without_its_login_and_checkpoints_upload_only_when_asked():
+    from gaudi_nb.agent.tracker_backends import without_credentials
+    from gaudi_nb.errors import SpecError
+    from gaudi_nb.spec import RunSpec
+
+    assert without_credentials("https://ada:pw@mlflow.example:5000/x?y=1") == "https://mlflow.example:5000/x?y=1"
+    assert without_credentials("postgresql://u:p@db/mlflow") == "postgresql://db/mlflow"
+    assert without_credentials("sqlite:///tmp/mlflow.db") == "sqlite:///tmp/mlflow.db"
+    assert RunSpec().report_checkpoint is False
+    with pytest.raises(SpecError, match="--report-checkpoint uploads the final checkpoint to a tracker: add --report-to"):
+        RunSpec.from_options(report_checkpoint=True)
 
 
 def wandb_records(path: str) -> Iterator[bytes]:

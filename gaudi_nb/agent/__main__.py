@@ -1,5 +1,6 @@
 """python -m gaudi_nb.agent --run-dir DIR: supervise one run on this node until it ends."""
 import argparse
+import os
 import traceback
 from pathlib import Path
 
@@ -9,6 +10,8 @@ from .liveness import end_run
 parser = argparse.ArgumentParser(prog="python -m gaudi_nb.agent", description="Supervise one gaudi_nb run on this node.")
 parser.add_argument("--run-dir", required=True, type=Path)
 args = parser.parse_args()
+# what the agent and its ranks write (checkpoints, logs, events) is the user's alone on a shared node; the ranks inherit it
+os.umask(0o077)
 folder = RunFolder(args.run_dir.resolve())
 try:
     from .supervisor import Agent

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -12,6 +13,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple
 from ..cost import billing
 from ..errors import GaudiNbError, SpecError
 from ..formatting import money, rate
+from ..private import write_atomic
 
 ACTIONS = ("stop", "terminate")
 AUTOSTOP_DIR = "autostop"  # under the node's GAUDI_NB_HOME
@@ -66,9 +68,9 @@ class AutostopConfig:
             raise SpecError(f"autostop's action is '{config.action}': use stop (the disk is kept) or terminate (nothing is kept)")
         for name in ("idle_minutes", "budget_usd", "price_per_hour"):
             value = getattr(config, name)
-            if value is not None and float(value) < 0:
+            if value is not None and not (math.isfinite(float(value)) and float(value) >= 0):  # nan would never be reached
                 raise SpecError(f"{name} is {value}: give a number of 0 or more, or leave it out")
-        if config.check_interval_s <= 0:
+        if not config.check_interval_s > 0:  # nan too
             raise SpecError(f"check_interval_s is {config.check_interval_s}: give a positive number of seconds")
         return config
 
@@ -266,9 +268,7 @@ class Utilization:
 def write_json(path: Path, data: Dict[str, Any]) -> None:
     """Atomically, so a reader never sees half a file."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(data, indent=1) + "\n")
 
 
 def read_json(path: Path) -> Optional[Dict[str, Any]]:

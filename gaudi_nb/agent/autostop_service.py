@@ -236,6 +236,7 @@ def start(path: "str | Path", *, python: Optional[str] = None, reboot: bool = Tr
     config = load_config(path)
     home = Path(config.home or path.parent.parent)
     python = python or sys.executable
+    cannot = cannot_act(config)
     lock = _take_lock(autostop_dir(home), "start.lock", blocking=True)  # two starts at once: one after the other
     try:
         _retire_watchdog(home)
@@ -251,7 +252,7 @@ def start(path: "str | Path", *, python: Optional[str] = None, reboot: bool = Tr
         started = "started"
         if current is not None:
             if current.get("config_sha256") == _sha(path) and current.get("python") == python:
-                return _answer(current, "kept", how, note, home)
+                return _answer(current, "kept", how, note, home, cannot)
             _end(int(current["pid"]))
             started = "replaced"
         if how == "systemd":
@@ -265,14 +266,26 @@ def start(path: "str | Path", *, python: Optional[str] = None, reboot: bool = Tr
         info = _wait_for_pid(home)
         if info is None:
             raise GaudiNbError(f"autostop did not start on this node: see {autostop_dir(home) / 'autostop.log'}")
-        return _answer(info, started, how, note, home)
+        return _answer(info, started, how, note, home, cannot)
     finally:
         if lock is not None:
             lock.close()
 
 
-def _answer(info: Dict[str, Any], started: str, how: Optional[str], note: str, home: Path) -> Dict[str, Any]:
-    return {"pid": info.get("pid"), "started": started, "survives_reboot": how is not None, "how": how, "note": note, "log": str(autostop_dir(home) / "autostop.log")}
+def cannot_act(config: AutostopConfig) -> Optional[str]:
+    """Why this machine's own credentials may not stop (or terminate) it, asked of its cloud without acting; None when they may."""
+    os.environ.update({str(k): str(v) for k, v in (config.environment or {}).items()})  # where the loop reaches the cloud
+    try:
+        from ..nodes.providers import provider
+
+        return provider(config.provider, config.region).may_act(config.instance_id, config.action)
+    except GaudiNbError as exc:  # the provider's SDK is missing here, say
+        return str(exc)
+
+
+def _answer(info: Dict[str, Any], started: str, how: Optional[str], note: str, home: Path, cannot: Optional[str]) -> Dict[str, Any]:
+    return {"pid": info.get("pid"), "started": started, "survives_reboot": how is not None, "how": how, "note": note, "log": str(autostop_dir(home) / "autostop.log"),
+            "may_act": cannot is None, "cannot_act": cannot}
 
 
 def stop(home: "str | Path") -> Dict[str, Any]:

@@ -21,6 +21,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Dict, List, Optional
 
 from ..events import ended_in_file
+from ..private import FILE_MODE, private_dir, write_atomic
 from ..rundir import RunFolder
 from . import liveness
 
@@ -45,7 +46,7 @@ def start_agent(folder: RunFolder, python: Optional[str] = None) -> int:
             cwd=str(folder.path),
         )
     # known from the first moment, so an agent that dies before its first beat is still seen as lost
-    folder.agent_pid.write_text(str(agent.pid))
+    write_atomic(folder.agent_pid, str(agent.pid))
     return agent.pid
 
 
@@ -61,17 +62,16 @@ def write_files(folder: RunFolder, files: Files) -> None:
         if not parts or PurePosixPath(relative).is_absolute() or ".." in parts:
             raise ValueError(f"not a path inside the run folder: {relative}")
         path = folder.path.joinpath(*parts)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, int(item.get("mode") or 0o644))
-        with os.fdopen(fd, "w") as fh:
-            fh.write(str(item["text"]))
+        private_dir(path.parent)
+        # whole or not at all (the agent reads spec.json and run.json), and owner-only: run.json holds the token of a run across nodes
+        write_atomic(path, str(item["text"]), int(item.get("mode") or FILE_MODE))
 
 
 def start(folder: RunFolder, files: Optional[Files] = None) -> int:
     """A launch's one node-side step: the folder, the files sent with it, the working directory's archive
     unpacked into code/, then the agent; returns the agent's pid."""
     for where in (folder.logs, folder.control):
-        where.mkdir(parents=True, exist_ok=True)
+        private_dir(where)  # the run folder too: owner-only on a shared node
     write_files(folder, files or {})
     archive = folder.path / CODE_ARCHIVE
     if archive.exists():
@@ -230,6 +230,7 @@ def answer(argv: List[str], files: Optional[Files] = None) -> Dict[str, Any]:
 
 
 def main(argv: Optional[list] = None) -> None:
+    os.umask(0o077)  # what this node command makes (a run folder, its code) is the user's alone on a shared node
     args = _parser().parse_args(argv)
     if args.command == "tail":
         tail(args.path, args.offset, follow=args.follow, folder=RunFolder(args.run_dir) if args.run_dir else None)

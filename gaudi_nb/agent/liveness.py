@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Optional
 import psutil
 
 from ..events import EventWriter, has_ended, read_events, this_attempt
+from ..private import write_atomic
 from ..rundir import RunFolder, heartbeat_timeout_s
 
 
@@ -83,12 +84,19 @@ def end_run(folder: RunFolder, status: str, reason: str) -> bool:
     events, _ = read_events(folder.events)
     if has_ended(events):
         return False
+    marker = folder.control / f"ended.{status}"
     try:
-        fd = os.open(folder.control / f"ended.{status}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        fd = os.open(marker, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         os.close(fd)
     except FileExistsError:
         return False
-    _write_end(folder, events, status, reason)
+    try:
+        _write_end(folder, events, status, reason)
+    except BaseException:
+        # the marker says a run_end is written: one that failed (a full disk, a kill) gives it back, so the
+        # next check ends the run instead of leaving it `running` for good
+        marker.unlink(missing_ok=True)
+        raise
     return True
 
 
@@ -108,7 +116,7 @@ def fail_unstarted(folder: RunFolder, run: Dict[str, Any], reason: str) -> None:
     """A run whose launch raised ends failed in its local folder (given a run.json if launch died before writing one)."""
     folder.control.mkdir(parents=True, exist_ok=True)
     if not folder.run.exists():
-        folder.run.write_text(json.dumps({**run, "created_at": time.time()}))
+        write_atomic(folder.run, json.dumps({**run, "created_at": time.time()}))
     end_run(folder, "failed", reason)
 
 

@@ -10,6 +10,7 @@ from pydantic import ValidationError
 
 from ..errors import SpecError
 from ..events import EventWriter, read_events, this_attempt
+from ..private import write_atomic
 from ..rundir import RunFolder
 from ..spec import RunSpec, describe_validation_error
 from . import commands, liveness
@@ -73,9 +74,9 @@ def resume_run(folder: RunFolder, *, max_steps: Optional[int] = None, budget_usd
             pass
     folder.discard_unfinished_checkpoints()
     if changes:
-        folder.spec.write_text(spec.model_dump_json(indent=2))
+        write_atomic(folder.spec, spec.model_dump_json(indent=2))
     request = {"attempt": attempt, "from_step": checkpoint.step, "checkpoint": str(checkpoint.path), "after": status}
-    folder.resume_request.write_text(json.dumps(request))
+    write_atomic(folder.resume_request, json.dumps(request))
     # written here, before the agent starts: from this event on, every view shows the run active again
     writer = EventWriter(folder.events, run_id, node=run.get("node", "local"))
     writer.emit("restart", attempt=attempt, cause="resume", from_step=checkpoint.step, checkpoint=str(checkpoint.path), reason=f"resumed after it ended {status}",

@@ -22,6 +22,7 @@ from typing import Any, Callable, Dict, List, Optional, Protocol, Tuple
 
 from ..events import EventWriter
 from ..launch import LaunchPlan
+from ..private import write_atomic
 from ..rundir import RunFolder
 from ..spec import RunSpec
 from .attempts import stop_description
@@ -249,9 +250,7 @@ class SeveralNodesStop(StopPolicy):
 
     def _write_stop_at(self, step: int, reason: str) -> None:
         self.folder.control.mkdir(parents=True, exist_ok=True)
-        tmp = self.folder.stop_at.with_suffix(".agent.tmp")
-        tmp.write_text(json.dumps({"step": step, "reason": reason}))
-        os.replace(tmp, self.folder.stop_at)
+        write_atomic(self.folder.stop_at, json.dumps({"step": step, "reason": reason}))
 
     # -- in the loop ----------------------------------------------------------------------------
     def _decide(self, cost: Optional[float]) -> None:

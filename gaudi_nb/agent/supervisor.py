@@ -21,6 +21,7 @@ from .. import accel
 from ..cost import catalog
 from ..events import EventWriter
 from ..launch import LaunchPlan, pick_launcher
+from ..private import write_atomic
 from ..rundir import RunFolder
 from ..spec import RunSpec
 from ..worker.trainers import pick_trainer
@@ -59,7 +60,7 @@ class Agent:
         """Supervise the run until it ends; whatever goes wrong, the run gets a run_end and its ranks are killed."""
         signal.signal(signal.SIGTERM, lambda *_: self.policy.request("stopped", signal_name="SIGTERM"))
         signal.signal(signal.SIGHUP, signal.SIG_IGN)  # the terminal or kernel that started us may go away
-        self.folder.agent_pid.write_text(str(os.getpid()))
+        write_atomic(self.folder.agent_pid, str(os.getpid()))
         self.folder.beat()
         try:
             if self.attempts.resumed is not None:

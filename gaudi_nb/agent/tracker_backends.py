@@ -65,7 +65,7 @@ class MlflowBackend(Backend):
         self.run_id: Optional[str] = None
 
     def start(self, run_name: str, tags: Dict[str, str], previous_run_id: Optional[str]) -> Dict[str, Any]:
-        uri = self.mlflow.get_tracking_uri()
+        uri = without_credentials(self.mlflow.get_tracking_uri())  # what is written down (events, store, show): never a user or password
         if previous_run_id:
             run = self.client.get_run(previous_run_id)  # a resumed gaudi_nb run goes on in the same MLflow run
             self.client.update_run(previous_run_id, status="RUNNING")
@@ -165,6 +165,16 @@ class WandbBackend(Backend):
 
     def finish(self, status: str) -> None:
         self.run.finish(exit_code=0 if status == "succeeded" else 1)
+
+
+def without_credentials(uri: str) -> str:
+    """A tracking URI as it may be shown and stored: http://user:password@host/ (or postgresql://user:pw@host/db) loses its user and password."""
+    from urllib.parse import urlsplit, urlunsplit
+
+    parts = urlsplit(uri)
+    if "@" not in parts.netloc:
+        return uri
+    return urlunsplit(parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]))
 
 
 def settings_for(names: List[str], environ: Optional[Mapping[str, str]] = None) -> Dict[str, str]:

@@ -11,6 +11,8 @@ from rich.console import Console
 from rich.markup import escape
 
 from ..errors import SpecError
+from ..private import secret_value
+from .manifest import SecretValue
 
 out = Console()
 err = Console(stderr=True)
@@ -50,7 +52,8 @@ def parse_parameters(pairs: List[Tuple[str, str]]) -> Dict[str, Any]:
     for name, value in pairs:
         if name in params:
             raise SpecError(f"parameter {name} given twice: sweep several values with -p {name} a,b,c")
-        params[name] = value
+        # -p NAME env:VAR / file:PATH: the value stays out of ps and shell history, and is masked wherever it is recorded
+        params[name] = SecretValue(secret_value(value, f"-p {name}")) if value.startswith(("env:", "file:")) else value
     return params
 
 

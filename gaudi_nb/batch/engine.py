@@ -15,7 +15,7 @@ from typing import Any, Callable, Dict, Iterator, Optional
 from papermill.engines import NBClientEngine, NotebookExecutionManager, papermill_engines  # type: ignore[import-untyped]
 
 from ..events import EventWriter
-from .manifest import looks_secret, mask, mask_source
+from .manifest import SecretValue, mask, mask_source
 
 ENGINE_NAME = "gaudi_nb"
 PREVIEW_CHARS = 80
@@ -43,15 +43,16 @@ def source_preview(cell: Any) -> str:
 
 
 def _with_secrets(nb: Any) -> Optional[Dict[str, Any]]:
-    """nb.metadata.papermill when the injected parameters include a secret-looking name, else None."""
+    """nb.metadata.papermill when the injected parameters include a secret (by its name, or given as env:VAR / file:PATH), else None."""
     papermill_meta = nb.get("metadata", {}).get("papermill") or {}
     parameters = papermill_meta.get("parameters")
-    return papermill_meta if isinstance(parameters, dict) and any(looks_secret(str(k)) for k in parameters) else None
+    return papermill_meta if isinstance(parameters, dict) and mask(parameters) != parameters else None
 
 
-def _masked_source(cell: Any) -> str:
+def _masked_source(cell: Any, parameters: Dict[str, Any]) -> str:
     source = cell["source"]
-    return mask_source("".join(source) if isinstance(source, list) else source)
+    given = [name for name, value in parameters.items() if isinstance(value, SecretValue)]
+    return mask_source("".join(source) if isinstance(source, list) else source, given)
 
 
 @contextlib.contextmanager
@@ -69,7 +70,7 @@ def secrets_masked(nb: Any) -> Iterator[None]:
     try:
         papermill_meta["parameters"] = mask(parameters)
         for cell in cells:
-            cell["source"] = _masked_source(cell)
+            cell["source"] = _masked_source(cell, parameters)
         yield
     finally:
         papermill_meta["parameters"] = parameters
@@ -81,10 +82,11 @@ def mask_secrets(nb: Any) -> Any:
     """The notebook with secret-looking parameters masked for good (once execution is over)."""
     papermill_meta = _with_secrets(nb)
     if papermill_meta is not None:
-        papermill_meta["parameters"] = mask(papermill_meta["parameters"])
+        parameters = papermill_meta["parameters"]
+        papermill_meta["parameters"] = mask(parameters)
         for cell in nb.get("cells", []):
             if _injected(cell):
-                cell["source"] = _masked_source(cell)
+                cell["source"] = _masked_source(cell, parameters)
     return nb
 
 

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Callable, Dict, Iterator, List, Mapping, 
 from .. import paths
 from ..errors import GaudiNbError, SpecError
 from ..events import EventWriter
+from ..private import private_dir
 from . import parameters as params_mod
 from .manifest import build_manifest, mask
 
@@ -211,7 +212,7 @@ def _execute(prepared: Prepared, parameters: Dict[str, Any], store: RunStore, on
     notebook = prepared.notebook
     run_id = new_run_id(notebook)
     run_dir = paths.run_dir(run_id)
-    run_dir.mkdir(parents=True, exist_ok=True)
+    private_dir(run_dir)  # owner-only, as every run folder
     output_path, manifest_path = output_paths(prepared.output, run_id, run_dir)
     plan = _plan(notebook, parameters, prepared.kernel_name)
     manifest = build_manifest(params_mod.effective(prepared.declared, parameters), seeds, notebook=notebook, run_id=run_id)

@@ -18,12 +18,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
+from typing import Any, Callable, Dict, Iterable, List, Mapping, Optional, Tuple
 
 MASK = "***"
 MANIFEST_VERSION = 1
 ENV_PREFIXES = ("PT_HPU_", "HABANA_")
-_SECRET_NAME = re.compile(r"(KEY|TOKEN|PASSWORD|PASSWD|PASSPHRASE|SECRET|CREDENTIAL|AUTH|PRIVATE|COOKIE|SESSION)", re.IGNORECASE)
+_SECRET_NAME = re.compile(r"(KEY|TOKEN|PASSWORD|PASSWD|PWD|PASSPHRASE|SECRET|CREDENTIAL|AUTH|PRIVATE|COOKIE|SESSION|DSN|WEBHOOK)", re.IGNORECASE)
 _VERSIONS = {"torch": "torch", "transformers": "transformers", "optimum_habana": "optimum-habana", "papermill": "papermill"}
 
 
@@ -31,20 +31,37 @@ def looks_secret(name: str) -> bool:
     return bool(_SECRET_NAME.search(name))
 
 
+class SecretValue(str):
+    """A parameter's value that came from env:VAR or file:PATH (`-p NAME env:VAR`): the notebook gets it, nothing recorded shows it."""
+
+
 def mask(mapping: Mapping[str, Any]) -> Dict[str, Any]:
-    return {k: (MASK if looks_secret(k) else v) for k, v in mapping.items()}
+    """The mapping with secret values masked: by their name (token, password, pwd, dsn, webhook, ...), where they came
+    from (SecretValue), and inside nested mappings and lists too."""
+    return {k: (MASK if looks_secret(str(k)) else _masked(v)) for k, v in mapping.items()}
+
+
+def _masked(value: Any) -> Any:
+    if isinstance(value, SecretValue):
+        return MASK
+    if isinstance(value, Mapping):
+        return mask(value)
+    if isinstance(value, (list, tuple)):
+        return type(value)(_masked(item) for item in value)
+    return value
 
 
 _ASSIGNMENT = re.compile(r"^(\s*)([A-Za-z_]\w*)(\s*(?::[^=]*)?=(?!=)).*$")
 
 
-def mask_source(source: str) -> str:
+def mask_source(source: str, names: Iterable[str] = ()) -> str:
     """Python source (papermill's injected parameters cell: one `name = value` per line) with the
-    values of secret-looking names replaced by "***"."""
+    values of secret-looking names (and of `names`: those given as env:VAR or file:PATH) replaced by "***"."""
+    names = set(names)
     lines = []
     for line in source.splitlines(keepends=True):
         found = _ASSIGNMENT.match(line.rstrip("\r\n"))
-        if found and looks_secret(found.group(2)):
+        if found and (looks_secret(found.group(2)) or found.group(2) in names):
             end = line[len(line.rstrip("\r\n")) :]
             line = f'{found.group(1)}{found.group(2)}{found.group(3)} "{MASK}"{end}'
         lines.append(line)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from ..errors import SpecError
-from .manifest import MASK, looks_secret
+from .manifest import MASK, SecretValue, looks_secret
 
 PARAMETERS_TAG = "parameters"
 _TYPES = {"int": int, "float": float, "str": str, "bool": bool, "list": list, "dict": dict, "tuple": tuple}
@@ -103,7 +103,7 @@ def _bad(param: Parameter, value: Any) -> SpecError:
 
 def _shown(name: str, value: Any) -> str:
     """repr(value) for a message; a secret-looking parameter's value is not printed."""
-    return MASK if looks_secret(name) else repr(value)
+    return MASK if looks_secret(name) or isinstance(value, SecretValue) else repr(value)
 
 
 def coerce(param: Parameter, value: Any) -> Any:
@@ -112,6 +112,8 @@ def coerce(param: Parameter, value: Any) -> Any:
     Raises SpecError naming the parameter, the expected type and the value.
     """
     kind = param.type_name
+    if isinstance(value, SecretValue) and kind in (None, "str"):
+        return value  # kept as given (and marked): never parsed as a literal, never recorded
     if kind is None:
         if isinstance(value, str):
             try:
@@ -186,6 +188,8 @@ def validate(declared: Mapping[str, Parameter], given: Optional[Mapping[str, Any
 def _is_sweep(param: Optional[Parameter], value: Any) -> bool:
     if isinstance(value, (list, tuple)) and not (param and param.type_name in ("list", "tuple")):
         return True
+    if isinstance(value, SecretValue):
+        return False  # a secret is one value, commas and all
     # "1e-4,3e-4,1e-3": a comma splits values only where a comma cannot be part of one value
     return isinstance(value, str) and "," in value and param is not None and param.type_name in ("int", "float", "bool", None) and not value.lstrip().startswith(("[", "(", "{"))
 

@@ -2,11 +2,12 @@
 from __future__ import annotations
 
 import csv
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Tuple
 
-from ..errors import GaudiNbError, NotFoundError
+from ..errors import GaudiNbError, NotFoundError, SpecError
 
 HERE = Path(__file__).parent
 CATALOG_CSV = HERE / "catalog.csv"
@@ -63,7 +64,12 @@ def onprem_price_per_hour(
 def _money(text: Optional[str]) -> Optional[float]:
     # An empty cell is an unknown price: it stays None so no view shows it as $0.
     text = (text or "").strip().lstrip("$")
-    return float(text) if text else None
+    if not text:
+        return None
+    value = float(text)
+    if not math.isfinite(value) or value < 0:  # nan compares false with everything: no budget would ever stop
+        raise ValueError(f"a price must be a number of 0 or more, not {text!r}")
+    return value
 
 
 def _read(path: Path) -> List[Dict[str, str]]:
@@ -86,7 +92,7 @@ def _price(row: Dict[str, str], source: Optional[str] = None) -> Price:
             notes=row.get("notes", ""),
         )
     except (KeyError, ValueError) as exc:
-        raise GaudiNbError(f"bad price row {row!r} ({exc}): columns are {', '.join(Price.__dataclass_fields__)}") from exc
+        raise SpecError(f"bad price row {row!r} ({exc}): columns are {', '.join(Price.__dataclass_fields__)}") from exc
 
 
 def read_prices(path: Path, source: Optional[str] = None) -> List[Price]:

@@ -42,7 +42,7 @@ class EventWriter:
         self.node = node
         self.rank = rank
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)  # the user's run: owner-only
 
     def emit(self, type: str, **fields: Any) -> Dict[str, Any]:
         event = make_event(type, self.run_id, node=self.node, rank=self.rank, **fields)

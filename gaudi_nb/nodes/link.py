@@ -30,6 +30,13 @@ T = TypeVar("T")
 BACKOFF_S = (0.5, 1.0, 2.0, 4.0, 8.0)  # then every 8 s
 
 
+async def _private_makedirs(sftp: Any, folder: str) -> None:
+    """The folders a run's files go into on the node (the run folder first of them) are made owner-only, as the node's own commands make them."""
+    import asyncssh
+
+    await sftp.makedirs(folder, attrs=asyncssh.SFTPAttrs(permissions=0o700), exist_ok=True)
+
+
 @dataclass
 class LinkState:
     up: bool = True
@@ -171,14 +178,14 @@ class Links:
         connection = await self._connection(node)
         attrs = asyncssh.SFTPAttrs(permissions=mode) if mode is not None else asyncssh.SFTPAttrs()
         async with connection.start_sftp_client() as sftp:
-            await sftp.makedirs(posixpath.dirname(remote_path), exist_ok=True)
+            await _private_makedirs(sftp, posixpath.dirname(remote_path))
             async with sftp.open(remote_path, "wb", attrs) as fh:
                 await fh.write(data)
 
     async def _put_file(self, node: Dict[str, Any], local_path: Path, remote_path: str) -> None:
         connection = await self._connection(node)
         async with connection.start_sftp_client() as sftp:
-            await sftp.makedirs(posixpath.dirname(remote_path), exist_ok=True)
+            await _private_makedirs(sftp, posixpath.dirname(remote_path))
             await sftp.put(str(local_path), remote_path)
 
     async def _mirror(self, node: Dict[str, Any], remote_path: str, local_path: Path, remote_run_dir: Optional[str]) -> None:

@@ -15,6 +15,7 @@ from ..cost import billing
 from ..errors import GaudiNbError, NotFoundError, SpecError
 from ..machine_spec import ProvisionSpec
 from .attach import check_name
+from .teardown import down
 
 if TYPE_CHECKING:
     from ..cost.catalog import Price
@@ -189,8 +190,7 @@ def provision(
     say(f"{provider_name} {region}: {count}× {instance_type}{' (spot)' if spot else ''} as {group}, SSH from {ssh_from}; "
         f"{formatting.rate(price_per_hour) + ' each' if price_per_hour is not None else 'price unknown'}")
     resources, instances = _start_instances(cloud, request, say)
-    launched = time.time()
-    records = [_record(store, request, cloud, resources, instance, private_key, price_per_hour, price_source, launched) for instance in instances]
+    records = _record_all(store, request, cloud, resources, instances, private_key, price_per_hour, price_source)
     say("started " + ", ".join(f"{r['name']} ({r['instance_id']})" for r in records) + "; waiting until they run")
     try:
         instances = cloud.wait_instances([i.id for i in instances], "running", timeout_s=WAIT_RUNNING_S)
@@ -239,6 +239,27 @@ def _start_instances(cloud: "Provider", request: Any, say: Callable[[str], None]
         cloud.cleanup(resources)
         raise
     return resources, instances
+
+
+def _record_all(store: "RunStore", request: Any, cloud: "Provider", resources: "Resources", instances: List["Instance"], private_key: Path,
+                price_per_hour: Optional[float], price_source: str) -> List[Dict[str, Any]]:
+    """Record each machine as a node; a machine that cannot be recorded (a store write fails, a Ctrl-C) would bill where no
+    command sees it, so then every machine just made is terminated and what was made for them removed, before the error."""
+    launched = time.time()
+    try:
+        return [_record(store, request, cloud, resources, instance, private_key, price_per_hour, price_source, launched) for instance in instances]
+    except BaseException as exc:
+        ids = [i.id for i in instances]
+        try:
+            cloud.terminate_instances(ids)
+            cloud.wait_instances(ids, "terminated", timeout_s=WAIT_TERMINATED_S)
+            cloud.cleanup(resources)
+        except GaudiNbError as cleanup_error:
+            raise GaudiNbError(f"{', '.join(ids)} could not be recorded ({exc}) nor terminated ({cleanup_error}): terminate them in the "
+                               f"{request.provider} console ({request.region})") from None
+        if isinstance(exc, GaudiNbError):
+            raise type(exc)(f"{exc}; the machines just made ({', '.join(ids)}) were terminated") from None
+        raise
 
 
 def _record(store: "RunStore", request: Any, cloud: "Provider", resources: "Resources", instance: "Instance", private_key: Path,
@@ -435,56 +456,13 @@ def _start_autostop(record: Dict[str, Any], say: Callable[[str], None], action: 
         config["environment"]["VPC_AUTH_TYPE"] = "vpc"
     config["action"] = action
     answer = start_on_node(record, config)
+    if answer.get("may_act") is False:  # reported as watching, it would leave the machine billing when it should stop it
+        say(f"{record['name']}: autostop cannot {action} this machine ({answer.get('cannot_act')}); it tries again at every check: give the machine "
+            f"a role that may (see Autostop's Permissions in docs/nodes.md), or gaudi-nb nodes down {record.get('group') or record['name']} yourself")
+        return
     say(f"{record['name']}: autostop ({action}) watching" + "".join(f", {label} {record[key]:g}" for key, label in (("idle_minutes", "idle minutes"), ("budget_usd", "budget $")) if record.get(key) is not None))
     if not answer.get("survives_reboot"):
         say(f"{record['name']}: autostop {answer.get('note') or 'will not survive a reboot of the machine'}")
-
-
-# -- down ------------------------------------------------------------------------------------
-def down(name: str, progress: Progress = None, *, store: "Optional[RunStore]" = None) -> List[Dict[str, Any]]:
-    """Terminate a group's machines (or one machine by its node name), wait until none runs, remove
-    what gaudi_nb created for them once nothing uses it, and close their cost records. Returns the records."""
-    from ..store import RunStore
-    from .providers import provider as provider_for
-    from .providers.base import Resources
-
-    say = progress or (lambda message: None)
-    store = store or RunStore()
-    records = _provisioned(store, name)
-    live = [r for r in records if r.get("state") != "terminated"]
-    if not live:
-        say(f"{name}: already terminated")
-        return records
-    removed: List[Tuple[str, str]] = []
-    for (provider_name, region), group_records in _places(live).items():
-        cloud = provider_for(provider_name, region)
-        # what the cloud still has: a machine autostop stopped is billed to its stop, one it terminated
-        # to its end; one the cloud has forgotten is only written down here (terminating an unknown id fails)
-        known = _in_the_cloud(cloud, group_records)
-        group_records = [follow(store, cloud, r, known[r["instance_id"]]) if r["instance_id"] in known else r for r in group_records]
-        ids = [r["instance_id"] for r in group_records if r["instance_id"] in known and r.get("state") != "terminated"]
-        if ids:
-            say("terminating " + ", ".join(f"{r['name']} ({r['instance_id']})" for r in group_records if r["instance_id"] in ids))
-            cloud.terminate_instances(ids)
-            cloud.wait_instances(ids, "terminated", timeout_s=WAIT_TERMINATED_S)
-        ended = time.time()
-        for record in group_records:
-            if record.get("terminated_at") is None:
-                store.update_node(record["name"], state="terminated", terminated_at=ended, cost_usd=billing.machine_spend(record, now=ended)["usd"])
-        seen = set()
-        for record in group_records:
-            stored = record.get("resources") or {}
-            key = (stored.get("network") or {}).get("group"), tuple(map(tuple, stored.get("created") or []))
-            if key in seen:
-                continue
-            seen.add(key)
-            resources = Resources(key=stored.get("key"), security_group=stored.get("security_group"), placement_group=stored.get("placement_group"),
-                                  network=dict(stored.get("network") or {}), created=[tuple(item) for item in stored.get("created") or []])  # type: ignore[misc]
-            removed.extend(cloud.cleanup(resources))
-    if removed:
-        say("removed " + ", ".join(f"{kind.replace('_', ' ')} {ident}" for kind, ident in removed))
-    names = {r["name"] for r in records}
-    return [r for r in store.list_nodes() if r["name"] in names]
 
 
 __all__ = ["autostop_settings", "down", "ensure_key", "provision", "public_address", "refresh", "start"]

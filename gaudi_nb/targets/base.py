@@ -37,6 +37,7 @@ from .. import workdir
 from ..errors import SpecError
 from ..events import ended_in_file, read_events
 from ..paths import run_dir
+from ..private import write_atomic
 from ..rundir import RunFolder, heartbeat_timeout_s
 from ..spec import RunSpec
 
@@ -153,8 +154,8 @@ class Target:
             parts = self.place(run_id)
             specs = [self._send_inputs(spec, part) for part in parts]
             runs = self.node_runs(parts, run_id, time.time())
-            folder.spec.write_text(spec.model_dump_json(indent=2))
-            folder.run.write_text(json.dumps(self.local_run(parts, runs)))
+            write_atomic(folder.spec, spec.model_dump_json(indent=2))
+            write_atomic(folder.run, json.dumps(self.local_run(parts, runs)))
             sent = self.sent_files(spec)
             for part, node_spec, run in zip(parts, specs, runs, strict=True):  # node 0 first: it hosts the rendezvous
                 files = {"spec.json": {"text": node_spec.model_dump_json(indent=2)}, "run.json": {"text": json.dumps(run)}, **sent}

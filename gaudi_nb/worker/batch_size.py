@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 from ..errors import GaudiNbError
+from ..private import write_atomic
 
 STEPS_PER_TRIAL = 2  # the first step allocates the optimizer's state; the second shows the steady peak
 MARGIN = 0.1  # what the search keeps back from the largest size that fit: real training also evaluates and saves
@@ -310,9 +311,7 @@ def remember_size(key: str, entry: Dict[str, Any]) -> None:
     except (OSError, json.JSONDecodeError):
         known = {}
     known[key] = entry
-    tmp = path.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(known, indent=1))
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(known, indent=1))
 
 
 # -- what a rank calls ---------------------------------------------------------------------

@@ -10,6 +10,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 from transformers import TrainerCallback
 
 from ..events import EventWriter
+from ..private import write_atomic
 from ..rundir import RunFolder, current_attempt, mark_checkpoint_complete, prune_checkpoints
 
 
@@ -78,9 +79,7 @@ class RankProgress:
             request = {}
         self.stop_at = min(step + 2, self.max_steps)
         self.stop_reason = request.get("reason", "stopped")
-        tmp = self._stop_at_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"step": self.stop_at, "reason": self.stop_reason}))
-        os.replace(tmp, self._stop_at_path)
+        write_atomic(self._stop_at_path, json.dumps({"step": self.stop_at, "reason": self.stop_reason}))
 
     def _read_stop_at(self) -> None:
         try:

@@ -85,6 +85,9 @@ def run_request(request: ProvisionRequest, resources: Resources) -> Dict[str, An
             {"ResourceType": "network-interface", "Tags": tags(request)},
         ],
     }
+    # IMDSv2 only: a process on the machine tricked into fetching a URL (SSRF) cannot read the role's
+    # credentials with one GET; 2 hops so a container on the machine (the Gaudi image) reaches it, as infra/terraform does
+    arguments["MetadataOptions"] = {"HttpTokens": "required", "HttpEndpoint": "enabled", "HttpPutResponseHopLimit": 2}
     if resources.placement_group:
         arguments["Placement"] = {"GroupName": resources.placement_group}
     arguments["UserData"] = FIRST_BOOT  # boto3 base64-encodes it
@@ -242,14 +245,42 @@ class AwsProvider:
     # -- machines ---------------------------------------------------------------------------
     def run_instances(self, request: ProvisionRequest, resources: Resources) -> List[Instance]:
         launched = self._call("run_instances", **run_request(request, resources)).get("Instances", [])
-        instances = []
-        for index, item in enumerate(sorted(launched, key=lambda i: i.get("AmiLaunchIndex", 0))):
-            node = f"{request.name}-{index}"
-            # the per-machine name: run_instances tags every machine alike
-            self._call("create_tags", Resources=[item["InstanceId"]], Tags=[{"Key": TAG_NODE, "Value": node}, {"Key": "Name", "Value": node}])
-            item.setdefault("Tags", []).extend([{"Key": TAG_NODE, "Value": node}])
-            instances.append(self._instance(item))
+        ids = [item["InstanceId"] for item in launched]
+        try:
+            instances = []
+            for index, item in enumerate(sorted(launched, key=lambda i: i.get("AmiLaunchIndex", 0))):
+                node = f"{request.name}-{index}"
+                # the per-machine name: run_instances tags every machine alike
+                self._tag_new(item["InstanceId"], [{"Key": TAG_NODE, "Value": node}, {"Key": "Name", "Value": node}])
+                item.setdefault("Tags", []).extend([{"Key": TAG_NODE, "Value": node}])
+                instances.append(self._instance(item))
+        except BaseException:
+            # the machines run and bill but nobody has recorded them yet (and a Ctrl-C lands here too):
+            # they go again, and are waited for, so the caller's cleanup finds the security group unused
+            self._terminate_launched(ids)
+            raise
         return instances
+
+    def _tag_new(self, instance_id: str, new_tags: List[Dict[str, str]]) -> None:
+        """Tag a machine run_instances just made; EC2 is eventually consistent, so a fresh id may be unknown for a few seconds."""
+        for delay in (0.5, 1.0, 2.0, 4.0, 0.0):
+            try:
+                self._call("create_tags", Resources=[instance_id], Tags=new_tags)
+                return
+            except AwsError as exc:
+                if exc.code != "InvalidInstanceID.NotFound" or not delay:
+                    raise
+            time.sleep(delay)
+
+    def _terminate_launched(self, ids: List[str]) -> None:
+        """Best effort after a failed launch: terminate and wait; the failure that got here is what the caller sees."""
+        if not ids:
+            return
+        try:
+            self.terminate_instances(ids)
+            self.wait_instances(ids, "terminated", timeout_s=300)
+        except GaudiNbError:
+            pass
 
     def wait_instances(self, ids: List[str], state: str, timeout_s: float = 600) -> List[Instance]:
         """Poll until every machine is in `state` (base words); machines that run get their public address."""
@@ -307,18 +338,44 @@ class AwsProvider:
             self._call("start_instances", InstanceIds=list(ids))
 
     def terminate_instances(self, ids: List[str]) -> None:
-        """Terminate, and release the Elastic IPs gaudi_nb gave them (an idle Elastic IP is billed)."""
+        """Terminate, then release the Elastic IPs gaudi_nb gave them (an idle Elastic IP is billed).
+
+        Terminating comes first: a role that may only terminate (autostop's) still stops the bill
+        for the machine; `down` releases the addresses again (release_addresses) once they are gone."""
         if not ids:
             return
+        self._call("terminate_instances", InstanceIds=list(ids))
+        try:
+            self.release_addresses(ids, [])
+        except AwsError:
+            pass  # no right to release addresses here (autostop's role): `gaudi-nb nodes down` does it
+
+    def release_addresses(self, ids: List[str], nodes: List[str]) -> List[str]:
+        """Release the Elastic IPs gaudi_nb gave these machines, whether they still exist or not; returns their allocation ids."""
+        if not ids:
+            return []
         # found by the instance tag gaudi_nb put on them: an address associated through an
-        # interface does not always name the instance, and this needs no ec2:DescribeInstances
+        # interface does not always name the instance, and a terminated machine names none
         addresses = self._call("describe_addresses", Filters=[{"Name": f"tag:{TAG_INSTANCE}", "Values": list(ids)}]).get("Addresses", [])
+        released = []
         for address in addresses:
             if any(t.get("Key") == TAG_MANAGED for t in address.get("Tags", [])):
                 if address.get("AssociationId"):
                     self._call("disassociate_address", AssociationId=address["AssociationId"])
                 self._call("release_address", AllocationId=address["AllocationId"])
-        self._call("terminate_instances", InstanceIds=list(ids))
+                released.append(address["AllocationId"])
+        return released
+
+    def may_act(self, instance_id: str, action: str) -> Optional[str]:
+        """EC2's own answer, without acting: the call with DryRun=True says DryRunOperation where it would have succeeded."""
+        operation = "terminate_instances" if action == "terminate" else "stop_instances"
+        try:
+            self._call(operation, InstanceIds=[instance_id], DryRun=True)
+        except AwsError as exc:
+            return None if exc.code == "DryRunOperation" else str(exc)[:300]
+        except SpecError as exc:  # no credentials on the machine (no instance role)
+            return str(exc)
+        return None
 
     def cleanup(self, resources: Resources) -> List[Tuple[str, str]]:
         """Remove what gaudi_nb created once no live machine uses it: the group's placement and security groups, then the key pair."""

@@ -85,7 +85,19 @@ class Provider(Protocol):
 
     def start_instances(self, ids: List[str]) -> None: ...
 
-    def terminate_instances(self, ids: List[str]) -> None: ...
+    def terminate_instances(self, ids: List[str]) -> None:
+        """Terminate first (a role that may only terminate still ends the bill), then release the machines' public addresses."""
+        ...
+
+    def release_addresses(self, ids: List[str], nodes: List[str]) -> List[str]:
+        """Release the public addresses gaudi_nb made for these machines (ids, and gaudi_nb's names for them),
+        also when the machines are already gone: an address outlives its machine and is billed on its own."""
+        ...
+
+    def may_act(self, instance_id: str, action: str) -> Optional[str]:
+        """Asked on the machine itself before autostop says it watches: None when the machine's own credentials may
+        `action` ("stop" | "terminate") it, else why not in one line (an autostop that cannot act must not look like one that can)."""
+        ...
 
     def cleanup(self, resources: Resources) -> List[Tuple[str, str]]:
         """Remove what gaudi_nb created for the group once no machine uses it; returns what was removed."""

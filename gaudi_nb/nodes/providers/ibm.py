@@ -29,17 +29,8 @@ IMAGE_PATTERNS = (re.compile(r"gaudi", re.I), re.compile(r"^ibm-ubuntu-22-04-.*-
 # out (wait_instances(..., "terminated") still waits until it is gone), and `failed`
 # is kept as such: such an instance must be deleted, it never becomes running.
 STATES = {
-    "pending": "pending",
-    "starting": "pending",
-    "restarting": "pending",
-    "resuming": "pending",
-    "running": "running",
-    "stopping": "stopping",
-    "suspending": "stopping",
-    "stopped": "stopped",
-    "suspended": "stopped",
-    "deleting": "terminated",
-    "failed": "failed",
+    "pending": "pending", "starting": "pending", "restarting": "pending", "resuming": "pending", "running": "running",
+    "stopping": "stopping", "suspending": "stopping", "stopped": "stopped", "suspended": "stopped", "deleting": "terminated", "failed": "failed",
 }
 
 # The API behaviour gaudi_nb is written against (IBM's `version` query parameter), whatever
@@ -68,14 +59,9 @@ class IbmProvider:
     default_region = "us-east"
     # IBM's stock Linux images log in as root.
     ssh_user = "root"
-    capabilities = Capabilities(
-        spot=True,  # availability class `spot`, where the profile offers it (checked per request)
-        # IBM placement groups only spread machines apart (host_spread, power_spread);
-        # closeness for training is a cluster network, which this provider does not create.
-        placement_groups=False,
-        stop=True,
-        credentials_help=CREDENTIALS_HELP,
-    )
+    # spot: availability class `spot`, where the profile offers it (checked per request). No placement groups:
+    # IBM's only spread machines apart; closeness for training is a cluster network, which this provider does not create.
+    capabilities = Capabilities(spot=True, placement_groups=False, stop=True, credentials_help=CREDENTIALS_HELP)
 
     def __init__(self, region: str) -> None:
         self.region = region
@@ -435,6 +421,22 @@ class IbmProvider:
                     released.append(floating["id"])
             if raw.get("status") != "deleting":
                 self._call("delete_instance", instance_id, missing_ok=True)
+
+    def release_addresses(self, ids: List[str], nodes: List[str]) -> List[str]:
+        """Delete the unbound floating IPs of these machines (named as the machine is, gaudi-nb-NODE): a machine
+        deleted elsewhere (the console, autostop) leaves its floating IP behind, unbound and billed."""
+        names = {f"{PREFIX}{node}" for node in nodes}
+        left = [f["id"] for f in self._all("list_floating_ips", "floating_ips") if f.get("name") in names and not f.get("target")]
+        for floating_id in left:
+            self._call("delete_floating_ip", floating_id, missing_ok=True)
+        return left
+
+    def may_act(self, instance_id: str, action: str) -> Optional[str]:
+        """IBM has no dry run: a token (the machine's trusted profile) that reads this instance is what can be proven."""
+        try:
+            return None if self._call("get_instance", instance_id) else "IBM Cloud does not know this instance"
+        except GaudiNbError as exc:
+            return str(exc)[:300]
 
     # ---- cleanup ------------------------------------------------------------------------
 

@@ -14,7 +14,7 @@ from ..store import RunStore
 from .data_store import DashboardData
 
 UPDATE_INTERVAL_MS = 100  # a step shows within ~two ticks: the 250 ms p95 target with room for the browser
-PAGES = ("fleet", "runs", "run", "costs")
+PAGES = ("fleet", "runs", "run", "costs", "audit")
 TITLE = "gaudi-nb dashboard"
 
 # Panel's own login page loads its logo from Panel's CDN: this one has nothing to fetch (Jinja2, Panel's variables)
@@ -89,6 +89,7 @@ def _extensions(inline: bool) -> Any:
 def build(data: DashboardData, page: Optional[str] = None, run_id: Optional[str] = None, *, inline: bool = False) -> Any:
     """The layout for one session: a header and the four pages as tabs; its periodic callback only moves state."""
     pn, _ = _extensions(inline)
+    from .audit_page import audit_page
     from .views import DashboardState, costs_page, detail_page, fleet_page, runs_page
 
     state = DashboardState(data, page=page if page in PAGES else "fleet")
@@ -100,7 +101,7 @@ def build(data: DashboardData, page: Optional[str] = None, run_id: Optional[str]
     def open_run(_: str) -> None:
         tabs.active = PAGES.index("run")
 
-    tabs.extend([fleet_page(state), runs_page(state, on_open=open_run), detail_page(state), costs_page(state)])
+    tabs.extend([fleet_page(state), runs_page(state, on_open=open_run), detail_page(state), costs_page(state), audit_page(state)])
     tabs.active = PAGES.index(state.page)
     tabs.param.watch(lambda event: setattr(state, "page", PAGES[event.new]), "active")
     store_name = data.store.url.split("@")[-1]  # never the password of a PostgreSQL URL
@@ -115,7 +116,7 @@ def build(data: DashboardData, page: Optional[str] = None, run_id: Optional[str]
 
 
 def session(data: DashboardData) -> Any:
-    """What one browser session gets: pages from ?page=fleet|runs|run|costs&run=ID, and a 100 ms periodic callback."""
+    """What one browser session gets: pages from ?page=fleet|runs|run|costs|audit&run=ID, and a 100 ms periodic callback."""
     pn, _ = _panel()
     args = pn.state.session_args if pn.state.curdoc is not None else {}
 

@@ -39,7 +39,7 @@ class DashboardState(param.Parameterized):
     fleet = param.DataFrame(default=pd.DataFrame(), doc="one row per node")
     costs = param.Dict(default={}, doc="spend by user, project and day; burn rate; budgets")
     selected_run = param.String(default="", doc="the run the detail page shows")
-    page: Any = param.Selector(default="fleet", objects=["fleet", "runs", "run", "costs"], doc="the open page: only its widgets are fed")
+    page: Any = param.Selector(default="fleet", objects=["fleet", "runs", "run", "costs", "audit"], doc="the open page: only its widgets are fed")
     version = param.Integer(default=-1)
     detail_version = param.Integer(default=0, doc="grows when the selected run's detail has new events")
     heatmap_at = param.Number(default=0.0)

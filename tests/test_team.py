@@ -21,6 +21,7 @@ import gaudi_nb
 from gaudi_nb import team as team_module
 from gaudi_nb.audit import parse_since
 from gaudi_nb.errors import NotAllowedError, SpecError
+from gaudi_nb.rundir import RunFolder
 from gaudi_nb.store import RunStore
 from gaudi_nb.team import group_roles
 
@@ -139,7 +140,7 @@ def test_a_member_cannot_stop_a_teammates_run_an_admin_can_and_the_audit_shows_i
         gaudi_nb.api.resume(run.run_id, store=bob)
     # the run goes on: no stop was asked, and it keeps stepping
     before = run.record()["steps_completed"]
-    assert not list(run.run_dir.glob("*stop*"))
+    assert not RunFolder(run.run_dir).stop_request.exists()
     wait_for(lambda: (r := run.record())["status"] == "running" and r["steps_completed"] > before, what="the run to go on stepping")
 
     assert "stop requested" in cli("stop", run.run_id, "--force", url=url["admin"], home=home, check=0).stdout
@@ -175,3 +176,66 @@ def test_nodes_down_on_a_teammates_machine_is_refused_before_any_cloud_is_asked(
     entries = RunStore(team["url"]["admin"]).audit_entries(user=team["names"]["bob"])
     assert ("down", "rls-group", "refused") in {(e["action"], e["target"], e["outcome"]) for e in entries}
     assert ("provision", "rls-machine", "ok") in {(e["action"], e["target"], e["outcome"]) for e in RunStore(team["url"]["admin"]).audit_entries(user=team["names"]["alice"])}
+
+
+# -- served views: who is asking decides what they may do ------------------------------------
+
+
+def _running(store, run_id, owner):
+    """A run whose record is active and whose stop road is real (the local target's stop request file), with no agent."""
+    from gaudi_nb.events import EventWriter
+    from gaudi_nb.targets import target_for
+
+    folder = target_for("local").run_dir(run_id)
+    folder.mkdir(parents=True)
+    store.register(run_id, spec={"max_steps": 10}, target="local", run_dir=str(folder), owner=owner)
+    writer = EventWriter(folder / "events.jsonl", run_id)
+    writer.emit("run_start", spec={"max_steps": 10}, price_per_hour=None, accelerator="cpu")
+    writer.close()
+    return folder
+
+
+def test_the_dashboard_shows_stop_only_to_who_may_stop_and_audits_the_person(gaudi_home):
+    pytest.importorskip("panel", reason="the dashboard needs the dashboard extra")
+    from gaudi_nb.dashboard import app as dashboard_app
+
+    store = RunStore()
+    mine, theirs = _running(store, "mine-20261207-000000-aaaa", "alice"), _running(store, "theirs-20261207-000000-bbbb", "bob")
+    data = dashboard_app.shared_data(follow=False)
+    dashboard_app._roles.update({"alice": "member", "dana": "admin"})
+    try:
+        def stop_for(login, run_id):
+            layout, state = dashboard_app.build(data, page="run", run_id=run_id, login=login, origin="dashboard from 198.51.100.7")
+            button, message = layout[1][2][1][1]  # the run page's picker row: its controls
+            state.selected_run = run_id
+            return state, button, message, layout[0].object
+
+        _, button, _, header = stop_for("alice", "theirs-20261207-000000-bbbb")
+        assert not button.visible and "alice · member" in header  # a member: not a teammate's run
+        state, button, message, _ = stop_for("alice", "mine-20261207-000000-aaaa")
+        assert button.visible  # their own
+        assert not stop_for("carol", "mine-20261207-000000-aaaa")[1].visible  # a login not in --roles reads only
+        state, button, message, _ = stop_for("dana", "theirs-20261207-000000-bbbb")
+        assert button.visible  # an admin: anything
+        button.clicks += 1
+        assert "stop requested for theirs-20261207-000000-bbbb" in message.object
+        assert RunFolder(theirs).stop_request.exists() and not RunFolder(mine).stop_request.exists()
+        entry = store.audit_entries()[0]
+        assert (entry["action"], entry["target"], entry["user"], entry["origin"]) == ("stop", "theirs-20261207-000000-bbbb", "dana", "dashboard from 198.51.100.7")
+        assert entry["actor"] != "dana"  # the store's own user acted for her, and the entry says both
+    finally:
+        dashboard_app._roles.clear()
+        dashboard_app.stop_shared()
+
+
+def test_oauth_off_loopback_needs_an_allow_list():
+    from gaudi_nb import cli
+    from gaudi_nb.dashboard.access import allowed, check_oauth
+
+    with pytest.raises(SystemExit) as exit_info:  # refused before anything is served
+        cli.main(["dashboard", "--address", "0.0.0.0", "--oauth-provider", "github", "--oauth-key", "k", "--oauth-secret", "s"])
+    assert exit_info.value.code == 2
+    check_oauth("127.0.0.1", "github", None)  # on loopback: the machine's own user
+    check_oauth("0.0.0.0", "github", ["alice"])
+    assert allowed(["Alice"], {"login": "alice"}) and not allowed(["alice"], {"login": "mallory"})
+    assert allowed(["org:gaudi-team"], {"user": "erin", "orgs": ["gaudi-team"]}) and not allowed(["org:gaudi-team"], {"user": "erin"})

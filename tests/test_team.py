@@ -239,3 +239,21 @@ def test_oauth_off_loopback_needs_an_allow_list():
     check_oauth("0.0.0.0", "github", ["alice"])
     assert allowed(["Alice"], {"login": "alice"}) and not allowed(["alice"], {"login": "mallory"})
     assert allowed(["org:gaudi-team"], {"user": "erin", "orgs": ["gaudi-team"]}) and not allowed(["org:gaudi-team"], {"user": "erin"})
+
+
+def test_the_jupyter_sidebar_offers_stop_only_on_runs_its_user_may_stop(team, monkeypatch):
+    from gaudi_nb.dashboard.data_store import DashboardData
+    from gaudi_nb.jupyter_server_ext import payloads
+
+    alice, bob = RunStore(team["url"]["alice"]), RunStore(team["url"]["bob"])
+    alice.register("side-alice", spec={}, target="local", run_dir=None)
+    bob.register("side-bob", spec={}, target="local", run_dir=None)
+    data = DashboardData(bob, follow=False, team_budgets={})  # the server bob's JupyterLab runs, as his role
+    data.refresh()
+    rows = {r["run_id"]: r["can_stop"] for r in payloads.snapshot_of(data, time.time(), limit=50)["runs"] if r["run_id"].startswith("side-")}
+    assert rows == {"side-alice": False, "side-bob": True}
+    monkeypatch.setenv("GAUDI_NB_STORE_URL", team["url"]["bob"])
+    with pytest.raises(NotAllowedError, match="belongs to"):  # the route answers 403 with this line
+        payloads.stop("side-alice", "bob@hub", "jupyter from 192.0.2.4")
+    entry = bob.audit_entries(user="bob@hub")[0]
+    assert (entry["action"], entry["target"], entry["outcome"], entry["actor"], entry["origin"]) == ("stop", "side-alice", "refused", team["names"]["bob"], "jupyter from 192.0.2.4")

@@ -44,7 +44,7 @@ def audit_page(state: Any) -> pn.viewable.Viewable:
     def show(*_: Any) -> None:
         if state.page != "audit":
             return
-        entries = state.data.store.audit_entries(since_s=parse_since(since.value) if since.value else None, user=user.value.strip() or None, limit=AUDIT_SHOWN)
+        entries = state.data.store.audit_entries(since_s=parse_since(since.value) if since.value else None, user=(user.value or "").strip() or None, limit=AUDIT_SHOWN)
         key = (tuple(e["id"] for e in entries), user.value, since.value)
         if key != shown["key"]:  # redrawn only when something changed
             shown["key"] = key

@@ -71,6 +71,8 @@ def team(tmp_path_factory):
             if engine is not None:
                 engine.dispose()
         with server.connect() as connection:
+            for name in names.values():  # a member of their roles may end their sessions (the admin made them: CREATEROLE)
+                connection.exec_driver_sql(f'GRANT "{name}" TO CURRENT_USER')
             connection.exec_driver_sql(f'DROP DATABASE IF EXISTS "{database}" WITH (FORCE)')
             for role in [*names.values(), *reversed(list(group_roles(database).values()))]:
                 connection.exec_driver_sql(f'DROP ROLE IF EXISTS "{role}"')

@@ -130,6 +130,8 @@ class Run:
         event), so no view waits forever on a run that nobody meters.
         """
         record = self.store.get(self.run_id)
+        if not self.store.may_change(record.get("owner")):
+            return 0  # a teammate's run on a team store: read as its owner's reader wrote it
         target = self._target(record)
         arrived = self._pull(target)
         if record["status"] in ACTIVE_STATUSES and self.store.get(self.run_id)["status"] in ACTIVE_STATUSES:
@@ -206,18 +208,22 @@ class Run:
             time.sleep(poll_s)
         return self
 
-    def stop(self, reason: str = "stopped") -> bool:
+    def stop(self, reason: str = "stopped", *, force: bool = False) -> bool:
         """Ask the run to stop after a checkpoint; True if this request was the first.
 
         A run whose agent is gone (lost) is ended at once as stopped, and any rank it left is killed.
+        On a team store only its owner, or an admin with force, may (NotAllowedError otherwise).
         """
+        owner = self.store.get(self.run_id).get("owner")
+        self.store.guard("stop", self.run_id, owner, force=force, what=f"run {self.run_id}")
         first = self._target().stop(self.run_id, reason)
+        self.store.audit("stop", self.run_id, detail={"owner": owner, "force": force, "first": first})
         self.sync()
         return first
 
-    def resume(self, max_steps: Optional[int] = None, budget_usd: Optional[float] = None) -> "Run":
+    def resume(self, max_steps: Optional[int] = None, budget_usd: Optional[float] = None, *, force: bool = False) -> "Run":
         """Continue this ended run from its newest complete checkpoint as its next attempt (see gaudi_nb.resume)."""
-        return resume(self.run_id, max_steps=max_steps, budget_usd=budget_usd, store=self.store)
+        return resume(self.run_id, max_steps=max_steps, budget_usd=budget_usd, store=self.store, force=force)
 
     def logs(self, node: Optional[str] = None) -> Path:
         """Where the run's training log is on this machine: node 0's (rank 0 writes there), or `node`'s.
@@ -270,14 +276,14 @@ class StopAnswer:
         return f"stop requested for {self.run_id}" + ("" if self.first else " (a stop was already requested)") + (f"; {then}" if then else "")
 
 
-def stop(run_id: str, reason: str = "stopped", store: Optional[RunStore] = None) -> StopAnswer:
+def stop(run_id: str, reason: str = "stopped", store: Optional[RunStore] = None, *, force: bool = False) -> StopAnswer:
     """Ask a run to stop after a checkpoint (see Run.stop). An ended run is left as it is, except a lost one,
-    which is ended here (its leftover ranks are killed)."""
+    which is ended here (its leftover ranks are killed). Someone else's run on a team store: only an admin, with force."""
     run = Run(run_id, store)
     status = run.status
     if status in TERMINAL_STATUSES and status != "lost":
         return StopAnswer(run.run_id, "already_ended", status)
-    first = run.stop(reason)
+    first = run.stop(reason, force=force)
     record = run.record()
     if record["status"] in TERMINAL_STATUSES:  # its agent was gone: the run was ended here
         return StopAnswer(run.run_id, "ended", record["status"], first, (record.get("exit") or {}).get("reason"))
@@ -294,7 +300,7 @@ RESUME_OPTIONS = {
 }
 
 
-def resume(run_id: str, *, max_steps: Optional[int] = None, budget_usd: Optional[float] = None, store: Optional[RunStore] = None) -> Run:
+def resume(run_id: str, *, max_steps: Optional[int] = None, budget_usd: Optional[float] = None, store: Optional[RunStore] = None, force: bool = False) -> Run:
     """Continue a stopped, failed or lost run from its newest complete checkpoint and return its Run.
 
     It stays the same run (same id, record and event stream) as its next attempt, on the node it
@@ -306,9 +312,11 @@ def resume(run_id: str, *, max_steps: Optional[int] = None, budget_usd: Optional
     run = Run(run_id, store)
     target = run._target(run.store.get(run.run_id))  # asked before any sync: a remote node may not answer
     record = run.record()
+    run.store.guard("resume", run.run_id, record.get("owner"), force=force, what=f"run {run.run_id}")
     if record["status"] in ACTIVE_STATUSES:
         raise SpecError(f"run {run.run_id} is still {record['status']}: stop it first (gaudi-nb stop {run.run_id}), then resume it")
     target.resume(run.run_id, max_steps=max_steps, budget_usd=budget_usd)
+    run.store.audit("resume", run.run_id, detail={"owner": record.get("owner"), "force": force, "max_steps": max_steps, "budget_usd": budget_usd})
     # the restart event makes the run active again; from another node it arrives by the mirror
     deadline = time.monotonic() + RESUME_SEEN_WAIT_S
     while run.store.get(run.run_id)["status"] not in ACTIVE_STATUSES and time.monotonic() < deadline:

@@ -13,9 +13,9 @@ from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
-from . import api, runs_table
+from . import api, audit, runs_table
 from .cli_options import with_spec_options
-from .errors import GaudiNbError, SpecError
+from .errors import GaudiNbError, NotAllowedError, SpecError
 from .events import TERMINAL_STATUSES
 from .formatting import money, rate
 
@@ -25,6 +25,7 @@ app.add_typer(cost_app, name="cost")
 
 out = Console()
 err = Console(stderr=True)
+FORCE_HELP = "an admin on a team store: act on someone else's run or machine (the audit trail records it)"
 
 
 @app.command()
@@ -56,9 +57,10 @@ def resume(
     budget_usd: Optional[float] = typer.Option(None, "--budget-usd", help=api.RESUME_OPTIONS["budget_usd"]),
     detach: bool = typer.Option(False, "--detach", "-d", help="resume the run and return; it goes on without this process"),
     as_json: bool = typer.Option(False, "--json", help="print the final run record as JSON (progress goes to stderr)"),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Continue a stopped, failed or lost run from its last checkpoint: the same run, as its next attempt."""
-    run = api.resume(run_id, max_steps=max_steps, budget_usd=budget_usd)
+    run = api.resume(run_id, max_steps=max_steps, budget_usd=budget_usd, force=force)
     console = err if as_json else out
     restart = (run.record().get("restarts") or [{}])[-1]
     console.print(f"resumed [bold]{run.run_id}[/] from step {restart.get('from_step')} (attempt {restart.get('attempt')})" + ("" if detach else "; Ctrl-C leaves it running"))
@@ -277,9 +279,9 @@ def export(
 
 
 @app.command()
-def stop(run_id: str = typer.Argument(..., help="run id")) -> None:
+def stop(run_id: str = typer.Argument(..., help="run id"), force: bool = typer.Option(False, "--force", help=FORCE_HELP)) -> None:
     """Ask a run to stop cleanly: the ranks finish two steps and save a checkpoint."""
-    answer = api.stop(run_id)
+    answer = api.stop(run_id, force=force)
     out.print(answer.line(then=f"gaudi-nb show {answer.run_id}"), highlight=False, markup=False)
 
 
@@ -374,8 +376,11 @@ def _mount_room_commands() -> None:
     from .dashboard.cli import dashboard_command
     from .k8s_cli import k8s_app
     from .nodes.cli import nodes_app
+    from .team_cli import audit_command, team_app
 
     app.command("batch")(batch_command)
+    app.command("audit")(audit_command)
+    app.add_typer(team_app, name="team")
     app.command("dashboard")(dashboard_command)
     app.add_typer(k8s_app, name="k8s")
     app.add_typer(nodes_app, name="nodes")
@@ -386,13 +391,14 @@ _mount_room_commands()
 
 def main(argv: Optional[List[str]] = None) -> None:
     command = typer.main.get_command(app)
+    audit.set_door("cli")
     try:
         # standalone mode: click reports its own usage errors (exit 2); ours are caught here
         command.main(args=argv, prog_name="gaudi-nb", standalone_mode=True)
     except GaudiNbError as exc:
         # the message is text, not markup: "pip install 'gaudi_nb[batch]'" must print whole
         err.print(Text("error: ", style="red") + Text(str(exc)), highlight=False, soft_wrap=True)
-        sys.exit(2 if isinstance(exc, SpecError) else 1)
+        sys.exit(2 if isinstance(exc, (SpecError, NotAllowedError)) else 1)
 
 
 if __name__ == "__main__":

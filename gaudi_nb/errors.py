@@ -32,3 +32,7 @@ def require(module: str, extra: str, purpose: str = ""):
         return importlib.import_module(module)
     except ImportError as exc:
         raise MissingExtraError(module, extra, purpose) from exc
+
+
+class NotAllowedError(GaudiNbError, PermissionError):
+    """The caller's team role does not let them change this (someone else's run or machine): CLI exit code 2."""

@@ -1,18 +1,18 @@
 """RunStore: runs and their events in SQL (SQLite by default, PostgreSQL for teams), through SQLAlchemy."""
 from __future__ import annotations
 
-import getpass
 import time
 import zlib
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from sqlalchemy import JSON, BigInteger, Float, Integer, String, UniqueConstraint, create_engine, event, func, select, text
+from sqlalchemy import JSON, BigInteger, Float, Integer, String, UniqueConstraint, create_engine, delete, event, func, select, text
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import DBAPIError, IntegrityError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.orm.exc import StaleDataError
 
-from . import migrations, paths
-from .errors import NotFoundError, SpecError
+from . import audit, migrations, paths, team
+from .errors import NotAllowedError, NotFoundError, SpecError
 from .jsontext import dumps_for_store, loads
 from .summary import empty_summary, fold, public
 
@@ -94,6 +94,21 @@ class NodeRow(Base):
     billed_intervals: Mapped[Optional[List[List[float]]]] = mapped_column(JSON)
 
 
+class AuditRow(Base):
+    """Who changed what, when and from where (revision 0007; gaudi_nb/audit.py writes and reads it)."""
+
+    __tablename__ = "audit"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    t: Mapped[float] = mapped_column(Float, index=True)
+    actor: Mapped[str] = mapped_column(String(128))  # the database role (PostgreSQL's current_user) or the login name
+    user: Mapped[str] = mapped_column(String(128))  # the person: the actor, or a served view's logged-in user
+    action: Mapped[str] = mapped_column(String(32))  # train | stop | resume | attach | detach | provision | start | down | team ...
+    target: Mapped[str] = mapped_column(String(256))  # a run id, a node or group name, a role
+    outcome: Mapped[str] = mapped_column(String(16))  # ok | refused
+    origin: Mapped[str] = mapped_column(String(256))  # "<door> on <host>", or a served view's client address
+    detail: Mapped[Optional[Dict[str, Any]]] = mapped_column(JSON)
+
+
 NODE_FIELDS = tuple(column.name for column in NodeRow.__table__.columns)
 
 
@@ -130,6 +145,7 @@ def _engine(url: str) -> Engine:
             engine.dispose()  # not cached, so nobody else would close its connections
             raise
         _engines[url] = engine
+        _identities.pop(url, None)  # a new engine (a store made anew at this URL): ask again who we are
     return _engines[url]
 
 
@@ -192,11 +208,11 @@ def _lock_for_ingest(connection: Connection) -> None:
     # PostgreSQL: the read takes row locks itself (SELECT ... FOR UPDATE)
 
 
-def _current_user() -> Optional[str]:
-    try:
-        return getpass.getuser()
-    except Exception:  # no login name in the environment and no passwd entry (a container's random uid)
-        return None
+_current_user = team.local_user  # the login name: a SQLite store's user
+
+# who each store's connections are (their role, the team's policies): asked once a while per process
+_identities: Dict[str, Tuple[float, team.Identity]] = {}
+IDENTITY_TTL_S = 30.0
 
 
 def _payload_text(event: Dict[str, Any]) -> str:
@@ -239,13 +255,54 @@ class RunStore:
         self.url = url or paths.store_url()
         self.engine = _engine(self.url)
 
+    # -- who is asking ------------------------------------------------------
+    @property
+    def identity(self) -> team.Identity:
+        """Who this store's connections act as: PostgreSQL's current_user and team role, or the login name on SQLite."""
+        if self.engine.dialect.name != "postgresql":
+            return team.Identity(_current_user())
+        cached = _identities.get(self.url)
+        if cached is None or time.monotonic() - cached[0] > IDENTITY_TTL_S:
+            with self.engine.connect() as connection:
+                cached = _identities[self.url] = (time.monotonic(), team.identity(connection))
+        return cached[1]
+
+    def forget_identity(self) -> None:
+        """Ask again who this store's connections are (after team init or a change of role)."""
+        _identities.pop(self.url, None)
+
+    def may_change(self, owner: Optional[str]) -> bool:
+        return self.identity.may_change(owner)
+
+    def guard(self, action: str, target: str, owner: Optional[str], *, force: bool = False, what: str = "") -> None:
+        """Refuse (NotAllowedError, one line) an action on someone else's run or machine unless the caller is an
+        admin with force; a refusal is an audit entry too."""
+        try:
+            self.identity.check(action, what or target, owner, force)
+        except NotAllowedError as exc:
+            self.audit(action, target, outcome="refused", detail={"owner": owner, "force": force, "reason": str(exc)})
+            raise
+
+    def audit(self, action: str, target: str, *, outcome: str = "ok", detail: Optional[Dict[str, Any]] = None) -> None:
+        """Append an entry for an action that is not a store write itself (a stop, a resume, a refusal)."""
+        with self.engine.begin() as connection:
+            audit.insert_entry(connection, action, target, outcome=outcome, detail=detail, actor=self.identity.user)
+
+    def audit_entries(self, *, since_s: Optional[float] = None, user: Optional[str] = None, limit: int = 500) -> List[Dict[str, Any]]:
+        with self.engine.connect() as connection:
+            return audit.entries(connection, since_s=since_s, user=user, limit=limit)
+
     # -- writing -----------------------------------------------------------
     def register(self, run_id: str, *, spec: Dict[str, Any], target: str, run_dir: Optional[str], kind: str = "train", name: Optional[str] = None, owner: Optional[str] = None) -> None:
-        """Add a pending run; `owner` (who started it) defaults to the current user."""
+        """Add a pending run and its audit entry in one transaction; `owner` (who started it) defaults to the
+        database's current_user (the login name on SQLite)."""
         summary = empty_summary(run_id)
         summary.update(spec=spec, target=target, run_dir=run_dir, name=name or spec.get("name"), max_steps=spec.get("max_steps"), kind=kind)
+        owner = owner or self.identity.user
         with Session(self.engine) as session, session.begin():
-            session.add(RunRow(run_id=run_id, name=summary["name"], kind=kind, status="pending", target=target, run_dir=run_dir, created_at=time.time(), summary=summary, owner=owner or _current_user()))
+            session.add(RunRow(run_id=run_id, name=summary["name"], kind=kind, status="pending", target=target, run_dir=run_dir, created_at=time.time(), summary=summary, owner=owner))
+            session.flush()  # the run's row first: a refused insert raises here, before the entry
+            audit.insert_entry(session.connection(), kind, run_id, detail={"target": target, "owner": owner}, actor=self.identity.user)
 
     def offset(self, run_id: str) -> int:
         with Session(self.engine) as session:
@@ -280,14 +337,18 @@ class RunStore:
         wanted = sorted(b[0] for b in batches)
         with self.engine.connect() as connection:
             _lock_for_ingest(connection)
-            query = select(RunRow.run_id, RunRow.events_offset, RunRow.events_count, RunRow.created_at, RunRow.name).where(RunRow.run_id.in_(wanted)).order_by(RunRow.run_id)
+            query = select(RunRow.run_id, RunRow.events_offset, RunRow.events_count, RunRow.created_at, RunRow.name, RunRow.owner).where(RunRow.run_id.in_(wanted)).order_by(RunRow.run_id)
             if connection.dialect.name == "postgresql":
                 query = query.with_for_update()  # the rows stay ours until commit, locked in one order: no deadlock between readers
             current = {row.run_id: row for row in connection.execute(query)}
             missing = [run_id for run_id in wanted if run_id not in current]
+            if missing and self.identity.team:
+                # a teammate's run is hidden from FOR UPDATE by the team's policy: read, never written (its owner's reader ingests it)
+                missing = sorted(set(missing) - set(connection.execute(select(RunRow.run_id).where(RunRow.run_id.in_(missing))).scalars()))
             if missing:
                 connection.rollback()
                 raise NotFoundError(f"no run '{missing[0]}' in the store: gaudi-nb runs lists them")
+            batches = [b for b in batches if b[0] in current and self.may_change(current[b[0]].owner)]
             cache = _summaries.setdefault(self.url, {})
             summaries = {}
             for run_id, _, start_offset, _ in batches:
@@ -373,14 +434,17 @@ class RunStore:
     def add_node(self, record: Dict[str, Any]) -> Dict[str, Any]:
         """Record an attached node; `owner` defaults to the current user, `attached_at` to now."""
         values = _node_values(record)
-        values.setdefault("owner", _current_user())
+        values.setdefault("owner", self.identity.user)
         values.setdefault("attached_at", time.time())
         missing = [name for name in ("name", "url", "user", "host", "port") if values.get(name) in (None, "")]
         if missing:
             raise SpecError(f"a node record needs {', '.join(missing)}")
+        action = "provision" if values.get("provider") else "attach"
         try:
             with Session(self.engine) as session, session.begin():
                 session.add(NodeRow(**values))
+                session.flush()
+                audit.insert_entry(session.connection(), action, values["name"], detail={"url": values["url"], "group": values.get("group")}, actor=self.identity.user)
         except IntegrityError:
             raise SpecError(f"a node named '{values['name']}' is attached already: pick another --name, or gaudi-nb nodes detach {values['name']}") from None
         return self.get_node(values["name"])
@@ -403,22 +467,30 @@ class RunStore:
     def update_node(self, name: str, **fields: Any) -> Dict[str, Any]:
         values = _node_values(fields)
         values.pop("name", None)
-        with Session(self.engine) as session, session.begin():
-            row = session.get(NodeRow, name)
-            if row is None:
-                raise NotFoundError(f"no node '{name}' is attached: gaudi-nb nodes list shows them")
-            for key, value in values.items():
-                setattr(row, key, value)
+        try:
+            with Session(self.engine) as session, session.begin():
+                row = session.get(NodeRow, name)
+                if row is None:
+                    raise NotFoundError(f"no node '{name}' is attached: gaudi-nb nodes list shows them")
+                for key, value in values.items():
+                    setattr(row, key, value)
+        except StaleDataError:  # the team's policy hid the row from this UPDATE: someone else's machine
+            raise NotAllowedError(f"node {name} belongs to {self.get_node(name).get('owner')}: only its owner or an admin changes its record") from None
         return self.get_node(name)
 
     def remove_node(self, name: str) -> Dict[str, Any]:
         """Forget a node; returns the record it had."""
-        with Session(self.engine) as session, session.begin():
-            row = session.get(NodeRow, name)
-            if row is None:
-                raise NotFoundError(f"no node '{name}' is attached: gaudi-nb nodes list shows them")
-            record = _node_record(row)
-            session.delete(row)
+        try:
+            with Session(self.engine) as session, session.begin():
+                row = session.get(NodeRow, name)
+                if row is None:
+                    raise NotFoundError(f"no node '{name}' is attached: gaudi-nb nodes list shows them")
+                record = _node_record(row)
+                if not session.connection().execute(delete(NodeRow).where(NodeRow.name == name)).rowcount:  # the team's policy hid it: someone else's
+                    raise StaleDataError(name)
+                audit.insert_entry(session.connection(), "detach", name, detail={"url": record["url"], "owner": record["owner"]}, actor=self.identity.user)
+        except StaleDataError:
+            raise NotAllowedError(f"node {name} belongs to {record.get('owner')}: only its owner or an admin detaches it") from None
         return record
 
 

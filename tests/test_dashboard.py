@@ -292,6 +292,10 @@ def test_every_page_of_the_live_dashboard_in_chromium(live, browser):
     page.locator(".gaudi-nb-budgets", has_text=f"run {run_id}").first.wait_for(timeout=60_000)  # its budget, and how close
     page.wait_for_timeout(500)
     page.screenshot(path=str(SCREENSHOTS / "dashboard_costs.png"), full_page=True)
+
+    page.goto(f"{live['base']}/?page=audit")  # who started the run, from where
+    page.locator(".gaudi-nb-audit tr", has_text=run_id).first.wait_for(timeout=30_000)
+    page.screenshot(path=str(SCREENSHOTS / "dashboard_audit.png"), full_page=True)
     assert page.problems == [], "\n".join(page.problems)
     page.close()
 
@@ -408,9 +412,13 @@ def test_show_gives_the_same_pages_in_a_notebook(gaudi_home):
     try:
         layout = show(page="costs")
         tabs = layout[1]
-        assert [t.name for t in tabs] == ["Fleet", "Runs", "Run detail", "Costs"] and tabs.active == 3
+        assert [t.name for t in tabs] == ["Fleet", "Runs", "Run detail", "Costs", "Audit"] and tabs.active == 3
         state = layout._gaudi_nb_state
         assert list(state.runs["run_id"]) == ["nb-1"] and state.selected_run == "nb-1"
+        store.audit("stop", "nb-<1>", outcome="refused", detail={"reason": "not <yours>"})
+        tabs.active = 4  # the Audit page reads the trail when it opens: the run's start, the refusal, escaped
+        audit_table = tabs[4][2].object
+        assert "nb-1" in audit_table and "train" in audit_table and "nb-&lt;1&gt;" in audit_table and "not &lt;yours&gt;" in audit_table
     finally:
         stop_shared()
 

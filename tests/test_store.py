@@ -231,17 +231,27 @@ def test_a_store_made_before_migrations_keeps_its_runs_and_gains_owner(store_url
     assert store.ingest("old-1", [make_event("telemetry", "old-1", source="host", devices=[])], 800, 900) == 1
     assert store.count_events("old-1") == len(_events("old-1")) + 1
     store.register("new-1", spec={}, target="local", run_dir=None)
-    assert {r["run_id"]: r["owner"] for r in store.list()} == {"old-1": None, "new-1": getpass.getuser()}
+    assert {r["run_id"]: r["owner"] for r in store.list()} == {"old-1": None, "new-1": _who(store_url)}
     assert _version(store_url) == [migrations.HEAD]
 
 
-def test_register_records_who_started_the_run(store_url):
+def _who(store_url):
+    """Who a store says started a run: PostgreSQL's current_user (the URL's role), the login name on SQLite."""
+    return sqlalchemy.engine.make_url(store_url).username if store_url.startswith("postgresql") else getpass.getuser()
+
+
+def test_register_records_who_started_the_run(store_url, monkeypatch):
+    monkeypatch.setenv("USER", "mallory")  # PostgreSQL's current_user, not $USER, on a shared store
+    monkeypatch.setenv("LOGNAME", "mallory")
     store = RunStore(store_url)
     store.register("mine", spec={}, target="local", run_dir=None)
     store.register("theirs", spec={}, target="local", run_dir=None, owner="alice")
-    assert store.get("mine")["owner"] == getpass.getuser()
+    me = _who(store_url) if store_url.startswith("postgresql") else "mallory"
+    assert store.get("mine")["owner"] == me
     assert store.get("theirs")["owner"] == "alice"
-    assert {r["run_id"]: r["owner"] for r in store.list()} == {"mine": getpass.getuser(), "theirs": "alice"}
+    assert {r["run_id"]: r["owner"] for r in store.list()} == {"mine": me, "theirs": "alice"}
+    # each registration is an audit entry, in the same transaction
+    assert [(e["action"], e["target"], e["actor"]) for e in store.audit_entries()] == [("train", "theirs", me), ("train", "mine", me)]
 
 
 def test_the_migrations_build_exactly_the_schema_the_models_describe(store_url):

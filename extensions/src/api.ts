@@ -43,6 +43,7 @@ export interface IRun {
   budget_usd: number | null;
   budget_left_usd: number | null;
   reason: string | null;
+  can_stop?: boolean; // false: someone else's run on a team store (only its owner or an admin stops it)
 }
 
 export interface IWarning {

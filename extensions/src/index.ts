@@ -159,7 +159,7 @@ const plugin: JupyterFrontEndPlugin<void> = {
     commands.addCommand(CommandIDs.stop, {
       label: 'Gaudi: Stop a Run…',
       execute: async args => {
-        const active = (updates.latest?.runs || []).filter(run => ACTIVE.includes(run.status) && run.status !== 'stopping');
+        const active = (updates.latest?.runs || []).filter(run => ACTIVE.includes(run.status) && run.status !== 'stopping' && run.can_stop !== false);
         let run = active.find(r => r.run_id === args.run_id);
         if (!run) {
           if (active.length === 0) {

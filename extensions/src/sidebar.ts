@@ -210,7 +210,7 @@ export class GaudiSidebar extends Widget {
     field('usd').textContent = usd(run.usd);
     field('usd').title = run.budget_usd ? `budget ${usd(run.budget_usd)}` : 'no budget';
     const stop = field('stop') as HTMLButtonElement;
-    stop.hidden = !active;
+    stop.hidden = !active || run.can_stop === false;
     stop.disabled = run.status === 'stopping';
     if (!active && run.reason) {
       row.title = `${run.run_id}: ${run.reason}`;

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import gc
+import html
 import os
 import secrets
 import tempfile
@@ -14,7 +15,7 @@ from ..store import RunStore
 from .data_store import DashboardData
 
 UPDATE_INTERVAL_MS = 100  # a step shows within ~two ticks: the 250 ms p95 target with room for the browser
-PAGES = ("fleet", "runs", "run", "costs")
+PAGES = ("fleet", "runs", "run", "costs", "audit")
 TITLE = "gaudi-nb dashboard"
 
 # Panel's own login page loads its logo from Panel's CDN: this one has nothing to fetch (Jinja2, Panel's variables)
@@ -32,6 +33,10 @@ button{padding:8px;font-size:14px;background:#1976d2;color:#fff;border:0;border-
 """
 
 _shared: Dict[str, DashboardData] = {}
+# who may do what behind this process's served dashboard: {login: role} from --roles (set by serve)
+_roles: Dict[str, str] = {}
+# whether a login is configured: only then is Panel's user cookie a person (signed); without one, nobody logged in
+_auth: Dict[str, bool] = {"login": False}
 _shared_lock = threading.Lock()
 
 
@@ -86,9 +91,13 @@ def _extensions(inline: bool) -> Any:
     return pn, hv
 
 
-def build(data: DashboardData, page: Optional[str] = None, run_id: Optional[str] = None, *, inline: bool = False) -> Any:
-    """The layout for one session: a header and the four pages as tabs; its periodic callback only moves state."""
+def build(data: DashboardData, page: Optional[str] = None, run_id: Optional[str] = None, *, inline: bool = False, login: Optional[str] = None, origin: str = "dashboard") -> Any:
+    """The layout for one session: a header and the pages as tabs; its periodic callback only moves state.
+    `login`: the person logged in (their role from --roles decides what they may stop); none: the store's own user."""
     pn, _ = _extensions(inline)
+    from .access import person
+    from .audit_page import audit_page
+    from .controls import stop_control
     from .views import DashboardState, costs_page, detail_page, fleet_page, runs_page
 
     state = DashboardState(data, page=page if page in PAGES else "fleet")
@@ -100,13 +109,15 @@ def build(data: DashboardData, page: Optional[str] = None, run_id: Optional[str]
     def open_run(_: str) -> None:
         tabs.active = PAGES.index("run")
 
-    tabs.extend([fleet_page(state), runs_page(state, on_open=open_run), detail_page(state), costs_page(state)])
+    who = person(login, _roles, data.store.identity)
+    tabs.extend([fleet_page(state), runs_page(state, on_open=open_run), detail_page(state, stop_control(state, who, origin)), costs_page(state), audit_page(state)])
     tabs.active = PAGES.index(state.page)
     tabs.param.watch(lambda event: setattr(state, "page", PAGES[event.new]), "active")
     store_name = data.store.url.split("@")[-1]  # never the password of a PostgreSQL URL
     header = pn.pane.HTML(
         f'<div style="display:flex;gap:14px;align-items:baseline"><span style="font-size:20px;font-weight:700">{TITLE}</span>'
-        f'<span style="color:#666;font-size:12px">store: {store_name} · live every {UPDATE_INTERVAL_MS} ms</span></div>',
+        f'<span style="color:#666;font-size:12px">store: {html.escape(store_name)} · live every {UPDATE_INTERVAL_MS} ms</span>'
+        f'<span class="gaudi-nb-person" style="color:#666;font-size:12px;margin-left:auto">{html.escape(str(who.user))} · {who.role if who.team else "owner of this store"}</span></div>',
         sizing_mode="stretch_width",
     )
     layout = pn.Column(header, tabs, sizing_mode="stretch_width", css_classes=["gaudi-nb-dashboard"])
@@ -115,7 +126,7 @@ def build(data: DashboardData, page: Optional[str] = None, run_id: Optional[str]
 
 
 def session(data: DashboardData) -> Any:
-    """What one browser session gets: pages from ?page=fleet|runs|run|costs&run=ID, and a 100 ms periodic callback."""
+    """What one browser session gets: pages from ?page=fleet|runs|run|costs|audit&run=ID, and a 100 ms periodic callback."""
     pn, _ = _panel()
     args = pn.state.session_args if pn.state.curdoc is not None else {}
 
@@ -130,7 +141,9 @@ def session(data: DashboardData) -> Any:
         from panel.io.resources import LOCAL_DIST
 
         doc._template_variables["dist_url"] = f"{pn.state.rel_path}/{LOCAL_DIST}" if pn.state.rel_path else LOCAL_DIST
-    layout, state = build(data, page=arg("page"), run_id=arg("run"))
+    request = doc.session_context.request if doc is not None and doc.session_context is not None else None
+    origin = f"dashboard from {getattr(request, 'remote_ip', None) or 'unknown'}"
+    layout, state = build(data, page=arg("page"), run_id=arg("run"), login=pn.state.user if _auth["login"] else None, origin=origin)
     pn.state.add_periodic_callback(state.update, period=UPDATE_INTERVAL_MS)
     return layout
 
@@ -147,6 +160,8 @@ def serve(
     oauth_redirect_uri: Optional[str] = None,
     cookie_secret: Optional[str] = None,
     allow_origins: Optional[List[str]] = None,
+    roles: Optional[str] = None,
+    oauth_allow: Optional[List[str]] = None,
     threaded: bool = False,
     show: bool = False,
     follow: bool = True,
@@ -155,9 +170,20 @@ def serve(
 
     Authentication is Panel's own: `basic_auth` is a password for any user name or a JSON file of
     {user: password}; `oauth_provider` (github, google, azure, okta, generic, ...) with its key and secret.
-    With either, every page and every websocket needs a login first.
+    With either, every page and every websocket needs a login first. `roles` (a JSON file {login: role})
+    decides what each login may do (viewer when not listed); `oauth_allow` lists the users (or org:NAME)
+    OAuth lets in, required off loopback.
     """
+    from .access import allowed, check_oauth, load_roles
+
+    check_oauth(address, oauth_provider, oauth_allow)
+    _roles.clear()
+    _roles.update(load_roles(roles))
     pn, _ = _extensions(inline=False)
+    if oauth_allow:
+        allow = list(oauth_allow)
+        pn.config.authorize_callback = lambda user_info: allowed(allow, user_info)
+    _auth["login"] = bool(basic_auth or oauth_provider)
     data = shared_data(store, follow=follow)
     if not threaded:
         settle_heap()

@@ -17,12 +17,16 @@ def dashboard_command(
     oauth_redirect_uri: Optional[str] = typer.Option(None, "--oauth-redirect-uri", help="the URL the provider sends people back to"),
     cookie_secret: Optional[str] = typer.Option(None, "--cookie-secret", help="signs login cookies: env:VAR or file:PATH (or PANEL_COOKIE_SECRET); without it logins end when the dashboard restarts"),
     allow_origin: Optional[List[str]] = typer.Option(None, "--allow-origin", help="HOST:PORT people reach the dashboard by, when not this address (a proxy, a DNS name); repeatable"),
+    roles: Optional[str] = typer.Option(None, "--roles", help="a JSON file {login: viewer|member|admin}: members stop their own runs, admins anything; a login not in it reads only"),
+    oauth_allow: Optional[List[str]] = typer.Option(None, "--oauth-allow", help="a user (or org:NAME) OAuth lets in; repeatable; required with --oauth-provider off 127.0.0.1"),
     show: bool = typer.Option(False, "--show", help="open it in a browser"),
 ) -> None:
     """Serve the team dashboard: every node, run and dollar in the store, live (Fleet, Runs, Run detail, Costs)."""
     from ..private import secret_value
+    from .access import check_oauth
     from .app import serve
 
+    check_oauth(address, oauth_provider, oauth_allow)  # before anything is printed or served
     # each secret may be env:VAR or file:PATH, so it is not in `ps` for the host's other users
     store, basic_auth, oauth_secret, cookie_secret = (None if value is None else secret_value(value, flag) for value, flag in (
         (store, "--store"), (basic_auth, "--basic-auth"), (oauth_secret, "--oauth-secret"), (cookie_secret, "--cookie-secret")))
@@ -40,5 +44,7 @@ def dashboard_command(
         oauth_redirect_uri=oauth_redirect_uri,
         cookie_secret=cookie_secret,
         allow_origins=allow_origin,
+        roles=roles,
+        oauth_allow=oauth_allow,
         show=show,
     )

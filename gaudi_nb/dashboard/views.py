@@ -39,7 +39,7 @@ class DashboardState(param.Parameterized):
     fleet = param.DataFrame(default=pd.DataFrame(), doc="one row per node")
     costs = param.Dict(default={}, doc="spend by user, project and day; burn rate; budgets")
     selected_run = param.String(default="", doc="the run the detail page shows")
-    page: Any = param.Selector(default="fleet", objects=["fleet", "runs", "run", "costs"], doc="the open page: only its widgets are fed")
+    page: Any = param.Selector(default="fleet", objects=["fleet", "runs", "run", "costs", "audit"], doc="the open page: only its widgets are fed")
     version = param.Integer(default=-1)
     detail_version = param.Integer(default=0, doc="grows when the selected run's detail has new events")
     heatmap_at = param.Number(default=0.0)
@@ -271,7 +271,8 @@ class CurveFeed:
             self.sent = len(points)
 
 
-def detail_page(state: DashboardState) -> pn.viewable.Viewable:
+def detail_page(state: DashboardState, controls: Optional[pn.viewable.Viewable] = None) -> pn.viewable.Viewable:
+    """One run's page; `controls` (the Stop a person may use) sit by the run picker."""
     picker = pn.widgets.AutocompleteInput(label="run", options=[], value=state.selected_run, restrict=False, min_characters=1, case_sensitive=False, width=420, placeholder="a run id (or click one on Runs)", search_strategy="includes")
     loss = CurveFeed("step", "loss")
     throughput = CurveFeed("step", "tokens_per_second")
@@ -319,7 +320,8 @@ def detail_page(state: DashboardState) -> pn.viewable.Viewable:
         throughput.feed(run_id, s.throughput)
         utilization.feed(run_id, [(pd.Timestamp(t, unit="s"), u) for t, u in detail.utilization])
         cost.feed(run_id, [(pd.Timestamp(t, unit="s"), u) for t, u in detail.cost])
-        events.object = detail.events_frame().head(EVENTS_SHOWN).assign(time=lambda f: f["time"].dt.strftime("%H:%M:%S"))
+        newest = detail.events_frame().head(EVENTS_SHOWN)
+        events.object = newest.assign(time=newest["time"].dt.strftime("%H:%M:%S")) if len(newest) else newest  # none read yet: an empty table
         logs.object = detail.log_tail() or "(no training log on this machine)"
         found = detail.manifest()
         if found is None:
@@ -338,7 +340,7 @@ def detail_page(state: DashboardState) -> pn.viewable.Viewable:
     show()
     return pn.Column(
         pn.pane.Markdown("## Run detail"),
-        picker,
+        pn.Row(picker, controls) if controls is not None else picker,
         header,
         pn.Row(numbers, money, failure),
         plots,

@@ -14,7 +14,7 @@ from jupyter_server.utils import url_path_join
 from tornado.ioloop import PeriodicCallback
 from tornado.websocket import WebSocketClosedError, WebSocketHandler
 
-from ..errors import GaudiNbError, NotFoundError
+from ..errors import GaudiNbError, NotAllowedError, NotFoundError
 from . import payloads
 
 URL_PATH = "gaudi-nb"
@@ -55,6 +55,8 @@ class GaudiHandler(APIHandler):
             body = await off_loop(fn, *args)
         except NotFoundError as exc:
             return self.reply({"message": str(exc)}, 404)
+        except NotAllowedError as exc:  # someone else's run on a team store
+            return self.reply({"message": str(exc)}, 403)
         except GaudiNbError as exc:
             return self.reply({"message": str(exc)}, 400)
         self.reply(body)
@@ -97,7 +99,8 @@ class StopHandler(GaudiHandler):
     @tornado.web.authenticated
     @authorized
     async def post(self, run_id: str) -> None:
-        await self.answer(payloads.stop, run_id)
+        user = getattr(self.current_user, "username", None) or getattr(self.current_user, "name", None)  # the Jupyter user: the audit names them
+        await self.answer(payloads.stop, run_id, user, f"jupyter from {self.request.remote_ip}")
 
 
 class CostsHandler(GaudiHandler):

@@ -56,11 +56,18 @@ def run(run_id: str, events: int = 50) -> Dict[str, Any]:
     return {"run": record, "row": run_row(record), "events": store.events(run_id, after_seq=total - 1 - max(0, events))}
 
 
-def stop(run_id: str) -> Dict[str, Any]:
-    """Ask a run to stop after a checkpoint, as the panel's Stop and `gaudi-nb stop` do."""
-    from .. import api
+def stop(run_id: str, user: Optional[str] = None, origin: str = "jupyter") -> Dict[str, Any]:
+    """Ask a run to stop after a checkpoint, as the panel's Stop and `gaudi-nb stop` do, for the Jupyter `user`
+    (whom the audit entry names). On a team store the server's database role decides: its own runs, or any
+    run for an admin (the sidebar's confirmed click is their --force)."""
+    import contextlib
 
-    answer = api.stop(run_id, store=_store())
+    from .. import api
+    from ..audit import acting_for
+
+    store = _store()
+    with acting_for(user, origin) if user else contextlib.nullcontext():
+        answer = api.stop(run_id, store=store, force=store.identity.role == "admin")
     return {"run_id": answer.run_id, "first": answer.first, "status": answer.status, "outcome": answer.outcome, "message": answer.line()}
 
 
@@ -208,7 +215,9 @@ def snapshot_of(reader: "DashboardData", now: float, limit: int = RECENT_RUNS) -
     from ..dashboard.fleet import active_on, node_idle
 
     records, node_records, histories = list(reader.records), list(reader.node_records), dict(reader.histories)
-    every = [run_row(record) for record in records]
+    who = reader.store.identity
+    # Stop shows only where this server's user may stop: their own runs, or any for an admin (SQLite: one user, all)
+    every = [dict(run_row(record), can_stop=who.role != "viewer" and who.may_change(record.get("owner"))) for record in records]
     active = active_on(records)
     names = {"local", *(str(n["name"]) for n in node_records)}
     idle = {name: node_idle(active.get(name) or [], histories.get(name), now) for name in names}

@@ -68,8 +68,10 @@ def attach(
     record = node_record(name, address, found, python=python)
     if existing is not None:
         record.pop("owner", None)  # the teammate who attached it first keeps it
-        return store.update_node(name, **{k: v for k, v in record.items() if k != "name"})
-    return store.add_node(record)
+        updated = store.update_node(name, **{k: v for k, v in record.items() if k != "name"})
+        store.audit("attach", name, detail={"url": updated["url"], "again": True})
+        return updated
+    return store.add_node(record)  # its audit entry in the same transaction
 
 
 async def _inspect(address: SshAddress, *, python: Optional[str], trust_new_host: bool, progress: Optional[Callable[[str], None]]) -> Probe:

@@ -17,6 +17,7 @@ nodes_app = typer.Typer(help="Nodes reached over SSH: attach, list, check, detac
 
 out = Console()
 err = Console(stderr=True)
+FORCE_HELP = "an admin on a team store: act on someone else's machines (the audit trail records it)"
 
 
 @nodes_app.command("attach")
@@ -138,13 +139,14 @@ def provision_command(
 def down_command(
     name: str = typer.Argument(..., help="a provisioned group's name (all its machines) or one machine's node name"),
     as_json: bool = typer.Option(False, "--json", help="print the node records as JSON, each with its final cost"),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Terminate provisioned machines, wait until none runs, and remove the key pair and groups gaudi_nb made once nothing uses them."""
     from ..cost.billing import with_spend
     from .provision import down
 
     console = err if as_json else out
-    records = with_spend(down(name, progress=lambda message: console.print(Text(message, style="dim"), soft_wrap=True)))
+    records = with_spend(down(name, progress=lambda message: console.print(Text(message, style="dim"), soft_wrap=True), force=force))
     if as_json:
         out.print_json(json.dumps(records))
         return
@@ -157,13 +159,14 @@ def start_command(
     name: str = typer.Argument(..., help="a provisioned group's name (all its stopped machines) or one machine's node name"),
     no_attach: bool = typer.Option(False, "--no-attach", help="return once the machines run (do not wait for SSH or attach)"),
     as_json: bool = typer.Option(False, "--json", help="print the node records as JSON, each with its cost"),
+    force: bool = typer.Option(False, "--force", help=FORCE_HELP),
 ) -> None:
     """Start provisioned machines that were stopped (by autostop, or in the cloud's console) again, and attach them at their new address."""
     from ..cost.billing import with_spend
     from .provision import start
 
     console = err if as_json else out
-    records = with_spend(start(name, progress=lambda message: console.print(Text(message, style="dim"), soft_wrap=True), attach=not no_attach))
+    records = with_spend(start(name, progress=lambda message: console.print(Text(message, style="dim"), soft_wrap=True), attach=not no_attach, force=force))
     if as_json:
         out.print_json(json.dumps(records))
         return

@@ -159,7 +159,7 @@ def provision(
     and starts the autostop watchdog when `idle_minutes` or `budget_usd` is given; it
     `autostop_action`s the machine: "stop" (the disk is kept) or "terminate". Returns the node records.
     """
-    from ..store import RunStore, _current_user
+    from ..store import RunStore
 
     say = progress or (lambda message: None)
     cls, provider_name = _provider_named(provider)
@@ -182,7 +182,7 @@ def provision(
     if running:
         raise SpecError(f"{len(running)} machine(s) of a group '{group}' already exist in {provider_name} {region}: pick another --name, or gaudi-nb nodes down {group}")
     private_key, public_key = ensure_key()
-    owner = _current_user() or "unknown"
+    owner = store.identity.user or "unknown"  # PostgreSQL's current_user on a team store: its policy checks it
     from .providers.base import ProvisionRequest
 
     request = ProvisionRequest(provider=provider_name, instance_type=instance_type, count=count, region=region, name=group, ssh_from=ssh_from,
@@ -342,7 +342,8 @@ def refresh(records: List[Dict[str, Any]], progress: Progress = None, *, store: 
     say = progress or (lambda message: None)
     store = store or RunStore()
     followed: Dict[str, Dict[str, Any]] = {}
-    live = [r for r in records if r.get("provider") and r.get("instance_id") and r.get("state") != "terminated"]
+    # a teammate's machine on a team store is shown as its owner last wrote it: only they (or an admin) write it
+    live = [r for r in records if r.get("provider") and r.get("instance_id") and r.get("state") != "terminated" and store.may_change(r.get("owner"))]
     for (provider_name, region), group_records in _places(live).items():
         try:
             cloud = provider_for(provider_name, region)
@@ -370,7 +371,7 @@ def _provisioned(store: "RunStore", name: str) -> List[Dict[str, Any]]:
     return [one]
 
 
-def start(name: str, progress: Progress = None, *, attach: bool = True, store: "Optional[RunStore]" = None) -> List[Dict[str, Any]]:
+def start(name: str, progress: Progress = None, *, attach: bool = True, store: "Optional[RunStore]" = None, force: bool = False) -> List[Dict[str, Any]]:
     """Start a group's stopped machines (or one by its node name) again: wait until they run, write down their new
     address and billed time, then (with `attach`) wait for SSH, attach each and start its autostop again."""
     from ..store import RunStore
@@ -378,7 +379,11 @@ def start(name: str, progress: Progress = None, *, attach: bool = True, store: "
 
     say = progress or (lambda message: None)
     store = store or RunStore()
-    records = refresh(_provisioned(store, name), say, store=store)
+    records = _provisioned(store, name)
+    for record in records:  # someone else's machine on a team store: refused (and audited) unless an admin forces it
+        store.guard("start", name, record.get("owner"), force=force, what=f"machine {record['name']}")
+    store.audit("start", name, detail={"force": force})
+    records = refresh(records, say, store=store)
     gone = [r["name"] for r in records if r.get("state") == "terminated"]
     if gone and len(gone) == len(records):
         raise SpecError(f"{', '.join(gone)}: terminated, nothing to start; make new machines with gaudi-nb nodes provision")

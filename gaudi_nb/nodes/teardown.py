@@ -14,16 +14,19 @@ if TYPE_CHECKING:
 Progress = Optional[Callable[[str], None]]
 
 
-def down(name: str, progress: Progress = None, *, store: "Optional[RunStore]" = None) -> List[Dict[str, Any]]:
+def down(name: str, progress: Progress = None, *, store: "Optional[RunStore]" = None, force: bool = False) -> List[Dict[str, Any]]:
     """Terminate a group's machines (or one machine by its node name), wait until none runs, release their public
     addresses (also those of machines the cloud ended already), remove what gaudi_nb created for them once nothing
-    uses it, and close their cost records. Returns the records."""
+    uses it, and close their cost records. Returns the records. Someone else's machines only with `force` (an admin's)."""
     from ..store import RunStore
     from .provision import _places, _provisioned
 
     say = progress or (lambda message: None)
     store = store or RunStore()
     records = _provisioned(store, name)
+    for record in records:
+        store.guard("down", name, record.get("owner"), force=force, what=f"machine {record['name']}")
+    store.audit("down", name, detail={"machines": [r["name"] for r in records], "force": force})
     live = [r for r in records if r.get("state") != "terminated"]
     if not live:
         say(f"{name}: already terminated")

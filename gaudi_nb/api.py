@@ -104,7 +104,7 @@ def check(spec: RunSpec) -> None:
 
 def new_run_id(spec: RunSpec) -> str:
     stem = (spec.name or spec.model.rstrip("/").split("/")[-1]).lower()
-    stem = "".join(c if c.isalnum() or c in "-." else "-" for c in stem)[:40].strip("-") or "run"
+    stem = "".join(c if (c.isascii() and c.isalnum()) or c in "-." else "-" for c in stem)[:40].strip("-.") or "run"  # rundir.RUN_ID_PATTERN
     return f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from .rundir import check_run_id
+
 
 def home() -> Path:
     path = Path(os.environ.get("GAUDI_NB_HOME", "~/.gaudi_nb")).expanduser()
@@ -18,7 +20,8 @@ def runs_dir() -> Path:
 
 
 def run_dir(run_id: str) -> Path:
-    return runs_dir() / run_id
+    """runs/<run_id> under the home; SpecError for anything that is not a run id (a path, "..")."""
+    return runs_dir() / check_run_id(run_id)
 
 
 def store_url() -> str:

@@ -14,6 +14,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from . import migrations, paths
 from .errors import NotFoundError, SpecError
 from .jsontext import dumps_for_store, loads
+from .rundir import check_run_id
 from .summary import empty_summary, fold, public
 
 
@@ -226,12 +227,14 @@ class RunStore:
     # -- writing -----------------------------------------------------------
     def register(self, run_id: str, *, spec: Dict[str, Any], target: str, run_dir: Optional[str], kind: str = "train", name: Optional[str] = None, owner: Optional[str] = None) -> None:
         """Add a pending run; `owner` (who started it) defaults to the current user."""
+        check_run_id(run_id)
         summary = empty_summary(run_id)
         summary.update(spec=spec, target=target, run_dir=run_dir, name=name or spec.get("name"), max_steps=spec.get("max_steps"), kind=kind)
         with Session(self.engine) as session, session.begin():
             session.add(RunRow(run_id=run_id, name=summary["name"], kind=kind, status="pending", target=target, run_dir=run_dir, created_at=time.time(), summary=summary, owner=owner or _current_user()))
 
     def offset(self, run_id: str) -> int:
+        check_run_id(run_id)
         with Session(self.engine) as session:
             value = session.scalar(select(RunRow.events_offset).where(RunRow.run_id == run_id))
         if value is None:
@@ -312,11 +315,14 @@ class RunStore:
     # -- reading -----------------------------------------------------------
     def get(self, run_id: str) -> Dict[str, Any]:
         """The run record (as `gaudi-nb show RUN --json` prints it). A unique prefix of the id is enough."""
+        check_run_id(run_id)
         with Session(self.engine) as session:
             row = session.get(RunRow, run_id) or self._by_prefix(session, run_id)
             return public(dict(row.summary, kind=row.kind, created_at=row.created_at, owner=row.owner))
 
     def resolve(self, run_id: str) -> str:
+        """The whole id of a run given by its id or a unique prefix; SpecError for what is not an id."""
+        check_run_id(run_id)
         with Session(self.engine) as session:
             row = session.get(RunRow, run_id) or self._by_prefix(session, run_id)
             return row.run_id
@@ -339,6 +345,7 @@ class RunStore:
             return [public(dict(row.summary, kind=row.kind, created_at=row.created_at, owner=row.owner)) for row in session.scalars(query)]
 
     def events(self, run_id: str, types: Optional[Iterable[str]] = None, after_seq: int = -1) -> List[Dict[str, Any]]:
+        check_run_id(run_id)
         query = select(EventRow.payload).where(EventRow.run_id == run_id, EventRow.seq > after_seq).order_by(EventRow.seq)
         if types:
             query = query.where(EventRow.type.in_(list(types)))

@@ -38,6 +38,14 @@ def test_unknown_run_is_one_line(gaudi_home):
     assert result.stderr.strip() == "error: no run 'no-such-run' in the store: gaudi-nb runs lists them"
 
 
+@pytest.mark.parametrize("command", [["show", "/etc"], ["resume", "a{b}\n"]])
+def test_a_run_door_refuses_what_is_not_a_run_id_in_one_line_exit_2(gaudi_home, command):
+    result = run_cli(*command)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("error: not a run id: ")
+    assert not (gaudi_home / "runs").exists() or not any((gaudi_home / "runs").iterdir())
+
+
 def test_doctor_reports_cpu_honestly(gaudi_home):
     result = run_cli("doctor", "--json")
     report = json.loads(result.stdout)

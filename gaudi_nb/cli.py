@@ -17,7 +17,7 @@ from . import api, runs_table
 from .cli_options import with_spec_options
 from .errors import GaudiNbError, SpecError
 from .events import TERMINAL_STATUSES
-from .formatting import money, rate
+from .formatting import bad_lines, money, rate
 
 app = typer.Typer(help="Train on Intel Gaudi (or CPU/CUDA) and watch runs, throughput and money.", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 cost_app = typer.Typer(help="Prices and pre-run estimates.", no_args_is_help=True)
@@ -164,6 +164,9 @@ def print_record(record: Dict[str, Any], console: Console = out) -> None:
     exit_info = record.get("exit") or {}
     if exit_info.get("reason"):
         rows.append(("reason", exit_info["reason"]))
+    warning = bad_lines(record)
+    if warning:
+        rows.append(("bad lines", warning))
     for key, value in rows:
         table.add_row(Text(key, style="dim"), Text(str(value)))
     console.print(table)

@@ -17,6 +17,9 @@ from .jsontext import dumps_for_store, loads
 from .rundir import check_run_id
 from .summary import empty_summary, fold, public
 
+# A step is 64 bits (revision 0007): BIGINT on PostgreSQL; SQLite's INTEGER is 64 bits already.
+BIG_INTEGER = BigInteger().with_variant(Integer(), "sqlite")
+
 
 class Base(DeclarativeBase):
     pass
@@ -32,7 +35,7 @@ class RunRow(Base):
     run_dir: Mapped[Optional[str]] = mapped_column(String(1024))
     created_at: Mapped[float] = mapped_column(Float, index=True)
     ended_at: Mapped[Optional[float]] = mapped_column(Float)
-    steps_completed: Mapped[int] = mapped_column(Integer, default=0)
+    steps_completed: Mapped[int] = mapped_column(BIG_INTEGER, default=0)
     cost_usd: Mapped[Optional[float]] = mapped_column(Float)
     events_offset: Mapped[int] = mapped_column(BigInteger, default=0)
     events_count: Mapped[int] = mapped_column(Integer, default=0)
@@ -49,7 +52,7 @@ class EventRow(Base):
     type: Mapped[str] = mapped_column(String(32))
     t: Mapped[float] = mapped_column(Float)
     rank: Mapped[Optional[int]] = mapped_column(Integer)
-    step: Mapped[Optional[int]] = mapped_column(Integer)
+    step: Mapped[Optional[int]] = mapped_column(BIG_INTEGER)
     payload: Mapped[Dict[str, Any]] = mapped_column(JSON)
 
 

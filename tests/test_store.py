@@ -106,6 +106,33 @@ def test_events_read_from_a_stream_are_stored_as_written(store_url, tmp_path):
     assert store.get("w1")["metrics"]["first_loss"] == 7.0
 
 
+@pytest.mark.breaks_event_contract
+def test_a_bad_line_and_a_step_above_2_to_the_31_are_stored_and_the_tick_goes_on(store_url, tmp_path):
+    """One transaction for two runs: a line that is not UTF-8 is kept aside on its run, a step past int4
+    (PostgreSQL's INTEGER failed the whole tick) is stored, and the other run's events go in with them."""
+    from gaudi_nb.events import EventWriter, read_events
+
+    store = RunStore(store_url)
+    paths = {}
+    for run_id in ("big", "calm"):
+        store.register(run_id, spec={}, target="local", run_dir=None)
+        paths[run_id] = tmp_path / run_id / "events.jsonl"
+        writer = EventWriter(paths[run_id], run_id, rank=0)
+        writer.emit("step", step=2**31 + 5 if run_id == "big" else 1, loss=1.0)
+        writer.close()
+    with open(paths["big"], "ab") as fh:
+        fh.write(b"\xc3\x28 broken\n")
+    batches = []
+    for run_id, path in paths.items():
+        events, end = read_events(path)
+        batches.append((run_id, events, 0, end))
+    assert store.ingest_many(batches) == {"big": 2, "calm": 1}
+    big, calm = store.get("big"), store.get("calm")
+    assert big["steps_completed"] == 2**31 + 5 and calm["steps_completed"] == 1
+    assert big["bad_lines"]["count"] == 1 and "utf-8" in big["bad_lines"]["first"]["error"] and calm["bad_lines"] is None
+    assert [e["type"] for e in store.events("big")] == ["step", "bad_line"] and store.events("big")[0]["step"] == 2**31 + 5
+
+
 def test_a_summary_another_process_moved_is_read_again(store_url):
     """The store keeps the summaries it wrote; a run another process ingested into meanwhile is folded from the database."""
     store = RunStore(store_url)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import getpass
+import re
 import time
 import zlib
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -420,7 +421,24 @@ def _node_values(record: Dict[str, Any]) -> Dict[str, Any]:
     unknown = sorted(set(record) - set(NODE_FIELDS))
     if unknown:
         raise SpecError(f"unknown node field(s) {', '.join(unknown)}: a node has {', '.join(NODE_FIELDS)}")
+    check_node_paths({"name": record.get("name"), **{k: record[k] for k in ("home", "python") if k in record}})
     return dict(record)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_COMMAND_NAME = re.compile(r"[A-Za-z0-9._+-]+")
+
+
+def check_node_paths(record: Dict[str, Any]) -> Dict[str, Any]:
+    """The record, if its `home` and `python` are what gaudi_nb puts there (an absolute path; a path or a command
+    name), else SpecError: they go into the node's command lines (quoted), and a shared store's row is not trusted."""
+    home, python = record.get("home"), record.get("python")
+    name = record.get("name")
+    if home is not None and (not isinstance(home, str) or not home.startswith("/") or _CONTROL.search(home)):
+        raise SpecError(f"node {name!r}: its recorded home {str(home)[:80]!r} is not an absolute path: gaudi-nb nodes detach {name}, then attach it again")
+    if python is not None and (not isinstance(python, str) or _CONTROL.search(python) or not (python.startswith("/") or _COMMAND_NAME.fullmatch(python))):
+        raise SpecError(f"node {name!r}: its recorded python {str(python)[:80]!r} is not a path or a command name: gaudi-nb nodes detach {name}, then attach it again")
+    return record
 
 
 def _node_record(row: NodeRow) -> Dict[str, Any]:

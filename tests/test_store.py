@@ -326,3 +326,24 @@ def test_opening_an_up_to_date_store_does_not_load_alembic(tmp_path):
     # each CLI call opens the store: an up-to-date one must cost a query, not Alembic's import and script scan
     code = "import sys; from gaudi_nb.store import RunStore; RunStore(sys.argv[1]); print('alembic' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code, url], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_a_node_row_whose_home_or_python_is_not_a_path_never_reaches_a_command_line(tmp_path, monkeypatch):
+    """A shared store's row is not trusted: `home` and `python` go into the node's command lines."""
+    from gaudi_nb.errors import SpecError
+    from gaudi_nb.targets import target_for
+
+    monkeypatch.setenv("GAUDI_NB_HOME", str(tmp_path))
+    store = RunStore(f"sqlite:///{tmp_path / 'store.db'}")
+    node = {"url": "ssh://u@h:22", "user": "u", "host": "h", "port": 22}
+    with pytest.raises(SpecError, match="home"):
+        store.add_node({**node, "name": "a", "home": "~; touch /tmp/owned"})
+    with pytest.raises(SpecError, match="python"):
+        store.add_node({**node, "name": "b", "python": "python3 -c 'import os'"})
+    store.add_node({**node, "name": "c", "home": "/home/u/.gaudi_nb", "python": "/usr/bin/python3"})
+    with store.engine.begin() as connection:  # a teammate's client wrote the row past these checks
+        connection.execute(sqlalchemy.text("UPDATE nodes SET home = '/x\n$(touch /tmp/owned)' WHERE name = 'c'"))
+    assert store.list_nodes()[0]["name"] == "c"  # listed as text
+    monkeypatch.setenv("GAUDI_NB_STORE_URL", store.url)
+    with pytest.raises(SpecError, match="node 'c': its recorded home"):
+        target_for("c").record("c")

@@ -5,7 +5,7 @@ The contract's classes load pydantic: they are imported on first use (`parse`, a
 or the first `make_event`), so a room that only reads events does not pay for it."""
 from typing import Any
 
-from .ended import ended_in_file, has_ended, this_attempt
+from .ended import Marks, ended_in_file, has_ended, read_marks, this_attempt
 from .head import ACTIVE_STATUSES, COMMON_KEYS, SCHEMA_VERSION, TERMINAL_STATUSES
 from .stream import BackgroundEventWriter, EventWriter, ReadEvent, Tailer, iter_events, make_event, read_events
 
@@ -18,7 +18,7 @@ _FROM_CONTRACT = (
 __all__ = [
     "ACTIVE_STATUSES", "COMMON_KEYS", "SCHEMA_VERSION", "TERMINAL_STATUSES",
     "BackgroundEventWriter", "EventWriter", "ReadEvent", "Tailer", "iter_events", "make_event", "read_events",
-    "ended_in_file", "has_ended", "this_attempt", *_FROM_CONTRACT,
+    "Marks", "ended_in_file", "has_ended", "read_marks", "this_attempt", *_FROM_CONTRACT,
 ]
 
 

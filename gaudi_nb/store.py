@@ -348,9 +348,10 @@ class RunStore:
         with Session(self.engine) as session:
             return [public(dict(row.summary, kind=row.kind, created_at=row.created_at, owner=row.owner)) for row in session.scalars(query)]
 
-    def events(self, run_id: str, types: Optional[Iterable[str]] = None, after_seq: int = -1) -> List[Dict[str, Any]]:
+    def events(self, run_id: str, types: Optional[Iterable[str]] = None, after_seq: int = -1, limit: Optional[int] = None) -> List[Dict[str, Any]]:
+        """The run's events after `after_seq`, in order; at most `limit` (a reader pages through a long run)."""
         check_run_id(run_id)
-        query = select(EventRow.payload).where(EventRow.run_id == run_id, EventRow.seq > after_seq).order_by(EventRow.seq)
+        query = select(EventRow.payload).where(EventRow.run_id == run_id, EventRow.seq > after_seq).order_by(EventRow.seq).limit(limit)
         if types:
             query = query.where(EventRow.type.in_(list(types)))
         with Session(self.engine) as session:

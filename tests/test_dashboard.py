@@ -472,3 +472,18 @@ def test_a_bad_line_in_one_running_run_holds_up_nothing_and_is_reported_on_that_
     assert shown.returncode == 0 and "bad lines 2 lines of events.jsonl broke the event contract and were kept aside" in " ".join(shown.stdout.split())
     page = failure_html(PanelState.from_events(hit.run_id, hit.store.events(hit.run_id)))  # the panel's and the dashboard run page's
     assert 'class="gaudi-nb-bad-lines"' in page and "kept aside; the first, at byte" in page
+
+
+def test_the_run_page_reads_a_long_run_a_page_at_a_time(gaudi_home, monkeypatch):
+    from gaudi_nb.dashboard import data_store
+
+    store = RunStore()
+    store.register("long", spec={"max_steps": 25}, target="local", run_dir=None)
+    events = [make_event("step", "long", rank=0, step=i, loss=1.0 / i, tokens=10, step_time_s=0.1, warmup=False) for i in range(1, 26)]
+    store.ingest("long", events, 0, 100)
+    pages = []
+    read = store.events
+    monkeypatch.setattr(store, "events", lambda *a, **kw: pages.append(kw.get("limit")) or read(*a, **kw))
+    monkeypatch.setattr(data_store, "DETAIL_PAGE_EVENTS", 10)
+    detail = DashboardData(store, follow=False).detail("long")
+    assert pages == [10, 10, 10] and detail.seq == 24 and detail.state.step == 25

@@ -24,6 +24,7 @@ from .run_detail import RunDetail
 RUN_COLUMNS = ["run_id", "name", "status", "owner", "project", "target", "nodes", "devices", "model", "step", "max_steps", "tokens_per_second", "loss", "usd", "usd_per_million_tokens", "budget_usd", "created_at", "kind"]
 LIVENESS_CHECK_S = 2.0
 REMOTE_SYNC_S = 0.5
+DETAIL_PAGE_EVENTS = 5000  # the run page reads a run's events from the store this many at a time
 
 
 def run_row(record: Dict[str, Any]) -> Dict[str, Any]:
@@ -294,9 +295,12 @@ class DashboardData:
                 run_id = self.store.resolve(run_id)
             if run_id not in self.details:
                 detail = RunDetail(run_id, record=self.store.get(run_id))
-                events = self.store.events(run_id)  # refresh() appends what comes after these
-                detail.apply(events)
-                detail.seq = len(events) - 1
+                while True:  # a page at a time: a long run's events are never all in memory at once; refresh() appends what follows
+                    page = self.store.events(run_id, after_seq=detail.seq, limit=DETAIL_PAGE_EVENTS)
+                    detail.apply(page)
+                    detail.seq += len(page)
+                    if len(page) < DETAIL_PAGE_EVENTS:
+                        break
                 self.details[run_id] = detail
             return self.details[run_id]
 

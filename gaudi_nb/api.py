@@ -10,6 +10,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 
 from .errors import GaudiNbError, SpecError
 from .events import ACTIVE_STATUSES, TERMINAL_STATUSES
+from .events.stream import READ_BYTES
 from .spec import PATH_FIELDS, RunSpec, looks_like_path, parse_mapping
 from .store import RunStore
 from .targets import Target, target_for
@@ -104,7 +105,7 @@ def check(spec: RunSpec) -> None:
 
 def new_run_id(spec: RunSpec) -> str:
     stem = (spec.name or spec.model.rstrip("/").split("/")[-1]).lower()
-    stem = "".join(c if c.isalnum() or c in "-." else "-" for c in stem)[:40].strip("-") or "run"
+    stem = "".join(c if (c.isascii() and c.isalnum()) or c in "-." else "-" for c in stem)[:40].strip("-.") or "run"  # rundir.RUN_ID_PATTERN
     return f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
 
 
@@ -140,9 +141,14 @@ class Run:
         return arrived
 
     def _pull(self, target: Target) -> int:
-        start = self.store.offset(self.run_id)
-        events, end = target.read_events(self.run_id, start)
-        return self.store.ingest(self.run_id, events, start, end)
+        """Ingest what is new, a bounded read at a time (each its own transaction), until a read comes back short."""
+        arrived = 0
+        while True:
+            start = self.store.offset(self.run_id)
+            events, end = target.read_events(self.run_id, start)
+            arrived += self.store.ingest(self.run_id, events, start, end)
+            if end - start < READ_BYTES // 2:
+                return arrived
 
     def record(self) -> Dict[str, Any]:
         """The run's record; an active run on a node that cannot be reached now shows `unreachable`
@@ -355,7 +361,7 @@ def runs(limit: int = 50, store: Optional[RunStore] = None) -> List[Dict[str, An
         if record["status"] in ACTIVE_STATUSES:
             try:
                 Run(record["run_id"], store).sync()
-            except GaudiNbError:
+            except Exception:  # a run that cannot be synced now (its node, its stored row) keeps its last record; the others go on
                 continue
     return store.list(limit=limit)
 

@@ -17,14 +17,16 @@ from . import api, audit, runs_table
 from .cli_options import with_spec_options
 from .errors import GaudiNbError, NotAllowedError, SpecError
 from .events import TERMINAL_STATUSES
-from .formatting import money, rate
+from .formatting import bad_lines, money, rate
 
 app = typer.Typer(help="Train on Intel Gaudi (or CPU/CUDA) and watch runs, throughput and money.", no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 cost_app = typer.Typer(help="Prices and pre-run estimates.", no_args_is_help=True)
 app.add_typer(cost_app, name="cost")
 
-out = Console()
-err = Console(stderr=True)
+# markup off: what is printed is text (a run id, a node name, a store string, "pip install 'gaudi_nb[ssh]'"),
+# never Rich markup; emphasis is a Text with a style
+out = Console(markup=False)
+err = Console(stderr=True, markup=False)
 FORCE_HELP = "an admin on a team store: act on someone else's run or machine (the audit trail records it)"
 
 
@@ -44,9 +46,9 @@ def train(
         if as_json:
             out.print_json(json.dumps(run.record()))
         else:
-            console.print(f"started [bold]{run.run_id}[/] (detached). Follow it: gaudi-nb logs {run.run_id} -f · gaudi-nb show {run.run_id}")
+            console.print(Text.assemble("started ", (run.run_id, "bold"), f" (detached). Follow it: gaudi-nb logs {run.run_id} -f · gaudi-nb show {run.run_id}"))
         return
-    console.print(f"run [bold]{run.run_id}[/] on {run.store.get(run.run_id)['target']}; Ctrl-C leaves it running")
+    console.print(Text.assemble("run ", (run.run_id, "bold"), f" on {run.store.get(run.run_id)['target']}; Ctrl-C leaves it running"))
     follow_to_the_end(run, console, as_json)
 
 
@@ -63,7 +65,7 @@ def resume(
     run = api.resume(run_id, max_steps=max_steps, budget_usd=budget_usd, force=force)
     console = err if as_json else out
     restart = (run.record().get("restarts") or [{}])[-1]
-    console.print(f"resumed [bold]{run.run_id}[/] from step {restart.get('from_step')} (attempt {restart.get('attempt')})" + ("" if detach else "; Ctrl-C leaves it running"))
+    console.print(Text.assemble("resumed ", (run.run_id, "bold"), f" from step {restart.get('from_step')} (attempt {restart.get('attempt')})" + ("" if detach else "; Ctrl-C leaves it running")))
     if detach:
         if as_json:
             out.print_json(json.dumps(run.record()))
@@ -166,6 +168,9 @@ def print_record(record: Dict[str, Any], console: Console = out) -> None:
     exit_info = record.get("exit") or {}
     if exit_info.get("reason"):
         rows.append(("reason", exit_info["reason"]))
+    warning = bad_lines(record)
+    if warning:
+        rows.append(("bad lines", warning))
     for key, value in rows:
         table.add_row(Text(key, style="dim"), Text(str(value)))
     console.print(table)

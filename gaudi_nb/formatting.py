@@ -1,8 +1,8 @@
-"""How money and durations read in every door and view (CLI, magics, panel, dashboard, JupyterLab): one rule each,
+"""How money, durations and a run's bad event lines read in every door and view (CLI, magics, panel, dashboard, JupyterLab): one rule each,
 so the same value prints the same text everywhere; an unknown value reads "unknown", never $0."""
 from __future__ import annotations
 
-from typing import Optional
+from typing import Any, Dict, Optional
 
 UNKNOWN = "unknown"
 
@@ -32,3 +32,14 @@ def duration(seconds: Optional[float]) -> str:
 
 
 __all__ = ["UNKNOWN", "duration", "money", "rate"]
+
+
+def bad_lines(record: Dict[str, Any]) -> Optional[str]:
+    """The warning every view shows on a run whose events.jsonl has lines that break the event contract
+    (kept aside: the run and its other events go on); None when it has none."""
+    bad = record.get("bad_lines")
+    if not bad:
+        return None
+    first = bad.get("first") or {}
+    many = f"{bad['count']} lines of events.jsonl broke the event contract and were" if bad.get("count", 1) > 1 else "1 line of events.jsonl broke the event contract and was"
+    return f"{many} kept aside; the first, at byte {first.get('offset')}: {first.get('error')}"

@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 from .private import private_dir, secret_value
+from .rundir import check_run_id
 
 
 def home() -> Path:
@@ -17,7 +18,8 @@ def runs_dir() -> Path:
 
 
 def run_dir(run_id: str) -> Path:
-    return runs_dir() / run_id
+    """runs/<run_id> under the home; SpecError for anything that is not a run id (a path, "..")."""
+    return runs_dir() / check_run_id(run_id)
 
 
 def store_url() -> str:

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, NamedTuple, Optional, Tuple
 
+from .errors import SpecError
 from .private import FOLDER_MODE, private_dir
 
 # Written into a checkpoint folder after everything else in it is on disk: a folder without it
@@ -28,6 +29,20 @@ AGENT_HOST_ENV = "GAUDI_NB_AGENT_HOST"  # a launcher may forward the variables t
 # Where a LoRA run's checkpoint keeps its base model and tokenizer (the ranks write them, export reads them).
 BASE_MODEL_DIR = "base_model"
 TOKENIZER_DIR = "tokenizer"
+
+
+# What a run id may be: the one pattern every door, the store and the run folders check, so an id read
+# from a shared store is data: never a path (no "/", no ".." or absolute id), never code (no "{", "$",
+# quotes, spaces or newlines a magic line or a shell could read), and ASCII (ids are compared byte for byte).
+RUN_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+def check_run_id(run_id: Any) -> str:
+    """`run_id` if it is a run id (or a prefix of one); SpecError in one line if not."""
+    if isinstance(run_id, str) and RUN_ID_PATTERN.fullmatch(run_id):
+        return run_id
+    shown = repr(run_id)[:60]
+    raise SpecError(f"not a run id: {shown} (a run id is letters, digits, '.', '_' and '-', up to 128): gaudi-nb runs lists them")
 
 
 def agent_environment() -> Dict[str, str]:

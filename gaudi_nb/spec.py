@@ -291,6 +291,10 @@ def parse_mapping(text: str, where: str) -> Dict[str, Any]:
     import yaml
 
     try:
+        # an alias (*name) is refused: run options never need one, and nested aliases (a "billion laughs")
+        # make a value whose every use (a check, an error message) costs exponential time and memory
+        if "*" in text and any(isinstance(event, yaml.AliasEvent) for event in yaml.parse(text, Loader=yaml.SafeLoader)):
+            raise SpecError(f"{where}: YAML aliases (*name) are not taken in run options: write each value out")
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -300,6 +304,15 @@ def parse_mapping(text: str, where: str) -> Dict[str, Any]:
         raise SpecError(f"{where} must hold a mapping of run options (model: tiny-llama, devices: 2, ...)")
     # null, and "None" (what {var} of a Python None expands to), leave an option unset
     return {str(k).replace("-", "_"): v for k, v in data.items() if v is not None and v != "None"}
+
+
+def _shown(value: Any) -> str:
+    """What was given, as a short repr: a few items, a few levels, whatever the value's size."""
+    import reprlib
+
+    short = reprlib.Repr()
+    short.maxlevel, short.maxlist, short.maxtuple, short.maxdict, short.maxstring, short.maxother = 2, 4, 4, 4, 80, 80
+    return short.repr(value)
 
 
 def describe_validation_error(exc: ValidationError) -> str:
@@ -313,9 +326,9 @@ def describe_validation_error(exc: ValidationError) -> str:
         return f"{field}: required: give --{field.replace('_', '-')}"
     if err["type"] == "literal_error":
         expected = err.get("ctx", {}).get("expected", "")
-        return f"{field}: must be one of {expected} (got {err.get('input')!r})"
+        return f"{field}: must be one of {expected} (got {_shown(err.get('input'))})"
     got = err.get("input")
     said = got is not None and isinstance(got, str) and got.strip() in message  # the message names it already
-    suffix = f" (got {got!r})" if got is not None and not isinstance(got, dict) and not said else ""
+    suffix = f" (got {_shown(got)})" if got is not None and not isinstance(got, dict) and not said else ""
     more = f"; and {len(exc.errors()) - 1} more problem(s)" if len(exc.errors()) > 1 else ""
     return f"{field}: {message[:1].lower()}{message[1:]}{suffix}{more}"

@@ -1,6 +1,7 @@
 """RunStore: runs and their events in SQL (SQLite by default, PostgreSQL for teams), through SQLAlchemy."""
 from __future__ import annotations
 
+import re
 import time
 import zlib
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
@@ -14,7 +15,11 @@ from sqlalchemy.orm.exc import StaleDataError
 from . import audit, migrations, paths, team
 from .errors import NotAllowedError, NotFoundError, SpecError
 from .jsontext import dumps_for_store, loads
+from .rundir import check_run_id
 from .summary import empty_summary, fold, public
+
+# A step is 64 bits (revision 0007): BIGINT on PostgreSQL; SQLite's INTEGER is 64 bits already.
+BIG_INTEGER = BigInteger().with_variant(Integer(), "sqlite")
 
 
 class Base(DeclarativeBase):
@@ -31,7 +36,7 @@ class RunRow(Base):
     run_dir: Mapped[Optional[str]] = mapped_column(String(1024))
     created_at: Mapped[float] = mapped_column(Float, index=True)
     ended_at: Mapped[Optional[float]] = mapped_column(Float)
-    steps_completed: Mapped[int] = mapped_column(Integer, default=0)
+    steps_completed: Mapped[int] = mapped_column(BIG_INTEGER, default=0)
     cost_usd: Mapped[Optional[float]] = mapped_column(Float)
     events_offset: Mapped[int] = mapped_column(BigInteger, default=0)
     events_count: Mapped[int] = mapped_column(Integer, default=0)
@@ -48,7 +53,7 @@ class EventRow(Base):
     type: Mapped[str] = mapped_column(String(32))
     t: Mapped[float] = mapped_column(Float)
     rank: Mapped[Optional[int]] = mapped_column(Integer)
-    step: Mapped[Optional[int]] = mapped_column(Integer)
+    step: Mapped[Optional[int]] = mapped_column(BIG_INTEGER)
     payload: Mapped[Dict[str, Any]] = mapped_column(JSON)
 
 
@@ -296,6 +301,7 @@ class RunStore:
     def register(self, run_id: str, *, spec: Dict[str, Any], target: str, run_dir: Optional[str], kind: str = "train", name: Optional[str] = None, owner: Optional[str] = None) -> None:
         """Add a pending run and its audit entry in one transaction; `owner` (who started it) defaults to the
         database's current_user (the login name on SQLite)."""
+        check_run_id(run_id)
         summary = empty_summary(run_id)
         summary.update(spec=spec, target=target, run_dir=run_dir, name=name or spec.get("name"), max_steps=spec.get("max_steps"), kind=kind)
         owner = owner or self.identity.user
@@ -305,6 +311,7 @@ class RunStore:
             audit.insert_entry(session.connection(), kind, run_id, detail={"target": target, "owner": owner}, actor=self.identity.user)
 
     def offset(self, run_id: str) -> int:
+        check_run_id(run_id)
         with Session(self.engine) as session:
             value = session.scalar(select(RunRow.events_offset).where(RunRow.run_id == run_id))
         if value is None:
@@ -389,11 +396,14 @@ class RunStore:
     # -- reading -----------------------------------------------------------
     def get(self, run_id: str) -> Dict[str, Any]:
         """The run record (as `gaudi-nb show RUN --json` prints it). A unique prefix of the id is enough."""
+        check_run_id(run_id)
         with Session(self.engine) as session:
             row = session.get(RunRow, run_id) or self._by_prefix(session, run_id)
             return public(dict(row.summary, kind=row.kind, created_at=row.created_at, owner=row.owner))
 
     def resolve(self, run_id: str) -> str:
+        """The whole id of a run given by its id or a unique prefix; SpecError for what is not an id."""
+        check_run_id(run_id)
         with Session(self.engine) as session:
             row = session.get(RunRow, run_id) or self._by_prefix(session, run_id)
             return row.run_id
@@ -415,8 +425,10 @@ class RunStore:
         with Session(self.engine) as session:
             return [public(dict(row.summary, kind=row.kind, created_at=row.created_at, owner=row.owner)) for row in session.scalars(query)]
 
-    def events(self, run_id: str, types: Optional[Iterable[str]] = None, after_seq: int = -1) -> List[Dict[str, Any]]:
-        query = select(EventRow.payload).where(EventRow.run_id == run_id, EventRow.seq > after_seq).order_by(EventRow.seq)
+    def events(self, run_id: str, types: Optional[Iterable[str]] = None, after_seq: int = -1, limit: Optional[int] = None) -> List[Dict[str, Any]]:
+        """The run's events after `after_seq`, in order; at most `limit` (a reader pages through a long run)."""
+        check_run_id(run_id)
+        query = select(EventRow.payload).where(EventRow.run_id == run_id, EventRow.seq > after_seq).order_by(EventRow.seq).limit(limit)
         if types:
             query = query.where(EventRow.type.in_(list(types)))
         with Session(self.engine) as session:
@@ -498,7 +510,24 @@ def _node_values(record: Dict[str, Any]) -> Dict[str, Any]:
     unknown = sorted(set(record) - set(NODE_FIELDS))
     if unknown:
         raise SpecError(f"unknown node field(s) {', '.join(unknown)}: a node has {', '.join(NODE_FIELDS)}")
+    check_node_paths({"name": record.get("name"), **{k: record[k] for k in ("home", "python") if k in record}})
     return dict(record)
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_COMMAND_NAME = re.compile(r"[A-Za-z0-9._+-]+")
+
+
+def check_node_paths(record: Dict[str, Any]) -> Dict[str, Any]:
+    """The record, if its `home` and `python` are what gaudi_nb puts there (an absolute path; a path or a command
+    name), else SpecError: they go into the node's command lines (quoted), and a shared store's row is not trusted."""
+    home, python = record.get("home"), record.get("python")
+    name = record.get("name")
+    if home is not None and (not isinstance(home, str) or not home.startswith("/") or _CONTROL.search(home)):
+        raise SpecError(f"node {name!r}: its recorded home {str(home)[:80]!r} is not an absolute path: gaudi-nb nodes detach {name}, then attach it again")
+    if python is not None and (not isinstance(python, str) or _CONTROL.search(python) or not (python.startswith("/") or _COMMAND_NAME.fullmatch(python))):
+        raise SpecError(f"node {name!r}: its recorded python {str(python)[:80]!r} is not a path or a command name: gaudi-nb nodes detach {name}, then attach it again")
+    return record
 
 
 def _node_record(row: NodeRow) -> Dict[str, Any]:

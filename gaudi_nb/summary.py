@@ -68,6 +68,7 @@ def empty_summary(run_id: str) -> Dict[str, Any]:
         "batch": None,  # batch runs (gaudi_nb.batch): notebook, parameters, cells, results
         "attempt": 1,  # a restart after a crash, or a resume, starts the next attempt of the same run
         "restarts": [],  # one entry per restart event: attempt, cause, from_step, reason
+        "bad_lines": None,  # lines of events.jsonl that broke the contract, kept aside: count, and the first's offset, error and text
         # running sums for steady-state throughput (warmup steps left out)
         "_measured_tokens": 0,
         "_measured_samples": 0,
@@ -215,6 +216,12 @@ class RecordFold(Fold):
         s = self.summary
         if s["status"] in ("starting", "running"):
             s["status"] = "stopping"
+
+    def on_bad_line(self, e: Event) -> None:
+        s = self.summary
+        bad = s.get("bad_lines") or {"count": 0, "first": {k: e.get(k) for k in ("offset", "error", "text")}}
+        bad["count"] += 1
+        s["bad_lines"] = bad
 
     def on_run_end(self, e: Event) -> None:
         s = self.summary

@@ -1,7 +1,6 @@
 """A run's working directory (--workdir): the files git would keep, snapshot into the run folder and synced to nodes."""
 from __future__ import annotations
 
-import io
 import os
 import shutil
 import subprocess
@@ -94,14 +93,14 @@ def copy_into(root: Path, destination: Path) -> int:
     return len(files)
 
 
-def pack(root: Path) -> Tuple[bytes, int]:
-    """The working directory as one tar archive (one transfer to a node instead of one per file) and its file count."""
+def pack(root: Path, destination: Path) -> int:
+    """The working directory as one tar archive in `destination` (one transfer to a node instead of one per
+    file, streamed from disk: never the whole archive in memory); returns its file count."""
     files = select(root)
-    buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w") as archive:
+    with tarfile.open(destination, mode="w") as archive:
         for path, name, _ in files:
             archive.add(str(path), arcname=name, recursive=False)
-    return buffer.getvalue(), len(files)
+    return len(files)
 
 
 def code_dir(run_dir: Path) -> Path:

@@ -39,6 +39,14 @@ def test_unknown_run_is_one_line(gaudi_home):
     assert result.stderr.strip() == "error: no run 'no-such-run' in the store: gaudi-nb runs lists them"
 
 
+@pytest.mark.parametrize("command", [["show", "/etc"], ["resume", "a{b}\n"]])
+def test_a_run_door_refuses_what_is_not_a_run_id_in_one_line_exit_2(gaudi_home, command):
+    result = run_cli(*command)
+    assert result.returncode == 2, result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and result.stderr.startswith("error: not a run id: ")
+    assert not (gaudi_home / "runs").exists() or not any((gaudi_home / "runs").iterdir())
+
+
 def test_doctor_reports_cpu_honestly(gaudi_home):
     result = run_cli("doctor", "--json")
     report = json.loads(result.stdout)
@@ -46,6 +54,29 @@ def test_doctor_reports_cpu_honestly(gaudi_home):
     assert "host" in report["telemetry_sources"]
     names = {c["name"]: c for c in report["checks"]}
     assert names["habana-torch-plugin"]["ok"] is False and "Intel" in names["habana-torch-plugin"]["hint"]
+
+
+def test_store_strings_print_as_written_never_as_markup(gaudi_home):
+    """A teammate's run or node row is text: markup in it neither styles nor breaks the tables ("[/]" alone made Rich raise)."""
+    from gaudi_nb.store import RunStore
+
+    store = RunStore()
+    store.register("r1", spec={}, target="[/] [red]evil[/red]", run_dir=None)
+    store.add_node({"name": "n1", "url": "ssh://u@h:22", "user": "u", "host": "h", "port": 22, "accelerator": "[/]"})
+    runs, nodes = run_cli("runs"), run_cli("nodes", "list")
+    assert runs.returncode == 0 and "[/] [red]evil[/red]" in runs.stdout, runs.stderr
+    assert nodes.returncode == 0 and "[/]" in nodes.stdout, nodes.stderr
+
+
+
+def test_doctor_prints_a_hint_with_its_extra(monkeypatch, capsys):
+    """'gaudi_nb[ssh]' printed as 'gaudi_nb' when the hint was read as markup."""
+    from gaudi_nb import cli, doctor
+
+    checks = [{"name": "asyncssh", "ok": False, "found": "missing", "hint": "pip install 'gaudi_nb[ssh]' (attach nodes over SSH)"}]
+    monkeypatch.setattr(doctor, "report", lambda: {"checks": checks})
+    cli.doctor(as_json=False)
+    assert "pip install 'gaudi_nb[ssh]'" in " ".join(capsys.readouterr().out.split())
 
 
 def test_cost_catalog_shows_unknown_prices_as_unknown(gaudi_home):

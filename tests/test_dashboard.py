@@ -423,3 +423,79 @@ def test_show_gives_the_same_pages_in_a_notebook(gaudi_home):
         stop_shared()
 
 
+
+
+BAD_LINES_LOOP = """\
+import time
+
+import numpy as np
+
+from gaudi_nb.worker.script import report, spec
+
+for step in range(1, spec().max_steps + 1):
+    time.sleep(0.1)
+    report(step=step, loss=np.float32(10.0 / step), tokens=np.int64(64), samples=np.float64(2.0))  # numbers as a framework hands them over
+"""
+
+
+@pytest.mark.breaks_event_contract
+def test_a_bad_line_in_one_running_run_holds_up_nothing_and_is_reported_on_that_run(gaudi_home, monkeypatch):
+    """Bytes that are not UTF-8 and a step whose tokens are the text "tensor(512)", appended to one running
+    run's events.jsonl: both runs ingest to their ends (the agent's own reader too: the runs succeed), the
+    CLI lists them, and the bad lines are a warning on their run in the record, gaudi-nb show and the run page."""
+    import json
+    import subprocess
+
+    from conftest import BIN
+
+    import gaudi_nb
+    from gaudi_nb.notebook.panel import failure_html
+    from gaudi_nb.notebook.panel_state import PanelState
+
+    monkeypatch.setenv("GAUDI_NB_ACCELERATOR", "cpu")
+    script = gaudi_home.parent / "loop.py"
+    script.write_text(BAD_LINES_LOOP)
+    runs = [gaudi_nb.train(script=str(script), devices=1, max_steps=20, warmup_steps=1) for _ in range(2)]
+    hit, calm = runs
+    data = DashboardData(hit.store, follow=True).start(0.05)
+    try:
+        deadline = time.time() + 60
+        while hit.store.get(hit.run_id)["steps_completed"] < 3:
+            assert time.time() < deadline, "the run never stepped"
+            time.sleep(0.05)
+        tensor_step = {**make_event("step", hit.run_id, rank=0, step=3, loss=1.0), "tokens": "tensor(512)"}
+        with open(paths.run_dir(hit.run_id) / "events.jsonl", "ab") as fh:
+            fh.write(b"\xff\xfe\xfd not UTF-8\n")
+            fh.write((json.dumps(tensor_step) + "\n").encode())
+        while any(hit.store.get(run.run_id)["status"] not in ("succeeded", "failed", "lost") for run in runs):
+            assert time.time() < deadline + 60, [hit.store.get(run.run_id)["status"] for run in runs]
+            time.sleep(0.1)
+    finally:
+        data.stop()
+    records = {run.run_id: hit.store.get(run.run_id) for run in runs}
+    assert [(r["status"], r["steps_completed"]) for r in records.values()] == [("succeeded", 20), ("succeeded", 20)]
+    assert records[hit.run_id]["metrics"]["tokens_seen"] == 20 * 64  # np.int64(64) went in as the number
+    bad = records[hit.run_id]["bad_lines"]
+    assert bad["count"] == 2 and "utf-8" in bad["first"]["error"] and records[calm.run_id]["bad_lines"] is None
+    listed = subprocess.run([str(BIN / "gaudi-nb"), "runs", "--json"], capture_output=True, text=True, timeout=120)
+    assert listed.returncode == 0, listed.stderr
+    assert {r["run_id"]: r["bad_lines"] and r["bad_lines"]["count"] for r in json.loads(listed.stdout)} == {hit.run_id: 2, calm.run_id: None}
+    shown = subprocess.run([str(BIN / "gaudi-nb"), "show", hit.run_id], capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0 and "bad lines 2 lines of events.jsonl broke the event contract and were kept aside" in " ".join(shown.stdout.split())
+    page = failure_html(PanelState.from_events(hit.run_id, hit.store.events(hit.run_id)))  # the panel's and the dashboard run page's
+    assert 'class="gaudi-nb-bad-lines"' in page and "kept aside; the first, at byte" in page
+
+
+def test_the_run_page_reads_a_long_run_a_page_at_a_time(gaudi_home, monkeypatch):
+    from gaudi_nb.dashboard import data_store
+
+    store = RunStore()
+    store.register("long", spec={"max_steps": 25}, target="local", run_dir=None)
+    events = [make_event("step", "long", rank=0, step=i, loss=1.0 / i, tokens=10, step_time_s=0.1, warmup=False) for i in range(1, 26)]
+    store.ingest("long", events, 0, 100)
+    pages = []
+    read = store.events
+    monkeypatch.setattr(store, "events", lambda *a, **kw: pages.append(kw.get("limit")) or read(*a, **kw))
+    monkeypatch.setattr(data_store, "DETAIL_PAGE_EVENTS", 10)
+    detail = DashboardData(store, follow=False).detail("long")
+    assert pages == [10, 10, 10] and detail.seq == 24 and detail.state.step == 25

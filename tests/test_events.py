@@ -103,6 +103,7 @@ PRODUCED = {
     "tracker": dict(tracker="mlflow", tracker_run_id="x1", url=None, experiment="0", tracking_uri="file:///m"),
     "run_end": dict(status="failed", exit_code=1, reason="node b: failed", last_log_lines=["x"], steps_completed=3, usd=None, ended_by="client",
                     nodes={"a": {"status": "stopped", "reason": None, "exit_code": 0, "usd": 0.1}}),
+    "bad_line": dict(offset=117, error="step event: field tokens: Input should be a valid integer, got 'tensor(512)'", text='{"v":1,"type":"step"'),
 }
 
 
@@ -191,3 +192,54 @@ def test_the_events_reference_in_docs_is_generated_from_the_contract():
     step = page.read_text().split("### `step`")[1].split("### ")[0]
     assert "| `memory` | object of integer or null |" in step and "memory_bytes" not in step.replace("in_use_bytes", "")
     assert events_module.SCHEMA_VERSION == 1
+
+
+# -- a line that breaks the contract ------------------------------------------------------------------
+@pytest.mark.breaks_event_contract
+def test_a_line_that_breaks_the_contract_is_kept_aside_as_a_bad_line_and_the_rest_goes_on(tmp_path):
+    path = tmp_path / "r1" / "events.jsonl"
+    writer = EventWriter(path, "r1", rank=0)
+    writer.emit("step", step=1, loss=2.0)
+    tensor_step = {**make_event("step", "r1", rank=0, step=2, loss=1.5), "tokens": "tensor(512)"}  # report(tokens=torch.tensor(512)) wrote this
+    with open(path, "ab") as fh:
+        fh.write(b"\xff\xfe not UTF-8\n" + json.dumps(tensor_step).encode() + b"\n[1, 2]\n")
+    writer.emit("step", step=3, loss=1.0)
+    writer.close()
+    events, end = read_events(path)
+    assert end == path.stat().st_size
+    assert [e["type"] for e in events] == ["step", "bad_line", "bad_line", "bad_line", "step"] and events[-1]["step"] == 3
+    not_utf8, tensor, not_object = events[1:4]
+    for bad in events[1:4]:
+        assert parse(bad).run_id == "r1"  # a bad_line is an event of its run, through the contract
+    assert "utf-8" in not_utf8["error"] and not_utf8["offset"] == len(path.read_bytes().split(b"\n")[0]) + 1
+    assert tensor["error"].startswith("step event: field tokens:") and "tensor(512)" in tensor["text"]
+    assert "not list" in not_object["error"]
+    from gaudi_nb.summary import empty_summary, fold
+
+    record = fold(empty_summary("r1"), events)
+    assert record["steps_completed"] == 3 and record["bad_lines"]["count"] == 3
+    assert record["bad_lines"]["first"]["error"] == not_utf8["error"]
+
+
+@pytest.mark.breaks_event_contract
+def test_the_reader_reads_a_bounded_chunk_at_a_time_and_skips_a_line_longer_than_one(tmp_path):
+    path = tmp_path / "events.jsonl"
+    writer = EventWriter(path, "r")
+    for step in range(1, 101):
+        writer.emit("step", step=step)
+    with open(path, "ab") as fh:
+        fh.write(b"x" * 5000 + b"\n")
+    writer.emit("step", step=101)
+    writer.close()
+    events, end = read_events(path, 0, max_bytes=1000)
+    assert 0 < len(events) < 20 and end <= 1000 and [e["step"] for e in events] == list(range(1, len(events) + 1))
+    everything = list(events_module.iter_events(path))
+    assert [e.get("step") for e in everything] == [*range(1, 101), None, 101]
+    offset, steps = 0, []
+    while True:  # a reader catching up by small reads gets every event once, and the long line as a bad line
+        events, end = read_events(path, offset, max_bytes=1000)
+        if end == offset:
+            break
+        steps += [e.get("step", e["type"]) for e in events]
+        offset = end
+    assert steps == [*range(1, 101), "bad_line", 101]

@@ -136,7 +136,8 @@ def test_the_sidebar_lists_the_run_and_its_step_advances(page, run):
 
 def test_a_click_on_the_run_opens_its_live_panel_in_the_notebook(page, run):
     page.locator(f".gaudi-nb-run[data-run-id='{run.run_id}'] .gaudi-nb-run-name").click()
-    cell = page.locator(".jp-Notebook .jp-CodeCell", has_text=f"%gaudi_watch {run.run_id}")
+    # Python with the id quoted, not a magic line: IPython would evaluate {…} in a run id from the store
+    cell = page.locator(".jp-Notebook .jp-CodeCell", has_text=f'notebook.show(get_run("{run.run_id}"));')
     cell.wait_for(timeout=60_000)
     # the magic's live panel, counting the same run's steps
     page.wait_for_function("() => { const e = document.querySelector('.gaudi-nb-panel .gaudi-nb-step'); return e && +e.dataset.step >= 1; }", timeout=90_000)

@@ -295,6 +295,18 @@ def test_stop_without_runs_says_how_to_start_one(ip):
         ip.run_line_magic("gaudi_watch", "nope")
 
 
+@pytest.mark.parametrize("magic", ["gaudi_watch", "gaudi_stop", "gaudi_resume", "gaudi_cost"])
+@pytest.mark.parametrize("run_id", ["{boom()}", "$boom", "/etc", "a\nb"])
+def test_a_magic_that_takes_a_run_id_refuses_what_is_not_one_and_evaluates_nothing(ip, magic, run_id):
+    """A run id from a shared store (or a sidebar click) is data: nothing in it runs in this kernel."""
+    calls = []
+    ip.user_ns.update(calls=calls, boom=lambda: calls.append("ran") or "x")
+    with pytest.raises(UsageError) as info:
+        ip.run_line_magic(magic, run_id)
+    assert calls == [] and "\n" not in str(info.value)
+    assert "not a run id" in str(info.value) or "unrecognized arguments" in str(info.value)
+
+
 def test_launcher_choices_come_from_the_registries_and_catalog(gaudi_home):
     import gaudi_nb
     from gaudi_nb.cost import load_catalog

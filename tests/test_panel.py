@@ -275,3 +275,16 @@ def test_a_rank_exiting_at_the_end_keeps_its_tile_and_a_remote_run_says_where():
     state = PanelState.from_events(RUN, events)
     assert [d["label"] for d in state.devices] == ["cpu rank 0", "cpu rank 1"]
     assert "cpu × 2 on gaudi-a" in header_html(state)
+
+
+def test_a_status_from_the_store_is_text_in_the_header_never_html():
+    """The status went unescaped into an attribute: a row in a shared store could add markup and script to every viewer's page."""
+    from gaudi_nb.notebook.panel import header_html
+    from gaudi_nb.notebook.panel_state import PanelState
+
+    state = PanelState("r1")
+    state.summary.update(status='x" onmouseover="alert(1)"><img src=x onerror=alert(2)>', attempt='"><u>')
+    state.summary["restarts"] = [{"cause": "crash", "from_step": 1, "reason": "r"}]
+    page = header_html(state)
+    assert "<img" not in page and 'onmouseover="' not in page and "<u>" not in page
+    assert 'data-status="x&quot; onmouseover=&quot;alert(1)&quot;&gt;&lt;img' in page

@@ -58,3 +58,28 @@ def test_option_fields_are_every_runspec_field_once():
 
 def test_warmup_never_swallows_every_step():
     assert RunSpec(max_steps=3, warmup_steps=10).warmup_steps == 2
+
+
+def test_a_yaml_alias_bomb_in_a_spec_is_a_short_error_at_once(tmp_path):
+    """Nested aliases ("billion laughs"): yaml.safe_load shares them cheaply, but every later use of the value
+    (a check, the error that prints what was given) expanded it."""
+    import time
+
+    from pydantic import ValidationError
+
+    from gaudi_nb.api import load_spec_file
+    from gaudi_nb.errors import SpecError
+    from gaudi_nb.spec import RunSpec, describe_validation_error
+
+    levels = ["a0: &a0 [x, x, x, x, x, x, x, x, x]"] + [f"a{i}: &a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 10)]
+    path = tmp_path / "spec.yaml"
+    path.write_text("\n".join(levels) + "\ndevices: *a9\n")
+    started = time.monotonic()
+    with pytest.raises(SpecError) as info:
+        load_spec_file(path)
+    assert time.monotonic() - started < 2 and len(str(info.value)) < 200 and "aliases" in str(info.value)
+    wide = [[list(range(100))] * 100] * 100  # what a bomb makes: shared lists, a million items
+    with pytest.raises(ValidationError) as refused:
+        RunSpec.model_validate({"devices": wide})
+    said = describe_validation_error(refused.value)
+    assert said.startswith("devices: input should be a valid integer (got [[[...], [...],") and len(said) < 300, said[:400]

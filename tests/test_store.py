@@ -106,6 +106,33 @@ def test_events_read_from_a_stream_are_stored_as_written(store_url, tmp_path):
     assert store.get("w1")["metrics"]["first_loss"] == 7.0
 
 
+@pytest.mark.breaks_event_contract
+def test_a_bad_line_and_a_step_above_2_to_the_31_are_stored_and_the_tick_goes_on(store_url, tmp_path):
+    """One transaction for two runs: a line that is not UTF-8 is kept aside on its run, a step past int4
+    (PostgreSQL's INTEGER failed the whole tick) is stored, and the other run's events go in with them."""
+    from gaudi_nb.events import EventWriter, read_events
+
+    store = RunStore(store_url)
+    paths = {}
+    for run_id in ("big", "calm"):
+        store.register(run_id, spec={}, target="local", run_dir=None)
+        paths[run_id] = tmp_path / run_id / "events.jsonl"
+        writer = EventWriter(paths[run_id], run_id, rank=0)
+        writer.emit("step", step=2**31 + 5 if run_id == "big" else 1, loss=1.0)
+        writer.close()
+    with open(paths["big"], "ab") as fh:
+        fh.write(b"\xc3\x28 broken\n")
+    batches = []
+    for run_id, path in paths.items():
+        events, end = read_events(path)
+        batches.append((run_id, events, 0, end))
+    assert store.ingest_many(batches) == {"big": 2, "calm": 1}
+    big, calm = store.get("big"), store.get("calm")
+    assert big["steps_completed"] == 2**31 + 5 and calm["steps_completed"] == 1
+    assert big["bad_lines"]["count"] == 1 and "utf-8" in big["bad_lines"]["first"]["error"] and calm["bad_lines"] is None
+    assert [e["type"] for e in store.events("big")] == ["step", "bad_line"] and store.events("big")[0]["step"] == 2**31 + 5
+
+
 def test_a_summary_another_process_moved_is_read_again(store_url):
     """The store keeps the summaries it wrote; a run another process ingested into meanwhile is folded from the database."""
     store = RunStore(store_url)
@@ -309,3 +336,24 @@ def test_opening_an_up_to_date_store_does_not_load_alembic(tmp_path):
     # each CLI call opens the store: an up-to-date one must cost a query, not Alembic's import and script scan
     code = "import sys; from gaudi_nb.store import RunStore; RunStore(sys.argv[1]); print('alembic' in sys.modules)"
     assert subprocess.run([sys.executable, "-c", code, url], capture_output=True, text=True, check=True).stdout.strip() == "False"
+
+
+def test_a_node_row_whose_home_or_python_is_not_a_path_never_reaches_a_command_line(tmp_path, monkeypatch):
+    """A shared store's row is not trusted: `home` and `python` go into the node's command lines."""
+    from gaudi_nb.errors import SpecError
+    from gaudi_nb.targets import target_for
+
+    monkeypatch.setenv("GAUDI_NB_HOME", str(tmp_path))
+    store = RunStore(f"sqlite:///{tmp_path / 'store.db'}")
+    node = {"url": "ssh://u@h:22", "user": "u", "host": "h", "port": 22}
+    with pytest.raises(SpecError, match="home"):
+        store.add_node({**node, "name": "a", "home": "~; touch /tmp/owned"})
+    with pytest.raises(SpecError, match="python"):
+        store.add_node({**node, "name": "b", "python": "python3 -c 'import os'"})
+    store.add_node({**node, "name": "c", "home": "/home/u/.gaudi_nb", "python": "/usr/bin/python3"})
+    with store.engine.begin() as connection:  # a teammate's client wrote the row past these checks
+        connection.execute(sqlalchemy.text("UPDATE nodes SET home = '/x\n$(touch /tmp/owned)' WHERE name = 'c'"))
+    assert store.list_nodes()[0]["name"] == "c"  # listed as text
+    monkeypatch.setenv("GAUDI_NB_STORE_URL", store.url)
+    with pytest.raises(SpecError, match="node 'c': its recorded home"):
+        target_for("c").record("c")

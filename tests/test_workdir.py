@@ -72,3 +72,13 @@ def test_a_local_script_runs_in_its_snapshot(script_runs, tmp_path, monkeypatch)
 
 if __name__ == "__main__":
     sys.exit(pytest.main([__file__, "-q"]))
+
+
+def test_the_archive_for_a_node_is_written_to_a_file_it_is_streamed_from(tmp_path):
+    import tarfile
+
+    root = make_project(tmp_path / "project")
+    archive = tmp_path / "code.tar"
+    count = workdir.pack(root, archive)  # to disk, then SFTP'd from the file: never the whole archive in memory
+    with tarfile.open(archive) as tar:
+        assert sorted(tar.getnames()) == sorted(name for _, name, _ in workdir.select(root)) and count == len(tar.getnames())

@@ -122,7 +122,9 @@ const plugin: JupyterFrontEndPlugin<void> = {
       execute: async args => {
         const runId = args.run_id as string | undefined;
         if (runId) {
-          await insertAndRun(`%gaudi_watch ${runId}`);
+          // Python with the id as a quoted string (JSON's escapes are Python's), never a magic line: a run id
+          // comes from a shared store, and IPython would evaluate {…} in a line magic's text
+          await insertAndRun(`from gaudi_nb import get_run, notebook\nnotebook.show(get_run(${JSON.stringify(runId)}));`);
         }
       }
     });

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
-from ..events import EventWriter, read_events
+from ..events import EventWriter, read_marks
 from ..rundir import RunFolder
 
 LOG_TAIL_LINES = 20
@@ -162,9 +162,8 @@ class Attempts:
 
     def _metered_so_far(self) -> float:
         """The wall clock this node's earlier agents metered: a resumed run's spend goes on from there."""
-        events, _ = read_events(self.folder.events)
-        costs = [e for e in events if e.get("type") == "cost" and e.get("node") == self.node and e.get("elapsed_s") is not None]
-        return float(costs[-1]["elapsed_s"]) if costs else 0.0
+        last = read_marks(self.folder.events).last_cost.get(str(self.node)) or {}
+        return float(last.get("elapsed_s") or 0.0)
 
     def crashed(self, exit_code: int, rank_errors: Dict[int, str], worker_error: Optional[str]) -> Optional[Dict[str, Any]]:
         """How a rank crashed (the caller has ruled out a stop), or None when the attempt ended well."""

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
 from ..events import read_events
+from ..events.stream import READ_BYTES
 
 Events = List[Dict[str, Any]]
 
@@ -49,18 +50,24 @@ class EventFeed:
         with self._lock:
             self._subscribers.append(_Subscriber(take, history))
 
-    def poll(self) -> Events:
-        """Read what is new once and hand it to every subscriber; returns it."""
+    def poll(self) -> int:
+        """Read what is new once and hand it to every subscriber; returns how many events. A long history comes
+        a bounded read at a time (READ_BYTES), each read its own batch, until a read comes back short."""
         with self._lock:
-            events, self.offset = read_events(self.path, self.offset)
-            self.reads += 1
             first, self._first = self._first, False
-            for subscriber in self._subscribers:
-                batch = [] if first and not subscriber.history else events
-                if batch or not subscriber.fed:
-                    subscriber.fed = True
-                    _deliver(subscriber, batch)
-        return events
+            count = 0
+            while True:
+                start = self.offset
+                chunk, self.offset = read_events(self.path, self.offset)
+                self.reads += 1
+                for subscriber in self._subscribers:
+                    batch = [] if first and not subscriber.history else chunk
+                    if batch or not subscriber.fed:
+                        subscriber.fed = True
+                        _deliver(subscriber, batch)
+                count += len(chunk)
+                if self.offset - start < READ_BYTES // 2:
+                    return count
 
     # -- a feed with nobody polling it (a notebook run's trackers) -------------------------------
     def start(self, poll_s: float = 1.0) -> "EventFeed":

@@ -9,7 +9,7 @@ from typing import Any, Dict, List, Optional
 
 import psutil
 
-from ..events import EventWriter, has_ended, read_events, this_attempt
+from ..events import EventWriter, Marks, has_ended, read_marks, this_attempt
 from ..private import write_atomic
 from ..rundir import RunFolder, heartbeat_timeout_s
 
@@ -81,8 +81,8 @@ def end_run(folder: RunFolder, status: str, reason: str) -> bool:
 
     Returns False if the run already has a run_end (from its agent or another client).
     """
-    events, _ = read_events(folder.events)
-    if has_ended(events):
+    marks = read_marks(folder.events)
+    if has_ended(marks.events):
         return False
     marker = folder.control / f"ended.{status}"
     try:
@@ -91,7 +91,7 @@ def end_run(folder: RunFolder, status: str, reason: str) -> bool:
     except FileExistsError:
         return False
     try:
-        _write_end(folder, events, status, reason)
+        _write_end(folder, marks, status, reason)
     except BaseException:
         # the marker says a run_end is written: one that failed (a full disk, a kill) gives it back, so the
         # next check ends the run instead of leaving it `running` for good
@@ -100,15 +100,14 @@ def end_run(folder: RunFolder, status: str, reason: str) -> bool:
     return True
 
 
-def _write_end(folder: RunFolder, events: List[Dict[str, Any]], status: str, reason: str) -> None:
+def _write_end(folder: RunFolder, marks: Marks, status: str, reason: str) -> None:
     """Kill what the run left, then append a client's run_end with the steps and spend its events hold."""
-    killed = kill_leftovers(folder, events)
+    killed = kill_leftovers(folder, marks.events)
     if killed:
         reason += f"; {killed} rank process(es) still alive were killed"
     run = folder.read_run()
     writer = EventWriter(folder.events, run["run_id"], node=run.get("node", "local"))
-    steps = max((int(e["step"]) for e in events if e.get("type") == "step"), default=0)
-    writer.emit("run_end", status=status, exit_code=None, reason=reason, steps_completed=steps, usd=_last(events, "cost").get("usd"), ended_by="client")
+    writer.emit("run_end", status=status, exit_code=None, reason=reason, steps_completed=marks.highest_step, usd=marks.spent(), ended_by="client")
     writer.close()
 
 
@@ -132,11 +131,11 @@ def mark_if_lost(folder: RunFolder) -> bool:
 
 def end_lost(folder: RunFolder) -> bool:
     """`gaudi-nb stop` on a lost run: it ends as stopped, and any rank left is killed."""
-    events, _ = read_events(folder.events)
-    final = _last(this_attempt(events), "run_end")
+    marks = read_marks(folder.events)
+    final = _last(this_attempt(marks.events), "run_end")
     if final and final.get("status") != "lost":
         return False
     if final:  # already recorded as lost: record the stop after it (followers stopped at the first run_end)
-        _write_end(folder, events, "stopped", "stopped on request after its agent was lost")
+        _write_end(folder, marks, "stopped", "stopped on request after its agent was lost")
         return True
     return end_run(folder, "stopped", "stopped on request after its agent was lost")

@@ -9,7 +9,7 @@ from typing import Any, Dict, Optional
 from pydantic import ValidationError
 
 from ..errors import SpecError
-from ..events import EventWriter, read_events, this_attempt
+from ..events import EventWriter, read_marks, this_attempt
 from ..private import write_atomic
 from ..rundir import RunFolder
 from ..spec import RunSpec, describe_validation_error
@@ -35,8 +35,8 @@ def resume_run(folder: RunFolder, *, max_steps: Optional[int] = None, budget_usd
     if run.get("cluster"):
         raise SpecError(f"run {run_id} ran across nodes: resume works for runs on one node in this version; start a new run with --max-steps")
     liveness.mark_if_lost(folder)  # an agent that died unnoticed: the run is lost, and resumable
-    events, _ = read_events(folder.events)
-    attempt_events = this_attempt(events)
+    marks = read_marks(folder.events)  # a bounded read at a time, whatever the stream's length
+    attempt_events = this_attempt(marks.events)
     end = next((e for e in reversed(attempt_events) if e.get("type") == "run_end"), None)
     if end is not None:
         wait_for_trackers(folder)
@@ -56,11 +56,11 @@ def resume_run(folder: RunFolder, *, max_steps: Optional[int] = None, budget_usd
             raise SpecError(describe_validation_error(exc)) from None
     if checkpoint.step >= spec.max_steps:
         raise SpecError(f"run {run_id} ended {status} with its last checkpoint at step {checkpoint.step} of max_steps {spec.max_steps}: nothing left to train; resume with --max-steps above {checkpoint.step} to train further")
-    spent = next((e.get("usd") for e in reversed(events) if e.get("type") == "cost" and e.get("usd") is not None), None)
+    spent = marks.spent()
     if spec.budget_usd is not None and spent is not None and spent >= spec.budget_usd:
         raise SpecError(f"run {run_id} has spent ${spent:.4f} of its ${spec.budget_usd:g} budget: resume with a higher --budget-usd")
 
-    attempt = 1 + sum(1 for e in events if e.get("type") == "restart") + 1
+    attempt = 1 + sum(1 for e in marks.events if e.get("type") == "restart") + 1
     try:  # one resume per attempt: a second `gaudi-nb resume` at the same moment stops here
         os.close(os.open(folder.control / f"resumed.{attempt}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
     except FileExistsError:

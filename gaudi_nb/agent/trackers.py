@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from ..events import EventWriter
+from ..events import EventWriter, read_marks
 from ..fold import Event
 from ..rundir import RunFolder
 from ..spec import RunSpec
@@ -178,6 +178,7 @@ class TrackerThread(threading.Thread):
         self.ended = False  # run_end seen: nothing more goes into the run's events
         self.warned = False
         self._tags: Dict[str, str] = {}
+        self._logged_restarts = 0  # restarts still to read past before this attempt's events (a resumed run's)
 
     # -- the thread --------------------------------------------------------
     def run(self) -> None:
@@ -212,18 +213,33 @@ class TrackerThread(threading.Thread):
 
     # -- steps of it -------------------------------------------------------
     def _catch_up(self) -> Optional[str]:
-        """Take what the run wrote before the agent started; returns the tracker run an earlier agent opened (a resumed run)."""
-        events = self.inbox.first(POLL_S, self.closing)
-        earlier = [e for e in events if e.get("type") == "tracker" and e.get("tracker") == self.tracker]
-        self._history = events
+        """Take what the run wrote before the agent started; returns the tracker run an earlier agent opened (a resumed run).
+
+        The history comes from the feed a bounded read at a time, so where this attempt starts (its restart) is
+        counted from the file's marks first (read_marks: a bounded read at a time too)."""
+        marks = read_marks(self.folder.events)
+        earlier = [e for e in marks.events if e.get("type") == "tracker" and e.get("tracker") == self.tracker]
         if earlier:  # the earlier attempts were logged by their agent: only this attempt's events are new
-            restarts = [i for i, e in enumerate(events) if e.get("type") == "restart"]
-            split = restarts[-1] if restarts else len(events)
-            logged = RecordFold(self.record)  # the record still counts them: fold them without logging
-            logged.apply(events[:split])
-            logged.derive()
-            self._history = events[split:]
+            self._logged_restarts = sum(1 for e in marks.events if e.get("type") == "restart")
+        self._history = self._unlogged(self.inbox.first(POLL_S, self.closing))
         return str(earlier[-1]["tracker_run_id"]) if earlier else None
+
+    def _unlogged(self, events: List[Dict[str, Any]]) -> List[Dict[str, Any]]:
+        """The events still to log: those of attempts an earlier agent logged are folded into the record (it still
+        counts them) without logging, up to this attempt's restart."""
+        if self._logged_restarts <= 0:
+            return events
+        split = len(events)
+        for i, e in enumerate(events):
+            if e.get("type") == "restart":
+                self._logged_restarts -= 1
+                if self._logged_restarts == 0:
+                    split = i
+                    break
+        logged = RecordFold(self.record)
+        logged.apply(events[:split])
+        logged.derive()
+        return events[split:]
 
     def _run_name(self) -> str:
         return str(self.spec.get("name") or self.run_id)
@@ -234,7 +250,7 @@ class TrackerThread(threading.Thread):
         self._log(history)
 
     def _poll(self) -> bool:
-        events = self.inbox.take()
+        events = self._unlogged(self.inbox.take())
         if events:
             self._log(events)
         return bool(events)

@@ -163,7 +163,7 @@ def write_text(text: str, path: str) -> None:
 
 
 def new_run_id(notebook: Path) -> str:
-    stem = "".join(c if c.isalnum() or c in "-." else "-" for c in notebook.stem.lower())[:40].strip("-") or "notebook"
+    stem = "".join(c if (c.isascii() and c.isalnum()) or c in "-." else "-" for c in notebook.stem.lower())[:40].strip("-.") or "notebook"  # rundir.RUN_ID_PATTERN
     return f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{os.urandom(2).hex()}"
 
 

@@ -24,6 +24,7 @@ from .run_detail import RunDetail
 RUN_COLUMNS = ["run_id", "name", "status", "owner", "project", "target", "nodes", "devices", "model", "step", "max_steps", "tokens_per_second", "loss", "usd", "usd_per_million_tokens", "budget_usd", "created_at", "kind"]
 LIVENESS_CHECK_S = 2.0
 REMOTE_SYNC_S = 0.5
+DETAIL_PAGE_EVENTS = 5000  # the run page reads a run's events from the store this many at a time
 
 
 def run_row(record: Dict[str, Any]) -> Dict[str, Any]:
@@ -146,7 +147,6 @@ class DashboardData:
         remote run gets one every REMOTE_SYNC_S (each asks its node over SSH).
         """
         from ..api import Run
-        from ..errors import GaudiNbError
         from ..events import read_events
         from ..rundir import RunFolder
 
@@ -189,21 +189,32 @@ class DashboardData:
                 self._synced_at[run_id] = now
                 if size is not None:
                     self._sizes[run_id] = size
-            except (GaudiNbError, OSError) as exc:  # one unreachable node must not stop the others
+            except Exception as exc:  # one unreachable node, or one run the store cannot take, must not stop the others
                 self.last_error = f"{run_id}: {exc}"
         if batches:
-            try:
-                added = self.store.ingest_many(batches)
-            except GaudiNbError as exc:  # a run gone from the store since the last tick: read the runs again
-                self.last_error = str(exc)
-                self._offsets.clear()
-                return arrived
+            added = self._ingest(batches)
             for run_id, _, _, end in batches:
                 if added.get(run_id):  # not taken: another reader moved the offset; the next tick reads it again
                     arrived += added[run_id]
                     self._offsets[run_id] = end
                     self._sizes[run_id] = end  # read up to here: a file that is longer (a line half written then) is read again next tick
         return arrived
+
+    def _ingest(self, batches: List[Tuple[str, Sequence[Dict[str, Any]], int, int]]) -> Dict[str, int]:
+        """The tick's batches in one transaction; when that fails, each run on its own, so a run the store
+        cannot take (gone since the last tick, a value its database refuses) holds up no other run."""
+        try:
+            return self.store.ingest_many(batches)
+        except Exception as exc:
+            self.last_error = str(exc)
+            self._offsets.clear()  # read the runs' offsets again
+        added: Dict[str, int] = {}
+        for batch in batches:
+            try:
+                added.update(self.store.ingest_many([batch]))
+            except Exception as exc:
+                self.last_error = f"{batch[0]}: {exc}"
+        return added
 
     def follows(self, record: Dict[str, Any]) -> bool:
         """Whether sync_active pulls this active run's events itself (every run, here)."""
@@ -284,9 +295,12 @@ class DashboardData:
                 run_id = self.store.resolve(run_id)
             if run_id not in self.details:
                 detail = RunDetail(run_id, record=self.store.get(run_id))
-                events = self.store.events(run_id)  # refresh() appends what comes after these
-                detail.apply(events)
-                detail.seq = len(events) - 1
+                while True:  # a page at a time: a long run's events are never all in memory at once; refresh() appends what follows
+                    page = self.store.events(run_id, after_seq=detail.seq, limit=DETAIL_PAGE_EVENTS)
+                    detail.apply(page)
+                    detail.seq += len(page)
+                    if len(page) < DETAIL_PAGE_EVENTS:
+                        break
                 self.details[run_id] = detail
             return self.details[run_id]
 

@@ -5,20 +5,20 @@ The contract's classes load pydantic: they are imported on first use (`parse`, a
 or the first `make_event`), so a room that only reads events does not pay for it."""
 from typing import Any
 
-from .ended import ended_in_file, has_ended, this_attempt
+from .ended import Marks, ended_in_file, has_ended, read_marks, this_attempt
 from .head import ACTIVE_STATUSES, COMMON_KEYS, SCHEMA_VERSION, TERMINAL_STATUSES
-from .stream import BackgroundEventWriter, EventWriter, ReadEvent, Tailer, make_event, read_events
+from .stream import BackgroundEventWriter, EventWriter, ReadEvent, Tailer, iter_events, make_event, read_events
 
 _FROM_CONTRACT = (
     "EVENT_CLASSES", "EVENT_TYPES", "Event", "parse",
-    "BatchSize", "Cell", "Checkpoint", "Cost", "Eval", "Log", "Restart", "Result", "RunEnd", "RunStart",
+    "BadLine", "BatchSize", "Cell", "Checkpoint", "Cost", "Eval", "Log", "Restart", "Result", "RunEnd", "RunStart",
     "Step", "StopRequested", "Telemetry", "Tracker", "WorkerError", "WorkerStart",
 )
 
 __all__ = [
     "ACTIVE_STATUSES", "COMMON_KEYS", "SCHEMA_VERSION", "TERMINAL_STATUSES",
-    "BackgroundEventWriter", "EventWriter", "ReadEvent", "Tailer", "make_event", "read_events",
-    "ended_in_file", "has_ended", "this_attempt", *_FROM_CONTRACT,
+    "BackgroundEventWriter", "EventWriter", "ReadEvent", "Tailer", "iter_events", "make_event", "read_events",
+    "Marks", "ended_in_file", "has_ended", "read_marks", "this_attempt", *_FROM_CONTRACT,
 ]
 
 

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .head import ACTIVE_STATUSES, COMMON_KEYS, SCHEMA_VERSION, TERMINAL_STATUSES  # noqa: F401  (part of the contract)
 
+STEP_LIMIT = 2**63 - 1  # the store's BIGINT (PostgreSQL); a step beyond it breaks the contract, not an ingest
 Number = float  # strict float still takes an int (a price of 36, a loss of 2): JSON does not tell them apart
 EndStatus = Literal["succeeded", "failed", "stopped", "budget_exceeded", "lost"]  # TERMINAL_STATUSES
 
@@ -110,7 +111,7 @@ class Step(_FreeForm):
 
     written_by: ClassVar[str] = "rank 0 (the trainer's callback, or a script's report())"
     type: Literal["step"]
-    step: int
+    step: int = Field(ge=0, le=STEP_LIMIT)
     attempt: Optional[int] = Field(None, description="1, then one more after each restart or resume")
     loss: Optional[Number] = Field(None, description="null when a script reports none; NaN for a diverged loss")
     learning_rate: Optional[Number] = None
@@ -324,9 +325,21 @@ class RunEnd(Event):
     failed_cell: Optional[int] = Field(None, description="a notebook run's failed cell")
 
 
+class BadLine(Event):
+    """A line of events.jsonl that breaks this contract (bytes that are not UTF-8, not JSON, a field of the wrong
+    type such as a step's `"tokens": "tensor(512)"`), kept aside: never in the file, made by the reader in its
+    place, so the store keeps it and the run's record warns (`bad_lines`), and every other event goes on."""
+
+    written_by: ClassVar[str] = "the reader (`read_events`), for a line it cannot take"
+    type: Literal["bad_line"]
+    offset: int = Field(description="where the line starts in events.jsonl (bytes)")
+    error: str = Field(description="why it breaks the contract, in one line")
+    text: str = Field(description="the line's start as text (bytes that are not UTF-8 shown as U+FFFD)")
+
+
 EVENT_CLASSES: Tuple[Type[Event], ...] = (
     RunStart, WorkerStart, WorkerError, Step, Eval, Checkpoint, Telemetry, Cost, StopRequested,
-    Restart, Cell, Result, Log, BatchSize, Tracker, RunEnd,
+    Restart, Cell, Result, Log, BatchSize, Tracker, RunEnd, BadLine,
 )
 BY_TYPE: Dict[str, Type[Event]] = {cls.model_fields["type"].annotation.__args__[0]: cls for cls in EVENT_CLASSES}  # type: ignore[union-attr]
 EVENT_TYPES = tuple(BY_TYPE)

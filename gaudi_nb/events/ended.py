@@ -1,9 +1,11 @@
-"""Has this run ended: the one rule, which liveness, the node's tail, the mirror and autostop call."""
+"""Has this run ended: the one rule, which liveness, the node's tail, the mirror and autostop call; and the few
+events that say where a run stands (`read_marks`), read from a stream of any length in bounded memory."""
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 from .. import jsontext
 
@@ -39,3 +41,38 @@ def ended_in_file(path: Path, tail_bytes: int = END_TAIL_BYTES) -> bool:
             if isinstance(value, dict):
                 marks.append(value)
     return has_ended(marks)
+
+
+# What decides where a run stands: its starts, its ranks' pids, its attempts, a stop, its trackers and its ends.
+MARK_TYPES = ("run_start", "worker_start", "restart", "stop_requested", "tracker", "run_end")
+
+
+@dataclass
+class Marks:
+    """A run's stream as the agent and a client ending or resuming a run need it: the marks in order, the
+    highest step and each node's last spend, without the steps, telemetry and logs in between."""
+
+    events: List[Dict[str, Any]] = field(default_factory=list)
+    highest_step: int = 0
+    last_cost: Dict[str, Dict[str, Any]] = field(default_factory=dict)  # by node: its last cost event
+
+    def spent(self) -> Optional[float]:
+        """The newest spend any node reported (a run on one node: its spend)."""
+        costs = [e for e in self.last_cost.values() if e.get("usd") is not None]
+        return float(max(costs, key=lambda e: e.get("t") or 0)["usd"]) if costs else None
+
+
+def read_marks(path: Path) -> Marks:
+    """The run's marks, read a bounded chunk at a time (a week's run is gigabytes of steps and telemetry)."""
+    from .stream import iter_events
+
+    marks = Marks()
+    for e in iter_events(path):
+        kind = e.get("type")
+        if kind == "step":
+            marks.highest_step = max(marks.highest_step, int(e["step"]))
+        elif kind == "cost":
+            marks.last_cost[str(e.get("node"))] = e
+        elif kind in MARK_TYPES:
+            marks.events.append(e)
+    return marks

@@ -83,33 +83,97 @@ class BackgroundEventWriter(EventWriter):
         super().close()
 
 
-def read_events(path: Path, offset: int = 0) -> Tuple[List[Dict[str, Any]], int]:
-    """Complete events from byte `offset`; returns them and the offset after the last complete line.
+# At most this much of a stream per read: a reader behind by gigabytes catches up over several reads
+# (each its own ingest), never holding the whole file; a line longer than this is a bad line.
+READ_BYTES = 8 * 1024 * 1024
+BAD_TEXT_CHARS = 200  # how much of a bad line its bad_line event keeps
 
-    A line still being written (no newline yet) is left for the next read, so a
-    reader that resumes from the returned offset never loses or repeats an event.
+
+def read_events(path: Path, offset: int = 0, max_bytes: int = READ_BYTES) -> Tuple[List[Dict[str, Any]], int]:
+    """Complete events from byte `offset`, from at most `max_bytes` of the file; returns them and the
+    offset after the last complete line read.
+
+    A line still being written (no newline yet) is left for the next read, so a reader that resumes
+    from the returned offset never loses or repeats an event. A line that breaks the contract (not
+    UTF-8, not JSON, a field of the wrong type) comes back as a `bad_line` event in its place, so one
+    bad line never stops the lines after it, nor another run, nor a view.
     """
     path = Path(path)
-    if not path.exists():
+    try:
+        fh = open(path, "rb")
+    except FileNotFoundError:
         return [], offset
-    with open(path, "rb") as fh:
+    with fh:
         fh.seek(offset)
-        data = fh.read()
-    end = data.rfind(b"\n")
-    if end < 0:
-        return [], offset
+        data = fh.read(max_bytes)
+        end = data.rfind(b"\n")
+        if end < 0:
+            if len(data) < max_bytes:
+                return [], offset
+            rest = _to_line_end(fh)  # one line longer than a read: kept aside once it is whole
+            if rest is None:
+                return [], offset
+            return [_bad_line(path, [], offset, data, f"a line longer than {max_bytes} bytes")], offset + len(data) + rest
     events: List[Dict[str, Any]] = []
-    for line in data[: end + 1].splitlines():
+    position = offset
+    for line in data[:end].split(b"\n"):
         if line.strip():
-            try:
-                value = jsontext.loads(line)
-            except json.JSONDecodeError:
-                continue  # a torn line from a crashed writer: skip it, keep the rest
-            if isinstance(value, dict):
-                event = ReadEvent(value)
-                event.line = line.decode()
-                events.append(event)
+            events.append(_read_line(path, events, position, line))
+        position += len(line) + 1
     return events, offset + end + 1
+
+
+def iter_events(path: Path, offset: int = 0) -> Iterator[Dict[str, Any]]:
+    """Every complete event from `offset` on, read a bounded chunk at a time (what a whole-file reader uses)."""
+    while True:
+        events, end = read_events(path, offset)
+        yield from events
+        if end == offset:
+            return
+        offset = end
+
+
+def _to_line_end(fh: Any) -> Optional[int]:
+    """Bytes from here to just after the next newline, or None if the line is not complete yet."""
+    skipped = 0
+    while True:
+        chunk = fh.read(1024 * 1024)
+        if not chunk:
+            return None
+        at = chunk.find(b"\n")
+        if at >= 0:
+            return skipped + at + 1
+        skipped += len(chunk)
+
+
+def _read_line(path: Path, before: List[Dict[str, Any]], offset: int, line: bytes) -> Dict[str, Any]:
+    global _check
+    try:
+        text = line.decode()
+        value = jsontext.loads(text)
+        if not isinstance(value, dict):
+            raise ValueError(f"an event is a JSON object, not {type(value).__name__}")
+        if _check is None:
+            from .contract import check
+
+            _check = check
+        _check(value)
+    except ValueError as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors too
+        return _bad_line(path, before, offset, line, str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__)
+    event = ReadEvent(value)
+    event.line = text
+    return event
+
+
+def _bad_line(path: Path, before: List[Dict[str, Any]], offset: int, line: bytes, error: str) -> Dict[str, Any]:
+    """The bad_line event a line that breaks the contract is read as: with its neighbour's head (or the run
+    folder's name), so it belongs to its run and its time in every view."""
+    near = next((e for e in reversed(before) if e.get("type") != "bad_line"), None)
+    run_id = str(near["run_id"]) if near else Path(path).parent.name
+    node = str(near["node"]) if near else "local"
+    t = float(near["t"]) if near else time.time()
+    text = line[: BAD_TEXT_CHARS * 4].decode(errors="replace")[:BAD_TEXT_CHARS]
+    return make_event("bad_line", run_id, node=node, t=t, offset=offset, error=error, text=text)
 
 
 class ReadEvent(dict):

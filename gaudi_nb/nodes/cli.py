@@ -15,8 +15,8 @@ from ..machine_spec import AttachSpec, ProvisionSpec
 
 nodes_app = typer.Typer(help="Nodes reached over SSH: attach, list, check, detach; cloud machines: provision, start, down.", no_args_is_help=True)
 
-out = Console()
-err = Console(stderr=True)
+out = Console(markup=False)  # a node's name, address or home is text, never Rich markup (cli.py's rule)
+err = Console(stderr=True, markup=False)
 FORCE_HELP = "an admin on a team store: act on someone else's machines (the audit trail records it)"
 
 
@@ -36,7 +36,7 @@ def attach_command(
     if as_json:
         out.print_json(json.dumps(record))
         return
-    out.print(f"attached [bold]{record['name']}[/] ({record['url']}) in {time.monotonic() - started:.1f} s: {describe(record)}")
+    out.print(Text.assemble("attached ", (record["name"], "bold"), f" ({record['url']}) in {time.monotonic() - started:.1f} s: {describe(record)}"))
     out.print(Text(f"train there: gaudi-nb train --target {record['name']} …", style="dim"))
 
 
@@ -129,7 +129,8 @@ def provision_command(
         out.print_json(json.dumps(with_spend(records)))
         return
     group = records[0]["group"]
-    out.print(f"{'running' if no_attach else 'attached'} in {time.monotonic() - started:.1f} s: " + ", ".join(f"[bold]{r['name']}[/] ({r['instance_id']}, {r['host']})" for r in records))
+    names = [Text.assemble((r["name"], "bold"), f" ({r['instance_id']}, {r['host']})") for r in records]
+    out.print(Text(f"{'running' if no_attach else 'attached'} in {time.monotonic() - started:.1f} s: ") + Text(", ").join(names))
     if no_attach:
         out.print(Text(f"attach later: gaudi-nb nodes attach {records[0]['url']} --name {records[0]['name']} --identity-file {records[0]['identity_file']}", style="dim"), soft_wrap=True)
     out.print(Text(f"billed until: gaudi-nb nodes down {group}", style="dim"))

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from IPython.core.error import UsageError
-from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class
+from IPython.core.magic import Magics, line_cell_magic, line_magic, magics_class, no_var_expand
 from IPython.core.magic_arguments import argument, magic_arguments, parse_argstring
 from traitlets import Enum, Float, Int, Unicode
 
@@ -287,6 +287,7 @@ class GaudiMagics(Magics):
 
     # -- %gaudi_watch -------------------------------------------------------------
     @line_magic
+    @no_var_expand  # a run id is data: {…} and $name in it are never evaluated
     @magic_arguments()
     @argument("run_id", nargs="?", default=None, help="run id or a unique prefix (default: the latest run)")
     def gaudi_watch(self, line: str) -> api.Run:
@@ -298,6 +299,7 @@ class GaudiMagics(Magics):
 
     # -- %gaudi_stop ----------------------------------------------------------------
     @line_magic
+    @no_var_expand  # a run id is data: {…} and $name in it are never evaluated
     @magic_arguments()
     @argument("run_id", nargs="?", default=None, help="run id or a unique prefix (default: the last run started here)")
     def gaudi_stop(self, line: str) -> None:
@@ -312,6 +314,7 @@ class GaudiMagics(Magics):
 
     # -- %gaudi_resume ----------------------------------------------------------------
     @line_magic
+    @no_var_expand  # a run id is data: {…} and $name in it are never evaluated
     @magic_arguments()
     @argument("run_id", nargs="?", default=None, help="run id or a unique prefix (default: the last run started here)")
     @argument("--max-steps", dest="max_steps", type=int, default=None, help=api.RESUME_OPTIONS["max_steps"])
@@ -359,6 +362,7 @@ class GaudiMagics(Magics):
 
     # -- %gaudi_cost ----------------------------------------------------------------------
     @line_magic
+    @no_var_expand  # a run id is data: {…} and $name in it are never evaluated
     @magic_arguments()
     @argument("run_id", nargs="?", default=None, help="a run: its spend, price, $ per 1M tokens and projection")
     @argument("--tokens", type=float, default=None, help="training tokens: estimate hours and dollars on every catalog instance")

@@ -118,9 +118,9 @@ def header_html(state: PanelState) -> str:
     pct = min(100.0, 100.0 * state.step / max_steps) if max_steps else 0.0
     return (
         '<div class="gaudi-nb-header" style="display:flex;flex-wrap:wrap;gap:14px;align-items:baseline;font-size:13px">'
-        f'<span class="gaudi-nb-status" data-status="{status}" style="background:{colour};color:#fff;border-radius:3px;padding:1px 7px;font-weight:600">{html.escape(status)}</span>'
+        f'<span class="gaudi-nb-status" data-status="{html.escape(status)}" style="background:{colour};color:#fff;border-radius:3px;padding:1px 7px;font-weight:600">{html.escape(status)}</span>'
         f'<span class="gaudi-nb-run-id" style="font-family:monospace">{html.escape(state.run_id)}</span>'
-        f'<span class="gaudi-nb-step" data-step="{state.step}" data-max-steps="{max_steps or ""}" style="font-variant-numeric:tabular-nums"><b>step {state.step}</b> / {max_steps or "?"}</span>'
+        f'<span class="gaudi-nb-step" data-step="{state.step}" data-max-steps="{html.escape(str(max_steps or ""))}" style="font-variant-numeric:tabular-nums"><b>step {state.step}</b> / {html.escape(str(max_steps or "?"))}</span>'
         f'<span class="gaudi-nb-eta">ETA {"done" if state.done else formatting.duration(eta)}</span>'
         f'<span class="gaudi-nb-device" style="color:#555">{html.escape(device)}{" (" + html.escape(extras) + ")" if extras else ""}</span>'
         f"{attempt_html(state)}"
@@ -136,7 +136,7 @@ def attempt_html(state: PanelState) -> str:
         return ""
     last = restarts[-1]
     label = f"attempt {state.summary.get('attempt')} · {last.get('cause')} from step {last.get('from_step')}"
-    return f'<span class="gaudi-nb-attempt" data-attempt="{state.summary.get("attempt")}" title="{html.escape(str(last.get("reason") or ""))}" style="color:#888;font-size:11px">{html.escape(label)}</span>'
+    return f'<span class="gaudi-nb-attempt" data-attempt="{html.escape(str(state.summary.get("attempt")))}" title="{html.escape(str(last.get("reason") or ""))}" style="color:#888;font-size:11px">{html.escape(label)}</span>'
 
 
 def metrics_html(state: PanelState) -> str:
@@ -214,6 +214,16 @@ def cost_html(state: PanelState) -> str:
 
 
 def failure_html(state: PanelState) -> str:
+    """Why the run failed or ended, and the warning on lines of its events that were kept aside."""
+    return _ending_html(state) + bad_lines_html(state)
+
+
+def bad_lines_html(state: PanelState) -> str:
+    warning = formatting.bad_lines(state.summary)
+    return f'<div class="gaudi-nb-bad-lines" style="color:#b26a00">⚠ {html.escape(warning)}</div>' if warning else ""
+
+
+def _ending_html(state: PanelState) -> str:
     failure = state.failure()
     if failure is None:
         exit_info = state.summary.get("exit") or {}

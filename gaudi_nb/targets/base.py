@@ -28,6 +28,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -113,8 +114,10 @@ class Target:
 
     def put_workdir(self, part: Part, root: Path) -> None:
         """The working directory as git would keep it: one archive that the node unpacks into code/ when it starts the agent."""
-        archive, _ = workdir.pack(root)
-        self.put_bytes(part, "code.tar", archive)  # agent/commands.py's CODE_ARCHIVE
+        with tempfile.TemporaryDirectory(prefix="gaudi-nb-workdir-") as folder:
+            archive = Path(folder) / "code.tar"
+            workdir.pack(root, archive)
+            self.put_file(part, archive, "code.tar")  # agent/commands.py's CODE_ARCHIVE, streamed from the file
 
     def sent_files(self, spec: RunSpec) -> Files:
         """What the run's agent gets from this client's environment (--report-to's settings, --env's variables),

@@ -44,10 +44,10 @@ class SshTarget(Target):
     # -- the nodes -------------------------------------------------------------------------
     def record(self, name: str) -> Dict[str, Any]:
         if name not in self._records:
-            from ..store import RunStore
+            from ..store import RunStore, check_node_paths
 
             try:
-                self._records[name] = RunStore().get_node(name)
+                self._records[name] = check_node_paths(RunStore().get_node(name))  # its home and python go into command lines
             except NotFoundError:
                 raise SpecError(
                     f"target: no attached node '{name}': gaudi-nb nodes list shows them; attach one with gaudi-nb nodes attach ssh://USER@HOST --name {name}"

@@ -151,6 +151,8 @@ def report(step: int, loss: Optional[float] = None, *, tokens: Optional[int] = N
     ctx.last_report = now
     if ctx.writer is None:
         return
+    # a tensor or numpy scalar becomes its number: the event carries 512, never the text "tensor(512)"
+    tokens, samples = _count(tokens), _count(samples)
     fields: Dict[str, Any] = {
         "attempt": current_attempt(),
         "step": int(step),
@@ -217,6 +219,12 @@ def _installed_version(package: str) -> Optional[str]:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
         return None
+
+
+def _count(value: Any) -> Any:
+    """A count as an int: a tensor's or numpy scalar's number, 512.0 read as 512."""
+    value = _plain(value)
+    return int(value) if isinstance(value, float) and value.is_integer() else value
 
 
 def _plain(value: Any) -> Any:

@@ -12,7 +12,7 @@ if TYPE_CHECKING:
 
 # The newest revision in versions/. RunStore compares the database's version with it in one
 # query, so an up-to-date store never imports Alembic; a test checks it against the scripts.
-HEAD = "0007"
+HEAD = "0008"
 # The schema that gaudi_nb made with create_all before it had migrations.
 BASELINE = "0001"
 SCRIPT_LOCATION = Path(__file__).resolve().parent

@@ -21,10 +21,19 @@ from .objects import Objects
 from .server import Handler
 
 
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)):  # a client that hung up is no error
+            super().handle_error(request, client_address)
+
+
 class Cluster:
     def __init__(self, root: Path, *, nodes: Optional[Dict[str, int]] = None, namespaces: Iterable[str] = ("default", "team"),
                  operators: Iterable[str] = (), base_env: Optional[Dict[str, str]] = None) -> None:
         self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
         self.token = "standin-token"
         self.namespaces = set(namespaces)
         self.operators = list(operators)
@@ -42,8 +51,7 @@ class Cluster:
         env = base_env or {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "PYTHONPATH": os.environ.get("PYTHONPATH", "")}
         self.kubelet = Kubelet(self.objects, self.root, env)
         handler = type("StandInHandler", (Handler,), {"cluster": self})
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-        self.server.daemon_threads = True
+        self.server = _Server(("127.0.0.1", 0), handler)
         self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
         self.thread = threading.Thread(target=self.server.serve_forever, daemon=True, name="k8s-standin")
         self.thread.start()

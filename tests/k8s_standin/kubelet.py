@@ -15,6 +15,8 @@
 """
 from __future__ import annotations
 
+import base64
+import copy
 import os
 import re
 import shutil
@@ -48,7 +50,7 @@ class Kubelet:
     def job_created(self, job: Obj) -> None:
         spec, name, ns = job["spec"], job["metadata"]["name"], job["metadata"]["namespace"]
         for index in range(int(spec.get("parallelism") or spec.get("completions") or 1)):
-            template = spec["template"]
+            template = copy.deepcopy(spec["template"])
             pod: Obj = {"apiVersion": "v1", "kind": "Pod", "metadata": {
                 "generateName": f"{name}-{index}-", "labels": {**(template.get("metadata", {}).get("labels") or {}), "job-name": name, "batch.kubernetes.io/job-completion-index": str(index)},
                 "annotations": {"batch.kubernetes.io/job-completion-index": str(index)},
@@ -79,11 +81,8 @@ class Kubelet:
             elif succeeded >= int(job["spec"].get("completions") or 1):
                 condition = {"type": "Complete", "status": "True"}
 
-            def status(j: Obj) -> None:
-                j["status"].update(active=phases.count("Pending") + phases.count("Running"), succeeded=succeeded, failed=failed)
-                if condition:
-                    j["status"].setdefault("conditions", []).append({**condition, "lastTransitionTime": now_iso()})
-            self.objects.update("jobs", ns, name, status)
+            counts = {"active": phases.count("Pending") + phases.count("Running"), "succeeded": succeeded, "failed": failed}
+            self.objects.update("jobs", ns, name, lambda j, counts=counts, condition=condition: _job_status(j, counts, condition))
 
     # -- the scheduler -----------------------------------------------------------------------
     def _schedule(self, pod: Obj) -> None:
@@ -161,8 +160,8 @@ class Kubelet:
                     kind = "configmaps" if "configMap" in volume else "secrets"
                     obj = self.objects.get(kind, ns, source.get("name") or source.get("secretName")) or {}
                     path.mkdir(parents=True, exist_ok=True)
-                    for key, value in {**(obj.get("data") or {}), **(obj.get("stringData") or {})}.items():
-                        (path / key).write_text(value)
+                    for key, value in _data(obj).items():
+                        (path / key).write_bytes(value)
             path.mkdir(parents=True, exist_ok=True)
             made[volume["name"]] = str(path)
         return made
@@ -172,7 +171,7 @@ class Kubelet:
         for source in container.get("envFrom", []):
             ref = source.get("secretRef") or source.get("configMapRef") or {}
             obj = self.objects.get("secrets" if "secretRef" in source else "configmaps", ns, ref.get("name")) or {}
-            env.update({**(obj.get("data") or {}), **(obj.get("stringData") or {})})
+            env.update({k: v.decode() for k, v in _data(obj).items()})
         for item in container.get("env", []):
             if "value" in item:
                 env[item["name"]] = _expand(str(item["value"]), env)
@@ -183,7 +182,7 @@ class Kubelet:
             elif "secretKeyRef" in ref or "configMapKeyRef" in ref:
                 key = ref.get("secretKeyRef") or ref.get("configMapKeyRef")
                 obj = self.objects.get("secrets" if "secretKeyRef" in ref else "configmaps", ns, key["name"]) or {}
-                env[item["name"]] = {**(obj.get("data") or {}), **(obj.get("stringData") or {})}.get(key["key"], "")
+                env[item["name"]] = _data(obj).get(key["key"], b"").decode()
         return env
 
     def _reap(self, pod: Obj) -> None:
@@ -257,6 +256,20 @@ class Kubelet:
         self.thread.join(5)
         for uid in list(self.processes):
             self.kill(uid)
+
+
+def _job_status(job: Obj, counts: Dict[str, int], condition: Optional[Dict[str, str]]) -> None:
+    job["status"].update(counts)
+    if condition:
+        job["status"].setdefault("conditions", []).append({**condition, "lastTransitionTime": now_iso()})
+
+
+def _data(obj: Obj) -> Dict[str, bytes]:
+    """A ConfigMap's or Secret's keys as bytes (a Secret's data and a ConfigMap's binaryData are base64)."""
+    secret = obj.get("kind") == "Secret"
+    found = {k: base64.b64decode(v) if secret else v.encode() for k, v in (obj.get("data") or {}).items()}
+    found.update({k: base64.b64decode(v) for k, v in (obj.get("binaryData") or {}).items()})
+    return found
 
 
 def _image(pod: Obj, name: str) -> Dict[str, str]:

@@ -127,6 +127,9 @@ class Handler(BaseHTTPRequestHandler):
         if ns not in self.cluster.namespaces:
             self._send(404, status(404, "NotFound", f'namespaces "{ns}" not found'))
             return
+        if resource == "secrets" and "stringData" in body:  # write-only: the API server keeps it as data
+            data = {**(body.get("data") or {}), **{k: base64.b64encode(v.encode()).decode() for k, v in body["stringData"].items()}}
+            body = {**{k: v for k, v in body.items() if k != "stringData"}, "data": data}
         try:
             created = self.cluster.objects.create(resource, ns, body)
         except KeyError as exc:

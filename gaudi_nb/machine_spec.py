@@ -48,7 +48,7 @@ class AttachSpec(_DoorSpec):
 
     HELP: ClassVar[str] = "gaudi-nb nodes attach --help"
 
-    url: str = _argument("the node's SSH address, ssh://USER@HOST[:PORT] (HOST may be a Host from ~/.ssh/config), or a Kubernetes cluster, k8s://CONTEXT[/NAMESPACE]")
+    url: str = _argument("the node's SSH address, ssh://USER@HOST[:PORT] (HOST may be a Host from ~/.ssh/config), or a Kubernetes cluster, k8s://CONTEXT or k8s://CONTEXT/NAMESPACE")
     name: Optional[str] = Field(None, description="what runs call the node (--target NAME); default: its host name")
     identity_file: Optional[str] = Field(None, description="private key to log in with (default: ~/.ssh keys and the SSH agent)")
     jump: Optional[str] = Field(None, description="bastion to go through: ssh://USER@BASTION[:PORT]")

@@ -25,7 +25,7 @@ def attach_command(
     as_json: bool = typer.Option(False, "--json", help="print the node's record as JSON"),
     **options: Any,
 ) -> None:
-    """Attach a node over SSH (check its host key, make sure this gaudi_nb is there, record what it has) or a Kubernetes cluster (k8s://CONTEXT[/NAMESPACE]: its API, job kinds, access and Gaudi nodes)."""
+    """Attach a node over SSH (check its host key, make sure this gaudi_nb is there, record what it has) or a Kubernetes cluster (k8s://CONTEXT or k8s://CONTEXT/NAMESPACE: its API, job kinds, access and Gaudi nodes)."""
     from .attach import attach
 
     spec = AttachSpec.from_options(**options)

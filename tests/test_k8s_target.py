@@ -4,7 +4,8 @@
 One stand-in and one home for the module; the runs start together (the stand-in's pods share two cores)
 and each test asserts on its own: a two-node run that trains to its end with events from both pods and a
 log stream dropped on the way, a stop on the agent's checkpoint road, a job the scheduler cannot place
-(pending with its reason, not billed), and an evicted pod that ends its run `lost`."""
+(pending with its reason, not billed), and an evicted pod that ends its run `lost`. Those are `slow` (about
+40 s together on two loaded cores); the pure reading of pods and the panel's word stay in the fast lane."""
 import json
 import os
 import sys
@@ -73,6 +74,7 @@ def runs(k8s):
     return {"attached": attached, **started}
 
 
+@pytest.mark.slow
 def test_attach_checks_the_cluster_and_lists_its_gaudi_nodes(k8s, runs, capsys):
     cluster, _ = k8s
     record = runs["attached"]
@@ -100,8 +102,13 @@ def test_attach_checks_the_cluster_and_lists_its_gaudi_nodes(k8s, runs, capsys):
     wrong = cli(capsys, "nodes", "attach", "k8s://standin", "--name", "kt", "--identity-file", "/k")
     assert wrong.returncode == 2 and "not for a Kubernetes cluster" in wrong.stderr
     assert "kn" not in cli(capsys, "nodes", "list", "--no-refresh").stdout  # nothing recorded when a check fails
+    from gaudi_nb.jupyter_server_ext.payloads import nodes as sidebar_nodes  # what the JupyterLab sidebar lists
+
+    (row,) = [n for n in sidebar_nodes([], [record], {}) if n["name"] == "kc"]
+    assert row["url"] == "k8s://standin/default" and row["device_count"] == 16 and [n["name"] for n in row["cluster"]["gaudi_nodes"]] == ["gaudi-a", "gaudi-b"]
 
 
+@pytest.mark.slow
 def test_a_two_node_run_trains_to_its_end_with_events_from_both_pods(k8s, runs, capsys):
     cluster, root = k8s
     run = runs["two"]
@@ -138,6 +145,7 @@ def test_a_two_node_run_trains_to_its_end_with_events_from_both_pods(k8s, runs, 
     assert log.returncode == 0 and "rank trained step 5" in log.stdout
 
 
+@pytest.mark.slow
 def test_a_stop_takes_the_checkpoint_road_and_deletes_the_job(k8s, runs, capsys):
     cluster, _ = k8s
     run = runs["stop"]
@@ -153,6 +161,7 @@ def test_a_stop_takes_the_checkpoint_road_and_deletes_the_job(k8s, runs, capsys)
     wait_for(lambda: cluster.objects.get("jobs", "default", job) is None, timeout=30, what="the job deleted")
 
 
+@pytest.mark.slow
 def test_a_job_the_scheduler_cannot_place_is_pending_with_its_reason_and_not_billed(k8s, runs, capsys):
     cluster, _ = k8s
     run = runs["pending"]
@@ -171,6 +180,7 @@ def test_a_job_the_scheduler_cannot_place_is_pending_with_its_reason_and_not_bil
     assert cluster.objects.get("jobs", "default", job_name(run.run_id)) is None
 
 
+@pytest.mark.slow
 def test_an_evicted_pod_ends_the_run_lost_with_kubernetes_reason(k8s, runs):
     cluster, _ = k8s
     run = runs["evict"]
@@ -184,7 +194,39 @@ def test_an_evicted_pod_ends_the_run_lost_with_kubernetes_reason(k8s, runs):
     assert record["status"] == "lost" and "Kubernetes evicted pod" in record["exit"]["reason"] and "low on resource: memory" in record["exit"]["reason"]
 
 
+@pytest.mark.slow
 def test_every_stream_follows_the_contract(k8s, runs):
     _, root = k8s
     broken = [problem for path in sorted((root / "home").rglob("events.jsonl")) if (problem := first_broken_event(path)) is not None]
     assert not broken, broken
+
+
+# -- pure: what Kubernetes says of a pod, and the panel's word for a queued run -----------------------------
+
+
+def _pod(phase, reason=None, message=None, agent=None, conditions=()):
+    statuses = [{"name": "agent", "state": {"terminated": agent}}] if agent else []
+    return {"metadata": {"name": "gnb-r-0-abcde"}, "status": {"phase": phase, "reason": reason, "message": message, "containerStatuses": statuses, "conditions": list(conditions)}}
+
+
+def test_kubernetes_reasons_end_a_run_lost_or_failed():
+    from gaudi_nb.targets.k8s_follow import ended_verdict, waiting_reason
+
+    assert ended_verdict(_pod("Failed", "Evicted", "The node was low on resource: memory.")) == ("lost", "Kubernetes evicted pod gnb-r-0-abcde: The node was low on resource: memory.", True)
+    status, reason, certain = ended_verdict(_pod("Failed", agent={"reason": "OOMKilled", "exitCode": 137}))
+    assert (status, certain) == ("failed", True) and "OOMKilled (exit code 137)" in reason
+    assert ended_verdict(_pod("Failed", agent={"reason": "Error", "exitCode": 1}))[2] is False  # its last events may still come: wait for them
+    assert ended_verdict(_pod("Running")) is None and ended_verdict(_pod("Succeeded")) is None
+    waiting = _pod("Pending", conditions=[{"type": "PodScheduled", "status": "False", "reason": "Unschedulable", "message": "0/4 nodes are available: 4 Insufficient habana.ai/gaudi."}])
+    assert waiting_reason(waiting) == "0/4 nodes are available: 4 Insufficient habana.ai/gaudi." and waiting_reason(_pod("Pending")) is None
+
+
+def test_the_panel_says_pending_with_the_schedulers_reason():
+    from gaudi_nb.events import make_event
+    from gaudi_nb.notebook.panel import PanelState, header_html
+
+    state = PanelState("r")
+    state.apply([make_event("queued", "r", engine="kubernetes", reason="FailedScheduling: 0/4 nodes are available: 4 Insufficient habana.ai/gaudi.",
+                            short="Insufficient habana.ai/gaudi")])
+    html = header_html(state)
+    assert ">pending: Insufficient habana.ai/gaudi<" in html and 'title="FailedScheduling: 0/4 nodes are available' in html

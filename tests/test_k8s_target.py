@@ -70,6 +70,7 @@ def runs(k8s):
         "pending": gaudi_nb.train(target="kc", nodes=1, devices=16, max_steps=5, script=str(loop)),
         "stop": gaudi_nb.train(target="kc", nodes=1, devices=1, max_steps=5000, script=str(slow)),
         "evict": gaudi_nb.train(target="kc", nodes=1, devices=1, max_steps=5000, script=str(slow)),
+        "deleted": gaudi_nb.train(target="kc", nodes=1, devices=1, max_steps=5000, script=str(slow)),
     }
     return {"attached": attached, **started}
 
@@ -172,6 +173,11 @@ def test_a_job_the_scheduler_cannot_place_is_pending_with_its_reason_and_not_bil
     assert record["cost"]["usd"] is None  # nothing ran, nothing metered
     shown = json.loads(cli(capsys, "show", run.run_id, "--json").stdout)
     assert shown["status"] == "pending" and shown["queued"]["short"] == "Insufficient habana.ai/gaudi"
+    assert "pending (FailedScheduling: 0/2 nodes are available" in cli(capsys, "show", run.run_id).stdout
+    from gaudi_nb.cli import progress_line
+
+    assert progress_line(record).plain.endswith("· pending: Insufficient habana.ai/gaudi")
+    assert "pending: Insufficient habana.ai/gaudi" in cli(capsys, "runs").stdout
     from gaudi_nb.api import stop
 
     assert stop(run.run_id).outcome == "ended"
@@ -192,6 +198,20 @@ def test_an_evicted_pod_ends_the_run_lost_with_kubernetes_reason(k8s, runs):
     record = run.record()
     assert time.monotonic() - evicted < 30
     assert record["status"] == "lost" and "Kubernetes evicted pod" in record["exit"]["reason"] and "low on resource: memory" in record["exit"]["reason"]
+
+
+@pytest.mark.slow
+def test_a_pod_deleted_behind_the_runs_back_ends_it_lost(k8s, runs):
+    cluster, _ = k8s
+    run = runs["deleted"]
+    wait_for(lambda: run.record()["steps_completed"] >= 1 or run.done, timeout=120, what="a step")
+    (pod,) = cluster.pods(labels=f"job-name={job_name(run.run_id)}")
+    cluster.delete("pods", "default", pod["metadata"]["name"])  # kubectl delete pod, by someone else
+    deleted = time.monotonic()
+    run.wait(timeout=30)
+    record = run.record()
+    assert time.monotonic() - deleted < 30
+    assert record["status"] == "lost" and "was deleted behind the run's back" in record["exit"]["reason"]
 
 
 @pytest.mark.slow

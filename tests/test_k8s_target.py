@@ -88,7 +88,7 @@ def test_attach_checks_the_cluster_and_lists_its_gaudi_nodes(k8s, runs, capsys):
     again = cli(capsys, "nodes", "attach", "k8s://standin/default", "--name", "kc", "--kubeconfig", str(cluster.kubeconfig), "--price-per-hour", str(PRICE), "--json")
     assert again.returncode == 0 and json.loads(again.stdout)["resources"]["kubernetes"]["gaudi_nodes"][0]["name"] == "gaudi-a"  # the CLI's door, refreshed
     listed = cli(capsys, "nodes", "list", "--no-refresh")
-    assert "k8s://standin/default" in listed.stdout and "16× hpu on 2 nodes" in listed.stdout
+    assert "k8s://standin/default" in listed.stdout and "16× hpu on 2 nodes, 16 free" in listed.stdout
     checked = cli(capsys, "nodes", "check", "kc")
     assert checked.returncode == 0, checked.stdout
     assert "gaudi-a" in checked.stdout and "8 cards" in checked.stdout

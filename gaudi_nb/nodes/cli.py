@@ -88,8 +88,7 @@ def list_command(
         table.add_column(column, no_wrap=True, overflow="ellipsis")
     for record in records:
         count = record.get("device_count")
-        nodes_there = len((record.get("resources") or {}).get("kubernetes", {}).get("gaudi_nodes") or []) if str(record["url"]).startswith("k8s://") else 0
-        devices = f"{count}× {record.get('accelerator')}" + (f" on {nodes_there} nodes" if nodes_there else "") if count else str(record.get("accelerator") or record.get("instance_type") or "unknown")
+        devices = f"{count}× {record.get('accelerator')}" + cluster_cards(record) if count else str(record.get("accelerator") or record.get("instance_type") or "unknown")
         address = f"{record['user']}@{record['host']}" if record.get("instance_id") else record["url"]  # the instance id is in --json
         row = [
             record["name"],
@@ -107,6 +106,15 @@ def list_command(
         from ..cost.catalog import user_prices_path
 
         out.print(Text(f"cost unknown for {', '.join(unknown)}: set the instance type's price in {user_prices_path()}", style="dim"))
+
+
+def cluster_cards(record: Dict[str, Any]) -> str:
+    """' on 2 nodes, 15 free' for a cluster (free as last checked: gaudi-nb nodes check NAME asks again); '' for a machine."""
+    gaudi = ((record.get("resources") or {}).get("kubernetes") or {}).get("gaudi_nodes") if str(record.get("url") or "").startswith("k8s://") else None
+    if not gaudi:
+        return ""
+    free = [n.get("free") for n in gaudi]
+    return f" on {len(gaudi)} nodes" + ("" if None in free else f", {sum(free)} free")
 
 
 def node_cost(cost: Dict[str, Any]) -> str:
@@ -191,7 +199,7 @@ def check_command(name: str = typer.Argument(..., help="an attached node's name"
     if is_cluster(record):
         from .cluster import check as check_cluster
 
-        checks = check_cluster(record)
+        checks = check_cluster(record, store=RunStore())
     else:
         checks = check(record)
     for item in checks:

@@ -82,8 +82,9 @@ def attach_cluster(url: str, *, name: Optional[str], kubeconfig: Optional[str] =
     return store.add_node({"name": name, **record})
 
 
-def check(record: Dict[str, Any]) -> List[NodeCheck]:
-    """`gaudi-nb nodes check NAME` for a cluster: the attach checks again, and each Gaudi node's free cards now."""
+def check(record: Dict[str, Any], store: "Optional[RunStore]" = None) -> List[NodeCheck]:
+    """`gaudi-nb nodes check NAME` for a cluster: the attach checks again, and each Gaudi node's free cards now
+    (written to the record with `store`, so the Fleet page and the sidebar show them)."""
     facts = cluster_facts(record)
     again = f"gaudi-nb nodes attach {record['url']} --name {record['name']}"
     try:
@@ -91,6 +92,9 @@ def check(record: Dict[str, Any]) -> List[NodeCheck]:
         found = inspect(cluster)
     except SpecError as exc:
         return [NodeCheck("cluster", False, str(exc), again)]
+    if store is not None:
+        store.update_node(record["name"], device_count=sum(n["cards"] for n in found["gaudi_nodes"]),
+                          resources={**(record.get("resources") or {}), "kubernetes": {**facts, **found, "checked_at": time.time()}})
     checks = [NodeCheck("API server", True, f"{cluster.server} ({found['version']})"),
               NodeCheck("namespace", True, cluster.namespace),
               NodeCheck("job kinds", True, ", ".join(found["job_kinds"]) + f" (submits {found['kind']})"),

@@ -106,7 +106,7 @@ class K8sTarget(Target):
             runs = self.node_runs(parts, run_id, time.time())
             folder.spec.write_text(spec.model_dump_json(indent=2))
             folder.run.write_text(json.dumps(self.local_run(parts, runs)))
-            objects = manifests_for(spec, run_id, runs=runs, inputs=self._inputs(spec), environment=sent_environment(spec), cluster=self.facts)
+            objects = manifests_for(spec, run_id, kind=str(self.facts.get("kind") or "job"), runs=runs, inputs=self._inputs(spec), environment=sent_environment(spec), cluster=self.facts)
             for obj in objects:
                 self.cluster.create(obj)
             (folder.path / "nodes").mkdir(exist_ok=True)

@@ -60,11 +60,14 @@ def _log_script(run_id: str, job: str) -> str:
     return f'D={folder}\nexec python -m gaudi_nb.agent.commands tail --path "$D/logs/train.log" --offset 0 --follow --run-dir "$D"'
 
 
-def manifests_for(spec: RunSpec, run_id: str, *, runs: List[Dict[str, Any]], inputs: Dict[str, bytes], environment: Dict[str, str], cluster: Dict[str, Any]) -> List[Dict[str, Any]]:
-    """Every object to submit for the run, in order: Secret, ConfigMap, claim, Service, Job.
+def manifests_for(spec: RunSpec, run_id: str, *, kind: str, runs: List[Dict[str, Any]], inputs: Dict[str, bytes], environment: Dict[str, str],
+                  cluster: Dict[str, Any]) -> List[Dict[str, Any]]:
+    """Every object to submit for the run, in order: Secret, ConfigMap, claim, Service, job.
 
-    runs: each node's run.json; inputs: the run's files by ConfigMap key; environment: what the agents get
-    from this client (a Secret); cluster: the attached cluster's facts (image, storage class)."""
+    kind: the job kind attach chose (trainjob | pytorchjob | mpijob | job); built here as the Indexed Job
+    whatever it is, until the shared builder renders each kind. runs: each node's run.json; inputs: the
+    run's files by ConfigMap key; environment: what the agents get from this client (a Secret); cluster:
+    the attached cluster's facts (image, storage class)."""
     import json
 
     job = job_name(run_id)

@@ -18,11 +18,12 @@ from typing import Any, Callable, Dict, List, Mapping, Optional
 
 from . import paths
 from .accel import detect_name
+from .k8s.facts import HUGEPAGES_2MI_MIB
 
-# Intel's Kubernetes jobs for Gaudi request 2 MiB hugepages in every pod (hugepages-2Mi: 95000Mi in
-# docs.habana.ai's "Running Kubernetes Workloads with Gaudi"; no minimum is stated), so a pod
-# without any is flagged; outside Kubernetes the amount is only reported.
-K8S_HUGEPAGES_MIB = 95000
+# Intel's Kubernetes jobs for Gaudi request 2 MiB hugepages in every pod (the number and its source:
+# k8s/facts.py, which `gaudi-nb k8s render` uses too; no minimum is stated), so a pod without any is
+# flagged; outside Kubernetes the amount is only reported.
+K8S_HUGEPAGES_MIB = HUGEPAGES_2MI_MIB
 
 Check = Callable[..., None]
 

@@ -10,13 +10,14 @@ import typer
 from . import api
 from .cli_options import with_spec_options
 from .errors import GaudiNbError, SpecError
+from .k8s.facts import HUGEPAGES_2MI, IMAGE_USER, MEMORY
 from .spec import RunSpec
 
-# RunSpec fields that mean nothing inside a cluster: the target is the cluster, and a script is a file on this machine.
-NOT_IN_A_POD = ("target", "script", "workdir")
+# The target is the cluster itself: `gaudi-nb k8s render` prints what `train --target` would submit there.
+NOT_IN_A_POD = ("target",)
 
 k8s_app = typer.Typer(
-    help="Kubernetes: turn a run spec into manifests for kubectl apply (a Job, or a Kubeflow MPIJob / PyTorchJob).",
+    help="Kubernetes: turn a run spec into the objects a cluster runs it with (a TrainJob, PyTorchJob, MPIJob or indexed Job).",
     no_args_is_help=True,
 )
 
@@ -30,34 +31,39 @@ def _k8s() -> None:
 @with_spec_options(skip=NOT_IN_A_POD)
 def render_command(
     image: str = typer.Option(..., "--image", help="container image with gaudi_nb installed (see infra/docker)"),
+    kind: Optional[str] = typer.Option(None, "--kind", help="trainjob, pytorchjob, mpijob or job; default: job for one node, else mpijob (Intel's documented multi-node path)"),
     spec_file: Optional[Path] = typer.Option(
         None, "--spec-file", help="a run spec (JSON or YAML); options given on the command line override it"
     ),
+    run_id: Optional[str] = typer.Option(None, "--run-id", help="the run's id (names its objects and its folder on the run volume); default: a new one"),
     namespace: str = typer.Option("default", "--namespace", "-n", help="Kubernetes namespace"),
-    metrics_port: int = typer.Option(9400, "--metrics-port", help="port of the agent's Prometheus /metrics"),
-    hugepages: str = typer.Option("42000Mi", "--hugepages", help="hugepages-2Mi limit per Gaudi pod; 'none' to omit"),
-    memory: str = typer.Option("400Gi", "--memory", help="memory limit per Gaudi pod"),
+    storage_class: Optional[str] = typer.Option(None, "--storage-class", help="a ReadWriteMany storage class: the run's folder gets a claim of its own, shared by its pods"),
+    claim: Optional[str] = typer.Option(None, "--claim", help="a ReadWriteMany claim already in the namespace, for the run folders"),
+    run_as_user: int = typer.Option(IMAGE_USER, "--run-as-user", help="the image's non-root user id (infra/docker's is 1000); 0 for an image that needs root, as Intel's does"),
+    metrics_port: int = typer.Option(9400, "--metrics-port", help="port of the agent's Prometheus /metrics (on the pod's loopback: kubectl port-forward)"),
+    hugepages: str = typer.Option(HUGEPAGES_2MI, "--hugepages", help="hugepages-2Mi limit per Gaudi pod (Intel's example); 'none' to omit"),
+    memory: str = typer.Option(MEMORY, "--memory", help="memory limit per Gaudi pod (Intel's example)"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="write the YAML here instead of standard output"),
-    check: bool = typer.Option(False, "--check", help="validate the manifests with the kubernetes client's models (needs the k8s extra)"),
+    check: bool = typer.Option(False, "--check", help="validate the manifests against the Kubernetes and Kubeflow schemas (needs the k8s extra)"),
     **options: Any,
 ) -> None:
-    """Render a run as Kubernetes manifests: a ConfigMap with the spec, and a Job (one node) or an MPIJob / PyTorchJob (several)."""
+    """Render a run as Kubernetes objects: a Secret for --env, a ConfigMap with the run's inputs, the run volume's claim, and the job."""
     from . import k8s
 
     try:
         # paths are the container's, not this machine's: taken as written
         base = api.load_spec_file(spec_file, local_paths=False) if spec_file else {}
         spec = RunSpec.from_options(**{**base, **{k: v for k, v in options.items() if v is not None}})
-        manifests = k8s.render(
-            spec,
-            image=image,
-            namespace=namespace,
-            metrics_port=metrics_port,
-            memory=memory,
-            hugepages_2mi=None if hugepages.lower() in ("", "none", "0") else hugepages,
-        )
+        if not 1 <= metrics_port <= 65535:
+            raise SpecError(f"metrics_port: must be 1-65535, got {metrics_port}")
+        facts = k8s.ClusterFacts(image=image, namespace=namespace, storage_class=storage_class, claim=claim, run_as_user=run_as_user,
+                                 metrics_port=metrics_port, memory=memory, hugepages=None if hugepages.lower() in ("", "none", "0") else hugepages)
+        chosen = kind or k8s.choose_kind(None, spec.nodes)
+        manifests = k8s.render(spec, run_id or api.new_run_id(spec), kind=chosen, cluster=facts)
         if check:
-            k8s.validate(manifests)
+            from .k8s.check import validate
+
+            validate(manifests)
         text = k8s.to_yaml(manifests)
     except (GaudiNbError, json.JSONDecodeError) as exc:
         typer.echo(f"error: {exc}", err=True)
@@ -67,5 +73,5 @@ def render_command(
         typer.echo(text, nl=False)
     else:
         output.write_text(text)
-        kind = manifests[-1]["kind"]
-        typer.echo(f"wrote {output} ({kind} {manifests[-1]['metadata']['name']}): kubectl apply -f {output}", err=True)
+        kind_doc = manifests[-1]
+        typer.echo(f"wrote {output} ({kind_doc['kind']} {kind_doc['metadata']['name']}): kubectl apply -f {output}", err=True)

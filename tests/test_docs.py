@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 HOOK = ROOT / "docs" / "hooks" / "cli_reference.py"
-PAGES = ["index", "quickstart", "concepts", "nodes", "architecture", "reference/magics", "reference/cli", "cost", "tuning", "deployment", "troubleshooting"]
+PAGES = ["index", "quickstart", "concepts", "nodes", "kubernetes", "architecture", "reference/magics", "reference/cli", "cost", "tuning", "deployment", "troubleshooting"]
 
 
 def _hook_module():

@@ -21,6 +21,12 @@ def _one_node(spec: RunSpec, launcher: str) -> None:
         )
 
 
+def check_nodes(spec: RunSpec, launcher: str) -> None:
+    """The refusal the builders below make at run time, for a caller that checks before (gaudi-nb k8s render)."""
+    if launcher in ("torch.distributed.run", "mpirun"):
+        _one_node(spec, launcher)
+
+
 @launchers.register("torch.distributed.run")
 def build_torch_distributed_run(spec: RunSpec, worker: List[str], ctx: LaunchContext) -> LaunchPlan:
     """``python -um torch.distributed.run --nproc_per_node=N --master_addr=A --master_port=P <worker>``:

@@ -6,6 +6,7 @@ and each test asserts on its own: a two-node run that trains to its end with eve
 log stream dropped on the way, a stop on the agent's checkpoint road, a job the scheduler cannot place
 (pending with its reason, not billed), and an evicted pod that ends its run `lost`. Those are `slow` (about
 40 s together on two loaded cores); the pure reading of pods and the panel's word stay in the fast lane."""
+import base64
 import json
 import os
 import sys
@@ -35,7 +36,7 @@ def k8s(tmp_path_factory):
         patch.setenv("K8S_TEST_TOKEN", "s3cret-value")
         patch.setenv("COLUMNS", "200")
         env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "PYTHONPATH": os.environ.get("PYTHONPATH", ""), "GAUDI_NB_ACCELERATOR": "cpu"}
-        cluster = Cluster(root / "cluster", nodes={"gaudi-a": 8, "gaudi-b": 8}, base_env=env)
+        cluster = Cluster(root / "cluster", nodes={"gaudi-a": 4, "gaudi-b": 4}, base_env=env)
         try:
             yield cluster, root
         finally:
@@ -60,14 +61,14 @@ def cli(capsys, *argv):
 def runs(k8s):
     """Attach the cluster from the CLI, then start every run of the module at once."""
     cluster, root = k8s
-    attached = gaudi_nb.attach("k8s://standin/default", name="kc", kubeconfig=str(cluster.kubeconfig), price_per_hour=PRICE)
+    attached = gaudi_nb.attach("k8s://standin/default", name="kc", kubeconfig=str(cluster.kubeconfig), price_per_hour=PRICE, storage_class="shared", image="gaudi-nb:test")
     loop = root / "loop.py"
     loop.write_text(LOOP.format(step_s=0.05).replace("    report(step=step", "    print(f'rank trained step {step}', flush=True)\n    report(step=step"))
     slow = root / "slow.py"
     slow.write_text(LOOP.format(step_s=0.2))
     started = {
         "two": gaudi_nb.train(target="kc", nodes=2, devices=1, max_steps=5, script=str(loop), env="K8S_TEST_TOKEN"),
-        "pending": gaudi_nb.train(target="kc", nodes=1, devices=16, max_steps=5, script=str(loop)),
+        "pending": gaudi_nb.train(target="kc", nodes=1, devices=8, max_steps=5, script=str(loop)),
         "stop": gaudi_nb.train(target="kc", nodes=1, devices=1, max_steps=5000, script=str(slow)),
         "evict": gaudi_nb.train(target="kc", nodes=1, devices=1, max_steps=5000, script=str(slow)),
         "deleted": gaudi_nb.train(target="kc", nodes=1, devices=1, max_steps=5000, script=str(slow)),
@@ -80,18 +81,18 @@ def test_attach_checks_the_cluster_and_lists_its_gaudi_nodes(k8s, runs, capsys):
     cluster, _ = k8s
     record = runs["attached"]
     facts = record["resources"]["kubernetes"]
-    assert record["url"] == "k8s://standin/default" and record["device_count"] == 16 and record["price_per_hour"] == PRICE
+    assert record["url"] == "k8s://standin/default" and record["device_count"] == 8 and record["price_per_hour"] == PRICE
     assert facts["job_kinds"] == ["job"] and facts["kind"] == "job"  # discovery: no operator installed
-    assert {n["name"]: n["cards"] for n in facts["gaudi_nodes"]} == {"gaudi-a": 8, "gaudi-b": 8}
+    assert {n["name"]: n["cards"] for n in facts["gaudi_nodes"]} == {"gaudi-a": 4, "gaudi-b": 4}
     reviewed = [body["spec"]["resourceAttributes"] for kind, body in cluster.received if kind == "selfsubjectaccessreviews"]
     assert {"verb": "create", "group": "batch", "resource": "jobs", "namespace": "default", "subresource": ""} in reviewed
-    again = cli(capsys, "nodes", "attach", "k8s://standin/default", "--name", "kc", "--kubeconfig", str(cluster.kubeconfig), "--price-per-hour", str(PRICE), "--json")
+    again = cli(capsys, "nodes", "attach", "k8s://standin/default", "--name", "kc", "--kubeconfig", str(cluster.kubeconfig), "--price-per-hour", str(PRICE), "--storage-class", "shared", "--image", "gaudi-nb:test", "--json")
     assert again.returncode == 0 and json.loads(again.stdout)["resources"]["kubernetes"]["gaudi_nodes"][0]["name"] == "gaudi-a"  # the CLI's door, refreshed
     listed = cli(capsys, "nodes", "list", "--no-refresh")
-    assert "k8s://standin/default" in listed.stdout and "16× hpu on 2 nodes, 16 free" in listed.stdout
+    assert "k8s://standin/default" in listed.stdout and "8× hpu on 2 nodes, 8 free" in listed.stdout
     checked = cli(capsys, "nodes", "check", "kc")
     assert checked.returncode == 0, checked.stdout
-    assert "gaudi-a" in checked.stdout and "8 cards" in checked.stdout
+    assert "gaudi-a" in checked.stdout and "4 cards" in checked.stdout
     missing = cli(capsys, "nodes", "attach", "k8s://standin/nope", "--name", "kn", "--kubeconfig", str(cluster.kubeconfig))
     assert missing.returncode == 2 and "namespace 'nope' does not exist" in missing.stderr and len(missing.stderr.strip().splitlines()) == 1
     cluster.denied.add(("create", "jobs"))
@@ -106,7 +107,7 @@ def test_attach_checks_the_cluster_and_lists_its_gaudi_nodes(k8s, runs, capsys):
     from gaudi_nb.jupyter_server_ext.payloads import nodes as sidebar_nodes  # what the JupyterLab sidebar lists
 
     (row,) = [n for n in sidebar_nodes([], [record], {}) if n["name"] == "kc"]
-    assert row["url"] == "k8s://standin/default" and row["device_count"] == 16 and [n["name"] for n in row["cluster"]["gaudi_nodes"]] == ["gaudi-a", "gaudi-b"]
+    assert row["url"] == "k8s://standin/default" and row["device_count"] == 8 and [n["name"] for n in row["cluster"]["gaudi_nodes"]] == ["gaudi-a", "gaudi-b"]
 
 
 @pytest.mark.slow
@@ -133,7 +134,7 @@ def test_a_two_node_run_trains_to_its_end_with_events_from_both_pods(k8s, runs, 
     assert all(e["price_per_hour"] == PRICE for e in latest.values()) and record["cost"]["usd"] == pytest.approx(sum(e["usd"] for e in latest.values()))
     # what was submitted: --env's value in a Secret only, the cards requested, one shared claim, no HABANA_VISIBLE_DEVICES
     submitted = {body["kind"]: body for kind, body in cluster.received if body.get("metadata", {}).get("name", "").startswith(job)}
-    assert submitted["Secret"]["stringData"] == {"K8S_TEST_TOKEN": "s3cret-value"}
+    assert {k: base64.b64decode(v).decode() for k, v in submitted["Secret"]["data"].items()} == {"K8S_TEST_TOKEN": "s3cret-value"}
     manifest = json.dumps(submitted["Job"])
     assert "s3cret-value" not in manifest and "HABANA_VISIBLE_DEVICES" not in manifest
     agent = submitted["Job"]["spec"]["template"]["spec"]["containers"][0]
@@ -153,7 +154,7 @@ def test_a_stop_takes_the_checkpoint_road_and_deletes_the_job(k8s, runs, capsys)
     wait_for(lambda: run.record()["steps_completed"] >= 2 or run.done, timeout=120, what="two steps")
     stopped = cli(capsys, "stop", run.run_id)
     assert stopped.returncode == 0, stopped.stderr
-    assert any(command[:4] == ["python", "-m", "gaudi_nb.agent.commands", "stop"] for _, command in cluster.execs)  # through the pod
+    assert any(command[:4] == ["python3", "-m", "gaudi_nb.agent.commands", "stop"] for _, command in cluster.execs)  # through the pod
     run.wait(timeout=60)
     record = run.record()
     assert record["status"] == "stopped", record["exit"]

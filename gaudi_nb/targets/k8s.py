@@ -25,9 +25,9 @@ from typing import Any, Dict, Iterator, List, Optional
 
 from ..errors import GaudiNbError, SpecError
 from ..spec import RunSpec, looks_like_path
-from .base import Files, Part, Target, sent_environment
+from .base import Files, Part, Target
 from .k8s_follow import ended_verdict, index_of, mirror, mirroring, pod_selector, scheduling_events, short_reason, waiting_reason
-from .k8s_submit import describe, job_name, manifests_for, part_path
+from .k8s_submit import AGENT_CONTAINER, LOG_CONTAINER, SUBMITTED_KIND, describe, job_name, manifests_for, owned_objects, part_path
 
 POLL_S = 2.0  # how often a sync asks the cluster about the run's pods
 UNPLACED_S = 120.0  # a pod the job never made in this long (and no reason given) ends the run as lost
@@ -64,7 +64,7 @@ class K8sTarget(Target):
 
     def place(self, run_id: str, nodes: Optional[int] = None) -> List[Part]:
         job = job_name(run_id)
-        return [Part(f"{job}-{i}", i, part_path(run_id, job, i), self.record) for i in range(nodes or self._nodes(run_id))]
+        return [Part(f"{job}-{i}", i, part_path(run_id, i), self.record) for i in range(nodes or self._nodes(run_id))]
 
     def stream(self, run_id: str) -> Any:
         from ..nodes.link import MergedStream
@@ -75,8 +75,6 @@ class K8sTarget(Target):
         return Path(self.stream(run_id).node_events(part.name))
 
     def check(self, spec: RunSpec) -> None:
-        if any(looks_like_path(p.strip()) for p in spec.dataset.split(",")):
-            raise SpecError(f"dataset: local files are not sent to a cluster in this version: put them on the cluster's volume and give that path, or use a hub dataset (target {self.name})")
         if looks_like_path(spec.model):
             raise SpecError(f"model: {spec.model} is a folder on this machine: put it on the cluster's volume and give its path there, or a hub id")
 
@@ -106,7 +104,7 @@ class K8sTarget(Target):
             runs = self.node_runs(parts, run_id, time.time())
             folder.spec.write_text(spec.model_dump_json(indent=2))
             folder.run.write_text(json.dumps(self.local_run(parts, runs)))
-            objects = manifests_for(spec, run_id, kind=str(self.facts.get("kind") or "job"), runs=runs, inputs=self._inputs(spec), environment=sent_environment(spec), cluster=self.facts)
+            objects = manifests_for(spec, run_id, kind=SUBMITTED_KIND, runs=runs, cluster=self.facts, target=self.name)
             for obj in objects:
                 self.cluster.create(obj)
             (folder.path / "nodes").mkdir(exist_ok=True)
@@ -116,16 +114,6 @@ class K8sTarget(Target):
             self.fail_launch(run_id, f"the run could not start: {type(exc).__name__}: {exc}")
             raise
         return folder.path
-
-    def _inputs(self, spec: RunSpec) -> Dict[str, bytes]:
-        from .. import workdir
-
-        found: Dict[str, bytes] = {}
-        if spec.script:
-            found["script.py"] = Path(spec.script).expanduser().read_bytes()
-        if spec.workdir:
-            found["code.tar"] = workdir.pack(Path(spec.workdir))[0]
-        return found
 
     def local_run(self, parts: List[Part], runs: List[Dict[str, Any]]) -> Dict[str, Any]:
         public = {k: v for k, v in (runs[0].get("cluster") or {}).items() if k not in ("token", "node_rank")}
@@ -246,8 +234,7 @@ class K8sTarget(Target):
         self._delete_objects(run_id)
 
     def _delete_objects(self, run_id: str) -> None:
-        job = job_name(run_id)
-        for kind, name in (("Job", job), ("Service", job), ("ConfigMap", f"{job}-inputs"), ("Secret", f"{job}-env")):
+        for kind, name in owned_objects(run_id):
             try:
                 self.cluster.delete(kind, name)
             except (GaudiNbError, OSError):
@@ -264,7 +251,7 @@ class K8sTarget(Target):
         running = [p for p in self.cluster.pods(pod_selector(job, part.rank)) if (p.get("status") or {}).get("phase") == "Running"]
         if not running:
             raise UnreachableError(f"pod {part.name} is not running")
-        status, out, err = self.cluster.exec(running[0]["metadata"]["name"], "agent", ["python", "-m", "gaudi_nb.agent.commands", *argv], timeout=timeout)
+        status, out, err = self.cluster.exec(running[0]["metadata"]["name"], AGENT_CONTAINER[SUBMITTED_KIND], ["python3", "-m", "gaudi_nb.agent.commands", *argv], timeout=timeout)
         last = (err.strip().splitlines() or [f"exit status {status}"])[-1]
         if status == REFUSED:
             raise SpecError(last)
@@ -307,7 +294,7 @@ class K8sTarget(Target):
             pods = self.cluster.pods(pod_selector(job_name(run_id), part.rank))
             if not pods:
                 return
-            data = b"".join(self.cluster.log(pods[0]["metadata"]["name"], "log", follow=False))
+            data = b"".join(self.cluster.log(pods[0]["metadata"]["name"], LOG_CONTAINER, follow=False))
         except (GaudiNbError, OSError):
             return
         if data or not path.exists():

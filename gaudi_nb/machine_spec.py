@@ -56,7 +56,7 @@ class AttachSpec(_DoorSpec):
     trust_new_host: bool = Field(False, description="record the host key of a node not yet in ~/.ssh/known_hosts")
     # a Kubernetes cluster (k8s://): nodes/cluster.py
     kubeconfig: Optional[str] = Field(None, description="k8s://: the kubeconfig file (default: $KUBECONFIG, else ~/.kube/config)")
-    image: Optional[str] = Field(None, description="k8s://: the container image the pods run, with this gaudi_nb version (default: Intel's PyTorch image)")
+    image: Optional[str] = Field(None, description="k8s://: the container image the pods run, with this gaudi_nb version (infra/docker builds one); a run needs it")
     storage_class: Optional[str] = Field(None, description="k8s://: the ReadWriteMany storage class of the run folder's volume (default: the cluster's default class)")
     price_per_hour: Optional[float] = Field(None, ge=0, description="k8s://: USD per node-hour a run's pods are billed at while they run")
 

@@ -47,7 +47,7 @@ def describe(record: Dict[str, Any]) -> str:
         nodes = facts.get("gaudi_nodes") or []
         free = [n["free"] for n in nodes if n.get("free") is not None]
         cards = f"{record.get('device_count') or 0} Gaudi cards on {len(nodes)} node(s)" + (f", {sum(free)} free" if len(free) == len(nodes) and nodes else "")
-        return f"{cards}; job kinds {', '.join(facts.get('job_kinds') or [])} (submits {facts.get('kind')}); image {facts.get('image')}"
+        return f"{cards}; job kinds {', '.join(facts.get('job_kinds') or [])} (submits {facts.get('kind')}); image {facts.get('image') or 'none yet (--image)'}"
     accelerator = record.get("accelerator") or "unknown"
     count = record.get("device_count")
     devices = f"{count}× {accelerator}" if count else accelerator

@@ -21,7 +21,6 @@ if TYPE_CHECKING:
     from ..store import RunStore
 
 _URL = re.compile(r"^k8s://(?P<context>[^/\s]+)(?:/(?P<namespace>[a-z0-9]([-a-z0-9]*[a-z0-9])?))?/?$")
-DEFAULT_IMAGE = "vault.habana.ai/gaudi-docker/1.24.0/ubuntu22.04/habanalabs/pytorch-installer-2.10.0"
 
 
 def parse_cluster_url(url: str) -> Tuple[str, Optional[str]]:
@@ -60,6 +59,8 @@ def attach_cluster(url: str, *, name: Optional[str], kubeconfig: Optional[str] =
     cluster = Cluster(context, namespace, kubeconfig)
     say(f"asking {cluster.server} (context {cluster.context}, namespace {cluster.namespace})")
     facts = inspect(cluster)
+    if not image:
+        say("no --image: runs there will ask for one with this gaudi_nb version (infra/docker builds one); attach again with --image IMAGE")
     if not facts["gaudi_nodes"]:
         say("no node has allocatable habana.ai/gaudi: runs will wait as pending until one has (Intel's device plugin or Base Operator adds it)")
     server = urlparse(cluster.server)
@@ -69,7 +70,7 @@ def attach_cluster(url: str, *, name: Optional[str], kubeconfig: Optional[str] =
         "accelerator": "hpu", "device_count": sum(n["cards"] for n in facts["gaudi_nodes"]), "gaudi_nb_version": None, "attached_at": time.time(),
         "price_per_hour": price_per_hour, "price_source": "--price-per-hour (per node)" if price_per_hour is not None else None,
         "resources": {"kubernetes": {**facts, "context": cluster.context, "namespace": cluster.namespace, "kubeconfig": kubeconfig, "server": cluster.server,
-                                     "image": image or DEFAULT_IMAGE, "storage_class": storage_class, "checked_at": time.time()}},
+                                     "image": image, "storage_class": storage_class, "checked_at": time.time()}},
     }
     try:
         existing: Optional[Dict[str, Any]] = store.get_node(name)

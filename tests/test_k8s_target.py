@@ -251,3 +251,21 @@ def test_the_panel_says_pending_with_the_schedulers_reason():
                             short="Insufficient habana.ai/gaudi")])
     html = header_html(state)
     assert ">pending: Insufficient habana.ai/gaudi<" in html and 'title="FailedScheduling: 0/4 nodes are available' in html
+
+
+@pytest.mark.slow
+def test_the_standin_watches_from_a_resource_version_as_the_api_server_does(k8s):
+    """A client whose watch dropped goes on from the last resourceVersion it saw: every change after it, none before."""
+    from gaudi_nb.nodes.kube import Cluster as Client
+
+    cluster, _ = k8s
+    client = Client("standin", "team", str(cluster.kubeconfig))
+    listed = client._json(client.core.list_namespaced_config_map, "team")
+    for name in ("w1", "w2"):
+        client.create({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": name}, "data": {"k": name}})
+    response = client._call(client.core.list_namespaced_config_map, "team", watch=True, resource_version=listed["metadata"]["resourceVersion"], timeout_seconds=1)
+    seen = [json.loads(line) for line in response.data.splitlines() if line.strip()]
+    assert [(e["type"], e["object"]["metadata"]["name"]) for e in seen] == [("ADDED", "w1"), ("ADDED", "w2")]
+    after_first = seen[0]["object"]["metadata"]["resourceVersion"]
+    response = client._call(client.core.list_namespaced_config_map, "team", watch=True, resource_version=after_first, timeout_seconds=1)
+    assert [json.loads(line)["object"]["metadata"]["name"] for line in response.data.splitlines() if line.strip()] == ["w2"]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import socket
 import struct
 import subprocess
 import time
@@ -98,7 +99,7 @@ class Handler(BaseHTTPRequestHandler):
             self._one(resource, "", name)
         elif name:
             self._one(resource, ns, name)
-        elif query.get("watch", ["false"])[0] in ("true", "1"):
+        elif query.get("watch", ["false"])[0].lower() in ("true", "1"):
             self._watch(resource, ns, query)
         else:
             items, version = self.cluster.objects.list(resource, ns if resource not in CLUSTER_SCOPED else None, query.get("labelSelector", [""])[0], query.get("fieldSelector", [""])[0])
@@ -229,7 +230,7 @@ class Handler(BaseHTTPRequestHandler):
         if not path.exists():
             self._send(400, status(400, "BadRequest", f'container "{container}" in pod "{name}" is waiting to start: ContainerCreating'))
             return
-        follow = query.get("follow", ["false"])[0] in ("true", "1")
+        follow = query.get("follow", ["false"])[0].lower() in ("true", "1")
         self._stream_start("text/plain")
         position = 0
         try:
@@ -246,8 +247,10 @@ class Handler(BaseHTTPRequestHandler):
                             break
                         fh.seek(position)
                         continue
-                    if self.cluster.drop_logs.is_set():
-                        return  # a dropped connection: no last chunk, the client sees the stream break
+                    if self.cluster.drop_logs.is_set():  # a dropped connection: no last chunk, the client sees the stream break
+                        self.close_connection = True
+                        self.connection.shutdown(socket.SHUT_RDWR)
+                        return
                     time.sleep(0.05)
             self._chunk(b"")
         except (BrokenPipeError, ConnectionResetError):

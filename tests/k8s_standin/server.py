@@ -65,11 +65,10 @@ class Handler(BaseHTTPRequestHandler):
         length = int(self.headers.get("Content-Length") or 0)
         return json.loads(self.rfile.read(length) or b"{}")
 
-    def _route(self) -> Tuple[Optional[Tuple[str, str, str]], List[str], Dict[str, List[str]]]:
-        """(group, version, resource-or-'') and the rest of the path, and the query."""
+    def _route(self) -> Tuple[List[str], Dict[str, List[str]]]:
+        """The path's parts and the query."""
         url = urlparse(self.path)
-        parts = [p for p in url.path.split("/") if p]
-        return None, parts, parse_qs(url.query)
+        return [p for p in url.path.split("/") if p], parse_qs(url.query)
 
     def _authorized(self) -> bool:
         if self.headers.get("Authorization") == f"Bearer {self.cluster.token}":
@@ -81,7 +80,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if not self._authorized():
             return
-        _, parts, query = self._route()
+        parts, query = self._route()
         discovery = self._discovery(parts)
         if discovery is not None:
             self._send(200, discovery)
@@ -108,7 +107,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         if not self._authorized():
             return
-        _, parts, _ = self._route()
+        parts, _ = self._route()
         found = self._resource(parts)
         if found is None:
             self._send(404, status(404, "NotFound", f"the server could not find the requested resource ({self.path})"))
@@ -143,7 +142,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_DELETE(self) -> None:
         if not self._authorized():
             return
-        _, parts, _ = self._route()
+        parts, _ = self._route()
         found = self._resource(parts)
         if found is None or not found[2]:
             self._send(404, status(404, "NotFound", "not found"))

@@ -110,7 +110,9 @@ def phase(record: Dict[str, Any]) -> str:
         return "starting ranks"
     if status == "running" and record["steps_completed"] >= (record.get("max_steps") or 1 << 62):
         return "saving the final checkpoint"
-    return str(status)
+    from .runs_table import status_text
+
+    return status_text(record)  # pending: Insufficient habana.ai/gaudi, while a cluster's scheduler cannot place the run
 
 
 FOLLOW_POLL_S = 0.25  # a poll reads a file from an offset and one row: cheap, and the run's end shows at once
@@ -123,7 +125,7 @@ def follow_with_progress(run: api.Run, console: Console) -> Dict[str, Any]:
     if not console.is_terminal:
         shown = None
         while True:
-            key = (record["steps_completed"], record["status"])
+            key = (record["steps_completed"], record["status"], str(record.get("queued")))
             if key != shown:
                 console.print(progress_line(record).plain, highlight=False, soft_wrap=True)
                 shown = key
@@ -144,7 +146,7 @@ def print_record(record: Dict[str, Any], console: Console = out) -> None:
     table = Table(show_header=False, box=None)
     rows = [
         ("run", record["run_id"]),
-        ("status", record["status"]),
+        ("status", record["status"] + (f" ({record['queued']['reason']})" if record.get("queued") and record["status"] == "pending" else "")),
         ("steps", f"{record['steps_completed']}/{record.get('max_steps')}"),
         ("accelerator", accelerator_line(record)),
         ("loss", f"{_num(m.get('first_loss'))} → {_num(m.get('final_loss'))}"),

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Dict, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import formatting
 from .errors import SpecError
@@ -49,24 +49,45 @@ class AttachSpec(_DoorSpec):
 
     HELP: ClassVar[str] = "gaudi-nb nodes attach --help"
 
-    url: str = _argument("the node's SSH address, ssh://USER@HOST[:PORT]; HOST may be a Host from ~/.ssh/config")
+    url: str = _argument("the node's SSH address, ssh://USER@HOST[:PORT] (HOST may be a Host from ~/.ssh/config), or a Kubernetes cluster, k8s://CONTEXT or k8s://CONTEXT/NAMESPACE")
     name: Optional[str] = Field(None, description="what runs call the node (--target NAME); default: its host name")
     identity_file: Optional[str] = Field(None, description="private key to log in with (default: ~/.ssh keys and the SSH agent)")
     jump: Optional[str] = Field(None, description="bastion to go through: ssh://USER@BASTION[:PORT]")
     python: Optional[str] = Field(None, description="an interpreter on the node that has this gaudi_nb version; default: install it into ~/.gaudi_nb/env there")
     trust_new_host: bool = Field(False, description="record the host key of a node not yet in ~/.ssh/known_hosts")
+    # a Kubernetes cluster (k8s://): nodes/cluster.py
+    kubeconfig: Optional[str] = Field(None, description="k8s://: the kubeconfig file (default: $KUBECONFIG, else ~/.kube/config)")
+    image: Optional[str] = Field(None, description="k8s://: the container image the pods run, with this gaudi_nb version (infra/docker builds one); a run needs it")
+    storage_class: Optional[str] = Field(None, description="k8s://: the ReadWriteMany storage class of the run folder's volume (default: the cluster's default class)")
+    price_per_hour: Optional[float] = Field(None, ge=0, description="k8s://: USD per node-hour a run's pods are billed at while they run")
 
     @field_validator("url")
     @classmethod
-    def _ssh_address(cls, value: str) -> str:
+    def _address(cls, value: str) -> str:
         from .nodes.ssh import parse_ssh_url
 
         value = value.strip()
         try:
-            parse_ssh_url(value)
+            if value.startswith("k8s://"):
+                from .nodes.cluster import parse_cluster_url
+
+                parse_cluster_url(value)
+            else:
+                parse_ssh_url(value)
         except (ValueError, SpecError) as exc:
             raise ValueError(str(exc).removeprefix("url: ")) from None
         return value
+
+    @model_validator(mode="after")
+    def _options_of_its_kind(self) -> "AttachSpec":
+        cluster = self.url.startswith("k8s://")
+        ssh_only = {"identity_file": self.identity_file, "jump": self.jump, "python": self.python, "trust_new_host": self.trust_new_host or None}
+        k8s_only = {"kubeconfig": self.kubeconfig, "image": self.image, "storage_class": self.storage_class, "price_per_hour": self.price_per_hour}
+        wrong = [name for name, value in (ssh_only if cluster else k8s_only).items() if value is not None]
+        if wrong:
+            what = "a Kubernetes cluster (k8s://)" if cluster else "an SSH node"
+            raise ValueError(f"--{wrong[0].replace('_', '-')} is not for {what}: leave it out")
+        return self
 
 
 class ProvisionSpec(_DoorSpec):

@@ -58,8 +58,17 @@ def run_row(record: Dict[str, Any]) -> Dict[str, Any]:
         "created_at": record.get("created_at"),
         "started_at": record.get("started_at"),
         "ended_at": record.get("ended_at"),
-        "reason": (record.get("exit") or {}).get("reason"),
+        "reason": (record.get("exit") or {}).get("reason") or (record.get("queued") or {}).get("reason"),
+        "status_text": status_text(record),
     }
+
+
+def status_text(record: Dict[str, Any]) -> str:
+    """The status as every view says it: `pending: Insufficient habana.ai/gaudi` while a cluster's scheduler cannot place the run."""
+    queued = record.get("queued") or {}
+    if record.get("status") == "pending" and queued:
+        return f"pending: {queued.get('short') or queued.get('reason')}"
+    return str(record.get("status"))
 
 
 def progress(row: Dict[str, Any]) -> str:
@@ -73,7 +82,7 @@ def row_cells(row: Dict[str, Any]) -> List[str]:
     """The cells under HEAD, as text (money through the one formatter)."""
     return [
         row["run_id"],
-        str(row["status"]),
+        str(row.get("status_text") or row["status"]),
         progress(row),
         _number(row.get("loss")),
         f"{row['tokens_per_second']:,.0f}" if row.get("tokens_per_second") else "—",
@@ -86,4 +95,4 @@ def _number(value: Optional[float]) -> str:
     return "—" if value is None else f"{value:.4f}"
 
 
-__all__ = ["HEAD", "progress", "project_of", "row_cells", "run_row"]
+__all__ = ["HEAD", "progress", "project_of", "row_cells", "run_row", "status_text"]

@@ -65,6 +65,7 @@ def empty_summary(run_id: str) -> Dict[str, Any]:
         "telemetry_samples": 0,
         "checkpoints": [],
         "exit": None,
+        "queued": None,  # while pending on a cluster: the scheduler's reason (reason, short, since); cleared once the run starts
         "batch": None,  # batch runs (gaudi_nb.batch): notebook, parameters, cells, results
         "attempt": 1,  # a restart after a crash, or a resume, starts the next attempt of the same run
         "restarts": [],  # one entry per restart event: attempt, cause, from_step, reason
@@ -147,6 +148,7 @@ class RecordFold(Fold):
             max_steps=spec.get("max_steps"),
         )
         s["trainer"] = e.get("trainer")
+        s["queued"] = None  # placed: the wait is over
         if e.get("kind") == "batch":
             s["batch"] = dict(
                 _empty_batch(),
@@ -157,6 +159,12 @@ class RecordFold(Fold):
                 manifest_path=e.get("manifest_path"),
             )
         s["cost"].update(price_per_hour=e.get("price_per_hour"), price_source=e.get("price_source"), nodes=spec.get("nodes", 1), budget_usd=spec.get("budget_usd"))
+
+    def on_queued(self, e: Event) -> None:
+        s = self.summary
+        if s["status"] == "pending":
+            since = (s["queued"] or {}).get("since") or e.get("t")
+            s["queued"] = {"reason": e.get("reason"), "short": e.get("short"), "since": since}
 
     def on_worker_start(self, e: Event) -> None:
         s = self.summary

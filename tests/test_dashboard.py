@@ -499,3 +499,19 @@ def test_the_run_page_reads_a_long_run_a_page_at_a_time(gaudi_home, monkeypatch)
     monkeypatch.setattr(data_store, "DETAIL_PAGE_EVENTS", 10)
     detail = DashboardData(store, follow=False).detail("long")
     assert pages == [10, 10, 10] and detail.seq == 24 and detail.state.step == 25
+
+
+def test_the_fleet_shows_a_clusters_gaudi_nodes_and_our_pods_and_bills_no_idle_cluster():
+    from gaudi_nb.dashboard.fleet import DeviceHistory, fleet_frame
+
+    cluster = {"name": "kc", "url": "k8s://prod/ml", "accelerator": "hpu", "device_count": 16, "price_per_hour": 36.0, "state": None,
+               "resources": {"kubernetes": {"gaudi_nodes": [{"name": "gaudi-a", "cards": 8, "free": 7}, {"name": "gaudi-b", "cards": 8, "free": 8}]}}}
+    run = {"run_id": "tiny-llama-20261207-1", "status": "running", "target": "kc", "cost": {"price_per_hour": 36.0}}
+    pod = DeviceHistory()
+    pod.add(time.time(), [{"label": "hpu 0", "kind": "hpu", "utilization_pct": 90.0}])
+    frame = fleet_frame([cluster], [run], {"gnb-tiny-llama-20261207-1-0": pod}).set_index("node")
+    assert frame.loc["kc", "state"] == "busy" and frame.loc["kc", "runs"] == "tiny-llama-20261207-1"
+    assert frame.loc["kc/gaudi-a", "devices"] == 8 and "7 free" in frame.loc["kc/gaudi-a", "address"]
+    assert frame.loc["gnb-tiny-llama-20261207-1-0", "address"] == "pod on kc"
+    idle = fleet_frame([cluster], [], {}).set_index("node")
+    assert idle.loc["kc", "state"] == "idle"  # a cluster's nodes are billed through our pods, not while idle

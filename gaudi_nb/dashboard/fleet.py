@@ -2,6 +2,7 @@
 node has, runs and costs, and whether it is idle while it costs money). No Panel here, as in data_store."""
 from __future__ import annotations
 
+import re
 import time
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
@@ -166,9 +167,15 @@ def fleet_frame(node_records: Sequence[Dict[str, Any]], records: Sequence[Dict[s
             "usd_per_hour": spend["usd_per_hour"],
             "usd": spend["usd"],
         }
-    for name in histories:
-        nodes.setdefault(name, {**blank, "node": name})
     active = active_on(records)
+    clusters = {str(n["name"]): n for n in node_records if str(n.get("url") or "").startswith("k8s://") and n.get("state") != "terminated"}
+    for name, n in clusters.items():  # a cluster's Gaudi nodes under it; its price is per node, billed only while our pods run
+        nodes[name]["price_per_hour"] = None
+        for gaudi in ((n.get("resources") or {}).get("kubernetes") or {}).get("gaudi_nodes") or []:
+            free = "" if gaudi.get("free") is None else f" ({gaudi['free']} free when checked)"
+            nodes[f"{name}/{gaudi['name']}"] = {**blank, "node": f"{name}/{gaudi['name']}", "address": f"{n['url']} node{free}", "accelerator": "hpu", "devices": gaudi.get("cards")}
+    for name in histories:  # a run's pods on a cluster report as nodes of their own: our pods
+        nodes.setdefault(name, {**blank, "node": name, **({"address": f"pod on {_cluster_of(name, active, clusters)}"} if _cluster_of(name, active, clusters) else {})})
     for name, runs in active.items():
         nodes.setdefault(name, {**blank, "node": name})
         for r in runs:
@@ -192,5 +199,13 @@ def fleet_frame(node_records: Sequence[Dict[str, Any]], records: Sequence[Dict[s
     frame = pd.DataFrame(rows, columns=["node", "state", "address", "accelerator", "devices", "active_runs", "runs", "utilization_pct", "price_per_hour", "usd_per_hour", "usd"])
     order = frame["state"].map({"idle, costs money": 0, "busy": 1, "idle": 2}).fillna(3)  # then stopped machines
     return frame.assign(_order=order).sort_values(["_order", "node"], kind="stable").drop(columns="_order").reset_index(drop=True)
+
+def _cluster_of(node: str, active: Dict[str, List[Dict[str, Any]]], clusters: Dict[str, Dict[str, Any]]) -> Optional[str]:
+    """The attached cluster a pod (a node name that is no record's) trains on for an active run, if any."""
+    for name in clusters:
+        if any(re.sub(r"[^a-z0-9-]+", "-", str(r["run_id"]).lower())[:40] in node for r in active.get(name) or []):  # pods are <job>-<index>, the job named after the run
+            return name
+    return None
+
 
 __all__ = ["DeviceHistory", "heatmap", "node_utilization", "node_idle", "active_on", "fleet_frame", "LOCAL_NODE"]

@@ -296,6 +296,17 @@ class Tracker(Event):
     dir: Optional[str] = Field(None, description="W&B's local folder")
 
 
+class Queued(Event):
+    """The engine has not placed the run yet (the run stays `pending`, and is not billed): why, in the engine's words."""
+
+    written_by: ClassVar[str] = "the client following a run on a Kubernetes cluster, when the scheduler cannot place a pod (again when its reason changes)"
+    type: Literal["queued"]
+    engine: str = Field(description="the engine that holds the run: kubernetes")
+    reason: str = Field(description="the engine's reason as it says it: FailedScheduling: 0/4 nodes are available: 4 Insufficient habana.ai/gaudi. …")
+    short: Optional[str] = Field(None, description="the reason in a few words, for a status line: Insufficient habana.ai/gaudi")
+    waiting: Optional[List[str]] = Field(None, description="what waits: the pods not placed")
+
+
 class NodeEnd(BaseModel):
     """One node's own end, as the run's end across nodes lists it."""
 
@@ -339,7 +350,7 @@ class BadLine(Event):
 
 EVENT_CLASSES: Tuple[Type[Event], ...] = (
     RunStart, WorkerStart, WorkerError, Step, Eval, Checkpoint, Telemetry, Cost, StopRequested,
-    Restart, Cell, Result, Log, BatchSize, Tracker, RunEnd, BadLine,
+    Restart, Cell, Result, Log, BatchSize, Tracker, Queued, RunEnd, BadLine,
 )
 BY_TYPE: Dict[str, Type[Event]] = {cls.model_fields["type"].annotation.__args__[0]: cls for cls in EVENT_CLASSES}  # type: ignore[union-attr]
 EVENT_TYPES = tuple(BY_TYPE)

@@ -126,8 +126,17 @@ def nodes(rows: List[Dict[str, Any]], node_records: List[Dict[str, Any]], device
             "active_runs": [r["run_id"] for r in active if node["name"] in billing.run_targets(r)],
             "devices": devices.get(node["name"], []),
             "idle": idle.get(node["name"], False), "usd": spend["usd"], "usd_per_hour": spend["usd_per_hour"],
+            "cluster": _cluster(node),
         })
     return out
+
+
+def _cluster(node: Dict[str, Any]) -> Optional[Dict[str, Any]]:
+    """An attached Kubernetes cluster's Gaudi nodes (cards, free when last checked) and job kinds; None for a machine."""
+    facts = (node.get("resources") or {}).get("kubernetes") if str(node.get("url") or "").startswith("k8s://") else None
+    if not facts:
+        return None
+    return {"namespace": facts.get("namespace"), "job_kinds": facts.get("job_kinds"), "kind": facts.get("kind"), "gaudi_nodes": facts.get("gaudi_nodes") or []}
 
 
 def costs(records: List[Dict[str, Any]], node_records: List[Dict[str, Any]], node_list: List[Dict[str, Any]], now: Optional[float] = None) -> Dict[str, Any]:

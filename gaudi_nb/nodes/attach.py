@@ -42,10 +42,15 @@ def attach(
     jump: Optional[str] = None,
     python: Optional[str] = None,
     trust_new_host: bool = False,
+    kubeconfig: Optional[str] = None,
+    image: Optional[str] = None,
+    storage_class: Optional[str] = None,
+    price_per_hour: Optional[float] = None,
     store: "Optional[RunStore]" = None,
     progress: Optional[Callable[[str], None]] = None,
 ) -> Dict[str, Any]:
-    """Attach the node at `url` (ssh://user@host[:port]) as `name` and return its record.
+    """Attach the node at `url` (ssh://user@host[:port]) as `name` and return its record; a Kubernetes
+    cluster (k8s://CONTEXT[/NAMESPACE]) is attached by nodes/cluster.py with the options after trust_new_host.
 
     `python`: an interpreter on the node that has this client's gaudi_nb version (checked);
     without it, this client's own build is installed into `<node GAUDI_NB_HOME>/env`
@@ -54,6 +59,10 @@ def attach(
     """
     from ..store import RunStore
 
+    if url.strip().startswith("k8s://"):
+        from .cluster import attach_cluster
+
+        return attach_cluster(url, name=name, kubeconfig=kubeconfig, image=image, storage_class=storage_class, price_per_hour=price_per_hour, store=store, progress=progress)
     address = parse_ssh_url(url, identity_file=identity_file, jump=jump)
     name = check_name(name or default_name(address))
     store = store or RunStore()

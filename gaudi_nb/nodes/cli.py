@@ -13,7 +13,7 @@ from rich.text import Text
 from ..cli_options import with_spec_options
 from ..machine_spec import AttachSpec, ProvisionSpec
 
-nodes_app = typer.Typer(help="Nodes reached over SSH: attach, list, check, detach; cloud machines: provision, start, down.", no_args_is_help=True)
+nodes_app = typer.Typer(help="Nodes reached over SSH and Kubernetes clusters: attach, list, check, detach; cloud machines: provision, start, down.", no_args_is_help=True)
 
 out = Console(markup=False)  # a node's name, address or home is text, never Rich markup (cli.py's rule)
 err = Console(stderr=True, markup=False)
@@ -26,7 +26,7 @@ def attach_command(
     as_json: bool = typer.Option(False, "--json", help="print the node's record as JSON"),
     **options: Any,
 ) -> None:
-    """Attach a node over SSH: check its host key, make sure this gaudi_nb is there, record what it has."""
+    """Attach a node over SSH (check its host key, make sure this gaudi_nb is there, record what it has) or a Kubernetes cluster (k8s://CONTEXT or k8s://CONTEXT/NAMESPACE: its API, job kinds, access and Gaudi nodes)."""
     from .attach import attach
 
     spec = AttachSpec.from_options(**options)
@@ -41,6 +41,14 @@ def attach_command(
 
 
 def describe(record: Dict[str, Any]) -> str:
+    from .kube import cluster_facts, is_cluster
+
+    if is_cluster(record):
+        facts = cluster_facts(record)
+        nodes = facts.get("gaudi_nodes") or []
+        free = [n["free"] for n in nodes if n.get("free") is not None]
+        cards = f"{record.get('device_count') or 0} Gaudi cards on {len(nodes)} node(s)" + (f", {sum(free)} free" if len(free) == len(nodes) and nodes else "")
+        return f"{cards}; job kinds {', '.join(facts.get('job_kinds') or [])} (submits {facts.get('kind')}); image {facts.get('image') or 'none yet (--image)'}"
     accelerator = record.get("accelerator") or "unknown"
     count = record.get("device_count")
     devices = f"{count}× {accelerator}" if count else accelerator
@@ -81,7 +89,7 @@ def list_command(
         table.add_column(column, no_wrap=True, overflow="ellipsis")
     for record in records:
         count = record.get("device_count")
-        devices = f"{count}× {record.get('accelerator')}" if count else str(record.get("accelerator") or record.get("instance_type") or "unknown")
+        devices = f"{count}× {record.get('accelerator')}" + cluster_cards(record) if count else str(record.get("accelerator") or record.get("instance_type") or "unknown")
         address = f"{record['user']}@{record['host']}" if record.get("instance_id") else record["url"]  # the instance id is in --json
         row = [
             record["name"],
@@ -99,6 +107,15 @@ def list_command(
         from ..cost.catalog import user_prices_path
 
         out.print(Text(f"cost unknown for {', '.join(unknown)}: set the instance type's price in {user_prices_path()}", style="dim"))
+
+
+def cluster_cards(record: Dict[str, Any]) -> str:
+    """' on 2 nodes, 15 free' for a cluster (free as last checked: gaudi-nb nodes check NAME asks again); '' for a machine."""
+    gaudi = ((record.get("resources") or {}).get("kubernetes") or {}).get("gaudi_nodes") if str(record.get("url") or "").startswith("k8s://") else None
+    if not gaudi:
+        return ""
+    free = [n.get("free") for n in gaudi]
+    return f" on {len(gaudi)} nodes" + ("" if None in free else f", {sum(free)} free")
 
 
 def node_cost(cost: Dict[str, Any]) -> str:
@@ -177,12 +194,18 @@ def start_command(
 
 @nodes_app.command("check")
 def check_command(name: str = typer.Argument(..., help="an attached node's name")) -> None:
-    """Connect and run the preflight checks a launch runs: Python, gaudi_nb version, disk, free cards."""
+    """Connect and run the preflight checks a launch runs: Python, gaudi_nb version, disk, free cards (a cluster: its API, job kinds, access, Gaudi nodes and free cards)."""
     from ..store import RunStore
+    from .kube import is_cluster
     from .preflight import check
 
     record = RunStore().get_node(name)
-    checks = check(record)
+    if is_cluster(record):
+        from .cluster import check as check_cluster
+
+        checks = check_cluster(record, store=RunStore())
+    else:
+        checks = check(record)
     for item in checks:
         out.print(Text(item.line(), style="green" if item.ok else "red"), soft_wrap=True)
     failed: List[Any] = [item for item in checks if not item.ok]

@@ -1,4 +1,4 @@
-"""Where runs execute: a registry of targets (base.py: the seam each way of reaching machines implements; local, and attached nodes by name over SSH)."""
+"""Where runs execute: a registry of targets (base.py: the seam each way of reaching machines implements; local, attached nodes by name over SSH, and Kubernetes clusters attached by name)."""
 from __future__ import annotations
 
 from ..errors import SpecError
@@ -17,6 +17,12 @@ def target_for(target: str) -> Target:
         kind = parse_target(target).kind
     except ValueError as exc:
         raise SpecError(f"target: {exc}") from None
+    if kind == "node":
+        cluster = _cluster_record(target.strip())
+        if cluster is not None:  # a Kubernetes cluster attached by name: one pod per node
+            from .k8s import K8sTarget
+
+            return K8sTarget(target.strip(), cluster)
     if kind in ("node", "nodes"):  # NAME, or NAME1,NAME2: one run across attached nodes, node 0 first
         from .ssh import ssh_target
 
@@ -24,6 +30,18 @@ def target_for(target: str) -> Target:
     if kind == "ssh":
         raise SpecError(f"target: {attach_first(target.strip())}")
     return targets.get(kind)()
+
+
+def _cluster_record(name: str) -> "dict | None":
+    """The record of a cluster attached as `name`, else None (an SSH node, or nothing attached by that name)."""
+    from ..errors import NotFoundError
+    from ..store import RunStore
+
+    try:
+        record = RunStore().get_node(name)
+    except NotFoundError:
+        return None
+    return record if str(record.get("url") or "").startswith("k8s://") else None
 
 
 __all__ = ["LocalTarget", "Part", "Target", "target_for", "targets"]

@@ -286,7 +286,7 @@ class TrackerThread(threading.Thread):
             limit = float(os.environ.get(ARTIFACT_MAX_MB_ENV) or DEFAULT_ARTIFACT_MAX_MB)
             size = directory_mb(path)
             tags = {"gaudi_nb.final_checkpoint": str(path), "gaudi_nb.final_checkpoint_mb": f"{size:.1f}"}
-            if not self.spec.report_checkpoint:  # the weights leave the machine only when asked
+            if not self.spec.get("report_checkpoint"):  # the weights leave the machine only when asked
                 tags["gaudi_nb.final_checkpoint_logged"] = "path only: --report-checkpoint uploads it"
             elif size <= limit:
                 self._call(self.backend.log_artifact, path, "checkpoint")

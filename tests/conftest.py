@@ -380,7 +380,7 @@ def _shared_keys(item: pytest.Item) -> set:
     for name in item.fixturenames:
         defs = definitions.name2fixturedefs.get(name) if definitions is not None else None
         if defs and defs[-1].scope in ("module", "class", "package"):
-            keys.add(f"{Path(str(item.fspath)).stem}.{name}")
+            keys.add(f"{item.path.stem}.{name}")
     return keys
 
 

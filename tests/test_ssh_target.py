@@ -36,13 +36,17 @@ def reached(run, step):
 
 
 @pytest.mark.slow
-def test_a_run_on_an_attached_node_is_complete_here(node, sshd, tmp_path):
+def test_a_run_on_an_attached_node_is_complete_here(node, sshd, tmp_path, script_runs):
+    """Two ranks of the torch-free loop (tests/scriptrun.py) on the node, with a dataset file to send: what reaches the
+    node and comes back is the target's. A real transformers run on a node is the remote notebook's (test_jupyterlab)."""
     data = tmp_path / "corpus.txt"
     from gaudi_nb.presets import sample_text_path
 
     data.write_text(sample_text_path().read_text())
     started = time.monotonic()
-    run = gaudi_nb.train(target=node, devices=2, max_steps=12, dataset=str(data), price_per_hour=13.11)
+    loop = script_runs.script()
+    loop.write_text("print('the loop starts on the node', flush=True)\n" + loop.read_text())  # a line for `gaudi-nb logs` to copy
+    run = gaudi_nb.train(script=str(loop), target=node, devices=2, max_steps=12, dataset=str(data), price_per_hour=13.11)
     first_step = None
     deadline = time.monotonic() + 240
     while not run.done and time.monotonic() < deadline:
@@ -61,7 +65,7 @@ def test_a_run_on_an_attached_node_is_complete_here(node, sshd, tmp_path):
     assert shown["status"] == "succeeded" and shown["steps_completed"] == 12
     log = subprocess.run([GAUDI_NB, "logs", run.run_id], capture_output=True, text=True, timeout=60)
     on_node = (Path(starts[0]["run_dir"]) / "logs" / "train.log").read_text(errors="replace")
-    assert log.returncode == 0 and on_node and log.stdout == on_node  # a fresh process copies an ended run's log whole first
+    assert log.returncode == 0 and "the loop starts on the node" in on_node and log.stdout == on_node  # a fresh process copies an ended run's log whole first
 
 
 @pytest.mark.slow

@@ -104,9 +104,13 @@ def _files(r: RunPods, spec: RunSpec, inputs: Dict[str, bytes], runs: List[Dict[
         data["script.py"] = _read(spec.script, "--script")
         size += len(data["script.py"].encode())
     if spec.workdir:
+        import tempfile
+
         from .. import workdir
 
-        archive, _ = workdir.pack(Path(spec.workdir).expanduser())
+        with tempfile.TemporaryDirectory() as scratch:  # a ConfigMap holds under 1 MiB: reading it back whole is fine
+            workdir.pack(Path(spec.workdir).expanduser(), Path(scratch) / "code.tar")
+            archive = (Path(scratch) / "code.tar").read_bytes()
         binary["code.tar"] = base64.b64encode(archive).decode()
         size += len(archive)
     if size > MAX_FILES_BYTES:

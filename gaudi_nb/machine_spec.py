@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any, ClassVar, Dict, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from . import formatting
 from .errors import SpecError
@@ -44,16 +44,22 @@ class _DoorSpec(BaseModel):
 
 
 class AttachSpec(_DoorSpec):
-    """Attaching a node over SSH: gaudi_nb.attach's keywords."""
+    """Attaching a node over SSH, or a Slurm cluster (slurm: or slurm://USER@LOGIN): gaudi_nb.attach's keywords."""
 
     HELP: ClassVar[str] = "gaudi-nb nodes attach --help"
 
-    url: str = _argument("the node's SSH address, ssh://USER@HOST[:PORT]; HOST may be a Host from ~/.ssh/config")
+    url: str = _argument("the node's SSH address, ssh://USER@HOST[:PORT] (HOST may be a Host from ~/.ssh/config); a Slurm cluster: slurm: (its commands here) or slurm://USER@LOGIN[:PORT]")
     name: Optional[str] = Field(None, description="what runs call the node (--target NAME); default: its host name")
     identity_file: Optional[str] = Field(None, description="private key to log in with (default: ~/.ssh keys and the SSH agent)")
     jump: Optional[str] = Field(None, description="bastion to go through: ssh://USER@BASTION[:PORT]")
     python: Optional[str] = Field(None, description="an interpreter on the node that has this gaudi_nb version; default: install it into ~/.gaudi_nb/env there")
     trust_new_host: bool = Field(False, description="record the host key of a node not yet in ~/.ssh/known_hosts")
+    # a Slurm cluster (slurm: URLs) only
+    partition: Optional[str] = Field(None, description="Slurm: the partition runs go to; default: the cluster's default partition")
+    account: Optional[str] = Field(None, description="Slurm: the account jobs are charged to (--account)")
+    qos: Optional[str] = Field(None, description="Slurm: the quality of service of its jobs (--qos)")
+    run_root: Optional[str] = Field(None, description="Slurm: the folder on the cluster's shared filesystem that holds runs; default: GAUDI_NB_HOME there")
+    price_per_hour: Optional[float] = Field(None, ge=0, description="Slurm: the price of one node-hour in USD; default: unknown")
 
     @field_validator("url")
     @classmethod
@@ -61,11 +67,26 @@ class AttachSpec(_DoorSpec):
         from .nodes.ssh import parse_ssh_url
 
         value = value.strip()
+        if value.startswith("slurm:"):
+            from .nodes.slurm import parse_slurm_url
+
+            try:
+                parse_slurm_url(value)
+            except SpecError as exc:
+                raise ValueError(str(exc).removeprefix("url: ")) from None
+            return value
         try:
             parse_ssh_url(value)
         except (ValueError, SpecError) as exc:
             raise ValueError(str(exc).removeprefix("url: ")) from None
         return value
+
+    @model_validator(mode="after")
+    def _slurm_options_for_slurm(self) -> "AttachSpec":
+        given = [name for name in ("partition", "account", "qos", "run_root", "price_per_hour") if getattr(self, name) is not None]
+        if given and not self.url.startswith("slurm:"):
+            raise ValueError(f"--{given[0].replace('_', '-')} is for a Slurm cluster (slurm: or slurm://USER@LOGIN): leave it out for an SSH node")
+        return self
 
 
 class ProvisionSpec(_DoorSpec):

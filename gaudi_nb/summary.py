@@ -64,6 +64,8 @@ def empty_summary(run_id: str) -> Dict[str, Any]:
         "telemetry_samples": 0,
         "checkpoints": [],
         "exit": None,
+        "slurm": None,  # a run on a Slurm cluster: job_id, partition, nodes
+        "pending_reason": None,  # while a scheduler holds the run: why (Slurm's reason: Resources, Priority, ...)
         "batch": None,  # batch runs (gaudi_nb.batch): notebook, parameters, cells, results
         "attempt": 1,  # a restart after a crash, or a resume, starts the next attempt of the same run
         "restarts": [],  # one entry per restart event: attempt, cause, from_step, reason
@@ -214,8 +216,14 @@ class RecordFold(Fold):
         if s["status"] in ("starting", "running"):
             s["status"] = "stopping"
 
+    def on_queue(self, e: Event) -> None:
+        s = self.summary
+        s["slurm"] = {"job_id": e.get("job_id"), "partition": e.get("partition"), "nodes": e.get("nodes") or (s["slurm"] or {}).get("nodes") or []}
+        s["pending_reason"] = e.get("reason") if e.get("state") == "PENDING" else None
+
     def on_run_end(self, e: Event) -> None:
         s = self.summary
+        s["pending_reason"] = None
         s["status"] = e.get("status", "failed")
         s["ended_at"] = e.get("t")
         s["exit"] = {k: e.get(k) for k in ("exit_code", "reason", "last_log_lines")}

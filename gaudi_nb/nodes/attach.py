@@ -44,6 +44,7 @@ def attach(
     trust_new_host: bool = False,
     store: "Optional[RunStore]" = None,
     progress: Optional[Callable[[str], None]] = None,
+    **cluster: Any,
 ) -> Dict[str, Any]:
     """Attach the node at `url` (ssh://user@host[:port]) as `name` and return its record.
 
@@ -51,8 +52,16 @@ def attach(
     without it, this client's own build is installed into `<node GAUDI_NB_HOME>/env`
     (`~/.gaudi_nb/env`) once, and reused by later attaches. Attaching a name again with the
     same address refreshes its record. Nothing is recorded when any step fails.
+    A Slurm cluster (`slurm:`, `slurm://USER@LOGIN`) takes `cluster`'s keywords (nodes/slurm.py).
     """
     from ..store import RunStore
+
+    if url.strip().startswith("slurm:"):
+        from .slurm import attach_cluster
+
+        return attach_cluster(url, name=name, identity_file=identity_file, python=python, trust_new_host=trust_new_host, store=store, progress=progress, **cluster)
+    if any(value is not None for value in cluster.values()):
+        raise SpecError(f"--{next(k for k, v in cluster.items() if v is not None).replace('_', '-')} is for a Slurm cluster (slurm: or slurm://USER@LOGIN)")
 
     address = parse_ssh_url(url, identity_file=identity_file, jump=jump)
     name = check_name(name or default_name(address))

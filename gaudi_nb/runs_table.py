@@ -35,6 +35,7 @@ def run_row(record: Dict[str, Any]) -> Dict[str, Any]:
         "run_id": record["run_id"],
         "name": record.get("name"),
         "status": record.get("status"),
+        "pending_reason": record.get("pending_reason"),  # while a scheduler (Slurm) holds the run: why
         "kind": record.get("kind") or "train",
         "owner": record.get("owner"),
         "project": project_of(record),
@@ -73,7 +74,7 @@ def row_cells(row: Dict[str, Any]) -> List[str]:
     """The cells under HEAD, as text (money through the one formatter)."""
     return [
         row["run_id"],
-        str(row["status"]),
+        status_text(row),
         progress(row),
         _number(row.get("loss")),
         f"{row['tokens_per_second']:,.0f}" if row.get("tokens_per_second") else "—",
@@ -82,8 +83,15 @@ def row_cells(row: Dict[str, Any]) -> List[str]:
     ]
 
 
+def status_text(row: Dict[str, Any]) -> str:
+    """The status as every view writes it: `pending: Resources` while a scheduler holds the run, and why."""
+    if row.get("status") == "pending" and row.get("pending_reason"):
+        return f"pending: {row['pending_reason']}"
+    return str(row.get("status"))
+
+
 def _number(value: Optional[float]) -> str:
     return "—" if value is None else f"{value:.4f}"
 
 
-__all__ = ["HEAD", "progress", "project_of", "row_cells", "run_row"]
+__all__ = ["HEAD", "progress", "project_of", "row_cells", "run_row", "status_text"]

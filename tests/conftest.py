@@ -352,3 +352,27 @@ def quickstart(tmp_path_factory):
             else:
                 os.environ[name] = value
     return out
+
+
+# -- a real Slurm cluster on this machine (tests/slurm_cluster.py): munge, slurmctld, two slurmd ----------------
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """Debian's slurmctld and two slurmd (n1, n2; GRES gpu:hl225:4 each; partition gaudi), started once per
+    session; SLURM_CONF names its config for the tests that use it. Skipped only where Slurm is not installed."""
+    import slurm_cluster as slurm
+
+    why = slurm.missing()
+    if why:
+        if os.environ.get("CI"):
+            raise RuntimeError(f"Slurm cannot run in CI: {why}; scripts/setup-and-test installs it")
+        pytest.skip(why)
+    folder = Path(f"/tmp/gaudi-nb-slurm-{os.getpid()}")  # short: munge's socket path has a length limit
+    folder.mkdir(mode=0o755, exist_ok=True)
+    cluster = slurm.SlurmCluster(folder).start()
+    yield cluster
+    cluster.stop()
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)

@@ -101,6 +101,7 @@ PRODUCED = {
     "batch_size": dict(size=8, how="searched", trials=[{"size": 16, "fits": False, "peak_bytes": None, "why": "out of memory"}], seconds=1.5,
                        memory_fraction=0.9, device_memory_bytes=None, capped=False, cache_key="abc", limit=64),
     "tracker": dict(tracker="mlflow", tracker_run_id="x1", url=None, experiment="0", tracking_uri="file:///m"),
+    "queue": dict(scheduler="slurm", job_id="12", partition="gaudi", state="PENDING", reason="Resources", nodes=None),
     "run_end": dict(status="failed", exit_code=1, reason="node b: failed", last_log_lines=["x"], steps_completed=3, usd=None, ended_by="client",
                     nodes={"a": {"status": "stopped", "reason": None, "exit_code": 0, "usd": 0.1}}),
 }

@@ -112,7 +112,7 @@ def parse_squeue(text: str) -> List[Dict[str, str]]:
     for line in text.splitlines():
         if line.strip():
             values = line.strip().split("|")
-            jobs.append(dict(zip(SQUEUE_FIELDS, values + [""] * (len(SQUEUE_FIELDS) - len(values)))))
+            jobs.append(dict(zip(SQUEUE_FIELDS, (values + [""] * len(SQUEUE_FIELDS))[: len(SQUEUE_FIELDS)], strict=True)))
     return jobs
 
 
@@ -125,6 +125,21 @@ def parse_record(text: str) -> Dict[str, str]:
 def job_state(record: Mapping[str, str]) -> str:
     """JobState of an scontrol job record, without the flags some versions add (CANCELLED by 0 → CANCELLED)."""
     return str(record.get("JobState") or "").split()[0] if record.get("JobState") else ""
+
+
+# what slurmstepd writes into the job's output when Slurm ends it; while the job completes, squeue and
+# scontrol say only COMPLETING, so this line is where a client reads the end in time
+_ENDED_BY_SLURM = re.compile(r"\*\*\* (?:JOB|STEP) (\d+)(?:\.\d+)? ON \S+ (CANCELLED|DUE TO TIME LIMIT|DUE TO PREEMPTION|DUE TO NODE FAILURE|DUE TO JOB REQUEUE)")
+_OUTPUT_STATES = {"CANCELLED": "CANCELLED", "DUE TO TIME LIMIT": "TIMEOUT", "DUE TO PREEMPTION": "PREEMPTED", "DUE TO NODE FAILURE": "NODE_FAIL",
+                  "DUE TO JOB REQUEUE": "REQUEUED"}
+
+
+def ended_by_slurm(output: str, job_id: str) -> Optional[str]:
+    """The state Slurm ended the job with (CANCELLED, TIMEOUT, PREEMPTED, NODE_FAIL), from its output; None if Slurm did not end it."""
+    for match in _ENDED_BY_SLURM.finditer(output):
+        if match.group(1) == str(job_id):
+            return _OUTPUT_STATES[match.group(2)]
+    return None
 
 
 def visible_modules(environ: Mapping[str, str]) -> Dict[str, str]:

@@ -69,6 +69,16 @@ class Login:
             raise GaudiNbError(slurm_message(err) or f"{argv[0]} exited {status}")
         return out
 
+    def read_text(self, path: str) -> str:
+        """A file there ('' if it cannot be read)."""
+        if self.remote:
+            status, out, _ = self.run(["cat", path])
+            return out if status == 0 else ""
+        try:
+            return Path(path).read_text(errors="replace")
+        except OSError:
+            return ""
+
     def put_bytes(self, path: str, data: bytes, mode: Optional[int] = None) -> None:
         if self.remote:
             from .link import links
@@ -238,6 +248,23 @@ def refresh_nodes(record: Dict[str, Any]) -> List[Dict[str, Any]]:
     return cluster_nodes(Login(record), slurm.get("partition") or "")
 
 
+def cluster_check(record: Dict[str, Any]) -> Tuple[bool, List[Tuple[str, bool]]]:
+    """`gaudi-nb nodes check` of a cluster: sinfo answers, the partition, each node's state and GRES, gaudi_nb under the run root."""
+    login, slurm = Login(record), (record.get("resources") or {}).get("slurm") or {}
+    lines: List[Tuple[str, bool]] = []
+    try:
+        check_partition(login, slurm.get("partition") or "")
+        lines.append((f"✓ partition {slurm.get('partition')}: sinfo answers", True))
+        for node in cluster_nodes(login, slurm.get("partition") or ""):
+            usable = not any(word in node["state"] for word in ("down", "drain", "fail"))
+            lines.append((f"{'✓' if usable else '✗'} node {describe_nodes([node])}, {node['cpus']} CPUs, at {node['addr']}", usable))
+        version = _check_gaudi_nb(login, record.get("python") or "python3", record.get("home") or ".")
+        lines.append((f"✓ gaudi_nb {version} under {record.get('home')}", True))
+    except (SpecError, GaudiNbError) as exc:
+        lines.append((f"✗ {exc}", False))
+    return all(fine for _, fine in lines), lines
+
+
 def describe_nodes(nodes: List[Dict[str, Any]]) -> str:
     """`n1 idle gpu:hl225:4, n2 mixed gpu:hl225:4`: one line of a cluster's nodes."""
     def gres(node: Dict[str, Any]) -> str:
@@ -263,6 +290,6 @@ def job(login: Login, job_id: str) -> Dict[str, Any]:
     record = parse_record(out) if status == 0 else {}
     if not record.get("JobState"):
         return {"state": "GONE", "reason": None, "nodes": [], "partition": None}
-    nodes = record.get("NodeList") or ""
+    listed = record.get("NodeList") or ""
     return {"state": job_state(record), "reason": record.get("Reason") if record.get("Reason") not in (None, "None") else None,
-            "nodes": expand_hosts(nodes) if nodes and nodes != "(null)" else [], "partition": record.get("Partition")}
+            "nodes": expand_hosts(listed) if listed and listed != "(null)" else [], "partition": record.get("Partition")}

@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 from .. import formatting
 from ..api import RESUMABLE_STATUSES  # the API says what can go on; the button only shows it
 from ..cost import meter
+from ..runs_table import status_text
 from .panel_state import PanelState
 
 # Points drawn in the loss and throughput plots; the state keeps every step.
@@ -118,7 +119,7 @@ def header_html(state: PanelState) -> str:
     pct = min(100.0, 100.0 * state.step / max_steps) if max_steps else 0.0
     return (
         '<div class="gaudi-nb-header" style="display:flex;flex-wrap:wrap;gap:14px;align-items:baseline;font-size:13px">'
-        f'<span class="gaudi-nb-status" data-status="{status}" style="background:{colour};color:#fff;border-radius:3px;padding:1px 7px;font-weight:600">{html.escape(status)}</span>'
+        f'<span class="gaudi-nb-status" data-status="{status}" style="background:{colour};color:#fff;border-radius:3px;padding:1px 7px;font-weight:600">{html.escape(status_text({"status": status, "pending_reason": s.get("pending_reason")}))}</span>'
         f'<span class="gaudi-nb-run-id" style="font-family:monospace">{html.escape(state.run_id)}</span>'
         f'<span class="gaudi-nb-step" data-step="{state.step}" data-max-steps="{max_steps or ""}" style="font-variant-numeric:tabular-nums"><b>step {state.step}</b> / {max_steps or "?"}</span>'
         f'<span class="gaudi-nb-eta">ETA {"done" if state.done else formatting.duration(eta)}</span>'

@@ -25,7 +25,7 @@ from typing import Any, Dict, List, Optional
 
 from ..errors import GaudiNbError, SpecError
 from ..events import EventWriter, has_ended, read_events
-from ..launch.slurm import BAD_ENDS, ENDED_STATES, JobRequest
+from ..launch.slurm import BAD_ENDS, ENDED_STATES, JobRequest, ended_by_slurm
 from ..nodes.link import MergedStream
 from ..nodes.slurm import Login, job, partition_gres, slurm_message
 from ..spec import RunSpec
@@ -175,6 +175,9 @@ class SlurmTarget(Target):
         parts = self.place(run_id)
         if parts:
             self.follow(run_id, parts)
+        if state["state"] == "COMPLETING":  # squeue hides how it ends: Slurm's own line in the job's output says it
+            ended = ended_by_slurm(self.login.read_text(posixpath.join(self.root(run_id), "job", f"slurm-{known['job_id']}.out")), str(known["job_id"]))
+            state = {**state, "state": ended} if ended else state
         if state["state"] in BAD_ENDS or state["state"] == "GONE":
             self._ended_behind(run_id, state)
         if parts:

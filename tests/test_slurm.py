@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 
 import pytest
@@ -17,6 +18,7 @@ from conftest import BIN, wait_for
 
 import gaudi_nb
 import gaudi_nb.api
+import gaudi_nb.nodes.link
 from gaudi_nb.launch.slurm import Gres, JobRequest, expand_hosts, job_state, parse_gres, parse_record, parse_squeue, visible_modules
 
 GAUDI_NB = str(BIN / "gaudi-nb")
@@ -215,3 +217,35 @@ def test_a_job_behind_another_is_pending_with_slurms_reason_then_runs_and_stops(
     record = wait_for(lambda: (r := _record(run_id))["status"] == "stopped" and r, timeout=60, what="the stop")
     assert record["checkpoints"] and record["checkpoints"][-1]["reason"] == "stopped"
     wait_for(lambda: hpc["cluster"].squeue().strip() == "", timeout=30, what="the job to leave the queue")
+
+
+@pytest.mark.slow
+def test_a_login_node_over_ssh_attaches_and_runs_the_job(hpc, tmp_path, monkeypatch):
+    """slurm://USER@LOGIN: Slurm's commands through the loopback sshd, whose sessions see this cluster's SLURM_CONF."""
+    import sshd as sshd_module
+
+    if sshd_module.available():
+        pytest.skip(sshd_module.available())
+
+    class LoginSshd(sshd_module.Sshd):
+        def _write_config(self) -> None:
+            super()._write_config()
+            text = self.config.read_text().replace("SetEnv GAUDI_NB_HOME=", f"SetEnv SLURM_CONF={hpc['cluster'].conf} GAUDI_NB_HOME=")
+            self.config.write_text(text)
+
+    login = LoginSshd(tmp_path / "login", node_home=hpc["home"] / "login_home").start()
+    try:
+        monkeypatch.setenv("HOME", str(login.client_home(tmp_path / "client_home")))
+        monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+        monkeypatch.setenv("GAUDI_NB_HOME", str(tmp_path / "client_gaudi_home"))
+        monkeypatch.delenv("SLURM_CONF")  # this machine is not the login node now: every Slurm command goes over SSH
+        url = f"slurm://{login.user}@127.0.0.1:{login.port}"
+        record = gaudi_nb.attach(url, name="hpc-ssh", partition="gaudi", python=sys.executable, run_root=str(hpc["home"] / "shared"))
+        assert [n["name"] for n in record["resources"]["slurm"]["nodes"]] == ["n1", "n2"]
+        run = gaudi_nb.train(target="hpc-ssh", nodes=1, devices=1, script=str(hpc["loop"]), max_steps=5).wait(timeout=120)
+        record = run.record()
+        assert record["status"] == "succeeded" and record["steps_completed"] == 5, record["exit"]
+        assert record["slurm"]["job_id"] and record["run_dir"].startswith(str(hpc["home"] / "shared"))
+    finally:
+        login.stop()
+        gaudi_nb.nodes.link.links().drop("hpc-ssh")

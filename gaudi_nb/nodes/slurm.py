@@ -171,7 +171,7 @@ def check_partition(login: Login, partition: str) -> None:
 
 def _check_gaudi_nb(login: Login, python: str, run_root: str) -> str:
     """The version of gaudi_nb `python` imports from the run root (where the jobs start); SpecError if not this client's."""
-    probe = f"cd {shlex.quote(run_root)} && {shlex.quote(python)} -c 'import gaudi_nb.version as v; print(v.__version__)'"
+    probe = f"mkdir -p {shlex.quote(run_root)} && cd {shlex.quote(run_root)} && {shlex.quote(python)} -c 'import gaudi_nb.version as v; print(v.__version__)'"
     status, out, err = login.run(["sh", "-c", probe])
     found = out.strip().splitlines()[-1] if status == 0 and out.strip() else None
     if found != __version__:

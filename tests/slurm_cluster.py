@@ -152,21 +152,26 @@ PartitionName=gaudi Nodes={','.join(NODES)} Default=YES MaxTime=INFINITE State=U
         subprocess.run(["scancel", "--full", "-p", "gaudi"], env=self.env, capture_output=True, timeout=30)
 
     def stop(self) -> None:
+        """Every daemon by its pid file, all signalled first and then waited for (one wait, not one each)."""
         self.cancel_all()
-        pids = [self.folder / "run" / f"slurmd-{n}.pid" for n in NODES] + [self.folder / "run" / "slurmctld.pid", self.folder / "munged.pid"]
-        for pid_file in pids:
+        pid_files = [self.folder / "run" / f"slurmd-{n}.pid" for n in NODES] + [self.folder / "run" / "slurmctld.pid", self.folder / "munged.pid"]
+        pids = []
+        for pid_file in pid_files:
             try:
                 pid = int(pid_file.read_text().strip())
+                os.kill(pid, signal.SIGTERM)
+                pids.append(pid)
             except (OSError, ValueError):
                 continue
-            try:
-                os.kill(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                continue
-            deadline = time.monotonic() + 10
-            while time.monotonic() < deadline:
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    break
-                time.sleep(0.1)
+        deadline = time.monotonic() + 10
+        while pids and time.monotonic() < deadline:
+            pids = [pid for pid in pids if _alive(pid)]
+            time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False

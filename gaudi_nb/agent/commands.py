@@ -244,7 +244,7 @@ def main(argv: Optional[list] = None) -> None:
     if args.command == "slurm-task":
         from .slurm_task import main as slurm_task
 
-        slurm_task(args.run_dir)  # becomes the agent
+        slurm_task(args.run_dir)  # supervises the run in this process until it ends
         return
     files = json.loads(sys.stdin.read() or "{}") if getattr(args, "files_stdin", False) else None
     from ..errors import SpecError

@@ -1,6 +1,6 @@
 """The task Slurm starts on each allocated node (`srun ... python -m gaudi_nb.agent.commands slurm-task`).
 
-It turns the job's environment into what the agent reads, then becomes the agent (exec: Slurm's
+It turns the job's environment into what the agent reads, then runs the agent in its own process (Slurm's
 signals reach it): this node's part of the run, `<run folder>/nodes/<SLURMD_NODENAME>/`, with
 the run's spec and the node's run.json. Across nodes the `cluster` block comes from Slurm, not
 from the client: the node rank is SLURM_NODEID, the nodes are SLURM_JOB_NODELIST, and node 0's
@@ -16,9 +16,9 @@ import os
 import shutil
 import socket
 import subprocess
-import sys
 import tarfile
 import time
+import traceback
 from pathlib import Path
 from typing import Any, Dict, Mapping
 
@@ -93,11 +93,25 @@ def make_part(root: Path, environ: Mapping[str, str]) -> Path:
 
 
 def main(root: Path, environ: Mapping[str, str] = os.environ) -> None:
-    """Make this node's part and become its agent."""
-    part = make_part(root.resolve(), environ)
+    """Make this node's part and supervise it in this process (Slurm's signals reach the agent; no second
+    Python start before the ranks): what `python -m gaudi_nb.agent` does, its output in logs/agent.log."""
+    part = RunFolder(make_part(root.resolve(), environ))
     os.environ.update(visible_modules(environ))
-    os.chdir(part)  # python -m puts the working folder first on the import path: the part holds no gaudi_nb
-    os.execv(sys.executable, [sys.executable, "-m", "gaudi_nb.agent", "--run-dir", str(part)])
+    os.chdir(part.path)
+    log = os.open(part.agent_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    try:
+        from .supervisor import Agent
+
+        agent = Agent(part.path)
+    except Exception as exc:  # an unreadable spec, a broken install: the run still ends, with the reason
+        from .liveness import end_run
+
+        traceback.print_exc()
+        end_run(part, "failed", f"the agent could not start: {type(exc).__name__}: {exc}")
+        raise SystemExit(1) from None
+    agent.run_to_end()
 
 
 def ask_stop(folder: RunFolder, reason: str, nodes: int) -> bool:

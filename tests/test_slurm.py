@@ -73,9 +73,13 @@ def test_the_job_script_asks_for_what_the_run_needs():
                          account="team", time_limit_s=7200, requeue=True)
     script = request.script("/env/bin/python", "/shared")
     for line in ("--nodes=2", "--ntasks-per-node=1", "--gres=gpu:hl225:4", "--exclusive", "--account=team", "--time=0-02:00:00",
-                 "--signal=USR1@120", "--requeue", "--job-name=gaudi-nb-r-1", "--partition=gaudi"):
+                 "--signal=B:USR1@120", "--requeue", "--job-name=gaudi-nb-r-1", "--partition=gaudi"):
         assert f"#SBATCH {line}\n" in script
-    assert script.endswith("exec srun --kill-on-bad-exit=0 --ntasks-per-node=1 /env/bin/python -m gaudi_nb.agent.commands slurm-task --run-dir /shared/runs/r-1\n")
+    # the time limit's warning goes to the batch shell (on node 0), whose trap asks node 0's agent to stop
+    assert "warned() { /env/bin/python -m gaudi_nb.agent.commands slurm-stop --reason stopped --nodes 2 --run-dir /shared/runs/r-1/nodes/\"$SLURMD_NODENAME\"; }\ntrap warned USR1\n" in script
+    assert "srun --kill-on-bad-exit=0 --ntasks-per-node=1 /env/bin/python -m gaudi_nb.agent.commands slurm-task --run-dir /shared/runs/r-1 &\n" in script
+    plain = JobRequest("r-2", "/shared/runs/r-2", nodes=1, devices=1, partition="gaudi").script("/env/bin/python", None)
+    assert plain.endswith("exec srun --kill-on-bad-exit=0 --ntasks-per-node=1 /env/bin/python -m gaudi_nb.agent.commands slurm-task --run-dir /shared/runs/r-2\n")
 
 
 # -- a real cluster ----------------------------------------------------------------------------------------
@@ -242,10 +246,28 @@ def test_a_login_node_over_ssh_attaches_and_runs_the_job(hpc, tmp_path, monkeypa
         url = f"slurm://{login.user}@127.0.0.1:{login.port}"
         record = gaudi_nb.attach(url, name="hpc-ssh", partition="gaudi", python=sys.executable, run_root=str(hpc["home"] / "shared"))
         assert [n["name"] for n in record["resources"]["slurm"]["nodes"]] == ["n1", "n2"]
-        run = gaudi_nb.train(target="hpc-ssh", nodes=1, devices=1, script=str(hpc["loop"]), max_steps=5).wait(timeout=120)
+        # --time-limit: --time with a warning signal; the warning (sent here at once, as Slurm sends it before the limit)
+        # takes the agent's checkpoint-then-stop road
+        run = gaudi_nb.train(target="hpc-ssh", nodes=1, devices=1, script=str(hpc["loop"]), max_steps=100000, time_limit="10m")
+        wait_for(lambda: run.record()["steps_completed"] > 0, timeout=90, what="a step over SSH")
         record = run.record()
-        assert record["status"] == "succeeded" and record["steps_completed"] == 5, record["exit"]
-        assert record["slurm"]["job_id"] and record["run_dir"].startswith(str(hpc["home"] / "shared"))
+        job_script = (hpc["home"] / "shared" / "runs" / run.run_id / "job" / "job.sh").read_text()
+        assert "#SBATCH --time=0-00:10:00\n" in job_script and "#SBATCH --signal=B:USR1@120\n" in job_script
+        subprocess.run(["scancel", "--batch", "-s", "USR1", record["slurm"]["job_id"]], check=True, env={**os.environ, "SLURM_CONF": str(hpc["cluster"].conf)})
+        record = wait_for(lambda: (r := run.record())["status"] == "stopped" and r, timeout=60, what="the stop at the warning")
+        assert record["checkpoints"][-1]["reason"] == "stopped" and record["run_dir"].startswith(str(hpc["home"] / "shared"))
     finally:
         login.stop()
         gaudi_nb.nodes.link.links().drop("hpc-ssh")
+
+
+def test_a_time_limit_is_a_slurm_jobs_and_reads_as_slurm_writes_it(gaudi_home):
+    from gaudi_nb.errors import SpecError
+    from gaudi_nb.spec import time_limit_seconds
+
+    assert [time_limit_seconds(t) for t in ("2h", "90m", "45s", "1.5h", "1-00:00:00", "00:10:00")] == [7200, 5400, 45, 5400, 86400, 600]
+    with pytest.raises(SpecError, match="is not a time limit: use 2h, 90m"):
+        gaudi_nb.train(time_limit="2 weeks", max_steps=1)
+    with pytest.raises(SpecError, match="time_limit: --time-limit is a Slurm job's limit"):
+        gaudi_nb.train(time_limit="2h", max_steps=1)
+    assert not (gaudi_home / "runs").exists()

@@ -187,15 +187,23 @@ class JobRequest:
         options += [f"--account={self.account}"] if self.account else []
         options += [f"--qos={self.qos}"] if self.qos else []
         if self.time_limit_s:
-            options += [f"--time={minutes(self.time_limit_s)}", f"--signal=USR1@{self.warning_s}"]
+            # B: the warning goes to the batch shell only (sent to the step it would kill torchrun); its trap asks the stop
+            options += [f"--time={minutes(self.time_limit_s)}", f"--signal=B:USR1@{self.warning_s}"]
         options += ["--requeue"] if self.requeue else ["--no-requeue"]
         return options
 
     def script(self, python: str, home: Optional[str]) -> str:
         """The batch script: one srun step that starts the run's task (agent/slurm_task.py) on every allocated node.
 
-        exec: Slurm's signals (a cancel's TERM, the time limit's USR1) reach srun, which passes them to each task."""
+        With a time limit, Slurm's warning (USR1 to this shell, which runs on node 0) asks node 0's agent for
+        the checkpoint-then-stop that `gaudi-nb stop` asks for; the shell waits on srun again after the trap."""
         head = "\n".join(f"#SBATCH {option}" for option in self.options())
         env = f"export GAUDI_NB_HOME={shlex.quote(home)}\n" if home else ""
-        task = " ".join(shlex.quote(p) for p in (python, "-m", "gaudi_nb.agent.commands", "slurm-task", "--run-dir", self.root))
-        return f"#!/bin/bash\n{head}\n{env}exec srun --kill-on-bad-exit=0 --ntasks-per-node=1 {task}\n"
+        commands = (python, "-m", "gaudi_nb.agent.commands")
+        task = " ".join(shlex.quote(p) for p in (*commands, "slurm-task", "--run-dir", self.root))
+        srun = f"srun --kill-on-bad-exit=0 --ntasks-per-node=1 {task}"
+        if not self.time_limit_s:
+            return f"#!/bin/bash\n{head}\n{env}exec {srun}\n"
+        stop = " ".join(shlex.quote(p) for p in (*commands, "slurm-stop", "--reason", "stopped", "--nodes", str(self.nodes), "--run-dir"))
+        return (f"#!/bin/bash\n{head}\n{env}warned() {{ {stop} {shlex.quote(self.root)}/nodes/\"$SLURMD_NODENAME\"; }}\ntrap warned USR1\n{srun} &\nstep=$!\n"
+                "until wait $step; status=$?; [ $status -lt 128 ] || ! kill -0 $step 2>/dev/null; do :; done\nexit $status\n")

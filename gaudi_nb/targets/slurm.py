@@ -38,6 +38,7 @@ QUERY_EVERY_S = 1.0
 
 class SlurmTarget(Target):
     lost_check_every_s = 0.0
+    takes_time_limit = True
 
     def __init__(self, record: Dict[str, Any]) -> None:
         self.cluster = record
@@ -106,9 +107,11 @@ class SlurmTarget(Target):
     def request(self, spec: RunSpec, run_id: str) -> JobRequest:
         """The job this run asks for (JobRequest: its sbatch options)."""
         gres = partition_gres(self.slurm.get("nodes") or [])
+        limit = spec.time_limit_s()
         return JobRequest(run_id=run_id, root=self.root(run_id), nodes=spec.nodes, devices=spec.devices, partition=self.slurm.get("partition") or "",
                           gres=gres, exclusive=gres is not None and spec.devices >= gres.count, account=self.slurm.get("account"), qos=self.slurm.get("qos"),
-                          time_limit_s=getattr(spec, "time_limit_s", None), requeue=spec.max_restarts > 0)
+                          time_limit_s=limit, requeue=spec.max_restarts > 0,
+                          warning_s=int(min(120, max(10, (limit or 0) / 4))))  # the agents' checkpoint-then-stop before Slurm's kill
 
     def check(self, spec: RunSpec) -> None:
         """Slurm says whether the job could ever run (sbatch --test-only): nothing is queued and nothing recorded when not."""

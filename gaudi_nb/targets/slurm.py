@@ -28,6 +28,7 @@ from ..events import EventWriter, has_ended, read_events
 from ..launch.slurm import BAD_ENDS, ENDED_STATES, JobRequest, ended_by_slurm
 from ..nodes.link import MergedStream
 from ..nodes.slurm import Login, job, partition_gres, slurm_message
+from ..rundir import heartbeat_timeout_s
 from ..spec import RunSpec
 from .base import Files, Part, Target
 
@@ -181,7 +182,7 @@ class SlurmTarget(Target):
         if state["state"] == "COMPLETING":  # squeue hides how it ends: Slurm's own line in the job's output says it
             ended = ended_by_slurm(self.login.read_text(posixpath.join(self.root(run_id), "job", f"slurm-{known['job_id']}.out")), str(known["job_id"]))
             state = {**state, "state": ended} if ended else state
-        if state["state"] in BAD_ENDS or state["state"] == "GONE":
+        if state["state"] in (*BAD_ENDS, "GONE", "COMPLETED"):
             self._ended_behind(run_id, state)
         if parts:
             self.stream(run_id).merge()
@@ -212,11 +213,20 @@ class SlurmTarget(Target):
         if known.get("stop_requested_at"):
             self._end(run_id, "stopped", f"stopped on request; Slurm job {known['job_id']} {slurm_state}")
             return
-        if state["state"] == "GONE" and self.place(run_id):
-            return  # the agents' ends may still be on their way (the merge writes the run's end)
+        if state["state"] in ("GONE", "COMPLETED"):  # the job ended by itself: the agents' ends are on their way,
+            quiet = [part.name for part in self.place(run_id) if not self.part_ended(run_id, part) and self._quiet(run_id, part)]
+            if quiet:  # unless a node's agent went without one (killed): nobody meters it now
+                self._end(run_id, "lost", f"Slurm job {known['job_id']} {slurm_state}, and node {', '.join(quiet)} wrote no end")
+            return
         status = "lost" if state["state"] in ENDS_AS_LOST else "failed"
         reason = f"Slurm job {known['job_id']} {slurm_state}" + (f" ({state['reason']})" if state.get("reason") else "")
         self._end(run_id, status, reason)
+
+    def _quiet(self, run_id: str, part: Part) -> bool:
+        """The part's events have not moved for the heartbeat timeout (its agent beats every second while it lives)."""
+        mirror = self.mirror_of(run_id, part)
+        last = mirror.stat().st_mtime if mirror.exists() else 0.0
+        return time.time() - last > heartbeat_timeout_s()
 
     def _end(self, run_id: str, status: str, reason: str) -> None:
         """The run's own run_end, written here once (the merge keeps it as the run's end and adds the nodes' as log lines)."""

@@ -271,3 +271,25 @@ def test_a_time_limit_is_a_slurm_jobs_and_reads_as_slurm_writes_it(gaudi_home):
     with pytest.raises(SpecError, match="time_limit: --time-limit is a Slurm job's limit"):
         gaudi_nb.train(time_limit="2h", max_steps=1)
     assert not (gaudi_home / "runs").exists()
+
+
+def test_the_fleet_page_shows_a_clusters_nodes_with_state_and_gres_and_never_bills_it_idle():
+    from gaudi_nb.dashboard.fleet import fleet_frame
+
+    cluster = {"name": "hpc", "url": "slurm:", "price_per_hour": 32.0, "accelerator": "hpu", "device_count": 4, "resources": {"slurm": {
+        "partition": "gaudi", "nodes": [{"name": "n1", "state": "idle", "gres": {"name": "gpu", "type": "hl225", "count": 4}, "cpus": 4, "addr": "10.0.0.1"},
+                                        {"name": "n2", "state": "mixed", "gres": {"name": "gpu", "type": "hl225", "count": 4}, "cpus": 4, "addr": "10.0.0.2"}]}}}
+    fleet = fleet_frame([cluster], [], {}, now=1000.0).set_index("node")
+    assert fleet.loc["n1", "address"] == "hpc (idle)" and fleet.loc["n2", "address"] == "hpc (mixed)"
+    assert fleet.loc["n1", "accelerator"] == "gpu:hl225:4" and fleet.loc["n1", "devices"] == 4
+    assert "hpc" not in fleet.index and "costs money" not in " ".join(fleet["state"])  # a cluster is paid per job's node-hours
+
+
+def test_the_sidebar_lists_the_cluster_with_its_runs():
+    from gaudi_nb.jupyter_server_ext.payloads import nodes
+
+    cluster = {"name": "hpc", "url": "slurm:", "accelerator": "hpu", "device_count": 4, "price_per_hour": 32.0}
+    rows = [{"run_id": "r1", "status": "pending", "target": "hpc", "accelerator": None}, {"run_id": "r0", "status": "succeeded", "target": "hpc", "accelerator": "cpu"}]
+    (listed,) = nodes(rows, [cluster], {}, now=1000.0)
+    assert listed["name"] == "hpc" and listed["url"] == "slurm:" and listed["active_runs"] == ["r1"]
+    assert listed["usd"] is None  # its runs meter themselves: node-hours while running, never the queue

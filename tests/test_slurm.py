@@ -70,10 +70,10 @@ def test_cards_come_from_slurms_gpus_unless_intels_fork_set_them():
 
 def test_the_job_script_asks_for_what_the_run_needs():
     request = JobRequest("r-1", "/shared/runs/r-1", nodes=2, devices=4, partition="gaudi", gres=Gres("gpu", "hl225", 4), exclusive=True,
-                         account="team", time_limit_s=7200, requeue=True)
+                         account="team", time_limit_s=7200)
     script = request.script("/env/bin/python", "/shared")
     for line in ("--nodes=2", "--ntasks-per-node=1", "--gres=gpu:hl225:4", "--exclusive", "--account=team", "--time=0-02:00:00",
-                 "--signal=B:USR1@120", "--requeue", "--job-name=gaudi-nb-r-1", "--partition=gaudi"):
+                 "--signal=B:USR1@120", "--no-requeue", "--job-name=gaudi-nb-r-1", "--partition=gaudi"):
         assert f"#SBATCH {line}\n" in script
     # the time limit's warning goes to the batch shell (on node 0), whose trap asks node 0's agent to stop
     assert "warned() { /env/bin/python -m gaudi_nb.agent.commands slurm-stop --reason stopped --nodes 2 --run-dir /shared/runs/r-1/nodes/\"$SLURMD_NODENAME\"; }\ntrap warned USR1\n" in script

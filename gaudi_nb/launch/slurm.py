@@ -175,8 +175,7 @@ class JobRequest:
     account: Optional[str] = None
     qos: Optional[str] = None
     time_limit_s: Optional[float] = None
-    warning_s: int = 120  # the checkpoint's warning before the time limit (--signal=USR1@N)
-    requeue: bool = False
+    warning_s: int = 120  # the checkpoint's warning before the time limit (--signal=B:USR1@N)
 
     def options(self) -> List[str]:
         options = [f"--job-name=gaudi-nb-{self.run_id}", f"--nodes={self.nodes}", "--ntasks-per-node=1", f"--partition={self.partition}",
@@ -189,7 +188,8 @@ class JobRequest:
         if self.time_limit_s:
             # B: the warning goes to the batch shell only (sent to the step it would kill torchrun); its trap asks the stop
             options += [f"--time={minutes(self.time_limit_s)}", f"--signal=B:USR1@{self.warning_s}"]
-        options += ["--requeue"] if self.requeue else ["--no-requeue"]
+        # never requeued: a requeued job would start its agents again over a run that has ended (resume is not built for Slurm yet)
+        options.append("--no-requeue")
         return options
 
     def script(self, python: str, home: Optional[str]) -> str:

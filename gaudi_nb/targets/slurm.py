@@ -111,7 +111,7 @@ class SlurmTarget(Target):
         limit = spec.time_limit_s()
         return JobRequest(run_id=run_id, root=self.root(run_id), nodes=spec.nodes, devices=spec.devices, partition=self.slurm.get("partition") or "",
                           gres=gres, exclusive=gres is not None and spec.devices >= gres.count, account=self.slurm.get("account"), qos=self.slurm.get("qos"),
-                          time_limit_s=limit, requeue=spec.max_restarts > 0,
+                          time_limit_s=limit,
                           warning_s=int(min(120, max(10, (limit or 0) / 4))))  # the agents' checkpoint-then-stop before Slurm's kill
 
     def check(self, spec: RunSpec) -> None:

@@ -163,15 +163,35 @@ PartitionName=gaudi Nodes={','.join(NODES)} Default=YES MaxTime=INFINITE State=U
                 pids.append(pid)
             except (OSError, ValueError):
                 continue
+        for pid in self._step_daemons():  # a job's slurmstepd outlives a stopped slurmd, waiting to report to it
+            os.kill(pid, signal.SIGTERM)
+            pids.append(pid)
         deadline = time.monotonic() + 10
         while pids and time.monotonic() < deadline:
             pids = [pid for pid in pids if _alive(pid)]
             time.sleep(0.05)
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def _step_daemons(self) -> List[int]:
+        """This cluster's slurmstepd processes (their environment names this cluster's SLURM_CONF)."""
+        mine = f"SLURM_CONF={self.conf}".encode()
+        found = []
+        for proc in Path("/proc").iterdir():
+            try:
+                if proc.name.isdigit() and (proc / "comm").read_text().strip() == "slurmstepd" and _alive(int(proc.name)) and mine in (proc / "environ").read_bytes().split(b"\0"):
+                    found.append(int(proc.name))
+            except OSError:
+                continue
+        return found
 
 
 def _alive(pid: int) -> bool:
+    """Running (a zombie nobody reaps is not)."""
     try:
-        os.kill(pid, 0)
-        return True
-    except ProcessLookupError:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
         return False

@@ -1,8 +1,9 @@
 """Runs on a real Slurm cluster (tests/slurm_cluster.py: slurmctld and two slurmd on this machine), and Slurm's text.
 
-One successful two-node run is shared by the tests that read it (the done-when of the issue);
-the faults (scancel behind our back, a job pending behind another, a stop) each need their own
-run and go to the whole suite. Every run is the torch-free loop (tests/scriptrun.py), one rank a node.
+One successful two-node run is shared by the tests that read it (the done-when of the issue); the
+faults each need their own run. The fast lane keeps the cheapest real road (a two-node job cancelled
+behind our back: launch, queue events, the end from Slurm's state) and what needs no run; the rest goes
+to the whole suite. Every run is the torch-free loop (tests/scriptrun.py), one rank a node.
 """
 from __future__ import annotations
 
@@ -131,6 +132,7 @@ def test_nodes_list_and_check_show_the_clusters_nodes_states_and_gres(hpc):
     assert "n1" in checked.stdout and "n2" in checked.stdout and "gpu:hl225:4" in checked.stdout
 
 
+@pytest.mark.slow
 def test_an_unknown_partition_is_one_line_and_nothing_attached(hpc):
     refused = cli("nodes", "attach", "slurm:", "--name", "other", "--partition", "nope")
     lines = [line for line in refused.stderr.splitlines() if line.strip()]
@@ -148,6 +150,7 @@ def test_more_cards_than_a_node_has_is_slurms_one_line_and_nothing_queued(hpc):
     assert len(gaudi_nb.runs()) == before  # nothing recorded
 
 
+@pytest.mark.slow
 def test_a_two_node_run_succeeds_with_every_step_once_from_both_nodes(two_node_run):
     record, events = two_node_run["record"], two_node_run["events"]
     assert record["status"] == "succeeded", record["exit"]
@@ -162,6 +165,7 @@ def test_a_two_node_run_succeeds_with_every_step_once_from_both_nodes(two_node_r
     assert queue[0]["state"] == "PENDING" and any(e["state"] == "RUNNING" and e["nodes"] == ["n1", "n2"] for e in queue)
 
 
+@pytest.mark.slow
 def test_queue_time_is_not_billed(two_node_run):
     """Spend is a node-hour's price × nodes × time running: each agent meters its own node from its start."""
     record, events = two_node_run["record"], two_node_run["events"]
@@ -182,7 +186,6 @@ def _record(run_id):
     return gaudi_nb.get_run(run_id).record()  # in this process: a CLI start costs seconds on a loaded machine
 
 
-@pytest.mark.slow
 def test_scancel_behind_our_back_ends_the_run_within_30_s_with_cancelled(hpc):
     run_id = _start(hpc)
     wait_for(lambda: _record(run_id)["status"] in ("starting", "running"), timeout=90, what="the agents to start")

@@ -204,7 +204,7 @@ def test_a_job_behind_another_is_pending_with_slurms_reason_then_runs_and_stops(
     from gaudi_nb.notebook.panel_state import PanelState
     from gaudi_nb.runs_table import row_cells, run_row
 
-    blocker = subprocess.run(["sbatch", "--parsable", "-N2", "--exclusive", "-p", "gaudi", "--wrap", "sleep 120"],
+    blocker = subprocess.run(["sbatch", "--parsable", "-N2", "--exclusive", "-p", "gaudi", "--output=/dev/null", "--wrap", "sleep 120"],
                              capture_output=True, text=True, check=True, env=os.environ.copy()).stdout.strip()
     try:
         # one node: the loop reads a one-node stop request (across nodes the trainer reads node 0's stop step, as over SSH)

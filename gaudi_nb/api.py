@@ -100,6 +100,8 @@ def check(spec: RunSpec) -> None:
     target = target_for(spec.target)  # unknown or not-yet-available targets stop here
     if spec.nodes > target.max_nodes:
         raise SpecError(f"nodes: the target {spec.target} has {target.max_nodes} node(s); --nodes {spec.nodes} needs as many attached nodes: --target NAME1,NAME2,... (gaudi-nb nodes list), or --nodes {target.max_nodes}")
+    if spec.time_limit is not None and not target.takes_time_limit:
+        raise SpecError(f"time_limit: --time-limit is a Slurm job's limit and {spec.target} is not a Slurm cluster: leave it out, or use --max-steps or --budget-usd")
     target.check(spec)
 
 

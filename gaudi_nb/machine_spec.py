@@ -45,11 +45,11 @@ class _DoorSpec(BaseModel):
 
 
 class AttachSpec(_DoorSpec):
-    """Attaching a node over SSH: gaudi_nb.attach's keywords."""
+    """Attaching a node over SSH, or a Slurm cluster (slurm: or slurm://USER@LOGIN): gaudi_nb.attach's keywords."""
 
     HELP: ClassVar[str] = "gaudi-nb nodes attach --help"
 
-    url: str = _argument("the node's SSH address, ssh://USER@HOST[:PORT] (HOST may be a Host from ~/.ssh/config), or a Kubernetes cluster, k8s://CONTEXT or k8s://CONTEXT/NAMESPACE")
+    url: str = _argument("the node's SSH address, ssh://USER@HOST[:PORT] (HOST may be a Host from ~/.ssh/config); a Kubernetes cluster, k8s://CONTEXT or k8s://CONTEXT/NAMESPACE; a Slurm cluster, slurm: (its commands here) or slurm://USER@LOGIN[:PORT]")
     name: Optional[str] = Field(None, description="what runs call the node (--target NAME); default: its host name")
     identity_file: Optional[str] = Field(None, description="private key to log in with (default: ~/.ssh keys and the SSH agent)")
     jump: Optional[str] = Field(None, description="bastion to go through: ssh://USER@BASTION[:PORT]")
@@ -59,7 +59,13 @@ class AttachSpec(_DoorSpec):
     kubeconfig: Optional[str] = Field(None, description="k8s://: the kubeconfig file (default: $KUBECONFIG, else ~/.kube/config)")
     image: Optional[str] = Field(None, description="k8s://: the container image the pods run, with this gaudi_nb version (infra/docker builds one); a run needs it")
     storage_class: Optional[str] = Field(None, description="k8s://: the ReadWriteMany storage class of the run folder's volume (default: the cluster's default class)")
-    price_per_hour: Optional[float] = Field(None, ge=0, description="k8s://: USD per node-hour a run's pods are billed at while they run")
+    # a Slurm cluster (slurm: URLs): nodes/slurm.py
+    partition: Optional[str] = Field(None, description="Slurm: the partition runs go to; default: the cluster's default partition")
+    account: Optional[str] = Field(None, description="Slurm: the account jobs are charged to (--account)")
+    qos: Optional[str] = Field(None, description="Slurm: the quality of service of its jobs (--qos)")
+    run_root: Optional[str] = Field(None, description="Slurm: the folder on the cluster's shared filesystem that holds runs; default: GAUDI_NB_HOME there")
+    # either cluster
+    price_per_hour: Optional[float] = Field(None, ge=0, description="a cluster (k8s://, slurm:): USD per node-hour a run is billed at for each node while it runs; default: unknown")
 
     @field_validator("url")
     @classmethod
@@ -67,6 +73,14 @@ class AttachSpec(_DoorSpec):
         from .nodes.ssh import parse_ssh_url
 
         value = value.strip()
+        if value.startswith("slurm:"):
+            from .nodes.slurm import parse_slurm_url
+
+            try:
+                parse_slurm_url(value)
+            except SpecError as exc:
+                raise ValueError(str(exc).removeprefix("url: ")) from None
+            return value
         try:
             if value.startswith("k8s://"):
                 from .nodes.cluster import parse_cluster_url
@@ -80,13 +94,16 @@ class AttachSpec(_DoorSpec):
 
     @model_validator(mode="after")
     def _options_of_its_kind(self) -> "AttachSpec":
-        cluster = self.url.startswith("k8s://")
-        ssh_only = {"identity_file": self.identity_file, "jump": self.jump, "python": self.python, "trust_new_host": self.trust_new_host or None}
-        k8s_only = {"kubeconfig": self.kubeconfig, "image": self.image, "storage_class": self.storage_class, "price_per_hour": self.price_per_hour}
-        wrong = [name for name, value in (ssh_only if cluster else k8s_only).items() if value is not None]
+        kind = "k8s" if self.url.startswith("k8s://") else "slurm" if self.url.startswith("slurm:") else "ssh"
+        only = {  # each option and the kinds of address it is for
+            "identity_file": ("ssh", "slurm"), "jump": ("ssh",), "python": ("ssh", "slurm"), "trust_new_host": ("ssh", "slurm"),
+            "kubeconfig": ("k8s",), "image": ("k8s",), "storage_class": ("k8s",),
+            "partition": ("slurm",), "account": ("slurm",), "qos": ("slurm",), "run_root": ("slurm",), "price_per_hour": ("k8s", "slurm"),
+        }
+        what = {"k8s": "a Kubernetes cluster (k8s://)", "slurm": "a Slurm cluster (slurm:)", "ssh": "an SSH node"}
+        wrong = [name for name, kinds in only.items() if kind not in kinds and getattr(self, name) not in (None, False)]
         if wrong:
-            what = "a Kubernetes cluster (k8s://)" if cluster else "an SSH node"
-            raise ValueError(f"--{wrong[0].replace('_', '-')} is not for {what}: leave it out")
+            raise ValueError(f"--{wrong[0].replace('_', '-')} is not for {what[kind]}: leave it out")
         return self
 
 

@@ -35,6 +35,7 @@ def run_row(record: Dict[str, Any]) -> Dict[str, Any]:
         "run_id": record["run_id"],
         "name": record.get("name"),
         "status": record.get("status"),
+        "pending_reason": record.get("pending_reason"),  # while a scheduler (Slurm) holds the run: why
         "kind": record.get("kind") or "train",
         "owner": record.get("owner"),
         "project": project_of(record),
@@ -64,10 +65,10 @@ def run_row(record: Dict[str, Any]) -> Dict[str, Any]:
 
 
 def status_text(record: Dict[str, Any]) -> str:
-    """The status as every view says it: `pending: Insufficient habana.ai/gaudi` while a cluster's scheduler cannot place the run."""
-    queued = record.get("queued") or {}
-    if record.get("status") == "pending" and queued:
-        return f"pending: {queued.get('short') or queued.get('reason')}"
+    """The status as every view says it: `pending: Resources` (Slurm) or `pending: Insufficient habana.ai/gaudi`
+    (Kubernetes) while a scheduler holds the run, and why."""
+    if record.get("status") == "pending" and record.get("pending_reason"):
+        return f"pending: {record['pending_reason']}"
     return str(record.get("status"))
 
 
@@ -82,7 +83,7 @@ def row_cells(row: Dict[str, Any]) -> List[str]:
     """The cells under HEAD, as text (money through the one formatter)."""
     return [
         row["run_id"],
-        str(row.get("status_text") or row["status"]),
+        status_text(row),
         progress(row),
         _number(row.get("loss")),
         f"{row['tokens_per_second']:,.0f}" if row.get("tokens_per_second") else "—",

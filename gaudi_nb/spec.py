@@ -87,6 +87,22 @@ def parse_target(text: str) -> TargetAddress:
     raise ValueError(f"unknown target '{text}': use {TARGET_FORMS}")
 
 
+def time_limit_seconds(text: str) -> float:
+    """`2h`, `90m`, `45s`, `1.5h`, or Slurm's `[D-]HH:MM:SS` as seconds; ValueError naming the forms."""
+    text = text.strip()
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)\s*([smhd])", text)
+    if match:
+        seconds = float(match[1]) * {"s": 1, "m": 60, "h": 3600, "d": 86400}[match[2]]
+    else:
+        match = re.fullmatch(r"(?:(\d+)-)?(\d+):(\d\d):(\d\d)", text)
+        if not match:
+            raise ValueError(f"'{text}' is not a time limit: use 2h, 90m, 45s or Slurm's 1-00:00:00")
+        seconds = int(match[1] or 0) * 86400 + int(match[2]) * 3600 + int(match[3]) * 60 + int(match[4])
+    if seconds <= 0:
+        raise ValueError(f"'{text}' is not a time limit: it must be longer than zero")
+    return seconds
+
+
 class NodeSpec(BaseModel):
     """One node a run uses: where it is and what it costs."""
 
@@ -129,6 +145,7 @@ class RunSpec(BaseModel):
     instance_type: Optional[str] = Field(None, description="an instance type from the price catalog")
     idle_minutes: Optional[float] = Field(None, gt=0, description="stop an idle node after this many minutes (remote targets)")
     target: str = Field("local", description=TARGET_FORMS)
+    time_limit: Optional[str] = Field(None, description="a Slurm target's job time limit (2h, 90m, 1-00:00:00): the run checkpoints and stops before Slurm's kill")
     script: Optional[str] = Field(None, description="a Python training script every rank runs instead of the built-in trainer")
     workdir: Optional[str] = Field(None, description="the script's folder of code and small files: copied into the run (and to its nodes) as git would keep it (.gitignore honoured); the script runs there")
     lora: bool = Field(False, description="train a LoRA adapter (peft) on the frozen model instead of every weight")
@@ -139,6 +156,17 @@ class RunSpec(BaseModel):
     report_to: Optional[str] = Field(None, description="experiment trackers, comma-separated: mlflow, wandb (settings from MLFLOW_TRACKING_URI, WANDB_PROJECT, ...)")
     report_checkpoint: bool = Field(False, description="also upload the final checkpoint (the model's weights) to the --report-to trackers; by default only its path is logged")
     env: Optional[str] = Field(None, description="environment variables the run takes from here, comma-separated names (HF_TOKEN,...): a node gets their values with the run; only the names are in its spec")
+
+    @field_validator("time_limit")
+    @classmethod
+    def _time_limit(cls, value: Optional[str]) -> Optional[str]:
+        if value is not None:
+            time_limit_seconds(value)  # a ValueError names the forms
+        return value
+
+    def time_limit_s(self) -> Optional[float]:
+        """--time-limit in seconds (None: none)."""
+        return None if self.time_limit is None else time_limit_seconds(self.time_limit)
 
     @field_validator("model", "dataset")
     @classmethod

@@ -363,13 +363,37 @@ def quickstart(tmp_path_factory):
     return out
 
 
+# -- a real Slurm cluster on this machine (tests/slurm_cluster.py): munge, slurmctld, two slurmd ----------------
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """Debian's slurmctld and two slurmd (n1, n2; GRES gpu:hl225:4 each; partition gaudi), started once per
+    session; SLURM_CONF names its config for the tests that use it. Skipped only where Slurm is not installed."""
+    import slurm_cluster as slurm
+
+    why = slurm.missing()
+    if why:
+        if os.environ.get("CI"):
+            raise RuntimeError(f"Slurm cannot run in CI: {why}; scripts/setup-and-test installs it")
+        pytest.skip(why)
+    folder = Path(f"/tmp/gaudi-nb-slurm-{os.getpid()}")  # short: munge's socket path has a length limit
+    folder.mkdir(mode=0o755, exist_ok=True)
+    cluster = slurm.SlurmCluster(folder).start()
+    yield cluster
+    cluster.stop()
+    import shutil
+
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 # -- the suite on two processes (pytest-xdist: `-n 2 --dist loadgroup`, in scripts/setup-and-test) ----------
 # Many tests mostly wait (on ranks, agents, sshd, a browser), so two workers finish sooner even on 2 cores.
 # Tests that share something run in one worker, one after the other: a module's own fixtures (a JupyterLab, a
 # live dashboard, a browser, a tracker server), the session's expensive runs (notebook 01, the node install, the
 # two hosts) and the one PostgreSQL test database, which the store tests empty and fill. The others go to
 # whichever worker is free. A group is the set of tests linked through any of these, named after its first key.
-SHARED_SESSION_FIXTURES = {"quickstart": "quickstart", "node_install": "node_install", "two_hosts": "two_hosts", "store_url": "postgresql"}
+SHARED_SESSION_FIXTURES = {"quickstart": "quickstart", "node_install": "node_install", "two_hosts": "two_hosts", "store_url": "postgresql", "slurm_cluster": "slurm"}
 
 
 def _shared_keys(item: pytest.Item) -> set:

@@ -103,6 +103,7 @@ PRODUCED = {
     "tracker": dict(tracker="mlflow", tracker_run_id="x1", url=None, experiment="0", tracking_uri="file:///m"),
     "queued": dict(engine="kubernetes", reason="FailedScheduling: 0/4 nodes are available: 4 Insufficient habana.ai/gaudi.", short="Insufficient habana.ai/gaudi",
                    waiting=["gnb-r-0-abcde"]),
+    "queue": dict(scheduler="slurm", job_id="12", partition="gaudi", state="PENDING", reason="Resources", nodes=None),
     "run_end": dict(status="failed", exit_code=1, reason="node b: failed", last_log_lines=["x"], steps_completed=3, usd=None, ended_by="client",
                     nodes={"a": {"status": "stopped", "reason": None, "exit_code": 0, "usd": 0.1}}),
     "bad_line": dict(offset=117, error="step event: field tokens: Input should be a valid integer, got 'tensor(512)'", text='{"v":1,"type":"step"'),

@@ -189,6 +189,9 @@ def _parser() -> argparse.ArgumentParser:
     resume.add_argument("--max-steps", type=int, default=None)
     resume.add_argument("--budget-usd", type=float, default=None)
     command("fail", "end a run that could not start", reason="")
+    command("slurm-task", "Slurm's srun task on an allocated node: make this node's part of the run and become its agent")
+    slurm_stop = command("slurm-stop", "a run on Slurm: ask node 0's agent to stop it (files only: the agents are on compute nodes)", reason="stopped")
+    slurm_stop.add_argument("--nodes", type=int, default=1)
     command("end-started", "a launch failed: kill this node's agent if it started, end its part as failed", reason="")
     ports = command("free-ports", "ports free on this node now", run_dir=False)
     ports.add_argument("--count", type=int, default=2)
@@ -214,6 +217,10 @@ def answer(argv: List[str], files: Optional[Files] = None) -> Dict[str, Any]:
         return stop_all(folder, args.reason)
     if args.command == "check-lost":
         return {"lost": liveness.mark_if_lost(folder)}
+    if args.command == "slurm-stop":
+        from .slurm_task import ask_stop
+
+        return {"first": ask_stop(folder, args.reason, args.nodes)}
     if args.command == "end-started":
         return {"ended": end_started(folder, args.reason)}
     if args.command == "resume":
@@ -234,6 +241,11 @@ def main(argv: Optional[list] = None) -> None:
     args = _parser().parse_args(argv)
     if args.command == "tail":
         tail(args.path, args.offset, follow=args.follow, folder=RunFolder(args.run_dir) if args.run_dir else None)
+        return
+    if args.command == "slurm-task":
+        from .slurm_task import main as slurm_task
+
+        slurm_task(args.run_dir)  # supervises the run in this process until it ends
         return
     files = json.loads(sys.stdin.read() or "{}") if getattr(args, "files_stdin", False) else None
     from ..errors import SpecError

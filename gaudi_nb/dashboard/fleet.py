@@ -156,6 +156,14 @@ def fleet_frame(node_records: Sequence[Dict[str, Any]], records: Sequence[Dict[s
             continue
         if n.get("provider") and not billing.billed_now(n):
             down[str(n["name"])] = str(n.get("state") or "stopped")
+        cluster = (n.get("resources") or {}).get("slurm")
+        if cluster:  # a Slurm cluster: its nodes, each as Slurm names it (a run's events say the same names); billed per job, not standing
+            for member in cluster.get("nodes") or []:
+                gres = member.get("gres") or {}
+                nodes[str(member["name"])] = {**blank, "node": str(member["name"]), "address": f"{n['name']} ({member.get('state')})",
+                                              "accelerator": ":".join(str(p) for p in (gres.get("name"), gres.get("type"), gres.get("count")) if p) or "cpu",
+                                              "devices": gres.get("count")}
+            continue
         spend = billing.machine_spend(n, now)
         nodes[str(n["name"])] = {
             **blank,

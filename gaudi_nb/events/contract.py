@@ -256,6 +256,19 @@ class Log(_FreeForm):
     node_end: Optional[Dict[str, Any]] = Field(None, description="across nodes: a node's own run_end, as its log line")
 
 
+class Queue(Event):
+    """Where a scheduler holds the run: its job, the job's state, and why it waits (Slurm's reason)."""
+
+    written_by: ClassVar[str] = "the client of a run on a Slurm cluster, when the job's state, reason or nodes change"
+    type: Literal["queue"]
+    scheduler: Literal["slurm"]
+    job_id: str
+    partition: Optional[str] = None
+    state: str = Field(description="Slurm's job state: PENDING, RUNNING, COMPLETING, CANCELLED, ...")
+    reason: Optional[str] = Field(None, description="while PENDING, why: Resources, Priority, QOSMaxGRESPerUser, ...")
+    nodes: Optional[List[str]] = Field(None, description="the allocated nodes, node 0 first, once the job runs")
+
+
 class Trial(BaseModel):
     """One batch size tried: whether it fit, its peak memory, and why not."""
 
@@ -350,7 +363,7 @@ class BadLine(Event):
 
 EVENT_CLASSES: Tuple[Type[Event], ...] = (
     RunStart, WorkerStart, WorkerError, Step, Eval, Checkpoint, Telemetry, Cost, StopRequested,
-    Restart, Cell, Result, Log, BatchSize, Tracker, Queued, RunEnd, BadLine,
+    Restart, Cell, Result, Log, BatchSize, Tracker, Queue, Queued, RunEnd, BadLine,
 )
 BY_TYPE: Dict[str, Type[Event]] = {cls.model_fields["type"].annotation.__args__[0]: cls for cls in EVENT_CLASSES}  # type: ignore[union-attr]
 EVENT_TYPES = tuple(BY_TYPE)

@@ -48,6 +48,7 @@ def attach(
     price_per_hour: Optional[float] = None,
     store: "Optional[RunStore]" = None,
     progress: Optional[Callable[[str], None]] = None,
+    **cluster: Any,
 ) -> Dict[str, Any]:
     """Attach the node at `url` (ssh://user@host[:port]) as `name` and return its record; a Kubernetes
     cluster (k8s://CONTEXT[/NAMESPACE]) is attached by nodes/cluster.py with the options after trust_new_host.
@@ -56,6 +57,7 @@ def attach(
     without it, this client's own build is installed into `<node GAUDI_NB_HOME>/env`
     (`~/.gaudi_nb/env`) once, and reused by later attaches. Attaching a name again with the
     same address refreshes its record. Nothing is recorded when any step fails.
+    A Slurm cluster (`slurm:`, `slurm://USER@LOGIN`) takes `cluster`'s keywords (nodes/slurm.py).
     """
     from ..store import RunStore
 
@@ -63,6 +65,14 @@ def attach(
         from .cluster import attach_cluster
 
         return attach_cluster(url, name=name, kubeconfig=kubeconfig, image=image, storage_class=storage_class, price_per_hour=price_per_hour, store=store, progress=progress)
+    if url.strip().startswith("slurm:"):
+        from .slurm import attach_cluster
+
+        return attach_cluster(url, name=name, identity_file=identity_file, python=python, trust_new_host=trust_new_host, store=store, progress=progress,
+                              price_per_hour=price_per_hour, **cluster)
+    if any(value is not None for value in cluster.values()):
+        raise SpecError(f"--{next(k for k, v in cluster.items() if v is not None).replace('_', '-')} is for a Slurm cluster (slurm: or slurm://USER@LOGIN)")
+
     address = parse_ssh_url(url, identity_file=identity_file, jump=jump)
     name = check_name(name or default_name(address))
     store = store or RunStore()

@@ -90,6 +90,9 @@ def list_command(
     for record in records:
         count = record.get("device_count")
         devices = f"{count}× {record.get('accelerator')}" + cluster_cards(record) if count else str(record.get("accelerator") or record.get("instance_type") or "unknown")
+        cluster = (record.get("resources") or {}).get("slurm")
+        if cluster:  # a Slurm cluster: its partition's nodes and what each has
+            devices = f"{cluster['partition']}: {len(cluster['nodes'])} nodes × {cluster.get('gres') or 'no GRES'}"
         address = f"{record['user']}@{record['host']}" if record.get("instance_id") else record["url"]  # the instance id is in --json
         row = [
             record["name"],
@@ -200,10 +203,21 @@ def check_command(name: str = typer.Argument(..., help="an attached node's name"
     from .preflight import check
 
     record = RunStore().get_node(name)
+    from .slurm import is_cluster as is_slurm
+
     if is_cluster(record):
         from .cluster import check as check_cluster
 
         checks = check_cluster(record, store=RunStore())
+    elif is_slurm(record):
+        from .slurm import cluster_check
+
+        ok, lines = cluster_check(record)
+        for line, fine in lines:
+            out.print(Text(line, style="green" if fine else "red"), soft_wrap=True)
+        if not ok:
+            raise typer.Exit(1)
+        return
     else:
         checks = check(record)
     for item in checks:

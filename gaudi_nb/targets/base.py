@@ -71,6 +71,7 @@ class Target:
     name: str = ""
     max_nodes: int = 1  # how many nodes one run may use here
     lost_check_every_s = 0.0  # how often check_lost may ask a node (a round trip for a remote one)
+    takes_time_limit = False  # --time-limit: a scheduler's (Slurm's) job limit
 
     # -- transport hooks ---------------------------------------------------------------------
     def place(self, run_id: str) -> List[Part]:

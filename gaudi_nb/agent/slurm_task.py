@@ -1,0 +1,131 @@
+"""The task Slurm starts on each allocated node (`srun ... python -m gaudi_nb.agent.commands slurm-task`).
+
+It turns the job's environment into what the agent reads, then runs the agent in its own process (Slurm's
+signals reach it): this node's part of the run, `<run folder>/nodes/<SLURMD_NODENAME>/`, with
+the run's spec and the node's run.json. Across nodes the `cluster` block comes from Slurm, not
+from the client: the node rank is SLURM_NODEID, the nodes are SLURM_JOB_NODELIST, and node 0's
+task writes the master address (the first node's NodeAddr from `scontrol show node`: node names
+need not resolve) and two ports free there into `cluster-<job id>.json` on the shared
+filesystem, which the other nodes' tasks wait for. The cards: HABANA_VISIBLE_MODULES from
+SLURM_STEP_GPUS/SLURM_JOB_GPUS on stock Slurm (launch/slurm.py's visible_modules).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import tarfile
+import time
+import traceback
+from pathlib import Path
+from typing import Any, Dict, Mapping
+
+from ..launch.slurm import expand_hosts, parse_record, visible_modules
+from ..rundir import RunFolder
+
+CLUSTER_WAIT_S = 120.0  # how long a node waits for node 0's cluster file (node 0's task may start later)
+
+
+def node_addresses(names: list) -> Dict[str, str]:
+    """Each node's NodeAddr as scontrol says (its name where scontrol cannot be asked)."""
+    try:
+        out = subprocess.run(["scontrol", "-o", "show", "node", ",".join(names)], capture_output=True, text=True, timeout=30).stdout
+    except (OSError, subprocess.SubprocessError):
+        out = ""
+    found = {r["NodeName"]: r.get("NodeAddr") or r["NodeName"] for r in map(parse_record, out.splitlines()) if r.get("NodeName")}
+    return {name: found.get(name, name) for name in names}
+
+
+def _free_ports(count: int) -> list:
+    from .commands import free_ports
+
+    return free_ports(count)
+
+
+def cluster_block(root: Path, environ: Mapping[str, str], names: list, rank: int, token: str) -> Dict[str, Any]:
+    """run.json's `cluster` for this node: node 0 writes where the rendezvous is, the others read it."""
+    shared = root / "job" / f"cluster-{environ['SLURM_JOB_ID']}-{environ.get('SLURM_RESTART_COUNT', '0')}.json"
+    if rank == 0:
+        addresses = node_addresses(names)
+        ports = _free_ports(2)
+        where = {"master_addr": addresses[names[0]], "master_port": ports[0], "control_port": ports[1], "hosts": [addresses[n] for n in names]}
+        tmp = shared.with_suffix(".tmp")
+        tmp.write_text(json.dumps(where))
+        os.replace(tmp, shared)
+    deadline = time.monotonic() + CLUSTER_WAIT_S
+    while not shared.exists():
+        if time.monotonic() > deadline:
+            raise SystemExit(f"slurm-task: node 0 wrote no {shared.name} in {CLUSTER_WAIT_S:.0f} s")
+        time.sleep(0.1)
+    where = json.loads(shared.read_text())
+    return {"nodes": names, "node_rank": rank, "token": token, **where}
+
+
+def make_part(root: Path, environ: Mapping[str, str]) -> Path:
+    """This node's part of the run (spec.json, run.json, the sent environment, code/); returns its folder."""
+    name = environ.get("SLURMD_NODENAME") or socket.gethostname()
+    names = expand_hosts(environ["SLURM_JOB_NODELIST"])
+    rank = int(environ.get("SLURM_NODEID") or 0)
+    template = json.loads((root / "job" / "run.json").read_text())
+    part = RunFolder(root / "nodes" / name)
+    for where in (part.path, part.logs, part.control):
+        where.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(root / "job" / "spec.json", part.spec)
+    sent = root / "job" / "control" / "environment.json"
+    if sent.exists():
+        fd = os.open(part.control / "environment.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as fh:
+            fh.write(sent.read_text())
+    archive = root / "code.tar"
+    if archive.exists():
+        from ..workdir import code_dir
+
+        with tarfile.open(archive) as tar:
+            tar.extractall(code_dir(part.path), filter="data")
+    run = {key: template[key] for key in ("run_id", "target", "created_at", "client") if key in template}
+    run.update(node=name, hostname=socket.gethostname(), slurm={"job_id": environ["SLURM_JOB_ID"], "node_rank": rank})
+    if len(names) > 1:
+        run["cluster"] = cluster_block(root, environ, names, rank, template["token"])
+    part.run.write_text(json.dumps(run))
+    return part.path
+
+
+def main(root: Path, environ: Mapping[str, str] = os.environ) -> None:
+    """Make this node's part and supervise it in this process (Slurm's signals reach the agent; no second
+    Python start before the ranks): what `python -m gaudi_nb.agent` does, its output in logs/agent.log."""
+    part = RunFolder(make_part(root.resolve(), environ))
+    os.environ.update(visible_modules(environ))
+    os.chdir(part.path)
+    log = os.open(part.agent_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(log, 1)
+    os.dup2(log, 2)
+    try:
+        from .supervisor import Agent
+
+        agent = Agent(part.path)
+    except Exception as exc:  # an unreadable spec, a broken install: the run still ends, with the reason
+        from .liveness import end_run
+
+        traceback.print_exc()
+        end_run(part, "failed", f"the agent could not start: {type(exc).__name__}: {exc}")
+        raise SystemExit(1) from None
+    agent.run_to_end()
+
+
+def ask_stop(folder: RunFolder, reason: str, nodes: int) -> bool:
+    """Ask node 0's agent to stop the run: across nodes it picks the step and tells the others (stop_nodes.json),
+    on one node its ranks read the request. Only files: the agents are on compute nodes, not where this runs."""
+    from .stop import STOP_NODES
+
+    if nodes <= 1:
+        return folder.request_stop(reason)
+    folder.control.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(folder.control / STOP_NODES, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except FileExistsError:
+        return False
+    with os.fdopen(fd, "w") as fh:
+        json.dump({"reason": reason, "t": time.time()}, fh)
+    return True

@@ -1,0 +1,298 @@
+"""Runs on a real Slurm cluster (tests/slurm_cluster.py: slurmctld and two slurmd on this machine), and Slurm's text.
+
+One successful two-node run is shared by the tests that read it (the done-when of the issue); the
+faults each need their own run. The fast lane keeps the cheapest real road (a two-node job cancelled
+behind our back: launch, queue events, the end from Slurm's state) and what needs no run; the rest goes
+to the whole suite. Every run is the torch-free loop (tests/scriptrun.py), one rank a node.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+import scriptrun
+from conftest import BIN, wait_for
+
+import gaudi_nb
+import gaudi_nb.api
+import gaudi_nb.nodes.link
+from gaudi_nb.launch.slurm import Gres, JobRequest, expand_hosts, job_state, parse_gres, parse_record, parse_squeue, visible_modules
+
+GAUDI_NB = str(BIN / "gaudi-nb")
+
+
+# -- Slurm's text: the forms Slurm prints, by version and command (SkyPilot #10283, #10522, #8399) ----------
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("gpu:8", [Gres("gpu", None, 8)]),
+        ("gpu:H100:8", [Gres("gpu", "H100", 8)]),  # the type's case is kept: a request must match it
+        ("gres/gpu=1", [Gres("gpu", None, 1)]),
+        ("gres/gpu:h100:4", [Gres("gpu", "h100", 4)]),
+        ("gres/gpu:h100=4", [Gres("gpu", "h100", 4)]),
+        ("gres:hpu:8", [Gres("hpu", None, 8)]),
+        ("gpu:hl225:4(S:0-1)", [Gres("gpu", "hl225", 4)]),
+        ("gpu:hl225:4(IDX:0-3),hpu:8", [Gres("gpu", "hl225", 4), Gres("hpu", None, 8)]),
+        ("N/A", []),
+        ("(null)", []),
+        ("", []),
+    ],
+)
+def test_gres_in_every_spelling(text, expected):
+    assert parse_gres(text) == expected
+
+
+def test_a_request_is_typed_as_the_node_names_it():
+    assert Gres("gpu", "hl225", 4).request(2) == "gpu:hl225:2"  # untyped fails on typed nodes: "gpu:(null) not found"
+    assert Gres("gpu", None, 8).request(8) == "gpu:8"
+
+
+def test_squeue_lines_host_lists_and_scontrol_records():
+    jobs = parse_squeue("12|PENDING|Resources||gaudi|gres/gpu:hl225:1\n13|RUNNING|None|n[1-2]|gaudi|N/A\n")
+    assert jobs[0] == {"job_id": "12", "state": "PENDING", "reason": "Resources", "nodes": "", "partition": "gaudi", "gres": "gres/gpu:hl225:1"}
+    assert expand_hosts(jobs[1]["nodes"]) == ["n1", "n2"]
+    assert expand_hosts("node[01-02,07],gpu1") == ["node01", "node02", "node07", "gpu1"]
+    record = parse_record("JobId=13 JobName=x JobState=CANCELLED Reason=None NodeList=n[1-2] Command=/a b/job.sh WorkDir=/w")
+    assert job_state(record) == "CANCELLED" and record["Command"] == "/a b/job.sh"
+
+
+def test_cards_come_from_slurms_gpus_unless_intels_fork_set_them():
+    assert visible_modules({"SLURM_STEP_GPUS": "0,1", "SLURM_JOB_GPUS": "0,1,2"}) == {"HABANA_VISIBLE_MODULES": "0,1"}
+    assert visible_modules({"SLURM_JOB_GPUS": "2"}) == {"HABANA_VISIBLE_MODULES": "2"}
+    assert visible_modules({"SLURM_STEP_GPUS": "0", "HABANA_VISIBLE_DEVICES": "3"}) == {}
+    assert visible_modules({}) == {}
+
+
+def test_the_job_script_asks_for_what_the_run_needs():
+    request = JobRequest("r-1", "/shared/runs/r-1", nodes=2, devices=4, partition="gaudi", gres=Gres("gpu", "hl225", 4), exclusive=True,
+                         account="team", time_limit_s=7200)
+    script = request.script("/env/bin/python", "/shared")
+    for line in ("--nodes=2", "--ntasks-per-node=1", "--gres=gpu:hl225:4", "--exclusive", "--account=team", "--time=0-02:00:00",
+                 "--signal=B:USR1@120", "--no-requeue", "--job-name=gaudi-nb-r-1", "--partition=gaudi"):
+        assert f"#SBATCH {line}\n" in script
+    # the time limit's warning goes to the batch shell (on node 0), whose trap asks node 0's agent to stop
+    assert "warned() { /env/bin/python -m gaudi_nb.agent.commands slurm-stop --reason stopped --nodes 2 --run-dir /shared/runs/r-1/nodes/\"$SLURMD_NODENAME\"; }\ntrap warned USR1\n" in script
+    assert "srun --kill-on-bad-exit=0 --ntasks-per-node=1 /env/bin/python -m gaudi_nb.agent.commands slurm-task --run-dir /shared/runs/r-1 &\n" in script
+    plain = JobRequest("r-2", "/shared/runs/r-2", nodes=1, devices=1, partition="gaudi").script("/env/bin/python", None)
+    assert plain.endswith("exec srun --kill-on-bad-exit=0 --ntasks-per-node=1 /env/bin/python -m gaudi_nb.agent.commands slurm-task --run-dir /shared/runs/r-2\n")
+
+
+# -- a real cluster ----------------------------------------------------------------------------------------
+
+
+def cli(*args, timeout=120):
+    return subprocess.run([GAUDI_NB, *args], capture_output=True, text=True, timeout=timeout, env=os.environ.copy())
+
+
+@pytest.fixture(scope="module")
+def hpc(slurm_cluster, tmp_path_factory):
+    """GAUDI_NB_HOME with the cluster attached as `hpc` (`nodes attach slurm:`), and the loop script."""
+    home = tmp_path_factory.mktemp("slurm_home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("GAUDI_NB_HOME", str(home))
+        mp.setenv("SLURM_CONF", str(slurm_cluster.conf))
+        mp.setenv("GAUDI_NB_ACCELERATOR", "cpu")
+        mp.delenv("GAUDI_NB_STORE_URL", raising=False)
+        attached = cli("nodes", "attach", "slurm:", "--name", "hpc", "--partition", "gaudi", "--price-per-hour", "3.6", "--json")
+        assert attached.returncode == 0, attached.stderr
+        yield {"home": home, "record": json.loads(attached.stdout), "loop": scriptrun.write_loop(home, step_s=0.05), "cluster": slurm_cluster}
+
+
+@pytest.fixture(scope="module")
+def two_node_run(hpc):
+    """The done-when run: `gaudi-nb train --target hpc --nodes 2 --devices 1 --max-steps 10 --json`, and what it left."""
+    started = time.monotonic()
+    trained = cli("train", "--target", "hpc", "--nodes", "2", "--devices", "1", "--max-steps", "10", "--script", str(hpc["loop"]), "--json")
+    assert trained.returncode == 0, trained.stderr
+    record = json.loads(trained.stdout)
+    return {"record": record, "seconds": time.monotonic() - started, "squeue": hpc["cluster"].squeue(),
+            "shown": json.loads(cli("show", record["run_id"], "--json").stdout),
+            "events": [json.loads(line) for line in (hpc["home"] / "runs" / record["run_id"] / "events.jsonl").read_text().splitlines()]}
+
+
+def test_attach_records_the_partition_its_nodes_gres_and_cpus(hpc):
+    slurm = hpc["record"]["resources"]["slurm"]
+    assert slurm["partition"] == "gaudi" and slurm["gres"] == "gpu:hl225:4"
+    assert [(n["name"], n["gres"], n["cpus"]) for n in slurm["nodes"]] == [("n1", {"name": "gpu", "type": "hl225", "count": 4}, 4),
+                                                                          ("n2", {"name": "gpu", "type": "hl225", "count": 4}, 4)]
+
+
+@pytest.mark.slow
+def test_nodes_list_and_check_show_the_clusters_nodes_states_and_gres(hpc):
+    listed = cli("nodes", "list", "--no-refresh")
+    assert listed.returncode == 0 and "hpc" in listed.stdout and "slurm:" in listed.stdout
+    checked = cli("nodes", "check", "hpc")
+    assert checked.returncode == 0, checked.stderr
+    assert "n1" in checked.stdout and "n2" in checked.stdout and "gpu:hl225:4" in checked.stdout
+
+
+@pytest.mark.slow
+def test_an_unknown_partition_is_one_line_and_nothing_attached(hpc):
+    refused = cli("nodes", "attach", "slurm:", "--name", "other", "--partition", "nope")
+    lines = [line for line in refused.stderr.splitlines() if line.strip()]
+    assert refused.returncode == 2 and len(lines) == 1 and "no partition 'nope'" in lines[0] and "gaudi" in lines[0]
+    assert "other" not in cli("nodes", "list", "--no-refresh").stdout
+
+
+def test_more_cards_than_a_node_has_is_slurms_one_line_and_nothing_queued(hpc):
+    before = len(gaudi_nb.runs())
+    refused = cli("train", "--target", "hpc", "--nodes", "2", "--devices", "5", "--max-steps", "10", "--script", str(hpc["loop"]))
+    lines = [line for line in refused.stderr.splitlines() if line.strip()]
+    assert refused.returncode == 2 and len(lines) == 1, refused.stderr
+    assert "Requested node configuration is not available" in lines[0]
+    assert hpc["cluster"].squeue().strip() == ""
+    assert len(gaudi_nb.runs()) == before  # nothing recorded
+
+
+@pytest.mark.slow
+def test_a_two_node_run_succeeds_with_every_step_once_from_both_nodes(two_node_run):
+    record, events = two_node_run["record"], two_node_run["events"]
+    assert record["status"] == "succeeded", record["exit"]
+    steps = [e["step"] for e in events if e["type"] == "step"]
+    assert sorted(steps) == list(range(1, 11)) and record["steps_completed"] == 10
+    nodes_heard = {e["node"] for e in events if e["type"] in ("step", "telemetry", "cost")}
+    assert {"n1", "n2"} <= nodes_heard  # events carry the Slurm node name
+    assert two_node_run["squeue"].strip() == ""  # the job left the queue
+    assert two_node_run["shown"]["slurm"]["job_id"] == record["slurm"]["job_id"]
+    assert record["slurm"]["partition"] == "gaudi" and record["slurm"]["nodes"] == ["n1", "n2"]
+    queue = [e for e in events if e["type"] == "queue"]
+    assert queue[0]["state"] == "PENDING" and any(e["state"] == "RUNNING" and e["nodes"] == ["n1", "n2"] for e in queue)
+
+
+@pytest.mark.slow
+def test_queue_time_is_not_billed(two_node_run):
+    """Spend is a node-hour's price × nodes × time running: each agent meters its own node from its start."""
+    record, events = two_node_run["record"], two_node_run["events"]
+    latest = {}
+    for e in events:
+        if e["type"] == "cost":
+            latest[e["node"]] = e
+    assert set(latest) == {"n1", "n2"} and all(e["price_per_hour"] == 3.6 for e in latest.values())
+    running_s = sum(e["elapsed_s"] for e in latest.values())
+    assert record["cost"]["usd"] == pytest.approx(3.6 * running_s / 3600, rel=0.05)
+
+
+def _start(hpc, max_steps=100000, nodes=2):
+    return gaudi_nb.train(target="hpc", nodes=nodes, devices=1, script=str(hpc["loop"]), max_steps=max_steps).run_id
+
+
+def _record(run_id):
+    return gaudi_nb.get_run(run_id).record()  # in this process: a CLI start costs seconds on a loaded machine
+
+
+def test_scancel_behind_our_back_ends_the_run_within_30_s_with_cancelled(hpc):
+    run_id = _start(hpc)
+    wait_for(lambda: _record(run_id)["status"] in ("starting", "running"), timeout=90, what="the agents to start")
+    job_id = _record(run_id)["slurm"]["job_id"]
+    subprocess.run(["scancel", job_id], check=True, env=os.environ.copy())
+    cancelled = time.monotonic()
+    record = wait_for(lambda: (r := _record(run_id))["status"] in ("failed", "lost") and r, timeout=30, what="the run's end")
+    assert time.monotonic() - cancelled < 30
+    assert "CANCELLED" in record["exit"]["reason"] and job_id in record["exit"]["reason"]
+    wait_for(lambda: hpc["cluster"].squeue().strip() == "", timeout=30, what="the job to leave the queue")
+
+
+@pytest.mark.slow
+def test_a_job_behind_another_is_pending_with_slurms_reason_then_runs_and_stops(hpc):
+    from gaudi_nb.notebook.panel import header_html
+    from gaudi_nb.notebook.panel_state import PanelState
+    from gaudi_nb.runs_table import row_cells, run_row
+
+    blocker = subprocess.run(["sbatch", "--parsable", "-N2", "--exclusive", "-p", "gaudi", "--output=/dev/null", "--wrap", "sleep 120"],
+                             capture_output=True, text=True, check=True, env=os.environ.copy()).stdout.strip()
+    try:
+        # one node: the loop reads a one-node stop request (across nodes the trainer reads node 0's stop step, as over SSH)
+        run_id = _start(hpc, nodes=1)
+        record = wait_for(lambda: (r := _record(run_id))["pending_reason"] and r, timeout=30, what="a pending reason")
+        assert record["status"] == "pending" and record["pending_reason"] in ("Resources", "Priority")
+        assert row_cells(run_row(record))[1] == f"pending: {record['pending_reason']}"  # gaudi-nb runs, the dashboard's table
+        panel = PanelState(run_id)
+        panel.apply(gaudi_nb.get_run(run_id).events())
+        assert f"pending: {record['pending_reason']}" in header_html(panel)  # the notebook panel
+        assert record["cost"]["usd"] is None  # nothing metered while queued
+    finally:
+        subprocess.run(["scancel", blocker], env=os.environ.copy())
+    wait_for(lambda: _record(run_id)["steps_completed"] > 0, timeout=90, what="a step once the blocker left")
+    assert _record(run_id)["pending_reason"] is None
+    assert gaudi_nb.api.stop(run_id).outcome == "requested"
+    record = wait_for(lambda: (r := _record(run_id))["status"] == "stopped" and r, timeout=60, what="the stop")
+    assert record["checkpoints"] and record["checkpoints"][-1]["reason"] == "stopped"
+    wait_for(lambda: hpc["cluster"].squeue().strip() == "", timeout=30, what="the job to leave the queue")
+
+
+@pytest.mark.slow
+def test_a_login_node_over_ssh_attaches_and_runs_the_job(hpc, tmp_path, monkeypatch):
+    """slurm://USER@LOGIN: Slurm's commands through the loopback sshd, whose sessions see this cluster's SLURM_CONF."""
+    import sshd as sshd_module
+
+    if sshd_module.available():
+        pytest.skip(sshd_module.available())
+
+    class LoginSshd(sshd_module.Sshd):
+        def _write_config(self) -> None:
+            super()._write_config()
+            text = self.config.read_text().replace("SetEnv GAUDI_NB_HOME=", f"SetEnv SLURM_CONF={hpc['cluster'].conf} GAUDI_NB_HOME=")
+            self.config.write_text(text)
+
+    login = LoginSshd(tmp_path / "login", node_home=hpc["home"] / "login_home").start()
+    try:
+        monkeypatch.setenv("HOME", str(login.client_home(tmp_path / "client_home")))
+        monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+        monkeypatch.setenv("GAUDI_NB_HOME", str(tmp_path / "client_gaudi_home"))
+        monkeypatch.delenv("SLURM_CONF")  # this machine is not the login node now: every Slurm command goes over SSH
+        url = f"slurm://{login.user}@127.0.0.1:{login.port}"
+        record = gaudi_nb.attach(url, name="hpc-ssh", partition="gaudi", python=sys.executable, run_root=str(hpc["home"] / "shared"))
+        assert [n["name"] for n in record["resources"]["slurm"]["nodes"]] == ["n1", "n2"]
+        # --time-limit: --time with a warning signal; the warning (sent here at once, as Slurm sends it before the limit)
+        # takes the agent's checkpoint-then-stop road
+        run = gaudi_nb.train(target="hpc-ssh", nodes=1, devices=1, script=str(hpc["loop"]), max_steps=100000, time_limit="10m")
+        wait_for(lambda: run.record()["steps_completed"] > 0, timeout=90, what="a step over SSH")
+        record = run.record()
+        job_script = (hpc["home"] / "shared" / "runs" / run.run_id / "job" / "job.sh").read_text()
+        assert "#SBATCH --time=0-00:10:00\n" in job_script and "#SBATCH --signal=B:USR1@120\n" in job_script
+        subprocess.run(["scancel", "--batch", "-s", "USR1", record["slurm"]["job_id"]], check=True, env={**os.environ, "SLURM_CONF": str(hpc["cluster"].conf)})
+        record = wait_for(lambda: (r := run.record())["status"] == "stopped" and r, timeout=60, what="the stop at the warning")
+        assert record["checkpoints"][-1]["reason"] == "stopped" and record["run_dir"].startswith(str(hpc["home"] / "shared"))
+    finally:
+        login.stop()
+        gaudi_nb.nodes.link.links().drop("hpc-ssh")
+
+
+def test_a_time_limit_is_a_slurm_jobs_and_reads_as_slurm_writes_it(gaudi_home):
+    from gaudi_nb.errors import SpecError
+    from gaudi_nb.spec import time_limit_seconds
+
+    assert [time_limit_seconds(t) for t in ("2h", "90m", "45s", "1.5h", "1-00:00:00", "00:10:00")] == [7200, 5400, 45, 5400, 86400, 600]
+    with pytest.raises(SpecError, match="is not a time limit: use 2h, 90m"):
+        gaudi_nb.train(time_limit="2 weeks", max_steps=1)
+    with pytest.raises(SpecError, match="time_limit: --time-limit is a Slurm job's limit"):
+        gaudi_nb.train(time_limit="2h", max_steps=1)
+    assert not (gaudi_home / "runs").exists()
+
+
+def test_the_fleet_page_shows_a_clusters_nodes_with_state_and_gres_and_never_bills_it_idle():
+    from gaudi_nb.dashboard.fleet import fleet_frame
+
+    cluster = {"name": "hpc", "url": "slurm:", "price_per_hour": 32.0, "accelerator": "hpu", "device_count": 4, "resources": {"slurm": {
+        "partition": "gaudi", "nodes": [{"name": "n1", "state": "idle", "gres": {"name": "gpu", "type": "hl225", "count": 4}, "cpus": 4, "addr": "10.0.0.1"},
+                                        {"name": "n2", "state": "mixed", "gres": {"name": "gpu", "type": "hl225", "count": 4}, "cpus": 4, "addr": "10.0.0.2"}]}}}
+    fleet = fleet_frame([cluster], [], {}, now=1000.0).set_index("node")
+    assert fleet.loc["n1", "address"] == "hpc (idle)" and fleet.loc["n2", "address"] == "hpc (mixed)"
+    assert fleet.loc["n1", "accelerator"] == "gpu:hl225:4" and fleet.loc["n1", "devices"] == 4
+    assert "hpc" not in fleet.index and "costs money" not in " ".join(fleet["state"])  # a cluster is paid per job's node-hours
+
+
+def test_the_sidebar_lists_the_cluster_with_its_runs():
+    from gaudi_nb.jupyter_server_ext.payloads import nodes
+
+    cluster = {"name": "hpc", "url": "slurm:", "accelerator": "hpu", "device_count": 4, "price_per_hour": 32.0}
+    rows = [{"run_id": "r1", "status": "pending", "target": "hpc", "accelerator": None}, {"run_id": "r0", "status": "succeeded", "target": "hpc", "accelerator": "cpu"}]
+    (listed,) = nodes(rows, [cluster], {}, now=1000.0)
+    assert listed["name"] == "hpc" and listed["url"] == "slurm:" and listed["active_runs"] == ["r1"]
+    assert listed["usd"] is None  # its runs meter themselves: node-hours while running, never the queue

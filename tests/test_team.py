@@ -208,7 +208,7 @@ def test_the_dashboard_shows_stop_only_to_who_may_stop_and_audits_the_person(gau
     try:
         def stop_for(login, run_id):
             layout, state = dashboard_app.build(data, page="run", run_id=run_id, login=login, origin="dashboard from 198.51.100.7")
-            button, message = layout[1][2][1][1]  # the run page's picker row: its controls
+            button, message = layout[1][2][2]  # the run page's controls, under its run picker
             state.selected_run = run_id
             return state, button, message, layout[0].object
 

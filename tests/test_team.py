@@ -122,6 +122,7 @@ def test_the_database_keeps_each_members_rows_their_own(team, monkeypatch):
     assert admin.remove_node("rls-node")["owner"] == team["names"]["alice"]
 
 
+@pytest.mark.slow  # a real run and four CLI starts (~30 s); the fast lane keeps the cheap refusals below and above
 def test_a_member_cannot_stop_a_teammates_run_an_admin_can_and_the_audit_shows_it(team, tmp_path, monkeypatch):
     home, url, names = team["home"], team["url"], team["names"]
     monkeypatch.setenv("GAUDI_NB_HOME", str(home))

@@ -111,7 +111,11 @@ def two_node_run(hpc):
     trained = cli("train", "--target", "hpc", "--nodes", "2", "--devices", "1", "--max-steps", "10", "--script", str(hpc["loop"]), "--json")
     assert trained.returncode == 0, trained.stderr
     record = json.loads(trained.stdout)
-    return {"record": record, "seconds": time.monotonic() - started, "squeue": hpc["cluster"].squeue(),
+    seconds = time.monotonic() - started
+    # the job's batch script ends a moment after its agents wrote the run's end (slurmstepd tears the step
+    # down); it must then leave the queue by itself, without a scancel
+    left = wait_for(lambda: hpc["cluster"].squeue().strip() == "", timeout=30, poll_s=0.5, what="the job to leave squeue")
+    return {"record": record, "seconds": seconds, "squeue": "" if left else hpc["cluster"].squeue(),
             "shown": json.loads(cli("show", record["run_id"], "--json").stdout),
             "events": [json.loads(line) for line in (hpc["home"] / "runs" / record["run_id"] / "events.jsonl").read_text().splitlines()]}
 

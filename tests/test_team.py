@@ -122,6 +122,7 @@ def test_the_database_keeps_each_members_rows_their_own(team, monkeypatch):
     assert admin.remove_node("rls-node")["owner"] == team["names"]["alice"]
 
 
+@pytest.mark.slow  # a real run and four CLI starts (~30 s); the fast lane keeps the cheap refusals below and above
 def test_a_member_cannot_stop_a_teammates_run_an_admin_can_and_the_audit_shows_it(team, tmp_path, monkeypatch):
     home, url, names = team["home"], team["url"], team["names"]
     monkeypatch.setenv("GAUDI_NB_HOME", str(home))
@@ -208,7 +209,7 @@ def test_the_dashboard_shows_stop_only_to_who_may_stop_and_audits_the_person(gau
     try:
         def stop_for(login, run_id):
             layout, state = dashboard_app.build(data, page="run", run_id=run_id, login=login, origin="dashboard from 198.51.100.7")
-            button, message = layout[1][2][1][1]  # the run page's picker row: its controls
+            button, message = layout[1][2][2]  # the run page's controls, under its run picker
             state.selected_run = run_id
             return state, button, message, layout[0].object
 

@@ -30,7 +30,7 @@ def stop_control(state: Any, person: Identity, origin: str) -> pn.viewable.Viewa
     database role is a member cannot stop a teammate's run for anyone). The audit entry names the person.
     """
     button = pn.widgets.Button(label="Stop", color="danger", visible=False, width=90, css_classes=["gaudi-nb-stop"])
-    message = pn.pane.Markdown("", css_classes=["gaudi-nb-stop-message"])
+    message = pn.pane.Markdown("", css_classes=["gaudi-nb-stop-message"], sizing_mode="stretch_width")
 
     def refresh(*_: Any) -> None:
         owner, status = _owner_and_status(state)
@@ -57,4 +57,4 @@ def stop_control(state: Any, person: Identity, origin: str) -> pn.viewable.Viewa
     button.on_click(clicked)
     state.param.watch(refresh, ["selected_run", "version"])
     refresh()
-    return pn.Row(button, message)
+    return pn.Row(button, message, sizing_mode="stretch_width")

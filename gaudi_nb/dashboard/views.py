@@ -340,7 +340,8 @@ def detail_page(state: DashboardState, controls: Optional[pn.viewable.Viewable] 
     show()
     return pn.Column(
         pn.pane.Markdown("## Run detail"),
-        pn.Row(picker, controls) if controls is not None else picker,
+        picker,
+        *([controls] if controls is not None else []),
         header,
         pn.Row(numbers, money, failure),
         plots,

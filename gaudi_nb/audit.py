@@ -27,9 +27,15 @@ _acting: ContextVar[Optional[Tuple[str, str]]] = ContextVar("gaudi_nb_acting", d
 _door = {"name": "api"}  # the door this process is: cli, api, notebook, dashboard, jupyter
 
 
-def set_door(name: str) -> None:
-    """Name the door this process acts through (the CLI sets `cli`); entries say `<door> on <host>`."""
-    _door["name"] = name
+@contextlib.contextmanager
+def through(name: str) -> Iterator[None]:
+    """Entries written inside name this door (the CLI's `main` is `cli`): `<door> on <host>`; the door
+    before is back afterwards, so a CLI command run inside another program leaves that program's door."""
+    before, _door["name"] = _door["name"], name
+    try:
+        yield
+    finally:
+        _door["name"] = before
 
 
 @contextlib.contextmanager

@@ -398,10 +398,10 @@ _mount_room_commands()
 
 def main(argv: Optional[List[str]] = None) -> None:
     command = typer.main.get_command(app)
-    audit.set_door("cli")
     try:
-        # standalone mode: click reports its own usage errors (exit 2); ours are caught here
-        command.main(args=argv, prog_name="gaudi-nb", standalone_mode=True)
+        with audit.through("cli"):
+            # standalone mode: click reports its own usage errors (exit 2); ours are caught here
+            command.main(args=argv, prog_name="gaudi-nb", standalone_mode=True)
     except GaudiNbError as exc:
         # the message is text, not markup: "pip install 'gaudi_nb[batch]'" must print whole
         err.print(Text("error: ", style="red") + Text(str(exc)), highlight=False, soft_wrap=True)

@@ -183,7 +183,7 @@ def test_on_gaudi_the_trials_run_the_training_program_and_bisect_past_a_workspac
 
 def test_a_second_search_for_the_same_program_reads_the_cache_and_a_scaled_learning_rate_is_not_part_of_it(monkeypatch, gaudi_home):
     """What rank 0 does for --batch-size auto (resolve): search, remember; the same again (the learning rate now scaled,
-    which does not change what fits) reads the size back without a trial."""
+    which does not change what fits) reads the size back without a trial. What changes the answer is in the key: above."""
     fake_gaudi_stack(monkeypatch)
 
     def resolve(spec):
@@ -194,8 +194,6 @@ def test_a_second_search_for_the_same_program_reads_the_cache_and_a_scaled_learn
     again = resolve(RunSpec(model="tiny-llama", sequence_length=8, batch_size="auto", lr_scaling="linear", base_batch_size=4))
     assert (first.how, first.size) == ("searched", 5) and len(first.trials) >= 4
     assert (again.how, again.size, again.trials) == ("cached", 5, []) and again.key_digest == first.key_digest
-    longer = resolve(RunSpec(model="tiny-llama", sequence_length=16, batch_size="auto"))
-    assert longer.how == "searched" and longer.key_digest != first.key_digest  # what changes the answer is in the key
 
 
 # -- learning-rate scaling: pure --------------------------------------------------------------

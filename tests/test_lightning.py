@@ -160,7 +160,9 @@ def test_lightning_trains_on_two_cpu_ranks_with_the_same_events(gaudi_home):
 
 @pytest.mark.slow
 def test_a_stopped_lightning_run_resumes_from_its_checkpoint(gaudi_home):
-    run = gaudi_nb.train(trainer="lightning", devices=2, max_steps=400, sequence_length=64)
+    # one rank, twice launched: Lightning's own resume is the point here; that every rank stops at one agreed step is
+    # RankProgress's (test_both_trainers_callbacks_share_one_progress) and test_multinode's budget stop
+    run = gaudi_nb.train(trainer="lightning", devices=1, max_steps=400, sequence_length=64)
     deadline = time.monotonic() + 180
     while not [e for e in steps_of(run) if e["step"] >= 3]:
         assert time.monotonic() < deadline and not run.record()["ended_at"], run.record()["exit"]
@@ -171,7 +173,7 @@ def test_a_stopped_lightning_run_resumes_from_its_checkpoint(gaudi_home):
     (asked,) = run.events(types=["stop_requested"])
     stopped_at = record["checkpoints"][-1]["step"]
     assert record["status"] == "stopped" and record["checkpoints"][-1]["reason"] == "stopped"
-    assert record["steps_completed"] == stopped_at < 400  # both ranks stopped after the same step, with a checkpoint
+    assert record["steps_completed"] == stopped_at < 400  # stopped after the step it saved
     assert (Path(record["checkpoints"][-1]["path"]) / CHECKPOINT_FILE).is_file()
 
     result = cli("resume", run.run_id, "--max-steps", str(stopped_at + 4))

@@ -311,11 +311,31 @@ def test_the_budget_counts_both_nodes_and_its_stop_ends_both_at_the_same_step(tw
     print(f"\ntwo-node budget stop: stop_at={stop_at}, ${record['cost']['usd']:.0f} spent, {time.monotonic() - started:.1f} s from the CLI")
 
 
+# every step waits for the rank on the other node, as DDP's gradient all-reduce does (gloo), without a model to build
+MEETING_LOOP = """
+import time
+
+import torch
+import torch.distributed as dist
+from gaudi_nb.worker.script import init_distributed, report, spec
+
+init_distributed()
+for step in range(1, spec().max_steps + 1):
+    time.sleep(0.2)
+    met = torch.ones(1)
+    dist.all_reduce(met)
+    report(step=step, loss=float(met.item()), tokens=1, samples=1)
+"""
+
+
 @pytest.mark.slow
-def test_a_follower_agent_that_dies_ends_the_run_and_leaves_nothing_running(two_nodes, netns_sshds):
-    """kill -9 of node 1's agent mid-run: its rank follows it (its watchdog), node 0's rank loses its peer, and the run
-    ends with the cause named for node nb; no rank, launcher or agent of the run is left on either node."""
-    run = gaudi_nb.train(target="na,nb", nodes=2, devices=1, max_steps=5000)
+def test_a_follower_agent_that_dies_ends_the_run_and_leaves_nothing_running(two_nodes, netns_sshds, tmp_path):
+    """kill -9 of node 1's agent mid-run: its rank follows it (its watchdog), node 0's rank loses its peer in the next
+    all-reduce, and the run ends with the cause named for node nb; no rank, launcher or agent of the run is left on
+    either node. (The ranks all-reduce each step without a model: the agents' road is the point, not the trainer's.)"""
+    script = tmp_path / "meet_every_step.py"
+    script.write_text(MEETING_LOOP)
+    run = gaudi_nb.train(target="na,nb", nodes=2, devices=1, max_steps=5000, script=str(script))
     deadline = time.monotonic() + 300
     while run.record()["steps_completed"] < 2 and time.monotonic() < deadline and not run.done:
         time.sleep(0.5)

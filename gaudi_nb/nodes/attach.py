@@ -66,10 +66,10 @@ def attach(
 
         return attach_cluster(url, name=name, kubeconfig=kubeconfig, image=image, storage_class=storage_class, price_per_hour=price_per_hour, store=store, progress=progress)
     if url.strip().startswith("slurm:"):
-        from .slurm import attach_cluster
+        from .slurm import attach_cluster as attach_slurm
 
-        return attach_cluster(url, name=name, identity_file=identity_file, python=python, trust_new_host=trust_new_host, store=store, progress=progress,
-                              price_per_hour=price_per_hour, **cluster)
+        return attach_slurm(url, name=name, identity_file=identity_file, python=python, trust_new_host=trust_new_host, store=store, progress=progress,
+                            price_per_hour=price_per_hour, **cluster)
     if any(value is not None for value in cluster.values()):
         raise SpecError(f"--{next(k for k, v in cluster.items() if v is not None).replace('_', '-')} is for a Slurm cluster (slurm: or slurm://USER@LOGIN)")
 

@@ -1,0 +1,132 @@
+"""A cluster with the Kubeflow operators installed: a run submits the kind the cluster has (TrainJob, then PyTorchJob,
+then MPIJob, else an indexed Job) and is followed through that kind's pods.
+
+One stand-in (tests/k8s_standin, its operators.py turning a PyTorchJob or a TrainJob into the pods the real
+operators make) with Trainer v2 and the Training Operator installed; attach records both, and a run's submitted
+object is a TrainJob (fast: stopped before it trains). With Trainer v2 taken away again (only the Training
+Operator in discovery), a two-node run is a PyTorchJob that trains to its end with events from both pods (slow)."""
+import os
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import first_broken_event, wait_for
+from k8s_standin import Cluster
+from scriptrun import LOOP
+
+import gaudi_nb
+from gaudi_nb.k8s import RUN_LABEL
+from gaudi_nb.targets.k8s_submit import job_name
+
+
+@pytest.fixture(scope="module")
+def k8s(tmp_path_factory):
+    root = tmp_path_factory.mktemp("k8sops")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("GAUDI_NB_HOME", str(root / "home"))
+        patch.delenv("GAUDI_NB_STORE_URL", raising=False)
+        patch.setenv("GAUDI_NB_ACCELERATOR", "cpu")
+        patch.setenv("GAUDI_NB_MASTER_ADDR", "127.0.0.1")  # no cluster DNS for <job>-master-0
+        env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "PYTHONPATH": os.environ.get("PYTHONPATH", ""), "GAUDI_NB_ACCELERATOR": "cpu"}
+        cluster = Cluster(root / "cluster", nodes={"gaudi-a": 4, "gaudi-b": 4}, base_env=env, operators=("trainjob", "pytorchjob"))
+        loop = root / "loop.py"
+        loop.write_text(LOOP.format(step_s=0.05))
+        try:
+            yield cluster, root, loop
+        finally:
+            cluster.close()
+
+
+def _attach(cluster, name):
+    return gaudi_nb.attach("k8s://standin/default", name=name, kubeconfig=str(cluster.kubeconfig), storage_class="shared", image="gaudi-nb:test", price_per_hour=10.0)
+
+
+@pytest.fixture(scope="module")
+def attached(k8s):
+    """The cluster attached twice: as it is ("both"), and while only the Training Operator is installed ("pt")."""
+    cluster, _, _ = k8s
+    both = _attach(cluster, "both")
+    cluster.operators = ["pytorchjob"]  # Trainer v2 uninstalled: the Training Operator's kind is the first there
+    try:
+        pt = _attach(cluster, "pt")
+    finally:
+        cluster.operators = ["trainjob", "pytorchjob"]
+    return {"both": both["resources"]["kubernetes"], "pt": pt["resources"]["kubernetes"]}
+
+
+def test_attach_records_the_installed_kinds_and_a_run_submits_a_trainjob(k8s, attached):
+    cluster, _, loop = k8s
+    facts = attached["both"]
+    assert facts["job_kinds"] == ["trainjob", "pytorchjob", "job"] and facts["kind"] == "trainjob"
+    assert attached["pt"]["job_kinds"] == ["pytorchjob", "job"] and attached["pt"]["kind"] == "pytorchjob"
+    reviewed = [body["spec"]["resourceAttributes"] for kind, body in cluster.received if kind == "selfsubjectaccessreviews"]
+    assert {"verb": "create", "group": "trainer.kubeflow.org", "resource": "trainjobs", "namespace": "default", "subresource": ""} in reviewed
+    run = gaudi_nb.train(target="both", nodes=2, devices=1, max_steps=5000, script=str(loop))
+    name = job_name(run.run_id)
+    submitted = {body["kind"]: body for _, body in cluster.received if body.get("metadata", {}).get("name", "").startswith(name)}
+    assert submitted["TrainJob"]["spec"]["trainer"]["numNodes"] == 2 and submitted["TrainJob"]["spec"]["runtimeRef"]["name"] == name
+    assert "TrainingRuntime" in submitted and "Job" not in submitted and "Service" not in submitted
+    # Trainer v2's pods: one per node, each with its completion index and the PET_* place, the run label on each
+    pods = wait_for(lambda: len(p := cluster.pods(labels=f"{RUN_LABEL}={run.run_id}")) == 2 and p, timeout=30, what="the TrainJob's pods")
+    assert sorted(p["metadata"]["labels"]["batch.kubernetes.io/job-completion-index"] for p in pods) == ["0", "1"]
+    assert all(p["metadata"]["labels"]["jobset.sigs.k8s.io/replicatedjob-name"] == "node" for p in pods)
+    env = {e["name"] for e in next(c for c in pods[0]["spec"]["containers"] if c["name"] == "node")["env"]}
+    assert {"PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT"} <= env
+    from gaudi_nb.api import stop
+
+    stop(run.run_id)
+    run.wait(timeout=60)
+    assert run.record()["status"] == "stopped"
+    # the stop deleted the TrainJob (and its runtime), and the pods went with it (their owner)
+    wait_for(lambda: cluster.objects.get("trainjobs", "default", name) is None and not cluster.pods(labels=f"{RUN_LABEL}={run.run_id}"), timeout=30, what="the TrainJob and its pods deleted")
+    assert cluster.objects.get("trainingruntimes", "default", name) is None
+
+
+def test_a_pytorchjob_the_scheduler_cannot_place_is_pending_with_its_reason(k8s, attached):
+    cluster, _, loop = k8s
+    run = gaudi_nb.train(target="pt", nodes=2, devices=8, max_steps=5, script=str(loop))
+    name = job_name(run.run_id)
+    assert cluster.objects.get("pytorchjobs", "default", name) is not None
+    record = wait_for(lambda: (r := run.record())["queued"] and r, timeout=60, what="the scheduler's reason")
+    assert record["status"] == "pending" and record["queued"]["short"] == "Insufficient habana.ai/gaudi"
+    from gaudi_nb.api import stop
+
+    assert stop(run.run_id).outcome == "ended"
+    assert run.record()["status"] == "stopped" and cluster.objects.get("pytorchjobs", "default", name) is None
+
+
+@pytest.mark.slow
+def test_two_node_runs_as_a_pytorchjob_and_a_trainjob_train_to_their_end_with_events_from_both_pods(k8s, attached):
+    cluster, root, loop = k8s
+    slow = root / "slow.py"
+    slow.write_text(LOOP.format(step_s=0.2))
+    evicted = gaudi_nb.train(target="pt", nodes=2, devices=1, max_steps=5000, script=str(slow))
+    runs = {kind: gaudi_nb.train(target=target, nodes=2, devices=1, max_steps=5, script=str(loop)) for kind, target in (("PyTorchJob", "pt"), ("TrainJob", "both"))}
+    for kind, run in runs.items():
+        run.wait(timeout=120)
+        record = run.record()
+        assert record["status"] == "succeeded", (kind, record["exit"])
+        name = job_name(run.run_id)
+        assert kind in [body["kind"] for _, body in cluster.received if body.get("metadata", {}).get("name") == name] and "Job" not in [
+            body["kind"] for _, body in cluster.received if body.get("metadata", {}).get("name") == name]
+        events = run.events()
+        assert [e["step"] for e in events if e["type"] == "step"] == [1, 2, 3, 4, 5]
+        # each pod's agent found its node in what the operator set: the PyTorchJob's master is node 0 (RANK), the
+        # TrainJob's pods their completion index (PET_NODE_RANK)
+        assert sorted((e["node"], e["rank"], e["world_size"]) for e in events if e["type"] == "worker_start") == [(f"{name}-0", 0, 2), (f"{name}-1", 1, 2)]
+        ends = [e for e in events if e["type"] == "run_end"]
+        assert len(ends) == 1 and {n: v["status"] for n, v in ends[0]["nodes"].items()} == {f"{name}-0": "succeeded", f"{name}-1": "succeeded"}
+        # the run's end deleted the custom resource, and with it its pods
+        wait_for(lambda kind=kind, name=name, run=run: cluster.objects.get(kind.lower() + "s", "default", name) is None and not cluster.pods(labels=f"{RUN_LABEL}={run.run_id}"),
+                 timeout=30, what=f"the {kind} deleted")
+    # a PyTorchJob's worker evicted behind the run's back ends the run lost, with Kubernetes's reason
+    wait_for(lambda: evicted.record()["steps_completed"] >= 1 or evicted.done, timeout=120, what="a step")
+    cluster.evict(f"{job_name(evicted.run_id)}-worker-0")
+    when = time.monotonic()
+    evicted.wait(timeout=30)
+    record = evicted.record()
+    assert time.monotonic() - when < 30 and record["status"] == "lost" and "Kubernetes evicted pod" in record["exit"]["reason"], record["exit"]
+    wait_for(lambda: not cluster.pods(labels=f"{RUN_LABEL}={evicted.run_id}"), timeout=30, what="the evicted run's PyTorchJob deleted with its pods")
+    broken = [problem for path in sorted((root / "home").rglob("events.jsonl")) if (problem := first_broken_event(path)) is not None]
+    assert not broken, broken

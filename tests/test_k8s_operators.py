@@ -2,9 +2,11 @@
 then MPIJob, else an indexed Job) and is followed through that kind's pods.
 
 One stand-in (tests/k8s_standin, its operators.py turning a PyTorchJob or a TrainJob into the pods the real
-operators make) with Trainer v2 and the Training Operator installed; attach records both, and a run's submitted
-object is a TrainJob (fast: stopped before it trains). With Trainer v2 taken away again (only the Training
-Operator in discovery), a two-node run is a PyTorchJob that trains to its end with events from both pods (slow)."""
+operators make) with Trainer v2, the Training Operator and the MPI Operator in discovery; attach records them, and
+a run's submitted object is a TrainJob (fast: stopped before it trains). Attached while only the Training Operator
+is in discovery, a run is a PyTorchJob; while only the MPI Operator is, an MPIJob (stored, not run: no ssh between
+the stand-in's pods). Slow: a two-node PyTorchJob and a two-node TrainJob train to their end with events from both
+pods, and a PyTorchJob whose worker is evicted ends lost."""
 import os
 import sys
 import time
@@ -29,7 +31,7 @@ def k8s(tmp_path_factory):
         patch.setenv("GAUDI_NB_ACCELERATOR", "cpu")
         patch.setenv("GAUDI_NB_MASTER_ADDR", "127.0.0.1")  # no cluster DNS for <job>-master-0
         env = {"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "PYTHONPATH": os.environ.get("PYTHONPATH", ""), "GAUDI_NB_ACCELERATOR": "cpu"}
-        cluster = Cluster(root / "cluster", nodes={"gaudi-a": 4, "gaudi-b": 4}, base_env=env, operators=("trainjob", "pytorchjob"))
+        cluster = Cluster(root / "cluster", nodes={"gaudi-a": 4, "gaudi-b": 4}, base_env=env, operators=("trainjob", "pytorchjob", "mpijob"))
         loop = root / "loop.py"
         loop.write_text(LOOP.format(step_s=0.05))
         try:
@@ -44,21 +46,24 @@ def _attach(cluster, name):
 
 @pytest.fixture(scope="module")
 def attached(k8s):
-    """The cluster attached twice: as it is ("both"), and while only the Training Operator is installed ("pt")."""
+    """The cluster attached three times: with every operator ("both": Trainer v2 first), with only the Training
+    Operator ("pt"), and with only the MPI Operator ("mpi")."""
     cluster, _, _ = k8s
     both = _attach(cluster, "both")
-    cluster.operators = ["pytorchjob"]  # Trainer v2 uninstalled: the Training Operator's kind is the first there
     try:
+        cluster.operators = ["pytorchjob"]  # Trainer v2 uninstalled: the Training Operator's kind is the first there
         pt = _attach(cluster, "pt")
+        cluster.operators = ["mpijob"]  # only the MPI Operator (the stand-in stores an MPIJob, it runs no launcher)
+        mpi = _attach(cluster, "mpi")
     finally:
-        cluster.operators = ["trainjob", "pytorchjob"]
-    return {"both": both["resources"]["kubernetes"], "pt": pt["resources"]["kubernetes"]}
+        cluster.operators = ["trainjob", "pytorchjob", "mpijob"]
+    return {"both": both["resources"]["kubernetes"], "pt": pt["resources"]["kubernetes"], "mpi": mpi["resources"]["kubernetes"]}
 
 
 def test_attach_records_the_installed_kinds_and_a_run_submits_a_trainjob(k8s, attached):
     cluster, _, loop = k8s
     facts = attached["both"]
-    assert facts["job_kinds"] == ["trainjob", "pytorchjob", "job"] and facts["kind"] == "trainjob"
+    assert facts["job_kinds"] == ["trainjob", "pytorchjob", "mpijob", "job"] and facts["kind"] == "trainjob"
     assert attached["pt"]["job_kinds"] == ["pytorchjob", "job"] and attached["pt"]["kind"] == "pytorchjob"
     reviewed = [body["spec"]["resourceAttributes"] for kind, body in cluster.received if kind == "selfsubjectaccessreviews"]
     assert {"verb": "create", "group": "trainer.kubeflow.org", "resource": "trainjobs", "namespace": "default", "subresource": ""} in reviewed
@@ -81,6 +86,40 @@ def test_attach_records_the_installed_kinds_and_a_run_submits_a_trainjob(k8s, at
     # the stop deleted the TrainJob (and its runtime), and the pods went with it (their owner)
     wait_for(lambda: cluster.objects.get("trainjobs", "default", name) is None and not cluster.pods(labels=f"{RUN_LABEL}={run.run_id}"), timeout=30, what="the TrainJob and its pods deleted")
     assert cluster.objects.get("trainingruntimes", "default", name) is None
+
+
+def test_the_run_label_reaches_every_pod_template_of_every_kind():
+    from gaudi_nb.k8s import ClusterFacts, render
+    from gaudi_nb.spec import RunSpec
+
+    spec = RunSpec(model="tiny-llama", nodes=2, devices=8, max_steps=1)
+    templates = {
+        "job": lambda docs: [docs["Job"]["spec"]["template"]],
+        "pytorchjob": lambda docs: [r["template"] for r in docs["PyTorchJob"]["spec"]["pytorchReplicaSpecs"].values()],
+        "mpijob": lambda docs: [r["template"] for r in docs["MPIJob"]["spec"]["mpiReplicaSpecs"].values()],
+        "trainjob": lambda docs: [j["template"]["spec"]["template"] for j in docs["TrainingRuntime"]["spec"]["template"]["spec"]["replicatedJobs"]],
+    }
+    for kind, find in templates.items():
+        docs = {d["kind"]: d for d in render(spec, "r-1", kind=kind, cluster=ClusterFacts(image="i", storage_class="rwx"), environ={})}
+        assert [t["metadata"]["labels"][RUN_LABEL] for t in find(docs)] == ["r-1"] * len(find(docs)), kind
+
+
+def test_a_cluster_with_only_the_mpi_operator_gets_an_mpijob_followed_through_its_launcher(k8s, attached):
+    cluster, _, loop = k8s
+    assert attached["mpi"]["job_kinds"] == ["mpijob", "job"]
+    run = gaudi_nb.train(target="mpi", nodes=2, devices=1, max_steps=5, script=str(loop))
+    name = job_name(run.run_id)
+    mpijob = cluster.objects.get("mpijobs", "default", name)
+    assert mpijob is not None and mpijob["spec"]["mpiReplicaSpecs"]["Worker"]["replicas"] == 2
+    from gaudi_nb.targets import target_for
+
+    target = target_for("mpi")
+    assert target.kind_of(run.run_id) == "mpijob"
+    assert [p.name for p in target.place(run.run_id)] == [f"{name}-0"]  # the launcher's agent is every node's: one part
+    from gaudi_nb.api import stop
+
+    assert stop(run.run_id).outcome == "ended"  # no launcher pod here: it ends at once
+    assert cluster.objects.get("mpijobs", "default", name) is None
 
 
 def test_a_pytorchjob_the_scheduler_cannot_place_is_pending_with_its_reason(k8s, attached):

@@ -169,3 +169,39 @@ def test_two_node_runs_as_a_pytorchjob_and_a_trainjob_train_to_their_end_with_ev
     wait_for(lambda: not cluster.pods(labels=f"{RUN_LABEL}={evicted.run_id}"), timeout=30, what="the evicted run's PyTorchJob deleted with its pods")
     broken = [problem for path in sorted((root / "home").rglob("events.jsonl")) if (problem := first_broken_event(path)) is not None]
     assert not broken, broken
+
+
+@pytest.mark.slow
+def test_a_cluster_attached_without_an_image_installs_this_clients_build_in_its_pods(k8s):
+    """No --image: the pods run Intel's image and pip-install this client's wheel (its own ConfigMap, made once per
+    build) onto the run volume at start; every container's Python imports gaudi_nb from there."""
+    cluster, root, _ = k8s
+    gaudi_nb.attach("k8s://standin/default", name="bare", kubeconfig=str(cluster.kubeconfig), storage_class="shared")
+    slow = root / "slow-bare.py"
+    slow.write_text(LOOP.format(step_s=0.2))
+    run = gaudi_nb.train(target="bare", nodes=1, devices=1, max_steps=5000, script=str(slow))
+    wait_for(lambda: run.record()["steps_completed"] >= 1 or run.done, timeout=120, what="a step")
+    (pod,) = cluster.pods(labels=f"{RUN_LABEL}={run.run_id}")
+    agent = pod["spec"]["containers"][0]
+    assert agent["image"].startswith("vault.habana.ai/gaudi-docker/")
+    (client,) = [v["configMap"]["name"] for v in pod["spec"]["volumes"] if v["name"] == "client"]
+    wheel = cluster.objects.get("configmaps", "default", client)
+    (name,) = wheel["binaryData"]
+    from gaudi_nb import __version__
+
+    assert name == f"gaudi_nb-{__version__}-py3-none-any.whl"
+    import subprocess
+
+    for container in ("agent", "log"):  # what an exec in each container imports (a stop runs there)
+        argv, env, cwd = cluster.kubelet.exec_command(pod, container, ["python3", "-c", "import gaudi_nb; print(gaudi_nb.__file__)"])
+        where = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=60).stdout.strip()
+        assert where == str(root / "cluster" / "volumes" / "default" / f"{job_name(run.run_id)}-runs" / "env" / client.rsplit("-", 1)[1] / "gaudi_nb" / "__init__.py"), where
+    # a second run of the same build finds the wheel's ConfigMap there already (never placed: 8 cards on no node)
+    second = gaudi_nb.train(target="bare", nodes=1, devices=8, max_steps=5, script=str(slow))
+    from gaudi_nb.api import stop
+
+    assert stop(second.run_id).outcome == "ended"
+    assert stop(run.run_id).outcome == "requested"  # through an exec in the pod, whose Python has the installed build
+    run.wait(timeout=60)
+    assert run.record()["status"] == "stopped"
+    assert cluster.objects.get("configmaps", "default", client) is not None  # kept for the build's next run

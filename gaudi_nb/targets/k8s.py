@@ -30,6 +30,7 @@ from .k8s_follow import ended_verdict, index_of, mirror, mirroring, pod_selector
 from .k8s_submit import (
     AGENT_CONTAINER,
     LOG_CONTAINER,
+    RUN_LABEL,
     agent_nodes,
     choose_kind,
     describe,
@@ -127,7 +128,7 @@ class K8sTarget(Target):
             folder.run.write_text(json.dumps(self.local_run(parts, runs, kind)))
             objects = manifests_for(spec, run_id, kind=kind, runs=runs, cluster=self.facts, target=self.name)
             for obj in objects:
-                self.cluster.create(obj)
+                self.create(obj)
             (folder.path / "nodes").mkdir(exist_ok=True)
             (folder.path / "nodes" / "submitted.txt").write_text(describe(objects) + "\n")
             self.follow(run_id, parts)
@@ -135,6 +136,16 @@ class K8sTarget(Target):
             self.fail_launch(run_id, f"the run could not start: {type(exc).__name__}: {exc}")
             raise
         return folder.path
+
+    def create(self, obj: Dict[str, Any]) -> None:
+        """Create one object; the client's wheel ConfigMap is shared by the runs of one build, so one already there is it."""
+        from ..nodes.kube import ApiError
+
+        try:
+            self.cluster.create(obj)
+        except ApiError as exc:
+            if exc.status != 409 or RUN_LABEL in (obj["metadata"].get("labels") or {}):
+                raise
 
     def local_run(self, parts: List[Part], runs: List[Dict[str, Any]], kind: str = "job") -> Dict[str, Any]:
         public = {k: v for k, v in (runs[0].get("cluster") or {}).items() if k not in ("token", "node_rank")}

@@ -27,12 +27,19 @@ def job_name(run_id: str) -> str:
     return object_name(run_id)
 
 
-def facts_of(cluster: Dict[str, Any]) -> ClusterFacts:
-    """The builder's view of an attached cluster (nodes/cluster.py's record facts)."""
+def facts_of(cluster: Dict[str, Any], *, wheel: bool = False) -> ClusterFacts:
+    """The builder's view of an attached cluster (nodes/cluster.py's record facts). Attached without --image, the pods
+    run Intel's image and install this client's build at start (`wheel`: build it here, as SSH attach sends it)."""
     image = cluster.get("image") or None
+    client_wheel = None
+    if image is None and wheel:
+        from ..nodes.bootstrap import build_wheel
+
+        client_wheel = str(build_wheel())
     return ClusterFacts(kinds=tuple(k for k in cluster.get("job_kinds") or () if k != "job"), image=image, namespace=cluster.get("namespace") or "default",
                         storage_class=cluster.get("storage_class"), claim=cluster.get("claim"), gaudi_nodes=bool(cluster.get("gaudi_nodes")),
-                        run_as_user=0 if image is None or "vault.habana.ai" in image else ClusterFacts.run_as_user)  # Intel's image runs as root
+                        run_as_user=0 if image is None or "vault.habana.ai" in image else ClusterFacts.run_as_user,  # Intel's image runs as root
+                        client_wheel=client_wheel)
 
 
 def manifests_for(spec: RunSpec, run_id: str, *, kind: str, runs: List[Dict[str, Any]], cluster: Dict[str, Any], target: str) -> List[Dict[str, Any]]:
@@ -40,7 +47,7 @@ def manifests_for(spec: RunSpec, run_id: str, *, kind: str, runs: List[Dict[str,
 
     `target`: the attached cluster's name, put back into the pods' spec.json (the builder writes `local` there):
     the run's record takes its target from the agent's run_start, and every later call finds the run through it."""
-    objects = render(spec, run_id, kind=kind, cluster=facts_of(cluster), runs=runs)
+    objects = render(spec, run_id, kind=kind, cluster=facts_of(cluster, wheel=True), runs=runs)
     for obj in objects:
         if obj["kind"] == "ConfigMap" and "spec.json" in (obj.get("data") or {}):
             pod_spec = json.loads(obj["data"]["spec.json"])

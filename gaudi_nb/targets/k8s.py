@@ -1,6 +1,7 @@
 """A Kubernetes cluster attached by name (`gaudi-nb nodes attach k8s://CONTEXT/NS --name NAME`): a run is one job there.
 
-`launch()` submits the objects `k8s_submit.manifests_for()` builds (one pod per node, every node's
+`launch()` submits the kind the cluster has (TrainJob, PyTorchJob, MPIJob, else an indexed Job; kept in
+the run's run.json) with the objects `k8s_submit.manifests_for()` builds (an agent pod per node, every node's
 run folder on one shared volume); the pods start the agents, so there is no start command per node.
 Each pod's events come here through its log (k8s_follow.py) and are merged into the run's one
 stream as for several SSH nodes (nodes/link.py's MergedStream), ending with one run_end here.
@@ -9,8 +10,8 @@ Kubernetes's word is read at every sync (`gather`, at most every POLL_S): a pod 
 place keeps the run `pending` with the scheduler's reason (a `queued` event; no agent runs, so
 nothing is billed); a pod evicted, OOM-killed, deleted or failed behind the run's back ends the run
 (lost or failed) with Kubernetes's reason. A node command (stop, check-lost) is an exec in that
-node's pod. Once the run has ended, the pods' training logs are copied here and the job, its
-Service, ConfigMap and Secret are deleted; the claim with the run folders (checkpoints) is kept.
+node's pod. Once the run has ended, the pods' training logs are copied here and the workload (its
+pods go with it), ConfigMap and Secret are deleted; the claim with the run folders (checkpoints) is kept.
 """
 from __future__ import annotations
 

@@ -1,7 +1,9 @@
 """Following a run's pods on a Kubernetes cluster: their events through the pod log, and what the cluster says of them.
 
-Each node's events come through its pod's log (container `agent`, whose stdout is the node's
-events.jsonl: targets/k8s_submit.py), mirrored into runs/<id>/nodes/<pod>/events.jsonl here. The
+Each node's pod is found by the run label and the node index its kind's controller gives it
+(`pod_selector`: the Job's completion index, the Training Operator's replica type and index, an
+MPIJob's one launcher). Its events come through the pod's log (the kind's agent container, whose
+stdout is the node's events.jsonl: targets/k8s_submit.py), mirrored into runs/<id>/nodes/<pod>/events.jsonl here. The
 log stream, not an exec of `tail` in the pod, because the log is still there once the container
 has ended (until the pod is deleted), so the node's last bytes, its run_end, are never lost to a
 race with the container's exit; and reading pods/log is a narrower right than creating pods/exec.

@@ -18,6 +18,7 @@ from k8s_standin import Cluster
 from scriptrun import LOOP
 
 import gaudi_nb
+from gaudi_nb.errors import SpecError
 from gaudi_nb.k8s import RUN_LABEL
 from gaudi_nb.targets.k8s_submit import job_name
 
@@ -120,6 +121,16 @@ def test_a_cluster_with_only_the_mpi_operator_gets_an_mpijob_followed_through_it
 
     assert stop(run.run_id).outcome == "ended"  # no launcher pod here: it ends at once
     assert cluster.objects.get("mpijobs", "default", name) is None
+    # without --image the pods would install gaudi_nb at start, which an MPIJob's ssh-started ranks cannot use: refused first
+    cluster.operators = ["mpijob"]
+    try:
+        gaudi_nb.attach("k8s://standin/default", name="mpi-bare", kubeconfig=str(cluster.kubeconfig), storage_class="shared")
+    finally:
+        cluster.operators = ["trainjob", "pytorchjob", "mpijob"]
+    before = len(cluster.received)
+    with pytest.raises(SpecError, match="has only the MPI Operator and no --image"):
+        gaudi_nb.train(target="mpi-bare", nodes=2, devices=1, max_steps=5, script=str(loop))
+    assert len(cluster.received) == before  # nothing submitted
 
 
 def test_a_pytorchjob_the_scheduler_cannot_place_is_pending_with_its_reason(k8s, attached):
@@ -135,14 +146,24 @@ def test_a_pytorchjob_the_scheduler_cannot_place_is_pending_with_its_reason(k8s,
     assert run.record()["status"] == "stopped" and cluster.objects.get("pytorchjobs", "default", name) is None
 
 
-@pytest.mark.slow
-def test_two_node_runs_as_a_pytorchjob_and_a_trainjob_train_to_their_end_with_events_from_both_pods(k8s, attached):
+@pytest.fixture(scope="module")
+def started(k8s, attached):
+    """The slow tests' runs, started together (their pods share two cores): a two-node PyTorchJob and TrainJob to their
+    end, a PyTorchJob whose worker will be evicted, and a run on the cluster attached without --image."""
     cluster, root, loop = k8s
     slow = root / "slow.py"
     slow.write_text(LOOP.format(step_s=0.2))
-    evicted = gaudi_nb.train(target="pt", nodes=2, devices=1, max_steps=5000, script=str(slow))
-    runs = {kind: gaudi_nb.train(target=target, nodes=2, devices=1, max_steps=5, script=str(loop)) for kind, target in (("PyTorchJob", "pt"), ("TrainJob", "both"))}
-    for kind, run in runs.items():
+    gaudi_nb.attach("k8s://standin/default", name="bare", kubeconfig=str(cluster.kubeconfig), storage_class="shared")
+    return {"evicted": gaudi_nb.train(target="pt", nodes=2, devices=1, max_steps=5000, script=str(slow)),
+            "bare": gaudi_nb.train(target="bare", nodes=1, devices=1, max_steps=5000, script=str(slow)),
+            **{kind: gaudi_nb.train(target=target, nodes=2, devices=1, max_steps=5, script=str(loop)) for kind, target in (("PyTorchJob", "pt"), ("TrainJob", "both"))}}
+
+
+@pytest.mark.slow
+def test_two_node_runs_as_a_pytorchjob_and_a_trainjob_train_to_their_end_with_events_from_both_pods(k8s, started):
+    cluster, root, loop = k8s
+    evicted = started["evicted"]
+    for kind, run in ((k, started[k]) for k in ("PyTorchJob", "TrainJob")):
         run.wait(timeout=120)
         record = run.record()
         assert record["status"] == "succeeded", (kind, record["exit"])
@@ -172,14 +193,11 @@ def test_two_node_runs_as_a_pytorchjob_and_a_trainjob_train_to_their_end_with_ev
 
 
 @pytest.mark.slow
-def test_a_cluster_attached_without_an_image_installs_this_clients_build_in_its_pods(k8s):
+def test_a_cluster_attached_without_an_image_installs_this_clients_build_in_its_pods(k8s, started):
     """No --image: the pods run Intel's image and pip-install this client's wheel (its own ConfigMap, made once per
     build) onto the run volume at start; every container's Python imports gaudi_nb from there."""
-    cluster, root, _ = k8s
-    gaudi_nb.attach("k8s://standin/default", name="bare", kubeconfig=str(cluster.kubeconfig), storage_class="shared")
-    slow = root / "slow-bare.py"
-    slow.write_text(LOOP.format(step_s=0.2))
-    run = gaudi_nb.train(target="bare", nodes=1, devices=1, max_steps=5000, script=str(slow))
+    cluster, root, loop = k8s
+    run = started["bare"]
     wait_for(lambda: run.record()["steps_completed"] >= 1 or run.done, timeout=120, what="a step")
     (pod,) = cluster.pods(labels=f"{RUN_LABEL}={run.run_id}")
     agent = pod["spec"]["containers"][0]
@@ -197,7 +215,7 @@ def test_a_cluster_attached_without_an_image_installs_this_clients_build_in_its_
         where = subprocess.run(argv, env=env, cwd=cwd, capture_output=True, text=True, timeout=60).stdout.strip()
         assert where == str(root / "cluster" / "volumes" / "default" / f"{job_name(run.run_id)}-runs" / "env" / client.rsplit("-", 1)[1] / "gaudi_nb" / "__init__.py"), where
     # a second run of the same build finds the wheel's ConfigMap there already (never placed: 8 cards on no node)
-    second = gaudi_nb.train(target="bare", nodes=1, devices=8, max_steps=5, script=str(slow))
+    second = gaudi_nb.train(target="bare", nodes=1, devices=8, max_steps=5, script=str(loop))
     from gaudi_nb.api import stop
 
     assert stop(second.run_id).outcome == "ended"

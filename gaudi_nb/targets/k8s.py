@@ -99,6 +99,9 @@ class K8sTarget(Target):
     def check(self, spec: RunSpec) -> None:
         if looks_like_path(spec.model):
             raise SpecError(f"model: {spec.model} is a folder on this machine: put it on the cluster's volume and give its path there, or a hub id")
+        if not self.facts.get("image") and choose_kind(facts_of(self.facts), spec.nodes) == "mpijob":
+            raise SpecError(f"cluster {self.name} has only the MPI Operator and no --image: an MPIJob's workers start their ranks over ssh, which does not carry "
+                            f"a gaudi_nb installed at pod start; attach again with --image IMAGE (one with gaudi_nb: infra/docker builds one), or train on one node")
 
     # -- launch ------------------------------------------------------------------------------
     def node_runs(self, parts: List[Part], run_id: str, created: float, kind: str = "job") -> List[Dict[str, Any]]:

@@ -3,7 +3,8 @@ then MPIJob, else an indexed Job) and is followed through that kind's pods.
 
 One stand-in (tests/k8s_standin, its operators.py turning a PyTorchJob or a TrainJob into the pods the real
 operators make) with Trainer v2, the Training Operator and the MPI Operator in discovery; attach records them, and
-a run's submitted object is a TrainJob (fast: stopped before it trains). Attached while only the Training Operator
+a run's submitted object is a TrainJob whose pods carry Trainer v2's labels and environment (fast: stopped while
+the scheduler cannot place them). Attached while only the Training Operator
 is in discovery, a run is a PyTorchJob; while only the MPI Operator is, an MPIJob (stored, not run: no ssh between
 the stand-in's pods). Slow: a two-node PyTorchJob and a two-node TrainJob train to their end with events from both
 pods, and a PyTorchJob whose worker is evicted ends lost."""
@@ -68,7 +69,8 @@ def test_attach_records_the_installed_kinds_and_a_run_submits_a_trainjob(k8s, at
     assert attached["pt"]["job_kinds"] == ["pytorchjob", "job"] and attached["pt"]["kind"] == "pytorchjob"
     reviewed = [body["spec"]["resourceAttributes"] for kind, body in cluster.received if kind == "selfsubjectaccessreviews"]
     assert {"verb": "create", "group": "trainer.kubeflow.org", "resource": "trainjobs", "namespace": "default", "subresource": ""} in reviewed
-    run = gaudi_nb.train(target="both", nodes=2, devices=1, max_steps=5000, script=str(loop))
+    # 8 cards a node, on nodes of 4: the pods wait for the scheduler, so nothing trains in the fast lane
+    run = gaudi_nb.train(target="both", nodes=2, devices=8, max_steps=5, script=str(loop))
     name = job_name(run.run_id)
     submitted = {body["kind"]: body for _, body in cluster.received if body.get("metadata", {}).get("name", "").startswith(name)}
     assert submitted["TrainJob"]["spec"]["trainer"]["numNodes"] == 2 and submitted["TrainJob"]["spec"]["runtimeRef"]["name"] == name
@@ -81,9 +83,7 @@ def test_attach_records_the_installed_kinds_and_a_run_submits_a_trainjob(k8s, at
     assert {"PET_NNODES", "PET_NPROC_PER_NODE", "PET_NODE_RANK", "PET_MASTER_ADDR", "PET_MASTER_PORT"} <= env
     from gaudi_nb.api import stop
 
-    stop(run.run_id)
-    run.wait(timeout=60)
-    assert run.record()["status"] == "stopped"
+    assert stop(run.run_id).outcome == "ended" and run.record()["status"] == "stopped"
     # the stop deleted the TrainJob (and its runtime), and the pods went with it (their owner)
     wait_for(lambda: cluster.objects.get("trainjobs", "default", name) is None and not cluster.pods(labels=f"{RUN_LABEL}={run.run_id}"), timeout=30, what="the TrainJob and its pods deleted")
     assert cluster.objects.get("trainingruntimes", "default", name) is None

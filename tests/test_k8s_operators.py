@@ -223,3 +223,6 @@ def test_a_cluster_attached_without_an_image_installs_this_clients_build_in_its_
     run.wait(timeout=60)
     assert run.record()["status"] == "stopped"
     assert cluster.objects.get("configmaps", "default", client) is not None  # kept for the build's next run
+    # nothing the install says reaches the agent container's stdout, the node's event stream
+    problem = first_broken_event(next((root / "home" / "runs" / run.run_id / "nodes").rglob("events.jsonl")))
+    assert problem is None, problem

@@ -61,13 +61,15 @@ def client_path(build: str) -> str:
 
 def install_lines(r: RunPods) -> List[str]:
     """Install the client's wheel on the run volume unless a pod did it already (pip --no-deps: the image brings the
-    dependencies, torch among them); into a folder of this pod's, moved into place whole, so pods that start together
-    never see half an install. Every container runs it: the log sidecar and an exec need gaudi_nb too."""
+    dependencies, torch among them); into a fresh folder, moved into place whole, so containers and pods that start
+    together never see half an install. Every container runs it: the log sidecar and an exec need gaudi_nb too."""
     if not r.client:
         return []
     into = client_path(r.build)
-    return [f'if [ ! -d {into} ]; then mkdir -p {HOME_DIR}/env && python3 -m pip install --quiet --disable-pip-version-check --no-input --no-deps --no-compile '
-            f'--target "{into}.$HOSTNAME" {CLIENT_DIR}/*.whl && mv -T "{into}.$HOSTNAME" {into} 2>/dev/null || rm -rf "{into}.$HOSTNAME"; fi']
+    # pip's words go to a file beside the install: the agent container's stdout is the node's event stream
+    return [f'if [ ! -d {into} ]; then mkdir -p {HOME_DIR}/env && fresh="$(mktemp -d {into}.XXXXXX)" && '
+            f'python3 -m pip install --quiet --disable-pip-version-check --no-input --no-deps --no-compile --target "$fresh" {CLIENT_DIR}/*.whl >> {into}.log 2>&1 '
+            f'&& mv -T "$fresh" {into} 2>/dev/null || rm -rf "$fresh"; fi']
 
 
 def _folder_line(r: RunPods, node: str) -> List[str]:

@@ -38,7 +38,8 @@ class ClusterFacts:
     claim already there that runs share; across nodes one of the two is needed (every pod reads the run folder).
     gaudi_nodes: whether the nodes advertise habana.ai/gaudi (False: a CPU cluster, pods ask for no cards).
     run_as_user: the image's non-root user (runAsNonRoot); 0 for an image that needs root, as Intel's does.
-    setup: a shell line each pod runs before the agent (e.g. installing the client's gaudi_nb build); None: the image has it.
+    client_wheel: a wheel of the client's gaudi_nb build (a file here) that each pod installs at start, where the
+    image has no gaudi_nb (no `image`: Intel's image); None: the image has it.
     """
 
     kinds: Tuple[str, ...] = ()
@@ -52,7 +53,7 @@ class ClusterFacts:
     volume_size: str = "100Gi"
     run_as_user: int = IMAGE_USER
     metrics_port: int = 9400
-    setup: Optional[str] = None
+    client_wheel: Optional[str] = None
 
 
 def choose_kind(facts: Optional[ClusterFacts] = None, nodes: int = 2) -> str:

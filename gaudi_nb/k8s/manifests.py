@@ -7,6 +7,7 @@ builders would refuse at run time, a launcher the kind cannot start, several nod
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import os
 import re
@@ -17,7 +18,7 @@ from ..errors import SpecError
 from ..launch import choose_modules
 from ..launch.habana import check_nodes
 from ..spec import RunSpec, looks_like_path
-from .facts import ClusterFacts, check_kind
+from .facts import INTEL_IMAGE, ClusterFacts, check_kind
 from .kinds import BUILDERS
 from .names import RUN_LABEL, check_run_id, object_name
 from .pod import Doc, RunPods
@@ -131,6 +132,23 @@ def _read(path: str, option: str) -> str:
         raise SpecError(f"{option} {path}: not a text file; give the Python script") from None
 
 
+def client_files(facts: ClusterFacts, kind: str) -> Optional[Doc]:
+    """The ConfigMap with the client's wheel that pods install at start (where the image has no gaudi_nb), named by the
+    build so runs of one build share it (made once, kept after the run); None where the image has gaudi_nb."""
+    if not facts.client_wheel:
+        return None
+    if kind == "mpijob":
+        raise SpecError("kind mpijob: its workers' ranks start over ssh, which does not carry a gaudi_nb installed at pod start: give --image with gaudi_nb (infra/docker builds one), or use --kind pytorchjob|trainjob|job")
+    wheel = Path(facts.client_wheel)
+    data = wheel.read_bytes()
+    if len(data) > 1024 * 1024:
+        raise SpecError(f"this client's build ({wheel.name}) is {len(data) // 1024} KiB, more than a ConfigMap holds (1 MiB): give --image with gaudi_nb (infra/docker builds one)")
+    build = hashlib.sha256(data).hexdigest()[:16]
+    return {"apiVersion": "v1", "kind": "ConfigMap",
+            "metadata": {"name": f"gaudi-nb-client-{build}", "namespace": facts.namespace, "labels": {"app.kubernetes.io/name": "gaudi-nb", "app.kubernetes.io/managed-by": "gaudi-nb"}},
+            "binaryData": {wheel.name: base64.b64encode(data).decode()}}
+
+
 def _volume_claim(r: RunPods, spec: RunSpec) -> Doc:
     claim: Doc = {
         "apiVersion": "v1",
@@ -153,7 +171,8 @@ def render(spec: RunSpec, run_id: str, *, kind: str, cluster: Optional[ClusterFa
     `runs`: each node's run.json as the client writes it (node 0 first); without, each pod writes a one-node one."""
     facts = cluster or ClusterFacts()
     kind = check_kind(kind)
-    image = (facts.image or "").strip()
+    client = client_files(facts, kind)
+    image = (facts.image or "").strip() or (INTEL_IMAGE if client else "")  # Intel's image, with this client's build installed at start
     if not image:
         raise SpecError("image: give a container image with gaudi_nb installed, e.g. --image registry.example.com/gaudi-nb:0.1.0 (infra/docker builds one)")
     if not re.fullmatch(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?", facts.namespace):
@@ -169,8 +188,9 @@ def render(spec: RunSpec, run_id: str, *, kind: str, cluster: Optional[ClusterFa
     pod_spec = spec.model_copy(update={"target": "local", "launcher": launcher, **changes})
     sent = sent_values(spec, os.environ if environ is None else environ)
     r = RunPods(name=name, run_id=run_id, spec=pod_spec, facts=facts, image=image, labels=_labels(name, run_id),
-                claim=claim or f"{name}-runs", env_names=list(sent))
-    objects = [doc for doc in (_secret(r, sent), _files(r, spec, inputs, runs or [])) if doc]
+                claim=claim or f"{name}-runs", env_names=list(sent), client=client["metadata"]["name"] if client else None,
+                build=client["metadata"]["name"].rsplit("-", 1)[1] if client else "")
+    objects = [doc for doc in (client, _secret(r, sent), _files(r, spec, inputs, runs or [])) if doc]
     if claim is None:
         objects.append(_volume_claim(r, spec))
     return objects + BUILDERS[kind](r)

@@ -19,6 +19,7 @@ HOME_DIR = "/var/lib/gaudi-nb"  # GAUDI_NB_HOME on the run volume, shared by eve
 MPI_HOSTFILE = "/etc/mpi/hostfile"  # where the MPI operator mounts the hostfile on the launcher
 RENDEZVOUS_PORT = 29500  # torchrun's static rendezvous on node 0 (indexed Job)
 LOG_CONTAINER = "log"  # every agent pod's sidecar: its log is the node's train.log
+CLIENT_DIR = "/etc/gaudi-nb-client"  # the client's wheel (its own ConfigMap), where the image has no gaudi_nb
 
 Doc = Dict[str, Any]
 
@@ -35,6 +36,8 @@ class RunPods:
     labels: Dict[str, str]
     claim: str
     env_names: List[str] = field(default_factory=list)  # what the run takes from the client (--env, trackers' settings): the Secret's keys
+    client: Optional[str] = None  # the ConfigMap with the client's wheel, installed at start (None: the image has gaudi_nb)
+    build: str = ""  # the client's build id: the install's folder on the run volume
 
     @property
     def secret(self) -> str:
@@ -51,6 +54,24 @@ def part_path(run_id: str, index: int, home: str = HOME_DIR) -> str:
     return f"{home}/runs/{run_id}/nodes/{object_name(run_id)}-{index}"
 
 
+def client_path(build: str) -> str:
+    """Where pods install the client's build on the run volume (once per build; PYTHONPATH names it)."""
+    return f"{HOME_DIR}/env/{build}"
+
+
+def install_lines(r: RunPods) -> List[str]:
+    """Install the client's wheel on the run volume unless a pod did it already (pip --no-deps: the image brings the
+    dependencies, torch among them); into a fresh folder, moved into place whole, so containers and pods that start
+    together never see half an install. Every container runs it: the log sidecar and an exec need gaudi_nb too."""
+    if not r.client:
+        return []
+    into = client_path(r.build)
+    # pip's words go to a file beside the install: the agent container's stdout is the node's event stream
+    return [f'if [ ! -d {into} ]; then mkdir -p {HOME_DIR}/env && fresh="$(mktemp -d {into}.XXXXXX)" && '
+            f'python3 -m pip install --quiet --disable-pip-version-check --no-input --no-deps --no-compile --target "$fresh" {CLIENT_DIR}/*.whl >> {into}.log 2>&1 '
+            f'&& mv -T "$fresh" {into} 2>/dev/null || rm -rf "$fresh"; fi']
+
+
 def _folder_line(r: RunPods, node: str) -> List[str]:
     # `node`: the shell expression of this pod's node index, which the operator or the Job controller sets
     return [f'node="{node}"', f'run="$GAUDI_NB_HOME/runs/{r.run_id}/nodes/{r.name}-$node"']
@@ -65,7 +86,7 @@ def start_command(r: RunPods, node: str, before: Optional[List[str]] = None) -> 
         f'printf \'{{"run_id": "%s", "node": "%s", "hostname": "%s", "target": "k8s"}}\\n\' '
         f'{shlex.quote(r.run_id)} "{r.name}-$node" "$HOSTNAME" > "$run/run.json"'
     )
-    lines = ["set -eu"] + list(before or []) + ([r.facts.setup] if r.facts.setup else []) + _folder_line(r, node) + [
+    lines = ["set -eu"] + list(before or []) + install_lines(r) + _folder_line(r, node) + [
         'mkdir -p "$run/logs" "$run/control"',
         'cp "$GAUDI_NB_FILES/spec.json" "$run/spec.json"',
         # each node's run.json as the client wrote it (the agents' shared settings), else the one-node form
@@ -81,18 +102,27 @@ def start_command(r: RunPods, node: str, before: Optional[List[str]] = None) -> 
 
 def log_container(r: RunPods, node: str) -> Doc:
     """A sidecar whose log is the node's train.log (`gaudi-nb logs`), until the run has ended there."""
-    lines = _folder_line(r, node) + ['exec python3 -m gaudi_nb.agent.commands tail --path "$run/logs/train.log" --offset 0 --follow --run-dir "$run"']
+    lines = install_lines(r) + _folder_line(r, node) + ['exec python3 -m gaudi_nb.agent.commands tail --path "$run/logs/train.log" --offset 0 --follow --run-dir "$run"']
     security: Doc = {"allowPrivilegeEscalation": False}
     return {
         "name": LOG_CONTAINER,
         "image": r.image,
         "imagePullPolicy": "IfNotPresent",
         "command": ["/bin/bash", "-c", "\n".join(lines)],
-        "env": [{"name": "GAUDI_NB_HOME", "value": HOME_DIR}, {"name": "PYTHONUNBUFFERED", "value": "1"}],
+        "env": [{"name": "GAUDI_NB_HOME", "value": HOME_DIR}, {"name": "PYTHONUNBUFFERED", "value": "1"}, *_client_env(r)],
         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu": "500m", "memory": "256Mi"}},
-        "volumeMounts": [{"name": "runs", "mountPath": HOME_DIR}],
+        "volumeMounts": [{"name": "runs", "mountPath": HOME_DIR}, *_client_mount(r)],
         "securityContext": security,
     }
+
+
+def _client_env(r: RunPods) -> List[Doc]:
+    # the installed build first on Python's path, in every process of the container (an exec's too)
+    return [{"name": "PYTHONPATH", "value": client_path(r.build)}] if r.client else []
+
+
+def _client_mount(r: RunPods) -> List[Doc]:
+    return [{"name": "client", "mountPath": CLIENT_DIR, "readOnly": True}] if r.client else []
 
 
 def environment(r: RunPods, extra: Optional[Dict[str, str]] = None, *, cards: bool = True) -> List[Doc]:
@@ -109,7 +139,7 @@ def environment(r: RunPods, extra: Optional[Dict[str, str]] = None, *, cards: bo
         values["OMPI_MCA_btl_vader_single_copy_mechanism"] = "none"
         values["PT_HPU_LAZY_MODE"] = "1" if r.spec.lazy_mode else "0"
     values.update(extra or {})
-    env: List[Doc] = [{"name": key, "value": value} for key, value in values.items()]
+    env: List[Doc] = [{"name": key, "value": value} for key, value in values.items()] + _client_env(r)
     # --env and the trackers' settings: the values live in the run's Secret, never in the workload
     env += [{"name": name, "valueFrom": {"secretKeyRef": {"name": r.secret, "key": name}}} for name in r.env_names]
     return env
@@ -138,6 +168,7 @@ def container(r: RunPods, name: str, command: List[str], *, cards: bool = True, 
         {"name": "files", "mountPath": FILES_DIR, "readOnly": True},
         {"name": "runs", "mountPath": HOME_DIR},
         {"name": "dshm", "mountPath": "/dev/shm"},
+        *_client_mount(r),
     ]
     if cards and r.facts.hugepages:
         mounts.append({"name": "hugepages", "mountPath": "/hugepages"})
@@ -164,6 +195,8 @@ def volumes(r: RunPods, cards: bool = True) -> List[Doc]:
         {"name": "runs", "persistentVolumeClaim": {"claimName": r.claim}},
         {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "64Gi"}},
     ]
+    if r.client:
+        found.append({"name": "client", "configMap": {"name": r.client}})
     if uses_cards(r, cards) and r.facts.hugepages:
         found.append({"name": "hugepages", "emptyDir": {"medium": "HugePages"}})
     return found

@@ -60,7 +60,7 @@ def attach_cluster(url: str, *, name: Optional[str], kubeconfig: Optional[str] =
     say(f"asking {cluster.server} (context {cluster.context}, namespace {cluster.namespace})")
     facts = inspect(cluster)
     if not image:
-        say("no --image: runs there will ask for one with this gaudi_nb version (infra/docker builds one); attach again with --image IMAGE")
+        say("no --image: runs there use Intel's image and install this client's gaudi_nb build in each pod at start (the image must have gaudi_nb's dependencies); attach again with --image IMAGE for one with gaudi_nb (infra/docker builds one)")
     if not facts["gaudi_nodes"]:
         say("no node has allocatable habana.ai/gaudi: runs will wait as pending until one has (Intel's device plugin or Base Operator adds it)")
     server = urlparse(cluster.server)

@@ -24,7 +24,8 @@ JOB_KINDS: Tuple[Tuple[str, str, str, str], ...] = (
 )
 PATHS = {"Secret": ("", "v1", "secrets"), "ConfigMap": ("", "v1", "configmaps"), "PersistentVolumeClaim": ("", "v1", "persistentvolumeclaims"),
          "Service": ("", "v1", "services"), "Job": ("batch", "v1", "jobs"), "PyTorchJob": ("kubeflow.org", "v1", "pytorchjobs"),
-         "MPIJob": ("kubeflow.org", "v2beta1", "mpijobs"), "TrainJob": ("trainer.kubeflow.org", "v1alpha1", "trainjobs")}
+         "MPIJob": ("kubeflow.org", "v2beta1", "mpijobs"), "TrainJob": ("trainer.kubeflow.org", "v1alpha1", "trainjobs"),
+         "TrainingRuntime": ("trainer.kubeflow.org", "v1alpha1", "trainingruntimes")}
 
 
 def _kubernetes() -> Any:

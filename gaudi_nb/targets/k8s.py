@@ -1,6 +1,7 @@
 """A Kubernetes cluster attached by name (`gaudi-nb nodes attach k8s://CONTEXT/NS --name NAME`): a run is one job there.
 
-`launch()` submits the objects `k8s_submit.manifests_for()` builds (one pod per node, every node's
+`launch()` submits the kind the cluster has (TrainJob, PyTorchJob, MPIJob, else an indexed Job; kept in
+the run's run.json) with the objects `k8s_submit.manifests_for()` builds (an agent pod per node, every node's
 run folder on one shared volume); the pods start the agents, so there is no start command per node.
 Each pod's events come here through its log (k8s_follow.py) and are merged into the run's one
 stream as for several SSH nodes (nodes/link.py's MergedStream), ending with one run_end here.
@@ -9,8 +10,8 @@ Kubernetes's word is read at every sync (`gather`, at most every POLL_S): a pod 
 place keeps the run `pending` with the scheduler's reason (a `queued` event; no agent runs, so
 nothing is billed); a pod evicted, OOM-killed, deleted or failed behind the run's back ends the run
 (lost or failed) with Kubernetes's reason. A node command (stop, check-lost) is an exec in that
-node's pod. Once the run has ended, the pods' training logs are copied here and the job, its
-Service, ConfigMap and Secret are deleted; the claim with the run folders (checkpoints) is kept.
+node's pod. Once the run has ended, the pods' training logs are copied here and the workload (its
+pods go with it), ConfigMap and Secret are deleted; the claim with the run folders (checkpoints) is kept.
 """
 from __future__ import annotations
 
@@ -27,7 +28,20 @@ from ..errors import GaudiNbError, SpecError
 from ..spec import RunSpec, looks_like_path
 from .base import Files, Part, Target
 from .k8s_follow import ended_verdict, index_of, mirror, mirroring, pod_selector, scheduling_events, short_reason, waiting_reason
-from .k8s_submit import AGENT_CONTAINER, LOG_CONTAINER, SUBMITTED_KIND, describe, job_name, manifests_for, owned_objects, part_path
+from .k8s_submit import (
+    AGENT_CONTAINER,
+    LOG_CONTAINER,
+    RUN_LABEL,
+    agent_nodes,
+    choose_kind,
+    describe,
+    facts_of,
+    job_name,
+    manifests_for,
+    master_address,
+    owned_objects,
+    part_path,
+)
 
 POLL_S = 2.0  # how often a sync asks the cluster about the run's pods
 UNPLACED_S = 120.0  # a pod the job never made in this long (and no reason given) ends the run as lost
@@ -62,9 +76,17 @@ class K8sTarget(Target):
         except (OSError, ValueError):
             return 1
 
+    def kind_of(self, run_id: str) -> str:
+        """The kind the run submitted (launch records it; a run from before kinds were chosen was a Job)."""
+        try:
+            return str((json.loads(self.folder(run_id).run.read_text()).get("kubernetes") or {}).get("kind") or "job")
+        except (OSError, ValueError):
+            return "job"
+
     def place(self, run_id: str, nodes: Optional[int] = None) -> List[Part]:
+        """A part per pod that runs a node agent (an MPIJob's launcher is the one agent of every node)."""
         job = job_name(run_id)
-        return [Part(f"{job}-{i}", i, part_path(run_id, i), self.record) for i in range(nodes or self._nodes(run_id))]
+        return [Part(f"{job}-{i}", i, part_path(run_id, i), self.record) for i in range(nodes or agent_nodes(self.kind_of(run_id), self._nodes(run_id)))]
 
     def stream(self, run_id: str) -> Any:
         from ..nodes.link import MergedStream
@@ -77,10 +99,13 @@ class K8sTarget(Target):
     def check(self, spec: RunSpec) -> None:
         if looks_like_path(spec.model):
             raise SpecError(f"model: {spec.model} is a folder on this machine: put it on the cluster's volume and give its path there, or a hub id")
+        if not self.facts.get("image") and choose_kind(facts_of(self.facts), spec.nodes) == "mpijob":
+            raise SpecError(f"cluster {self.name} has only the MPI Operator and no --image: an MPIJob's workers start their ranks over ssh, which does not carry "
+                            f"a gaudi_nb installed at pod start; attach again with --image IMAGE (one with gaudi_nb: infra/docker builds one), or train on one node")
 
     # -- launch ------------------------------------------------------------------------------
-    def node_runs(self, parts: List[Part], run_id: str, created: float) -> List[Dict[str, Any]]:
-        """Each pod's run.json; across nodes with the `cluster` block: node 0's name in the job's headless Service."""
+    def node_runs(self, parts: List[Part], run_id: str, created: float, kind: str = "job") -> List[Dict[str, Any]]:
+        """Each pod's run.json; across nodes with the `cluster` block: node 0's name as the kind's Service names it."""
         runs = [{"run_id": run_id, "node": part.name, "hostname": part.name, "target": self.name, "created_at": created, "client": socket.gethostname()} for part in parts]
         if len(parts) == 1:
             return runs
@@ -89,7 +114,7 @@ class K8sTarget(Target):
         job = job_name(run_id)
         # any port is free in a pod's own network; two free here serve a stand-in whose pods share this machine's
         ports = free_ports(2)
-        cluster = {"nodes": [p.name for p in parts], "master_addr": os.environ.get("GAUDI_NB_MASTER_ADDR") or f"{job}-0.{job}",
+        cluster = {"nodes": [p.name for p in parts], "master_addr": os.environ.get("GAUDI_NB_MASTER_ADDR") or master_address(run_id, kind),
                    "master_port": ports[0], "control_port": ports[1], "token": secrets.token_hex(16), "hosts": [f"{p.name}.{job}" for p in parts]}
         return [{**run, "cluster": {**cluster, "node_rank": part.rank}} for part, run in zip(parts, runs, strict=True)]
 
@@ -100,13 +125,14 @@ class K8sTarget(Target):
             folder.create()
             if spec.price_per_hour is None and self.record.get("price_per_hour") is not None:
                 spec = spec.model_copy(update={"price_per_hour": float(self.record["price_per_hour"])})  # per node, as the cluster was attached
-            parts = self.place(run_id, spec.nodes)
-            runs = self.node_runs(parts, run_id, time.time())
+            kind = choose_kind(facts_of(self.facts), spec.nodes)  # what the cluster has: TrainJob, PyTorchJob, MPIJob, else a Job
+            parts = self.place(run_id, agent_nodes(kind, spec.nodes))
+            runs = self.node_runs(parts, run_id, time.time(), kind)
             folder.spec.write_text(spec.model_dump_json(indent=2))
-            folder.run.write_text(json.dumps(self.local_run(parts, runs)))
-            objects = manifests_for(spec, run_id, kind=SUBMITTED_KIND, runs=runs, cluster=self.facts, target=self.name)
+            folder.run.write_text(json.dumps(self.local_run(parts, runs, kind)))
+            objects = manifests_for(spec, run_id, kind=kind, runs=runs, cluster=self.facts, target=self.name)
             for obj in objects:
-                self.cluster.create(obj)
+                self.create(obj)
             (folder.path / "nodes").mkdir(exist_ok=True)
             (folder.path / "nodes" / "submitted.txt").write_text(describe(objects) + "\n")
             self.follow(run_id, parts)
@@ -115,11 +141,21 @@ class K8sTarget(Target):
             raise
         return folder.path
 
-    def local_run(self, parts: List[Part], runs: List[Dict[str, Any]]) -> Dict[str, Any]:
+    def create(self, obj: Dict[str, Any]) -> None:
+        """Create one object; the client's wheel ConfigMap is shared by the runs of one build, so one already there is it."""
+        from ..nodes.kube import ApiError
+
+        try:
+            self.cluster.create(obj)
+        except ApiError as exc:
+            if exc.status != 409 or RUN_LABEL in (obj["metadata"].get("labels") or {}):
+                raise
+
+    def local_run(self, parts: List[Part], runs: List[Dict[str, Any]], kind: str = "job") -> Dict[str, Any]:
         public = {k: v for k, v in (runs[0].get("cluster") or {}).items() if k not in ("token", "node_rank")}
         return {"run_id": runs[0]["run_id"], "node": self.name, "target": self.name, "created_at": runs[0]["created_at"], "client": socket.gethostname(),
                 "cluster": public, "remote_dirs": {part.name: part.path for part in parts},
-                "kubernetes": {"context": self.facts.get("context"), "namespace": self.facts.get("namespace"), "job": job_name(runs[0]["run_id"])}}
+                "kubernetes": {"context": self.facts.get("context"), "namespace": self.facts.get("namespace"), "job": job_name(runs[0]["run_id"]), "kind": kind}}
 
     def fail_launch(self, run_id: str, reason: str) -> None:
         from ..agent import liveness
@@ -130,9 +166,9 @@ class K8sTarget(Target):
 
     # -- following -----------------------------------------------------------------------------
     def follow(self, run_id: str, parts: List[Part]) -> None:
-        job = job_name(run_id)
+        kind = self.kind_of(run_id)
         for part in parts:
-            mirror(self.cluster, job, part.rank, self.mirror_of(run_id, part), lambda: bool(self.stream(run_id).state()["final"]))
+            mirror(self.cluster, pod_selector(run_id, kind, part.rank), AGENT_CONTAINER[kind], self.mirror_of(run_id, part), lambda: bool(self.stream(run_id).state()["final"]))
 
     def gather(self, run_id: str) -> None:
         state = self.stream(run_id).merge()
@@ -157,13 +193,13 @@ class K8sTarget(Target):
 
     def _read_cluster(self, run_id: str, state: Dict[str, Any]) -> None:
         """Kubernetes's word on the run's pods: still waiting for the scheduler (why), or ended behind the run's back."""
-        parts = self.place(run_id)
-        pods = {index_of(p): p for p in self.cluster.pods(pod_selector(job_name(run_id)))}
+        parts, kind = self.place(run_id), self.kind_of(run_id)
+        pods = {index_of(p, kind): p for p in self.cluster.pods(pod_selector(run_id, kind))}
         seen_path = self.run_dir(run_id) / "nodes" / "pods.json"
-        seen = set(json.loads(seen_path.read_text())) if seen_path.exists() else set()
-        if not seen.issuperset(p["metadata"]["name"] for p in pods.values()):
-            seen |= {p["metadata"]["name"] for p in pods.values()}
-            seen_path.write_text(json.dumps(sorted(seen)))
+        seen = json.loads(seen_path.read_text()) if seen_path.exists() else {}  # node index -> a pod of it was seen
+        if not isinstance(seen, dict) or any(str(i) not in seen for i in pods):
+            seen = {**(seen if isinstance(seen, dict) else {}), **{str(i): p["metadata"]["name"] for i, p in pods.items()}}
+            seen_path.write_text(json.dumps(seen))
         created = float(json.loads(self.folder(run_id).run.read_text()).get("created_at") or time.time())
         waiting = []
         for part in parts:
@@ -171,14 +207,14 @@ class K8sTarget(Target):
                 continue
             pod = pods.get(part.rank)
             if pod is None:
-                if any(name.startswith(part.name + "-") for name in seen):
+                if str(part.rank) in seen:
                     self.end(run_id, "lost", f"pod of {part.name} was deleted behind the run's back (not by gaudi-nb)")
                     return
                 if time.time() - created > UNPLACED_S:
                     self.end(run_id, "lost", f"the job made no pod for {part.name} in {UNPLACED_S:.0f} s")
                     return
                 continue
-            verdict = ended_verdict(pod)
+            verdict = ended_verdict(pod, kind)
             if verdict is not None and (verdict[2] or not mirroring(self.mirror_of(run_id, part))):
                 self.end(run_id, verdict[0], verdict[1])
                 return
@@ -234,7 +270,7 @@ class K8sTarget(Target):
         self._delete_objects(run_id)
 
     def _delete_objects(self, run_id: str) -> None:
-        for kind, name in owned_objects(run_id):
+        for kind, name in owned_objects(run_id, self.kind_of(run_id)):
             try:
                 self.cluster.delete(kind, name)
             except (GaudiNbError, OSError):
@@ -247,11 +283,12 @@ class K8sTarget(Target):
 
         if files:
             raise SpecError(f"{argv[0] if argv else 'this'}: not for a run on a cluster in this version")
-        job = part.name.rsplit("-", 1)[0]
-        running = [p for p in self.cluster.pods(pod_selector(job, part.rank)) if (p.get("status") or {}).get("phase") == "Running"]
+        run_id = Path(part.path).parent.parent.name  # part_path: .../runs/<run id>/nodes/<part>
+        kind = self.kind_of(run_id)
+        running = [p for p in self.cluster.pods(pod_selector(run_id, kind, part.rank)) if (p.get("status") or {}).get("phase") == "Running"]
         if not running:
             raise UnreachableError(f"pod {part.name} is not running")
-        status, out, err = self.cluster.exec(running[0]["metadata"]["name"], AGENT_CONTAINER[SUBMITTED_KIND], ["python3", "-m", "gaudi_nb.agent.commands", *argv], timeout=timeout)
+        status, out, err = self.cluster.exec(running[0]["metadata"]["name"], AGENT_CONTAINER[kind], ["python3", "-m", "gaudi_nb.agent.commands", *argv], timeout=timeout)
         last = (err.strip().splitlines() or [f"exit status {status}"])[-1]
         if status == REFUSED:
             raise SpecError(last)
@@ -291,7 +328,7 @@ class K8sTarget(Target):
     def fetch_log(self, run_id: str, part: Part, path: Path) -> None:
         """The pod's training log (container `log`) here; kept as it was once the pod is gone."""
         try:
-            pods = self.cluster.pods(pod_selector(job_name(run_id), part.rank))
+            pods = self.cluster.pods(pod_selector(run_id, self.kind_of(run_id), part.rank))
             if not pods:
                 return
             data = b"".join(self.cluster.log(pods[0]["metadata"]["name"], LOG_CONTAINER, follow=False))

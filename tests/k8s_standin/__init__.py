@@ -3,7 +3,8 @@
 `Cluster(root, nodes={"gaudi-a": 8, "gaudi-b": 8}, operators=())` answers on `cluster.url`, with a
 kubeconfig at `cluster.kubeconfig` (context `standin`, a bearer token). Its nodes have allocatable
 `habana.ai/gaudi`; `operators` names the job kinds "installed" (pytorchjob, mpijob, trainjob: their
-API groups appear in discovery; only batch/v1 Jobs are run). What a test does behind the client's back:
+API groups appear in discovery only then); batch/v1 Jobs, PyTorchJobs and TrainJobs are run (operators.py),
+an MPIJob is only stored (its launcher would need ssh between pods). What a test does behind the client's back:
 `evict(pod)`, `oom(pod)`, `delete("pods", ns, pod)`, and `drop_logs` (log streams break off).
 `received` holds every body POSTed, `requests` every request line, `execs` every exec's command.
 """
@@ -84,9 +85,10 @@ class Cluster:
         if resource == "pods":
             return self.kubelet.delete_pod(ns, name)
         gone = self.objects.delete(resource, ns, name)
-        if gone is not None and resource == "jobs":
-            for pod in self.pods(ns, f"job-name={name}"):
-                self.kubelet.delete_pod(ns, pod["metadata"]["name"])
+        if gone is not None:  # the garbage collector: pods owned by what went (a Job's, an operator's) go with it
+            for pod in self.pods(ns):
+                if any(ref.get("uid") == gone["metadata"]["uid"] for ref in pod["metadata"].get("ownerReferences") or []):
+                    self.kubelet.delete_pod(ns, pod["metadata"]["name"])
         return gone
 
     def close(self) -> None:

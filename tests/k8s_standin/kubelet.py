@@ -178,7 +178,7 @@ class Kubelet:
                 continue
             ref = item.get("valueFrom", {})
             if "fieldRef" in ref:
-                env[item["name"]] = str({"metadata.name": pod["metadata"]["name"], "metadata.namespace": ns, "status.podIP": "127.0.0.1"}.get(ref["fieldRef"]["fieldPath"], ""))
+                env[item["name"]] = _field_ref(pod, ref["fieldRef"]["fieldPath"])
             elif "secretKeyRef" in ref or "configMapKeyRef" in ref:
                 key = ref.get("secretKeyRef") or ref.get("configMapKeyRef")
                 obj = self.objects.get("secrets" if "secretKeyRef" in ref else "configmaps", ns, key["name"]) or {}
@@ -262,6 +262,14 @@ def _job_status(job: Obj, counts: Dict[str, int], condition: Optional[Dict[str, 
     job["status"].update(counts)
     if condition:
         job["status"].setdefault("conditions", []).append({**condition, "lastTransitionTime": now_iso()})
+
+
+def _field_ref(pod: Obj, path: str) -> str:
+    """The downward API: metadata.name, metadata.namespace, status.podIP, metadata.labels['k'], metadata.annotations['k']."""
+    found = re.fullmatch(r"metadata\.(labels|annotations)\['([^']+)'\]", path)
+    if found:
+        return str((pod["metadata"].get(found[1]) or {}).get(found[2], ""))
+    return str({"metadata.name": pod["metadata"]["name"], "metadata.namespace": pod["metadata"]["namespace"], "status.podIP": "127.0.0.1"}.get(path, ""))
 
 
 def _data(obj: Obj) -> Dict[str, bytes]:

@@ -21,14 +21,17 @@ from typing import Any, Dict, List, Optional, Tuple
 from urllib.parse import parse_qs, urlparse
 
 from .objects import Obj
+from .operators import OPERATORS
 
 CORE = ["namespaces", "nodes", "pods", "services", "configmaps", "secrets", "persistentvolumeclaims", "events"]
 CLUSTER_SCOPED = {"namespaces", "nodes"}
 KINDS = {"namespaces": "Namespace", "nodes": "Node", "pods": "Pod", "services": "Service", "configmaps": "ConfigMap", "secrets": "Secret",
          "persistentvolumeclaims": "PersistentVolumeClaim", "events": "Event", "jobs": "Job", "pytorchjobs": "PyTorchJob", "mpijobs": "MPIJob",
-         "trainjobs": "TrainJob", "selfsubjectaccessreviews": "SelfSubjectAccessReview"}
+         "trainjobs": "TrainJob", "trainingruntimes": "TrainingRuntime", "selfsubjectaccessreviews": "SelfSubjectAccessReview"}
 BUILT_IN_GROUPS = {"batch": {"v1": ["jobs"]}, "authorization.k8s.io": {"v1": ["selfsubjectaccessreviews"]}}
-OPERATOR_GROUPS = {"pytorchjob": ("kubeflow.org", "v1", "pytorchjobs"), "mpijob": ("kubeflow.org", "v2beta1", "mpijobs"), "trainjob": ("trainer.kubeflow.org", "v1alpha1", "trainjobs")}
+# what installing each operator adds to discovery (its CRDs)
+OPERATOR_GROUPS = {"pytorchjob": ("kubeflow.org", "v1", ["pytorchjobs"]), "mpijob": ("kubeflow.org", "v2beta1", ["mpijobs"]),
+                   "trainjob": ("trainer.kubeflow.org", "v1alpha1", ["trainjobs", "trainingruntimes"])}
 
 
 def status(code: int, reason: str, message: str) -> Obj:
@@ -137,6 +140,8 @@ class Handler(BaseHTTPRequestHandler):
             return
         if resource == "jobs":
             self.cluster.kubelet.job_created(created)
+        elif resource in OPERATORS:  # the operator's controller makes the pods (mpijobs: no operator here)
+            OPERATORS[resource](self.cluster.objects, created)
         self._send(201, created)
 
     def do_DELETE(self) -> None:
@@ -158,8 +163,8 @@ class Handler(BaseHTTPRequestHandler):
     def _groups(self) -> Dict[str, Dict[str, List[str]]]:
         groups = {group: dict(versions) for group, versions in BUILT_IN_GROUPS.items()}
         for kind in self.cluster.operators:
-            group, version, resource = OPERATOR_GROUPS[kind]
-            groups.setdefault(group, {}).setdefault(version, []).append(resource)
+            group, version, resources = OPERATOR_GROUPS[kind]
+            groups.setdefault(group, {}).setdefault(version, []).extend(resources)
         return groups
 
     def _discovery(self, parts: List[str]) -> Optional[Obj]:

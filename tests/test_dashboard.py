@@ -515,3 +515,13 @@ def test_the_fleet_shows_a_clusters_gaudi_nodes_and_our_pods_and_bills_no_idle_c
     assert frame.loc["gnb-tiny-llama-20261207-1-0", "address"] == "pod on kc"
     idle = fleet_frame([cluster], [], {}).set_index("node")
     assert idle.loc["kc", "state"] == "idle"  # a cluster's nodes are billed through our pods, not while idle
+
+
+def test_the_runs_page_says_why_a_run_waits():
+    """The Runs table shows a queued run as `pending: REASON`, as the CLI, the panel and the sidebar do."""
+    from gaudi_nb.dashboard.data_store import runs_frame
+    from gaudi_nb.summary import empty_summary, fold
+
+    record = fold({**empty_summary("q1"), "spec": {"max_steps": 5}}, [make_event("queue", "q1", scheduler="slurm", job_id="7", partition="gaudi", state="PENDING", reason="Priority")])
+    frame = runs_frame([record])
+    assert frame.loc[0, "status"] == "pending" and frame.loc[0, "status_text"] == "pending: Priority"

@@ -21,7 +21,7 @@ from ..summary import public
 from .fleet import HEATMAP_WINDOW_S, LOCAL_NODE, DeviceHistory, fleet_frame, heatmap
 from .run_detail import RunDetail
 
-RUN_COLUMNS = ["run_id", "name", "status", "owner", "project", "target", "nodes", "devices", "model", "step", "max_steps", "tokens_per_second", "loss", "usd", "usd_per_million_tokens", "budget_usd", "created_at", "kind"]
+RUN_COLUMNS = ["run_id", "name", "status", "status_text", "owner", "project", "target", "nodes", "devices", "model", "step", "max_steps", "tokens_per_second", "loss", "usd", "usd_per_million_tokens", "budget_usd", "created_at", "kind"]
 LIVENESS_CHECK_S = 2.0
 REMOTE_SYNC_S = 0.5
 DETAIL_PAGE_EVENTS = 5000  # the run page reads a run's events from the store this many at a time

@@ -186,7 +186,7 @@ def runs_page(state: DashboardState, on_open: Any = None) -> pn.viewable.Viewabl
         page_size=25,
         sizing_mode="stretch_width",
         titles=RUNS_TABLE_TITLES,
-        hidden_columns=["kind", "budget_usd", "name", "target", "devices", "max_steps"],
+        hidden_columns=["kind", "budget_usd", "name", "target", "devices", "max_steps", "status_text"],
         layout="fit_data_fill",
         formatters={
             "usd": {"type": "money", "symbol": "$", "precision": 4},
@@ -198,7 +198,8 @@ def runs_page(state: DashboardState, on_open: Any = None) -> pn.viewable.Viewabl
         header_filters={"run_id": {"type": "input", "func": "like", "placeholder": "filter"}, "model": {"type": "input", "func": "like", "placeholder": "filter"}, "project": {"type": "input", "func": "like", "placeholder": "filter"}},
         css_classes=["gaudi-nb-runs-table"],
     )
-    table.style.apply(lambda row: [f"color:{STATUS_COLOURS.get(str(row['status']), '#333')};font-weight:600" if column == "status" else "" for column in row.index], axis=1)
+    # the status as every view says it (`pending: Resources` while a scheduler holds the run), coloured by the status itself
+    table.style.apply(lambda row: [f"color:{STATUS_COLOURS.get(str(row['status']).split(':')[0], '#333')};font-weight:600" if column == "status" else "" for column in row.index], axis=1)
     counts = pn.pane.Markdown("", css_classes=["gaudi-nb-runs-count"])
 
     def refresh(*_: Any) -> None:
@@ -212,7 +213,7 @@ def runs_page(state: DashboardState, on_open: Any = None) -> pn.viewable.Viewabl
         if owners != owner.options:
             owner.options = owners
         shown = filter_runs(frame, status=status.value or None, owner=owner.value or None, text=text.value_input or text.value or "", active_only=active_only.value)
-        shown = shown.assign(created_at=shown["created_at"].dt.tz_localize(None))
+        shown = shown.assign(created_at=shown["created_at"].dt.tz_localize(None), status=shown["status_text"])
         if not shown.equals(table.value):
             table.value = shown
         active = int(frame["status"].isin(ACTIVE_STATUSES).sum())

@@ -198,6 +198,25 @@ def test_scancel_behind_our_back_ends_the_run_within_30_s_with_cancelled(hpc):
     wait_for(lambda: hpc["cluster"].squeue().strip() == "", timeout=30, what="the job to leave the queue")
 
 
+def crash_once_loop(folder):
+    """The loop whose first attempt's rank dies at step 3, after its checkpoint at step 2 (the next attempt goes on from it)."""
+    path = folder / "crash_once.py"
+    path.write_text(scriptrun.LOOP.format(step_s=0.05).replace("    time.sleep(STEP_S)\n", "    time.sleep(STEP_S)\n    if step == 3 and resume_from() is None:\n        raise SystemExit(3)\n"))
+    return path
+
+
+@pytest.mark.slow
+def test_a_rank_that_fails_once_restarts_from_its_checkpoint_and_the_run_succeeds_on_attempt_2(hpc):
+    run = gaudi_nb.train(target="hpc", nodes=1, devices=1, script=str(crash_once_loop(hpc["home"])), max_steps=6, save_steps=2, max_restarts=1)
+    record = wait_for(lambda: (r := _record(run.run_id))["status"] in ("succeeded", "failed", "lost") and r, timeout=120, what="the run's end")
+    assert record["status"] == "succeeded" and record["attempt"] == 2, record["exit"]
+    restart = run.events(types=["restart"])[0]
+    assert restart["cause"] == "crash" and restart["from_step"] == 2 and restart["checkpoint"].endswith("checkpoint-2")
+    steps = [e["step"] for e in run.events(types=["step"])]
+    assert steps == [1, 2, 3, 4, 5, 6]  # attempt 1 died before step 3; attempt 2 went on from its checkpoint at 2
+    wait_for(lambda: hpc["cluster"].squeue().strip() == "", timeout=30, what="the job to leave the queue")
+
+
 @pytest.mark.slow
 def test_a_job_behind_another_is_pending_with_slurms_reason_then_runs_and_stops(hpc):
     from gaudi_nb.notebook.panel import header_html

@@ -218,6 +218,24 @@ def test_a_rank_that_fails_once_restarts_from_its_checkpoint_and_the_run_succeed
 
 
 @pytest.mark.slow
+def test_gaudi_nb_resume_submits_a_new_job_that_goes_on_from_the_last_checkpoint(hpc):
+    run = gaudi_nb.train(target="hpc", nodes=1, devices=1, script=str(crash_once_loop(hpc["home"])), max_steps=6, save_steps=2)
+    failed = wait_for(lambda: (r := _record(run.run_id))["status"] in ("succeeded", "failed", "lost") and r, timeout=120, what="attempt 1's end")
+    assert failed["status"] == "failed" and failed["steps_completed"] == 2, failed["exit"]
+    first_job = failed["slurm"]["job_id"]
+    resumed = cli("resume", run.run_id)
+    assert resumed.returncode == 0, resumed.stderr
+    record = wait_for(lambda: (r := _record(run.run_id))["status"] in ("succeeded", "failed", "lost") and r, timeout=120, what="attempt 2's end")
+    assert record["status"] == "succeeded" and record["attempt"] == 2, record["exit"]
+    assert record["slurm"]["job_id"] != first_job and record["slurm"]["nodes"] == failed["slurm"]["nodes"]  # a new job, on the node with the checkpoints
+    restart = run.events(types=["restart"])[0]
+    assert restart["cause"] == "resume" and restart["from_step"] == 2
+    assert [e["step"] for e in run.events(types=["step"])] == [1, 2, 3, 4, 5, 6]
+    assert len(run.events(types=["run_end"])) == 2  # attempt 1's end, then the run's
+    wait_for(lambda: hpc["cluster"].squeue().strip() == "", timeout=30, what="the job to leave the queue")
+
+
+@pytest.mark.slow
 def test_a_job_behind_another_is_pending_with_slurms_reason_then_runs_and_stops(hpc):
     from gaudi_nb.notebook.panel import header_html
     from gaudi_nb.notebook.panel_state import PanelState

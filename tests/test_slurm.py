@@ -236,6 +236,29 @@ def test_gaudi_nb_resume_submits_a_new_job_that_goes_on_from_the_last_checkpoint
 
 
 @pytest.mark.slow
+def test_a_batch_notebook_runs_as_a_one_node_job_with_the_cell_events_parameters_and_manifest_of_a_local_batch(hpc):
+    from pathlib import Path
+
+    notebook = Path(__file__).parent / "fixtures" / "notebooks" / "good.ipynb"
+    done = cli("batch", str(notebook), "--target", "hpc", "-p", "epochs", "3", "--json", timeout=180)
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout)
+    assert record["status"] == "succeeded" and record["target"] == "hpc", record
+    assert "cell 2" in done.stderr and "succeeded" in done.stderr  # the CLI's cell lines, as for a local batch
+    events = gaudi_nb.get_run(record["run_id"]).events()
+    queue = [e for e in events if e["type"] == "queue"]
+    assert queue and queue[0]["scheduler"] == "slurm" and queue[0]["job_id"]
+    ends = [e for e in events if e["type"] == "cell" and e["phase"] == "end"]
+    assert len(ends) == 4 and {e["node"] for e in ends} <= {"n1", "n2"}  # every code cell (papermill's injected one too), on a Slurm node
+    run_dir = hpc["home"] / "runs" / record["run_id"]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["parameters_given"] == {"epochs": 3}  # typed by the parameters cell, as a local batch records it
+    output = json.loads((run_dir / "output.ipynb").read_text())
+    assert "tiny 2" in json.dumps(output["cells"])  # the third epoch printed: the parameter reached the kernel
+    wait_for(lambda: hpc["cluster"].squeue().strip() == "", timeout=30, what="the job to leave the queue")
+
+
+@pytest.mark.slow
 def test_a_job_behind_another_is_pending_with_slurms_reason_then_runs_and_stops(hpc):
     from gaudi_nb.notebook.panel import header_html
     from gaudi_nb.notebook.panel_state import PanelState

@@ -259,6 +259,22 @@ def test_a_batch_notebook_runs_as_a_one_node_job_with_the_cell_events_parameters
 
 
 @pytest.mark.slow
+def test_a_stop_across_two_nodes_ends_both_at_the_same_step_with_a_checkpoint(hpc):
+    """Node 0's agent picks the step; node 1's agent writes it into its part, where the script's should_stop reads it."""
+    run_id = _start(hpc)
+    wait_for(lambda: _record(run_id)["steps_completed"] >= 3, timeout=90, what="a few steps on both nodes")
+    assert gaudi_nb.api.stop(run_id).outcome == "requested"
+    record = wait_for(lambda: (r := _record(run_id))["status"] in ("stopped", "failed", "lost") and r, timeout=60, what="the stop")
+    assert record["status"] == "stopped", record["exit"]
+    nodes = hpc["home"] / "runs" / run_id / "nodes"
+    last = {name: max(int(p.name.split("-")[-1]) for p in (nodes / name / "checkpoints").glob("checkpoint-*")) for name in ("n1", "n2")}
+    stop_at = json.loads((nodes / "n1" / "control" / "stop_at.json").read_text())["step"]
+    assert last == {"n1": stop_at, "n2": stop_at} and record["steps_completed"] == stop_at  # both nodes stopped after the agreed step
+    assert (nodes / "n2" / "checkpoints" / f"checkpoint-{stop_at}" / "state.txt").read_text() == str(stop_at)
+    wait_for(lambda: hpc["cluster"].squeue().strip() == "", timeout=30, what="the job to leave the queue")
+
+
+@pytest.mark.slow
 def test_a_job_behind_another_is_pending_with_slurms_reason_then_runs_and_stops(hpc):
     from gaudi_nb.notebook.panel import header_html
     from gaudi_nb.notebook.panel_state import PanelState
@@ -267,7 +283,6 @@ def test_a_job_behind_another_is_pending_with_slurms_reason_then_runs_and_stops(
     blocker = subprocess.run(["sbatch", "--parsable", "-N2", "--exclusive", "-p", "gaudi", "--output=/dev/null", "--wrap", "sleep 120"],
                              capture_output=True, text=True, check=True, env=os.environ.copy()).stdout.strip()
     try:
-        # one node: the loop reads a one-node stop request (across nodes the trainer reads node 0's stop step, as over SSH)
         run_id = _start(hpc, nodes=1)
         record = wait_for(lambda: (r := _record(run_id))["pending_reason"] and r, timeout=30, what="a pending reason")
         assert record["status"] == "pending" and record["pending_reason"] in ("Resources", "Priority")

@@ -111,6 +111,8 @@ def two_node_run(hpc):
     trained = cli("train", "--target", "hpc", "--nodes", "2", "--devices", "1", "--max-steps", "10", "--script", str(hpc["loop"]), "--json")
     assert trained.returncode == 0, trained.stderr
     record = json.loads(trained.stdout)
+    # the run ends when its agents have ended; Slurm lets the job go a moment later (the task, srun and the batch shell exit)
+    wait_for(lambda: hpc["cluster"].squeue().strip() == "", timeout=10, what="the job to leave the queue within 10 s of the run's end")
     return {"record": record, "seconds": time.monotonic() - started, "squeue": hpc["cluster"].squeue(),
             "shown": json.loads(cli("show", record["run_id"], "--json").stdout),
             "events": [json.loads(line) for line in (hpc["home"] / "runs" / record["run_id"] / "events.jsonl").read_text().splitlines()]}

@@ -112,10 +112,10 @@ def two_node_run(hpc):
     assert trained.returncode == 0, trained.stderr
     record = json.loads(trained.stdout)
     seconds = time.monotonic() - started
-    # the job's batch script ends a moment after its agents wrote the run's end (slurmstepd tears the step
-    # down); it must then leave the queue by itself, without a scancel
-    left = wait_for(lambda: hpc["cluster"].squeue().strip() == "", timeout=30, poll_s=0.5, what="the job to leave squeue")
-    return {"record": record, "seconds": seconds, "squeue": "" if left else hpc["cluster"].squeue(),
+    # the run ends when its agents have ended; Slurm lets the job go a moment later (the task, srun and the batch
+    # shell exit): it must leave the queue by itself, without a scancel (30 s: a loaded CI machine)
+    wait_for(lambda: hpc["cluster"].squeue().strip() == "", timeout=30, poll_s=0.5, what="the job to leave the queue after the run's end")
+    return {"record": record, "seconds": seconds, "squeue": hpc["cluster"].squeue(),
             "shown": json.loads(cli("show", record["run_id"], "--json").stdout),
             "events": [json.loads(line) for line in (hpc["home"] / "runs" / record["run_id"] / "events.jsonl").read_text().splitlines()]}
 
@@ -202,6 +202,82 @@ def test_scancel_behind_our_back_ends_the_run_within_30_s_with_cancelled(hpc):
     wait_for(lambda: hpc["cluster"].squeue().strip() == "", timeout=30, what="the job to leave the queue")
 
 
+def crash_once_loop(folder):
+    """The loop whose first attempt's rank dies at step 3, after its checkpoint at step 2 (the next attempt goes on from it)."""
+    path = folder / "crash_once.py"
+    path.write_text(scriptrun.LOOP.format(step_s=0.05).replace("    time.sleep(STEP_S)\n", "    time.sleep(STEP_S)\n    if step == 3 and resume_from() is None:\n        raise SystemExit(3)\n"))
+    return path
+
+
+@pytest.mark.slow
+def test_a_rank_that_fails_once_restarts_from_its_checkpoint_and_the_run_succeeds_on_attempt_2(hpc):
+    run = gaudi_nb.train(target="hpc", nodes=1, devices=1, script=str(crash_once_loop(hpc["home"])), max_steps=6, save_steps=2, max_restarts=1)
+    record = wait_for(lambda: (r := _record(run.run_id))["status"] in ("succeeded", "failed", "lost") and r, timeout=120, what="the run's end")
+    assert record["status"] == "succeeded" and record["attempt"] == 2, record["exit"]
+    restart = run.events(types=["restart"])[0]
+    assert restart["cause"] == "crash" and restart["from_step"] == 2 and restart["checkpoint"].endswith("checkpoint-2")
+    steps = [e["step"] for e in run.events(types=["step"])]
+    assert steps == [1, 2, 3, 4, 5, 6]  # attempt 1 died before step 3; attempt 2 went on from its checkpoint at 2
+    wait_for(lambda: hpc["cluster"].squeue().strip() == "", timeout=30, what="the job to leave the queue")
+
+
+@pytest.mark.slow
+def test_gaudi_nb_resume_submits_a_new_job_that_goes_on_from_the_last_checkpoint(hpc):
+    run = gaudi_nb.train(target="hpc", nodes=1, devices=1, script=str(crash_once_loop(hpc["home"])), max_steps=6, save_steps=2)
+    failed = wait_for(lambda: (r := _record(run.run_id))["status"] in ("succeeded", "failed", "lost") and r, timeout=120, what="attempt 1's end")
+    assert failed["status"] == "failed" and failed["steps_completed"] == 2, failed["exit"]
+    first_job = failed["slurm"]["job_id"]
+    resumed = cli("resume", run.run_id)
+    assert resumed.returncode == 0, resumed.stderr
+    record = wait_for(lambda: (r := _record(run.run_id))["status"] in ("succeeded", "failed", "lost") and r, timeout=120, what="attempt 2's end")
+    assert record["status"] == "succeeded" and record["attempt"] == 2, record["exit"]
+    assert record["slurm"]["job_id"] != first_job and record["slurm"]["nodes"] == failed["slurm"]["nodes"]  # a new job, on the node with the checkpoints
+    restart = run.events(types=["restart"])[0]
+    assert restart["cause"] == "resume" and restart["from_step"] == 2
+    assert [e["step"] for e in run.events(types=["step"])] == [1, 2, 3, 4, 5, 6]
+    assert len(run.events(types=["run_end"])) == 2  # attempt 1's end, then the run's
+    wait_for(lambda: hpc["cluster"].squeue().strip() == "", timeout=30, what="the job to leave the queue")
+
+
+@pytest.mark.slow
+def test_a_batch_notebook_runs_as_a_one_node_job_with_the_cell_events_parameters_and_manifest_of_a_local_batch(hpc):
+    from pathlib import Path
+
+    notebook = Path(__file__).parent / "fixtures" / "notebooks" / "good.ipynb"
+    done = cli("batch", str(notebook), "--target", "hpc", "-p", "epochs", "3", "--json", timeout=180)
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout)
+    assert record["status"] == "succeeded" and record["target"] == "hpc", record
+    assert "cell 2" in done.stderr and "succeeded" in done.stderr  # the CLI's cell lines, as for a local batch
+    events = gaudi_nb.get_run(record["run_id"]).events()
+    queue = [e for e in events if e["type"] == "queue"]
+    assert queue and queue[0]["scheduler"] == "slurm" and queue[0]["job_id"]
+    ends = [e for e in events if e["type"] == "cell" and e["phase"] == "end"]
+    assert len(ends) == 4 and {e["node"] for e in ends} <= {"n1", "n2"}  # every code cell (papermill's injected one too), on a Slurm node
+    run_dir = hpc["home"] / "runs" / record["run_id"]
+    manifest = json.loads((run_dir / "manifest.json").read_text())
+    assert manifest["parameters_given"] == {"epochs": 3}  # typed by the parameters cell, as a local batch records it
+    output = json.loads((run_dir / "output.ipynb").read_text())
+    assert "tiny 2" in json.dumps(output["cells"])  # the third epoch printed: the parameter reached the kernel
+    wait_for(lambda: hpc["cluster"].squeue().strip() == "", timeout=30, what="the job to leave the queue")
+
+
+@pytest.mark.slow
+def test_a_stop_across_two_nodes_ends_both_at_the_same_step_with_a_checkpoint(hpc):
+    """Node 0's agent picks the step; node 1's agent writes it into its part, where the script's should_stop reads it."""
+    run_id = _start(hpc)
+    wait_for(lambda: _record(run_id)["steps_completed"] >= 3, timeout=90, what="a few steps on both nodes")
+    assert gaudi_nb.api.stop(run_id).outcome == "requested"
+    record = wait_for(lambda: (r := _record(run_id))["status"] in ("stopped", "failed", "lost") and r, timeout=60, what="the stop")
+    assert record["status"] == "stopped", record["exit"]
+    nodes = hpc["home"] / "runs" / run_id / "nodes"
+    last = {name: max(int(p.name.split("-")[-1]) for p in (nodes / name / "checkpoints").glob("checkpoint-*")) for name in ("n1", "n2")}
+    stop_at = json.loads((nodes / "n1" / "control" / "stop_at.json").read_text())["step"]
+    assert last == {"n1": stop_at, "n2": stop_at} and record["steps_completed"] == stop_at  # both nodes stopped after the agreed step
+    assert (nodes / "n2" / "checkpoints" / f"checkpoint-{stop_at}" / "state.txt").read_text() == str(stop_at)
+    wait_for(lambda: hpc["cluster"].squeue().strip() == "", timeout=30, what="the job to leave the queue")
+
+
 @pytest.mark.slow
 def test_a_job_behind_another_is_pending_with_slurms_reason_then_runs_and_stops(hpc):
     from gaudi_nb.notebook.panel import header_html
@@ -211,7 +287,6 @@ def test_a_job_behind_another_is_pending_with_slurms_reason_then_runs_and_stops(
     blocker = subprocess.run(["sbatch", "--parsable", "-N2", "--exclusive", "-p", "gaudi", "--output=/dev/null", "--wrap", "sleep 120"],
                              capture_output=True, text=True, check=True, env=os.environ.copy()).stdout.strip()
     try:
-        # one node: the loop reads a one-node stop request (across nodes the trainer reads node 0's stop step, as over SSH)
         run_id = _start(hpc, nodes=1)
         record = wait_for(lambda: (r := _record(run_id))["pending_reason"] and r, timeout=30, what="a pending reason")
         assert record["status"] == "pending" and record["pending_reason"] in ("Resources", "Priority")

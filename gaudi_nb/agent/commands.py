@@ -188,6 +188,7 @@ def _parser() -> argparse.ArgumentParser:
     resume = command("resume", "continue an ended run from its newest complete checkpoint as its next attempt", files=True)
     resume.add_argument("--max-steps", type=int, default=None)
     resume.add_argument("--budget-usd", type=float, default=None)
+    resume.add_argument("--no-start", action="store_true", help="leave the agent to a scheduler's job (Slurm): only the request and the restart event")
     command("fail", "end a run that could not start", reason="")
     command("slurm-task", "Slurm's srun task on an allocated node: make this node's part of the run and become its agent")
     slurm_stop = command("slurm-stop", "a run on Slurm: ask node 0's agent to stop it (files only: the agents are on compute nodes)", reason="stopped")
@@ -228,7 +229,7 @@ def answer(argv: List[str], files: Optional[Files] = None) -> Dict[str, Any]:
 
         write_files(folder, files or {})
         try:
-            return resume_run(folder, max_steps=args.max_steps, budget_usd=args.budget_usd)
+            return resume_run(folder, max_steps=args.max_steps, budget_usd=args.budget_usd, start=not args.no_start)
         except BaseException:  # nothing started to read (and delete) what was sent: it does not stay here
             for relative in files or {}:
                 folder.path.joinpath(*PurePosixPath(relative).parts).unlink(missing_ok=True)

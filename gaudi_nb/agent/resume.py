@@ -27,9 +27,10 @@ def wait_for_trackers(folder: RunFolder) -> None:
         time.sleep(0.2)
 
 
-def resume_run(folder: RunFolder, *, max_steps: Optional[int] = None, budget_usd: Optional[float] = None) -> Dict[str, Any]:
+def resume_run(folder: RunFolder, *, max_steps: Optional[int] = None, budget_usd: Optional[float] = None, start: bool = True) -> Dict[str, Any]:
     """Start the next attempt of an ended run from its newest complete checkpoint; returns the attempt,
-    the step and the checkpoint. Refusals are one-line SpecErrors that say what to do instead."""
+    the step and the checkpoint. Refusals are one-line SpecErrors that say what to do instead. start=False: a Slurm
+    job started by the client runs the agent (agent/slurm_task.py), which reads the request as this agent would."""
     run = folder.read_run()
     run_id = run["run_id"]
     if run.get("cluster"):
@@ -82,5 +83,6 @@ def resume_run(folder: RunFolder, *, max_steps: Optional[int] = None, budget_usd
     writer.emit("restart", attempt=attempt, cause="resume", from_step=checkpoint.step, checkpoint=str(checkpoint.path), reason=f"resumed after it ended {status}",
                 max_steps=spec.max_steps, budget_usd=spec.budget_usd)
     writer.close()
-    commands.start_agent(folder)
+    if start:
+        commands.start_agent(folder)
     return request

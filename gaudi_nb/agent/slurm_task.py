@@ -72,7 +72,8 @@ def make_part(root: Path, environ: Mapping[str, str]) -> Path:
     part = RunFolder(root / "nodes" / name)
     for where in (part.path, part.logs, part.control):
         where.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(root / "job" / "spec.json", part.spec)
+    if not part.resume_request.exists():  # a resumed part keeps its spec (`gaudi-nb resume --max-steps` changed it there)
+        shutil.copyfile(root / "job" / "spec.json", part.spec)
     sent = root / "job" / "control" / "environment.json"
     if sent.exists():
         fd = os.open(part.control / "environment.json", os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)

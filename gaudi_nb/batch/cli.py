@@ -110,7 +110,7 @@ def batch_command(
     arguments: List[str] = typer.Argument(..., metavar="NOTEBOOK", help="the notebook (.ipynb) to run; its cell tagged 'parameters' declares the parameters and their types"),
     parameter: Optional[List[str]] = typer.Option(None, "-p", "--parameter", metavar="NAME VALUE", help="a parameter, checked against the parameters cell before anything runs (repeatable); 'a,b,c' sweeps a number over a grid of runs"),
     output: Optional[str] = typer.Option(None, "--output", "-o", help="folder (<folder>/<run_id>/output.ipynb), .ipynb path, or s3://bucket/prefix; default the run folder"),
-    target: str = typer.Option("local", "--target", help="where the notebook runs (local)"),
+    target: str = typer.Option("local", "--target", help="where the notebook runs: local, or an attached Slurm cluster (a one-node job)"),
     kernel_name: Optional[str] = typer.Option(None, "--kernel", help="Jupyter kernel name (default: the notebook's, else python3)"),
     ci: bool = typer.Option(False, "--ci", help="write JUnit XML (one testcase per cell) and exit non-zero when a notebook fails"),
     junit: Optional[str] = typer.Option(None, "--junit", help="where the JUnit XML goes (default <output dir>/junit.xml); implies writing it"),

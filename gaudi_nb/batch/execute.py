@@ -79,9 +79,11 @@ def _kernel_for(nb: Mapping[str, Any], kernel_name: Optional[str]) -> str:
 def _check_target(target: str) -> str:
     from ..targets import target_for
 
-    target_for(target)  # unknown targets stop here with the registry's message
+    found = target_for(target)  # unknown targets stop here with the registry's message
     if target != "local":
-        raise SpecError(f"target '{target}': batch notebooks run on target 'local' for now (run gaudi-nb batch on the node itself)")
+        from .slurm_job import check_cluster
+
+        check_cluster(found, target)  # a Slurm cluster whose run root is here runs it as a one-node job
     return target
 
 
@@ -203,11 +205,7 @@ def _default_store() -> RunStore:
 
 
 def _execute(prepared: Prepared, parameters: Dict[str, Any], store: RunStore, on_event: Optional[EventCallback], seeds: Optional[Mapping[str, Any]], report_to: Optional[str] = None) -> Run:
-    import papermill as pm  # type: ignore[import-untyped]
-    from papermill.exceptions import PapermillExecutionError  # type: ignore[import-untyped]
-
     from ..api import Run
-    from . import engine as _engine  # registers the "gaudi_nb" papermill engine
 
     notebook = prepared.notebook
     run_id = new_run_id(notebook)
@@ -220,42 +218,79 @@ def _execute(prepared: Prepared, parameters: Dict[str, Any], store: RunStore, on
     # what is recorded (store, run_start, hence every view) shows secret-looking values masked; papermill gets the real ones
     spec = {"notebook": str(notebook), "parameters": mask(parameters), "target": prepared.target, "name": notebook.stem, "kernel_name": prepared.kernel_name, "output": output_path}
     store.register(run_id, spec=spec, target=prepared.target, run_dir=str(run_dir), kind="batch", name=notebook.stem)
+    job = BatchJob(run_id=run_id, run_dir=str(run_dir), notebook=str(notebook), parameters=dict(parameters), kernel_name=prepared.kernel_name,
+                   output_path=output_path, manifest_path=manifest_path, spec=spec, plan=plan, manifest=manifest, report_to=report_to)
+    if prepared.target == "local":
+        run_notebook(job, on_event)
+    else:
+        from .slurm_job import run_on_cluster
 
-    writer = EventWriter(run_dir / "events.jsonl", run_id, node="local")
+        run_on_cluster(prepared.target, job, on_event)
+    run = Run(run_id, store)
+    run.sync()
+    return run
+
+
+@dataclass
+class BatchJob:
+    """One notebook run's inputs, all that run_notebook needs (a Slurm job reads them from job/batch.json)."""
+
+    run_id: str
+    run_dir: str
+    notebook: str
+    parameters: Dict[str, Any]
+    kernel_name: str
+    output_path: str
+    manifest_path: str
+    spec: Dict[str, Any]
+    plan: List[Dict[str, Any]]
+    manifest: Dict[str, Any]
+    report_to: Optional[str] = None
+
+
+def run_notebook(job: BatchJob, on_event: Optional[EventCallback], node: str = "local") -> None:
+    """papermill over the notebook, here: run_start, a `cell` event per hook, run_end (the local road, and a Slurm job's task)."""
+    import papermill as pm  # type: ignore[import-untyped]
+    from papermill.exceptions import PapermillExecutionError  # type: ignore[import-untyped]
+
+    from . import engine as _engine  # registers the "gaudi_nb" papermill engine
+
+    run_id, run_dir, notebook, output_path, manifest_path = job.run_id, Path(job.run_dir), Path(job.notebook), job.output_path, job.manifest_path
+    writer = EventWriter(run_dir / "events.jsonl", run_id, node=node)
 
     def emit(type: str, **fields: Any) -> None:
         event = writer.emit(type, **fields)
         if on_event is not None:
             on_event(event)
 
-    manifest_text = json.dumps(manifest, indent=2, default=str)
+    manifest_text = json.dumps(job.manifest, indent=2, default=str)
     status, reason, failed_cell, exit_code = "succeeded", None, None, 0
     trackers: Optional[Trackers] = None
     started = time.monotonic()
-    emit("run_start", spec=spec, kind="batch", run_dir=str(run_dir), pid=os.getpid(), accelerator=manifest["accelerator"], launcher="papermill", trainer=None, notebook=str(notebook), output_path=output_path, manifest_path=manifest_path, cells=plan)
+    emit("run_start", spec=job.spec, kind="batch", run_dir=str(run_dir), pid=os.getpid(), accelerator=job.manifest["accelerator"], launcher="papermill", trainer=None, notebook=str(notebook), output_path=output_path, manifest_path=manifest_path, cells=job.plan)
     try:
         write_text(manifest_text, manifest_path)
         if manifest_path != str(run_dir / MANIFEST_NAME):
             (run_dir / MANIFEST_NAME).write_text(manifest_text, encoding="utf-8")  # the run folder always has one
         if not is_remote(output_path):
             Path(output_path).parent.mkdir(parents=True, exist_ok=True)
-        if report_to:  # after the manifest is written: the trackers log it as an artifact
+        if job.report_to:  # after the manifest is written: the trackers log it as an artifact
             from ..agent.trackers import Trackers
             from ..rundir import RunFolder
 
-            trackers = Trackers.start_named(tracker_names_checked(report_to), spec, RunFolder(run_dir), run_id)
+            trackers = Trackers.start_named(tracker_names_checked(job.report_to), job.spec, RunFolder(run_dir), run_id)
         with _kernel_env({RUN_ID_ENV: run_id, RUN_DIR_ENV: str(run_dir), "GAUDI_NB_PANEL": "static"}):  # a batch notebook keeps its panels as static output
             pm.execute_notebook(
                 str(notebook),
                 output_path,
-                parameters=parameters or None,
+                parameters=job.parameters or None,
                 engine_name=_engine.ENGINE_NAME,
-                kernel_name=prepared.kernel_name,
+                kernel_name=job.kernel_name,
                 progress_bar=False,
                 cwd=str(notebook.parent),
                 event_writer=writer,
                 on_event=on_event,
-                notebook_metadata={"gaudi_nb": {"run_id": run_id, "manifest": manifest}},
+                notebook_metadata={"gaudi_nb": {"run_id": run_id, "manifest": job.manifest}},
             )
     except PapermillExecutionError as exc:
         status, exit_code, failed_cell = "failed", 1, exc.cell_index
@@ -270,9 +305,6 @@ def _execute(prepared: Prepared, parameters: Dict[str, Any], store: RunStore, on
     writer.close()
     if trackers is not None:
         trackers.close()
-    run = Run(run_id, store)
-    run.sync()
-    return run
 
 
 def batch(

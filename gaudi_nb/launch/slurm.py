@@ -188,7 +188,7 @@ class JobRequest:
         if self.time_limit_s:
             # B: the warning goes to the batch shell only (sent to the step it would kill torchrun); its trap asks the stop
             options += [f"--time={minutes(self.time_limit_s)}", f"--signal=B:USR1@{self.warning_s}"]
-        # never requeued: a requeued job would start its agents again over a run that has ended (resume is not built for Slurm yet)
+        # never Slurm's requeue: it would start the agents again over an ended attempt; `gaudi-nb resume` submits a new job instead
         options.append("--no-requeue")
         return options
 

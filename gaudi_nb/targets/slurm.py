@@ -170,8 +170,11 @@ class SlurmTarget(Target):
     def gather(self, run_id: str) -> None:
         """What Slurm says (queue events, the nodes once allocated, an end behind our back), then the parts' events."""
         known = self.job_record(run_id)
-        if not known.get("job_id") or self._final(run_id):
+        final = self._final(run_id)
+        if not known.get("job_id") or (final and not known.get("resuming")):  # resuming: the restart is on its way from the node
             return
+        if known.get("resuming") and not final:
+            self._remember(run_id, resuming=False)
         state = self._job(run_id, fresh=self._a_node_ended(run_id))
         if state["nodes"] and not known.get("nodes"):
             self._remember(run_id, nodes=state["nodes"])
@@ -283,4 +286,29 @@ class SlurmTarget(Target):
         return first
 
     def resume(self, run_id: str, *, max_steps: Optional[int] = None, budget_usd: Optional[float] = None) -> Dict[str, Any]:
-        raise SpecError(f"run {run_id} ran on the Slurm cluster {self.name}: resume it with --max-restarts at train time in this version, or start a new run")
+        """The next attempt of an ended one-node run: the node's resume request and restart event (agent/resume.py,
+        without starting an agent), then a new job on the same node (its part holds the checkpoints) whose task
+        reads the request. The run's stream takes the attempt's events as it took the first's."""
+        parts = self.place(run_id)
+        if len(parts) != 1:
+            raise SpecError(f"run {run_id} ran across nodes: resume works for runs on one node in this version; start a new run with --max-steps")
+        if not self._final(run_id) or self._job(run_id, fresh=True)["state"] not in (*ENDED_STATES, "GONE"):
+            raise SpecError(f"run {run_id} is still running: stop it first (gaudi-nb stop {run_id}), then resume it")
+        stream = self.stream(run_id)
+        stream.merge()  # what the ended attempt left, before the stream's end is reopened
+        argv = ["resume", "--run-dir", parts[0].path, "--no-start"]
+        argv += ["--max-steps", str(max_steps)] if max_steps is not None else []
+        argv += ["--budget-usd", repr(budget_usd)] if budget_usd is not None else []
+        request = self.node_call(parts[0], *argv)
+        with self.writing(run_id):  # the next node end is this attempt's: the merge writes the run's end again
+            state = stream.state()
+            stream._commit({**state, "final": False, "ends": {}})
+        changes = {k: v for k, v in (("max_steps", max_steps), ("budget_usd", budget_usd)) if v is not None}
+        if changes:
+            folder = self.folder(run_id)
+            folder.spec.write_text(RunSpec.model_validate_json(folder.spec.read_text()).model_copy(update=changes).model_dump_json(indent=2))
+        job_id = self.login.slurm("sbatch", "--parsable", f"--nodelist={parts[0].name}", posixpath.join(self.root(run_id), "job", "job.sh")).strip().split(";")[0]
+        self._remember(run_id, job_id=job_id, said=None, stop_requested_at=None, resuming=True)
+        self._jobs.pop(run_id, None)
+        self.gather(run_id)
+        return request

@@ -23,6 +23,7 @@ import argparse
 import importlib.abc
 import importlib.metadata
 import importlib.util
+import json
 import os
 import runpy
 import sys
@@ -56,6 +57,7 @@ class _Context:
         if self.rank == 0:
             self.writer = BackgroundEventWriter(self.folder.events, self.run["run_id"], node=self.run.get("node", "local"), rank=0)
         self.last_report: Optional[float] = None
+        self.last_step: Optional[int] = None  # the step this rank reported last (should_stop compares it with the agreed stop step)
 
     def close(self) -> None:
         if self.writer is not None:
@@ -149,6 +151,7 @@ def report(step: int, loss: Optional[float] = None, *, tokens: Optional[int] = N
     if step_time is None and ctx.last_report is not None:
         step_time = now - ctx.last_report
     ctx.last_report = now
+    ctx.last_step = int(step)
     if ctx.writer is None:
         return
     # a tensor or numpy scalar becomes its number: the event carries 512, never the text "tensor(512)"
@@ -206,10 +209,20 @@ def checkpoint_saved(step: int, reason: str = "periodic") -> None:
 
 
 def should_stop() -> bool:
-    """True once a stop was asked for (%gaudi_stop, the Stop button, the budget). Ranks may see
-    it one step apart: call it where every rank can leave the loop without a pending collective,
-    or agree with an all-reduce."""
-    return _ctx().folder.stop_request.exists()
+    """True once a stop was asked for (%gaudi_stop, the Stop button, the budget). Call it after report(step=...).
+
+    On one node the request itself says stop: ranks may see it one step apart, so call it where every
+    rank can leave the loop without a pending collective, or agree with an all-reduce. Across nodes
+    node 0's agent picks the step every rank stops after and every node's agent writes it here
+    (control/stop_at.json): True once this rank has reported that step, on every node alike."""
+    ctx = _ctx()
+    if ctx.folder.stop_request.exists():
+        return True
+    try:
+        agreed = int(json.loads(ctx.folder.stop_at.read_text())["step"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return ctx.last_step is not None and ctx.last_step >= agreed
 
 
 def _installed_version(package: str) -> Optional[str]:

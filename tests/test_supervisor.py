@@ -34,7 +34,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_until(predicate, timeout: float = 10.0, poll_s: float = 0.05) -> None:
+def wait_until(predicate, timeout: float = 30.0, poll_s: float = 0.05) -> None:  # 30 s: two xdist workers on a loaded 2-core CI box
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:

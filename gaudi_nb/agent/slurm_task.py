@@ -18,11 +18,11 @@ import socket
 import subprocess
 import tarfile
 import time
-import traceback
 from pathlib import Path
 from typing import Any, Dict, Mapping
 
 from ..launch.slurm import expand_hosts, parse_record, visible_modules
+from ..private import write_atomic
 from ..rundir import RunFolder
 
 CLUSTER_WAIT_S = 120.0  # how long a node waits for node 0's cluster file (node 0's task may start later)
@@ -89,7 +89,7 @@ def make_part(root: Path, environ: Mapping[str, str]) -> Path:
     run.update(node=name, hostname=socket.gethostname(), slurm={"job_id": environ["SLURM_JOB_ID"], "node_rank": rank})
     if len(names) > 1:
         run["cluster"] = cluster_block(root, environ, names, rank, template["token"])
-    part.run.write_text(json.dumps(run))
+    write_atomic(part.run, json.dumps(run))  # owner-only: across nodes it holds the run's token
     return part.path
 
 
@@ -102,17 +102,9 @@ def main(root: Path, environ: Mapping[str, str] = os.environ) -> None:
     log = os.open(part.agent_log, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     os.dup2(log, 1)
     os.dup2(log, 2)
-    try:
-        from .supervisor import Agent
+    from .supervisor import supervise
 
-        agent = Agent(part.path)
-    except Exception as exc:  # an unreadable spec, a broken install: the run still ends, with the reason
-        from .liveness import end_run
-
-        traceback.print_exc()
-        end_run(part, "failed", f"the agent could not start: {type(exc).__name__}: {exc}")
-        raise SystemExit(1) from None
-    agent.run_to_end()
+    supervise(part)
 
 
 def ask_stop(folder: RunFolder, reason: str, nodes: int) -> bool:

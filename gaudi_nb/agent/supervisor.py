@@ -176,3 +176,19 @@ class Agent:
         self.services.close(SIGNAL_FLUSH_S if self.policy.signalled else None)
         return status
 
+
+
+def supervise(folder: RunFolder) -> None:
+    """Supervise the run in `folder` in this process until it ends: `python -m gaudi_nb.agent` and the task
+    Slurm starts on each node. An agent that cannot start (an unreadable spec, a broken install) still ends
+    the run, with the reason."""
+    os.umask(0o077)  # what the agent and its ranks write (checkpoints, logs, events) is the user's alone on a shared node
+    try:
+        agent = Agent(folder.path)
+    except Exception as exc:
+        from .liveness import end_run
+
+        traceback.print_exc()
+        end_run(folder, "failed", f"the agent could not start: {type(exc).__name__}: {exc}")
+        raise SystemExit(1) from None
+    agent.run_to_end()

@@ -89,6 +89,24 @@ def test_attach_records_the_installed_kinds_and_a_run_submits_a_trainjob(k8s, at
     assert cluster.objects.get("trainingruntimes", "default", name) is None
 
 
+def test_render_with_an_attached_cluster_prints_the_kind_train_would_submit_there(k8s, attached):
+    """`gaudi-nb k8s render --cluster NAME` is what `train --target NAME` submits: the cluster's kind, namespace and storage."""
+    import yaml
+    from typer.testing import CliRunner
+
+    from gaudi_nb.cli import app
+
+    for name, kind in (("pt", "PyTorchJob"), ("both", "TrainJob")):
+        result = CliRunner().invoke(app, ["k8s", "render", "--cluster", name, "--nodes", "2", "--devices", "8", "--script", str(k8s[2])])
+        assert result.exit_code == 0, result.output
+        documents = list(yaml.safe_load_all(result.output))
+        assert kind in {d["kind"] for d in documents}
+        claim = next(d for d in documents if d["kind"] == "PersistentVolumeClaim")
+        assert claim["spec"]["storageClassName"] == "shared" and documents[-1]["spec"]  # the cluster's storage class, attached once
+    refused = CliRunner().invoke(app, ["k8s", "render", "--nodes", "2", "--devices", "8"])
+    assert refused.exit_code == 2 and "--cluster NAME" in refused.output
+
+
 def test_the_run_label_reaches_every_pod_template_of_every_kind():
     from gaudi_nb.k8s import ClusterFacts, render
     from gaudi_nb.spec import RunSpec

@@ -410,7 +410,9 @@ def _shared_keys(item: pytest.Item) -> set:
 
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook, which reads the group into the test's id
 def pytest_collection_modifyitems(config, items):
-    if getattr(config.option, "dist", "no") != "loadgroup":
+    # an xdist worker runs with dist "no" and `loadgroup` set (xdist's remote.setup_config); the controller
+    # collects nothing, so the workers are where the groups are made
+    if not getattr(config.option, "loadgroup", False) and getattr(config.option, "dist", "no") != "loadgroup":
         return
     parent: dict = {}
 
@@ -427,8 +429,20 @@ def pytest_collection_modifyitems(config, items):
                 parent[max(a, b)] = min(a, b)
     for item, keys in zip(items, keys_of, strict=True):
         if keys:
-            item.add_marker(pytest.mark.xdist_group(root(keys[0])))
+            group = root(keys[0])
+            item.add_marker(pytest.mark.xdist_group(group))
+            # the scheduler groups by the id's `@group` tail, which xdist 3.8 writes into `_nodeid`: pytest 9 reads
+            # the id from `_id`, so the tail never reached the scheduler (CI: the PostgreSQL tests on both workers)
+            if not item.nodeid.endswith(f"@{group}"):
+                try:
+                    from _pytest.nodeid import coerce_node_id  # pytest >= 9
+                except ImportError:
+                    item._nodeid = f"{item.nodeid}@{group}"
+                else:
+                    item._id = coerce_node_id(f"{item.nodeid}@{group}")
     # the groups first (the longest units of work), the single tests after them to fill the gaps: a group
     # handed out last would leave the other worker idle at the end; the order within each part is kept
     grouped = {id(item) for item, keys in zip(items, keys_of, strict=True) if keys}
     items.sort(key=lambda item: id(item) not in grouped)
+
+

@@ -100,7 +100,7 @@ def test_the_launchers_machines_tab_shows_the_price_before_anything_is_made(brow
         quote.wait_for(timeout=30_000)
         assert "dl1.24xlarge" in quote.inner_text() and "$13.11/h each" in quote.inner_text() and "autostop off" in quote.inner_text()
         # a bad value: the line the CLI prints, in place of the price
-        count = machines.locator(".widget-text", has_text="count").locator("input")
+        count = machines.get_by_role("textbox", name="count", exact=True)  # not "account" (a Slurm field)
         count.fill("0")
         count.press("Enter")
         machines.locator(".gaudi-nb-error", has_text="error: count: input should be greater than or equal to 1 (got 0)").wait_for(timeout=30_000)

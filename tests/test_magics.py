@@ -350,3 +350,14 @@ def test_gaudi_resume_continues_the_stopped_run_from_its_checkpoint_and_shows_it
     assert record["status"] == "succeeded" and record["attempt"] == 2 and record["steps_completed"] == from_step + 4, record["exit"]
     with pytest.raises(UsageError, match=f"nothing left to train; resume with --max-steps above {from_step + 4}"):
         ip.run_line_magic("gaudi_resume", "")  # the default: the last run started or resumed here
+
+
+def test_gaudi_cost_reads_a_notebook_variable_by_name_and_evaluates_nothing(ip, capsys):
+    """`%gaudi_cost --tokens {tokens}` (notebook 02) takes the variable's value; the line itself is never expanded."""
+    ip.user_ns.update(tokens=1e9, boom=lambda: (_ for _ in ()).throw(AssertionError("evaluated")))
+    ip.run_line_magic("gaudi_cost", "--parameters 8e9 --tokens {tokens}")
+    ip.run_line_magic("gaudi_cost", "--parameters 8e9 --tokens $tokens")
+    with pytest.raises(UsageError, match="no variable missing"):
+        ip.run_line_magic("gaudi_cost", "--parameters 8e9 --tokens {missing}")
+    with pytest.raises(UsageError, match="--tokens"):
+        ip.run_line_magic("gaudi_cost", "--parameters 8e9 --tokens {boom()}")

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import re
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -361,12 +362,28 @@ class GaudiMagics(Magics):
         return records
 
     # -- %gaudi_cost ----------------------------------------------------------------------
+    def _number(self, value: Optional[str], flag: str) -> Optional[float]:
+        """A number, or a notebook variable named `{name}` or `$name` (looked up, never evaluated: the line is not
+        expanded, because a run id in it is data), as notebook 02 plans with `--tokens {tokens}`."""
+        if value is None:
+            return None
+        named = re.fullmatch(r"\{(\w+)\}|\$(\w+)", value.strip())
+        if named:
+            name = named.group(1) or named.group(2)
+            if name not in self.shell.user_ns:
+                raise UsageError(f"{flag} {value}: no variable {name} in this notebook")
+            value = self.shell.user_ns[name]
+        try:
+            return float(value)  # type: ignore[arg-type]
+        except (TypeError, ValueError):
+            raise UsageError(f"{flag}: a number (7e9) or a notebook variable ({{tokens}}), got {value!r}") from None
+
     @line_magic
     @no_var_expand  # a run id is data: {…} and $name in it are never evaluated
     @magic_arguments()
     @argument("run_id", nargs="?", default=None, help="a run: its spend, price, $ per 1M tokens and projection")
-    @argument("--tokens", type=float, default=None, help="training tokens: estimate hours and dollars on every catalog instance")
-    @argument("--parameters", type=float, default=None, help="model size for the estimate (7e9)")
+    @argument("--tokens", default=None, help="training tokens: estimate hours and dollars on every catalog instance ({name} or $name: a notebook variable)")
+    @argument("--parameters", default=None, help="model size for the estimate (7e9; {name} or $name: a notebook variable)")
     @argument("--model", default=None, help="a local model preset for the estimate: its size is computed")
     @argument("--mfu", type=float, default=0.35, help="model FLOPs utilization for the estimate (share of peak)")
     def gaudi_cost(self, line: str) -> None:
@@ -374,6 +391,7 @@ class GaudiMagics(Magics):
         from IPython.display import HTML, display
 
         args = parse_argstring(self.gaudi_cost, line)
+        args.tokens, args.parameters = (self._number(value, flag) for value, flag in ((args.tokens, "--tokens"), (args.parameters, "--parameters")))
         if args.tokens is not None:
             try:
                 display(HTML(estimate_html(args.parameters, args.model, args.tokens, args.mfu)))

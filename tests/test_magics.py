@@ -359,5 +359,8 @@ def test_gaudi_cost_reads_a_notebook_variable_by_name_and_evaluates_nothing(ip, 
     ip.run_line_magic("gaudi_cost", "--parameters 8e9 --tokens $tokens")
     with pytest.raises(UsageError, match="no variable missing"):
         ip.run_line_magic("gaudi_cost", "--parameters 8e9 --tokens {missing}")
+    ip.user_ns["run"] = type("R", (), {"run_id": "a/b"})()  # {run.run_id}: the attribute is looked up, then checked as any id
+    with pytest.raises(UsageError, match="not a run id"):
+        ip.run_line_magic("gaudi_cost", "{run.run_id}")
     with pytest.raises(UsageError, match="--tokens"):
         ip.run_line_magic("gaudi_cost", "--parameters 8e9 --tokens {boom()}")

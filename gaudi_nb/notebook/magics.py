@@ -174,7 +174,8 @@ class GaudiMagics(Magics):
     def _run(self, run_id: Optional[str]) -> api.Run:
         try:
             if run_id:
-                return api.get_run(run_id)
+                named = self._named(run_id)  # {run.run_id}, or {run} itself
+                return api.get_run(str(getattr(named, "run_id", named)))
             if self.started:
                 return self.started[-1]
             recent = api.runs(limit=1)
@@ -362,17 +363,28 @@ class GaudiMagics(Magics):
         return records
 
     # -- %gaudi_cost ----------------------------------------------------------------------
+    def _named(self, text: str) -> Any:
+        """`{name}`, `{name.attr}` or `$name`: that notebook variable (or its attribute), looked up, never
+        evaluated (the id magics do not expand their line: a run id is data); any other text as it is."""
+        named = re.fullmatch(r"\{(\w+(?:\.\w+)*)\}|\$(\w+)", text.strip())
+        if not named:
+            return text
+        first, *attrs = (named.group(1) or named.group(2)).split(".")
+        if first not in self.shell.user_ns:
+            raise UsageError(f"{text}: no variable {first} in this notebook")
+        value = self.shell.user_ns[first]
+        for attr in attrs:
+            if attr.startswith("_") or not hasattr(value, attr):
+                raise UsageError(f"{text}: {first} has no {attr}")
+            value = getattr(value, attr)
+        return value
+
     def _number(self, value: Optional[str], flag: str) -> Optional[float]:
         """A number, or a notebook variable named `{name}` or `$name` (looked up, never evaluated: the line is not
         expanded, because a run id in it is data), as notebook 02 plans with `--tokens {tokens}`."""
         if value is None:
             return None
-        named = re.fullmatch(r"\{(\w+)\}|\$(\w+)", value.strip())
-        if named:
-            name = named.group(1) or named.group(2)
-            if name not in self.shell.user_ns:
-                raise UsageError(f"{flag} {value}: no variable {name} in this notebook")
-            value = self.shell.user_ns[name]
+        value = self._named(value)
         try:
             return float(value)  # type: ignore[arg-type]
         except (TypeError, ValueError):

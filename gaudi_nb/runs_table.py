@@ -59,6 +59,7 @@ def run_row(record: Dict[str, Any]) -> Dict[str, Any]:
         "started_at": record.get("started_at"),
         "ended_at": record.get("ended_at"),
         "reason": (record.get("exit") or {}).get("reason"),
+        "bad_lines": formatting.bad_lines(record),  # lines of its events kept aside: a warning on the run's row
     }
 
 

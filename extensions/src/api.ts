@@ -43,6 +43,7 @@ export interface IRun {
   budget_usd: number | null;
   budget_left_usd: number | null;
   reason: string | null;
+  bad_lines: string | null; // lines of its events.jsonl kept aside (they broke the event contract)
 }
 
 export interface IWarning {

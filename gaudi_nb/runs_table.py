@@ -61,6 +61,7 @@ def run_row(record: Dict[str, Any]) -> Dict[str, Any]:
         "ended_at": record.get("ended_at"),
         "reason": (record.get("exit") or {}).get("reason") or (record.get("queued") or {}).get("reason"),
         "status_text": status_text(record),
+        "bad_lines": formatting.bad_lines(record),  # lines of its events kept aside: a warning on the run's row
     }
 
 

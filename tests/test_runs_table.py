@@ -49,3 +49,11 @@ def test_a_batch_run_shows_cells_and_unknowns_show_as_dashes():
     row = run_row(record)
     assert progress(row) == "cells 3/9"
     assert row_cells(row) == ["nb-1", "running", "cells 3/9", "—", "—", "unknown", "local"]
+
+
+def test_a_run_with_lines_kept_aside_says_so_on_its_row_and_one_without_does_not():
+    from gaudi_nb.summary import empty_summary
+
+    record = {**empty_summary("r1"), "bad_lines": {"count": 1, "first": {"offset": 7, "error": "'utf-8' codec can't decode byte 0xff", "text": "\ufffd"}}}
+    assert run_row(record)["bad_lines"] == "1 line of events.jsonl broke the event contract and was kept aside; the first, at byte 7: 'utf-8' codec can't decode byte 0xff"
+    assert run_row(empty_summary("r2"))["bad_lines"] is None

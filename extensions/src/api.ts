@@ -44,6 +44,7 @@ export interface IRun {
   budget_left_usd: number | null;
   reason: string | null;
   can_stop?: boolean; // false: someone else's run on a team store (only its owner or an admin stops it)
+  bad_lines: string | null; // lines of its events.jsonl kept aside (they broke the event contract)
 }
 
 export interface IWarning {

@@ -201,7 +201,8 @@ export class GaudiSidebar extends Widget {
     row.classList.toggle('gaudi-nb-active', active);
     const field = (name: string) => row.querySelector(`.gaudi-nb-${name}`) as HTMLElement;
     field('run-name').textContent = run.name ? `${run.name} · ${run.run_id}` : run.run_id;
-    field('status').textContent = run.status;
+    field('status').textContent = run.bad_lines ? `${run.status} ⚠` : run.status;
+    field('status').title = run.bad_lines || '';
     const step = field('step');
     step.dataset.step = String(run.step);
     step.textContent = run.max_steps ? `step ${run.step}/${run.max_steps}` : `step ${run.step}`;

@@ -1,5 +1,6 @@
 """The CLI as a user types it: one-line errors with exit code 2, and nothing recorded for bad input."""
 import json
+import os
 import subprocess
 
 import pytest
@@ -23,13 +24,17 @@ def run_cli(*args, env=None, timeout=120):
         (["--instance-type", "x9.huge"], "instance_type: no price for instance type 'x9.huge'"),
     ],
 )
-def test_bad_input_is_one_line_exit_2_and_nothing_stored(gaudi_home, args, expected):
-    result = run_cli("train", *args)
+def test_bad_input_is_one_line_exit_2_and_nothing_stored(tmp_path, args, expected):
+    # the home is the CLI's alone (not this test process's environment), so only the command under test can write there
+    home = tmp_path / "cli_home"
+    env = {**os.environ, "GAUDI_NB_HOME": str(home)}
+    env.pop("GAUDI_NB_STORE_URL", None)
+    result = run_cli("train", *args, env=env)
     assert result.returncode == 2, result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and expected in lines[0] and "Traceback" not in result.stderr
-    assert not (gaudi_home / "runs").exists()
-    runs = run_cli("runs", "--json")
+    assert not (home / "runs").exists()
+    runs = run_cli("runs", "--json", env=env)
     assert json.loads(runs.stdout) == []
 
 

@@ -35,7 +35,7 @@ def run_row(record: Dict[str, Any]) -> Dict[str, Any]:
         "run_id": record["run_id"],
         "name": record.get("name"),
         "status": record.get("status"),
-        "pending_reason": record.get("pending_reason"),  # while a scheduler (Slurm) holds the run: why
+        "pending_reason": pending_reason(record),  # while a scheduler (Slurm, Kubernetes) holds the run: why
         "kind": record.get("kind") or "train",
         "owner": record.get("owner"),
         "project": project_of(record),
@@ -68,9 +68,16 @@ def run_row(record: Dict[str, Any]) -> Dict[str, Any]:
 def status_text(record: Dict[str, Any]) -> str:
     """The status as every view says it: `pending: Resources` (Slurm) or `pending: Insufficient habana.ai/gaudi`
     (Kubernetes) while a scheduler holds the run, and why."""
-    if record.get("status") == "pending" and record.get("pending_reason"):
-        return f"pending: {record['pending_reason']}"
-    return str(record.get("status"))
+    reason = pending_reason(record)
+    return f"pending: {reason}" if reason else str(record.get("status"))
+
+
+def pending_reason(record: Dict[str, Any]) -> Optional[str]:
+    """Why a scheduler holds a pending run, in a few words; None once it is placed. Reads a record (its
+    `queued`) or a row made from one (its `pending_reason`)."""
+    if record.get("status") != "pending":
+        return None
+    return record.get("pending_reason") or (record.get("queued") or {}).get("short")
 
 
 def progress(row: Dict[str, Any]) -> str:

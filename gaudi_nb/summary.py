@@ -65,8 +65,9 @@ def empty_summary(run_id: str) -> Dict[str, Any]:
         "telemetry_samples": 0,
         "checkpoints": [],
         "exit": None,
-        "queued": None,  # while a scheduler holds the run: its reason in full (reason, short, since); cleared once the run starts
-        "pending_reason": None,  # the same reason in a few words, as every status line says it: Resources, Insufficient habana.ai/gaudi
+        # while a scheduler holds the run: why, in full and in a few words as every status line says it
+        # (Resources, Insufficient habana.ai/gaudi), and since when; cleared once the run is placed
+        "queued": None,
         "slurm": None,  # a run on a Slurm cluster: job_id, partition, nodes
         "batch": None,  # batch runs (gaudi_nb.batch): notebook, parameters, cells, results
         "attempt": 1,  # a restart after a crash, or a resume, starts the next attempt of the same run
@@ -150,7 +151,7 @@ class RecordFold(Fold):
             max_steps=spec.get("max_steps"),
         )
         s["trainer"] = e.get("trainer")
-        s["queued"] = s["pending_reason"] = None  # placed: the wait is over
+        s["queued"] = None  # placed: the wait is over
         if e.get("kind") == "batch":
             s["batch"] = dict(
                 _empty_batch(),
@@ -161,13 +162,6 @@ class RecordFold(Fold):
                 manifest_path=e.get("manifest_path"),
             )
         s["cost"].update(price_per_hour=e.get("price_per_hour"), price_source=e.get("price_source"), nodes=spec.get("nodes", 1), budget_usd=spec.get("budget_usd"))
-
-    def on_queued(self, e: Event) -> None:
-        s = self.summary
-        if s["status"] == "pending":
-            since = (s["queued"] or {}).get("since") or e.get("t")
-            s["queued"] = {"reason": e.get("reason"), "short": e.get("short"), "since": since}
-            s["pending_reason"] = e.get("short") or e.get("reason")
 
     def on_worker_start(self, e: Event) -> None:
         s = self.summary
@@ -234,17 +228,19 @@ class RecordFold(Fold):
         bad["count"] += 1
         s["bad_lines"] = bad
 
-    def on_queue(self, e: Event) -> None:
+    def on_job(self, e: Event) -> None:
         s = self.summary
-        s["slurm"] = {"job_id": e.get("job_id"), "partition": e.get("partition"), "nodes": e.get("nodes") or (s["slurm"] or {}).get("nodes") or []}
-        pending = e.get("state") == "PENDING" and s["status"] == "pending"
-        s["pending_reason"] = e.get("reason") if pending else None
-        since = (s["queued"] or {}).get("since") or e.get("t")
-        s["queued"] = {"reason": e.get("reason"), "short": e.get("reason"), "since": since} if pending else None
+        if e.get("scheduler") == "slurm":
+            s["slurm"] = {"job_id": e.get("job_id"), "partition": e.get("partition"), "nodes": e.get("nodes") or (s["slurm"] or {}).get("nodes") or []}
+        if e.get("state") == "PENDING" and s["status"] == "pending":
+            since = (s["queued"] or {}).get("since") or e.get("t")
+            s["queued"] = {"reason": e.get("reason"), "short": e.get("short") or e.get("reason"), "since": since}
+        else:  # placed, running or ending: the wait is over
+            s["queued"] = None
 
     def on_run_end(self, e: Event) -> None:
         s = self.summary
-        s["pending_reason"] = s["queued"] = None
+        s["queued"] = None
         s["status"] = e.get("status", "failed")
         s["ended_at"] = e.get("t")
         s["exit"] = {k: e.get(k) for k in ("exit_code", "reason", "last_log_lines")}

@@ -522,6 +522,6 @@ def test_the_runs_page_says_why_a_run_waits():
     from gaudi_nb.dashboard.data_store import runs_frame
     from gaudi_nb.summary import empty_summary, fold
 
-    record = fold({**empty_summary("q1"), "spec": {"max_steps": 5}}, [make_event("queue", "q1", scheduler="slurm", job_id="7", partition="gaudi", state="PENDING", reason="Priority")])
+    record = fold({**empty_summary("q1"), "spec": {"max_steps": 5}}, [make_event("job", "q1", scheduler="slurm", job_id="7", partition="gaudi", state="PENDING", reason="Priority")])
     frame = runs_frame([record])
     assert frame.loc[0, "status"] == "pending" and frame.loc[0, "status_text"] == "pending: Priority"

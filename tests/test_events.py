@@ -101,9 +101,8 @@ PRODUCED = {
     "batch_size": dict(size=8, how="searched", trials=[{"size": 16, "fits": False, "peak_bytes": None, "why": "out of memory"}], seconds=1.5,
                        memory_fraction=0.9, device_memory_bytes=None, capped=False, cache_key="abc", limit=64),
     "tracker": dict(tracker="mlflow", tracker_run_id="x1", url=None, experiment="0", tracking_uri="file:///m"),
-    "queued": dict(engine="kubernetes", reason="FailedScheduling: 0/4 nodes are available: 4 Insufficient habana.ai/gaudi.", short="Insufficient habana.ai/gaudi",
-                   waiting=["gnb-r-0-abcde"]),
-    "queue": dict(scheduler="slurm", job_id="12", partition="gaudi", state="PENDING", reason="Resources", nodes=None),
+    "job": dict(scheduler="kubernetes", state="PENDING", job_id="gnb-r", partition=None, reason="FailedScheduling: 0/4 nodes are available: 4 Insufficient habana.ai/gaudi.",
+                short="Insufficient habana.ai/gaudi", nodes=None, waiting=["gnb-r-0-abcde"]),
     "run_end": dict(status="failed", exit_code=1, reason="node b: failed", last_log_lines=["x"], steps_completed=3, usd=None, ended_by="client",
                     nodes={"a": {"status": "stopped", "reason": None, "exit_code": 0, "usd": 0.1}}),
     "bad_line": dict(offset=117, error="step event: field tokens: Input should be a valid integer, got 'tensor(512)'", text='{"v":1,"type":"step"'),
@@ -251,7 +250,7 @@ def test_the_reader_reads_a_bounded_chunk_at_a_time_and_skips_a_line_longer_than
 def test_a_queued_run_is_pending_with_the_schedulers_reason_until_it_starts():
     from gaudi_nb.summary import empty_summary, fold
 
-    s = fold(empty_summary("r"), [make_event("queued", "r", engine="kubernetes", reason="FailedScheduling: 0/2 nodes are available: 2 Insufficient habana.ai/gaudi.",
+    s = fold(empty_summary("r"), [make_event("job", "r", scheduler="kubernetes", state="PENDING", reason="FailedScheduling: 0/2 nodes are available: 2 Insufficient habana.ai/gaudi.",
                                              short="Insufficient habana.ai/gaudi")])
     assert s["status"] == "pending" and s["queued"]["short"] == "Insufficient habana.ai/gaudi"
     from gaudi_nb.runs_table import run_row, status_text

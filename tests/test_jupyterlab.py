@@ -57,8 +57,9 @@ def lab(tmp_path_factory):
     root = tmp_path_factory.mktemp("lab")
     home = tmp_path_factory.mktemp("gaudi_home")
     shutil.copy(REPO / "notebooks" / "01_quickstart.ipynb", root)
-    # long enough to still be training while the test looks; a price and budget so the meter has numbers
-    set_parameters(root / "01_quickstart.ipynb", max_steps=160, price_per_hour=13.11, budget_usd=2.0)
+    # long enough to still be training while the test looks; a price and budget so the meter has numbers; one
+    # rank (the notebook as shipped trains two, which the papermill execution covers) to halve its CPU
+    set_parameters(root / "01_quickstart.ipynb", devices=1, max_steps=160, price_per_hour=13.11, budget_usd=2.0)
     add_notebook(root / "launcher.ipynb", "import gaudi_nb\ngaudi_nb.launcher(devices=1, max_steps=12, price_per_hour=13.11, budget_usd=1.0)")
     env = {**os.environ, "GAUDI_NB_HOME": str(home), "JUPYTER_CONFIG_DIR": str(root / ".jupyter_config")}
     env.pop("GAUDI_NB_PANEL", None)

@@ -247,7 +247,7 @@ def test_the_panel_says_pending_with_the_schedulers_reason():
     from gaudi_nb.notebook.panel import PanelState, header_html
 
     state = PanelState("r")
-    state.apply([make_event("queued", "r", engine="kubernetes", reason="FailedScheduling: 0/4 nodes are available: 4 Insufficient habana.ai/gaudi.",
+    state.apply([make_event("job", "r", scheduler="kubernetes", state="PENDING", reason="FailedScheduling: 0/4 nodes are available: 4 Insufficient habana.ai/gaudi.",
                             short="Insufficient habana.ai/gaudi")])
     html = header_html(state)
     assert ">pending: Insufficient habana.ai/gaudi<" in html and 'title="FailedScheduling: 0/4 nodes are available' in html

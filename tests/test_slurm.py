@@ -165,7 +165,7 @@ def test_a_two_node_run_succeeds_with_every_step_once_from_both_nodes(two_node_r
     assert two_node_run["squeue"].strip() == ""  # the job left the queue
     assert two_node_run["shown"]["slurm"]["job_id"] == record["slurm"]["job_id"]
     assert record["slurm"]["partition"] == "gaudi" and record["slurm"]["nodes"] == ["n1", "n2"]
-    queue = [e for e in events if e["type"] == "queue"]
+    queue = [e for e in events if e["type"] == "job"]
     assert queue[0]["state"] == "PENDING" and any(e["state"] == "RUNNING" and e["nodes"] == ["n1", "n2"] for e in queue)
 
 
@@ -250,7 +250,7 @@ def test_a_batch_notebook_runs_as_a_one_node_job_with_the_cell_events_parameters
     assert record["status"] == "succeeded" and record["target"] == "hpc", record
     assert "cell 2" in done.stderr and "succeeded" in done.stderr  # the CLI's cell lines, as for a local batch
     events = gaudi_nb.get_run(record["run_id"]).events()
-    queue = [e for e in events if e["type"] == "queue"]
+    queue = [e for e in events if e["type"] == "job"]
     assert queue and queue[0]["scheduler"] == "slurm" and queue[0]["job_id"]
     ends = [e for e in events if e["type"] == "cell" and e["phase"] == "end"]
     assert len(ends) == 4 and {e["node"] for e in ends} <= {"n1", "n2"}  # every code cell (papermill's injected one too), on a Slurm node
@@ -288,17 +288,17 @@ def test_a_job_behind_another_is_pending_with_slurms_reason_then_runs_and_stops(
                              capture_output=True, text=True, check=True, env=os.environ.copy()).stdout.strip()
     try:
         run_id = _start(hpc, nodes=1)
-        record = wait_for(lambda: (r := _record(run_id))["pending_reason"] and r, timeout=30, what="a pending reason")
-        assert record["status"] == "pending" and record["pending_reason"] in ("Resources", "Priority")
-        assert row_cells(run_row(record))[1] == f"pending: {record['pending_reason']}"  # gaudi-nb runs, the dashboard's table
+        record = wait_for(lambda: (r := _record(run_id))["queued"] and r, timeout=30, what="a pending reason")
+        assert record["status"] == "pending" and record["queued"]["short"] in ("Resources", "Priority")
+        assert row_cells(run_row(record))[1] == f"pending: {record['queued']['short']}"  # gaudi-nb runs, the dashboard's table
         panel = PanelState(run_id)
         panel.apply(gaudi_nb.get_run(run_id).events())
-        assert f"pending: {record['pending_reason']}" in header_html(panel)  # the notebook panel
+        assert f"pending: {record['queued']['short']}" in header_html(panel)  # the notebook panel
         assert record["cost"]["usd"] is None  # nothing metered while queued
     finally:
         subprocess.run(["scancel", blocker], env=os.environ.copy())
     wait_for(lambda: _record(run_id)["steps_completed"] > 0, timeout=90, what="a step once the blocker left")
-    assert _record(run_id)["pending_reason"] is None
+    assert _record(run_id)["queued"] is None
     assert gaudi_nb.api.stop(run_id).outcome == "requested"
     record = wait_for(lambda: (r := _record(run_id))["status"] == "stopped" and r, timeout=60, what="the stop")
     assert record["checkpoints"] and record["checkpoints"][-1]["reason"] == "stopped"

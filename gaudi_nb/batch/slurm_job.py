@@ -84,7 +84,7 @@ def _follow(target: Any, name: str, job: BatchJob, job_id: str, on_event: Option
         while True:
             events, offset = read_events(events_path, offset)
             for event in events:
-                if on_event is not None and event.get("type") != "queue":
+                if on_event is not None and event.get("type") != "job":
                     on_event(event)
                 if event.get("type") == "run_end":
                     return
@@ -100,7 +100,7 @@ def _follow(target: Any, name: str, job: BatchJob, job_id: str, on_event: Option
             state = job_state(target.login, job_id)
             if state["state"] in ("PENDING", "RUNNING") and (state["state"], state["reason"]) != said:
                 said = (state["state"], state["reason"])
-                writer.emit("queue", scheduler="slurm", job_id=job_id, partition=target.slurm.get("partition"), state=state["state"],
+                writer.emit("job", scheduler="slurm", job_id=job_id, partition=target.slurm.get("partition"), state=state["state"],
                             reason=state["reason"] if state["state"] == "PENDING" else None, nodes=state["nodes"] or None)
             elif state["state"] not in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING"):
                 ended = state["state"] if state["state"] != "GONE" else "ended"

@@ -256,19 +256,6 @@ class Log(_FreeForm):
     node_end: Optional[Dict[str, Any]] = Field(None, description="across nodes: a node's own run_end, as its log line")
 
 
-class Queue(Event):
-    """Where a scheduler holds the run: its job, the job's state, and why it waits (Slurm's reason)."""
-
-    written_by: ClassVar[str] = "the client of a run on a Slurm cluster, when the job's state, reason or nodes change"
-    type: Literal["queue"]
-    scheduler: Literal["slurm"]
-    job_id: str
-    partition: Optional[str] = None
-    state: str = Field(description="Slurm's job state: PENDING, RUNNING, COMPLETING, CANCELLED, ...")
-    reason: Optional[str] = Field(None, description="while PENDING, why: Resources, Priority, QOSMaxGRESPerUser, ...")
-    nodes: Optional[List[str]] = Field(None, description="the allocated nodes, node 0 first, once the job runs")
-
-
 class Trial(BaseModel):
     """One batch size tried: whether it fit, its peak memory, and why not."""
 
@@ -309,14 +296,18 @@ class Tracker(Event):
     dir: Optional[str] = Field(None, description="W&B's local folder")
 
 
-class Queued(Event):
-    """The engine has not placed the run yet (the run stays `pending`, and is not billed): why, in the engine's words."""
+class Job(Event):
+    """A cluster scheduler's job for the run: its id, its state, and while the run waits, why (a waiting run is `pending` and not billed)."""
 
-    written_by: ClassVar[str] = "the client following a run on a Kubernetes cluster, when the scheduler cannot place a pod (again when its reason changes)"
-    type: Literal["queued"]
-    engine: str = Field(description="the engine that holds the run: kubernetes")
-    reason: str = Field(description="the engine's reason as it says it: FailedScheduling: 0/4 nodes are available: 4 Insufficient habana.ai/gaudi. …")
-    short: Optional[str] = Field(None, description="the reason in a few words, for a status line: Insufficient habana.ai/gaudi")
+    written_by: ClassVar[str] = "the client following a run on a Slurm or Kubernetes cluster, when the job's state, reason or nodes change"
+    type: Literal["job"]
+    scheduler: Literal["slurm", "kubernetes"]
+    state: str = Field(description="the scheduler's state of the job: Slurm's PENDING, RUNNING, COMPLETING, ...; on Kubernetes PENDING while a pod cannot be placed")
+    job_id: Optional[str] = Field(None, description="Slurm's job id; the Kubernetes job's name")
+    partition: Optional[str] = Field(None, description="Slurm's partition")
+    reason: Optional[str] = Field(None, description="while PENDING, why, as the scheduler says it: Resources, Priority; FailedScheduling: 0/4 nodes are available: 4 Insufficient habana.ai/gaudi. …")
+    short: Optional[str] = Field(None, description="the reason in a few words, for a status line (the reason itself where it is short): Insufficient habana.ai/gaudi")
+    nodes: Optional[List[str]] = Field(None, description="the allocated nodes, node 0 first, once the job runs")
     waiting: Optional[List[str]] = Field(None, description="what waits: the pods not placed")
 
 
@@ -363,7 +354,7 @@ class BadLine(Event):
 
 EVENT_CLASSES: Tuple[Type[Event], ...] = (
     RunStart, WorkerStart, WorkerError, Step, Eval, Checkpoint, Telemetry, Cost, StopRequested,
-    Restart, Cell, Result, Log, BatchSize, Tracker, Queue, Queued, RunEnd, BadLine,
+    Restart, Cell, Result, Log, BatchSize, Tracker, Job, RunEnd, BadLine,
 )
 BY_TYPE: Dict[str, Type[Event]] = {cls.model_fields["type"].annotation.__args__[0]: cls for cls in EVENT_CLASSES}  # type: ignore[union-attr]
 EVENT_TYPES = tuple(BY_TYPE)

@@ -224,7 +224,7 @@ class K8sTarget(Target):
             self._queued(run_id, waiting)
 
     def _queued(self, run_id: str, waiting: List[Dict[str, Any]]) -> None:
-        """The run waits for the scheduler: a `queued` event when its reason is new."""
+        """The run waits for the scheduler: a `job` event (PENDING) when its reason is new."""
         from ..events import EventWriter, read_events
 
         message = scheduling_events(self.cluster, waiting) or waiting_reason(waiting[0]) or "Unschedulable"
@@ -233,11 +233,11 @@ class K8sTarget(Target):
             events, _ = read_events(self.folder(run_id).events)
             if any(e.get("type") in ("run_start", "run_end") for e in events):
                 return
-            last = next((e for e in reversed(events) if e.get("type") == "queued"), None)
+            last = next((e for e in reversed(events) if e.get("type") == "job"), None)
             if last is not None and last.get("reason") == reason:
                 return
             writer = EventWriter(self.folder(run_id).events, run_id, node=self.name)
-            writer.emit("queued", engine="kubernetes", reason=reason, short=short_reason(message), waiting=[p["metadata"]["name"] for p in waiting])
+            writer.emit("job", scheduler="kubernetes", state="PENDING", job_id=job_name(run_id), reason=reason, short=short_reason(message), waiting=[p["metadata"]["name"] for p in waiting])
             writer.close()
 
     def end(self, run_id: str, status: str, reason: str) -> bool:

@@ -197,7 +197,7 @@ class SlurmTarget(Target):
         return has_ended(read_events(self.folder(run_id).events, 0)[0])
 
     def _note(self, run_id: str, state: Dict[str, Any]) -> None:
-        """A queue event when the job's state, reason or nodes changed since the last one."""
+        """A job event when the job's state, reason or nodes changed since the last one."""
         known = self.job_record(run_id)
         said = (state["state"], state["reason"], state["nodes"])
         if known.get("said") == list(said) or state["state"] == "GONE":
@@ -205,7 +205,7 @@ class SlurmTarget(Target):
         self._remember(run_id, said=list(said))
         with self.writing(run_id):
             writer = EventWriter(self.folder(run_id).events, run_id, node=self.name)
-            writer.emit("queue", scheduler="slurm", job_id=str(known["job_id"]), partition=known.get("partition"), state=state["state"],
+            writer.emit("job", scheduler="slurm", job_id=str(known["job_id"]), partition=known.get("partition"), state=state["state"],
                         reason=state["reason"] if state["state"] == "PENDING" else None, nodes=state["nodes"] or None)
             writer.close()
 

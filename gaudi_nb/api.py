@@ -11,7 +11,7 @@ from typing import Any, Dict, Iterator, List, Optional, Tuple, Union
 from .errors import GaudiNbError, SpecError
 from .events import ACTIVE_STATUSES, TERMINAL_STATUSES
 from .events.stream import READ_BYTES
-from .spec import PATH_FIELDS, RunSpec, looks_like_path, parse_mapping
+from .spec import RunSpec, looks_like_path, parse_mapping, resolve_paths
 from .store import RunStore
 from .targets import Target, target_for
 
@@ -19,29 +19,6 @@ from .targets import Target, target_for
 LOG_WAIT_S = 30.0
 # how long resume() waits for its restart event to arrive from a node (it makes the run active again)
 RESUME_SEEN_WAIT_S = 30.0
-
-
-def resolve_paths(options: Dict[str, Any], base: Optional[Path] = None) -> Dict[str, Any]:
-    """Make the file options (model folder, dataset files, script) absolute against base (the working directory).
-
-    The client does this because the ranks run in the run folder: a relative path given
-    there would name nothing. Names that are not paths (presets, hub ids) are left alone.
-    """
-    base = Path.cwd() if base is None else base
-    out = dict(options)
-
-    def absolute(value: str) -> str:
-        return str((base / Path(value).expanduser()).resolve())
-
-    for name in PATH_FIELDS:
-        value = out.get(name)
-        if not isinstance(value, str) or not value.strip():
-            continue
-        if name == "dataset":
-            out[name] = ",".join(absolute(p.strip()) if looks_like_path(p.strip()) else p.strip() for p in value.split(","))
-        elif name in ("script", "workdir") or looks_like_path(value) or (base / value).is_dir():
-            out[name] = absolute(value)
-    return out
 
 
 def load_spec_file(path: Union[str, Path], *, local_paths: bool = True) -> Dict[str, Any]:

@@ -56,8 +56,7 @@ def project_settings(start: Optional[Path] = None) -> Dict[str, Any]:
 
 def run_defaults(start: Optional[Path] = None) -> Dict[str, Any]:
     """The RunSpec fields of [tool.gaudi_nb]; a relative path in them is read from the pyproject's folder."""
-    from .api import resolve_paths
-    from .spec import RunSpec
+    from .spec import RunSpec, resolve_paths
 
     values = {k: v for k, v in project_settings(start).items() if k in RunSpec.model_fields}
     path = find_pyproject(start)

@@ -5,6 +5,7 @@ import math
 import re
 import typing
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Dict, List, Literal, Optional, Tuple, Union
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -267,8 +268,31 @@ class RunSpec(BaseModel):
         return self.model_dump(mode="json")
 
 
-# Fields that name files on the client: made absolute there (api.resolve_paths), since ranks run in the run folder.
+# Fields that name files on the client: made absolute there (resolve_paths), since ranks run in the run folder.
 PATH_FIELDS = ("model", "dataset", "script", "workdir")
+
+
+def resolve_paths(options: Dict[str, Any], base: Optional[Path] = None) -> Dict[str, Any]:
+    """Make the file options (model folder, dataset files, script) absolute against base (the working directory).
+
+    The client does this because the ranks run in the run folder: a relative path given
+    there would name nothing. Names that are not paths (presets, hub ids) are left alone.
+    """
+    base = Path.cwd() if base is None else base
+    out = dict(options)
+
+    def absolute(value: str) -> str:
+        return str((base / Path(value).expanduser()).resolve())
+
+    for name in PATH_FIELDS:
+        value = out.get(name)
+        if not isinstance(value, str) or not value.strip():
+            continue
+        if name == "dataset":
+            out[name] = ",".join(absolute(p.strip()) if looks_like_path(p.strip()) else p.strip() for p in value.split(","))
+        elif name in ("script", "workdir") or looks_like_path(value) or (base / value).is_dir():
+            out[name] = absolute(value)
+    return out
 
 
 @dataclass(frozen=True)

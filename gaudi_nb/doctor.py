@@ -16,7 +16,7 @@ import platform
 import re
 import shutil
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Mapping, Optional
+from typing import Any, Callable, Dict, List, Mapping, Optional, Tuple
 
 from . import paths
 from .accel import detect_name
@@ -155,6 +155,21 @@ def card_name() -> Optional[str]:
     return lines[0] if done.returncode == 0 and lines else None
 
 
+def installed_stack() -> Tuple[Optional[str], Optional[str]]:
+    """This machine's card name (hl-smi's) and Gaudi software release (the PyTorch plugin's version, else the
+    driver's): what the first-generation pin reads before a run. (None, None) without hl-smi."""
+    card = card_name()
+    if card is None:
+        return None, None
+    software = _version("habana-torch-plugin")
+    if software is None:
+        from .launch.modules import read_module_state
+
+        state = read_module_state()
+        software = state.driver_version if state is not None else None
+    return card, software
+
+
 def stack_checks(check: Check, on_gaudi: bool, card: Optional[str], software: Optional[str], trainer_installed: bool, pdsh: Optional[str]) -> None:
     """The card's generation against the installed Gaudi software, pdsh for runs on several nodes, and
     the trainer stack's support state (optimum-habana is past end of support)."""
@@ -167,7 +182,9 @@ def stack_checks(check: Check, on_gaudi: bool, card: Optional[str], software: Op
         supported = gaudi_stack.generation_supported(card, software)
         release = f"Gaudi software {software}" if software else "Gaudi software of unknown release"
         verdict = {True: f"supported by {release}", False: f"NOT supported by {release}", None: "support unknown"}[supported]
-        check("Gaudi generation", f"{label}, {verdict}", supported is not False, gaudi_stack.FIRST_GEN_NOTE)
+        pin = gaudi_stack.first_gen_stack(card, software)  # first-generation Gaudi: the run's own check, word for word
+        shown = f"{label}, {verdict}" + (f"; {pin[1]}" if pin is not None and pin[0] else "")
+        check("Gaudi generation", shown, supported is not False, gaudi_stack.first_gen_refusal(card, software) or "")
     if on_gaudi:
         check("pdsh", pdsh or "missing", pdsh is not None,
               "runs on several Gaudi nodes start every node through DeepSpeed's pdsh: apt-get install pdsh (one node needs none)")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 from conftest import REPO, free_port
+from test_provision_aws import aws  # noqa: F401 (the moto EC2 fixture, shared)
 
 from gaudi_nb import paths
 from gaudi_nb.cost import billing
@@ -370,6 +371,97 @@ def test_with_a_login_nothing_is_served_before_it(live, browser):
         assert problems == []
     finally:
         server.stop()
+
+
+@pytest.mark.slow
+def test_an_admin_takes_a_machine_down_from_the_fleet_page_and_nobody_else_can(aws, browser, gaudi_home, tmp_path, capsys, monkeypatch):  # noqa: F811 (aws: test_provision_aws's fixture)
+    """Served with basic-auth users of each role over machines in moto's EC2: the admin's Down asks first, then terminates
+    through nodes down's one road, audited with her login; a member's forged click is refused and audited; a failure is the CLI's line."""
+    import json
+
+    from test_provision_aws import SSH_FROM, ec2, habana_image
+
+    import gaudi_nb
+    from gaudi_nb import cli
+    from gaudi_nb.dashboard import app as dashboard_app
+
+    records = gaudi_nb.provision("aws", instance_type="dl1.24xlarge", count=2, name="fleetdown", ssh_from=SSH_FROM, image=habana_image(), attach=False)
+    ids = {r["name"]: r["instance_id"] for r in records}
+
+    def ec2_states():
+        return {i["InstanceId"]: i["State"]["Name"] for res in ec2().describe_instances(InstanceIds=list(ids.values()))["Reservations"] for i in res["Instances"]}
+
+    (tmp_path / "users.json").write_text(json.dumps({"dana": "pw-dana", "alice": "pw-alice", "carol": "pw-carol"}))
+    (tmp_path / "roles.json").write_text(json.dumps({"dana": "admin", "alice": "member"}))  # carol: not listed, a viewer
+    port = free_port()
+    server = dashboard_app.serve(address="127.0.0.1", port=port, basic_auth=str(tmp_path / "users.json"), roles=str(tmp_path / "roles.json"),
+                                 cookie_secret="test-cookie-secret", threaded=True, follow=False)
+    base = f"http://127.0.0.1:{port}"
+    listening(port)
+
+    def fleet_as(user, shown):
+        page = open_page(browser)
+        page.goto(f"{base}/?page=fleet")
+        page.fill("input[name=username]", user)
+        page.fill("input[name=password]", f"pw-{user}")
+        page.locator("button, input[type=submit]").first.click()
+        page.locator(".gaudi-nb-fleet-table .tabulator-row", has_text=shown).first.wait_for(timeout=60_000)
+        return page
+
+    def machine(page, name):
+        return page.locator(".gaudi-nb-machine-row", has_text=name).first
+
+    try:
+        page = fleet_as("dana", "fleetdown-0")
+        machine(page, "fleetdown-0").locator(".gaudi-nb-down button").click()
+        machine(page, "fleetdown-0").locator(".gaudi-nb-confirm", has_text="terminate fleetdown-0? its disk is deleted").wait_for(state="visible")
+        assert ec2_states()[ids["fleetdown-0"]] == "running"  # asked, nothing done yet
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / "dashboard_fleet_down.png"), full_page=True)
+        machine(page, "fleetdown-0").locator(".gaudi-nb-down-yes button").click()
+        page.locator(".gaudi-nb-down-message", has_text="down fleetdown-0 in").wait_for(timeout=60_000)
+        assert f"fleetdown-0 ({ids['fleetdown-0']}): terminated, cost $" in page.locator(".gaudi-nb-down-message .gaudi-nb-ok").inner_text()
+        assert ec2_states() == {ids["fleetdown-0"]: "terminated", ids["fleetdown-1"]: "running"}
+        entry = next(e for e in RunStore().audit_entries() if e["action"] == "down")
+        assert (entry["target"], entry["user"], entry["outcome"], entry["origin"]) == ("fleetdown-0", "dana", "ok", "dashboard from 127.0.0.1")
+        machine(page, "fleetdown-0").wait_for(state="detached", timeout=30_000)  # a terminated machine leaves the list
+
+        # a failure shows the one line the CLI prints for the same down
+        monkeypatch.setenv("AWS_ACCESS_KEY_ID", "")
+        monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "")
+        capsys.readouterr()
+        with pytest.raises(SystemExit):
+            cli.main(["nodes", "down", "fleetdown-1"])
+        said = capsys.readouterr().err.strip()
+        assert said.startswith("error: ") and "\n" not in said
+        machine(page, "fleetdown-1").locator(".gaudi-nb-down button").click()
+        machine(page, "fleetdown-1").locator(".gaudi-nb-down-yes button").click()
+        page.locator(".gaudi-nb-down-message", has_text="error: ").wait_for(timeout=60_000)
+        assert page.locator(".gaudi-nb-down-message .gaudi-nb-error").inner_text().strip() == said
+        for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):  # the credentials back
+            monkeypatch.setenv(key, aws[key])
+        assert page.problems == [], "\n".join(page.problems)
+        page.close()
+
+        # a member sees no Down; a click forged on the hidden control is refused by the server and audited
+        page = fleet_as("alice", "fleetdown-1")
+        assert not machine(page, "fleetdown-1").is_visible()
+        machine(page, "fleetdown-1").locator(".gaudi-nb-down-yes button").dispatch_event("click")
+        deadline = time.time() + 30
+        while not [e for e in RunStore().audit_entries(user="alice") if e["action"] == "down"]:
+            assert time.time() < deadline, "the member's forged down never reached the server"
+            time.sleep(0.2)
+        (refused,) = [e for e in RunStore().audit_entries(user="alice") if e["action"] == "down"]
+        assert (refused["target"], refused["outcome"]) == ("fleetdown-1", "refused") and "only an admin takes machines down" in refused["detail"]["reason"]
+        assert ec2_states()[ids["fleetdown-1"]] == "running"
+        page.close()
+        layout, _ = dashboard_app.build(dashboard_app.shared_data(follow=False), page="fleet", login="carol")  # a viewer: nothing to see either
+        assert not layout[1][0][3].visible and not layout[1][0][3][1][0][1].visible
+    finally:
+        server.stop()
+        dashboard_app.stop_shared()
+        gaudi_nb.down("fleetdown")
+    assert set(ec2_states().values()) == {"terminated"}
 
 
 def _login(base, user, password) -> str:

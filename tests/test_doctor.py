@@ -157,14 +157,19 @@ def stack_rows(on_gaudi, card=None, software=None, optimum_habana=True, pdsh=Non
     ("HL-325L", "1.24.0.272", "Gaudi 3, supported by Gaudi software 1.24.0.272", True),
     ("HL-225", "1.24.0.272", "Gaudi 2, supported by Gaudi software 1.24.0.272", True),
     ("HL-205", "1.24.0.272", "Gaudi (first generation), NOT supported by Gaudi software 1.24.0.272", False),
-    ("HL-205", "1.21.4", "Gaudi (first generation), supported by Gaudi software 1.21.4", True),  # the last stack that has it
-    ("HL-205", None, "Gaudi (first generation), support unknown", True),
+    ("HL-205", "1.21.4", "Gaudi (first generation), supported by Gaudi software 1.21.4; first-generation Gaudi (HL-205) with Gaudi software "
+                         "1.21.4, within the pin; 1.21's pip set: PyTorch 2.6.0 (Intel's build, from the image)", True),  # the last stack that has it
+    ("HL-205", None, "Gaudi (first generation), support unknown; first-generation Gaudi (HL-205), Gaudi software release unknown: it must be "
+                     "1.21 or older; 1.21's pip set: PyTorch 2.6.0 (Intel's build, from the image)", True),
 ])
 def test_the_card_generation_and_whether_the_installed_software_supports_it(card, software, found, ok):
     row = stack_rows(True, card, software)["Gaudi generation"]
-    assert (row["found"], row["ok"]) == (found, ok)
-    if not ok:
-        assert "1.22" in row["hint"] and "dl1.24xlarge" in row["hint"] and "Gaudi 2 / Gaudi 3" in row["hint"]
+    assert (row["found"].split("; optimum-habana")[0], row["ok"]) == (found, ok)
+    if not ok:  # the line a run there is refused with, word for word
+        from gaudi_nb.gaudi_stack import first_gen_refusal
+
+        assert row["hint"] == first_gen_refusal(card, software)
+        assert "since Gaudi software 1.22" in row["hint"] and "--image AMI_ID" in row["hint"] and "Gaudi 2 / Gaudi 3" in row["hint"]
 
 
 def test_pdsh_and_the_trainer_stacks_support_state():
@@ -186,3 +191,33 @@ def test_on_a_dl1_node_doctor_says_first_generation_is_out_of_the_installed_soft
     assert report["Gaudi generation"]["found"] == "Gaudi (first generation), NOT supported by Gaudi software 1.24.0.272"
     assert report["Gaudi generation"]["ok"] is False
     assert "past end of support" in report["trainer stack"]["found"] and report["pdsh"]["ok"] is False
+
+
+def test_a_local_run_on_first_generation_gaudi_is_pinned_to_gaudi_software_1_21(gaudi_home, monkeypatch, tmp_path, capsys):
+    """This machine is the node: an HL-205 card (a stand-in hl-smi) with Gaudi software 1.24 refuses the run in one
+    line, exit 2, before anything is written; with 1.21 the same check lets it go on."""
+    from gaudi_nb import cli
+    from gaudi_nb.spec import RunSpec
+    from gaudi_nb.targets.local import LocalTarget
+
+    install_fake_hlsmi(tmp_path, monkeypatch, query_csv="HL-205\nHL-205\n")  # `hl-smi -Q name` on dl1.24xlarge
+    install_distribution(tmp_path / "site", "habana-torch-plugin", "1.24.0.272")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    monkeypatch.setenv("GAUDI_NB_ACCELERATOR", "hpu")
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["train", "--model", "tiny-llama", "--max-steps", "2"])
+    said = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and "\n" not in said
+    assert said.startswith("error: first-generation Gaudi (HL-205) with Gaudi software 1.24.0.272: out of Intel's support matrix since Gaudi software 1.22")
+    assert "use an image with Gaudi software 1.21 (gaudi-nb nodes provision aws --image AMI_ID)" in said
+    assert not (gaudi_home / "runs").exists() or not any((gaudi_home / "runs").iterdir())  # nothing half-done
+    spec = RunSpec.from_options(model="tiny-llama", max_steps=2)
+    (tmp_path / "site" / "habana_torch_plugin-1.24.0.272.dist-info").rename(tmp_path / "site" / "habana_torch_plugin-1.21.0.dist-info")
+    (tmp_path / "site" / "habana_torch_plugin-1.21.0.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: habana-torch-plugin\nVersion: 1.21.0\n")
+    LocalTarget().check(spec)  # the last stack that supports it: the run goes on
+    row = rows(doctor.report())["Gaudi generation"]
+    assert row["ok"] and "first-generation Gaudi (HL-205) with Gaudi software 1.21.0, within the pin" in row["found"] and "optimum-habana==1.18.1" in row["found"]
+    monkeypatch.setenv("GAUDI_NB_ACCELERATOR", "cpu")  # a CPU run on the same machine is not judged by the card
+    install_distribution(tmp_path / "newer", "habana-torch-plugin", "1.24.0")
+    monkeypatch.syspath_prepend(str(tmp_path / "newer"))
+    LocalTarget().check(spec)

@@ -96,16 +96,41 @@ def test_inputs_cover_what_a_user_chooses(tf):
 
 
 def test_terraform_and_the_provider_look_for_the_same_image_and_say_dl1_is_out_of_support(tf):
-    from gaudi_nb.nodes.providers.aws import IMAGE_NAME
+    from gaudi_nb.nodes.providers.aws import IMAGE_NAME, IMAGE_RELEASE
 
     variables = _variables(tf)
-    # one pattern: what `gaudi-nb nodes provision aws` finds, Terraform finds (neither names an Ubuntu release AWS may not publish)
+    # one pattern and one release rule: what `gaudi-nb nodes provision aws` finds, Terraform finds (neither names an
+    # Ubuntu release AWS may not publish); HCL writes a backslash twice
     assert variables["ami_name_filter"]["default"] == IMAGE_NAME and "22.04" not in IMAGE_NAME
+    assert variables["ami_name_regex"]["default"].replace("\\\\", "\\") == IMAGE_RELEASE
+    data = {name: body for kind, name, body in _blocks(tf, "data") if kind == "aws_ami"}
+    assert data["habana"]["name_regex"] == "${var.ami_name_regex}"
     assert "could not be confirmed" in variables["ami_name_filter"]["description"]
-    assert "1.22" in variables["instance_type"]["description"] and "unsupported" in variables["instance_type"]["description"]
-    assert "apt-get install -y pdsh" in (Path(__file__).parents[1] / "infra" / "terraform" / "aws" / "main.tf").read_text()  # first boot
-    readme = (Path(__file__).parents[1] / "infra" / "terraform" / "aws" / "README.md").read_text()
-    assert "First-generation Gaudi is out of support" in readme and "could not be confirmed" in readme
+    assert "apt-get install -y pdsh" in (TF_DIR / "main.tf").read_text()  # first boot
+
+
+def test_the_first_generation_pin_is_one_rule_said_in_the_same_words_everywhere(tf):
+    """DL1 runs are pinned to Gaudi software 1.21: the AMI rule agrees with the pin, and the catalog, the provision
+    warning, Terraform and the docs say it in gaudi_stack.FIRST_GEN_PIN's words."""
+    from gaudi_nb.cost import catalog
+    from gaudi_nb.gaudi_stack import FIRST_GEN_LAST_SOFTWARE, FIRST_GEN_PIN
+    from gaudi_nb.nodes.providers.aws import IMAGE_RELEASE
+
+    def name(release: str) -> str:
+        return f"Deep Learning AMI Habana PyTorch 2.6.0 SynapseAI {release} (Ubuntu 20.04) 20250601"
+
+    allowed = [f"1.{minor}.0" for minor in range(FIRST_GEN_LAST_SOFTWARE[1] + 1)] + ["0.15.4"]
+    assert all(re.search(IMAGE_RELEASE, name(r)) for r in allowed)
+    assert not any(re.search(IMAGE_RELEASE, name(r)) for r in ("1.22.0", "1.24.0", "1.30.1", "2.0.0"))
+
+    def said(text: str) -> str:
+        return " ".join(text.replace("**", "").split()).lower()  # a sentence may open with a capital
+
+    for path in (TF_DIR / "README.md", ROOT / "docs" / "deployment.md"):
+        assert FIRST_GEN_PIN.lower() in said(path.read_text()), path
+    assert FIRST_GEN_PIN in _variables(tf)["instance_type"]["description"] and FIRST_GEN_PIN in _variables(tf)["ami_name_regex"]["description"]
+    dl1 = [row for row in catalog.load_catalog() if row.instance_type == "dl1.24xlarge"]
+    assert dl1 and all(FIRST_GEN_PIN in row.notes for row in dl1)
 
 
 def test_ssh_cidr_has_no_default_and_refuses_the_whole_internet(tf):

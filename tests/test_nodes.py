@@ -136,6 +136,24 @@ def test_preflight_says_in_one_line_what_is_wrong():
     assert "gaudi_nb: missing in /n/env/bin/python" in missing
 
 
+def test_preflight_refuses_first_generation_gaudi_with_a_stack_newer_than_1_21():
+    """The node's probe reports its card and Gaudi software; DL1 is pinned to 1.21 (gaudi_stack.FIRST_GEN_PIN)."""
+    record = {"name": "dl1", "url": "ssh://ubuntu@dl1:22", "python": "/n/env/bin/python", "accelerator": "hpu"}
+    cards = {"present": list(range(8)), "busy": {}, "driver_version": "1.24.0", "firmware_version": "x"}
+    line = failure_line(record, evaluate(record, _probe(modules=cards, stack=["HL-205", "1.24.0.272"]), {"devices": 8}))
+    assert line == ("node dl1: Gaudi stack: first-generation Gaudi (HL-205) with Gaudi software 1.24.0.272: out of Intel's support matrix "
+                    "since Gaudi software 1.22, and gaudi_nb pins first-generation Gaudi to 1.21: use an image with Gaudi software 1.21 "
+                    "(gaudi-nb nodes provision aws --image AMI_ID), or a Gaudi 2 / Gaudi 3 node")
+    passed = evaluate(record, _probe(modules=cards, stack=["HL-205", "1.21.0"]), {"devices": 8})
+    assert failure_line(record, passed) is None
+    (pin,) = [check for check in passed if check.name == "Gaudi stack"]
+    assert "Gaudi software 1.21.0, within the pin; 1.21's pip set: PyTorch 2.6.0" in pin.found and "optimum-habana==1.18.1" in pin.found
+    assert "HabanaAI/DeepSpeed.git@1.21.0" in pin.found
+    # Gaudi 2 and 3 carry no pin; a node whose probe predates the stack report is not judged
+    for stack in (["HL-225", "1.24.0"], ["HL-325L", "1.24.0"], None):
+        assert "Gaudi stack" not in [c.name for c in evaluate(record, _probe(modules=cards, **({"stack": stack} if stack else {})), {"devices": 8})]
+
+
 def test_preflight_across_gaudi_nodes_wants_whole_nodes_and_pdsh_on_node_0():
     record = {"name": "g1", "url": "ssh://root@g1:22", "python": "/n/env/bin/python", "accelerator": "hpu"}
     gaudi = {"present": list(range(8)), "busy": {}, "driver_version": "1.24.0", "firmware_version": "x"}

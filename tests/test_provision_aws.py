@@ -78,8 +78,8 @@ def test_two_dl1_machines_through_the_cli_then_down_leaves_nothing(aws, gaudi_ho
     made = cli("nodes", "provision", "aws", "--instance-type", "dl1.24xlarge", "--count", "2", "--name", "pair", "--ssh-from", SSH_FROM, "--no-attach", "--json")
     provision_s = time.monotonic() - started
     assert made.returncode == 0, made.stderr
-    # DL1 is AWS's only Gaudi and out of Intel's support from Gaudi software 1.22: said before anything starts
-    assert "warning: dl1.24xlarge: first-generation Gaudi (HL-205, AWS dl1.24xlarge) is out of Intel's support matrix from Gaudi software 1.22" in made.stderr
+    # DL1 is AWS's only Gaudi, pinned to Gaudi software 1.21 (out of Intel's support matrix from 1.22): said before anything starts
+    assert "warning: dl1.24xlarge: first-generation Gaudi (HL-205, AWS dl1.24xlarge) is pinned to Gaudi software 1.21" in made.stderr
     records = json.loads(made.stdout)
     assert [r["name"] for r in records] == ["pair-0", "pair-1"]
     assert {(r["provider"], r["region"], r["instance_type"], r["group"], r["state"]) for r in records} == {("aws", "us-west-2", "dl1.24xlarge", "pair", "running")}
@@ -155,7 +155,7 @@ def test_two_dl1_machines_through_the_cli_then_down_leaves_nothing(aws, gaudi_ho
         (["--instance-type", "dl1.24xlarge", "--region", "eu-west-1"], {}, "dl1.24xlarge is not offered in eu-west-1 (the price catalog lists us-west-2, us-east-1)"),
         (["--instance-type", "dl1.24xlarge"], {"AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""}, "no AWS credentials found: set AWS_ACCESS_KEY_ID"),
         (["--instance-type", "dl1.24xlarge"], {"AWS_PROFILE": "nope", "AWS_ACCESS_KEY_ID": "", "AWS_SECRET_ACCESS_KEY": ""}, "The config profile (nope) could not be found"),
-        (["--instance-type", "dl1.24xlarge", "--region", "us-east-1"], {}, "that AWS still publishes one could not be confirmed: pass --image AMI_ID"),
+        (["--instance-type", "dl1.24xlarge", "--region", "us-east-1"], {}, "that AWS publishes such an image could not be confirmed (none for Ubuntu 22.04 was found): pass --image AMI_ID of an image with Gaudi software 1.21"),
         (["--instance-type", "dl1.24xlarge", "--ssh-from", "not-an-address"], {}, "--ssh-from 'not-an-address' is not an address range"),
         (["--instance-type", "dl1.24xlarge", "--count", "2", "--name", "bad name"], {}, "'bad name' cannot name a node"),
     ],
@@ -219,6 +219,35 @@ def test_api_spot_group_goes_down_one_machine_then_the_rest(aws):
     assert not [g for g in client.describe_security_groups()["SecurityGroups"] if g["GroupId"] == group_id]
     with pytest.raises(SpecError, match="no provisioned group or machine named 'nobody'"):
         gaudi_nb.down("nobody")
+
+
+def test_dl1_is_pinned_to_gaudi_software_1_21_the_image_found_and_the_words_said(aws):
+    """Without --image, the newest Habana image within the pin is taken (a newer SynapseAI one is passed over), and
+    the provision says the pin in gaudi_stack's words (what `nodes provision aws` prints: the slow CLI test reads it
+    there). The group's shared part only: no machine needs to start for the image and the words."""
+    from gaudi_nb.gaudi_stack import FIRST_GEN_PIN
+    from gaudi_nb.nodes.providers import provider
+    from gaudi_nb.nodes.providers.base import ProvisionRequest
+    from gaudi_nb.nodes.provision import ensure_key
+
+    pinned = habana_image()
+    client = ec2()
+    newer = [i["ImageId"] for i in client.describe_images(Owners=["self"], Filters=[{"Name": "name", "Values": ["*SynapseAI 1.22.0*"]}])["Images"]]
+    if not newer:
+        time.sleep(1.1)  # EC2 dates images to the second: this one is the newest, the one the name pattern alone would take
+        newer = [client.register_image(Name="Deep Learning AMI Habana PyTorch 2.7.1 SynapseAI 1.22.0 (Ubuntu 22.04) 20250901", Architecture="x86_64", RootDeviceName="/dev/sda1",
+                                       VirtualizationType="hvm", BlockDeviceMappings=[{"DeviceName": "/dev/sda1", "Ebs": {"VolumeSize": 100}}])["ImageId"]]
+    dates = {i["ImageId"]: i["CreationDate"] for i in client.describe_images(ImageIds=[pinned, *newer])["Images"]}
+    assert dates[newer[0]] > dates[pinned]
+    cloud = provider("aws", "us-west-2")
+    request = ProvisionRequest(provider="aws", instance_type="dl1.24xlarge", count=1, region="us-west-2", name="pinned", ssh_from=SSH_FROM,
+                               public_key=ensure_key()[1], owner="tester")
+    resources = cloud.bootstrap_instances(request)
+    try:
+        assert resources.network["image"] == pinned
+        assert resources.network["warnings"] == [f"dl1.24xlarge: {FIRST_GEN_PIN}"]
+    finally:
+        cloud.cleanup(resources)
 
 
 def test_one_machine_gets_a_public_address_on_a_plain_interface_and_costs_show_in_the_magic(aws, tmp_path, monkeypatch):

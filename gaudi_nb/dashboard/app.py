@@ -97,7 +97,7 @@ def build(data: DashboardData, page: Optional[str] = None, run_id: Optional[str]
     pn, _ = _extensions(inline)
     from .access import person
     from .audit_page import audit_page
-    from .controls import stop_control
+    from .controls import down_control, stop_control
     from .views import DashboardState, costs_page, detail_page, fleet_page, runs_page
 
     state = DashboardState(data, page=page if page in PAGES else "fleet")
@@ -110,7 +110,7 @@ def build(data: DashboardData, page: Optional[str] = None, run_id: Optional[str]
         tabs.active = PAGES.index("run")
 
     who = person(login, _roles, data.store.identity)
-    tabs.extend([fleet_page(state), runs_page(state, on_open=open_run), detail_page(state, stop_control(state, who, origin)), costs_page(state), audit_page(state)])
+    tabs.extend([fleet_page(state, down_control(state, who, origin)), runs_page(state, on_open=open_run), detail_page(state, stop_control(state, who, origin)), costs_page(state), audit_page(state)])
     tabs.active = PAGES.index(state.page)
     tabs.param.watch(lambda event: setattr(state, "page", PAGES[event.new]), "active")
     store_name = data.store.url.split("@")[-1]  # never the password of a PostgreSQL URL

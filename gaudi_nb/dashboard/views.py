@@ -117,7 +117,8 @@ def _heatmap_image(data: Dict[str, Any], title: str, unit: str) -> hv.Image:
     )
 
 
-def fleet_page(state: DashboardState) -> pn.viewable.Viewable:
+def fleet_page(state: DashboardState, controls: Optional[pn.viewable.Viewable] = None) -> pn.viewable.Viewable:
+    """Every node, idle ones that cost money first, and the device heat maps; `controls` (an admin's Down) under the table."""
     banner = pn.pane.Alert("no nodes yet", alert_type="light", css_classes=["gaudi-nb-fleet-banner"])
     table = pn.widgets.Tabulator(
         pd.DataFrame(columns=["node", "state", "address", "accelerator", "devices", "active_runs", "runs", "utilization_pct", "usd_per_hour", "usd"]),
@@ -164,6 +165,7 @@ def fleet_page(state: DashboardState) -> pn.viewable.Viewable:
         pn.pane.Markdown("## Fleet\nEvery node: this machine, attached nodes and any a run reports from. Idle nodes that cost money come first, in red."),
         banner,
         table,
+        *([controls] if controls is not None else []),
         pn.pane.Markdown("Each row of a map is one device, grouped by node (white lines); ten minutes in 5 s bins, grey where nothing was sampled."),
         pn.Row(pn.pane.HoloViews(utilization, sizing_mode="stretch_width", css_classes=["gaudi-nb-heatmap"]), pn.pane.HoloViews(memory, sizing_mode="stretch_width", css_classes=["gaudi-nb-heatmap"]), sizing_mode="stretch_width"),
         sizing_mode="stretch_width",

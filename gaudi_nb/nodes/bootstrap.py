@@ -31,7 +31,7 @@ MIN_PYTHON = (3, 10)
 Progress = Callable[[str], None]
 
 # Runs on the node under any Python (it may lack gaudi_nb): prints one JSON line of what that
-# interpreter has. Arguments: "doctor" adds gaudi_nb's doctor report, "modules" hl-smi's cards.
+# interpreter has. Arguments: "doctor" adds gaudi_nb's doctor report, "modules" hl-smi's cards and the Gaudi stack.
 PROBE = r'''
 import json, os, platform, shutil, sys
 out = {"executable": sys.executable, "python_version": platform.python_version(),
@@ -84,6 +84,11 @@ if out["gaudi_nb_version"] and "modules" in sys.argv[1:]:
             "driver_version": state.driver_version, "firmware_version": state.firmware_version}
     except Exception as exc:
         out["modules_error"] = (type(exc).__name__ + ": " + str(exc))[:300]
+    try:
+        from gaudi_nb.doctor import installed_stack
+        out["stack"] = list(installed_stack())  # [card, Gaudi software]: the first-generation pin reads them
+    except Exception as exc:
+        out["stack_error"] = (type(exc).__name__ + ": " + str(exc))[:300]
 print("GAUDI_NB_PROBE " + json.dumps(out))
 '''
 

@@ -1,10 +1,12 @@
-"""Preflight: before a launch, say in one line what is wrong on a node (no Python, another gaudi_nb version, too little disk, busy cards)."""
+"""Preflight: before a launch, say in one line what is wrong on a node (no Python, another gaudi_nb version, too little disk, busy cards,
+first-generation Gaudi with Gaudi software newer than 1.21)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Dict, List, Optional
 
 from ..errors import SpecError
+from ..gaudi_stack import first_gen_stack
 from ..version import __version__
 from .bootstrap import Probe, client_build, probe
 
@@ -68,6 +70,9 @@ def evaluate(record: Dict[str, Any], found: Optional[Probe], spec: Any = None, *
 
     nodes = int(_field(spec, "nodes", 1) or 1)
     checks.append(_cards(record, found, _devices(spec), nodes))
+    pin = first_gen_stack(*(found.get("stack") or [None, None]))  # first-generation Gaudi: pinned to Gaudi software 1.21
+    if pin is not None:
+        checks.append(NodeCheck("Gaudi stack", *pin))
     if first and nodes > 1 and record.get("accelerator") == "hpu" and _field(spec, "launcher", "auto") in ("auto", "deepspeed"):
         pdsh = found.get("pdsh")
         checks.append(NodeCheck("pdsh", bool(pdsh), pdsh or "missing",

@@ -11,6 +11,7 @@ from typing import Any, Dict, List, Optional
 
 from .. import workdir
 from ..agent import commands
+from ..errors import SpecError
 from ..spec import RunSpec
 from .base import Files, Part, Target
 
@@ -18,6 +19,20 @@ from .base import Files, Part, Target
 class LocalTarget(Target):
     name = "local"
     max_nodes = 1
+
+    def check(self, spec: RunSpec) -> None:
+        """On a Gaudi machine: the first-generation pin (an HL-205 card with Gaudi software newer than 1.21 is
+        refused in one line), as a remote node's preflight checks it. hl-smi is asked only where a card is."""
+        from ..accel import detect_name
+
+        if detect_name() != "hpu":
+            return
+        from ..doctor import installed_stack
+        from ..gaudi_stack import first_gen_refusal
+
+        refusal = first_gen_refusal(*installed_stack())
+        if refusal:
+            raise SpecError(refusal)
 
     def place(self, run_id: str) -> List[Part]:
         return [Part(self.name, 0, str(self.run_dir(run_id)))]

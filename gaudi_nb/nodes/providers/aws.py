@@ -9,15 +9,18 @@ import time
 from typing import Any, Dict, List, Optional, Tuple
 
 from ...errors import GaudiNbError, SpecError, require
-from ...gaudi_stack import FIRST_GEN_NOTE
+from ...gaudi_stack import FIRST_GEN_PIN
 from .base import TAG_GROUP, TAG_MANAGED, TAG_NODE, TAG_OWNER, Capabilities, Instance, ProvisionRequest, Resources
 
-# The Habana deep-learning AMIs AWS has published ("Deep Learning AMI Habana PyTorch 1.x SynapseAI 1.y
-# (Ubuntu 20.04) DATE"); the newest match wins. Owners: Amazon's own, or a copy in the caller's
-# account; never any public image that merely carries the name. Terraform's ami_name_filter is the
-# same pattern (tests/test_infra.py). Whether AWS still publishes one could not be confirmed (no
-# Ubuntu 22.04 Habana DLAMI was found), hence no Ubuntu release in the pattern and --image.
-IMAGE_NAME = "*Deep Learning AMI Habana PyTorch*SynapseAI*"
+# The Habana deep-learning AMIs AWS has published ("Deep Learning AMI Habana PyTorch 1.10.0 SynapseAI 1.2.0
+# (Ubuntu 18.04) DATE"; AWS's DLAMI release notes list Habana PyTorch SynapseAI images for Ubuntu 18.04 and
+# Amazon Linux 2); the newest Ubuntu one within the first-generation pin wins (gaudi_stack: Gaudi software 1.21 or
+# older, IMAGE_RELEASE, so a newer image is never picked for DL1). Owners: Amazon's own, or a copy in the caller's
+# account; never any public image that merely carries the name. Terraform's ami_name_filter and ami_name_regex are
+# these two strings (tests/test_infra.py). That AWS publishes one with Gaudi software 1.21 could not be confirmed
+# (none for Ubuntu 22.04, which 1.21 needs, was found), hence no release in the pattern, and --image.
+IMAGE_NAME = "*Deep Learning AMI Habana PyTorch*SynapseAI*(Ubuntu*"
+IMAGE_RELEASE = r"SynapseAI (0|1\.([0-9]|1[0-9]|2[01]))\."  # SynapseAI 1.21 or older (RE2 and Python alike)
 IMAGE_OWNERS = ["amazon", "self"]
 SSH_USER = "ubuntu"  # the Habana AMIs are Ubuntu
 # EFA interfaces an instance type takes (one per network card). DL1 has four 100 Gbps EFA ENIs:
@@ -156,7 +159,7 @@ class AwsProvider:
         """Find or make what the group's machines need; nothing is created before the image and network are found."""
         image = request.image or self.find_image()
         vpc, subnet = self._network(request.instance_type)
-        warnings = [f"{request.instance_type}: {FIRST_GEN_NOTE}"] if request.instance_type.startswith("dl1.") else []
+        warnings = [f"{request.instance_type}: {FIRST_GEN_PIN}"] if request.instance_type.startswith("dl1.") else []
         resources = Resources(network={"image": image, "vpc": vpc, "subnet": subnet, "group": request.name, "warnings": warnings,
                                        "instance_profile": os.environ.get(INSTANCE_PROFILE_VARIABLE) or None})
         try:
@@ -174,9 +177,11 @@ class AwsProvider:
         images = self._call("describe_images", Owners=IMAGE_OWNERS, Filters=[
             {"Name": "name", "Values": [IMAGE_NAME]}, {"Name": "state", "Values": ["available"]},
         ]).get("Images", [])
+        images = [image for image in images if re.search(IMAGE_RELEASE, image.get("Name") or "")]  # the first-generation pin
         if not images:
-            raise SpecError(f"no Habana deep learning image (name like '{IMAGE_NAME}') in {self.region}; that AWS still publishes one "
-                            "could not be confirmed: pass --image AMI_ID of an image with the Gaudi driver (SynapseAI 1.21 or older for DL1)")
+            raise SpecError(f"no Habana deep learning image with Gaudi software 1.21 or older (name like '{IMAGE_NAME}') in {self.region}: "
+                            f"{FIRST_GEN_PIN}, and that AWS publishes such an image could not be confirmed (none for Ubuntu 22.04 was found): "
+                            "pass --image AMI_ID of an image with Gaudi software 1.21")
         return max(images, key=lambda image: image.get("CreationDate") or "")["ImageId"]
 
     def _network(self, instance_type: str) -> Tuple[str, str]:

@@ -45,6 +45,7 @@ data "aws_ami" "habana" {
   count       = var.ami_id == null ? 1 : 0
   most_recent = true
   owners      = ["amazon"]
+  name_regex  = var.ami_name_regex # SynapseAI 1.21 or older: the first-generation pin
 
   filter {
     name   = "name"

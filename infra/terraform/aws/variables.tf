@@ -47,7 +47,7 @@ variable "availability_zone" {
 }
 
 variable "instance_type" {
-  description = "EC2 instance type of each node. dl1.24xlarge carries 8 first-generation Gaudi cards (the only Gaudi type on AWS), which Intel's support matrix leaves out from Gaudi software 1.22 on: gaudi_nb targets 1.24, so DL1 runs on the older stack of its image, unsupported."
+  description = "EC2 instance type of each node. dl1.24xlarge carries 8 first-generation Gaudi cards (the only Gaudi type on AWS): first-generation Gaudi (HL-205, AWS dl1.24xlarge) is pinned to Gaudi software 1.21, the last release that supports it: Intel's support matrix leaves it out from 1.22 on, so gaudi_nb refuses to run on it with anything newer."
   type        = string
   default     = "dl1.24xlarge"
 }
@@ -70,9 +70,15 @@ variable "ami_id" {
 }
 
 variable "ami_name_filter" {
-  description = "Name pattern used to find the image when ami_id is null (Amazon-owned images only); the same as gaudi-nb nodes provision aws. That AWS still publishes a Habana DLAMI could not be confirmed (none for Ubuntu 22.04 was found): if none matches, set ami_id."
+  description = "Name pattern used to find the image when ami_id is null (Amazon-owned images only); the same as gaudi-nb nodes provision aws. That AWS publishes a Habana DLAMI with Gaudi software 1.21 could not be confirmed (none for Ubuntu 22.04 was found): if none matches, set ami_id."
   type        = string
-  default     = "*Deep Learning AMI Habana PyTorch*SynapseAI*"
+  default     = "*Deep Learning AMI Habana PyTorch*SynapseAI*(Ubuntu*"
+}
+
+variable "ami_name_regex" {
+  description = "The first-generation pin on the image's name: SynapseAI 1.21 or older (first-generation Gaudi (HL-205, AWS dl1.24xlarge) is pinned to Gaudi software 1.21, the last release that supports it: Intel's support matrix leaves it out from 1.22 on, so gaudi_nb refuses to run on it with anything newer); the same as gaudi-nb nodes provision aws."
+  type        = string
+  default     = "SynapseAI (0|1\\.([0-9]|1[0-9]|2[01]))\\."
 }
 
 variable "ssh_user" {

@@ -237,6 +237,10 @@ class RecordFold(Fold):
     def on_queue(self, e: Event) -> None:
         s = self.summary
         s["slurm"] = {"job_id": e.get("job_id"), "partition": e.get("partition"), "nodes": e.get("nodes") or (s["slurm"] or {}).get("nodes") or []}
+        if e.get("state") == "PENDING" and s["status"] in ("starting", "running", "stopping"):
+            s["status"] = "pending"  # Slurm requeued the job (a preemption, a node failure): it waits for its next start
+        elif e.get("state") == "RUNNING" and s["status"] == "pending":
+            s["status"] = "starting"
         pending = e.get("state") == "PENDING" and s["status"] == "pending"
         s["pending_reason"] = e.get("reason") if pending else None
         since = (s["queued"] or {}).get("since") or e.get("t")

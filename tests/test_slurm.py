@@ -20,7 +20,19 @@ from conftest import BIN, wait_for
 import gaudi_nb
 import gaudi_nb.api
 import gaudi_nb.nodes.link
-from gaudi_nb.launch.slurm import Gres, JobRequest, expand_hosts, job_state, parse_gres, parse_record, parse_squeue, visible_modules
+from gaudi_nb.launch.slurm import (
+    START_MARK,
+    Gres,
+    JobRequest,
+    ended_by_slurm,
+    expand_hosts,
+    job_state,
+    parse_gres,
+    parse_record,
+    parse_squeue,
+    visible_modules,
+    warning_seconds,
+)
 
 GAUDI_NB = str(BIN / "gaudi-nb")
 
@@ -77,10 +89,44 @@ def test_the_job_script_asks_for_what_the_run_needs():
                  "--signal=B:USR1@120", "--no-requeue", "--job-name=gaudi-nb-r-1", "--partition=gaudi"):
         assert f"#SBATCH {line}\n" in script
     # the time limit's warning goes to the batch shell (on node 0), whose trap asks node 0's agent to stop
-    assert "warned() { /env/bin/python -m gaudi_nb.agent.commands slurm-stop --reason stopped --nodes 2 --run-dir /shared/runs/r-1/nodes/\"$SLURMD_NODENAME\"; }\ntrap warned USR1\n" in script
+    assert "warned() { /env/bin/python -m gaudi_nb.agent.commands slurm-stop --reason stopped --time-limit --nodes 2 --run-dir /shared/runs/r-1/nodes/\"$SLURMD_NODENAME\"; }\ntrap warned USR1\n" in script
     assert "srun --kill-on-bad-exit=0 --ntasks-per-node=1 /env/bin/python -m gaudi_nb.agent.commands slurm-task --run-dir /shared/runs/r-1 &\n" in script
     plain = JobRequest("r-2", "/shared/runs/r-2", nodes=1, devices=1, partition="gaudi").script("/env/bin/python", None)
     assert plain.endswith("exec srun --kill-on-bad-exit=0 --ntasks-per-node=1 /env/bin/python -m gaudi_nb.agent.commands slurm-task --run-dir /shared/runs/r-2\n")
+    # --max-restarts on one node: Slurm requeues the job after a preemption or a node failure, its output appended to,
+    # each start marked; the time limit's warning stops the run's one part wherever Slurm started the job
+    requeued = JobRequest("r-3", "/shared/runs/r-3", nodes=1, devices=1, partition="gaudi", requeue=True, time_limit_s=60).script("/env/bin/python", None)
+    assert "#SBATCH --requeue\n#SBATCH --open-mode=append\n" in requeued and "--no-requeue" not in requeued
+    assert f'echo {START_MARK!r} $SLURM_JOB_ID "(restart ${{SLURM_RESTART_COUNT:-0}})"\n' in requeued
+    assert "#SBATCH --time=0-00:01:00\n#SBATCH --signal=B:USR1@45\n" in requeued and "--run-dir /shared/runs/r-3/nodes/*/; }" in requeued
+
+
+@pytest.mark.parametrize("limit, warning", [(45, 45), (60, 45), (90, 45), (300, 75), (600, 120), (7200, 120)])
+def test_the_time_limits_warning_leaves_slurmctlds_30_s_timer_a_chance_and_the_run_time_to_checkpoint(limit, warning):
+    """slurmctld sends --signal's warning from a 30 s timer: a window of 45 s or more always meets it; a quarter of the limit, at most 120 s."""
+    assert warning_seconds(limit) == warning
+
+
+def test_slurms_own_line_in_the_output_says_how_each_start_of_the_job_ended():
+    output = (f"{START_MARK} 12 (restart 0)\n"
+              "slurmstepd-n1: error: *** STEP 12.0 ON n1 CANCELLED AT 2026-12-07T23:35:28 DUE TO PREEMPTION ***\n"
+              f"{START_MARK} 12 (restart 1)\nslurmstepd-n1: error: *** JOB 12 ON n1 CANCELLED AT 2026-12-07T23:40:02 DUE TO TIME LIMIT ***\n")
+    assert ended_by_slurm(output, "12") == "TIMEOUT" and ended_by_slurm(output, "12", start=-2) == "PREEMPTED"
+    assert ended_by_slurm(f"{START_MARK} 12 (restart 1)\n", "12") is None  # running again: the earlier end is not this start's
+    assert ended_by_slurm("slurmstepd-n2: error: *** JOB 7 ON n2 CANCELLED AT 2026-12-07T23:34:30 ***\n", "7") == "CANCELLED"
+    assert ended_by_slurm("*** JOB 7 ON n2 CANCELLED AT 2026-12-07T23:34:30 DUE TO JOB REQUEUE ***", "7") == "REQUEUED"
+    assert ended_by_slurm("*** JOB 7 ON n2 CANCELLED AT 2026-12-07T23:34:30 DUE TO NODE FAILURE, SEE SLURMCTLD LOG FOR DETAILS ***", "7") == "NODE_FAIL"
+    assert ended_by_slurm("*** JOB 8 ON n2 CANCELLED AT 2026-12-07T23:34:30 ***", "7") is None
+
+
+def test_restarts_since_the_last_resume_count_against_max_restarts():
+    from gaudi_nb.agent.attempts import restarts_used
+
+    assert restarts_used([]) == 0
+    marks = [{"type": "run_start"}, {"type": "restart", "cause": "crash"}, {"type": "restart", "cause": "requeue"}]
+    assert restarts_used(marks) == 2
+    assert restarts_used([*marks, {"type": "restart", "cause": "resume"}]) == 0  # a resume by hand gives the restarts again
+    assert restarts_used([*marks, {"type": "restart", "cause": "resume"}, {"type": "restart", "cause": "requeue"}]) == 1
 
 
 # -- a real cluster ----------------------------------------------------------------------------------------
@@ -236,6 +282,42 @@ def test_gaudi_nb_resume_submits_a_new_job_that_goes_on_from_the_last_checkpoint
     assert restart["cause"] == "resume" and restart["from_step"] == 2
     assert [e["step"] for e in run.events(types=["step"])] == [1, 2, 3, 4, 5, 6]
     assert len(run.events(types=["run_end"])) == 2  # attempt 1's end, then the run's
+    wait_for(lambda: hpc["cluster"].squeue().strip() == "", timeout=30, what="the job to leave the queue")
+
+
+def _job_state(hpc, job_id):
+    return subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, env=os.environ.copy()).stdout.strip()
+
+
+@pytest.mark.slow
+def test_a_preempted_job_is_requeued_by_slurm_and_the_run_goes_on_from_its_checkpoint_as_its_next_attempt(hpc):
+    """--max-restarts 1 on one node: `--requeue`; a job of the urgent partition preempts it, Slurm requeues it, and its task goes on
+    from the last complete checkpoint as attempt 2 (no client needed: the job itself decides), under the same job id."""
+    folder = hpc["home"] / "requeue"
+    folder.mkdir(exist_ok=True)
+    run = gaudi_nb.train(target="hpc", nodes=1, devices=1, script=str(scriptrun.write_loop(folder, step_s=0.15)), max_steps=40, save_steps=2, max_restarts=1)
+    wait_for(lambda: _record(run.run_id)["steps_completed"] >= 4, timeout=90, what="a few steps and a checkpoint")
+    job_id = _record(run.run_id)["slurm"]["job_id"]
+    hpc["cluster"].preempt(seconds=1)
+    # Slurm holds a requeued job for its credential's lifetime (cred_expire, 120 s by default) as BeginTime; released here at once
+    waiting = wait_for(lambda: (r := _record(run.run_id))["status"] == "pending" and r, timeout=30, what="the run pending again after the preemption")
+    assert waiting["pending_reason"] in ("BeginTime", "Resources", "Priority"), waiting
+    subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=True, env=os.environ.copy())
+    record = wait_for(lambda: (r := _record(run.run_id))["status"] in ("succeeded", "failed", "lost", "stopped") and r, timeout=90, what="attempt 2's end")
+    assert record["status"] == "succeeded" and record["attempt"] == 2, record["exit"]
+    assert record["slurm"]["job_id"] == job_id  # Slurm's requeue: the same job, started again
+    (restart,) = run.events(types=["restart"])
+    assert restart["cause"] == "requeue" and f"Slurm job {job_id} PREEMPTED" in restart["reason"] and restart["restarts_left"] == 0, restart
+    assert restart["from_step"] >= 2 and restart["checkpoint"].endswith(f"checkpoint-{restart['from_step']}")
+    events = run.events()
+    steps = [(e.get("attempt") or 1, e["step"]) for e in events if e["type"] == "step"]
+    first = [step for attempt, step in steps if attempt == 1]
+    assert first == list(range(1, len(first) + 1)) and restart["from_step"] <= first[-1]  # attempt 1 went as far as the preemption
+    assert [step for attempt, step in steps if attempt == 2] == list(range(restart["from_step"] + 1, 41))  # attempt 2 from its checkpoint
+    assert record["steps_completed"] == 40 and len([e for e in events if e["type"] == "run_end"]) == 1  # one stream, one end
+    # the queue time between the attempts is not billed: the agents metered their own running time only
+    gap = restart["t"] - max(e["t"] for e in events if e["type"] == "cost" and e["t"] < restart["t"])
+    assert gap > 1 and record["cost"]["elapsed_s"] < (events[-1]["t"] - events[0]["t"]) - gap + 1
     wait_for(lambda: hpc["cluster"].squeue().strip() == "", timeout=30, what="the job to leave the queue")
 
 

@@ -322,6 +322,30 @@ def test_a_preempted_job_is_requeued_by_slurm_and_the_run_goes_on_from_its_check
 
 
 @pytest.mark.slow
+def test_a_real_one_minute_time_limit_checkpoints_before_slurms_kill_and_resume_goes_on_from_it(hpc):
+    """--time-limit 1m: Slurm's own warning (--signal=B:USR1@45, from slurmctld's 30 s timer) stops the run with a
+    checkpoint before the limit; the job ends by itself (COMPLETED, not TIMEOUT); `gaudi-nb resume` goes on from it."""
+    run = gaudi_nb.train(target="hpc", nodes=1, devices=1, script=str(hpc["loop"]), max_steps=100000, time_limit="1m")
+    wait_for(lambda: _record(run.run_id)["steps_completed"] > 0, timeout=60, what="a step")
+    started = time.monotonic()
+    record = wait_for(lambda: (r := _record(run.run_id))["status"] in ("stopped", "failed", "lost", "succeeded") and r, timeout=75, what="the stop at the warning")
+    assert record["status"] == "stopped" and "time limit" in record["exit"]["reason"], record["exit"]
+    assert record["exit"]["reason"] == "stopped before Slurm's time limit: stopped after a checkpoint"
+    assert time.monotonic() - started < 60  # Slurm's kill comes at 60 s after the job's start, or later
+    stopped_at = record["steps_completed"]
+    assert record["checkpoints"][-1]["step"] == stopped_at and record["checkpoints"][-1]["reason"] == "stopped"
+    job_id = record["slurm"]["job_id"]
+    wait_for(lambda: job_state(parse_record(subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True,
+                                                           env=os.environ.copy()).stdout)) == "COMPLETED", timeout=30, what="the job's own end")
+    resumed = cli("resume", run.run_id, "--max-steps", str(stopped_at + 3), "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    record = json.loads(resumed.stdout)
+    assert record["status"] == "succeeded" and record["attempt"] == 2 and record["steps_completed"] == stopped_at + 3, record["exit"]
+    assert [e["step"] for e in run.events(types=["step"]) if (e.get("attempt") or 1) == 2] == [stopped_at + 1, stopped_at + 2, stopped_at + 3]
+    wait_for(lambda: hpc["cluster"].squeue().strip() == "", timeout=30, what="the job to leave the queue")
+
+
+@pytest.mark.slow
 def test_a_batch_notebook_runs_as_a_one_node_job_with_the_cell_events_parameters_and_manifest_of_a_local_batch(hpc):
     from pathlib import Path
 

@@ -34,6 +34,7 @@ from .base import Files, Part, Target
 
 STOP_GRACE_S = 330.0  # after a stop request, how long the agents get before the job is cancelled (their own grace is 300 s)
 ENDS_AS_LOST = ("NODE_FAIL", "PREEMPTED", "BOOT_FAIL")  # the machine went away; the others are the job's own end
+JOBS_OWN_ENDS = ("COMPLETED", "FAILED", "GONE")  # the batch script exited by itself: where every agent wrote its end, that end is the run's
 QUERY_EVERY_S = 1.0
 
 
@@ -188,7 +189,10 @@ class SlurmTarget(Target):
             ended = ended_by_slurm(self.login.read_text(posixpath.join(self.root(run_id), "job", f"slurm-{known['job_id']}.out")), str(known["job_id"]))
             state = {**state, "state": ended} if ended else state
         if state["state"] in (*BAD_ENDS, "GONE", "COMPLETED"):
-            self._ended_behind(run_id, state)
+            if parts:  # the nodes' ends so far (the run's end waits for the check below)
+                self.stream(run_id).merge(may_end=False)
+            if not (state["state"] in JOBS_OWN_ENDS and parts and all(self.part_ended(run_id, part) for part in parts)):
+                self._ended_behind(run_id, state)  # else the nodes' ends say how the run ended (the merge below)
         if parts:  # a requeue-able job's node ends are the run's once Slurm has let the job go (else it may start it again)
             self.stream(run_id).merge(may_end=left or not known.get("requeue"))
 

@@ -414,6 +414,8 @@ def test_a_job_behind_another_is_pending_with_slurms_reason_then_runs_and_stops(
 @pytest.mark.slow
 def test_a_login_node_over_ssh_attaches_and_runs_the_job(hpc, tmp_path, monkeypatch):
     """slurm://USER@LOGIN: Slurm's commands through the loopback sshd, whose sessions see this cluster's SLURM_CONF."""
+    from pathlib import Path
+
     import sshd as sshd_module
 
     if sshd_module.available():
@@ -444,6 +446,19 @@ def test_a_login_node_over_ssh_attaches_and_runs_the_job(hpc, tmp_path, monkeypa
         subprocess.run(["scancel", "--batch", "-s", "USR1", record["slurm"]["job_id"]], check=True, env={**os.environ, "SLURM_CONF": str(hpc["cluster"].conf)})
         record = wait_for(lambda: (r := run.record())["status"] == "stopped" and r, timeout=60, what="the stop at the warning")
         assert record["checkpoints"][-1]["reason"] == "stopped" and record["run_dir"].startswith(str(hpc["home"] / "shared"))
+        assert "time limit" in record["exit"]["reason"]
+        # a batch notebook through the login node: the job gets its own run folder on the cluster's filesystem, the
+        # notebook sent there; its cell events come back as they are written, its output notebook and manifest at the end
+        notebook = Path(__file__).parent / "fixtures" / "notebooks" / "good.ipynb"
+        cells = []
+        done = gaudi_nb.batch(str(notebook), {"epochs": 3}, target="hpc-ssh", on_event=cells.append)
+        assert done.record()["status"] == "succeeded", done.record()["exit"]
+        ends = [e for e in cells if e["type"] == "cell" and e["phase"] == "end"]
+        assert len(ends) == 4 and {e["node"] for e in ends} <= {"n1", "n2"}  # live, from a Slurm node
+        here = tmp_path / "client_gaudi_home" / "runs" / done.run_id
+        assert "tiny 2" in json.dumps(json.loads((here / "output.ipynb").read_text())["cells"])  # the parameter reached the kernel there
+        assert json.loads((here / "manifest.json").read_text())["parameters_given"] == {"epochs": 3}
+        assert (hpc["home"] / "shared" / "runs" / done.run_id / "job" / "good.ipynb").exists()
     finally:
         login.stop()
         gaudi_nb.nodes.link.links().drop("hpc-ssh")

@@ -129,6 +129,59 @@ def test_restarts_since_the_last_resume_count_against_max_restarts():
     assert restarts_used([*marks, {"type": "restart", "cause": "resume"}, {"type": "restart", "cause": "requeue"}]) == 1
 
 
+def _attempt_one(root, node="n1", end=None, steps=6, checkpoints=(2, 4, 6)):
+    """A one-node run's part after attempt 1 (what the first start of a job left), with complete checkpoints."""
+    from gaudi_nb.events import EventWriter
+    from gaudi_nb.rundir import CHECKPOINT_COMPLETE, RunFolder
+    from gaudi_nb.spec import RunSpec
+
+    part = RunFolder(root / "nodes" / node)
+    part.control.mkdir(parents=True)
+    part.spec.write_text(RunSpec(max_steps=40, max_restarts=1, save_steps=2).model_dump_json())
+    part.run.write_text(json.dumps({"run_id": "r", "node": node}))
+    writer = EventWriter(part.events, "r", node=node)
+    writer.emit("run_start", spec={}, command="torchrun")
+    for step in range(1, steps + 1):
+        writer.emit("step", step=step, loss=1.0)
+    if end:
+        writer.emit("run_end", status=end, steps_completed=steps)
+    writer.close()
+    for step in checkpoints:
+        folder = part.checkpoint_path(step)
+        folder.mkdir(parents=True)
+        (folder / CHECKPOINT_COMPLETE).write_text("{}")
+    return part
+
+
+def test_a_job_slurm_started_again_goes_on_from_the_last_checkpoint_unless_the_run_had_ended_or_its_restarts_are_used(tmp_path):
+    from gaudi_nb.agent.requeue import go_on
+    from gaudi_nb.agent.slurm_task import part_name
+    from gaudi_nb.events import read_events
+
+    preempted = f"{START_MARK} 12 (restart 0)\n*** JOB 12 ON n1 CANCELLED AT 2026-12-07T23:35:28 DUE TO PREEMPTION ***\n{START_MARK} 12 (restart 1)\n"
+    part = _attempt_one(tmp_path / "a", end="stopped")  # Slurm's SIGTERM: the agent stopped after a checkpoint
+    # Slurm started the one-node job again on n2: the run keeps its one part (its events and checkpoints)
+    assert part_name(tmp_path / "a", {"SLURMD_NODENAME": "n2", "SLURM_RESTART_COUNT": "1"}, ["n2"]) == "n1"
+    assert part_name(tmp_path / "a", {"SLURMD_NODENAME": "n2"}, ["n2"]) == "n2"  # a first start makes its own
+    assert go_on(part, "12", 1, preempted, host="n2")
+    (restart,) = [e for e in read_events(part.events, 0)[0] if e["type"] == "restart"]
+    assert restart["cause"] == "requeue" and restart["attempt"] == 2 and restart["from_step"] == 6 and restart["restarts_left"] == 0
+    assert restart["reason"] == "Slurm job 12 PREEMPTED: Slurm started it again (restart 1, on node n2)"
+    assert json.loads(part.resume_request.read_text())["checkpoint"].endswith("checkpoint-6")  # what the agent goes on from
+    # started again once more: --max-restarts 1 is used; the attempt that the node lost ends the run, with Slurm's word
+    assert not go_on(part, "12", 2, preempted + "slurmstepd: error: *** JOB 12 ON n2 CANCELLED AT 2026-12-07T23:40:00 ***\n", host="n1")
+    end = read_events(part.events, 0)[0][-1]
+    assert end["type"] == "run_end" and end["status"] == "lost" and end["attempt"] == 2, end
+    assert "no restarts are left (1 of --max-restarts 1 used)" in end["reason"]
+    # a run that had ended by itself stays ended, whatever Slurm does with the job
+    assert not go_on(_attempt_one(tmp_path / "b", end="succeeded"), "13", 1, "", host="n1")
+    # an agent killed with its node: no end, no line from slurmstepd: a node failure, from the newest complete checkpoint
+    killed = _attempt_one(tmp_path / "c", checkpoints=(2, 4))
+    assert go_on(killed, "14", 1, f"{START_MARK} 14 (restart 0)\n{START_MARK} 14 (restart 1)\n", host="n1")
+    restart = read_events(killed.events, 0)[0][-1]
+    assert restart["reason"].startswith("Slurm job 14 NODE_FAIL") and restart["from_step"] == 4
+
+
 # -- a real cluster ----------------------------------------------------------------------------------------
 
 
@@ -295,7 +348,7 @@ def test_a_preempted_job_is_requeued_by_slurm_and_the_run_goes_on_from_its_check
     from the last complete checkpoint as attempt 2 (no client needed: the job itself decides), under the same job id."""
     folder = hpc["home"] / "requeue"
     folder.mkdir(exist_ok=True)
-    run = gaudi_nb.train(target="hpc", nodes=1, devices=1, script=str(scriptrun.write_loop(folder, step_s=0.15)), max_steps=40, save_steps=2, max_restarts=1)
+    run = gaudi_nb.train(target="hpc", nodes=1, devices=1, script=str(scriptrun.write_loop(folder, step_s=0.15)), max_steps=50, save_steps=2, max_restarts=1)
     wait_for(lambda: _record(run.run_id)["steps_completed"] >= 4, timeout=90, what="a few steps and a checkpoint")
     job_id = _record(run.run_id)["slurm"]["job_id"]
     hpc["cluster"].preempt(seconds=1)
@@ -313,8 +366,8 @@ def test_a_preempted_job_is_requeued_by_slurm_and_the_run_goes_on_from_its_check
     steps = [(e.get("attempt") or 1, e["step"]) for e in events if e["type"] == "step"]
     first = [step for attempt, step in steps if attempt == 1]
     assert first == list(range(1, len(first) + 1)) and restart["from_step"] <= first[-1]  # attempt 1 went as far as the preemption
-    assert [step for attempt, step in steps if attempt == 2] == list(range(restart["from_step"] + 1, 41))  # attempt 2 from its checkpoint
-    assert record["steps_completed"] == 40 and len([e for e in events if e["type"] == "run_end"]) == 1  # one stream, one end
+    assert [step for attempt, step in steps if attempt == 2] == list(range(restart["from_step"] + 1, 51))  # attempt 2 from its checkpoint
+    assert record["steps_completed"] == 50 and len([e for e in events if e["type"] == "run_end"]) == 1  # one stream, one end
     # the queue time between the attempts is not billed: the agents metered their own running time only
     gap = restart["t"] - max(e["t"] for e in events if e["type"] == "cost" and e["t"] < restart["t"])
     assert gap > 1 and record["cost"]["elapsed_s"] < (events[-1]["t"] - events[0]["t"]) - gap + 1

@@ -265,7 +265,8 @@ def test_a_two_node_run_succeeds_with_every_step_once_from_both_nodes(two_node_r
     assert two_node_run["shown"]["slurm"]["job_id"] == record["slurm"]["job_id"]
     assert record["slurm"]["partition"] == "gaudi" and record["slurm"]["nodes"] == ["n1", "n2"]
     queue = [e for e in events if e["type"] == "queue"]
-    assert queue[0]["state"] == "PENDING" and any(e["state"] == "RUNNING" and e["nodes"] == ["n1", "n2"] for e in queue)
+    # an idle cluster may start the job before the client first asks (a job pending behind another: its own test)
+    assert queue[0]["state"] in ("PENDING", "RUNNING") and any(e["state"] == "RUNNING" and e["nodes"] == ["n1", "n2"] for e in queue)
 
 
 @pytest.mark.slow

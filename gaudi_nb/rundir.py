@@ -185,15 +185,16 @@ class RunFolder:
         return data
 
     # -- stop requests -------------------------------------------------------------
-    def request_stop(self, reason: str) -> bool:
-        """Ask the run to stop after saving a checkpoint; True if this request was the first."""
+    def request_stop(self, reason: str, why: Optional[str] = None) -> bool:
+        """Ask the run to stop after saving a checkpoint; True if this request was the first.
+        why: what asked, where it is not a person or the budget (Slurm's time limit), for the run's end to say."""
         self.control.mkdir(parents=True, exist_ok=True)
         try:
             fd = os.open(self.stop_request, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
             return False
         with os.fdopen(fd, "w") as fh:
-            json.dump({"reason": reason, "t": time.time()}, fh)
+            json.dump({"reason": reason, "t": time.time(), **({"why": why} if why else {})}, fh)
         return True
 
     def stop_reason(self) -> Optional[str]:

@@ -232,6 +232,10 @@ class RecordFold(Fold):
         s = self.summary
         if e.get("scheduler") == "slurm":
             s["slurm"] = {"job_id": e.get("job_id"), "partition": e.get("partition"), "nodes": e.get("nodes") or (s["slurm"] or {}).get("nodes") or []}
+        if e.get("state") == "PENDING" and s["status"] in ("starting", "running", "stopping"):
+            s["status"] = "pending"  # Slurm requeued the job (a preemption, a node failure): it waits for its next start
+        elif e.get("state") == "RUNNING" and s["status"] == "pending":
+            s["status"] = "starting"
         if e.get("state") == "PENDING" and s["status"] == "pending":
             since = (s["queued"] or {}).get("since") or e.get("t")
             s["queued"] = {"reason": e.get("reason"), "short": e.get("short") or e.get("reason"), "since": since}

@@ -2,7 +2,8 @@
 
 Debian's slurm-wlm (22.05) as /work/shared/TESTING.md describes it: both "nodes" are this host,
 each slurmd on its own port, each with GRES gpu:hl225:4 backed by fake device files (copies of
-/dev/null), in one partition `gaudi`. Everything lives in one folder (config, state, logs,
+/dev/null), in one partition `gaudi`, and a partition `urgent` over the same nodes whose jobs preempt
+gaudi's, as a site's high-priority partition does (Slurm requeues a preempted job that allows it). Everything lives in one folder (config, state, logs,
 munge's socket), the ports are picked free, and every daemon is stopped by its pid file.
 `SLURM_CONF` pointed at the folder's slurm.conf is all a Slurm command needs to reach it.
 """
@@ -20,6 +21,7 @@ from typing import Dict, List, Optional
 BINARIES = ("munged", "slurmctld", "slurmd", "sbatch", "squeue", "sinfo", "scontrol", "scancel", "srun")
 NODES = ("n1", "n2")
 CARDS = 4  # GRES gpu:hl225:4 on each node
+URGENT = "urgent"  # a partition over the same nodes whose jobs preempt gaudi's (PreemptMode=REQUEUE: requeued where they allow it)
 
 
 def missing() -> Optional[str]:
@@ -110,9 +112,12 @@ SlurmdParameters=config_overrides
 ReturnToService=2
 MinJobAge=60
 KillWait=5
+PreemptType=preempt/partition_prio
+PreemptMode=REQUEUE
 GresTypes=gpu
 {nodes}
-PartitionName=gaudi Nodes={','.join(NODES)} Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO
+PartitionName=gaudi Nodes={','.join(NODES)} Default=YES MaxTime=INFINITE State=UP OverSubscribe=NO PriorityTier=1
+PartitionName={URGENT} Nodes={','.join(NODES)} MaxTime=INFINITE State=UP OverSubscribe=NO PriorityTier=10
 """)
         (d / "gres.conf").write_text("".join(f"NodeName={n} Name=gpu Type=hl225 File={d}/dev/{n}/accel[0-{CARDS - 1}]\n" for n in NODES))
 
@@ -144,12 +149,17 @@ PartitionName=gaudi Nodes={','.join(NODES)} Default=YES MaxTime=INFINITE State=U
             time.sleep(0.3)
         raise RuntimeError(f"the Slurm nodes are not idle after {timeout:.0f} s: {self.sinfo()!r}; see {self.folder}/log")
 
+    def preempt(self, seconds: float = 1) -> str:
+        """A job in `urgent` that needs every node: Slurm preempts what runs there now; its id."""
+        return subprocess.run(["sbatch", "--parsable", "-p", URGENT, f"-N{len(NODES)}", "--exclusive", "--output=/dev/null", "--wrap", f"sleep {seconds}"],
+                              env=self.env, capture_output=True, text=True, check=True, timeout=30).stdout.strip()
+
     def squeue(self) -> str:
         return subprocess.run(["squeue", "-h", "-o", "%i %T %R"], env=self.env, capture_output=True, text=True, timeout=30).stdout
 
     def cancel_all(self) -> None:
         """No job left behind by a test (the next test starts with an empty queue)."""
-        subprocess.run(["scancel", "--full", "-p", "gaudi"], env=self.env, capture_output=True, timeout=30)
+        subprocess.run(["scancel", "--full", "-p", f"gaudi,{URGENT}"], env=self.env, capture_output=True, timeout=30)
 
     def stop(self) -> None:
         """Every daemon by its pid file, all signalled first and then waited for (one wait, not one each)."""

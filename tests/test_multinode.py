@@ -133,6 +133,24 @@ def test_the_merge_survives_a_crash_between_append_and_commit_and_a_torn_line(tm
     assert [e["node_end"]["status"] for e in events if "node_end" in e] == ["stopped", "stopped"]
 
 
+def test_a_nodes_restart_takes_back_its_end_and_a_held_end_waits_for_the_scheduler(tmp_path):
+    """Slurm's requeue (or a resume): the node's end of attempt 1, then its `restart`; the run's one end is attempt 2's,
+    and while the scheduler may start the job again (may_end=False) the run's end is held back."""
+    stream = MergedStream(tmp_path, ["n1"], "r")
+    _append(stream.node_events("n1"), _line("n1", "run_start", 1.0, command="x", spec={})
+            + _line("n1", "run_end", 2.0, status="stopped", reason="stopped on request", usd=1.0, steps_completed=6, exit_code=0))
+    state = stream.merge(may_end=False)
+    assert not state["final"] and "n1" in state["ends"]  # the node ended; the run's end waits
+    _append(stream.node_events("n1"), _line("n1", "restart", 3.0, attempt=2, cause="requeue", from_step=6))
+    assert stream.merge(may_end=True)["ends"] == {}  # the restart took the end back: nothing to end the run with
+    _append(stream.node_events("n1"), _line("n1", "run_end", 4.0, status="succeeded", usd=2.0, steps_completed=10, exit_code=0, attempt=2))
+    assert stream.merge()["final"]
+    events = [json.loads(line) for line in stream.events.read_bytes().splitlines()]
+    ends = [e for e in events if e["type"] == "run_end"]
+    assert len(ends) == 1 and ends[0]["status"] == "succeeded" and ends[0]["steps_completed"] == 10
+    assert [e["type"] for e in events] == ["run_start", "log", "restart", "log", "run_end"]
+
+
 def test_the_run_ends_as_its_worst_node_and_the_cause_speaks():
     ends = {
         "na": {"status": "failed", "reason": "RuntimeError: connection reset by peer", "t": 12.0, "usd": 1.0},

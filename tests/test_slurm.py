@@ -20,7 +20,19 @@ from conftest import BIN, wait_for
 import gaudi_nb
 import gaudi_nb.api
 import gaudi_nb.nodes.link
-from gaudi_nb.launch.slurm import Gres, JobRequest, expand_hosts, job_state, parse_gres, parse_record, parse_squeue, visible_modules
+from gaudi_nb.launch.slurm import (
+    START_MARK,
+    Gres,
+    JobRequest,
+    ended_by_slurm,
+    expand_hosts,
+    job_state,
+    parse_gres,
+    parse_record,
+    parse_squeue,
+    visible_modules,
+    warning_seconds,
+)
 
 GAUDI_NB = str(BIN / "gaudi-nb")
 
@@ -77,10 +89,97 @@ def test_the_job_script_asks_for_what_the_run_needs():
                  "--signal=B:USR1@120", "--no-requeue", "--job-name=gaudi-nb-r-1", "--partition=gaudi"):
         assert f"#SBATCH {line}\n" in script
     # the time limit's warning goes to the batch shell (on node 0), whose trap asks node 0's agent to stop
-    assert "warned() { /env/bin/python -m gaudi_nb.agent.commands slurm-stop --reason stopped --nodes 2 --run-dir /shared/runs/r-1/nodes/\"$SLURMD_NODENAME\"; }\ntrap warned USR1\n" in script
+    assert "warned() { /env/bin/python -m gaudi_nb.agent.commands slurm-stop --reason stopped --time-limit --nodes 2 --run-dir /shared/runs/r-1/nodes/\"$SLURMD_NODENAME\"; }\ntrap warned USR1\n" in script
     assert "srun --kill-on-bad-exit=0 --ntasks-per-node=1 /env/bin/python -m gaudi_nb.agent.commands slurm-task --run-dir /shared/runs/r-1 &\n" in script
     plain = JobRequest("r-2", "/shared/runs/r-2", nodes=1, devices=1, partition="gaudi").script("/env/bin/python", None)
     assert plain.endswith("exec srun --kill-on-bad-exit=0 --ntasks-per-node=1 /env/bin/python -m gaudi_nb.agent.commands slurm-task --run-dir /shared/runs/r-2\n")
+    # --max-restarts on one node: Slurm requeues the job after a preemption or a node failure, its output appended to,
+    # each start marked; the time limit's warning stops the run's one part wherever Slurm started the job
+    requeued = JobRequest("r-3", "/shared/runs/r-3", nodes=1, devices=1, partition="gaudi", requeue=True, time_limit_s=60).script("/env/bin/python", None)
+    assert "#SBATCH --requeue\n#SBATCH --open-mode=append\n" in requeued and "--no-requeue" not in requeued
+    assert f'echo {START_MARK!r} $SLURM_JOB_ID "(restart ${{SLURM_RESTART_COUNT:-0}})"\n' in requeued
+    assert "#SBATCH --time=0-00:01:00\n#SBATCH --signal=B:USR1@45\n" in requeued and "--run-dir /shared/runs/r-3/nodes/*/; }" in requeued
+
+
+@pytest.mark.parametrize("limit, warning", [(45, 45), (60, 45), (90, 45), (300, 75), (600, 120), (7200, 120)])
+def test_the_time_limits_warning_leaves_slurmctlds_30_s_timer_a_chance_and_the_run_time_to_checkpoint(limit, warning):
+    """slurmctld sends --signal's warning from a 30 s timer: a window of 45 s or more always meets it; a quarter of the limit, at most 120 s."""
+    assert warning_seconds(limit) == warning
+
+
+def test_slurms_own_line_in_the_output_says_how_each_start_of_the_job_ended():
+    output = (f"{START_MARK} 12 (restart 0)\n"
+              "slurmstepd-n1: error: *** STEP 12.0 ON n1 CANCELLED AT 2026-12-07T23:35:28 DUE TO PREEMPTION ***\n"
+              f"{START_MARK} 12 (restart 1)\nslurmstepd-n1: error: *** JOB 12 ON n1 CANCELLED AT 2026-12-07T23:40:02 DUE TO TIME LIMIT ***\n")
+    assert ended_by_slurm(output, "12") == "TIMEOUT" and ended_by_slurm(output, "12", start=-2) == "PREEMPTED"
+    assert ended_by_slurm(f"{START_MARK} 12 (restart 1)\n", "12") is None  # running again: the earlier end is not this start's
+    assert ended_by_slurm("slurmstepd-n2: error: *** JOB 7 ON n2 CANCELLED AT 2026-12-07T23:34:30 ***\n", "7") == "CANCELLED"
+    assert ended_by_slurm("*** JOB 7 ON n2 CANCELLED AT 2026-12-07T23:34:30 DUE TO JOB REQUEUE ***", "7") == "REQUEUED"
+    assert ended_by_slurm("*** JOB 7 ON n2 CANCELLED AT 2026-12-07T23:34:30 DUE TO NODE FAILURE, SEE SLURMCTLD LOG FOR DETAILS ***", "7") == "NODE_FAIL"
+    assert ended_by_slurm("*** JOB 8 ON n2 CANCELLED AT 2026-12-07T23:34:30 ***", "7") is None
+
+
+def test_restarts_since_the_last_resume_count_against_max_restarts():
+    from gaudi_nb.agent.attempts import restarts_used
+
+    assert restarts_used([]) == 0
+    marks = [{"type": "run_start"}, {"type": "restart", "cause": "crash"}, {"type": "restart", "cause": "requeue"}]
+    assert restarts_used(marks) == 2
+    assert restarts_used([*marks, {"type": "restart", "cause": "resume"}]) == 0  # a resume by hand gives the restarts again
+    assert restarts_used([*marks, {"type": "restart", "cause": "resume"}, {"type": "restart", "cause": "requeue"}]) == 1
+
+
+def _attempt_one(root, node="n1", end=None, steps=6, checkpoints=(2, 4, 6)):
+    """A one-node run's part after attempt 1 (what the first start of a job left), with complete checkpoints."""
+    from gaudi_nb.events import EventWriter
+    from gaudi_nb.rundir import CHECKPOINT_COMPLETE, RunFolder
+    from gaudi_nb.spec import RunSpec
+
+    part = RunFolder(root / "nodes" / node)
+    part.control.mkdir(parents=True)
+    part.spec.write_text(RunSpec(max_steps=40, max_restarts=1, save_steps=2).model_dump_json())
+    part.run.write_text(json.dumps({"run_id": "r", "node": node}))
+    writer = EventWriter(part.events, "r", node=node)
+    writer.emit("run_start", spec={}, command="torchrun")
+    for step in range(1, steps + 1):
+        writer.emit("step", step=step, loss=1.0)
+    if end:
+        writer.emit("run_end", status=end, steps_completed=steps)
+    writer.close()
+    for step in checkpoints:
+        folder = part.checkpoint_path(step)
+        folder.mkdir(parents=True)
+        (folder / CHECKPOINT_COMPLETE).write_text("{}")
+    return part
+
+
+def test_a_job_slurm_started_again_goes_on_from_the_last_checkpoint_unless_the_run_had_ended_or_its_restarts_are_used(tmp_path):
+    from gaudi_nb.agent.requeue import go_on
+    from gaudi_nb.agent.slurm_task import part_name
+    from gaudi_nb.events import read_events
+
+    preempted = f"{START_MARK} 12 (restart 0)\n*** JOB 12 ON n1 CANCELLED AT 2026-12-07T23:35:28 DUE TO PREEMPTION ***\n{START_MARK} 12 (restart 1)\n"
+    part = _attempt_one(tmp_path / "a", end="stopped")  # Slurm's SIGTERM: the agent stopped after a checkpoint
+    # Slurm started the one-node job again on n2: the run keeps its one part (its events and checkpoints)
+    assert part_name(tmp_path / "a", {"SLURMD_NODENAME": "n2", "SLURM_RESTART_COUNT": "1"}, ["n2"]) == "n1"
+    assert part_name(tmp_path / "a", {"SLURMD_NODENAME": "n2"}, ["n2"]) == "n2"  # a first start makes its own
+    assert go_on(part, "12", 1, preempted, host="n2")
+    (restart,) = [e for e in read_events(part.events, 0)[0] if e["type"] == "restart"]
+    assert restart["cause"] == "requeue" and restart["attempt"] == 2 and restart["from_step"] == 6 and restart["restarts_left"] == 0
+    assert restart["reason"] == "Slurm job 12 PREEMPTED: Slurm started it again (restart 1, on node n2)"
+    assert json.loads(part.resume_request.read_text())["checkpoint"].endswith("checkpoint-6")  # what the agent goes on from
+    # started again once more: --max-restarts 1 is used; the attempt that the node lost ends the run, with Slurm's word
+    assert not go_on(part, "12", 2, preempted + "slurmstepd: error: *** JOB 12 ON n2 CANCELLED AT 2026-12-07T23:40:00 ***\n", host="n1")
+    end = read_events(part.events, 0)[0][-1]
+    assert end["type"] == "run_end" and end["status"] == "lost" and end["attempt"] == 2, end
+    assert "no restarts are left (1 of --max-restarts 1 used)" in end["reason"]
+    # a run that had ended by itself stays ended, whatever Slurm does with the job
+    assert not go_on(_attempt_one(tmp_path / "b", end="succeeded"), "13", 1, "", host="n1")
+    # an agent killed with its node: no end, no line from slurmstepd: a node failure, from the newest complete checkpoint
+    killed = _attempt_one(tmp_path / "c", checkpoints=(2, 4))
+    assert go_on(killed, "14", 1, f"{START_MARK} 14 (restart 0)\n{START_MARK} 14 (restart 1)\n", host="n1")
+    restart = read_events(killed.events, 0)[0][-1]
+    assert restart["reason"].startswith("Slurm job 14 NODE_FAIL") and restart["from_step"] == 4
 
 
 # -- a real cluster ----------------------------------------------------------------------------------------
@@ -166,7 +265,8 @@ def test_a_two_node_run_succeeds_with_every_step_once_from_both_nodes(two_node_r
     assert two_node_run["shown"]["slurm"]["job_id"] == record["slurm"]["job_id"]
     assert record["slurm"]["partition"] == "gaudi" and record["slurm"]["nodes"] == ["n1", "n2"]
     queue = [e for e in events if e["type"] == "job"]
-    assert queue[0]["state"] == "PENDING" and any(e["state"] == "RUNNING" and e["nodes"] == ["n1", "n2"] for e in queue)
+    # an idle cluster may start the job before the client first asks (a job pending behind another: its own test)
+    assert queue[0]["state"] in ("PENDING", "RUNNING") and any(e["state"] == "RUNNING" and e["nodes"] == ["n1", "n2"] for e in queue)
 
 
 @pytest.mark.slow
@@ -239,6 +339,66 @@ def test_gaudi_nb_resume_submits_a_new_job_that_goes_on_from_the_last_checkpoint
     wait_for(lambda: hpc["cluster"].squeue().strip() == "", timeout=30, what="the job to leave the queue")
 
 
+def _job_state(hpc, job_id):
+    return subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T"], capture_output=True, text=True, env=os.environ.copy()).stdout.strip()
+
+
+@pytest.mark.slow
+def test_a_preempted_job_is_requeued_by_slurm_and_the_run_goes_on_from_its_checkpoint_as_its_next_attempt(hpc):
+    """--max-restarts 1 on one node: `--requeue`; a job of the urgent partition preempts it, Slurm requeues it, and its task goes on
+    from the last complete checkpoint as attempt 2 (no client needed: the job itself decides), under the same job id."""
+    folder = hpc["home"] / "requeue"
+    folder.mkdir(exist_ok=True)
+    run = gaudi_nb.train(target="hpc", nodes=1, devices=1, script=str(scriptrun.write_loop(folder, step_s=0.15)), max_steps=50, save_steps=2, max_restarts=1)
+    wait_for(lambda: _record(run.run_id)["steps_completed"] >= 4, timeout=90, what="a few steps and a checkpoint")
+    job_id = _record(run.run_id)["slurm"]["job_id"]
+    hpc["cluster"].preempt(seconds=1)
+    # Slurm holds a requeued job for its credential's lifetime (cred_expire, 120 s by default) as BeginTime; released here at once
+    waiting = wait_for(lambda: (r := _record(run.run_id))["status"] == "pending" and r["queued"] and r, timeout=30, what="the run pending again after the preemption")
+    assert waiting["queued"]["short"] in ("BeginTime", "Resources", "Priority"), waiting
+    subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=True, env=os.environ.copy())
+    record = wait_for(lambda: (r := _record(run.run_id))["status"] in ("succeeded", "failed", "lost", "stopped") and r, timeout=90, what="attempt 2's end")
+    assert record["status"] == "succeeded" and record["attempt"] == 2, record["exit"]
+    assert record["slurm"]["job_id"] == job_id  # Slurm's requeue: the same job, started again
+    (restart,) = run.events(types=["restart"])
+    assert restart["cause"] == "requeue" and f"Slurm job {job_id} PREEMPTED" in restart["reason"] and restart["restarts_left"] == 0, restart
+    assert restart["from_step"] >= 2 and restart["checkpoint"].endswith(f"checkpoint-{restart['from_step']}")
+    events = run.events()
+    steps = [(e.get("attempt") or 1, e["step"]) for e in events if e["type"] == "step"]
+    first = [step for attempt, step in steps if attempt == 1]
+    assert first == list(range(1, len(first) + 1)) and restart["from_step"] <= first[-1]  # attempt 1 went as far as the preemption
+    assert [step for attempt, step in steps if attempt == 2] == list(range(restart["from_step"] + 1, 51))  # attempt 2 from its checkpoint
+    assert record["steps_completed"] == 50 and len([e for e in events if e["type"] == "run_end"]) == 1  # one stream, one end
+    # the queue time between the attempts is not billed: the agents metered their own running time only
+    gap = restart["t"] - max(e["t"] for e in events if e["type"] == "cost" and e["t"] < restart["t"])
+    assert gap > 1 and record["cost"]["elapsed_s"] < (events[-1]["t"] - events[0]["t"]) - gap + 1
+    wait_for(lambda: hpc["cluster"].squeue().strip() == "", timeout=30, what="the job to leave the queue")
+
+
+@pytest.mark.slow
+def test_a_real_one_minute_time_limit_checkpoints_before_slurms_kill_and_resume_goes_on_from_it(hpc):
+    """--time-limit 1m: Slurm's own warning (--signal=B:USR1@45, from slurmctld's 30 s timer) stops the run with a
+    checkpoint before the limit; the job ends by itself (COMPLETED, not TIMEOUT); `gaudi-nb resume` goes on from it."""
+    run = gaudi_nb.train(target="hpc", nodes=1, devices=1, script=str(hpc["loop"]), max_steps=100000, time_limit="1m")
+    wait_for(lambda: _record(run.run_id)["steps_completed"] > 0, timeout=60, what="a step")
+    started = time.monotonic()
+    record = wait_for(lambda: (r := _record(run.run_id))["status"] in ("stopped", "failed", "lost", "succeeded") and r, timeout=75, what="the stop at the warning")
+    assert record["status"] == "stopped" and "time limit" in record["exit"]["reason"], record["exit"]
+    assert record["exit"]["reason"] == "stopped before Slurm's time limit: stopped after a checkpoint"
+    assert time.monotonic() - started < 60  # Slurm's kill comes at 60 s after the job's start, or later
+    stopped_at = record["steps_completed"]
+    assert record["checkpoints"][-1]["step"] == stopped_at and record["checkpoints"][-1]["reason"] == "stopped"
+    job_id = record["slurm"]["job_id"]
+    wait_for(lambda: job_state(parse_record(subprocess.run(["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True,
+                                                           env=os.environ.copy()).stdout)) == "COMPLETED", timeout=30, what="the job's own end")
+    resumed = cli("resume", run.run_id, "--max-steps", str(stopped_at + 3), "--json")
+    assert resumed.returncode == 0, resumed.stderr
+    record = json.loads(resumed.stdout)
+    assert record["status"] == "succeeded" and record["attempt"] == 2 and record["steps_completed"] == stopped_at + 3, record["exit"]
+    assert [e["step"] for e in run.events(types=["step"]) if (e.get("attempt") or 1) == 2] == [stopped_at + 1, stopped_at + 2, stopped_at + 3]
+    wait_for(lambda: hpc["cluster"].squeue().strip() == "", timeout=30, what="the job to leave the queue")
+
+
 @pytest.mark.slow
 def test_a_batch_notebook_runs_as_a_one_node_job_with_the_cell_events_parameters_and_manifest_of_a_local_batch(hpc):
     from pathlib import Path
@@ -308,6 +468,8 @@ def test_a_job_behind_another_is_pending_with_slurms_reason_then_runs_and_stops(
 @pytest.mark.slow
 def test_a_login_node_over_ssh_attaches_and_runs_the_job(hpc, tmp_path, monkeypatch):
     """slurm://USER@LOGIN: Slurm's commands through the loopback sshd, whose sessions see this cluster's SLURM_CONF."""
+    from pathlib import Path
+
     import sshd as sshd_module
 
     if sshd_module.available():
@@ -338,6 +500,19 @@ def test_a_login_node_over_ssh_attaches_and_runs_the_job(hpc, tmp_path, monkeypa
         subprocess.run(["scancel", "--batch", "-s", "USR1", record["slurm"]["job_id"]], check=True, env={**os.environ, "SLURM_CONF": str(hpc["cluster"].conf)})
         record = wait_for(lambda: (r := run.record())["status"] == "stopped" and r, timeout=60, what="the stop at the warning")
         assert record["checkpoints"][-1]["reason"] == "stopped" and record["run_dir"].startswith(str(hpc["home"] / "shared"))
+        assert "time limit" in record["exit"]["reason"]
+        # a batch notebook through the login node: the job gets its own run folder on the cluster's filesystem, the
+        # notebook sent there; its cell events come back as they are written, its output notebook and manifest at the end
+        notebook = Path(__file__).parent / "fixtures" / "notebooks" / "good.ipynb"
+        cells = []
+        done = gaudi_nb.batch(str(notebook), {"epochs": 3}, target="hpc-ssh", on_event=cells.append)
+        assert done.record()["status"] == "succeeded", done.record()["exit"]
+        ends = [e for e in cells if e["type"] == "cell" and e["phase"] == "end"]
+        assert len(ends) == 4 and {e["node"] for e in ends} <= {"n1", "n2"}  # live, from a Slurm node
+        here = tmp_path / "client_gaudi_home" / "runs" / done.run_id
+        assert "tiny 2" in json.dumps(json.loads((here / "output.ipynb").read_text())["cells"])  # the parameter reached the kernel there
+        assert json.loads((here / "manifest.json").read_text())["parameters_given"] == {"epochs": 3}
+        assert (hpc["home"] / "shared" / "runs" / done.run_id / "job" / "good.ipynb").exists()
     finally:
         login.stop()
         gaudi_nb.nodes.link.links().drop("hpc-ssh")

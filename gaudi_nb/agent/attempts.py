@@ -72,6 +72,16 @@ def crash_details(lines: List[str], exit_code: Optional[int]) -> Dict[str, Any]:
     return {"rank": rank, "exit_code": code if code is not None else exit_code, "signal": name, "reason": reason}
 
 
+def restarts_used(marks: Sequence[Dict[str, Any]]) -> int:
+    """The restarts (a crashed rank's, Slurm's requeue) since the run's start or its last `gaudi-nb resume`: what
+    --max-restarts bounds (a resume by hand gives the run its restarts again)."""
+    used = 0
+    for event in marks:
+        if event.get("type") == "restart":
+            used = 0 if event.get("cause") == "resume" else used + 1
+    return used
+
+
 # -- how the run ends --------------------------------------------------------------------------
 
 
@@ -92,9 +102,10 @@ class Ending:
     log_lines: List[str] = field(default_factory=list)
 
 
-def stop_description(stop: str, killed_with: Optional[str], grace_s: float, signalled: Optional[str] = None) -> str:
-    """The run_end reason of a stopped run: a clean stop, or one whose ranks had to be ended."""
-    what = "budget reached" if stop == "budget_exceeded" else "stopped on request"
+def stop_description(stop: str, killed_with: Optional[str], grace_s: float, signalled: Optional[str] = None, why: Optional[str] = None) -> str:
+    """The run_end reason of a stopped run: a clean stop, or one whose ranks had to be ended. why: what asked
+    the stop where it was not a person (Slurm's time limit: "stopped before Slurm's time limit")."""
+    what = "budget reached" if stop == "budget_exceeded" else f"stopped {why}" if why else "stopped on request"
     if killed_with is None:
         return f"{what}: stopped after a checkpoint"
     if signalled is not None:
@@ -159,6 +170,7 @@ class Attempts:
         self.resume_from = self.resumed.get("checkpoint")
         self.from_step = int(self.resumed.get("from_step") or 0)
         self.metered_before_s = self._metered_so_far()
+        self.restarts_used = restarts_used(read_marks(self.folder.events).events)  # Slurm's requeue counts against --max-restarts
 
     def _metered_so_far(self) -> float:
         """The wall clock this node's earlier agents metered: a resumed run's spend goes on from there."""

@@ -193,6 +193,7 @@ def _parser() -> argparse.ArgumentParser:
     command("slurm-task", "Slurm's srun task on an allocated node: make this node's part of the run and become its agent")
     slurm_stop = command("slurm-stop", "a run on Slurm: ask node 0's agent to stop it (files only: the agents are on compute nodes)", reason="stopped")
     slurm_stop.add_argument("--nodes", type=int, default=1)
+    slurm_stop.add_argument("--time-limit", action="store_true", help="asked by the job's time-limit warning (the run's end says so)")
     command("end-started", "a launch failed: kill this node's agent if it started, end its part as failed", reason="")
     ports = command("free-ports", "ports free on this node now", run_dir=False)
     ports.add_argument("--count", type=int, default=2)
@@ -219,9 +220,9 @@ def answer(argv: List[str], files: Optional[Files] = None) -> Dict[str, Any]:
     if args.command == "check-lost":
         return {"lost": liveness.mark_if_lost(folder)}
     if args.command == "slurm-stop":
-        from .slurm_task import ask_stop
+        from .slurm_task import TIME_LIMIT, ask_stop
 
-        return {"first": ask_stop(folder, args.reason, args.nodes)}
+        return {"first": ask_stop(folder, args.reason, args.nodes, why=TIME_LIMIT if args.time_limit else None)}
     if args.command == "end-started":
         return {"ended": end_started(folder, args.reason)}
     if args.command == "resume":

@@ -4,14 +4,14 @@ from __future__ import annotations
 import json
 import os
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 from pydantic import ValidationError
 
 from ..errors import SpecError
 from ..events import EventWriter, read_marks, this_attempt
 from ..private import write_atomic
-from ..rundir import RunFolder
+from ..rundir import Checkpoint, RunFolder
 from ..spec import RunSpec, describe_validation_error
 from . import commands, liveness
 from .stop import STOP_NODES
@@ -61,11 +61,30 @@ def resume_run(folder: RunFolder, *, max_steps: Optional[int] = None, budget_usd
     if spec.budget_usd is not None and spent is not None and spent >= spec.budget_usd:
         raise SpecError(f"run {run_id} has spent ${spent:.4f} of its ${spec.budget_usd:g} budget: resume with a higher --budget-usd")
 
-    attempt = 1 + sum(1 for e in marks.events if e.get("type") == "restart") + 1
+    attempt = next_attempt_number(marks.events)
     try:  # one resume per attempt: a second `gaudi-nb resume` at the same moment stops here
         os.close(os.open(folder.control / f"resumed.{attempt}", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
     except FileExistsError:
         raise SpecError(f"run {run_id} is being resumed already: gaudi-nb show {run_id}") from None
+    if changes:
+        write_atomic(folder.spec, spec.model_dump_json(indent=2))
+    request = begin_attempt(folder, run, attempt=attempt, checkpoint=checkpoint, after=status, cause="resume", reason=f"resumed after it ended {status}",
+                            max_steps=spec.max_steps, budget_usd=spec.budget_usd)
+    if start:
+        commands.start_agent(folder)
+    return request
+
+
+def next_attempt_number(marks: List[Dict[str, Any]]) -> int:
+    """The attempt that comes after the run's restarts so far (the first is 1)."""
+    return 1 + sum(1 for e in marks if e.get("type") == "restart") + 1
+
+
+def begin_attempt(folder: RunFolder, run: Dict[str, Any], *, attempt: int, checkpoint: Optional[Checkpoint], after: str, cause: str, reason: str,
+                  **fields: Any) -> Dict[str, Any]:
+    """The next attempt of an ended (or killed) attempt, as the agent that starts next reads it: what the last attempt
+    left cleared, the request (control/resume.json: the attempt, the checkpoint), and the `restart` event, written
+    before the agent starts, so that from it on every view shows the run active again. Returns the request."""
     # what the ended attempt left would stop the new one at once, or keep it from ever ending as lost
     stale = [folder.stop_request, folder.stop_at, folder.control / STOP_NODES, folder.heartbeat, *folder.control.glob("ended.*")]
     for path in stale:
@@ -74,15 +93,11 @@ def resume_run(folder: RunFolder, *, max_steps: Optional[int] = None, budget_usd
         except FileNotFoundError:
             pass
     folder.discard_unfinished_checkpoints()
-    if changes:
-        write_atomic(folder.spec, spec.model_dump_json(indent=2))
-    request = {"attempt": attempt, "from_step": checkpoint.step, "checkpoint": str(checkpoint.path), "after": status}
+    from_step = checkpoint.step if checkpoint is not None else 0
+    where = str(checkpoint.path) if checkpoint is not None else None
+    request = {"attempt": attempt, "from_step": from_step, "checkpoint": where, "after": after}
     write_atomic(folder.resume_request, json.dumps(request))
-    # written here, before the agent starts: from this event on, every view shows the run active again
-    writer = EventWriter(folder.events, run_id, node=run.get("node", "local"))
-    writer.emit("restart", attempt=attempt, cause="resume", from_step=checkpoint.step, checkpoint=str(checkpoint.path), reason=f"resumed after it ended {status}",
-                max_steps=spec.max_steps, budget_usd=spec.budget_usd)
+    writer = EventWriter(folder.events, run["run_id"], node=run.get("node", "local"))
+    writer.emit("restart", attempt=attempt, cause=cause, from_step=from_step, checkpoint=where, reason=reason, **fields)
     writer.close()
-    if start:
-        commands.start_agent(folder)
     return request

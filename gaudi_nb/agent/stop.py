@@ -65,6 +65,17 @@ def stop_asked(folder: RunFolder) -> Optional[str]:
     return folder.stop_reason()
 
 
+def stop_why(folder: RunFolder) -> Optional[str]:
+    """What asked the stop where the request says (Slurm's time-limit warning); None for a person's stop or the budget."""
+    for path in (folder.stop_request, folder.control / STOP_NODES):
+        try:
+            why = json.loads(path.read_text()).get("why")
+        except (OSError, ValueError, AttributeError):
+            continue
+        return str(why) if why else None
+    return None
+
+
 class Progress(Protocol):
     """What a stop policy reads of the run's progress (the agent's observer provides it)."""
 
@@ -133,7 +144,7 @@ class StopPolicy:
 
     def description(self, stop: str) -> str:
         signalled = self._signalled[0] if self._ended_for_signal and self._signalled else None
-        return stop_description(stop, self.killed_with, STOP_GRACE_S, signalled)
+        return stop_description(stop, self.killed_with, STOP_GRACE_S, signalled, why=stop_why(self.folder))
 
     def finish(self, status: str, reason: Optional[str]) -> None:
         """After run_end."""

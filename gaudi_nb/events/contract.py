@@ -209,13 +209,13 @@ class StopRequested(Event):
 class Restart(Event):
     """A new attempt of the run begins; later events belong to it."""
 
-    written_by: ClassVar[str] = "agent (a crashed rank), or `gaudi-nb resume`"
+    written_by: ClassVar[str] = "agent (a crashed rank), `gaudi-nb resume`, or a Slurm job's task started again by Slurm's requeue"
     type: Literal["restart"]
     attempt: int
-    cause: Literal["crash", "resume"]
+    cause: Literal["crash", "resume", "requeue"]
     from_step: Optional[int] = Field(None, description="the step of the checkpoint it resumes from, or 0")
     checkpoint: Optional[str] = None
-    reason: Optional[str] = Field(None, description="which rank, exit code or signal; or what the resumed run had ended as")
+    reason: Optional[str] = Field(None, description="which rank, exit code or signal; what the resumed run had ended as; why Slurm requeued the job")
     failed_rank: Optional[int] = None
     exit_code: Optional[int] = None
     signal: Optional[str] = None

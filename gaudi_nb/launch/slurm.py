@@ -127,19 +127,27 @@ def job_state(record: Mapping[str, str]) -> str:
     return str(record.get("JobState") or "").split()[0] if record.get("JobState") else ""
 
 
-# what slurmstepd writes into the job's output when Slurm ends it; while the job completes, squeue and
-# scontrol say only COMPLETING, so this line is where a client reads the end in time
-_ENDED_BY_SLURM = re.compile(r"\*\*\* (?:JOB|STEP) (\d+)(?:\.\d+)? ON \S+ (CANCELLED|DUE TO TIME LIMIT|DUE TO PREEMPTION|DUE TO NODE FAILURE|DUE TO JOB REQUEUE)")
-_OUTPUT_STATES = {"CANCELLED": "CANCELLED", "DUE TO TIME LIMIT": "TIMEOUT", "DUE TO PREEMPTION": "PREEMPTED", "DUE TO NODE FAILURE": "NODE_FAIL",
-                  "DUE TO JOB REQUEUE": "REQUEUED"}
+# what slurmstepd writes into the job's output when Slurm ends it ("*** JOB 12 ON n1 CANCELLED AT 2026-12-07T23:34:30
+# DUE TO PREEMPTION ***"; no DUE TO for a scancel); while the job completes, squeue and scontrol say only COMPLETING,
+# so this line is where a client reads the end in time
+_ENDED_BY_SLURM = re.compile(r"\*\*\* (?:JOB|STEP) (\d+)(?:\.\d+)? ON \S+ CANCELLED AT \S+(?: DUE TO (TIME LIMIT|PREEMPTION|NODE FAILURE|JOB REQUEUE))?")
+_OUTPUT_STATES = {None: "CANCELLED", "TIME LIMIT": "TIMEOUT", "PREEMPTION": "PREEMPTED", "NODE FAILURE": "NODE_FAIL", "JOB REQUEUE": "REQUEUED"}
+# the line a requeue-able job's script prints first: its output is appended to across Slurm's requeues,
+# and only what follows the last of these lines is about the job's current start
+START_MARK = "gaudi-nb: the job starts"
 
 
-def ended_by_slurm(output: str, job_id: str) -> Optional[str]:
-    """The state Slurm ended the job with (CANCELLED, TIMEOUT, PREEMPTED, NODE_FAIL), from its output; None if Slurm did not end it."""
-    for match in _ENDED_BY_SLURM.finditer(output):
+def ended_by_slurm(output: str, job_id: str, start: int = -1) -> Optional[str]:
+    """The state Slurm ended one start of the job with (CANCELLED, TIMEOUT, PREEMPTED, NODE_FAIL, REQUEUED: an
+    operator's `scontrol requeue`), from its output; None if Slurm did not end it. start: -1 the current start,
+    -2 the one before Slurm's requeue."""
+    starts = output.split(START_MARK)
+    current = starts[start] if len(starts) >= -start else ""
+    found = None
+    for match in _ENDED_BY_SLURM.finditer(current):
         if match.group(1) == str(job_id):
-            return _OUTPUT_STATES[match.group(2)]
-    return None
+            found = _OUTPUT_STATES[match.group(2)]
+    return found
 
 
 def visible_modules(environ: Mapping[str, str]) -> Dict[str, str]:
@@ -152,6 +160,17 @@ def visible_modules(environ: Mapping[str, str]) -> Dict[str, str]:
         return {}
     cards = environ.get("SLURM_STEP_GPUS") or environ.get("SLURM_JOB_GPUS")
     return {"HABANA_VISIBLE_MODULES": cards} if cards else {}
+
+
+TIMER_S = 30  # slurmctld checks time limits and sends --signal's warnings every 30 s (PERIODIC_TIMEOUT, not configurable)
+
+
+def warning_seconds(limit_s: float) -> int:
+    """How long before the time limit Slurm is asked to warn the job: a quarter of the limit, at most 120 s, and
+    at least 45 s, so that slurmctld's 30 s timer meets the warning's window at least once (a 1-minute limit, Slurm's
+    smallest: the warning comes 15 to 45 s after the start, and the run has 15 s or more to checkpoint)."""
+    limit = max(60, -(-int(limit_s) // 60) * 60)  # --time is whole minutes, rounded up
+    return int(min(120, max(TIMER_S * 3 / 2, limit / 4)))
 
 
 def minutes(seconds: float) -> str:
@@ -175,7 +194,12 @@ class JobRequest:
     account: Optional[str] = None
     qos: Optional[str] = None
     time_limit_s: Optional[float] = None
-    warning_s: int = 120  # the checkpoint's warning before the time limit (--signal=B:USR1@N)
+    requeue: bool = False  # Slurm requeues the job after a preemption or a node failure (--max-restarts on one node)
+
+    @property
+    def warning_s(self) -> int:
+        """The checkpoint's warning before the time limit (--signal=B:USR1@N): warning_seconds."""
+        return warning_seconds(self.time_limit_s or 0)
 
     def options(self) -> List[str]:
         options = [f"--job-name=gaudi-nb-{self.run_id}", f"--nodes={self.nodes}", "--ntasks-per-node=1", f"--partition={self.partition}",
@@ -188,8 +212,9 @@ class JobRequest:
         if self.time_limit_s:
             # B: the warning goes to the batch shell only (sent to the step it would kill torchrun); its trap asks the stop
             options += [f"--time={minutes(self.time_limit_s)}", f"--signal=B:USR1@{self.warning_s}"]
-        # never Slurm's requeue: it would start the agents again over an ended attempt; `gaudi-nb resume` submits a new job instead
-        options.append("--no-requeue")
+        # Slurm's requeue starts the job again after a preemption or a node failure: its task goes on from the last
+        # checkpoint as the next attempt (agent/slurm_task.py), its output appended to; without --max-restarts, never
+        options += ["--requeue", "--open-mode=append"] if self.requeue else ["--no-requeue"]
         return options
 
     def script(self, python: str, home: Optional[str]) -> str:
@@ -199,11 +224,14 @@ class JobRequest:
         the checkpoint-then-stop that `gaudi-nb stop` asks for; the shell waits on srun again after the trap."""
         head = "\n".join(f"#SBATCH {option}" for option in self.options())
         env = f"export GAUDI_NB_HOME={shlex.quote(home)}\n" if home else ""
+        env += f"echo {shlex.quote(START_MARK)} $SLURM_JOB_ID \"(restart ${{SLURM_RESTART_COUNT:-0}})\"\n" if self.requeue else ""
         commands = (python, "-m", "gaudi_nb.agent.commands")
         task = " ".join(shlex.quote(p) for p in (*commands, "slurm-task", "--run-dir", self.root))
         srun = f"srun --kill-on-bad-exit=0 --ntasks-per-node=1 {task}"
         if not self.time_limit_s:
             return f"#!/bin/bash\n{head}\n{env}exec {srun}\n"
-        stop = " ".join(shlex.quote(p) for p in (*commands, "slurm-stop", "--reason", "stopped", "--nodes", str(self.nodes), "--run-dir"))
-        return (f"#!/bin/bash\n{head}\n{env}warned() {{ {stop} {shlex.quote(self.root)}/nodes/\"$SLURMD_NODENAME\"; }}\ntrap warned USR1\n{srun} &\nstep=$!\n"
+        stop = " ".join(shlex.quote(p) for p in (*commands, "slurm-stop", "--reason", "stopped", "--time-limit", "--nodes", str(self.nodes), "--run-dir"))
+        # node 0's part: on one node the run's only part, which a requeued job keeps wherever Slurm starts it again
+        part = f"{shlex.quote(self.root)}/nodes/" + ("*/" if self.nodes == 1 else '"$SLURMD_NODENAME"')
+        return (f"#!/bin/bash\n{head}\n{env}warned() {{ {stop} {part}; }}\ntrap warned USR1\n{srun} &\nstep=$!\n"
                 "until wait $step; status=$?; [ $status -lt 128 ] || ! kill -0 $step 2>/dev/null; do :; done\nexit $status\n")

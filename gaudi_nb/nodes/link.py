@@ -302,6 +302,20 @@ def combine_ends(ends: Dict[str, Dict[str, Any]], order: Sequence[str]) -> Dict[
     }
 
 
+def _note_end(state: Dict[str, Any], name: str, line: bytes, node_end: Optional[Dict[str, Any]]) -> None:
+    """A node's end counts until its next attempt's `restart` (a resume, Slurm's requeue), which reopens the run."""
+    if node_end is not None:
+        state["ends"].setdefault(name, node_end)
+    elif b'"restart"' in line:
+        try:
+            restart = json.loads(line).get("type") == "restart"
+        except (ValueError, AttributeError):
+            restart = False
+        if restart:
+            state["ends"].pop(name, None)
+            state["final"] = False
+
+
 def _dump(event: Dict[str, Any]) -> bytes:
     return (json.dumps(event, separators=(",", ":"), default=str) + "\n").encode()
 
@@ -407,8 +421,10 @@ class MergedStream:
             lines.append((line, position))
         return lines
 
-    def merge(self) -> Dict[str, Any]:
-        """One pass: append what arrived from every node; the run's run_end once all have ended. Returns the state."""
+    def merge(self, may_end: bool = True) -> Dict[str, Any]:
+        """One pass: append what arrived from every node; the run's run_end once all have ended (may_end: a
+        scheduler that may start the job again holds it back until the job has left). A node's `restart` (its
+        next attempt) takes back its end. Returns the state."""
         leader = self.names[0]
         with self.locked():
             state = self.state()
@@ -434,9 +450,8 @@ class MergedStream:
                     text, node_end = _for_the_run(line, leader)
                     out.append(text)
                     state["offsets"][name] = end
-                    if node_end is not None:
-                        state["ends"].setdefault(name, node_end)
-                if not state["final"] and all(name in state["ends"] for name in self.names):
+                    _note_end(state, name, line, node_end)
+                if may_end and not state["final"] and all(name in state["ends"] for name in self.names):
                     final = combine_ends(state["ends"], self.names)
                     t = max(float(e.get("t") or 0.0) for e in state["ends"].values())
                     out.append(_dump(make_event("run_end", self.run_id, node=",".join(self.names), t=t, **final)))
@@ -474,8 +489,7 @@ class MergedStream:
                 if i < len(expected[name]) and expected[name][i][0] == line:
                     taken[name] = i + 1
                     state["offsets"][name] = pending[name][i][1]
-                    if expected[name][i][1] is not None:
-                        state["ends"].setdefault(name, expected[name][i][1])
+                    _note_end(state, name, line, expected[name][i][1])
                     break
             else:
                 try:

@@ -7,7 +7,7 @@ its own part, `nodes/<Slurm node name>/`, and runs the agent there; the parts' e
 as an SSH run's do (mirrored, or read in place where the run root is this machine's
 GAUDI_NB_HOME) and merge into the run's one stream (nodes/link.py's MergedStream).
 
-The client adds what only Slurm knows, as `queue` events in that stream: the job's id, its
+The client adds what only Slurm knows, as `job` events in that stream: the job's id, its
 state, why it waits (Slurm's reason: Resources, Priority, ...) and its nodes once allocated;
 and a run_end when the job ends behind the agents' back (scancel, preemption, a node failure),
 with Slurm's state in the reason. Queue time is never billed: each agent meters its node from
@@ -34,6 +34,7 @@ from .base import Files, Part, Target
 
 STOP_GRACE_S = 330.0  # after a stop request, how long the agents get before the job is cancelled (their own grace is 300 s)
 ENDS_AS_LOST = ("NODE_FAIL", "PREEMPTED", "BOOT_FAIL")  # the machine went away; the others are the job's own end
+JOBS_OWN_ENDS = ("COMPLETED", "FAILED", "GONE")  # the batch script exited by itself: where every agent wrote its end, that end is the run's
 QUERY_EVERY_S = 1.0
 
 
@@ -111,8 +112,7 @@ class SlurmTarget(Target):
         limit = spec.time_limit_s()
         return JobRequest(run_id=run_id, root=self.root(run_id), nodes=spec.nodes, devices=spec.devices, partition=self.slurm.get("partition") or "",
                           gres=gres, exclusive=gres is not None and spec.devices >= gres.count, account=self.slurm.get("account"), qos=self.slurm.get("qos"),
-                          time_limit_s=limit,
-                          warning_s=int(min(120, max(10, (limit or 0) / 4))))  # the agents' checkpoint-then-stop before Slurm's kill
+                          time_limit_s=limit, requeue=spec.max_restarts > 0 and spec.nodes == 1)  # restarts apply to one-node runs
 
     def check(self, spec: RunSpec) -> None:
         """Slurm says whether the job could ever run (sbatch --test-only): nothing is queued and nothing recorded when not."""
@@ -123,7 +123,7 @@ class SlurmTarget(Target):
             raise SpecError(f"{self.name}: Slurm refused the job: {slurm_message(err) or 'sbatch exited ' + str(status)} (--nodes {spec.nodes} --devices {spec.devices}; gaudi-nb nodes check {self.name} shows what each node has)")
 
     def launch(self, spec: RunSpec, run_id: str) -> Path:
-        """The run's inputs on the shared filesystem, then one sbatch; the job's id in the run's record and its first `queue` event."""
+        """The run's inputs on the shared filesystem, then one sbatch; the job's id in the run's record and its first `job` event."""
         folder = self.folder(run_id)
         try:
             folder.create()
@@ -140,9 +140,10 @@ class SlurmTarget(Target):
                 self.login.put_bytes(posixpath.join(job, relative), str(item["text"]).encode(), 0o600)
             folder.spec.write_text(spec.model_dump_json(indent=2))
             partition = self.slurm.get("partition")
+            request = self.request(spec, run_id)
             folder.run.write_text(json.dumps({"run_id": run_id, "node": self.name, "target": self.name, "created_at": created, "client": socket.gethostname(),
-                                              "remote_root": root.path, "slurm": {"job_id": None, "partition": partition, "nodes": []}}))
-            script = self.request(spec, run_id).script(self.cluster.get("python") or "python3", self.cluster.get("home"))
+                                              "remote_root": root.path, "slurm": {"job_id": None, "partition": partition, "nodes": [], "requeue": request.requeue}}))
+            script = request.script(self.cluster.get("python") or "python3", self.cluster.get("home"))
             self.login.put_bytes(posixpath.join(job, "job.sh"), script.encode(), 0o755)
             job_id = self.login.slurm("sbatch", "--parsable", posixpath.join(job, "job.sh")).strip().split(";")[0]
             self._remember(run_id, job_id=job_id)
@@ -182,13 +183,18 @@ class SlurmTarget(Target):
         parts = self.place(run_id)
         if parts:
             self.follow(run_id, parts)
-        if state["state"] == "COMPLETING":  # squeue hides how it ends: Slurm's own line in the job's output says it
+        left = state["state"] in (*ENDED_STATES, "GONE")
+        if state["state"] == "COMPLETING" and not known.get("requeue"):  # squeue hides how it ends: Slurm's own line in the job's output says it
+            # (a job Slurm may requeue: whether a preemption or a node failure ends it or starts it again, its next state says)
             ended = ended_by_slurm(self.login.read_text(posixpath.join(self.root(run_id), "job", f"slurm-{known['job_id']}.out")), str(known["job_id"]))
             state = {**state, "state": ended} if ended else state
         if state["state"] in (*BAD_ENDS, "GONE", "COMPLETED"):
-            self._ended_behind(run_id, state)
-        if parts:
-            self.stream(run_id).merge()
+            if parts:  # the nodes' ends so far (the run's end waits for the check below)
+                self.stream(run_id).merge(may_end=False)
+            if not (state["state"] in JOBS_OWN_ENDS and parts and all(self.part_ended(run_id, part) for part in parts)):
+                self._ended_behind(run_id, state)  # else the nodes' ends say how the run ended (the merge below)
+        if parts:  # a requeue-able job's node ends are the run's once Slurm has let the job go (else it may start it again)
+            self.stream(run_id).merge(may_end=left or not known.get("requeue"))
 
     def _a_node_ended(self, run_id: str) -> bool:
         return any(has_ended(read_events(self.mirror_of(run_id, part), 0)[0]) for part in self.place(run_id))
@@ -223,6 +229,7 @@ class SlurmTarget(Target):
             return
         status = "lost" if state["state"] in ENDS_AS_LOST else "failed"
         reason = f"Slurm job {known['job_id']} {slurm_state}" + (f" ({state['reason']})" if state.get("reason") else "")
+        reason += ": its time limit ran out before the run stopped" if state["state"] == "TIMEOUT" else ""
         self._end(run_id, status, reason)
 
     def _quiet(self, run_id: str, part: Part) -> bool:
@@ -299,10 +306,7 @@ class SlurmTarget(Target):
         argv = ["resume", "--run-dir", parts[0].path, "--no-start"]
         argv += ["--max-steps", str(max_steps)] if max_steps is not None else []
         argv += ["--budget-usd", repr(budget_usd)] if budget_usd is not None else []
-        request = self.node_call(parts[0], *argv)
-        with self.writing(run_id):  # the next node end is this attempt's: the merge writes the run's end again
-            state = stream.state()
-            stream._commit({**state, "final": False, "ends": {}})
+        request = self.node_call(parts[0], *argv)  # its restart event reopens the run's stream (MergedStream.merge)
         changes = {k: v for k, v in (("max_steps", max_steps), ("budget_usd", budget_usd)) if v is not None}
         if changes:
             folder = self.folder(run_id)

@@ -38,13 +38,14 @@ def reached(run, step):
 
 @pytest.mark.slow
 def test_two_ranks_train_and_the_loss_falls(gaudi_home):
-    run = gaudi_nb.train(model="tiny-llama", devices=2, max_steps=30, trainer="transformers", eval_steps=15)
-    metrics = scrape_metrics_while_running(run)
+    # 10 steps: the loss falls by more than 1.0 in them (7.6 to 6.6), twice the margin asked below
+    run = gaudi_nb.train(model="tiny-llama", devices=2, max_steps=10, trainer="transformers", eval_steps=5)
+    metrics = scrape_metrics_while_running(run, min_step=3)
     assert "gaudi_nb_run_step{" in metrics and "gaudi_nb_run_loss{" in metrics
     run.wait(timeout=240)
     record = run.record()
     assert record["status"] == "succeeded", record["exit"]
-    assert step_numbers(run) == list(range(1, 31))
+    assert step_numbers(run) == list(range(1, 11))
     assert record["metrics"]["final_loss"] < record["metrics"]["first_loss"] - 0.5
     assert record["metrics"]["eval_loss"] is not None
     assert record["accelerator"] == "cpu" and record["device_count"] == 2 and record["precision"] == "fp32" and record["execution_mode"] == "eager"
@@ -72,13 +73,13 @@ def test_optimum_habana_trainer_runs_on_cpu_with_the_same_events_and_its_checkpo
     text = sample_text_path().read_text().split("\n\n")
     data.write_text("\n".join(json.dumps({"text": t}) for t in text if t.strip()))
     result = subprocess.run(
-        [GAUDI_NB, "train", "--model", "tiny-llama", "--devices", "2", "--max-steps", "12", "--trainer", "optimum-habana", "--dataset", str(data), "--json"],
+        [GAUDI_NB, "train", "--model", "tiny-llama", "--devices", "1", "--max-steps", "4", "--trainer", "optimum-habana", "--dataset", str(data), "--json"],
         capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     record = json.loads(result.stdout)
     assert record["status"] == "succeeded" and record["trainer"] == "optimum-habana" and record["spec"]["dataset"] == str(data)
-    assert record["steps_completed"] == 12 and record["metrics"]["tokens_per_second"] > 0
+    assert record["steps_completed"] == 4 and record["metrics"]["tokens_per_second"] > 0
     for key in ("run_id", "status", "spec", "steps_completed", "metrics", "cost", "telemetry_samples"):
         assert key in record
     run = gaudi_nb.get_run(record["run_id"])
@@ -94,7 +95,7 @@ def test_optimum_habana_trainer_runs_on_cpu_with_the_same_events_and_its_checkpo
     exported = subprocess.run([GAUDI_NB, "export", record["run_id"], "--json"], capture_output=True, text=True, timeout=120)
     assert exported.returncode == 0, exported.stderr
     written = json.loads(exported.stdout)
-    assert written["kind"] == "model" and written["step"] == 12 and written["tokenizer"]
+    assert written["kind"] == "model" and written["step"] == 4 and written["tokenizer"]
     folder = Path(written["output"])
     assert folder == Path(record["run_dir"]) / "export"
     assert not {"optimizer.pt", "scheduler.pt", "trainer_state.json", "gaudi_config.json"} & set(os.listdir(folder))
@@ -165,7 +166,8 @@ def alive(pid):
 
 
 def test_killing_the_agent_leaves_no_rank_and_the_run_ends_lost(script_runs, monkeypatch):
-    monkeypatch.setenv("GAUDI_NB_HEARTBEAT_TIMEOUT_S", "5")  # the default is 15 s; the test need not wait that long
+    # the default is 15 s; the test need not wait that long (lost also needs the agent's process gone: never early)
+    monkeypatch.setenv("GAUDI_NB_HEARTBEAT_TIMEOUT_S", "2")
     run = script_runs.train(devices=2, max_steps=100000)
     wait_for(lambda: reached(run, 2)() and len(run.events(types=["worker_start"])) == 2, what="step 2 and both ranks started")
     agent = run.events(types=["run_start"])[0]["pid"]

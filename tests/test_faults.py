@@ -213,13 +213,19 @@ def test_a_rank_killed_mid_run_restarts_from_the_last_checkpoint_and_every_step_
 
 
 @pytest.mark.slow
-def test_resume_continues_a_stopped_run_from_its_checkpoint_to_the_end(gaudi_home):
+def test_resume_continues_a_stopped_run_from_its_checkpoint_to_the_end(gaudi_home, capsys):
+    from gaudi_nb.cli import main  # the refusal and the stop through what the console script calls, in this process
+
     run = gaudi_nb.train(devices=1, max_steps=200, save_steps=3, keep_checkpoints=1, **TINY)
     wait_for(lambda: any(e["type"] == "checkpoint" for e in events_of(run)), what="the first checkpoint")
-    running = run_cli("resume", run.run_id)
-    assert running.returncode == 2 and "is still running: stop it first" in running.stderr, running.stderr
-    stop = run_cli("stop", run.run_id)
-    assert stop.returncode == 0, stop.stderr
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as running:
+        main(["resume", run.run_id])
+    refused = capsys.readouterr().err
+    assert running.value.code == 2 and "is still running: stop it first" in refused, refused
+    with pytest.raises(SystemExit) as stop:
+        main(["stop", run.run_id])
+    assert stop.value.code == 0, capsys.readouterr().err
     run.wait(timeout=120)
     stopped = run.record()
     assert stopped["status"] == "stopped" and stopped["steps_completed"] < 200

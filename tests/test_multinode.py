@@ -224,7 +224,7 @@ def _mirror_lines(run, name):
 @pytest.mark.slow
 def test_a_run_across_two_nodes_has_both_in_one_stream(two_nodes, netns_sshds, two_hosts):
     started = time.monotonic()
-    run = gaudi_nb.train(target="na,nb", nodes=2, devices=1, max_steps=3, price_per_hour=36.0)
+    run = gaudi_nb.train(target="na,nb", nodes=2, devices=1, max_steps=3, price_per_hour=36.0, batch_size=2, sequence_length=32)  # small steps: the road is the point
     first_step = None
     deadline = time.monotonic() + 300
     while not run.done and time.monotonic() < deadline:
@@ -277,7 +277,9 @@ def test_the_budget_counts_both_nodes_and_its_stop_ends_both_at_the_same_step(tw
     node 0 as on one node, test_ssh_target, and the followers through the peers, test_peers.)"""
     started = time.monotonic()
     per_tick = 2 * 2.5  # $ the two meters may lag the spend by: a tick each at $2 per second
-    result = subprocess.run([GAUDI_NB, "train", "--target", "na,nb", "--nodes", "2", "--devices", "1", "--max-steps", "500",
+    # small steps (2 sequences of 32 tokens): the budget's road is the point (the budget is reached within seconds,
+    # often before the first step, and node 0 then picks a stop 5 steps on)
+    result = subprocess.run([GAUDI_NB, "train", "--target", "na,nb", "--nodes", "2", "--devices", "1", "--max-steps", "500", "--batch-size", "2", "--sequence-length", "32",
                              "--price-per-hour", "7200", "--budget-usd", "48", "--json"], capture_output=True, text=True, timeout=400)
     record = json.loads(result.stdout)
     assert record["status"] == "budget_exceeded", (record["exit"], result.stderr[-2000:])

@@ -10,6 +10,7 @@ instead of downloading torch. `netns` runs the server inside a network namespace
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -18,7 +19,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import List, Optional
+from typing import Iterator, List, Optional
 
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 SSH_KEYGEN = shutil.which("ssh-keygen") or "/usr/bin/ssh-keygen"
@@ -61,6 +62,7 @@ class Sshd:
         self.client_key = self.folder / "client_key"
         self.authorized_keys = self.folder / "authorized_keys"
         self.config = self.folder / "sshd_config"
+        self.session_env: dict = {}  # more variables every session gets (session_env_set)
         self.log = self.folder / "sshd.log"
         self.process: Optional[subprocess.Popen] = None
         if not self.host_key.exists():
@@ -114,7 +116,8 @@ class Sshd:
                     "MaxSessions 100",
                     "LogLevel ERROR",
                     # PYTHONPATH: a checkout put first on the client's path (a worktree) is the node's gaudi_nb too
-                    f"SetEnv GAUDI_NB_HOME={self.node_home} PATH={node_path}" + (f" PYTHONPATH={os.environ['PYTHONPATH']}" if os.environ.get("PYTHONPATH") else ""),
+                    f"SetEnv GAUDI_NB_HOME={self.node_home} PATH={node_path}" + (f" PYTHONPATH={os.environ['PYTHONPATH']}" if os.environ.get("PYTHONPATH") else "")
+                    + "".join(f" {name}={value}" for name, value in self.session_env.items()),
                     "",
                 ]
             )
@@ -172,6 +175,20 @@ class Sshd:
     def restart(self) -> "Sshd":
         self.stop()
         return self.start()
+
+    @contextlib.contextmanager
+    def session_env_set(self, **env: str) -> Iterator["Sshd"]:
+        """Sessions started inside the block also get `env` (a node's own settings, as its login environment
+        would set them); the listener restarts to read it, and again after, without it."""
+        self.session_env = dict(env)
+        self._write_config()
+        self.restart()
+        try:
+            yield self
+        finally:
+            self.session_env = {}
+            self._write_config()
+            self.restart()
 
     def session_pids(self) -> List[int]:
         """The sshd children serving live connections (one per connection)."""

@@ -153,7 +153,9 @@ def ended_run(home, run_id, status, *, checkpoint_step=None, target="local"):
     return folder
 
 
-def test_resume_refuses_in_one_line_with_exit_2(gaudi_home):
+def test_resume_refuses_in_one_line_with_exit_2(gaudi_home, capsys):
+    from gaudi_nb.cli import main  # what the console script calls, in this process: no interpreter to start per refusal
+
     ended_run(gaudi_home, "no-checkpoint", "stopped")
     ended_run(gaudi_home, "finished", "succeeded", checkpoint_step=20)
     ended_run(gaudi_home, "remote", "stopped", checkpoint_step=10, target="nb1")
@@ -162,9 +164,12 @@ def test_resume_refuses_in_one_line_with_exit_2(gaudi_home):
         ("no-checkpoint", "run no-checkpoint has no complete checkpoint to resume from (it ended stopped before its first): start it again, with --save-steps N"),
         ("finished", "nothing left to train; resume with --max-steps above 20"),
     ]:
-        result = run_cli("resume", run_id)
-        lines = [line for line in result.stderr.splitlines() if line.strip()]
-        assert result.returncode == 2 and len(lines) == 1 and expected in lines[0], result.stderr
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exited:
+            main(["resume", run_id])
+        stderr = capsys.readouterr().err
+        lines = [line for line in stderr.splitlines() if line.strip()]
+        assert exited.value.code == 2 and len(lines) == 1 and expected in lines[0], stderr
     assert gaudi_nb.get_run("no-checkpoint").status == "stopped"  # nothing changed
     from gaudi_nb.targets.ssh import ssh_target
 
@@ -181,7 +186,7 @@ def events_of(run):
 @pytest.mark.slow
 def test_a_rank_killed_mid_run_restarts_from_the_last_checkpoint_and_every_step_counts_once(script_runs):
     # the agent's attempts on a torch-free loop (tests/scriptrun.py): what a trainer restores is the resume canary's below
-    run = script_runs.train(devices=2, max_steps=30, save_steps=10, max_restarts=2, step_s=0.3)
+    run = script_runs.train(devices=2, max_steps=16, save_steps=5, max_restarts=2, step_s=0.3)
 
     def past_the_first_checkpoint():
         events = events_of(run)
@@ -197,30 +202,36 @@ def test_a_rank_killed_mid_run_restarts_from_the_last_checkpoint_and_every_step_
     assert record["status"] == "succeeded", record["exit"]
     restart = run.events(types=["restart"])[0]
     assert restart["cause"] == "crash" and restart["attempt"] == 2 and restart["failed_rank"] == 1 and restart["signal"] == "SIGKILL"
-    assert checkpointed <= restart["from_step"] < 30 and restart["checkpoint"].endswith(f"checkpoint-{restart['from_step']}")
-    # the record counts each step once: 30 steps of 64 tokens
-    assert record["steps_completed"] == 30 and record["metrics"]["tokens_seen"] == 30 * 64
+    assert checkpointed <= restart["from_step"] < 16 and restart["checkpoint"].endswith(f"checkpoint-{restart['from_step']}")
+    # the record counts each step once: 16 steps of 64 tokens
+    assert record["steps_completed"] == 16 and record["metrics"]["tokens_seen"] == 16 * 64
     assert record["attempt"] == 2 and record["restarts"][0]["reason"] == "rank 1 was killed by SIGKILL"
     final = [e["step"] for e in run.events(types=["step"]) if e["attempt"] == 2]
-    assert final == list(range(restart["from_step"] + 1, 31))  # the second attempt went on from the checkpoint
+    assert final == list(range(restart["from_step"] + 1, 17))  # the second attempt went on from the checkpoint
     first = [e["step"] for e in run.events(types=["step"]) if e["attempt"] == 1]
     assert first[0] == 1 and first[-1] >= restart["from_step"]
 
 
 @pytest.mark.slow
-def test_resume_continues_a_stopped_run_from_its_checkpoint_to_the_end(gaudi_home):
-    run = gaudi_nb.train(devices=1, max_steps=200, save_steps=5, keep_checkpoints=1, **TINY)
+def test_resume_continues_a_stopped_run_from_its_checkpoint_to_the_end(gaudi_home, capsys):
+    from gaudi_nb.cli import main  # the refusal and the stop through what the console script calls, in this process
+
+    run = gaudi_nb.train(devices=1, max_steps=200, save_steps=3, keep_checkpoints=1, **TINY)
     wait_for(lambda: any(e["type"] == "checkpoint" for e in events_of(run)), what="the first checkpoint")
-    running = run_cli("resume", run.run_id)
-    assert running.returncode == 2 and "is still running: stop it first" in running.stderr, running.stderr
-    stop = run_cli("stop", run.run_id)
-    assert stop.returncode == 0, stop.stderr
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as running:
+        main(["resume", run.run_id])
+    refused = capsys.readouterr().err
+    assert running.value.code == 2 and "is still running: stop it first" in refused, refused
+    with pytest.raises(SystemExit) as stop:
+        main(["stop", run.run_id])
+    assert stop.value.code == 0, capsys.readouterr().err
     run.wait(timeout=120)
     stopped = run.record()
     assert stopped["status"] == "stopped" and stopped["steps_completed"] < 200
     stop_checkpoint = stopped["checkpoints"][-1]["step"]
     assert stop_checkpoint == stopped["steps_completed"]
-    end = stop_checkpoint + 10  # wherever the stop landed, ten more steps: the test's length does not depend on it
+    end = stop_checkpoint + 3  # wherever the stop landed, three more steps: the test's length does not depend on it
     result = run_cli("resume", run.run_id, "--max-steps", str(end), "--json", timeout=180)
     assert result.returncode == 0, result.stderr
     record = json.loads(result.stdout)

@@ -242,7 +242,7 @@ def _mirror_lines(run, name):
 @pytest.mark.slow
 def test_a_run_across_two_nodes_has_both_in_one_stream(two_nodes, netns_sshds, two_hosts):
     started = time.monotonic()
-    run = gaudi_nb.train(target="na,nb", nodes=2, devices=1, max_steps=5, price_per_hour=36.0)
+    run = gaudi_nb.train(target="na,nb", nodes=2, devices=1, max_steps=3, price_per_hour=36.0, batch_size=2, sequence_length=32)  # small steps: the road is the point
     first_step = None
     deadline = time.monotonic() + 300
     while not run.done and time.monotonic() < deadline:
@@ -253,7 +253,7 @@ def test_a_run_across_two_nodes_has_both_in_one_stream(two_nodes, netns_sshds, t
     record = run.record()
     assert record["status"] == "succeeded", record["exit"]
     events = run.events()
-    assert [e["step"] for e in events if e["type"] == "step"] == [1, 2, 3, 4, 5]  # rank 0's, each once
+    assert [e["step"] for e in events if e["type"] == "step"] == [1, 2, 3]  # rank 0's, each once
     assert record["device_count"] == 2  # the world: one rank on each node
     starts = [e for e in events if e["type"] == "worker_start"]
     assert sorted((e["node"], e["rank"], e["world_size"]) for e in starts) == [("na", 0, 2), ("nb", 1, 2)]
@@ -275,9 +275,9 @@ def test_a_run_across_two_nodes_has_both_in_one_stream(two_nodes, netns_sshds, t
     assert len(ends) == 1 and events[-1]["type"] == "run_end" and ends[0]["ended_by"] == "client"
     assert {name: node["status"] for name, node in ends[0]["nodes"].items()} == {"na": "succeeded", "nb": "succeeded"}
     assert len(events) == len(_mirror_lines(run, "na")) + len(_mirror_lines(run, "nb")) + 1
-    print(f"\ntwo-node run (5 steps): {took:.1f} s, first step after {first_step:.1f} s")
+    print(f"\ntwo-node run (3 steps): {took:.1f} s, first step after {first_step:.1f} s")
     shown = json.loads(subprocess.run([GAUDI_NB, "show", run.run_id, "--json"], capture_output=True, text=True, timeout=60).stdout)
-    assert shown["status"] == "succeeded" and shown["steps_completed"] == 5
+    assert shown["status"] == "succeeded" and shown["steps_completed"] == 3
     log = subprocess.run([GAUDI_NB, "logs", run.run_id], capture_output=True, text=True, timeout=60)
     assert log.returncode == 0 and "node-rank" not in log.stderr
     assert log.stdout == (Path(run_start["run_dir"]) / "logs" / "train.log").read_text(errors="replace")  # node 0's
@@ -295,7 +295,9 @@ def test_the_budget_counts_both_nodes_and_its_stop_ends_both_at_the_same_step(tw
     node 0 as on one node, test_ssh_target, and the followers through the peers, test_peers.)"""
     started = time.monotonic()
     per_tick = 2 * 2.5  # $ the two meters may lag the spend by: a tick each at $2 per second
-    result = subprocess.run([GAUDI_NB, "train", "--target", "na,nb", "--nodes", "2", "--devices", "1", "--max-steps", "500",
+    # small steps (2 sequences of 32 tokens): the budget's road is the point (the budget is reached within seconds,
+    # often before the first step, and node 0 then picks a stop 5 steps on)
+    result = subprocess.run([GAUDI_NB, "train", "--target", "na,nb", "--nodes", "2", "--devices", "1", "--max-steps", "500", "--batch-size", "2", "--sequence-length", "32",
                              "--price-per-hour", "7200", "--budget-usd", "48", "--json"], capture_output=True, text=True, timeout=400)
     record = json.loads(result.stdout)
     assert record["status"] == "budget_exceeded", (record["exit"], result.stderr[-2000:])
@@ -346,8 +348,19 @@ for step in range(1, spec().max_steps + 1):
 """
 
 
+@pytest.fixture
+def heartbeat_2s(netns_sshds, monkeypatch):
+    """GAUDI_NB_HEARTBEAT_TIMEOUT_S=2 (the documented setting, 15 s by default) here and in both hosts' sessions, as
+    their login environment would set it: a dead agent's part is called lost in seconds (lost also needs the
+    agent's process gone, so never early)."""
+    monkeypatch.setenv("GAUDI_NB_HEARTBEAT_TIMEOUT_S", "2")
+    first, second = netns_sshds
+    with first.session_env_set(GAUDI_NB_HEARTBEAT_TIMEOUT_S="2"), second.session_env_set(GAUDI_NB_HEARTBEAT_TIMEOUT_S="2"):
+        yield
+
+
 @pytest.mark.slow
-def test_a_follower_agent_that_dies_ends_the_run_and_leaves_nothing_running(two_nodes, netns_sshds, tmp_path):
+def test_a_follower_agent_that_dies_ends_the_run_and_leaves_nothing_running(heartbeat_2s, two_nodes, netns_sshds, tmp_path):
     """kill -9 of node 1's agent mid-run: its rank follows it (its watchdog), node 0's rank loses its peer in the next
     all-reduce, and the run ends with the cause named for node nb; no rank, launcher or agent of the run is left on
     either node. (The ranks all-reduce each step without a model: the agents' road is the point, not the trainer's.)"""

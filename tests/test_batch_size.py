@@ -101,10 +101,9 @@ def test_the_key_says_which_program_and_world_the_size_was_measured_for():
 
 @pytest.fixture
 def settled_heap():
-    """Each trial ends with gc.collect(), which walks every object this process holds (torch, transformers, what
-    earlier tests left): half a second a trial here. gc.freeze() sets those aside for the test; the trials'
-    own garbage is still collected."""
-    gc.freeze()
+    """trial_steps freezes what the process holds (its trials' gc.collect() then skips torch, transformers and what
+    earlier tests left, half a second a trial otherwise) until the search's release(); a test that calls the trials
+    without release() unfreezes here."""
     yield
     gc.unfreeze()
 

@@ -1,4 +1,5 @@
-"""LoRA: a real run on tiny-llama trains a small adapter and its loss falls; `gaudi-nb export` merges it into a folder transformers loads."""
+"""LoRA: a real run on tiny-llama trains a small adapter and its loss falls; `gaudi-nb export` merges it into a folder transformers loads;
+`gaudi-nb resume` goes on from the adapter."""
 from __future__ import annotations
 
 import json
@@ -70,6 +71,17 @@ def test_a_lora_run_trains_a_small_adapter_and_export_merges_it(gaudi_home, tmp_
 
     again = gaudi_nb("export", record["run_id"], "--output", str(out))
     assert again.returncode == 1 and "is not empty" in again.stderr
+
+    # and it resumes from its adapter-only checkpoint: the trained adapter, not a fresh one, goes on
+    resumed = gaudi_nb("resume", record["run_id"], "--max-steps", "26", "--json")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    resumed_record = json.loads(resumed.stdout)
+    assert resumed_record["status"] == "succeeded" and resumed_record["attempt"] == 2 and resumed_record["steps_completed"] == 26
+    later = [e for e in map(json.loads, Path(record["run_dir"], "events.jsonl").read_text().splitlines()) if e["type"] == "step" and e["attempt"] == 2]
+    assert [e["step"] for e in later] == [25, 26]
+    assert later[0]["loss"] < first - 0.2, (later[0]["loss"], losses)
+    final = Path(resumed_record["checkpoints"][-1]["path"])
+    assert (final / "adapter_model.safetensors").is_file() and not (final / "model.safetensors").exists()
 
 
 # The export of a full (not LoRA) GaudiTrainer checkpoint is checked on test_engine's optimum-habana run: one real run fewer.

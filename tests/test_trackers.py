@@ -66,7 +66,8 @@ def tracked_run(mlflow_server, tmp_path_factory):
     # a user and password in the URI (the server has no login: it ignores them) must never be written down
     with_login = mlflow_server.replace("http://", "http://ada:" + "pw" + "Secr3t@")
     env = {"MLFLOW_TRACKING_URI": with_login, "MLFLOW_EXPERIMENT_NAME": "gaudi-nb-tests", "WANDB_MODE": "offline", "WANDB_PROJECT": "gaudi-nb-tests"}
-    return train(home, env, "--max-steps", "8", "--eval-steps", "4", "--price-per-hour", "12", "--report-to", "mlflow,wandb", "--report-checkpoint", "--name", "tracked")
+    return train(home, env, "--max-steps", "8", "--sequence-length", "64", "--eval-steps", "4", "--price-per-hour", "12", "--report-to", "mlflow,wandb",
+                 "--report-checkpoint", "--name", "tracked")
 
 
 @pytest.mark.slow  # real training or a batch notebook, logged to a live MLflow server

@@ -11,7 +11,7 @@ NOTEBOOK = str(REPO / "notebooks" / "04_batch_sweep.ipynb")
 
 def test_sweep_notebook_as_a_ci_batch_job(gaudi_home):
     result = subprocess.run(
-        [str(BIN / "gaudi-nb"), "batch", NOTEBOOK, "-p", "learning_rate", "1e-3", "-p", "max_steps", "4", "-p", "sweep", "1e-4",
+        [str(BIN / "gaudi-nb"), "batch", NOTEBOOK, "-p", "learning_rate", "1e-3", "-p", "max_steps", "2", "-p", "sweep", "1e-4",
          "--ci", "--json"],
         capture_output=True, text=True, timeout=900,
     )

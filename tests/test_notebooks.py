@@ -14,7 +14,7 @@ from conftest import REPO, checked_outputs
 NOTEBOOKS = REPO / "notebooks"
 # small parameters: CPU, a few steps (01 runs as shipped, see conftest's quickstart)
 CASES = {
-    "02_finetune_on_gaudi": {"devices": 1, "max_steps": 4, "eval_steps": 2, "instance_type": "dl1.24xlarge"},
+    "02_finetune_on_gaudi": {"devices": 1, "max_steps": 4, "eval_steps": 2, "sequence_length": 64, "instance_type": "dl1.24xlarge"},
     "03_cost_planning": {"model_parameters": 7e9, "training_tokens": 1e9},
 }
 

@@ -17,7 +17,9 @@ from ..rundir import RunFolder
 from ..spec import RunSpec
 from .feed import EventFeed
 from .ranks import RankGroup
-from .trackers import Trackers
+from .trackers import Trackers, flush_seconds
+
+OPEN_WAIT_S = 10.0  # how long a run's end waits for a tracker still opening its run (its link goes before the end)
 
 PACE_STEPS = 10  # the fastest of the last ten steps sets how far ahead a stop across nodes lands
 
@@ -142,6 +144,12 @@ class SideServices:
     def stop_telemetry(self) -> None:
         if self.telemetry is not None:
             self.telemetry.stop()
+
+    def before_end(self, flush_s: Optional[float] = None) -> None:
+        """Before run_end: the trackers' links are written, for at most OPEN_WAIT_S (a tracker that cannot
+        be reached must not hold the run's end for its retries)."""
+        if self.trackers is not None:
+            self.trackers.wait_opened(min(OPEN_WAIT_S, flush_seconds() if flush_s is None else flush_s))
 
     def close(self, flush_s: Optional[float] = None) -> None:
         """After run_end: the trackers get it and log the end (for at most flush_s), the exporter closes."""

@@ -170,6 +170,7 @@ class Agent:
             attempt=self.attempts.attempt,
             log_lines=tail_lines(self.folder.train_log),
         ))
+        self.services.before_end(SIGNAL_FLUSH_S if self.policy.signalled else None)
         self.events.emit("run_end", status=status, **fields)
         self.events.close()
         self.policy.finish(status, fields.get("reason"))

@@ -176,6 +176,7 @@ class TrackerThread(threading.Thread):
         self.inbox = Inbox(feed)  # batches from the feed, the history first
         self.closing = threading.Event()
         self.ended = False  # run_end seen: nothing more goes into the run's events
+        self.opened = threading.Event()  # the tracker run is open and its link written (or it could not open)
         self.warned = False
         self._tags: Dict[str, str] = {}
         self._logged_restarts = 0  # restarts still to read past before this attempt's events (a resumed run's)
@@ -190,10 +191,12 @@ class TrackerThread(threading.Thread):
             opened = self.backend.start(self._run_name(), tags, previous)
         except Exception as exc:  # unreachable, not installed, refused: the run goes on without it
             self._warn(f"{self.tracker}: cannot start a tracker run ({_short(exc)}): this run is not logged to {self.tracker}")
+            self.opened.set()
             self.inbox.close()
             self.writer.close()
             return
         self.writer.emit("tracker", tracker=self.tracker, **opened)
+        self.opened.set()
         self._call(self.backend.set_tags, tags)
         if previous is None:  # a resumed run keeps its first parameters (MLflow's cannot change)
             self._call(self.backend.log_params, spec_params(self.spec))
@@ -348,6 +351,13 @@ class Trackers:
             feed.poll()  # the history, at once: the threads wait for it
             feed.start(POLL_S)
         return cls(threads, feed, own)
+
+    def wait_opened(self, timeout_s: float) -> None:
+        """Before run_end: each tracker's link (or its warning) is in the stream, so the record a short run
+        ends with names its tracker runs (a thread at low priority may open its run after the ranks end)."""
+        deadline = time.monotonic() + timeout_s
+        for thread in self.threads:
+            thread.opened.wait(max(0.0, deadline - time.monotonic()))
 
     def close(self, flush_s: Optional[float] = None) -> None:
         """After run_end: let each thread log the end and the final checkpoint, for at most

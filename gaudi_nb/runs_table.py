@@ -73,11 +73,8 @@ def status_text(record: Dict[str, Any]) -> str:
 
 
 def pending_reason(record: Dict[str, Any]) -> Optional[str]:
-    """Why a scheduler holds a pending run, in a few words; None once it is placed. Reads a record (its
-    `queued`) or a row made from one (its `pending_reason`)."""
-    if record.get("status") != "pending":
-        return None
-    return record.get("pending_reason") or (record.get("queued") or {}).get("short")
+    """Why a scheduler holds a pending run, in a few words; None once it is placed."""
+    return (record.get("queued") or {}).get("short") if record.get("status") == "pending" else None
 
 
 def progress(row: Dict[str, Any]) -> str:
@@ -91,7 +88,7 @@ def row_cells(row: Dict[str, Any]) -> List[str]:
     """The cells under HEAD, as text (money through the one formatter)."""
     return [
         row["run_id"],
-        status_text(row),
+        row["status_text"],
         progress(row),
         _number(row.get("loss")),
         f"{row['tokens_per_second']:,.0f}" if row.get("tokens_per_second") else "—",

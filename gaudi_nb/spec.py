@@ -16,7 +16,7 @@ Precision = Literal["auto", "bf16", "fp32"]
 TrainerName = Literal["auto", "optimum-habana", "transformers", "lightning"]
 LrScaling = Literal["none", "linear", "sqrt"]  # how the learning rate follows the global batch
 # torch.distributed.run: optimum-habana's own single-node form (gaudi_spawn without --use_mpi/--use_deepspeed)
-LauncherName = Literal["auto", "torchrun", "torch.distributed.run", "mpirun", "deepspeed"]
+LauncherName = Literal["auto", "python", "torchrun", "torch.distributed.run", "mpirun", "deepspeed"]
 
 _SSH = re.compile(r"^ssh://(?P<user>[^@/\s:]+)@(?P<host>[^:/\s@]+)(?::(?P<port>\d+))?$")
 _PROVIDER = re.compile(r"^(?P<provider>aws|ibm|ibm-cloud):(?P<instance_type>[\w.\-]+)$")  # the old aws:TYPE form: refused, naming provision
@@ -134,7 +134,7 @@ class RunSpec(BaseModel):
     base_batch_size: Optional[int] = Field(None, ge=1, description="the global batch --learning-rate was tuned for (with --lr-scaling)")
     seed: int = Field(42, ge=0)
     trainer: TrainerName = Field("auto", description="auto picks transformers' Trainer, on Gaudi too; optimum-habana (GaudiTrainer) is past end of support")
-    launcher: LauncherName = Field("auto", description="auto picks torchrun (one node) or deepspeed (several Gaudi nodes); torch.distributed.run is optimum-habana's single-node form")
+    launcher: LauncherName = Field("auto", description="auto picks python (one card: the rank itself), torchrun (several on one node) or deepspeed (several Gaudi nodes); torch.distributed.run is optimum-habana's single-node form")
     lazy_mode: bool = Field(False, description="HPU lazy mode (PT_HPU_LAZY_MODE=1, the legacy path); by default eager mode with torch.compile, Intel's default since Gaudi software 1.21")
     warmup_steps: int = Field(3, ge=0, description="first steps left out of throughput and cost per token")
     eval_steps: Optional[int] = Field(None, ge=1, description="evaluate every N steps on held-out data")

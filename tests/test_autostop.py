@@ -284,7 +284,7 @@ def test_an_idle_node_stops_itself_with_no_client_connected(gaudi_home, ssh_home
 def test_a_live_run_keeps_the_machine_warm_up_included(script_runs, gaudi_home, machine, ec2_endpoint, stop_autostop):
     instance, state_of = machine
     stop_autostop(gaudi_home)
-    run = script_runs.train(devices=1, max_steps=5)
+    run = script_runs.train(devices=1, max_steps=3, step_s=1.0)  # a first step a second after start: the warm-up the daemon must see busy
     answer = start_here(gaudi_home, node_config(gaudi_home, ec2_endpoint, instance))
     assert answer["started"] == "started" and answer["survives_reboot"] is False
     seen_busy_before_first_step = False

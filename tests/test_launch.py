@@ -471,17 +471,28 @@ def test_without_hlsmi_nothing_is_known(monkeypatch, tmp_path):
 
 # ---- choice, registry, describe ----------------------------------------------------------------
 
-@pytest.mark.parametrize("nodes, accelerator, expected", [
-    (1, "cpu", "torchrun"), (1, "hpu", "torchrun"), (2, "cpu", "torchrun"),
-    (2, "cuda", "torchrun"), (2, "hpu", "deepspeed"),
+@pytest.mark.parametrize("nodes, devices, accelerator, expected", [
+    (1, 1, "cpu", "python"), (1, 1, "hpu", "python"), (1, 2, "cpu", "torchrun"), (1, 8, "hpu", "torchrun"),
+    (2, 1, "cpu", "torchrun"), (2, 1, "cuda", "torchrun"), (2, 8, "hpu", "deepspeed"),
 ])
-def test_auto_launcher(nodes, accelerator, expected):
-    assert pick_launcher(RunSpec(nodes=nodes), accelerator) == expected
-    assert pick_launcher(RunSpec(nodes=nodes, launcher="mpirun"), accelerator) == "mpirun"
+def test_auto_launcher(nodes, devices, accelerator, expected):
+    assert pick_launcher(RunSpec(nodes=nodes, devices=devices), accelerator) == expected
+    assert pick_launcher(RunSpec(nodes=nodes, devices=devices, launcher="mpirun"), accelerator) == "mpirun"
+
+
+def test_one_card_is_the_rank_itself_with_torchruns_variables():
+    """optimum-habana starts a single card's script with plain python: no launcher process imports torch first."""
+    plan = build_launch(RunSpec(devices=1), WORKER, python="py", accelerator="hpu", master_port=29611, environ={}, free_modules=[3])
+    assert plan.launcher == "python" and plan.argv == ["py", "-u", *WORKER]
+    assert {k: plan.env[k] for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_PORT")} == {
+        "RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1", "MASTER_PORT": "29611"}
+    assert plan.env["HABANA_VISIBLE_MODULES"] == "3" and plan.env["PT_HPU_LAZY_MODE"] == "0"  # the HPU variables as under torchrun
+    with pytest.raises(SpecError, match="launcher python starts one rank"):
+        build_launch(RunSpec(devices=2, launcher="python"), WORKER, accelerator="cpu")
 
 
 def test_registry_and_bad_input():
-    assert launchers.names() == ["deepspeed", "mpirun", "torch.distributed.run", "torchrun"]
+    assert launchers.names() == ["deepspeed", "mpirun", "python", "torch.distributed.run", "torchrun"]
     assert set(typing.get_args(LauncherName)) - {"auto"} <= set(launchers.names())
     with pytest.raises(NotFoundError, match="torchrun"):
         build_launch(RunSpec(), WORKER, launcher="slurm", environ={})

@@ -43,9 +43,10 @@ def failure_reason(lines: Sequence[str], exit_code: int) -> str:
     return f"the launcher exited with code {exit_code}"
 
 
-def crash_details(lines: List[str], exit_code: Optional[int]) -> Dict[str, Any]:
+def crash_details(lines: List[str], exit_code: Optional[int], one_rank: bool = False) -> Dict[str, Any]:
     """Which rank ended an attempt and how, from torchrun's failure summary ("Root Cause" block:
-    rank, exitcode; a negative exit code is the signal)."""
+    rank, exitcode; a negative exit code is the signal). A rank started without a launcher (one_rank) is
+    rank 0 and its own exit code says how it ended."""
     attempt = max((i for i, line in enumerate(lines) if line.startswith(ATTEMPT_MARK)), default=-1)
     lines = lines[attempt + 1:]  # an earlier attempt's summary says nothing about this one
     start = max((i for i, line in enumerate(lines) if "Root Cause" in line), default=-1)
@@ -56,6 +57,8 @@ def crash_details(lines: List[str], exit_code: Optional[int]) -> Dict[str, Any]:
             rank = int(_FAILED_RANK.match(text).group(1))  # type: ignore[union-attr]
         elif code is None and _EXIT_CODE.match(text):
             code = int(_EXIT_CODE.match(text).group(1))  # type: ignore[union-attr]
+    if one_rank and start < 0:
+        rank, code = 0, exit_code
     name = None
     if code is not None and code < 0:
         try:
@@ -177,11 +180,11 @@ class Attempts:
         last = read_marks(self.folder.events).last_cost.get(str(self.node)) or {}
         return float(last.get("elapsed_s") or 0.0)
 
-    def crashed(self, exit_code: int, rank_errors: Dict[int, str], worker_error: Optional[str]) -> Optional[Dict[str, Any]]:
+    def crashed(self, exit_code: int, rank_errors: Dict[int, str], worker_error: Optional[str], one_rank: bool = False) -> Optional[Dict[str, Any]]:
         """How a rank crashed (the caller has ruled out a stop), or None when the attempt ended well."""
         if exit_code == 0:
             return None
-        crash = crash_details(tail_lines(self.folder.train_log, 200), exit_code)
+        crash = crash_details(tail_lines(self.folder.train_log, 200), exit_code, one_rank)
         error = rank_errors.get(crash["rank"]) if crash["rank"] is not None else worker_error
         if error:  # the failed rank's own exception; the others' are echoes of it (a peer reset the connection)
             crash["reason"] += f": {error}"

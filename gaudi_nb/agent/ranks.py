@@ -99,11 +99,12 @@ class RankGroup:
             time.sleep(0.1)
 
     def rank_pids(self) -> Dict[int, int]:
-        """The worker processes under the launcher, by local rank."""
+        """The worker processes under the launcher, by local rank (the launcher itself where it is the one rank)."""
         if self.process is None:
             return {}
         try:
-            children = psutil.Process(self.process.pid).children(recursive=True)
+            launcher = psutil.Process(self.process.pid)
+            children = [launcher, *launcher.children(recursive=True)]
         except psutil.Error:
             return {}
         pids: Dict[int, int] = {}

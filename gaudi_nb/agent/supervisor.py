@@ -102,7 +102,7 @@ class Agent:
             exit_code = self._supervise()
             crash = None
             if not self.policy.stopping():
-                crash = self.attempts.crashed(exit_code, self.observer.rank_errors, self.observer.worker_error)
+                crash = self.attempts.crashed(exit_code, self.observer.rank_errors, self.observer.worker_error, one_rank=plan.launcher == "python")
             self.attempts.crash = crash
             if crash is None or not (self.policy.restarts_apply and self.attempts.may_restart()):
                 return exit_code

@@ -72,8 +72,10 @@ class DashboardState(param.Parameterized):
                 fleet = data.fleet(now)
                 if not fleet.equals(self.fleet):
                     self.fleet = fleet
-                self.utilization_pipe.send(data.heatmap("utilization", now))
-                self.memory_pipe.send(data.heatmap("memory", now))
+                for pipe, metric in ((self.utilization_pipe, "utilization"), (self.memory_pipe, "memory")):
+                    heat = data.heatmap(metric, now)
+                    if not _same_heatmap(heat, pipe.data):  # a redraw costs the server a render and the browser a repaint
+                        pipe.send(heat)
             elif self.page == "costs":
                 costs = data.costs(now)
                 if not _same_costs(costs, self.costs):
@@ -90,6 +92,13 @@ class DashboardState(param.Parameterized):
             return self.data.detail(self.selected_run)
         except Exception:  # a run id that is gone (another store): the page says so
             return None
+
+
+def _same_heatmap(new: Dict[str, Any], old: Optional[Dict[str, Any]]) -> bool:
+    """What the image shows is the same: its cells (NaN where nothing was sampled), rows and node labels. The window's
+    start and end move every tick, but the image is drawn in seconds before now."""
+    return (old is not None and new["rows"] == old["rows"] and new["node_ticks"] == old["node_ticks"] and new["end"] - new["start"] == old["end"] - old["start"]
+            and new["values"].shape == old["values"].shape and bool(np.array_equal(new["values"], old["values"], equal_nan=True)))
 
 
 def _same_costs(new: Dict[str, Any], old: Dict[str, Any]) -> bool:

@@ -49,7 +49,7 @@ class RunStart(Event):
     hostname: Optional[str] = None
     accelerator: Optional[str] = Field(None, description="hpu, cuda or cpu")
     trainer: Optional[str] = None
-    launcher: Optional[str] = Field(None, description="torchrun, an optimum-habana form, or papermill")
+    launcher: Optional[str] = Field(None, description="python (one card's rank started directly), torchrun, an optimum-habana form, or papermill")
     command: Optional[str] = Field(None, description="the launch command as one shell line")
     price_per_hour: Optional[Number] = Field(None, description="USD per node-hour; null when unknown")
     price_source: Optional[str] = None

@@ -59,13 +59,13 @@ launchers: Registry[Builder] = Registry("launchers")
 
 
 def pick_launcher(spec: RunSpec, accelerator: str = "cpu") -> str:
-    """Resolve launcher "auto": torchrun, except deepspeed for several Gaudi nodes
-    (optimum-habana launches multi-node runs only through DeepSpeed)."""
+    """Resolve launcher "auto": the rank itself for one card, torchrun for several, deepspeed for several Gaudi nodes
+    (optimum-habana starts a single card's script with plain python, and multi-node runs only through DeepSpeed)."""
     if spec.launcher != "auto":
         return spec.launcher
     if spec.nodes > 1 and accelerator == "hpu":
         return "deepspeed"
-    return "torchrun"
+    return "python" if spec.nodes == 1 and spec.devices == 1 else "torchrun"
 
 
 def launch_env(spec: RunSpec, ctx: LaunchContext) -> Dict[str, str]:

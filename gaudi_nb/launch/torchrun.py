@@ -1,8 +1,10 @@
-"""torchrun (``python -u -m torch.distributed.run``) with dashed options: one node, or several with static rendezvous."""
+"""torchrun (``python -u -m torch.distributed.run``) with dashed options: one node, or several with static rendezvous;
+and one card's rank started directly (``python -u``), as optimum-habana's launcher does for a world of one."""
 from __future__ import annotations
 
 from typing import List
 
+from ..errors import SpecError
 from ..spec import RunSpec
 from .plan import LaunchContext, LaunchPlan, launch_env, launchers
 
@@ -31,3 +33,19 @@ def build_torchrun(spec: RunSpec, worker: List[str], ctx: LaunchContext) -> Laun
     if spec.nodes > 1 and ctx.local_addr:
         argv += ["--local-addr", ctx.local_addr]
     return LaunchPlan(argv=argv + worker, env=launch_env(spec, ctx), launcher="torchrun")
+
+
+# torchrun's variables for a world of one: a Trainer (or init_process_group's env://) joins the same one-rank group
+# it would under torchrun, and every rank reads where it stands from the same names
+ONE_RANK_ENV = {"RANK": "0", "LOCAL_RANK": "0", "WORLD_SIZE": "1", "LOCAL_WORLD_SIZE": "1", "GROUP_RANK": "0"}
+
+
+@launchers.register("python")
+def build_one_card(spec: RunSpec, worker: List[str], ctx: LaunchContext) -> LaunchPlan:
+    """One rank on one node: the worker started by the interpreter itself (optimum-habana's DistributedRunner runs a
+    single card's script with plain ``python``). No launcher process stands between the agent and the rank, so a run
+    starts without importing torch twice and the rank's exit code is the attempt's."""
+    if spec.nodes != 1 or spec.devices != 1:
+        raise SpecError(f"launcher python starts one rank (nodes=1, devices=1), not {spec.nodes} node(s) × {spec.devices}: use launcher auto or torchrun")
+    env = {**launch_env(spec, ctx), **ONE_RANK_ENV, "MASTER_ADDR": ctx.master_addr, "MASTER_PORT": str(ctx.master_port)}
+    return LaunchPlan(argv=[ctx.python, "-u", *worker], env=env, launcher="python")

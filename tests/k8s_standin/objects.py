@@ -87,8 +87,10 @@ class Objects:
             obj = self.items.get((resource, namespace, name))
             if obj is None:
                 return None
+            before = copy.deepcopy(obj)
             change(obj)
-            self._record(resource, "MODIFIED", obj)
+            if obj != before:  # as the API server: a write that changes nothing is no new version and no watch event
+                self._record(resource, "MODIFIED", obj)
             return copy.deepcopy(obj)
 
     def delete(self, resource: str, namespace: str, name: str) -> Optional[Obj]:

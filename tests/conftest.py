@@ -12,6 +12,11 @@ from typing import Any, Callable
 
 import pytest
 
+# One thread per CPU rank in the suite (a user's own OMP_NUM_THREADS stands, as gaudi_nb's launch plan keeps it): two
+# xdist workers share this machine's cores, and a rank that takes every core for itself (the plan's default) makes
+# its OpenMP threads spin-wait against the other worker's, which costs CPU and buys no speed on tiny models.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 
 def free_port() -> int:
     """A port nothing listens on now (a fixed port fails when another suite runs at once)."""

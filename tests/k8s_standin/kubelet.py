@@ -259,9 +259,12 @@ class Kubelet:
 
 
 def _job_status(job: Obj, counts: Dict[str, int], condition: Optional[Dict[str, str]]) -> None:
-    job["status"].update(counts)
+    # a Job the API server has just stored may not have its status yet (the controller fills it after its pods): a
+    # KeyError here used to end the kubelet's thread, and every pod after it stayed Pending for ever
+    status = job.setdefault("status", {})
+    status.update(counts)
     if condition:
-        job["status"].setdefault("conditions", []).append({**condition, "lastTransitionTime": now_iso()})
+        status.setdefault("conditions", []).append({**condition, "lastTransitionTime": now_iso()})
 
 
 def _field_ref(pod: Obj, path: str) -> str:

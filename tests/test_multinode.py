@@ -246,6 +246,17 @@ def test_nodes_that_share_a_home_each_keep_their_own_run_folder(two_nodes_one_ho
 
 
 
+def cli_here(capsys, *args):
+    """`gaudi-nb ARGS` through gaudi_nb.cli.main in this process: (exit code, stdout, stderr)."""
+    from gaudi_nb.cli import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        main(list(args))
+    out = capsys.readouterr()
+    return exited.value.code or 0, out.out, out.err
+
+
 def _alive(pid):
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
@@ -258,7 +269,7 @@ def _mirror_lines(run, name):
 
 
 @pytest.mark.slow
-def test_a_run_across_two_nodes_has_both_in_one_stream(two_nodes, netns_sshds, two_hosts):
+def test_a_run_across_two_nodes_has_both_in_one_stream(two_nodes, netns_sshds, two_hosts, capsys):
     started = time.monotonic()
     run = gaudi_nb.train(target="na,nb", nodes=2, devices=1, max_steps=3, price_per_hour=36.0, batch_size=2, sequence_length=32)  # small steps: the road is the point
     first_step = None
@@ -294,15 +305,16 @@ def test_a_run_across_two_nodes_has_both_in_one_stream(two_nodes, netns_sshds, t
     assert {name: node["status"] for name, node in ends[0]["nodes"].items()} == {"na": "succeeded", "nb": "succeeded"}
     assert len(events) == len(_mirror_lines(run, "na")) + len(_mirror_lines(run, "nb")) + 1
     print(f"\ntwo-node run (3 steps): {took:.1f} s, first step after {first_step:.1f} s")
-    shown = json.loads(subprocess.run([GAUDI_NB, "show", run.run_id, "--json"], capture_output=True, text=True, timeout=60).stdout)
-    assert shown["status"] == "succeeded" and shown["steps_completed"] == 3
-    log = subprocess.run([GAUDI_NB, "logs", run.run_id], capture_output=True, text=True, timeout=60)
-    assert log.returncode == 0 and "node-rank" not in log.stderr
-    assert log.stdout == (Path(run_start["run_dir"]) / "logs" / "train.log").read_text(errors="replace")  # node 0's
-    second = subprocess.run([GAUDI_NB, "logs", run.run_id, "--node", "nb"], capture_output=True, text=True, timeout=60)
-    assert second.returncode == 0 and second.stdout == (Path(other["run_dir"]) / "logs" / "train.log").read_text(errors="replace")
-    wrong = subprocess.run([GAUDI_NB, "logs", run.run_id, "--node", "nc"], capture_output=True, text=True, timeout=60)
-    assert wrong.returncode != 0 and "ran on na, nb, not on 'nc'" in wrong.stderr and len(wrong.stderr.strip().splitlines()) == 1
+    # the commands through gaudi_nb.cli.main, what the console script calls, in this process (no interpreter to start)
+    code, shown, _ = cli_here(capsys, "show", run.run_id, "--json")
+    assert code == 0 and json.loads(shown)["status"] == "succeeded" and json.loads(shown)["steps_completed"] == 3
+    code, log, errors = cli_here(capsys, "logs", run.run_id)
+    assert code == 0 and "node-rank" not in errors
+    assert log == (Path(run_start["run_dir"]) / "logs" / "train.log").read_text(errors="replace")  # node 0's
+    code, second, _ = cli_here(capsys, "logs", run.run_id, "--node", "nb")
+    assert code == 0 and second == (Path(other["run_dir"]) / "logs" / "train.log").read_text(errors="replace")
+    code, _, wrong = cli_here(capsys, "logs", run.run_id, "--node", "nc")
+    assert code != 0 and "ran on na, nb, not on 'nc'" in wrong and len(wrong.strip().splitlines()) == 1
 
 
 # DDP's lockstep without a model (the ranks all-reduce each step, gloo), and the built-in trainer's stop: once this

@@ -78,15 +78,16 @@ def test_two_ranks_train_and_the_loss_falls(gaudi_home, capsys):
 
 @pytest.mark.slow
 def test_optimum_habana_trainer_runs_on_cpu_with_the_same_events_and_its_checkpoint_exports(gaudi_home, tmp_path, capsys):
-    # its text as a .jsonl file, read through datasets (the sample text is the default dataset: the same tokens)
+    # its text as a .jsonl file, read through datasets (the sample text is the default dataset: the same tokens), named
+    # ./train.jsonl from the folder the command ran in: the ranks read that file
     data = tmp_path / "train.jsonl"
     from gaudi_nb.presets import sample_text_path
 
     text = sample_text_path().read_text().split("\n\n")
     data.write_text("\n".join(json.dumps({"text": t}) for t in text if t.strip()))
     result = subprocess.run(
-        [GAUDI_NB, "train", "--model", "tiny-llama", "--devices", "1", "--max-steps", "4", "--trainer", "optimum-habana", "--dataset", str(data), "--json"],
-        capture_output=True, text=True, timeout=300,
+        [GAUDI_NB, "train", "--model", "tiny-llama", "--devices", "1", "--max-steps", "4", "--trainer", "optimum-habana", "--dataset", "./train.jsonl", "--json"],
+        capture_output=True, text=True, timeout=300, cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-2000:]
     record = json.loads(result.stdout)
@@ -238,19 +239,19 @@ def test_a_stop_that_needed_a_kill_says_so(script_runs, tmp_path, monkeypatch):
     assert run.status == "stopped" and "killed with SIGTERM" in reason and "no checkpoint" in reason, reason
 
 
-@pytest.mark.slow
-def test_a_relative_dataset_path_is_read_from_its_folder_and_a_failing_run_says_why(gaudi_home, tmp_path, capsys, monkeypatch):
-    """./short.txt from the folder the command ran in: the ranks read that file (too short to train on), and the run
-    ends failed with the reason and the log's last lines; a missing file is refused before anything starts."""
+def test_a_dataset_too_short_to_train_on_says_so_and_a_missing_one_is_refused_before_anything_starts(gaudi_home, tmp_path, capsys, monkeypatch):
+    """The rank's error for a dataset shorter than one sequence (in this process: the road of a rank's error to the
+    run's reason and its log's last lines is test_faults' crash; a relative --dataset read from its folder is the
+    optimum-habana run's); a missing file is refused before anything starts."""
+    from gaudi_nb.rundir import RunFolder
+    from gaudi_nb.spec import RunSpec
+    from gaudi_nb.worker.main import load_model_and_data
+
     (tmp_path / "short.txt").write_text("too short")
-    result = subprocess.run([GAUDI_NB, "train", "--dataset", "./short.txt", "--max-steps", "5", "--json"], cwd=tmp_path, capture_output=True, text=True, timeout=300)
-    record = json.loads(result.stdout)
-    assert record["spec"]["dataset"] == str(tmp_path / "short.txt")
-    assert record["status"] == "failed", record["exit"]
-    assert record["exit"]["exit_code"] != 0
-    assert "fewer than 128 tokens" in record["exit"]["reason"]
-    assert record["exit"]["last_log_lines"]
+    spec = RunSpec(model="tiny-llama", dataset=str(tmp_path / "short.txt"), max_steps=5)
+    with pytest.raises(ValueError, match="the dataset has fewer than 128 tokens: use a shorter --sequence-length or more text"):
+        load_model_and_data(RunFolder(tmp_path), spec, "transformers", "cpu", is_main=False)
     monkeypatch.chdir(tmp_path)
     code, _, missing = cli_here(capsys, "train", "--dataset", "./nothing.txt")
     assert code == 2 and len(missing.strip().splitlines()) == 1 and "nothing.txt" in missing
-    assert len(gaudi_nb.runs()) == 1  # the refused one wrote nothing
+    assert gaudi_nb.runs() == []  # the refused one wrote nothing

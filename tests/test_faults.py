@@ -289,3 +289,4 @@ def test_when_restarts_run_out_the_run_fails_with_the_reason(gaudi_home, tmp_pat
     restart = run.events(types=["restart"])[0]
     assert restart["from_step"] == 0 and restart["checkpoint"] is None and restart["restarts_left"] == 0
     assert record["exit"]["reason"] == "rank 0 exited with code 1: RuntimeError: out of luck; no restarts left (1 of --max-restarts 1 used)"
+    assert "RuntimeError: out of luck" in record["exit"]["last_log_lines"][-1]  # what the log said last, beside the reason

@@ -86,6 +86,24 @@ def test_the_stop_step_is_ahead_by_the_margin():
     assert stop_step(10, 0.01, 50, margin_s=1) == 50  # never past the last step
 
 
+def test_every_rank_of_the_built_in_trainer_stops_at_the_step_its_agent_wrote(tmp_path):
+    """Across nodes no rank decides: each node's agent writes the agreed step (control/stop_at.json), and the
+    trainers' callbacks, rank 0's and the others', stop after it with its reason and save there."""
+    from gaudi_nb.private import write_atomic
+    from gaudi_nb.rundir import RunFolder
+    from gaudi_nb.worker.callback import RankProgress
+
+    folder = RunFolder(tmp_path)
+    folder.control.mkdir()
+    ranks = [RankProgress(None, folder, tokens_per_step=64, samples_per_step=2, warmup_steps=0, max_steps=500, memory_stats=dict, is_main=main)
+             for main in (True, False)]
+    assert [rank.step_ended(3) for rank in ranks] == [(False, False)] * 2
+    write_atomic(folder.stop_at, json.dumps({"step": 6, "reason": "budget_exceeded"}))
+    assert [rank.step_ended(4) for rank in ranks] == [(False, False)] * 2
+    assert [rank.step_ended(6) for rank in ranks] == [(True, True)] * 2  # a checkpoint, then the end
+    assert {(rank.stop_at, rank.stop_reason) for rank in ranks} == {(6, "budget_exceeded")}
+
+
 # -- the merged stream, the combined end, the cost ---------------------------------------------------
 
 
@@ -228,6 +246,17 @@ def test_nodes_that_share_a_home_each_keep_their_own_run_folder(two_nodes_one_ho
 
 
 
+def cli_here(capsys, *args):
+    """`gaudi-nb ARGS` through gaudi_nb.cli.main in this process: (exit code, stdout, stderr)."""
+    from gaudi_nb.cli import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        main(list(args))
+    out = capsys.readouterr()
+    return exited.value.code or 0, out.out, out.err
+
+
 def _alive(pid):
     try:
         return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
@@ -240,7 +269,7 @@ def _mirror_lines(run, name):
 
 
 @pytest.mark.slow
-def test_a_run_across_two_nodes_has_both_in_one_stream(two_nodes, netns_sshds, two_hosts):
+def test_a_run_across_two_nodes_has_both_in_one_stream(two_nodes, netns_sshds, two_hosts, capsys):
     started = time.monotonic()
     run = gaudi_nb.train(target="na,nb", nodes=2, devices=1, max_steps=3, price_per_hour=36.0, batch_size=2, sequence_length=32)  # small steps: the road is the point
     first_step = None
@@ -276,28 +305,56 @@ def test_a_run_across_two_nodes_has_both_in_one_stream(two_nodes, netns_sshds, t
     assert {name: node["status"] for name, node in ends[0]["nodes"].items()} == {"na": "succeeded", "nb": "succeeded"}
     assert len(events) == len(_mirror_lines(run, "na")) + len(_mirror_lines(run, "nb")) + 1
     print(f"\ntwo-node run (3 steps): {took:.1f} s, first step after {first_step:.1f} s")
-    shown = json.loads(subprocess.run([GAUDI_NB, "show", run.run_id, "--json"], capture_output=True, text=True, timeout=60).stdout)
-    assert shown["status"] == "succeeded" and shown["steps_completed"] == 3
-    log = subprocess.run([GAUDI_NB, "logs", run.run_id], capture_output=True, text=True, timeout=60)
-    assert log.returncode == 0 and "node-rank" not in log.stderr
-    assert log.stdout == (Path(run_start["run_dir"]) / "logs" / "train.log").read_text(errors="replace")  # node 0's
-    second = subprocess.run([GAUDI_NB, "logs", run.run_id, "--node", "nb"], capture_output=True, text=True, timeout=60)
-    assert second.returncode == 0 and second.stdout == (Path(other["run_dir"]) / "logs" / "train.log").read_text(errors="replace")
-    wrong = subprocess.run([GAUDI_NB, "logs", run.run_id, "--node", "nc"], capture_output=True, text=True, timeout=60)
-    assert wrong.returncode != 0 and "ran on na, nb, not on 'nc'" in wrong.stderr and len(wrong.stderr.strip().splitlines()) == 1
+    # the commands through gaudi_nb.cli.main, what the console script calls, in this process (no interpreter to start)
+    code, shown, _ = cli_here(capsys, "show", run.run_id, "--json")
+    assert code == 0 and json.loads(shown)["status"] == "succeeded" and json.loads(shown)["steps_completed"] == 3
+    code, log, errors = cli_here(capsys, "logs", run.run_id)
+    assert code == 0 and "node-rank" not in errors
+    assert log == (Path(run_start["run_dir"]) / "logs" / "train.log").read_text(errors="replace")  # node 0's
+    code, second, _ = cli_here(capsys, "logs", run.run_id, "--node", "nb")
+    assert code == 0 and second == (Path(other["run_dir"]) / "logs" / "train.log").read_text(errors="replace")
+    code, _, wrong = cli_here(capsys, "logs", run.run_id, "--node", "nc")
+    assert code != 0 and "ran on na, nb, not on 'nc'" in wrong and len(wrong.strip().splitlines()) == 1
+
+
+# DDP's lockstep without a model (the ranks all-reduce each step, gloo), and the built-in trainer's stop: once this
+# rank has reported the agreed step, every rank saves its part of the checkpoint there, rank 0 marks it complete.
+STOPPING_MEETING_LOOP = """
+import json
+import time
+
+import torch
+import torch.distributed as dist
+from gaudi_nb.rundir import RunFolder
+from gaudi_nb.worker.script import checkpoint_dir, checkpoint_saved, init_distributed, report, run_dir, should_stop, spec
+
+init_distributed()
+for step in range(1, spec().max_steps + 1):
+    time.sleep(0.2)
+    met = torch.ones(1)
+    dist.all_reduce(met)
+    report(step=step, loss=float(met.item()), tokens=64, samples=2)
+    if should_stop():
+        (checkpoint_dir(step) / f"rank_{dist.get_rank()}.txt").write_text(str(step))
+        dist.barrier()  # every rank's part is written before rank 0 marks the checkpoint complete
+        checkpoint_saved(step, reason=json.loads(RunFolder(run_dir()).stop_at.read_text())["reason"])
+        break
+"""
 
 
 @pytest.mark.slow
-def test_the_budget_counts_both_nodes_and_its_stop_ends_both_at_the_same_step(two_nodes):
+def test_the_budget_counts_both_nodes_and_its_stop_ends_both_at_the_same_step(two_nodes, tmp_path):
     """From the CLI: $2 per second per node, so the budget is reached by both nodes' spend together. Node 0's agent
     picks the step, both nodes' agents have it, every rank stops there with a checkpoint, and nothing of the run
     is left on either node. (A stop from `gaudi-nb stop` takes the same road from node 0's agent on: it reaches
-    node 0 as on one node, test_ssh_target, and the followers through the peers, test_peers.)"""
+    node 0 as on one node, test_ssh_target, and the followers through the peers, test_peers.) The ranks meet every
+    step without a model: the budget's road is the point; the built-in trainer's stop at the agreed step (its
+    callback) is checked on one node with a real run, test_engine, and its two-node world in the canary above."""
     started = time.monotonic()
     per_tick = 2 * 2.5  # $ the two meters may lag the spend by: a tick each at $2 per second
-    # small steps (2 sequences of 32 tokens): the budget's road is the point (the budget is reached within seconds,
-    # often before the first step, and node 0 then picks a stop 5 steps on)
-    result = subprocess.run([GAUDI_NB, "train", "--target", "na,nb", "--nodes", "2", "--devices", "1", "--max-steps", "500", "--batch-size", "2", "--sequence-length", "32",
+    script = tmp_path / "meet_and_stop.py"
+    script.write_text(STOPPING_MEETING_LOOP)
+    result = subprocess.run([GAUDI_NB, "train", "--target", "na,nb", "--nodes", "2", "--devices", "1", "--max-steps", "5000", "--script", str(script),
                              "--price-per-hour", "7200", "--budget-usd", "48", "--json"], capture_output=True, text=True, timeout=400)
     record = json.loads(result.stdout)
     assert record["status"] == "budget_exceeded", (record["exit"], result.stderr[-2000:])
@@ -307,7 +364,7 @@ def test_the_budget_counts_both_nodes_and_its_stop_ends_both_at_the_same_step(tw
     (stop_at,) = {e["stop_at"] for e in asked}
     assert record["steps_completed"] == stop_at and record["checkpoints"][-1] == {"step": stop_at, "path": record["checkpoints"][-1]["path"], "reason": "budget_exceeded"}
     other_dir = Path([e["node_start"]["run_dir"] for e in events if "node_start" in e][0])
-    assert (other_dir / "checkpoints" / f"checkpoint-{stop_at}" / "rng_state_1.pth").exists()  # rank 1 (node nb) saved at the same step
+    assert (other_dir / "checkpoints" / f"checkpoint-{stop_at}" / "rank_1.txt").read_text() == str(stop_at)  # rank 1 (node nb) saved at the same step
     (end,) = [e for e in events if e["type"] == "run_end"]
     assert {name: (node["status"], node["exit_code"]) for name, node in end["nodes"].items()} == {"na": ("budget_exceeded", 0), "nb": ("budget_exceeded", 0)}
     latest = {}

@@ -248,7 +248,7 @@ class StopAnswer:
     """What asking a run to stop did: every door prints `line()` (the CLI, %gaudi_stop, the panel, the server's route)."""
 
     run_id: str
-    outcome: str  # already_ended | ended (its agent was gone: ended here) | requested
+    outcome: str  # already_ended | ended (before the call returned: its agent was gone, or the stop completed at once) | requested
     status: str
     first: bool = False  # a request that was the first one
     reason: Optional[str] = None
@@ -270,7 +270,7 @@ def stop(run_id: str, reason: str = "stopped", store: Optional[RunStore] = None,
         return StopAnswer(run.run_id, "already_ended", status)
     first = run.stop(reason, force=force)
     record = run.record()
-    if record["status"] in TERMINAL_STATUSES:  # its agent was gone: the run was ended here
+    if record["status"] in TERMINAL_STATUSES:  # its agent was gone (the run was ended here), or its ranks stopped already
         return StopAnswer(run.run_id, "ended", record["status"], first, (record.get("exit") or {}).get("reason"))
     return StopAnswer(run.run_id, "requested", record["status"], first)
 

@@ -32,7 +32,9 @@ def jupyterlab(root: Path, env: Dict[str, str]) -> Iterator[Dict[str, str]]:
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
             [str(BIN / "jupyter"), "lab", "--allow-root", "--no-browser", "--ip=127.0.0.1", f"--port={port}", f"--IdentityProvider.token={token}",
-             f"--ServerApp.root_dir={root}", "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate"],
+             f"--ServerApp.root_dir={root}", "--LabApp.news_url=None", "--LabApp.check_for_updates_class=jupyterlab.NeverCheckForUpdate",
+             # window.jupyterapp: a test opens its next notebook in the page it has, not in a new page (a page load costs ~5 CPU-s)
+             "--LabApp.expose_app_in_browser=True"],
             env=env, stdout=log, stderr=subprocess.STDOUT,
         )
         try:

@@ -88,11 +88,12 @@ def open_notebook(page, lab, name, height=1500):
     else:
         page.evaluate("""async name => {
             const app = window.jupyterapp;
-            for (const widget of Array.from(app.shell.widgets('main'))) {
+            const before = Array.from(app.shell.widgets('main'));
+            await app.commands.execute('docmanager:open', {path: name});  // first: an empty main area would open a Launcher tab
+            for (const widget of before) {
                 if (widget.context) { widget.context.model.dirty = false; }  // the run's outputs need not be saved
                 widget.dispose();
             }
-            await app.commands.execute('docmanager:open', {path: name});
         }""", name)
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
     kernel_idle(page)

@@ -79,18 +79,27 @@ def browser():
         b.close()
 
 
-def open_notebook(browser, lab, name, height=1500):
-    page = browser.new_page(viewport={"width": 1400, "height": height})
-    failed = []
-    page.on("requestfailed", lambda r: failed.append((r.resource_type, r.url, r.failure)))
-    # a workspace per notebook, so tabs another test left open are not restored beside it
-    page.goto(f"{lab['base']}/lab/workspaces/{Path(name).stem}/tree/{name}?reset&token={lab['token']}")
+def open_notebook(page, lab, name, height=1500):
+    """Open name in the lab's page: the first by its URL (a workspace of its own, so no tab another run left is
+    restored), the next ones in the same page, with the tabs before them closed (their kernels go on, as after a page close)."""
+    page.set_viewport_size({"width": 1400, "height": height})
+    if not page.url.startswith(lab["base"]):
+        page.goto(f"{lab['base']}/lab/workspaces/{Path(name).stem}/tree/{name}?reset&token={lab['token']}")
+    else:
+        page.evaluate("""async name => {
+            const app = window.jupyterapp;
+            const before = Array.from(app.shell.widgets('main'));
+            await app.commands.execute('docmanager:open', {path: name});  // first: an empty main area would open a Launcher tab
+            for (const widget of before) {
+                if (widget.context) { widget.context.model.dirty = false; }  // the run's outputs need not be saved
+                widget.dispose();
+            }
+        }""", name)
     page.wait_for_selector(".jp-Notebook .jp-Cell", timeout=90_000)
     kernel_idle(page)
     news = page.locator(".jp-toast-button", has_text="No")  # the news question would cover the panel
     if news.count():
         news.first.click()
-    return page, failed
 
 
 def kernel_idle(page, timeout=90_000):
@@ -132,22 +141,30 @@ def step_passes(page, past: int, what: str, timeout: int = 60_000) -> None:
         raise AssertionError(f"{what}: the step stayed at {past} for {timeout / 1000:.0f} s") from None
 
 
+@pytest.fixture(scope="module")
+def lab_page(browser, lab):
+    """One page for the module's notebooks; every failed request in it is recorded (each test checks them all)."""
+    page = browser.new_page(viewport={"width": 1400, "height": 1500})
+    failed = []
+    page.on("requestfailed", lambda r: failed.append((r.resource_type, r.url, r.failure)))
+    yield page, failed
+    page.close()
+
+
 @pytest.fixture
-def pages(browser, lab, request):
-    """Pages opened by a test; one the test did not close (it failed before its end) leaves a screenshot."""
-    opened = []
+def pages(lab_page, lab, request):
+    """Opens a test's notebook in the module's page; a test that failed leaves a screenshot."""
+    page, failed = lab_page
+    failures = request.session.testsfailed
 
     def open_(name, height=1500):
-        page, failed = open_notebook(browser, lab, name, height)
-        opened.append(page)
+        open_notebook(page, lab, name, height)
         return page, failed
 
     yield open_
-    for i, page in enumerate(opened):
-        if not page.is_closed():
-            SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-            page.screenshot(path=str(SCREENSHOTS / f"failed_{request.node.name}_{i}.png"))
-            page.close()
+    if request.session.testsfailed > failures:
+        SCREENSHOTS.mkdir(parents=True, exist_ok=True)
+        page.screenshot(path=str(SCREENSHOTS / f"failed_{request.node.name}.png"))
 
 
 def test_quickstart_panel_is_live_and_the_kernel_stays_free(pages, lab):
@@ -208,7 +225,6 @@ def test_quickstart_panel_is_live_and_the_kernel_stays_free(pages, lab):
     page.wait_for_selector(".gaudi-nb-panel .gaudi-nb-status[data-status='stopped']", timeout=120_000)
     scripts = [f for f in failed if f[0] == "script" or f[1].split("?")[0].endswith((".js", ".mjs"))]
     assert not scripts, f"scripts failed to load: {scripts}"
-    page.close()
 
 
 # what a newcomer must never read where a number or a word belongs
@@ -256,7 +272,6 @@ def test_quickstart_run_all_shows_the_finished_run_in_numbers_and_words(pages, l
     assert "{'status': 'succeeded', 'all steps done': True, 'loss went down': True}" in text
     scripts = [f for f in failed if f[0] == "script"]
     assert not scripts, f"scripts failed to load: {scripts}"
-    page.close()
 
 
 def test_launcher_widget_launches_a_run_with_its_panel(pages, lab):
@@ -276,7 +291,6 @@ def test_launcher_widget_launches_a_run_with_its_panel(pages, lab):
     assert "started" in launcher.inner_text()
     scripts = [f for f in failed if f[0] == "script"]
     assert not scripts, f"scripts failed to load: {scripts}"
-    page.close()
 
 
 def test_remote_node_notebook_trains_on_the_attached_node_with_the_live_panel(pages, lab, sshd, node_install, tmp_path):
@@ -342,4 +356,3 @@ def test_remote_node_notebook_trains_on_the_attached_node_with_the_live_panel(pa
     print(f"\nremote notebook: Run All to succeeded in {took:.1f} s")
     scripts = [f for f in failed if f[0] == "script"]
     assert not scripts, f"scripts failed to load: {scripts}"
-    page.close()

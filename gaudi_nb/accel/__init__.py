@@ -6,7 +6,7 @@ import os
 from ..registry import Registry
 from .base import Accelerator
 from .cpu import CPU
-from .cuda import CUDA
+from .cuda import CUDA, gpu_device_nodes
 from .hpu import HPU
 
 accelerators: Registry = Registry("accelerators")
@@ -40,7 +40,7 @@ def detect_name() -> str:
         return "hpu"
     # NVIDIA's device nodes, not torch.cuda: importing torch here costs the agent a second or more
     # at every start, and the agent never computes (the ranks detect() for real)
-    if importlib.util.find_spec("torch") is not None and glob.glob("/dev/nvidia[0-9]*"):
+    if importlib.util.find_spec("torch") is not None and gpu_device_nodes():
         return "cuda"
     return "cpu"
 

@@ -1,13 +1,23 @@
 """NVIDIA GPUs through torch.cuda (used where a GPU is lent; the same code path as HPU)."""
 from __future__ import annotations
 
+import glob
+import os
 from typing import Dict
+
+
+def gpu_device_nodes() -> bool:
+    """An NVIDIA GPU is mounted here: its device nodes (/dev/nvidia0…), or WSL2's GPU node (/dev/dxg). Asked before
+    torch.cuda: importing torch costs a second or more, which a process on a machine without a GPU never needs to pay."""
+    return bool(glob.glob("/dev/nvidia[0-9]*")) or os.path.exists("/dev/dxg")
 
 
 class CUDA:
     name = "cuda"
 
     def available(self) -> bool:
+        if not gpu_device_nodes():  # a torch-free script rank on a CPU machine stays torch-free
+            return False
         try:
             import torch
 

@@ -317,9 +317,10 @@ def test_a_run_across_two_nodes_has_both_in_one_stream(two_nodes, netns_sshds, t
     assert code != 0 and "ran on na, nb, not on 'nc'" in wrong and len(wrong.strip().splitlines()) == 1
 
 
-# DDP's lockstep without a model (the ranks all-reduce each step, gloo), and the built-in trainer's stop: once this
-# rank has reported the agreed step, every rank saves its part of the checkpoint there, rank 0 marks it complete.
-STOPPING_MEETING_LOOP = """
+# every step waits for the rank on the other node, as DDP's gradient all-reduce does (gloo), without a model to build;
+# and the built-in trainer's stop: once this rank has reported the agreed step, every rank saves its part of the
+# checkpoint there, rank 0 marks it complete.
+MEETING_LOOP = """
 import json
 import time
 
@@ -353,7 +354,7 @@ def test_the_budget_counts_both_nodes_and_its_stop_ends_both_at_the_same_step(tw
     started = time.monotonic()
     per_tick = 2 * 2.5  # $ the two meters may lag the spend by: a tick each at $2 per second
     script = tmp_path / "meet_and_stop.py"
-    script.write_text(STOPPING_MEETING_LOOP)
+    script.write_text(MEETING_LOOP)
     result = subprocess.run([GAUDI_NB, "train", "--target", "na,nb", "--nodes", "2", "--devices", "1", "--max-steps", "5000", "--script", str(script),
                              "--price-per-hour", "7200", "--budget-usd", "48", "--json"], capture_output=True, text=True, timeout=400)
     record = json.loads(result.stdout)
@@ -386,23 +387,6 @@ def test_the_budget_counts_both_nodes_and_its_stop_ends_both_at_the_same_step(tw
         time.sleep(0.2)
     assert not [pid for pid in pids if _alive(pid)]
     print(f"\ntwo-node budget stop: stop_at={stop_at}, ${record['cost']['usd']:.0f} spent, {time.monotonic() - started:.1f} s from the CLI")
-
-
-# every step waits for the rank on the other node, as DDP's gradient all-reduce does (gloo), without a model to build
-MEETING_LOOP = """
-import time
-
-import torch
-import torch.distributed as dist
-from gaudi_nb.worker.script import init_distributed, report, spec
-
-init_distributed()
-for step in range(1, spec().max_steps + 1):
-    time.sleep(0.2)
-    met = torch.ones(1)
-    dist.all_reduce(met)
-    report(step=step, loss=float(met.item()), tokens=1, samples=1)
-"""
 
 
 @pytest.fixture
